@@ -1,0 +1,145 @@
+//! Ping-pong: each connection sends a message, waits for all of it to come back, repeats.
+//! Measures round trips per second; with `idle` connections held open beside the busy ones it
+//! shows what idle fds cost each engine.
+
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::net::{Buffer, CloseReason, Ctx, Handler};
+use crate::reactor::{Engine, EventLoop, LoopConfig};
+
+#[derive(Clone, Debug)]
+pub struct PingpongOptions {
+    pub addr: SocketAddr,
+    pub conns: usize,
+    pub size: usize,
+    pub duration: Duration,
+    pub idle: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct PingpongReport {
+    pub conns: usize,
+    pub size: usize,
+    pub secs: f64,
+    pub messages: u64,
+    pub errors: u64,
+    pub idle_opened: usize,
+}
+
+impl std::fmt::Display for PingpongReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mps = self.messages as f64 / self.secs;
+        write!(
+            f,
+            "pingpong conns={} size={} secs={:.2} messages={} msgs_per_sec={:.0} mb_per_sec={:.2} errors={} idle={}",
+            self.conns,
+            self.size,
+            self.secs,
+            self.messages,
+            mps,
+            mps * self.size as f64 / 1e6,
+            self.errors,
+            self.idle_opened
+        )
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    messages: AtomicU64,
+    errors: AtomicU64,
+}
+
+struct PingClient {
+    message: Arc<[u8]>,
+    received: usize,
+    counters: Arc<Counters>,
+    stopping: bool,
+}
+
+impl Handler for PingClient {
+    fn on_connect(&mut self, cx: &mut Ctx<'_>) {
+        cx.write(&self.message);
+    }
+
+    fn on_data(&mut self, cx: &mut Ctx<'_>, input: &mut Buffer) {
+        self.received += input.len();
+        input.clear();
+        while self.received >= self.message.len() {
+            self.received -= self.message.len();
+            self.counters.messages.fetch_add(1, Ordering::Relaxed);
+            if !self.stopping {
+                cx.write(&self.message);
+            }
+        }
+    }
+
+    fn on_close(&mut self, _cx: &mut Ctx<'_>, reason: CloseReason) {
+        if !matches!(reason, CloseReason::Normal | CloseReason::Aborted) {
+            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Raises the soft fd limit to the hard one: holding thousands of idle connections needs it.
+pub fn raise_fd_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        lim.current = lim.maximum;
+        let _ = setrlimit(Resource::Nofile, lim.clone());
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+pub fn run(opts: &PingpongOptions) -> io::Result<PingpongReport> {
+    raise_fd_limit();
+    let counters = Arc::new(Counters::default());
+    let mut idle = Vec::with_capacity(opts.idle);
+    for _ in 0..opts.idle {
+        match TcpStream::connect_timeout(&opts.addr, Duration::from_secs(5)) {
+            Ok(s) => idle.push(s),
+            Err(e) => {
+                eprintln!(
+                    "pingpong: stopped opening idle connections at {}: {e}",
+                    idle.len()
+                );
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+        }
+    }
+    let mut el = EventLoop::new(LoopConfig {
+        engine: Engine::EpollEt,
+        ..LoopConfig::default()
+    })?;
+    let message: Arc<[u8]> = (0..opts.size)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    for _ in 0..opts.conns {
+        let client = PingClient {
+            message: message.clone(),
+            received: 0,
+            counters: counters.clone(),
+            stopping: false,
+        };
+        el.connect(opts.addr, Duration::from_secs(5), Box::new(client))?;
+    }
+    let start = Instant::now();
+    el.run_after(opts.duration, |el| el.stop());
+    el.run()?;
+    let secs = start.elapsed().as_secs_f64();
+    Ok(PingpongReport {
+        conns: opts.conns,
+        size: opts.size,
+        secs,
+        messages: counters.messages.load(Ordering::Relaxed),
+        errors: counters.errors.load(Ordering::Relaxed),
+        idle_opened: idle.len(),
+    })
+}

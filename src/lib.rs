@@ -1,0 +1,17 @@
+//! keel: a Linux high-performance network server framework, and the servers built on it.
+//!
+//! The crate follows the three units of a server (see README's architecture section):
+//! - the **I/O unit** — [`reactor`] (readiness engines select/poll/epoll LT/ET behind one
+//!   switch, the event loop, its timing wheel, waker and signals) and [`net`] (buffers,
+//!   listeners with the EMFILE policy, the connection state machine, the connector);
+//! - the **logic unit** — [`net::Handler`] implementations such as [`services`];
+//! - the server programs and their conventions — [`server`].
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod bench;
+pub mod net;
+pub mod reactor;
+pub mod server;
+pub mod services;
+mod sys;

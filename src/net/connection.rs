@@ -1,0 +1,731 @@
+//! A TCP connection and its state machine, as the notes' rules require.
+//!
+//! ```text
+//!             connect ok                    peer FIN (read()==0)
+//! Connecting ───────────► Open ─────────────────────────────► (read_eof) ──┐
+//!                           │  close(): flush, shutdown(WR)                │ shutdown_write():
+//!                           ▼                                              │ flush, shutdown(WR)
+//!                        Linger ── peer FIN ──► closed (normal)            ▼
+//!                           └──── linger timeout ──► closed with RST    closed (normal)
+//! ```
+//!
+//! - `read() == 0` is the peer's half-close, not an order to close (rule 2). The handler is told
+//!   (`on_peer_shutdown`) and by default finishes writing, then shuts down its own side.
+//! - A write goes straight to the socket when nothing is queued; only the rest is buffered, and
+//!   write interest is on only while something is queued (rule 1).
+//! - Graceful close: shutdown(WR), wait for the peer's FIN up to the linger timeout, then
+//!   close, with `SO_LINGER{on,0}` if the peer never answered, so neither CLOSE_WAIT nor
+//!   FIN_WAIT_2 piles up (rule 4).
+//! - The fd is closed in exactly one place, [`EventLoop::destroy_conn`] (rule 3), always from
+//!   the deferred queue, never from inside a handler callback.
+//! - An idle connection holds no buffer: input and output buffers come from the loop's pool
+//!   when there are bytes to hold and go back as soon as they are empty.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use rustix::net::{SendFlags, Shutdown};
+use socket2::SockRef;
+
+use crate::net::buffer::Buffer;
+use crate::net::handler::{Ctx, Handler};
+use crate::reactor::event::{Event, Interest, Token, Trigger};
+use crate::reactor::event_loop::{
+    slot_in, slot_in_mut, Deferred, EventLoop, Slot, Source, TimerEvent,
+};
+use crate::reactor::timer_wheel::TimerKey;
+
+/// Names a connection on its loop. It stays unique for the loop's life even when the slab slot
+/// is reused (a generation counter is packed in), so a stale id is simply ignored.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ConnId(pub Token);
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ConnState {
+    /// Outgoing, non-blocking connect in progress.
+    Connecting,
+    /// Established. Each direction may already be half-closed (see the flags).
+    Open,
+    /// We sent our FIN as part of a close and wait for the peer's; input is discarded.
+    Linger,
+    /// Queued for destruction: no more I/O.
+    Closing,
+}
+
+/// Why a connection ended; given to [`Handler::on_close`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Both sides finished (FIN both ways).
+    Normal,
+    /// Our FIN went out, the peer's never came within the linger timeout: closed with RST.
+    LingerTimeout,
+    IdleTimeout,
+    /// The handler aborted (RST).
+    Aborted,
+    /// A read or write failed (e.g. the peer reset).
+    Error(io::ErrorKind),
+    /// An outgoing connect failed: refused, timed out, unreachable.
+    ConnectFailed(ConnectError),
+    /// The server stopped and the connection did not finish within the drain timeout.
+    DrainTimeout,
+}
+
+/// Why an outgoing connect failed, in words an operator can act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectError {
+    Refused,
+    TimedOut,
+    Unreachable,
+    Other(io::ErrorKind, i32),
+}
+
+impl ConnectError {
+    pub fn from_io(e: &io::Error) -> ConnectError {
+        match e.raw_os_error() {
+            Some(libc::ECONNREFUSED) => ConnectError::Refused,
+            Some(libc::ETIMEDOUT) => ConnectError::TimedOut,
+            Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH) => ConnectError::Unreachable,
+            code => ConnectError::Other(e.kind(), code.unwrap_or(0)),
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Refused => f.write_str("connection refused"),
+            ConnectError::TimedOut => f.write_str("connect timed out"),
+            ConnectError::Unreachable => f.write_str("network or host unreachable"),
+            ConnectError::Other(kind, code) => write!(f, "connect failed: {kind} (errno {code})"),
+        }
+    }
+}
+
+impl CloseReason {
+    /// Reasons after which the socket is closed with RST rather than a lingering FIN.
+    fn abortive(&self) -> bool {
+        !matches!(self, CloseReason::Normal | CloseReason::IdleTimeout)
+    }
+}
+
+pub(crate) struct Conn {
+    pub(crate) fd: OwnedFd,
+    pub(crate) state: ConnState,
+    pub(crate) handler: Option<Box<dyn Handler>>,
+    pub(crate) input: Option<Buffer>,
+    pub(crate) output: Option<Buffer>,
+    /// What the poller currently has registered for this fd.
+    pub(crate) interest: Interest,
+    pub(crate) read_paused: bool,
+    /// The peer's FIN arrived.
+    pub(crate) read_eof: bool,
+    /// Our FIN went out.
+    pub(crate) write_shut: bool,
+    /// Send our FIN once the output queue drains.
+    pub(crate) shutdown_after_flush: bool,
+    /// After that FIN, wait for the peer's (linger) and close: a full close, not a half-close.
+    pub(crate) close_after_shutdown: bool,
+    pub(crate) above_high_water: bool,
+    pub(crate) last_active: u64,
+    pub(crate) idle_ms: Option<u64>,
+    pub(crate) idle_timer: Option<TimerKey>,
+    pub(crate) linger_timer: Option<TimerKey>,
+    pub(crate) connect_timer: Option<TimerKey>,
+    pub(crate) closing_reason: Option<CloseReason>,
+}
+
+impl Conn {
+    fn new(fd: OwnedFd, state: ConnState, handler: Box<dyn Handler>, now: u64) -> Conn {
+        Conn {
+            fd,
+            state,
+            handler: Some(handler),
+            input: None,
+            output: None,
+            interest: Interest::NONE,
+            read_paused: false,
+            read_eof: false,
+            write_shut: false,
+            shutdown_after_flush: false,
+            close_after_shutdown: false,
+            above_high_water: false,
+            last_active: now,
+            idle_ms: None,
+            idle_timer: None,
+            linger_timer: None,
+            connect_timer: None,
+            closing_reason: None,
+        }
+    }
+
+    fn output_len(&self) -> usize {
+        self.output.as_ref().map_or(0, |b| b.len())
+    }
+}
+
+fn would_block(e: rustix::io::Errno) -> bool {
+    e == rustix::io::Errno::AGAIN || e == rustix::io::Errno::INTR
+}
+
+impl EventLoop {
+    pub(crate) fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        match self.slot_mut(id.0) {
+            Some(Slot {
+                source: Source::Conn(c),
+                ..
+            }) => Some(c),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn conn(&self, id: ConnId) -> Option<&Conn> {
+        match self.slot(id.0) {
+            Some(Slot {
+                source: Source::Conn(c),
+                ..
+            }) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Puts a connected (or connecting) socket under this loop's care. Incoming connections
+    /// arrive here from the listener; a multi-loop acceptor hands sockets to other loops by
+    /// posting a task that calls this.
+    pub fn adopt(&mut self, fd: OwnedFd, handler: Box<dyn Handler>) -> io::Result<ConnId> {
+        let id = self.insert_conn(fd, ConnState::Open, handler)?;
+        self.call_handler(id, |h, cx| h.on_connect(cx));
+        Ok(id)
+    }
+
+    pub(crate) fn insert_conn(
+        &mut self,
+        fd: OwnedFd,
+        state: ConnState,
+        handler: Box<dyn Handler>,
+    ) -> io::Result<ConnId> {
+        let now = self.now_tick();
+        let mut conn = Conn::new(fd, state, handler, now);
+        let edge = self.poller.trigger() == Trigger::Edge;
+        conn.interest = match (edge, state) {
+            (true, _) => Interest::BOTH,
+            (false, ConnState::Connecting) => Interest::WRITABLE,
+            (false, _) => Interest::READABLE,
+        };
+        let interest = conn.interest;
+        let token = self.insert_source(Source::Conn(conn));
+        let id = ConnId(token);
+        if let Err(e) = self.register(token, interest) {
+            self.remove_source(token);
+            return Err(e);
+        }
+        self.stats.open += 1;
+        if let Some(idle) = self.cfg.idle_timeout {
+            self.set_idle_timeout(id, Some(idle));
+        }
+        Ok(id)
+    }
+
+    /// Takes the handler out of its connection, calls it with a [`Ctx`], and puts it back.
+    /// The handler can therefore reach any connection of this loop, its own included, through
+    /// the context without aliasing itself.
+    pub(crate) fn call_handler(
+        &mut self,
+        id: ConnId,
+        f: impl FnOnce(&mut dyn Handler, &mut Ctx<'_>),
+    ) {
+        let Some(mut handler) = self.conn_mut(id).and_then(|c| c.handler.take()) else {
+            return;
+        };
+        f(&mut *handler, &mut Ctx::new(self, id));
+        if let Some(conn) = self.conn_mut(id) {
+            conn.handler = Some(handler);
+        }
+        self.run_deferred();
+    }
+
+    pub(crate) fn conn_event(&mut self, id: ConnId, ev: Event) {
+        if matches!(self.conn(id).map(|c| c.state), Some(ConnState::Connecting)) {
+            if ev.writable || ev.error {
+                self.connect_finished(id);
+            }
+            return;
+        }
+        if ev.writable {
+            self.conn_writable(id);
+        }
+        if ev.readable || ev.error {
+            self.conn_readable(id);
+        }
+    }
+
+    /// Reads what the socket has: one `readv` per wake-up for level-triggered engines (the
+    /// poller reports again if more is left), until EAGAIN or the read budget for edge.
+    pub(crate) fn conn_readable(&mut self, id: ConnId) {
+        let edge = self.poller.trigger() == Trigger::Edge;
+        let budget = self.cfg.read_budget;
+        let mut total = 0usize;
+        loop {
+            let Some(conn) = self.conn_mut(id) else {
+                return;
+            };
+            if conn.read_paused || conn.read_eof || conn.state == ConnState::Closing {
+                return;
+            }
+            let mut input = match conn.input.take() {
+                Some(b) => b,
+                None => self.pool.get(),
+            };
+            let asked = input.writable_mut().len() + self.spill.len();
+            let res = {
+                let EventLoop { slots, spill, .. } = self;
+                match slot_in(slots, id.0).map(|s| &s.source) {
+                    Some(Source::Conn(conn)) => input.read_from(&conn.fd, spill),
+                    _ => Err(io::ErrorKind::NotFound.into()),
+                }
+            };
+            match res {
+                Ok(0) => {
+                    self.stash_input(id, input);
+                    self.peer_eof(id);
+                    return;
+                }
+                Ok(n) => {
+                    self.stats.bytes_in += n as u64;
+                    total += n;
+                    let now = self.now_tick();
+                    let conn = self.conn_mut(id).expect("still here");
+                    conn.last_active = now;
+                    if conn.state == ConnState::Linger {
+                        // Closing: the peer's bytes are drained only to reach its FIN.
+                        input.clear();
+                        self.stash_input(id, input);
+                    } else {
+                        self.call_handler(id, |h, cx| h.on_data(cx, &mut input));
+                        self.stash_input(id, input);
+                    }
+                    // A short read emptied the socket: an edge poller will report new data.
+                    if !edge || n < asked {
+                        return;
+                    }
+                    if total >= budget {
+                        self.ready.push(id.0);
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.stash_input(id, input);
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    self.stash_input(id, input);
+                }
+                Err(e) => {
+                    self.stash_input(id, input);
+                    self.close_with(id, CloseReason::Error(e.kind()));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Keeps a non-empty input buffer with its connection; returns an empty one to the pool.
+    fn stash_input(&mut self, id: ConnId, input: Buffer) {
+        if input.is_empty() {
+            self.pool.put(input);
+            return;
+        }
+        match self.conn_mut(id) {
+            Some(conn) if conn.state != ConnState::Closing => conn.input = Some(input),
+            _ => self.pool.put(input),
+        }
+    }
+
+    fn peer_eof(&mut self, id: ConnId) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        conn.read_eof = true;
+        let both_done = conn.write_shut;
+        self.update_interest(id);
+        if both_done {
+            self.close_with(id, CloseReason::Normal);
+        } else {
+            self.call_handler(id, |h, cx| h.on_peer_shutdown(cx));
+        }
+    }
+
+    pub(crate) fn conn_writable(&mut self, id: ConnId) {
+        let EventLoop { slots, stats, .. } = self;
+        let Some(Source::Conn(conn)) = slot_in_mut(slots, id.0).map(|s| &mut s.source) else {
+            return;
+        };
+        if conn.state == ConnState::Closing {
+            return;
+        }
+        let Some(out) = conn.output.as_mut() else {
+            return;
+        };
+        let res = loop {
+            match rustix::net::send(&conn.fd, out.as_slice(), SendFlags::NOSIGNAL) {
+                Ok(n) => {
+                    out.consume(n);
+                    stats.bytes_out += n as u64;
+                    if out.is_empty() {
+                        break Ok(true);
+                    }
+                    // A short write means the socket buffer is full: wait for the next report.
+                    break Ok(false);
+                }
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::AGAIN) => break Ok(false),
+                Err(e) => break Err(io::Error::from(e)),
+            }
+        };
+        let now = self.now_tick();
+        match res {
+            Ok(false) => {
+                if let Some(c) = self.conn_mut(id) {
+                    c.last_active = now;
+                }
+            }
+            Ok(true) => {
+                let conn = self.conn_mut(id).expect("still here");
+                conn.last_active = now;
+                let out = conn.output.take().expect("had output");
+                conn.above_high_water = false;
+                let shutdown = conn.shutdown_after_flush;
+                self.pool.put(out);
+                self.update_interest(id);
+                if shutdown {
+                    self.shutdown_now(id);
+                } else {
+                    self.call_handler(id, |h, cx| h.on_drained(cx));
+                }
+            }
+            Err(e) => self.close_with(id, CloseReason::Error(e.kind())),
+        }
+    }
+
+    /// Registers exactly what the connection needs now: read unless paused or at EOF, write only
+    /// while output is queued (or a connect is pending). Edge-triggered registrations never
+    /// change: they were made for both directions once.
+    pub(crate) fn update_interest(&mut self, id: ConnId) {
+        if self.poller.trigger() == Trigger::Edge {
+            return;
+        }
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        let want_read = !conn.read_paused && !conn.read_eof && conn.state != ConnState::Connecting;
+        let want_write = conn.output_len() > 0 || conn.state == ConnState::Connecting;
+        let want = Interest::with(want_read, want_write);
+        if want == conn.interest || conn.state == ConnState::Closing {
+            return;
+        }
+        conn.interest = want;
+        if self.reregister(id.0, want).is_err() {
+            self.close_with(id, CloseReason::Error(io::ErrorKind::Other));
+        }
+    }
+
+    // ---- operations handlers call (through Ctx, or directly on the loop for other ids) ----
+
+    /// Queues `data` on connection `id`: straight to the socket if nothing is queued, the
+    /// rest buffered. Returns false if the connection is gone or its write side is shut.
+    pub fn write(&mut self, id: ConnId, data: &[u8]) -> bool {
+        let high_water = self.cfg.high_water;
+        let Some(conn) = self.conn_mut(id) else {
+            return false;
+        };
+        if conn.write_shut || conn.shutdown_after_flush || conn.state == ConnState::Closing {
+            return false;
+        }
+        if data.is_empty() {
+            return true;
+        }
+        let mut written = 0;
+        if conn.output_len() == 0 && conn.state != ConnState::Connecting {
+            loop {
+                match rustix::net::send(&conn.fd, data, SendFlags::NOSIGNAL) {
+                    Ok(n) => {
+                        written = n;
+                        break;
+                    }
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) if would_block(e) => break,
+                    Err(e) => {
+                        self.close_with(id, CloseReason::Error(io::Error::from(e).kind()));
+                        return false;
+                    }
+                }
+            }
+            self.stats.bytes_out += written as u64;
+        }
+        if written == data.len() {
+            return true;
+        }
+        let conn = self.conn_mut(id).expect("still here");
+        let was_empty = conn.output_len() == 0;
+        let mut out = match conn.output.take() {
+            Some(b) => b,
+            None => self.pool.get(),
+        };
+        out.append(&data[written..]);
+        let conn = self.conn_mut(id).expect("still here");
+        let crossed = out.len() >= high_water && !conn.above_high_water;
+        conn.output = Some(out);
+        if crossed {
+            conn.above_high_water = true;
+            self.deferred.push(Deferred::HighWater(id));
+        }
+        if was_empty {
+            self.update_interest(id);
+        }
+        true
+    }
+
+    /// Bytes queued on `id` and not yet accepted by the kernel.
+    pub fn output_len(&self, id: ConnId) -> usize {
+        self.conn(id).map_or(0, |c| c.output_len())
+    }
+
+    pub fn is_open(&self, id: ConnId) -> bool {
+        self.conn(id).is_some_and(|c| c.state != ConnState::Closing)
+    }
+
+    /// Half-close: send our FIN once queued output is flushed, keep reading. The connection
+    /// closes when the peer's FIN has arrived too.
+    pub fn shutdown_write(&mut self, id: ConnId) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if conn.write_shut || conn.state == ConnState::Closing {
+            return;
+        }
+        if conn.output_len() > 0 || conn.state == ConnState::Connecting {
+            conn.shutdown_after_flush = true;
+        } else {
+            self.shutdown_now(id);
+        }
+    }
+
+    /// Graceful close (rule 4): flush, FIN, discard further input, wait for the peer's FIN up
+    /// to the linger timeout, then close (with RST if the peer never answered).
+    pub fn close(&mut self, id: ConnId) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if conn.state == ConnState::Closing {
+            return;
+        }
+        conn.close_after_shutdown = true;
+        if conn.write_shut {
+            self.start_linger(id);
+        } else {
+            self.shutdown_write(id);
+        }
+    }
+
+    /// Closes at once with RST, dropping queued output.
+    pub fn abort(&mut self, id: ConnId) {
+        self.close_with(id, CloseReason::Aborted);
+    }
+
+    /// Stops reading from `id` (backpressure); the kernel's receive window then stops the peer.
+    pub fn pause_read(&mut self, id: ConnId) {
+        if let Some(conn) = self.conn_mut(id) {
+            if !conn.read_paused {
+                conn.read_paused = true;
+                self.update_interest(id);
+            }
+        }
+    }
+
+    pub fn resume_read(&mut self, id: ConnId) {
+        if let Some(conn) = self.conn_mut(id) {
+            if conn.read_paused {
+                conn.read_paused = false;
+                self.update_interest(id);
+                // An edge poller will not report data that arrived while paused.
+                if self.poller.trigger() == Trigger::Edge {
+                    self.ready.push(id.0);
+                }
+            }
+        }
+    }
+
+    pub fn peer_addr(&self, id: ConnId) -> Option<SocketAddr> {
+        let conn = self.conn(id)?;
+        SockRef::from(&conn.fd).peer_addr().ok()?.as_socket()
+    }
+
+    /// Sets or clears the idle timeout of one connection. The timer is not re-armed on every
+    /// read: when it fires, the loop compares with the last activity and re-arms for the rest.
+    pub fn set_idle_timeout(&mut self, id: ConnId, timeout: Option<Duration>) {
+        let now = self.now_tick();
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        let old = conn.idle_timer.take();
+        conn.idle_ms = timeout.map(EventLoop::ms);
+        let deadline = conn.idle_ms.map(|ms| now.max(conn.last_active) + ms);
+        if let Some(key) = old {
+            self.timers.cancel(key);
+        }
+        if let Some(deadline) = deadline {
+            let key = self.timers.insert(deadline, TimerEvent::Idle(id));
+            if let Some(conn) = self.conn_mut(id) {
+                conn.idle_timer = Some(key);
+            }
+        }
+    }
+
+    /// A one-shot timer delivered to the connection's handler as `on_timer(tag)`.
+    pub fn set_conn_timer(&mut self, id: ConnId, after: Duration, tag: u64) -> TimerKey {
+        let deadline = self.now_tick() + EventLoop::ms(after);
+        self.timers.insert(deadline, TimerEvent::User(id, tag))
+    }
+
+    // ---- internals ----
+
+    fn shutdown_now(&mut self, id: ConnId) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        conn.shutdown_after_flush = false;
+        if conn.write_shut {
+            return;
+        }
+        conn.write_shut = true;
+        let res = rustix::net::shutdown(&conn.fd, Shutdown::Write);
+        let read_eof = conn.read_eof;
+        let full_close = conn.close_after_shutdown;
+        if res.is_err() {
+            // ENOTCONN: the peer already reset. Nothing left to say to it.
+            self.close_with(id, CloseReason::Error(io::ErrorKind::NotConnected));
+        } else if read_eof {
+            self.close_with(id, CloseReason::Normal);
+        } else if full_close {
+            self.start_linger(id);
+        }
+    }
+
+    fn start_linger(&mut self, id: ConnId) {
+        let deadline = self.now_tick() + EventLoop::ms(self.cfg.linger_timeout);
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if conn.linger_timer.is_some() {
+            return;
+        }
+        conn.state = ConnState::Linger;
+        // Unconsumed input will never be handled now.
+        let input = conn.input.take();
+        if let Some(b) = input {
+            self.pool.put(b);
+        }
+        let key = self.timers.insert(deadline, TimerEvent::Linger(id));
+        if let Some(conn) = self.conn_mut(id) {
+            conn.linger_timer = Some(key);
+            if conn.read_paused {
+                self.resume_read(id);
+            }
+        }
+    }
+
+    pub(crate) fn linger_timer_fired(&mut self, id: ConnId) {
+        if let Some(conn) = self.conn_mut(id) {
+            conn.linger_timer = None;
+            self.stats.linger_timeouts += 1;
+            self.close_with(id, CloseReason::LingerTimeout);
+        }
+    }
+
+    pub(crate) fn idle_timer_fired(&mut self, id: ConnId) {
+        let now = self.now_tick();
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        conn.idle_timer = None;
+        let Some(ms) = conn.idle_ms else { return };
+        let deadline = conn.last_active + ms;
+        if now < deadline {
+            let key = self.timers.insert(deadline, TimerEvent::Idle(id));
+            if let Some(conn) = self.conn_mut(id) {
+                conn.idle_timer = Some(key);
+            }
+            return;
+        }
+        let already_closing =
+            conn.write_shut || conn.shutdown_after_flush || conn.close_after_shutdown;
+        self.stats.idle_timeouts += 1;
+        if already_closing {
+            // Still stuck after a whole idle period of trying to close: give up.
+            self.close_with(id, CloseReason::IdleTimeout);
+            return;
+        }
+        // Re-arm so a peer that never reads our queued output is cut off a period later.
+        let key = self.timers.insert(now + ms, TimerEvent::Idle(id));
+        if let Some(conn) = self.conn_mut(id) {
+            conn.idle_timer = Some(key);
+        }
+        self.call_handler(id, |h, cx| h.on_idle_timeout(cx));
+    }
+
+    pub(crate) fn user_timer_fired(&mut self, id: ConnId, tag: u64) {
+        self.call_handler(id, |h, cx| h.on_timer(cx, tag));
+    }
+
+    pub(crate) fn notify_high_water(&mut self, id: ConnId) {
+        let queued = self.output_len(id);
+        if queued > 0 {
+            self.call_handler(id, |h, cx| h.on_high_water(cx, queued));
+        }
+    }
+
+    /// Queues the connection for destruction with `reason`. The first reason wins.
+    pub(crate) fn close_with(&mut self, id: ConnId, reason: CloseReason) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if conn.closing_reason.is_some() {
+            return;
+        }
+        conn.closing_reason = Some(reason);
+        conn.state = ConnState::Closing;
+        self.deferred.push(Deferred::Close(id));
+    }
+
+    /// The one place a connection's fd is closed.
+    pub(crate) fn destroy_conn(&mut self, id: ConnId) {
+        let Some(Source::Conn(mut conn)) = self.remove_source(id.0) else {
+            return;
+        };
+        self.poller.deregister_before_close(conn.fd.as_fd());
+        for key in [conn.idle_timer, conn.linger_timer, conn.connect_timer]
+            .into_iter()
+            .flatten()
+        {
+            self.timers.cancel(key);
+        }
+        for buf in [conn.input.take(), conn.output.take()]
+            .into_iter()
+            .flatten()
+        {
+            self.pool.put(buf);
+        }
+        let reason = conn.closing_reason.take().unwrap_or(CloseReason::Normal);
+        if reason.abortive() {
+            let _ = SockRef::from(&conn.fd).set_linger(Some(Duration::ZERO));
+        }
+        self.stats.open -= 1;
+        self.stats.closed += 1;
+        let handler = conn.handler.take();
+        drop(conn); // close(2)
+        if let Some(mut h) = handler {
+            h.on_close(&mut Ctx::new(self, id), reason);
+        }
+    }
+}

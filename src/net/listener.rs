@@ -1,0 +1,190 @@
+//! Listening sockets and the accept policy.
+//!
+//! - `accept4(NONBLOCK|CLOEXEC)`: every socket is non-blocking from birth and never leaks into
+//!   a child process.
+//! - A bounded number of accepts per readiness report, so a connect storm cannot starve the
+//!   connections already being served.
+//! - EMFILE/ENFILE (DESIGN rule 6): the pending connection cannot be accepted, so a
+//!   level-triggered poller would report the listener again at once, forever: the loop would
+//!   spin at 100% CPU. The loop keeps one fd in reserve; it closes it, accepts the connection,
+//!   closes that (the client sees a clean close rather than a hang), and reopens the reserve.
+//!   A configured connection limit is enforced the same way. Every refusal is counted.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use rustix::net::SocketFlags;
+use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
+
+use crate::net::handler::Handler;
+use crate::reactor::event::{Interest, Token, Trigger};
+use crate::reactor::event_loop::{EventLoop, Source};
+
+/// Makes a handler for each accepted connection. Shared (`Arc`, `Sync`) so one listener's
+/// factory can serve every loop of a multi-loop server.
+pub type HandlerFactory = Arc<dyn Fn() -> Box<dyn Handler> + Send + Sync>;
+
+/// How to open a listening socket.
+#[derive(Clone, Debug)]
+pub struct ListenOptions {
+    /// Let several sockets (one per loop or per process) bind the same address; the kernel
+    /// spreads incoming connections over them.
+    pub reuse_port: bool,
+    pub backlog: i32,
+}
+
+impl Default for ListenOptions {
+    fn default() -> Self {
+        ListenOptions {
+            reuse_port: false,
+            backlog: 4096,
+        }
+    }
+}
+
+/// Binds a non-blocking TCP listener. SO_REUSEADDR is always on, so a restarted server can
+/// bind while old connections sit in TIME_WAIT.
+pub fn bind_tcp(addr: SocketAddr, opts: &ListenOptions) -> io::Result<TcpListener> {
+    let sock = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    sock.set_reuse_address(true)?;
+    if opts.reuse_port {
+        sock.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
+    sock.listen(opts.backlog)?;
+    Ok(sock.into())
+}
+
+pub(crate) struct Listener {
+    pub(crate) fd: OwnedFd,
+    factory: HandlerFactory,
+}
+
+/// The fd held back for EMFILE. /dev/null is cheap and always there.
+pub(crate) fn open_reserve_fd() -> Option<OwnedFd> {
+    rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()
+}
+
+impl EventLoop {
+    /// Serves `listener` on this loop: each accepted connection gets a handler from `factory`.
+    pub fn add_listener(
+        &mut self,
+        listener: TcpListener,
+        factory: HandlerFactory,
+    ) -> io::Result<Token> {
+        listener.set_nonblocking(true)?;
+        let fd = OwnedFd::from(listener);
+        let token = self.insert_source(Source::Listener(Listener { fd, factory }));
+        if let Err(e) = self.register(token, Interest::READABLE) {
+            self.remove_source(token);
+            return Err(e);
+        }
+        Ok(token)
+    }
+
+    /// Stops listening: the socket is closed, so new connections are refused by the kernel.
+    pub fn close_listener(&mut self, token: Token) {
+        match self.remove_source(token) {
+            Some(Source::Listener(l)) => self.poller.deregister_before_close(l.fd.as_fd()),
+            Some(Source::Udp(u)) => self.poller.deregister_before_close(u.sock.as_fd()),
+            Some(other) => {
+                // Not a listener: put nothing back (tokens are never reused), but do not leak
+                // the registration either.
+                drop(other);
+            }
+            None => {}
+        }
+    }
+
+    pub(crate) fn accept_ready(&mut self, token: Token) {
+        let max = self.cfg.max_accepts_per_wakeup;
+        for _ in 0..max {
+            let Some(Source::Listener(l)) = self.slot(token).map(|s| &s.source) else {
+                return;
+            };
+            match rustix::net::accept_with(&l.fd, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
+                Ok(fd) => {
+                    let factory = l.factory.clone();
+                    self.accepted(fd, &factory);
+                }
+                Err(rustix::io::Errno::AGAIN) => return,
+                Err(rustix::io::Errno::MFILE) | Err(rustix::io::Errno::NFILE) => {
+                    self.stats.refused_emfile += 1;
+                    if !self.refuse_with_reserve(token) {
+                        // No reserve to free: nothing can be accepted now. Wait for the next
+                        // report rather than spin on this one.
+                        return;
+                    }
+                }
+                // The client gave up between SYN and accept, or a signal: try the next one.
+                Err(rustix::io::Errno::CONNABORTED)
+                | Err(rustix::io::Errno::INTR)
+                | Err(rustix::io::Errno::PROTO) => {}
+                Err(_) => return, // ENOBUFS/ENOMEM: back off until the next report
+            }
+        }
+        // Bound reached with connections possibly still pending: an edge poller would not
+        // report them again, so come back before the next wait.
+        if self.poller.trigger() == Trigger::Edge {
+            self.ready.push(token);
+        }
+    }
+
+    fn accepted(&mut self, fd: OwnedFd, factory: &HandlerFactory) {
+        if let Some(limit) = self.cfg.max_connections {
+            if self.stats.open as usize >= limit {
+                self.stats.refused_limit += 1;
+                drop(fd); // a clean close: the client reads EOF
+                return;
+            }
+        }
+        let sock = SockRef::from(&fd);
+        if self.cfg.tcp_nodelay {
+            let _ = sock.set_tcp_nodelay(true);
+        }
+        if let Some(ka) = self.cfg.keepalive {
+            let params = TcpKeepalive::new()
+                .with_time(ka.idle)
+                .with_interval(ka.interval)
+                .with_retries(ka.count);
+            let _ = sock.set_tcp_keepalive(&params);
+        }
+        self.stats.accepted += 1;
+        if self.adopt(fd, factory()).is_err() {
+            // Registration failed (e.g. select at FD_SETSIZE): the fd was closed, so the client
+            // sees a clean close. Count it as a limit refusal.
+            self.stats.refused_limit += 1;
+        }
+    }
+
+    /// The EMFILE dance: free the reserve, accept and close one pending connection, reopen.
+    fn refuse_with_reserve(&mut self, token: Token) -> bool {
+        let Some(reserve) = self.reserve_fd.take() else {
+            self.reserve_fd = open_reserve_fd();
+            return false;
+        };
+        drop(reserve);
+        let accepted = match self.slot(token).map(|s| &s.source) {
+            Some(Source::Listener(l)) => rustix::net::accept_with(&l.fd, SocketFlags::CLOEXEC).ok(),
+            _ => None,
+        };
+        drop(accepted);
+        self.reserve_fd = open_reserve_fd();
+        self.reserve_fd.is_some()
+    }
+}

@@ -1,0 +1,16 @@
+//! Connections and what carries their bytes: buffers, listeners, connector, UDP, the handler API.
+
+pub mod buffer;
+pub mod buffer_pool;
+pub mod connection;
+pub mod connector;
+pub mod handler;
+pub mod listener;
+pub mod udp;
+
+pub use buffer::Buffer;
+pub use buffer_pool::BufferPool;
+pub use connection::{CloseReason, ConnId, ConnectError};
+pub use handler::{Ctx, Handler};
+pub use listener::{bind_tcp, HandlerFactory, ListenOptions};
+pub use udp::DatagramHandler;

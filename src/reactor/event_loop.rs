@@ -1,0 +1,508 @@
+//! The event loop: wait → dispatch → expire timers → run posted tasks, on one thread.
+//!
+//! One `EventLoop` owns a poller, every source registered in it (listeners, connections, UDP
+//! sockets, its waker and signalfd), a timing wheel, a buffer pool and the 64 KiB spill area all
+//! its connections read through. Nothing in it is shared with another thread except the task
+//! queue behind [`LoopHandle`]; that is muduo's "one loop per thread" and the reason no lock
+//! sits on the I/O path.
+//!
+//! The connection state machine lives in `net::connection`, the accept policy in
+//! `net::listener`, outgoing connects in `net::connector`: they are `impl EventLoop` blocks
+//! because each needs the loop's poller, pool and timers, and each file holds one concept.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use super::event::{Event, Interest, Token, Trigger};
+use super::handle::{LoopHandle, Shared, Task};
+use super::poller::{Engine, Poller};
+use super::signals::{Signal, Signals};
+use super::stats::LoopStats;
+use super::timer_wheel::{TimerKey, TimerWheel};
+use super::waker::Waker;
+use crate::net::buffer_pool::BufferPool;
+use crate::net::connection::{CloseReason, Conn, ConnId};
+use crate::net::listener::Listener;
+use crate::net::udp::UdpEndpoint;
+
+/// Size of the loop's read spill: what one `readv` can take beyond a connection's own buffer.
+pub const SPILL: usize = 64 * 1024;
+
+/// TCP keepalive probe settings (the kernel's half-open detection; see DESIGN rule 7).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    pub idle: Duration,
+    pub interval: Duration,
+    pub count: u32,
+}
+
+/// Per-loop settings. Every timeout in it is enforced by the loop's timing wheel.
+#[derive(Clone, Debug)]
+pub struct LoopConfig {
+    pub engine: Engine,
+    /// Close a connection that moved no byte for this long.
+    pub idle_timeout: Option<Duration>,
+    /// After our FIN, how long to wait for the peer's before closing with RST.
+    pub linger_timeout: Duration,
+    /// Refuse (accept, then close) connections beyond this many on this loop.
+    pub max_connections: Option<usize>,
+    /// Accept at most this many connections per readiness report, so a connect storm cannot
+    /// starve established connections.
+    pub max_accepts_per_wakeup: usize,
+    /// Edge-triggered: read at most this many bytes from one connection per wake-up before
+    /// moving on (the connection is revisited before the next wait).
+    pub read_budget: usize,
+    /// Queued output above which the handler's `on_high_water` is called.
+    pub high_water: usize,
+    pub tcp_nodelay: bool,
+    pub keepalive: Option<Keepalive>,
+    /// Initial size of a pooled connection buffer, and how many the pool keeps.
+    pub buffer_size: usize,
+    pub pooled_buffers: usize,
+}
+
+impl Default for LoopConfig {
+    fn default() -> Self {
+        LoopConfig {
+            engine: Engine::default(),
+            idle_timeout: None,
+            linger_timeout: Duration::from_secs(5),
+            max_connections: None,
+            max_accepts_per_wakeup: 64,
+            read_budget: 256 * 1024,
+            high_water: 1024 * 1024,
+            tcp_nodelay: true,
+            keepalive: None,
+            buffer_size: 4096,
+            pooled_buffers: 1024,
+        }
+    }
+}
+
+/// What a timer means when it fires. Connection timers name the connection by [`ConnId`], so
+/// a timer outliving its connection is recognised by the generation check and ignored.
+pub(crate) enum TimerEvent {
+    Idle(ConnId),
+    Linger(ConnId),
+    Connect(ConnId),
+    User(ConnId, u64),
+    Task(Box<dyn FnOnce(&mut EventLoop)>),
+    DrainDeadline,
+}
+
+/// Everything a token can name.
+pub(crate) enum Source {
+    Conn(Conn),
+    Listener(Listener),
+    Udp(UdpEndpoint),
+    Waker,
+    Signals(Option<Signals>),
+}
+
+impl Source {
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            Source::Conn(c) => Some(c.fd.as_fd()),
+            Source::Listener(l) => Some(l.fd.as_fd()),
+            Source::Udp(u) => Some(u.sock.as_fd()),
+            Source::Waker | Source::Signals(_) => None,
+        }
+    }
+}
+
+/// Looks a token up in a slab borrowed on its own, so callers can borrow other loop fields
+/// (the spill area, the stats) at the same time.
+pub(crate) fn slot_in(slots: &Slab<Slot>, token: Token) -> Option<&Slot> {
+    match slots.get((token.0 & 0xffff_ffff) as usize) {
+        Some(slot) if slot.generation == (token.0 >> 32) as u32 => Some(slot),
+        _ => None,
+    }
+}
+
+pub(crate) fn slot_in_mut(slots: &mut Slab<Slot>, token: Token) -> Option<&mut Slot> {
+    match slots.get_mut((token.0 & 0xffff_ffff) as usize) {
+        Some(slot) if slot.generation == (token.0 >> 32) as u32 => Some(slot),
+        _ => None,
+    }
+}
+
+pub(crate) struct Slot {
+    pub(crate) generation: u32,
+    pub(crate) source: Source,
+}
+
+/// Work queued while a handler runs and done right after it returns: closing a connection,
+/// or telling a handler its output crossed the high-water mark. Deferring keeps a handler from
+/// being re-entered and keeps the fd-closing code in one place.
+pub(crate) enum Deferred {
+    Close(ConnId),
+    HighWater(ConnId),
+}
+
+type SignalCallback = Box<dyn FnMut(&mut EventLoop, Signal)>;
+
+pub struct EventLoop {
+    pub(crate) cfg: LoopConfig,
+    pub(crate) poller: Poller,
+    pub(crate) slots: Slab<Slot>,
+    next_generation: u32,
+    pub(crate) timers: TimerWheel<TimerEvent>,
+    fired: Vec<(TimerKey, u64, TimerEvent)>,
+    pub(crate) pool: BufferPool,
+    pub(crate) spill: Box<[u8]>,
+    pub(crate) stats: LoopStats,
+    pub(crate) deferred: Vec<Deferred>,
+    deferred_depth: u32,
+    /// Sources an edge-triggered poller will not report again although they may still have
+    /// work (read budget spent, accept bound reached, or read resumed after a pause).
+    pub(crate) ready: Vec<Token>,
+    /// An fd held in reserve for the EMFILE dance (DESIGN rule 6).
+    pub(crate) reserve_fd: Option<OwnedFd>,
+    shared: Arc<Shared>,
+    tasks: Vec<Task>,
+    on_signal: Option<SignalCallback>,
+    start: Instant,
+    now_tick: u64,
+    quit: bool,
+    draining: bool,
+}
+
+impl EventLoop {
+    pub fn new(cfg: LoopConfig) -> io::Result<EventLoop> {
+        let poller = Poller::new(cfg.engine)?;
+        let shared = Arc::new(Shared::new(Waker::new()?));
+        let pool = BufferPool::new(cfg.buffer_size, cfg.pooled_buffers);
+        let mut el = EventLoop {
+            poller,
+            slots: Slab::with_capacity(1024),
+            next_generation: 1,
+            timers: TimerWheel::new(0),
+            fired: Vec::new(),
+            pool,
+            spill: vec![0u8; SPILL].into_boxed_slice(),
+            stats: LoopStats::new(cfg.engine),
+            deferred: Vec::new(),
+            deferred_depth: 0,
+            ready: Vec::new(),
+            reserve_fd: None,
+            shared,
+            tasks: Vec::new(),
+            on_signal: None,
+            start: Instant::now(),
+            now_tick: 0,
+            quit: false,
+            draining: false,
+            cfg,
+        };
+        el.reserve_fd = crate::net::listener::open_reserve_fd();
+        let token = el.insert_source(Source::Waker);
+        let shared = el.shared.clone();
+        el.poller
+            .register(shared.waker.as_fd(), token, Interest::READABLE)?;
+        Ok(el)
+    }
+
+    pub fn config(&self) -> &LoopConfig {
+        &self.cfg
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.cfg.engine
+    }
+
+    pub fn trigger(&self) -> Trigger {
+        self.poller.trigger()
+    }
+
+    /// A `Send` handle for posting work to this loop from other threads.
+    pub fn handle(&self) -> LoopHandle {
+        LoopHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    pub fn stats(&self) -> &LoopStats {
+        &self.stats
+    }
+
+    /// Milliseconds since the loop started, as of the current iteration (one clock read per
+    /// iteration, not per event).
+    pub fn now_tick(&self) -> u64 {
+        self.now_tick
+    }
+
+    pub(crate) fn ms(d: Duration) -> u64 {
+        // Round up so a timer never fires early.
+        let ms = d.as_millis();
+        let up = if Duration::from_millis(ms as u64) < d {
+            ms + 1
+        } else {
+            ms
+        };
+        up.min(u64::MAX as u128) as u64
+    }
+
+    fn update_clock(&mut self) {
+        self.now_tick = self.start.elapsed().as_millis() as u64;
+    }
+
+    pub(crate) fn insert_source(&mut self, source: Source) -> Token {
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        let index = self.slots.insert(Slot { generation, source });
+        Token(((generation as u64) << 32) | index as u64)
+    }
+
+    /// The slot a token names, if it still holds the same source (generation matches).
+    pub(crate) fn slot_mut(&mut self, token: Token) -> Option<&mut Slot> {
+        slot_in_mut(&mut self.slots, token)
+    }
+
+    pub(crate) fn slot(&self, token: Token) -> Option<&Slot> {
+        slot_in(&self.slots, token)
+    }
+
+    /// Registers the fd of the source `token` names. `poller` and `slots` are disjoint fields,
+    /// so the fd can be borrowed from the slab while the poller is borrowed mutably.
+    pub(crate) fn register(&mut self, token: Token, interest: Interest) -> io::Result<()> {
+        let EventLoop { poller, slots, .. } = self;
+        let slot = slot_in(slots, token).ok_or(io::ErrorKind::NotFound)?;
+        poller.register(
+            slot.source.fd().ok_or(io::ErrorKind::NotFound)?,
+            token,
+            interest,
+        )
+    }
+
+    pub(crate) fn reregister(&mut self, token: Token, interest: Interest) -> io::Result<()> {
+        let EventLoop { poller, slots, .. } = self;
+        let slot = slot_in(slots, token).ok_or(io::ErrorKind::NotFound)?;
+        poller.reregister(
+            slot.source.fd().ok_or(io::ErrorKind::NotFound)?,
+            token,
+            interest,
+        )
+    }
+
+    pub(crate) fn remove_source(&mut self, token: Token) -> Option<Source> {
+        self.slot(token)?;
+        let index = (token.0 & 0xffff_ffff) as usize;
+        Some(self.slots.remove(index).source)
+    }
+
+    /// Runs `f` on the loop thread after `after`.
+    pub fn run_after(
+        &mut self,
+        after: Duration,
+        f: impl FnOnce(&mut EventLoop) + 'static,
+    ) -> TimerKey {
+        let deadline = self.now_tick + Self::ms(after);
+        self.timers.insert(deadline, TimerEvent::Task(Box::new(f)))
+    }
+
+    pub fn cancel_timer(&mut self, key: TimerKey) {
+        self.timers.cancel(key);
+    }
+
+    /// Delivers the given signals to `callback` as loop events. Must be called before any
+    /// other thread is spawned (see `reactor::signals`).
+    pub fn add_signals(
+        &mut self,
+        signals: &[Signal],
+        callback: impl FnMut(&mut EventLoop, Signal) + 'static,
+    ) -> io::Result<()> {
+        let sigs = Signals::new(signals)?;
+        let token = self.insert_source(Source::Signals(None));
+        self.poller
+            .register(sigs.as_fd(), token, Interest::READABLE)?;
+        if let Some(slot) = self.slot_mut(token) {
+            slot.source = Source::Signals(Some(sigs));
+        }
+        self.on_signal = Some(Box::new(callback));
+        Ok(())
+    }
+
+    /// Makes `run` return at the end of the current iteration.
+    pub fn stop(&mut self) {
+        self.quit = true;
+    }
+
+    /// Graceful stop: listeners close at once (new connections are refused), every connection
+    /// is closed gracefully, and `run` returns when the last one is gone or after `drain`.
+    pub fn shutdown_gracefully(&mut self, drain: Duration) {
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        let mut listeners = Vec::new();
+        let mut conns = Vec::new();
+        for (index, slot) in self.slots.iter() {
+            let token = Token(((slot.generation as u64) << 32) | index as u64);
+            match slot.source {
+                Source::Listener(_) | Source::Udp(_) => listeners.push(token),
+                Source::Conn(_) => conns.push(ConnId(token)),
+                _ => {}
+            }
+        }
+        for token in listeners {
+            self.close_listener(token);
+        }
+        for id in conns {
+            self.close(id);
+        }
+        let deadline = self.now_tick + Self::ms(drain);
+        self.timers.insert(deadline, TimerEvent::DrainDeadline);
+        self.run_deferred();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Runs the loop until [`stop`](Self::stop), or until a graceful shutdown has drained.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Vec::with_capacity(1024);
+        self.quit = false;
+        while !self.quit {
+            let timeout = self.poll_timeout();
+            self.poller.wait(&mut events, timeout)?;
+            self.stats.wakeups += 1;
+            self.stats.events += events.len() as u64;
+            self.update_clock();
+            for ev in events.iter() {
+                self.dispatch(*ev);
+                self.run_deferred();
+            }
+            self.run_ready_list();
+            self.expire_timers();
+            if self.draining && self.stats.open == 0 {
+                self.quit = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn poll_timeout(&mut self) -> Option<Duration> {
+        if !self.ready.is_empty() || self.quit {
+            return Some(Duration::ZERO);
+        }
+        self.timers.next_deadline().map(|deadline| {
+            self.update_clock();
+            Duration::from_millis(deadline.saturating_sub(self.now_tick))
+        })
+    }
+
+    fn dispatch(&mut self, ev: Event) {
+        let Some(slot) = self.slot_mut(ev.token) else {
+            return; // stale: the source was closed earlier in this batch
+        };
+        match &mut slot.source {
+            Source::Conn(_) => self.conn_event(ConnId(ev.token), ev),
+            Source::Listener(_) => self.accept_ready(ev.token),
+            Source::Udp(_) => self.udp_ready(ev.token),
+            Source::Waker => self.run_tasks(),
+            Source::Signals(_) => self.read_signals(ev.token),
+        }
+    }
+
+    fn run_ready_list(&mut self) {
+        if self.ready.is_empty() {
+            return;
+        }
+        let ready = std::mem::take(&mut self.ready);
+        for token in ready {
+            let Some(slot) = self.slot(token) else {
+                continue;
+            };
+            match slot.source {
+                Source::Conn(_) => self.conn_readable(ConnId(token)),
+                Source::Listener(_) => self.accept_ready(token),
+                Source::Udp(_) => self.udp_ready(token),
+                _ => {}
+            }
+            self.run_deferred();
+        }
+    }
+
+    fn run_tasks(&mut self) {
+        let mut tasks = std::mem::take(&mut self.tasks);
+        self.shared.take_tasks(&mut tasks);
+        for task in tasks.drain(..) {
+            task(self);
+            self.run_deferred();
+        }
+        if self.tasks.is_empty() {
+            self.tasks = tasks; // keep the allocation
+        }
+    }
+
+    fn read_signals(&mut self, token: Token) {
+        loop {
+            let sig = match self.slot_mut(token).map(|s| &mut s.source) {
+                Some(Source::Signals(Some(s))) => s.next(),
+                _ => None,
+            };
+            let Some(sig) = sig else { break };
+            if let Some(mut cb) = self.on_signal.take() {
+                cb(self, sig);
+                self.run_deferred();
+                if self.on_signal.is_none() {
+                    self.on_signal = Some(cb);
+                }
+            }
+        }
+    }
+
+    fn expire_timers(&mut self) {
+        let mut fired = std::mem::take(&mut self.fired);
+        self.timers.advance(self.now_tick, &mut fired);
+        for (_, _, ev) in fired.drain(..) {
+            match ev {
+                TimerEvent::Idle(id) => self.idle_timer_fired(id),
+                TimerEvent::Linger(id) => self.linger_timer_fired(id),
+                TimerEvent::Connect(id) => self.connect_timer_fired(id),
+                TimerEvent::User(id, tag) => self.user_timer_fired(id, tag),
+                TimerEvent::Task(f) => f(self),
+                TimerEvent::DrainDeadline => self.drain_deadline(),
+            }
+            self.run_deferred();
+        }
+        self.fired = fired;
+    }
+
+    fn drain_deadline(&mut self) {
+        let ids: Vec<ConnId> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| matches!(s.source, Source::Conn(_)))
+            .map(|(i, s)| ConnId(Token(((s.generation as u64) << 32) | i as u64)))
+            .collect();
+        for id in ids {
+            self.close_with(id, CloseReason::DrainTimeout);
+        }
+        self.quit = true;
+    }
+
+    /// Performs the work handlers queued (closes, high-water notifications). Nested calls
+    /// return at once: the outermost call drains the queue.
+    pub(crate) fn run_deferred(&mut self) {
+        if self.deferred_depth > 0 || self.deferred.is_empty() {
+            return;
+        }
+        self.deferred_depth += 1;
+        while !self.deferred.is_empty() {
+            let batch = std::mem::take(&mut self.deferred);
+            for d in batch {
+                match d {
+                    Deferred::Close(id) => self.destroy_conn(id),
+                    Deferred::HighWater(id) => self.notify_high_water(id),
+                }
+            }
+        }
+        self.deferred_depth -= 1;
+    }
+}

@@ -1,0 +1,68 @@
+//! The `Send` side of an event loop: how other threads reach it.
+//!
+//! A loop is single-threaded on purpose (one owner per connection, DESIGN rule 5); the only
+//! things shared with other threads are this task queue and the waker that rings the loop when
+//! the queue goes from empty to non-empty.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::event_loop::EventLoop;
+use super::waker::Waker;
+
+/// Work sent to a loop from anywhere; it runs on the loop's thread with the whole loop at hand.
+pub type Task = Box<dyn FnOnce(&mut EventLoop) + Send>;
+
+pub(crate) struct Shared {
+    tasks: Mutex<Vec<Task>>,
+    /// True from the first post after a drain until the loop drains again, so a burst of posts
+    /// rings the eventfd once instead of once per task.
+    notified: AtomicBool,
+    pub(crate) waker: Waker,
+}
+
+impl Shared {
+    pub(crate) fn new(waker: Waker) -> Shared {
+        Shared {
+            tasks: Mutex::new(Vec::new()),
+            notified: AtomicBool::new(false),
+            waker,
+        }
+    }
+
+    /// Called by the loop when the waker fired: re-arms notification, then takes the batch.
+    /// Clearing the flag before taking the queue means a post racing with us either lands in
+    /// this batch or rings the waker again.
+    pub(crate) fn take_tasks(&self, into: &mut Vec<Task>) {
+        self.notified.store(false, Ordering::SeqCst);
+        self.waker.drain();
+        let mut q = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::swap(&mut *q, into);
+    }
+}
+
+/// A cloneable, `Send` handle to one event loop.
+#[derive(Clone)]
+pub struct LoopHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl LoopHandle {
+    /// Runs `task` on the loop's thread at its next iteration. Returns false if the waker
+    /// could not be rung (the loop's eventfd is gone), in which case the task may never run.
+    pub fn post(&self, task: impl FnOnce(&mut EventLoop) + Send + 'static) -> bool {
+        {
+            let mut q = self.shared.tasks.lock().unwrap_or_else(|e| e.into_inner());
+            q.push(Box::new(task));
+        }
+        if !self.shared.notified.swap(true, Ordering::SeqCst) {
+            return self.shared.waker.wake().is_ok();
+        }
+        true
+    }
+
+    /// Asks the loop to return from `run` at its next iteration.
+    pub fn stop(&self) -> bool {
+        self.post(|el| el.stop())
+    }
+}

@@ -1,0 +1,42 @@
+//! TCP and UDP echo (RFC 862).
+
+use std::net::{SocketAddr, UdpSocket};
+
+use crate::net::{Buffer, Ctx, DatagramHandler, Handler};
+
+/// Sends back every byte it receives. When the peer reads slower than it writes, the echoed
+/// bytes pile up in our output queue; past the high-water mark we stop reading, so the kernel's
+/// receive window pushes back on the sender instead of our memory growing without bound.
+#[derive(Default)]
+pub struct Echo {
+    paused: bool,
+}
+
+impl Handler for Echo {
+    fn on_data(&mut self, cx: &mut Ctx<'_>, input: &mut Buffer) {
+        cx.write(input.as_slice());
+        input.clear();
+    }
+
+    fn on_high_water(&mut self, cx: &mut Ctx<'_>, _queued: usize) {
+        self.paused = true;
+        cx.pause_read();
+    }
+
+    fn on_drained(&mut self, cx: &mut Ctx<'_>) {
+        if self.paused {
+            self.paused = false;
+            cx.resume_read();
+        }
+    }
+}
+
+/// Answers each datagram with itself.
+pub struct UdpEcho;
+
+impl DatagramHandler for UdpEcho {
+    fn on_datagram(&mut self, sock: &UdpSocket, data: &[u8], from: SocketAddr) {
+        // A full socket buffer drops the reply, as UDP may.
+        let _ = sock.send_to(data, from);
+    }
+}

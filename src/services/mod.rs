@@ -1,0 +1,4 @@
+//! Small servers on the framework: they prove the I/O unit and serve as examples.
+
+pub mod discard;
+pub mod echo;

@@ -1,0 +1,4 @@
+//! Raw system calls the safe crates do not wrap. Nearly every `unsafe` block of keel lives
+//! here, each with a `// SAFETY:` comment.
+
+pub mod select_poll;

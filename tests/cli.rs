@@ -1,0 +1,92 @@
+//! Command-line contract: bad arguments exit 2 with a message, a bind error exits 1 naming the
+//! address.
+
+mod util;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Kills the child (by its PID) on drop unless it has been reaped.
+struct Guard(Option<Child>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs keel with `args`, expecting it to exit by itself within 10 s.
+fn run(args: &[&str]) -> Output {
+    let child = Command::new(util::keel_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn keel");
+    let mut g = Guard(Some(child));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = g.0.as_mut().unwrap();
+        if c.try_wait().expect("try_wait").is_some() {
+            return g.0.take().unwrap().wait_with_output().expect("output");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "keel {args:?} did not exit within 10 s"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn bad_arguments_exit_2() {
+    for args in [
+        &[
+            "echo",
+            "--listen",
+            "127.0.0.1:0",
+            "--engine",
+            "no-such-engine",
+        ][..],
+        &["echo", "--listen", "127.0.0.1:0", "--idle-timeout", "soon"][..],
+        &["echo", "--listen", "not-an-address"][..],
+        &["no-such-subcommand"][..],
+    ] {
+        let out = run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "keel {args:?}: exit {:?}, stderr {:?}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !out.stderr.is_empty(),
+            "keel {args:?}: exit 2 without a message on stderr"
+        );
+    }
+}
+
+#[test]
+fn bind_error_exits_1_naming_the_address() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = run(&["echo", "--listen", &addr]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "keel echo --listen {addr} (address in use): exit {:?}, stderr {stderr:?}",
+        out.status
+    );
+    assert!(
+        stderr.contains(&addr),
+        "bind error message does not name {addr}: {stderr:?}"
+    );
+}

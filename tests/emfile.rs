@@ -1,0 +1,199 @@
+//! `accept` at EMFILE (DESIGN rule 6) and the configured connection limit: refused clients see a
+//! clean close, never a hang, and the loop does not spin.
+
+mod util;
+
+use std::net::{SocketAddr, TcpStream};
+use std::thread;
+use std::time::Duration;
+
+use util::{per_engine, probe, try_connect, wait_served, Opts, Probe, Server};
+
+/// Connects `n` clients (sequentially, each with a connect timeout) and probes each one
+/// concurrently (send a few bytes, wait up to 5 s for the echo). Returns the streams (still open)
+/// with their probe results.
+fn flood(addr: SocketAddr, n: usize, tag: &str) -> Vec<(Option<TcpStream>, Probe)> {
+    let streams: Vec<Option<TcpStream>> = (0..n).map(|_| try_connect(addr).ok()).collect();
+    let handles: Vec<_> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let msg = format!("{tag} {i}");
+            thread::spawn(move || match s {
+                Some(mut s) => {
+                    let p = probe(&mut s, msg.as_bytes(), Duration::from_secs(5));
+                    (Some(s), p)
+                }
+                None => (None, Probe::Odd),
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("probe thread"))
+        .collect()
+}
+
+struct Tally {
+    served: usize,
+    closed: usize,
+    hang: usize,
+    odd: usize,
+}
+
+fn tally(results: &[(Option<TcpStream>, Probe)]) -> Tally {
+    let mut t = Tally {
+        served: 0,
+        closed: 0,
+        hang: 0,
+        odd: 0,
+    };
+    for (_, p) in results {
+        match p {
+            Probe::Served => t.served += 1,
+            Probe::Closed(_) => t.closed += 1,
+            Probe::Hang => t.hang += 1,
+            Probe::Odd => t.odd += 1,
+        }
+    }
+    t
+}
+
+const NOFILE: u64 = 64;
+const FLOOD: usize = 200;
+
+/// With RLIMIT_NOFILE = 64, a flood of 200 connections: those the server cannot hold see a clean
+/// close (EOF or reset), none hangs; while the flood is held (and more clients keep knocking) the
+/// loop does not spin; `refused_emfile` counts; after the flood is gone, service is back.
+fn emfile_flood(engine: &str) {
+    let srv = Opts::echo(engine).nofile(NOFILE).spawn();
+    assert_eq!(
+        wait_served(srv.tcp, b"before", Duration::from_secs(5)),
+        Probe::Served,
+        "[{engine}] no echo service before the flood\n{}",
+        srv.stderr_dump()
+    );
+    let results = flood(srv.tcp, FLOOD, "flood");
+    let t = tally(&results);
+    assert!(
+        t.hang == 0 && t.odd == 0,
+        "[{engine}] EMFILE flood of {FLOOD} (RLIMIT_NOFILE {NOFILE}): served {}, cleanly closed {}, \
+         HUNG {}, odd {} (a refused client must see EOF or a reset, not silence)\n{}",
+        t.served,
+        t.closed,
+        t.hang,
+        t.odd,
+        srv.stderr_dump()
+    );
+    assert!(
+        t.served >= 1 && t.served < NOFILE as usize && t.closed >= FLOOD - NOFILE as usize,
+        "[{engine}] EMFILE flood: served {} (expected 1..{NOFILE}), closed {}",
+        t.served,
+        t.closed
+    );
+
+    // Hold the flood. Keep knocking with a few new clients during the hold: a server that leaves
+    // them in the backlog would spin on a level-triggered listener (or hang them on ET).
+    let before = srv.stats();
+    let cpu_before = srv.cpu_time();
+    let mut knockers = Vec::new();
+    for round in 0..5 {
+        knockers.extend(flood(srv.tcp, 2, &format!("knock {round}")));
+        thread::sleep(Duration::from_millis(200));
+    }
+    let after = srv.stats();
+    let cpu_after = srv.cpu_time();
+    let k = tally(&knockers);
+    assert!(
+        k.closed == knockers.len(),
+        "[{engine}] at EMFILE, new clients must be closed cleanly: closed {}, served {}, hung {}, \
+         odd {}",
+        k.closed,
+        k.served,
+        k.hang,
+        k.odd
+    );
+    let wakeups = after.get("wakeups") - before.get("wakeups");
+    assert!(
+        wakeups < 1000,
+        "[{engine}] loop spins at EMFILE: {wakeups} wakeups in ~1 s of holding the flood\n\
+         before: {}\nafter:  {}",
+        before.line,
+        after.line
+    );
+    let cpu = cpu_after.saturating_sub(cpu_before);
+    assert!(
+        cpu < Duration::from_millis(300),
+        "[{engine}] server burned {cpu:?} CPU in ~1 s of holding the flood"
+    );
+    assert!(
+        after.get("refused_emfile") > 0,
+        "[{engine}] refused_emfile is 0 after an EMFILE flood: {}",
+        after.line
+    );
+
+    // Drop the flood: service comes back.
+    drop(results);
+    drop(knockers);
+    let p = wait_served(srv.tcp, b"after the flood", Duration::from_secs(5));
+    assert_eq!(
+        p,
+        Probe::Served,
+        "[{engine}] no echo service after the flood is gone\n{}",
+        srv.stderr_dump()
+    );
+    assert!(srv.is_running());
+}
+per_engine!(emfile_flood);
+
+/// `--max-conns 10`, 20 clients: 10 are served, 10 see a clean close, `refused_limit` = 10.
+/// Closing a served client frees a slot.
+fn max_conns(engine: &str) {
+    let srv: Server = Opts::echo(engine).arg("--max-conns", "10").spawn();
+    let mut results = Vec::new();
+    for i in 0..20 {
+        // One at a time, so the order (and so which ones are served) is deterministic.
+        results.extend(flood(srv.tcp, 1, &format!("conn {i}")));
+    }
+    let t = tally(&results);
+    let pattern: String = results
+        .iter()
+        .map(|(_, p)| match p {
+            Probe::Served => 'S',
+            Probe::Closed(_) => 'c',
+            Probe::Hang => 'H',
+            Probe::Odd => '?',
+        })
+        .collect();
+    assert!(
+        t.served == 10 && t.closed == 10,
+        "[{engine}] --max-conns 10 with 20 clients: served {}, closed {}, hung {}, odd {} \
+         (per client: {pattern})\n{}",
+        t.served,
+        t.closed,
+        t.hang,
+        t.odd,
+        srv.stderr_dump()
+    );
+    assert_eq!(
+        &pattern[..10],
+        "SSSSSSSSSS",
+        "[{engine}] the first 10 clients should be the served ones"
+    );
+    let st = srv.stats();
+    assert_eq!(
+        st.get("refused_limit"),
+        10,
+        "[{engine}] refused_limit: {}",
+        st.line
+    );
+    // Free one slot: a new client is served again (the refused ones are already closed).
+    results.remove(0);
+    let p = wait_served(srv.tcp, b"a freed slot", Duration::from_secs(5));
+    assert_eq!(
+        p,
+        Probe::Served,
+        "[{engine}] a slot freed by a closing client is not reused"
+    );
+}
+per_engine!(max_conns);

@@ -1,0 +1,117 @@
+//! SIGINT / SIGTERM: stop accepting, close every connection gracefully, print a final stats line,
+//! exit 0.
+
+mod util;
+
+use std::io::{ErrorKind, Write};
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use util::{connect, per_engine, read_expect, read_until_end, End, Opts};
+
+/// Reads `expect` then waits for EOF (10 s bound); the stream is dropped (FIN) right after.
+fn read_then_eof(mut s: TcpStream, expect: Vec<u8>) -> (End, Vec<u8>, Instant) {
+    let mut got = Vec::new();
+    let end = read_until_end(&mut s, &mut got, expect.len() + 64, Duration::from_secs(10));
+    (end, got, Instant::now())
+}
+
+fn drains_on(engine: &str, sig: Signal) {
+    let srv = Opts::echo(engine).arg("--linger-timeout", "1").spawn();
+    const N: usize = 5;
+    let mut readers = Vec::new();
+    // N clients that did an echo and now wait for the server's close.
+    for i in 0..N {
+        let msg = format!("client {i}");
+        let mut s = connect(srv.tcp);
+        s.write_all(msg.as_bytes()).expect("write");
+        if let Err(e) = read_expect(&mut s, msg.as_bytes(), Duration::from_secs(5)) {
+            panic!("[{engine}] client {i}: {e}");
+        }
+        readers.push((
+            format!("client {i}"),
+            thread::spawn(move || read_then_eof(s, Vec::new())),
+        ));
+    }
+    // A client whose echo is still unread in its socket when the signal comes.
+    let mut pending = connect(srv.tcp);
+    pending.write_all(b"pending echo").expect("write");
+    // A client that never reads nor closes: the server must still exit (linger timeout).
+    let mut stubborn = connect(srv.tcp);
+    stubborn.write_all(b"x").expect("write");
+    thread::sleep(Duration::from_millis(300));
+    readers.push((
+        "pending".to_string(),
+        thread::spawn(move || read_then_eof(pending, b"pending echo".to_vec())),
+    ));
+
+    let t0 = Instant::now();
+    srv.signal(sig);
+    let status = srv.wait_exit(Duration::from_secs(5));
+    let took = t0.elapsed();
+    assert!(
+        status.is_some(),
+        "[{engine}] server still running 5 s after {sig:?}\n{}",
+        srv.stderr_dump()
+    );
+    let status = status.unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "[{engine}] exit status after {sig:?}: {status:?}\n{}",
+        srv.stderr_dump()
+    );
+    for (name, h) in readers {
+        let (end, got, at) = h.join().expect("reader thread");
+        let want: &[u8] = if name == "pending" {
+            b"pending echo"
+        } else {
+            b""
+        };
+        assert!(
+            end == End::Eof && got == want,
+            "[{engine}] {name}: expected {:?} then EOF after {sig:?}, got {:?} then {end:?} \
+             ({:?} after the signal)",
+            String::from_utf8_lossy(want),
+            String::from_utf8_lossy(&got),
+            at.saturating_duration_since(t0)
+        );
+    }
+    let mut got = Vec::new();
+    let end = read_until_end(&mut stubborn, &mut got, 64, Duration::from_secs(2));
+    assert!(
+        matches!(end, End::Eof | End::Reset) && (got.is_empty() || got == b"x"),
+        "[{engine}] stubborn client: {end:?} with {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let fin = srv.final_stats();
+    assert!(
+        fin.is_some(),
+        "[{engine}] no final `stats` line on stderr after {sig:?} (exit took {took:?})\n{}",
+        srv.stderr_dump()
+    );
+    let fin = fin.unwrap();
+    assert!(
+        fin.get("accepted") >= N as u64 + 2,
+        "[{engine}] final stats: {}",
+        fin.line
+    );
+    // It no longer listens.
+    let r = TcpStream::connect_timeout(&srv.tcp, Duration::from_secs(2));
+    assert!(
+        matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionRefused),
+        "[{engine}] connect after exit: {r:?}"
+    );
+}
+
+fn sigterm(engine: &str) {
+    drains_on(engine, Signal::SIGTERM)
+}
+per_engine!(sigterm);
+
+fn sigint(engine: &str) {
+    drains_on(engine, Signal::SIGINT)
+}
+per_engine!(sigint);
