@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use keel::bench::pingpong::{self, PingpongOptions};
 use keel::net::{Handler, ListenOptions};
-use keel::reactor::Engine;
+use keel::reactor::{Engine, Keepalive};
 use keel::server::{self, ServerOptions};
 use keel::services::{discard::Discard, echo::Echo, echo::UdpEcho};
 
@@ -61,6 +61,15 @@ struct ServerArgs {
     /// Set SO_REUSEPORT on the listener.
     #[arg(long)]
     reuseport: bool,
+    /// TCP keepalive: seconds of silence before the first probe (enables keepalive).
+    #[arg(long, value_parser = parse_secs)]
+    keepalive_idle: Option<Duration>,
+    /// TCP keepalive: seconds between probes.
+    #[arg(long, value_parser = parse_secs, default_value = "10", requires = "keepalive_idle")]
+    keepalive_interval: Duration,
+    /// TCP keepalive: unanswered probes before the kernel drops the connection.
+    #[arg(long, default_value_t = 6, requires = "keepalive_idle")]
+    keepalive_count: u32,
 }
 
 #[derive(Subcommand)]
@@ -101,6 +110,11 @@ impl ServerArgs {
             linger_timeout: self.linger_timeout,
             drain_timeout: self.drain_timeout,
             max_connections: self.max_conns,
+            keepalive: self.keepalive_idle.map(|idle| Keepalive {
+                idle,
+                interval: self.keepalive_interval,
+                count: self.keepalive_count,
+            }),
             listen_opts: ListenOptions {
                 reuse_port: self.reuseport,
                 backlog: self.backlog,

@@ -256,13 +256,18 @@ impl EventLoop {
             self.conn_writable(id);
         }
         if ev.readable || ev.error {
-            self.conn_readable(id);
+            self.conn_read(id, ev.hup);
         }
     }
 
     /// Reads what the socket has: one `readv` per wake-up for level-triggered engines (the
     /// poller reports again if more is left), until EAGAIN or the read budget for edge.
     pub(crate) fn conn_readable(&mut self, id: ConnId) {
+        self.conn_read(id, false)
+    }
+
+    /// `hup`: the poller saw the peer's FIN, so read on to the 0 even after a short read.
+    fn conn_read(&mut self, id: ConnId, hup: bool) {
         let edge = self.poller.trigger() == Trigger::Edge;
         let budget = self.cfg.read_budget;
         let mut total = 0usize;
@@ -305,8 +310,9 @@ impl EventLoop {
                         self.call_handler(id, |h, cx| h.on_data(cx, &mut input));
                         self.stash_input(id, input);
                     }
-                    // A short read emptied the socket: an edge poller will report new data.
-                    if !edge || n < asked {
+                    // A short read emptied the socket: an edge poller will report new data
+                    // (but not a FIN it already reported: then read on to the 0).
+                    if !edge || (n < asked && !hup) {
                         return;
                     }
                     if total >= budget {

@@ -12,10 +12,12 @@
 //! acceptor loop hands a new connection to another loop, and half-sync/half-reactor runs them
 //! on a worker thread.
 //!
-//! ```no_run
-//! use keel::net::{Buffer, Ctx, Handler, CloseReason};
+//! ```
+//! use keel::net::{Buffer, CloseReason, Ctx, Handler};
 //! use keel::reactor::{EventLoop, LoopConfig};
+//! use std::io::{Read, Write};
 //! use std::sync::Arc;
+//! use std::time::Duration;
 //!
 //! /// Upper-cases what it receives, line by line, and says goodbye on "quit".
 //! struct Shout;
@@ -32,15 +34,27 @@
 //!             cx.write(&line.to_ascii_uppercase());
 //!         }
 //!     }
-//!     fn on_close(&mut self, _cx: &mut Ctx<'_>, reason: CloseReason) {
-//!         eprintln!("closed: {reason:?}");
+//!     fn on_close(&mut self, cx: &mut Ctx<'_>, reason: CloseReason) {
+//!         assert_eq!(reason, CloseReason::Normal);
+//!         cx.event_loop().stop(); // one client is all this example serves
 //!     }
 //! }
 //!
 //! let mut el = EventLoop::new(LoopConfig::default())?;
-//! let listener = keel::net::bind_tcp("127.0.0.1:7000".parse().unwrap(), &Default::default())?;
+//! let listener = keel::net::bind_tcp("127.0.0.1:0".parse().unwrap(), &Default::default())?;
+//! let addr = listener.local_addr()?;
 //! el.add_listener(listener, Arc::new(|| Box::new(Shout) as Box<dyn Handler>))?;
+//! el.run_after(Duration::from_secs(10), |el| el.stop()); // never hang a doc test
+//!
+//! let client = std::thread::spawn(move || {
+//!     let mut s = std::net::TcpStream::connect(addr).unwrap();
+//!     s.write_all(b"hello\nquit\n").unwrap();
+//!     let mut reply = String::new();
+//!     s.read_to_string(&mut reply).unwrap(); // ends at the server's FIN
+//!     reply
+//! });
 //! el.run()?;
+//! assert_eq!(client.join().unwrap(), "HELLO\nbye\n");
 //! # Ok::<(), std::io::Error>(())
 //! ```
 

@@ -55,4 +55,8 @@ pub struct Event {
     /// The peer hung up or the socket is in error. The owner finds out which by reading
     /// (which returns 0 or the error), so this only makes sure it tries.
     pub error: bool,
+    /// The peer shut down its sending side (or hung up) as of this report. An edge-triggered
+    /// reader needs it: a short read then does not mean "drained", the FIN is still to be read
+    /// and no new edge will announce it.
+    pub hup: bool,
 }

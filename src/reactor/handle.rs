@@ -30,12 +30,14 @@ impl Shared {
         }
     }
 
-    /// Called by the loop when the waker fired: re-arms notification, then takes the batch.
-    /// Clearing the flag before taking the queue means a post racing with us either lands in
-    /// this batch or rings the waker again.
+    /// Called by the loop when the waker fired: drains the eventfd, re-arms notification, then
+    /// takes the batch. In that order: a post that saw the flag set pushed its task before the
+    /// flag was cleared, so it lands in this batch; a post that finds the flag clear rings the
+    /// eventfd after the drain, so the loop wakes again. (Draining after clearing the flag
+    /// could swallow that ring and strand the task.)
     pub(crate) fn take_tasks(&self, into: &mut Vec<Task>) {
-        self.notified.store(false, Ordering::SeqCst);
         self.waker.drain();
+        self.notified.store(false, Ordering::SeqCst);
         let mut q = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         std::mem::swap(&mut *q, into);
     }

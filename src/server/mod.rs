@@ -8,7 +8,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use crate::net::{bind_tcp, DatagramHandler, HandlerFactory, ListenOptions};
-use crate::reactor::{Engine, EventLoop, LoopConfig, Signal};
+use crate::reactor::{Engine, EventLoop, Keepalive, LoopConfig, Signal};
 
 /// What every server subcommand accepts.
 #[derive(Clone, Debug)]
@@ -19,6 +19,7 @@ pub struct ServerOptions {
     pub linger_timeout: Duration,
     pub drain_timeout: Duration,
     pub max_connections: Option<usize>,
+    pub keepalive: Option<Keepalive>,
     pub listen_opts: ListenOptions,
 }
 
@@ -29,6 +30,7 @@ impl ServerOptions {
             idle_timeout: self.idle_timeout,
             linger_timeout: self.linger_timeout,
             max_connections: self.max_connections,
+            keepalive: self.keepalive,
             ..LoopConfig::default()
         }
     }

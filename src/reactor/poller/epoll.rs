@@ -134,6 +134,7 @@ impl EpollPoller {
                     ),
                 writable: flags.contains(epoll::EventFlags::OUT),
                 error: err,
+                hup: flags.intersects(epoll::EventFlags::RDHUP | epoll::EventFlags::HUP),
             });
         }
         Ok(events.len())

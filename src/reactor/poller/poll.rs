@@ -135,6 +135,7 @@ impl PollPoller {
                 readable: r & (POLLIN | POLLPRI | POLLHUP) != 0,
                 writable: r & POLLOUT != 0,
                 error: r & (POLLERR | POLLHUP | POLLNVAL) != 0,
+                hup: r & POLLHUP != 0,
             });
         }
         Ok(events.len())
@@ -197,6 +198,7 @@ mod tests {
             readable,
             writable,
             error: false,
+            hup: false,
         }
     }
 

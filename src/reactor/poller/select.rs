@@ -168,6 +168,7 @@ impl SelectPoller {
                     readable,
                     writable,
                     error: false,
+                    hup: false,
                 });
             }
         }
@@ -231,6 +232,7 @@ mod tests {
             readable,
             writable,
             error: false,
+            hup: false,
         }
     }
 
