@@ -9,22 +9,19 @@ use std::time::Duration;
 
 use util::{per_engine, probe, try_connect, wait_served, Opts, Probe, Server};
 
-/// Connects `n` clients (sequentially, each with a connect timeout) and probes each one
-/// concurrently (send a few bytes, wait up to 5 s for the echo). Returns the streams (still open)
-/// with their probe results.
+/// Opens `n` connections at once (one thread each: connect with a 5 s timeout, then probe: send a
+/// few bytes and wait up to 5 s for the echo), so the whole flood is bounded by ~10 s. Returns
+/// the streams (still open) with their probe results, in thread order.
 fn flood(addr: SocketAddr, n: usize, tag: &str) -> Vec<(Option<TcpStream>, Probe)> {
-    let streams: Vec<Option<TcpStream>> = (0..n).map(|_| try_connect(addr).ok()).collect();
-    let handles: Vec<_> = streams
-        .into_iter()
-        .enumerate()
-        .map(|(i, s)| {
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
             let msg = format!("{tag} {i}");
-            thread::spawn(move || match s {
-                Some(mut s) => {
+            thread::spawn(move || match try_connect(addr) {
+                Ok(mut s) => {
                     let p = probe(&mut s, msg.as_bytes(), Duration::from_secs(5));
                     (Some(s), p)
                 }
-                None => (None, Probe::Odd),
+                Err(_) => (None, Probe::ConnectFailed),
             })
         })
         .collect();
@@ -37,6 +34,7 @@ fn flood(addr: SocketAddr, n: usize, tag: &str) -> Vec<(Option<TcpStream>, Probe
 struct Tally {
     served: usize,
     closed: usize,
+    /// Hung reads and connects that did not complete.
     hang: usize,
     odd: usize,
 }
@@ -52,7 +50,7 @@ fn tally(results: &[(Option<TcpStream>, Probe)]) -> Tally {
         match p {
             Probe::Served => t.served += 1,
             Probe::Closed(_) => t.closed += 1,
-            Probe::Hang => t.hang += 1,
+            Probe::Hang | Probe::ConnectFailed => t.hang += 1,
             Probe::Odd => t.odd += 1,
         }
     }
@@ -78,7 +76,8 @@ fn emfile_flood(engine: &str) {
     assert!(
         t.hang == 0 && t.odd == 0,
         "[{engine}] EMFILE flood of {FLOOD} (RLIMIT_NOFILE {NOFILE}): served {}, cleanly closed {}, \
-         HUNG {}, odd {} (a refused client must see EOF or a reset, not silence)\n{}",
+         HUNG or not connected {}, odd {} (a refused client must see EOF or a reset, not \
+         silence)\n{}",
         t.served,
         t.closed,
         t.hang,
@@ -162,6 +161,7 @@ fn max_conns(engine: &str) {
             Probe::Served => 'S',
             Probe::Closed(_) => 'c',
             Probe::Hang => 'H',
+            Probe::ConnectFailed => 'X',
             Probe::Odd => '?',
         })
         .collect();

@@ -48,7 +48,7 @@ fn short_connection(addr: SocketAddr, i: usize) -> Result<(), String> {
 
 fn no_fd_leak(engine: &str) {
     let srv = Opts::echo(engine).spawn();
-    let baseline = srv.fd_count();
+    let baseline = srv.baseline_fds();
     let addr = srv.tcp;
     let started = Instant::now();
     let handles: Vec<_> = (0..THREADS)

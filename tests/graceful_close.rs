@@ -44,7 +44,7 @@ fn show(entries: &[TcpEntry]) -> String {
 /// in CLOSE_WAIT, its fd count is back to the baseline and `open` is 0.
 fn no_close_wait_after_peer_fin(engine: &str) {
     let srv = Opts::echo(engine).arg("--linger-timeout", "1").spawn();
-    let baseline = srv.fd_count();
+    let baseline = srv.baseline_fds();
     const N: usize = 20;
     for i in 0..N {
         let msg = random_bytes(i as u64, 500 + i * 31);
@@ -92,7 +92,7 @@ fn server_close_does_not_linger(engine: &str) {
         .arg("--idle-timeout", "0.5")
         .arg("--linger-timeout", "0.5")
         .spawn();
-    let baseline = srv.fd_count();
+    let baseline = srv.baseline_fds();
     const N: usize = 10;
     let mut clients: Vec<TcpStream> = Vec::new();
     for i in 0..N {

@@ -730,6 +730,10 @@ impl EventLoop {
         self.stats.closed += 1;
         let handler = conn.handler.take();
         drop(conn); // close(2)
+        if !self.accept_starved.is_empty() {
+            let starved = std::mem::take(&mut self.accept_starved);
+            self.ready.extend(starved);
+        }
         if let Some(mut h) = handler {
             h.on_close(&mut Ctx::new(self, id), reason);
         }

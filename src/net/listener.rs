@@ -65,6 +65,12 @@ pub fn bind_tcp(addr: SocketAddr, opts: &ListenOptions) -> io::Result<TcpListene
     Ok(sock.into())
 }
 
+enum Refusal {
+    Refused,
+    QueueEmpty,
+    NoReserve,
+}
+
 pub(crate) struct Listener {
     pub(crate) fd: OwnedFd,
     factory: HandlerFactory,
@@ -123,12 +129,21 @@ impl EventLoop {
                     self.accepted(fd, &factory);
                 }
                 Err(rustix::io::Errno::AGAIN) => return,
+                // Linux reserves the new fd before looking at the queue, so EMFILE does not
+                // even say a connection is waiting: the reserve dance finds out.
                 Err(rustix::io::Errno::MFILE) | Err(rustix::io::Errno::NFILE) => {
-                    self.stats.refused_emfile += 1;
-                    if !self.refuse_with_reserve(token) {
-                        // No reserve to free: nothing can be accepted now. Wait for the next
-                        // report rather than spin on this one.
-                        return;
+                    match self.refuse_with_reserve(token) {
+                        Refusal::Refused => self.stats.refused_emfile += 1,
+                        Refusal::QueueEmpty => return,
+                        Refusal::NoReserve => {
+                            // Nothing can be accepted until an fd frees up. Wait rather than spin;
+                            // an edge poller may not report the waiting ones again, so the listener
+                            // is revisited when one of this loop's connections closes.
+                            if !self.accept_starved.contains(&token) {
+                                self.accept_starved.push(token);
+                            }
+                            return;
+                        }
                     }
                 }
                 // The client gave up between SYN and accept, or a signal: try the next one.
@@ -173,18 +188,26 @@ impl EventLoop {
     }
 
     /// The EMFILE dance: free the reserve, accept and close one pending connection, reopen.
-    fn refuse_with_reserve(&mut self, token: Token) -> bool {
-        let Some(reserve) = self.reserve_fd.take() else {
-            self.reserve_fd = open_reserve_fd();
-            return false;
+    fn refuse_with_reserve(&mut self, token: Token) -> Refusal {
+        let reserve = self.reserve_fd.take().or_else(open_reserve_fd);
+        let Some(reserve) = reserve else {
+            return Refusal::NoReserve;
         };
         drop(reserve);
         let accepted = match self.slot(token).map(|s| &s.source) {
-            Some(Source::Listener(l)) => rustix::net::accept_with(&l.fd, SocketFlags::CLOEXEC).ok(),
-            _ => None,
+            Some(Source::Listener(l)) => rustix::net::accept_with(&l.fd, SocketFlags::CLOEXEC),
+            _ => Err(rustix::io::Errno::BADF),
         };
-        drop(accepted);
+        let refusal = match accepted {
+            // Closed at once: the client sees a clean close instead of a hang.
+            Ok(fd) => {
+                drop(fd);
+                Refusal::Refused
+            }
+            Err(rustix::io::Errno::AGAIN) => Refusal::QueueEmpty,
+            Err(_) => Refusal::NoReserve,
+        };
         self.reserve_fd = open_reserve_fd();
-        self.reserve_fd.is_some()
+        refusal
     }
 }

@@ -162,6 +162,8 @@ pub struct EventLoop {
     pub(crate) ready: Vec<Token>,
     /// An fd held in reserve for the EMFILE dance (DESIGN rule 6).
     pub(crate) reserve_fd: Option<OwnedFd>,
+    /// Listeners that stopped accepting for want of an fd; revisited when a connection closes.
+    pub(crate) accept_starved: Vec<Token>,
     shared: Arc<Shared>,
     tasks: Vec<Task>,
     on_signal: Option<SignalCallback>,
@@ -189,6 +191,7 @@ impl EventLoop {
             deferred_depth: 0,
             ready: Vec::new(),
             reserve_fd: None,
+            accept_starved: Vec::new(),
             shared,
             tasks: Vec::new(),
             on_signal: None,

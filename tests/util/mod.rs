@@ -177,6 +177,8 @@ pub struct Server {
     child: Mutex<Option<Child>>,
     pub pid: i32,
     pub engine: String,
+    /// `echo` or `discard`.
+    pub sub: &'static str,
     /// The TCP address from the `listening tcp` line.
     pub tcp: SocketAddr,
     stdout_rx: Mutex<Receiver<String>>,
@@ -258,6 +260,7 @@ impl Server {
             child: Mutex::new(Some(child)),
             pid,
             engine: opts.engine.clone(),
+            sub: opts.sub,
             tcp: "0.0.0.0:0".parse().unwrap(),
             stdout_rx: Mutex::new(stdout_rx),
             stdout_seen: Mutex::new(Vec::new()),
@@ -472,6 +475,29 @@ impl Server {
     /// Number of open fds of the server (entries in /proc/PID/fd).
     pub fn fd_count(&self) -> usize {
         fd_count(self.pid)
+    }
+
+    /// The fd count once the server is fully up, to compare later counts with: for `echo`, after
+    /// its `listening udp` line too (the UDP socket may be opened after the TCP line is printed),
+    /// then once the count is stable over 3 reads 50 ms apart (2 s bound).
+    pub fn baseline_fds(&self) -> usize {
+        if self.sub == "echo" {
+            let _ = self.udp_addr();
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut last = self.fd_count();
+        let mut same = 0;
+        while same < 3 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+            let n = self.fd_count();
+            if n == last {
+                same += 1;
+            } else {
+                same = 0;
+                last = n;
+            }
+        }
+        last
     }
 
     /// `fd -> link target` for every open fd of the server (for failure messages).
@@ -863,6 +889,8 @@ pub fn echo_concurrently(
 /// What a probe (send a few bytes, wait for the echo) saw.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum Probe {
+    /// connect() itself failed or timed out (5 s).
+    ConnectFailed,
     /// The bytes came back.
     Served,
     /// A clean close: EOF, or a reset (on write or read).
@@ -905,7 +933,7 @@ pub fn wait_served(addr: SocketAddr, msg: &[u8], timeout: Duration) -> Probe {
     loop {
         let p = match try_connect(addr) {
             Ok(mut s) => probe(&mut s, msg, Duration::from_secs(3)),
-            Err(_) => Probe::Odd,
+            Err(_) => Probe::ConnectFailed,
         };
         if p == Probe::Served || Instant::now() >= deadline {
             return p;
