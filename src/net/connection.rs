@@ -104,9 +104,12 @@ impl std::fmt::Display for ConnectError {
 }
 
 impl CloseReason {
-    /// Reasons after which the socket is closed with RST rather than a lingering FIN.
+    /// Every end but a normal one closes with RST (SO_LINGER {on, 0}): a plain close() with the
+    /// peer silent would leave an orphan in FIN_WAIT or CLOSE_WAIT for minutes. (An idle timeout
+    /// that closes normally goes through the handler's graceful close and ends as `Normal` or
+    /// `LingerTimeout`; `IdleTimeout` itself means the close got stuck for a whole period.)
     fn abortive(&self) -> bool {
-        !matches!(self, CloseReason::Normal | CloseReason::IdleTimeout)
+        !matches!(self, CloseReason::Normal)
     }
 }
 
