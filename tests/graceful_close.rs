@@ -130,7 +130,9 @@ fn server_close_does_not_linger(engine: &str) {
     );
     assert!(
         bad.is_empty(),
-        "[{engine}] server-side sockets lingering after linger timeout (expected an RST close): {}",
+        "[{engine}] server-side sockets lingering after the linger timeout (expected a close \
+         with SO_LINGER {{on,0}}, i.e. an RST; an orphan from a plain close() stays for \
+         tcp_fin_timeout): {}",
         show(&bad)
     );
     // The clients saw the server's FIN (clean close) — possibly followed by its RST.

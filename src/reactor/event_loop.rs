@@ -446,7 +446,7 @@ impl EventLoop {
     fn read_signals(&mut self, token: Token) {
         loop {
             let sig = match self.slot_mut(token).map(|s| &mut s.source) {
-                Some(Source::Signals(Some(s))) => s.next(),
+                Some(Source::Signals(Some(s))) => s.next_signal(),
                 _ => None,
             };
             let Some(sig) = sig else { break };

@@ -33,7 +33,7 @@ impl Signals {
     }
 
     /// The next pending signal, or None when none is pending.
-    pub fn next(&mut self) -> Option<Signal> {
+    pub fn next_signal(&mut self) -> Option<Signal> {
         loop {
             match self.fd.read_signal() {
                 Ok(Some(info)) => match Signal::try_from(info.ssi_signo as i32) {

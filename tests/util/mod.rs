@@ -652,16 +652,19 @@ pub struct TcpEntry {
     pub local_port: u16,
     pub remote_port: u16,
     pub state: u8,
+    /// Socket inode; 0 for an orphan (no process holds it any more).
+    pub inode: u64,
 }
 
 impl std::fmt::Display for TcpEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            ":{} -> :{} {}",
+            ":{} -> :{} {}{}",
             self.local_port,
             self.remote_port,
-            tcp_state_name(self.state)
+            tcp_state_name(self.state),
+            if self.inode == 0 { " (orphan)" } else { "" }
         )
     }
 }
@@ -680,7 +683,7 @@ pub fn tcp_table() -> Vec<TcpEntry> {
         };
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 4 {
+            if f.len() < 10 {
                 continue;
             }
             let (Some(lp), Some(rp), Ok(st)) = (
@@ -694,6 +697,7 @@ pub fn tcp_table() -> Vec<TcpEntry> {
                 local_port: lp,
                 remote_port: rp,
                 state: st,
+                inode: f[9].parse().unwrap_or(0),
             });
         }
     }

@@ -103,6 +103,10 @@ impl EpollPoller {
         self.registered
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.registered == 0
+    }
+
     pub fn wait(
         &mut self,
         events: &mut Vec<Event>,

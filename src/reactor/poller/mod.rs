@@ -69,7 +69,8 @@ impl FromStr for Engine {
 }
 
 pub enum Poller {
-    Select(SelectPoller),
+    /// Boxed: its two 128-byte fd_sets would otherwise make every `Poller` that large.
+    Select(Box<SelectPoller>),
     Poll(PollPoller),
     Epoll(EpollPoller),
 }
@@ -77,7 +78,7 @@ pub enum Poller {
 impl Poller {
     pub fn new(engine: Engine) -> io::Result<Poller> {
         Ok(match engine {
-            Engine::Select => Poller::Select(SelectPoller::new()?),
+            Engine::Select => Poller::Select(Box::new(SelectPoller::new()?)),
             Engine::Poll => Poller::Poll(PollPoller::new()?),
             Engine::EpollLt => Poller::Epoll(EpollPoller::new(Trigger::Level)?),
             Engine::EpollEt => Poller::Epoll(EpollPoller::new(Trigger::Edge)?),
