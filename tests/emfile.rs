@@ -121,6 +121,11 @@ fn emfile_flood(engine: &str) {
         after.line
     );
     let cpu = cpu_after.saturating_sub(cpu_before);
+    // Shown with --nocapture: how far from the limits this run was.
+    eprintln!(
+        "[{engine}] EMFILE flood: served {}, closed {}; hold: {wakeups} wakeups, {cpu:?} CPU",
+        t.served, t.closed
+    );
     assert!(
         cpu < Duration::from_millis(300),
         "[{engine}] server burned {cpu:?} CPU in ~1 s of holding the flood"

@@ -667,14 +667,16 @@ impl EventLoop {
             }
             return;
         }
-        let already_closing =
-            conn.write_shut || conn.shutdown_after_flush || conn.close_after_shutdown;
-        self.stats.idle_timeouts += 1;
-        if already_closing {
-            // Still stuck after a whole idle period of trying to close: give up.
+        if conn.linger_timer.is_some() {
+            return; // a close is under way; its linger timer decides the end
+        }
+        if conn.write_shut || conn.shutdown_after_flush || conn.close_after_shutdown {
+            // Still stuck a whole idle period after this end started closing (the peer reads
+            // nothing, or never sends its FIN after ours): give up. Counted once, below.
             self.close_with(id, CloseReason::IdleTimeout);
             return;
         }
+        self.stats.idle_timeouts += 1;
         // Re-arm so a peer that never reads our queued output is cut off a period later.
         let key = self.timers.insert(now + ms, TimerEvent::Idle(id));
         if let Some(conn) = self.conn_mut(id) {

@@ -1,58 +1,901 @@
-//! TEMPORARY stand-in (BTreeMap) until the hierarchical wheel lands; same API.
-use std::collections::BTreeMap;
+//! Hierarchical timing wheel: the one structure behind every timeout in keel.
+//!
+//! A server keeps a timer per connection (idle timeout) plus short-lived ones (connect timeout,
+//! linger after close, user timers), and nearly all of them are cancelled or re-armed long
+//! before they fire. Insert and cancel are the hot path; expiry is the rare one. That is why
+//! this is the notes' 时间轮 (timing wheel) rather than a sorted structure: a sorted list pays
+//! O(n) per insert, a binary heap O(log n) per insert and cannot cancel in O(1) without an
+//! index into it, while a wheel hashes the deadline straight to a slot, and each slot is an
+//! intrusive doubly linked list over a slab, so cancel just unlinks. Keys carry a generation,
+//! so cancelling a timer that already fired (and whose slab entry was reused) is a harmless
+//! `None` instead of cancelling a stranger.
+//!
+//! # Levels and cascading
+//!
+//! Deadlines are `u64` ticks split into 6-bit digits. Level `l` has 64 slots of `64^l` ticks.
+//! An entry sits at the level of the most significant digit in which its deadline differs from
+//! `now`, in the slot named by that digit: level 0 holds the rest of the current 64-tick block
+//! one tick per slot, level 1 the rest of the current 4096-tick block, and so on. Eleven levels
+//! cover all 64 bits, so there is no overflow list and nothing beyond the top level to
+//! re-cascade: a deadline of `u64::MAX` is filed like any other and fires at its exact tick.
+//! The five levels a millisecond clock never reaches in practice cost nothing, because empty
+//! levels are skipped through a bitmap.
+//!
+//! When time reaches the start of an occupied slot at level `l`, its entries are refiled
+//! (cascaded) into the levels below by their remaining digits. Because filing is relative to
+//! `now`, an entry only ever moves down, so it is moved at most once per level in its life;
+//! those moves are the whole cost of time passing. `advance` visits only occupied slots, found
+//! through a `u64` occupancy bitmap per level plus a bitmap of non-empty levels, so a jump of
+//! 10^9 ticks costs the same as a jump of one tick plus the entries it moves; a slot that is
+//! due in its entirety is fired directly instead of being refiled level by level, so a long
+//! jump touches each expired entry once. The expired batch is then sorted by
+//! (deadline, insertion sequence), which is what puts ties in insertion order whichever
+//! cascades the entries took.
+//!
+//! # Exact `next_deadline`
+//!
+//! The loop turns `next_deadline` into its poll timeout, so an over-estimate makes timers late
+//! and an under-estimate wakes the loop for nothing. A level-0 slot is one tick wide, so its
+//! deadline is exact for free. A higher-level slot spans up to `64^l` ticks, and answering with
+//! its start tick would cost up to one spurious wake-up per level. We chose exact. Every list
+//! caches its earliest deadline, which inserting keeps exact at no cost; only cancelling the
+//! entry that holds the minimum loses it. When that has happened to the *front* slot (the one
+//! holding the earliest deadline), the slot gets a min-heap of its entries, built once per slot
+//! lifetime and kept until the slot is emptied or cascaded. Cancelled entries leave the heap
+//! lazily (stale tops are popped at once, so the top is always live), and the heap is rebuilt
+//! when stale items outnumber live ones, which bounds its memory. This matters for keel's
+//! idle timers: connections tend to close oldest first, i.e. in deadline order, which is the
+//! pattern that would make a rescan-on-cancel cache quadratic. Net cost: `next_deadline` is
+//! O(1); insert and cancel are O(1), except in a slot that carries a heap, where they are
+//! O(log k) (cancel amortised, k = entries of that slot).
+//!
+//! # How keel uses it
+//!
+//! One wheel per event loop, owned by the loop thread (no locking). Idle timeouts are armed
+//! once per connection and are *not* re-armed on every read: a read only stamps the
+//! connection's last-activity tick, and when the timer fires the loop compares that stamp with
+//! `now` and either closes the connection or re-arms for the remaining time. That keeps the
+//! read path free of timer work at the price of at most one extra expiry per idle period.
+//! Linger (how long a closing connection may keep flushing), connect timeouts of outbound
+//! connections, and user timers are plain insert/cancel. Each loop iteration calls
+//! `advance(now, &mut fired)` with the tick it just read from the clock, handles `fired`, and
+//! sleeps in the poller for `next_deadline() - now` at most.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fmt;
+
+const SLOT_BITS: u32 = 6;
+const SLOTS: usize = 1 << SLOT_BITS;
+const SLOT_MASK: u64 = SLOTS as u64 - 1;
+/// ceil(64 / 6): enough levels that every `u64` deadline has a slot.
+const LEVELS: usize = (u64::BITS as usize).div_ceil(SLOT_BITS as usize);
+const WHEEL_SLOTS: usize = LEVELS * SLOTS;
+/// The list of entries whose deadline was already due when inserted; drained by every `advance`.
+const DUE: usize = WHEEL_SLOTS;
+const LISTS: usize = WHEEL_SLOTS + 1;
+const NIL: u32 = u32::MAX;
+
+/// Handle returned by [`TimerWheel::insert`]; Copy, small.
+///
+/// The generation makes a key dead once its timer fired or was cancelled, even after the slab
+/// entry is reused. Generations are 32 bits, so a key only aliases a new timer if it is kept
+/// across 2^32 reuses of the same entry.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub struct TimerKey(u64);
-pub struct TimerWheel<T> {
-    now: u64,
-    seq: u64,
-    map: BTreeMap<(u64, u64), T>,
-    keys: std::collections::HashMap<u64, u64>,
+pub struct TimerKey {
+    index: u32,
+    generation: u32,
 }
+
+struct Entry<T> {
+    /// `None` while the entry is on the free list.
+    value: Option<T>,
+    deadline: u64,
+    /// Insertion sequence: orders ties and tells live heap items from stale ones.
+    seq: u64,
+    prev: u32,
+    /// Next in the slot list, or next free entry while vacant.
+    next: u32,
+    generation: u32,
+    list: u16,
+}
+
+#[derive(Clone, Copy)]
+struct List {
+    head: u32,
+    tail: u32,
+    len: u32,
+    /// Exact earliest deadline in the list while `min_exact`, else only a lower bound:
+    /// cancelling an entry that holds the minimum cannot tell the new one without a scan.
+    min: u64,
+    min_exact: bool,
+}
+
+const EMPTY_LIST: List = List {
+    head: NIL,
+    tail: NIL,
+    len: 0,
+    min: u64::MAX,
+    min_exact: true,
+};
+
+/// (deadline, seq, index), reversed so `BinaryHeap` yields the earliest.
+type HeapItem = Reverse<(u64, u64, u32)>;
+
+/// Hierarchical timing wheel over `u64` ticks; see the module docs for why and how.
+pub struct TimerWheel<T> {
+    entries: Vec<Entry<T>>,
+    free: u32,
+    len: usize,
+    now: u64,
+    next_seq: u64,
+    lists: Box<[List]>,
+    /// Bit `s` of `occupied[l]` is set iff slot `s` of level `l` is non-empty.
+    occupied: [u64; LEVELS],
+    /// Bit `l` is set iff `occupied[l] != 0`, so the lowest occupied level is one instruction.
+    levels: u16,
+    /// Per list; non-empty only for lists that became the front (see module docs).
+    heaps: Box<[BinaryHeap<HeapItem>]>,
+    /// Reused buffer for the expired batch of one `advance`: (deadline, seq, index).
+    batch: Vec<(u64, u64, u32)>,
+}
+
 impl<T> TimerWheel<T> {
+    /// Wheel starts at tick `now`.
     pub fn new(now: u64) -> Self {
+        Self::with_capacity(now, 0)
+    }
+
+    /// Like [`new`](Self::new), with room for `capacity` timers before the slab reallocates.
+    pub fn with_capacity(now: u64, capacity: usize) -> Self {
         TimerWheel {
+            entries: Vec::with_capacity(capacity),
+            free: NIL,
+            len: 0,
             now,
-            seq: 0,
-            map: BTreeMap::new(),
-            keys: Default::default(),
+            next_seq: 0,
+            lists: vec![EMPTY_LIST; LISTS].into_boxed_slice(),
+            occupied: [0; LEVELS],
+            levels: 0,
+            heaps: (0..LISTS).map(|_| BinaryHeap::new()).collect(),
+            batch: Vec::new(),
         }
     }
+
+    /// The tick the wheel has advanced to.
     pub fn now(&self) -> u64 {
         self.now
     }
+
+    /// Number of pending timers.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Arms a timer. A `deadline <= now()` is not an error: it fires on the next `advance`,
+    /// whatever that call's `now`, so callers need not special-case zero timeouts.
+    ///
+    /// # Panics
+    /// If more than `u32::MAX - 1` timers are pending at once.
     pub fn insert(&mut self, deadline: u64, value: T) -> TimerKey {
-        self.seq += 1;
-        self.map.insert((deadline, self.seq), value);
-        self.keys.insert(self.seq, deadline);
-        TimerKey(self.seq)
-    }
-    pub fn cancel(&mut self, key: TimerKey) -> Option<T> {
-        let d = self.keys.remove(&key.0)?;
-        self.map.remove(&(d, key.0))
-    }
-    pub fn deadline(&self, key: TimerKey) -> Option<u64> {
-        self.keys.get(&key.0).copied()
-    }
-    pub fn next_deadline(&self) -> Option<u64> {
-        self.map.keys().next().map(|k| k.0)
-    }
-    pub fn advance(&mut self, now: u64, fired: &mut Vec<(TimerKey, u64, T)>) {
-        if now > self.now {
-            self.now = now;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let index = self.alloc(deadline, seq, value);
+        let list = self.list_for(deadline);
+        self.link(index, list);
+        self.len += 1;
+        // Only the list just filed into can have become the front.
+        self.ensure_front_heap();
+        TimerKey {
+            index,
+            generation: self.entries[index as usize].generation,
         }
-        while let Some(e) = self.map.first_entry() {
-            if e.key().0 > self.now {
+    }
+
+    /// Disarms a timer and hands back its value; `None` if it already fired or was cancelled.
+    pub fn cancel(&mut self, key: TimerKey) -> Option<T> {
+        let index = self.live_index(key)?;
+        let list = self.unlink(index);
+        let value = self.release(index);
+        self.len -= 1;
+        if !self.heaps[list].is_empty() {
+            self.drop_stale_tops(list);
+            let live = self.lists[list].len as usize;
+            if self.heaps[list].len() > 2 * live + 64 {
+                self.rebuild_heap(list);
+            }
+        }
+        // Emptying the front list promotes another one, which may need its heap.
+        self.ensure_front_heap();
+        Some(value)
+    }
+
+    /// The deadline the timer was armed with; `None` once it fired or was cancelled.
+    pub fn deadline(&self, key: TimerKey) -> Option<u64> {
+        self.live_index(key)
+            .map(|i| self.entries[i as usize].deadline)
+    }
+
+    /// The earliest pending deadline, exactly (see the module docs for how and at what cost).
+    /// It can be `<= now()` when a timer was armed already due; the loop should then not block.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let list = self.front_list()?;
+        if list < SLOTS {
+            // Level 0: one tick per slot, so the slot start is every entry's deadline.
+            return Some(slot_start(self.now, 0, list));
+        }
+        if self.lists[list].min_exact {
+            return Some(self.lists[list].min);
+        }
+        let top = self.heaps[list].peek().map(|Reverse((d, _, _))| *d);
+        debug_assert!(top.is_some(), "front list {list} has no heap");
+        // Unreachable by construction; a lower bound is still a safe answer for the loop.
+        top.or_else(|| Some(self.list_lower_bound(list)))
+    }
+
+    /// Moves time to `now` (ignored if now < self.now()) and pushes every expired
+    /// (key, deadline, value) onto `fired`, in (deadline, insertion) order.
+    pub fn advance(&mut self, now: u64, fired: &mut Vec<(TimerKey, u64, T)>) {
+        let target = now.max(self.now);
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.clear();
+
+        // Already-due entries fire whatever `now` is.
+        let mut index = self.take_list(DUE);
+        while index != NIL {
+            let e = &self.entries[index as usize];
+            batch.push((e.deadline, e.seq, index));
+            index = e.next;
+        }
+
+        // Visit occupied slots in time order up to `target`; nothing else is touched, which is
+        // what makes long jumps cheap.
+        while self.levels != 0 {
+            let level = self.levels.trailing_zeros() as usize;
+            let slot = self.occupied[level].trailing_zeros() as usize;
+            let start = slot_start(self.now, level, slot);
+            if start > target {
                 break;
             }
-            let ((d, s), v) = e.remove_entry();
-            self.keys.remove(&s);
-            fired.push((TimerKey(s), d, v));
+            // Time may stand at `start`: nothing earlier is pending (lower levels and lower
+            // slots of this level are empty, higher levels are later), and refiling relative to
+            // `start` is what moves these entries down.
+            self.now = start;
+            // A slot that is due in its entirety (always so at level 0, and for most slots of
+            // a long jump) fires without being refiled level by level; the sort below restores
+            // the order. Cannot overflow: the last slot of the top level ends at u64::MAX.
+            let due_to = if start + ((1u64 << (level as u32 * SLOT_BITS)) - 1) <= target {
+                target
+            } else {
+                start
+            };
+            let mut index = self.take_list(level * SLOTS + slot);
+            while index != NIL {
+                let e = &self.entries[index as usize];
+                let (deadline, seq, next) = (e.deadline, e.seq, e.next);
+                if deadline <= due_to {
+                    batch.push((deadline, seq, index));
+                } else {
+                    let list = self.list_for(deadline);
+                    self.link(index, list);
+                }
+                index = next;
+            }
+        }
+        // No occupied slot starts at or before `target`, so every entry keeps its level when
+        // time moves the rest of the way (its digits above its level still match `target`).
+        self.now = target;
+
+        if !batch.windows(2).all(|w| w[0] <= w[1]) {
+            batch.sort_unstable();
+        }
+        fired.reserve(batch.len());
+        self.len -= batch.len();
+        for &(deadline, _, index) in &batch {
+            let generation = self.entries[index as usize].generation;
+            let value = self.release(index);
+            fired.push((TimerKey { index, generation }, deadline, value));
+        }
+        batch.clear();
+        self.batch = batch;
+        self.ensure_front_heap();
+    }
+
+    fn live_index(&self, key: TimerKey) -> Option<u32> {
+        let e = self.entries.get(key.index as usize)?;
+        (e.generation == key.generation && e.value.is_some()).then_some(key.index)
+    }
+
+    fn alloc(&mut self, deadline: u64, seq: u64, value: T) -> u32 {
+        if self.free != NIL {
+            let index = self.free;
+            let e = &mut self.entries[index as usize];
+            self.free = e.next;
+            e.value = Some(value);
+            e.deadline = deadline;
+            e.seq = seq;
+            index
+        } else {
+            let index = u32::try_from(self.entries.len())
+                .ok()
+                .filter(|&i| i != NIL)
+                .expect("TimerWheel: too many pending timers");
+            self.entries.push(Entry {
+                value: Some(value),
+                deadline,
+                seq,
+                prev: NIL,
+                next: NIL,
+                generation: 0,
+                list: 0,
+            });
+            index
         }
     }
-    pub fn len(&self) -> usize {
-        self.map.len()
+
+    /// Frees an unlinked entry: bumps its generation (killing outstanding keys) and pushes it
+    /// on the free list.
+    fn release(&mut self, index: u32) -> T {
+        let e = &mut self.entries[index as usize];
+        let value = e.value.take().expect("released a vacant timer entry");
+        e.generation = e.generation.wrapping_add(1);
+        e.next = self.free;
+        self.free = index;
+        value
     }
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+
+    /// Which list a deadline belongs in, relative to the current `now`.
+    fn list_for(&self, deadline: u64) -> usize {
+        if deadline <= self.now {
+            return DUE;
+        }
+        let highest_diff = u64::BITS - 1 - (deadline ^ self.now).leading_zeros();
+        let level = (highest_diff / SLOT_BITS) as usize;
+        let slot = ((deadline >> (level as u32 * SLOT_BITS)) & SLOT_MASK) as usize;
+        level * SLOTS + slot
+    }
+
+    fn link(&mut self, index: u32, list: usize) {
+        let deadline = self.entries[index as usize].deadline;
+        let l = &mut self.lists[list];
+        let tail = l.tail;
+        l.tail = index;
+        if tail == NIL {
+            l.head = index;
+        }
+        l.len += 1;
+        l.min = l.min.min(deadline);
+        if tail != NIL {
+            self.entries[tail as usize].next = index;
+        }
+        let e = &mut self.entries[index as usize];
+        e.prev = tail;
+        e.next = NIL;
+        e.list = list as u16;
+        if list < WHEEL_SLOTS {
+            let level = list / SLOTS;
+            self.occupied[level] |= 1 << (list % SLOTS);
+            self.levels |= 1 << level;
+        }
+        let heap = &mut self.heaps[list];
+        if !heap.is_empty() {
+            heap.push(Reverse((e.deadline, e.seq, index)));
+        }
+    }
+
+    /// Removes one entry from its list and returns the list.
+    fn unlink(&mut self, index: u32) -> usize {
+        let e = &self.entries[index as usize];
+        let (prev, next, list, deadline) = (e.prev, e.next, e.list as usize, e.deadline);
+        if prev == NIL {
+            self.lists[list].head = next;
+        } else {
+            self.entries[prev as usize].next = next;
+        }
+        if next == NIL {
+            self.lists[list].tail = prev;
+        } else {
+            self.entries[next as usize].prev = prev;
+        }
+        let l = &mut self.lists[list];
+        l.len -= 1;
+        if l.len == 0 {
+            *l = EMPTY_LIST;
+            self.mark_empty(list);
+        } else if deadline == l.min {
+            l.min_exact = false;
+        }
+        list
+    }
+
+    /// Detaches a whole list and returns its head; the entries keep their `next` links so the
+    /// caller can walk them while refiling.
+    fn take_list(&mut self, list: usize) -> u32 {
+        let head = self.lists[list].head;
+        self.lists[list] = EMPTY_LIST;
+        self.mark_empty(list);
+        head
+    }
+
+    fn mark_empty(&mut self, list: usize) {
+        self.heaps[list].clear();
+        if list < WHEEL_SLOTS {
+            let level = list / SLOTS;
+            self.occupied[level] &= !(1 << (list % SLOTS));
+            if self.occupied[level] == 0 {
+                self.levels &= !(1 << level);
+            }
+        }
+    }
+
+    /// The list holding the earliest deadline: the due list if any, else the lowest occupied
+    /// slot of the lowest occupied level (every entry of level `l` is earlier than every entry
+    /// of level `l + 1`, and within a level slots are in time order).
+    fn front_list(&self) -> Option<usize> {
+        if self.lists[DUE].len != 0 {
+            return Some(DUE);
+        }
+        if self.levels == 0 {
+            return None;
+        }
+        let level = self.levels.trailing_zeros() as usize;
+        Some(level * SLOTS + self.occupied[level].trailing_zeros() as usize)
+    }
+
+    /// A tick no later than any deadline in `list`.
+    fn list_lower_bound(&self, list: usize) -> u64 {
+        if list == DUE {
+            0
+        } else {
+            slot_start(self.now, list / SLOTS, list % SLOTS)
+        }
+    }
+
+    fn ensure_front_heap(&mut self) {
+        if let Some(list) = self.front_list() {
+            if list >= SLOTS && !self.lists[list].min_exact && self.heaps[list].is_empty() {
+                self.rebuild_heap(list);
+            }
+        }
+    }
+
+    fn rebuild_heap(&mut self, list: usize) {
+        let mut items = std::mem::take(&mut self.heaps[list]).into_vec();
+        items.clear();
+        items.reserve(self.lists[list].len as usize);
+        let mut index = self.lists[list].head;
+        while index != NIL {
+            let e = &self.entries[index as usize];
+            items.push(Reverse((e.deadline, e.seq, index)));
+            index = e.next;
+        }
+        self.heaps[list] = BinaryHeap::from(items);
+    }
+
+    /// Keeps the heap's top live, which is what lets `next_deadline` take `&self`.
+    fn drop_stale_tops(&mut self, list: usize) {
+        while let Some(&Reverse((_, seq, index))) = self.heaps[list].peek() {
+            let e = &self.entries[index as usize];
+            if e.value.is_some() && e.seq == seq {
+                break;
+            }
+            self.heaps[list].pop();
+        }
+    }
+}
+
+/// First tick of slot `slot` of level `level` in the block that contains `now`.
+fn slot_start(now: u64, level: usize, slot: usize) -> u64 {
+    let shift = level as u32 * SLOT_BITS;
+    let block_bits = shift + SLOT_BITS;
+    let base = if block_bits >= u64::BITS {
+        0
+    } else {
+        now & !((1u64 << block_bits) - 1)
+    };
+    base | ((slot as u64) << shift)
+}
+
+impl<T> fmt::Debug for TimerWheel<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TimerWheel")
+            .field("now", &self.now)
+            .field("len", &self.len)
+            .field("next_deadline", &self.next_deadline())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn advance<T>(w: &mut TimerWheel<T>, now: u64) -> Vec<(TimerKey, u64, T)> {
+        let mut fired = Vec::new();
+        w.advance(now, &mut fired);
+        fired
+    }
+
+    /// Walks every structure the wheel keeps and checks they agree with each other.
+    fn check_invariants<T>(w: &TimerWheel<T>) {
+        let mut total = 0;
+        for list in 0..LISTS {
+            let l = w.lists[list];
+            let (mut index, mut prev, mut n) = (l.head, NIL, 0);
+            while index != NIL {
+                let e = &w.entries[index as usize];
+                assert!(e.value.is_some());
+                assert_eq!(e.list as usize, list);
+                assert_eq!(e.prev, prev);
+                assert_eq!(
+                    w.list_for(e.deadline),
+                    list,
+                    "entry filed in the wrong list"
+                );
+                prev = index;
+                index = e.next;
+                n += 1;
+            }
+            assert_eq!(l.tail, prev);
+            assert_eq!(l.len, n);
+            let mut index = l.head;
+            let mut min = u64::MAX;
+            while index != NIL {
+                min = min.min(w.entries[index as usize].deadline);
+                index = w.entries[index as usize].next;
+            }
+            if l.min_exact {
+                assert_eq!(l.min, min, "cached minimum is wrong");
+            } else {
+                assert!(l.min <= min, "cached minimum is not a lower bound");
+            }
+            total += n as usize;
+            if list < WHEEL_SLOTS {
+                let bit = w.occupied[list / SLOTS] >> (list % SLOTS) & 1;
+                assert_eq!(bit == 1, n > 0);
+            }
+            let heap = &w.heaps[list];
+            if let Some(&Reverse((_, seq, top))) = heap.peek() {
+                assert!(n > 0, "heap on an empty list");
+                let e = &w.entries[top as usize];
+                assert!(e.value.is_some() && e.seq == seq, "stale heap top");
+                let live = heap
+                    .iter()
+                    .filter(|Reverse((_, s, i))| {
+                        let e = &w.entries[*i as usize];
+                        e.value.is_some() && e.seq == *s
+                    })
+                    .count();
+                assert_eq!(live, n as usize, "heap misses live entries");
+            }
+        }
+        for level in 0..LEVELS {
+            assert_eq!(w.levels >> level & 1 == 1, w.occupied[level] != 0);
+        }
+        assert_eq!(total, w.len);
+        if let Some(front) = w.front_list() {
+            assert!(
+                front < SLOTS || w.lists[front].min_exact || !w.heaps[front].is_empty(),
+                "inexact front list without heap"
+            );
+        }
+    }
+
+    fn values<T: Copy>(fired: &[(TimerKey, u64, T)]) -> Vec<T> {
+        fired.iter().map(|f| f.2).collect()
+    }
+
+    #[test]
+    fn fires_at_exact_tick() {
+        for deadline in [1, 63, 64, 65, 4095, 4096, 100_000, 262_144 + 7] {
+            let mut w = TimerWheel::new(0);
+            let k = w.insert(deadline, "t");
+            assert_eq!(w.next_deadline(), Some(deadline));
+            assert!(
+                advance(&mut w, deadline - 1).is_empty(),
+                "early at {deadline}"
+            );
+            assert_eq!(w.deadline(k), Some(deadline));
+            let fired = advance(&mut w, deadline);
+            assert_eq!(fired, vec![(k, deadline, "t")]);
+            assert!(w.is_empty());
+            assert_eq!(w.next_deadline(), None);
+        }
+    }
+
+    #[test]
+    fn cancel_before_fire() {
+        let mut w = TimerWheel::new(10);
+        let a = w.insert(500, 1);
+        let b = w.insert(700, 2);
+        assert_eq!(w.cancel(a), Some(1));
+        assert_eq!(w.len(), 1);
+        assert_eq!(w.deadline(a), None);
+        assert_eq!(w.next_deadline(), Some(700));
+        assert_eq!(values(&advance(&mut w, 10_000)), vec![2]);
+        assert_eq!(w.cancel(b), None);
+    }
+
+    #[test]
+    fn cancel_after_fire_returns_none() {
+        let mut w = TimerWheel::new(0);
+        let k = w.insert(5, ());
+        assert_eq!(advance(&mut w, 5).len(), 1);
+        assert_eq!(w.cancel(k), None);
+        assert_eq!(w.cancel(k), None);
+        assert_eq!(w.deadline(k), None);
+    }
+
+    #[test]
+    fn stale_key_does_not_cancel_reused_entry() {
+        let mut w = TimerWheel::new(0);
+        let old = w.insert(5, "old");
+        assert_eq!(w.cancel(old), Some("old"));
+        let new = w.insert(9, "new");
+        assert_ne!(old, new, "same entry, different generation");
+        assert_eq!(w.cancel(old), None);
+        assert_eq!(w.deadline(new), Some(9));
+        assert_eq!(values(&advance(&mut w, 9)), vec!["new"]);
+    }
+
+    #[test]
+    fn long_jump_fires_everything_in_order() {
+        let mut w = TimerWheel::new(7);
+        let deadlines = [
+            1_000_000_000u64,
+            3,
+            64,
+            5_000,
+            999_999_999,
+            1 << 35,
+            123_456_789,
+        ];
+        for (i, &d) in deadlines.iter().enumerate() {
+            w.insert(d, i);
+        }
+        let fired = advance(&mut w, 1_000_000_007);
+        let mut want: Vec<(u64, usize)> = deadlines
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| (d, i))
+            .filter(|&(d, _)| d <= 1_000_000_007)
+            .collect();
+        want.sort();
+        let got: Vec<_> = fired.iter().map(|&(_, d, v)| (d, v)).collect();
+        assert_eq!(got, want);
+        assert_eq!(w.len(), 1);
+        assert_eq!(w.next_deadline(), Some(1 << 35));
+        assert_eq!(w.now(), 1_000_000_007);
+    }
+
+    #[test]
+    fn deadline_in_the_past_fires_on_next_advance() {
+        let mut w = TimerWheel::new(1_000);
+        let k = w.insert(10, "past");
+        w.insert(1_000, "now");
+        assert_eq!(w.next_deadline(), Some(10));
+        // Even an advance that does not move time fires it.
+        let fired = advance(&mut w, 1_000);
+        assert_eq!(values(&fired), vec!["past", "now"]);
+        assert_eq!(fired[0], (k, 10, "past"));
+        assert_eq!(w.now(), 1_000);
+    }
+
+    #[test]
+    fn advancing_backwards_is_ignored() {
+        let mut w = TimerWheel::new(100);
+        w.insert(150, 1);
+        assert!(advance(&mut w, 50).is_empty());
+        assert_eq!(w.now(), 100);
+        assert_eq!(values(&advance(&mut w, 150)), vec![1]);
+    }
+
+    #[test]
+    fn same_tick_keeps_insertion_order() {
+        let mut w = TimerWheel::new(0);
+        // Mix of filing levels: some inserted far ahead, some after time moved closer, so the
+        // same deadline arrives through different cascades.
+        for i in 0..1000 {
+            w.insert(70_000, i);
+        }
+        advance(&mut w, 65_000);
+        for i in 1000..2000 {
+            w.insert(70_000, i);
+        }
+        advance(&mut w, 69_990);
+        for i in 2000..3000 {
+            w.insert(70_000, i);
+        }
+        let fired = advance(&mut w, 80_000);
+        assert_eq!(values(&fired), (0..3000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn deadlines_far_beyond_a_six_level_wheel() {
+        // 64^6 = 2^36 ticks is where a six-level wheel would overflow.
+        let far = [
+            1u64 << 36,
+            (1 << 36) + 1,
+            (1 << 50) + 12345,
+            1 << 63,
+            u64::MAX - 1,
+            u64::MAX,
+        ];
+        let mut w = TimerWheel::new(3);
+        for &d in far.iter().rev() {
+            w.insert(d, d);
+        }
+        for &d in &far {
+            assert_eq!(w.next_deadline(), Some(d));
+            assert!(advance(&mut w, d - 1).is_empty(), "{d} fired early");
+            assert_eq!(
+                advance(&mut w, d).iter().map(|f| f.1).collect::<Vec<_>>(),
+                vec![d]
+            );
+        }
+        assert!(w.is_empty());
+        assert_eq!(w.now(), u64::MAX);
+    }
+
+    #[test]
+    fn next_deadline_is_exact_inside_coarse_slots() {
+        let mut w = TimerWheel::new(0);
+        // All in one level-2 slot (ticks 8192..12287).
+        let keys: Vec<_> = (0..500u64).map(|i| w.insert(12_000 - i * 7, i)).collect();
+        let mut live: Vec<_> = keys
+            .iter()
+            .zip(0..500u64)
+            .map(|(&k, i)| (12_000 - i * 7, k))
+            .collect();
+        live.sort_by_key(|&(d, _)| d);
+        // Cancel from the front, which is the worst case for the lazily cleaned heap.
+        while let Some(&(d, k)) = live.first() {
+            assert_eq!(w.next_deadline(), Some(d));
+            w.cancel(k).unwrap();
+            live.remove(0);
+        }
+        assert_eq!(w.next_deadline(), None);
+    }
+
+    #[test]
+    fn heap_compaction_keeps_answers_exact() {
+        let mut w = TimerWheel::new(0);
+        // Cancelling the slot's minimum forces the heap into existence.
+        let first = w.insert(8_195, 0u64);
+        let anchor = w.insert(8_200, 0u64);
+        w.cancel(first).unwrap();
+        assert_eq!(w.next_deadline(), Some(8_200));
+        let slot = w.list_for(8_200);
+        assert!(!w.lists[slot].min_exact && w.heaps[slot].len() == 1);
+        // Churn non-front entries of the front slot: their heap items go stale.
+        for round in 0..50u64 {
+            let ks: Vec<_> = (0..100).map(|i| w.insert(9_000 + i + round, i)).collect();
+            for k in ks {
+                w.cancel(k).unwrap();
+            }
+            assert_eq!(w.next_deadline(), Some(8_200));
+        }
+        assert!((1..=2 + 64).contains(&w.heaps[slot].len()));
+        w.cancel(anchor).unwrap();
+        assert!(w.is_empty());
+        assert_eq!(w.next_deadline(), None);
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Insert(u64),
+        InsertPast(u64),
+        Cancel(prop::sample::Index),
+        CancelDead(prop::sample::Index),
+        Advance(u64),
+        AdvanceBack(u64),
+    }
+
+    fn offset() -> impl Strategy<Value = u64> {
+        prop_oneof![0..100u64, 0..5_000u64, 0..(1u64 << 40)]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => offset().prop_map(Op::Insert),
+            1 => (0..200u64).prop_map(Op::InsertPast),
+            3 => any::<prop::sample::Index>().prop_map(Op::Cancel),
+            1 => any::<prop::sample::Index>().prop_map(Op::CancelDead),
+            4 => prop_oneof![Just(0u64), 0..100u64, 0..5_000u64, 0..(1u64 << 40)]
+                .prop_map(Op::Advance),
+            1 => (0..100u64).prop_map(Op::AdvanceBack),
+        ]
+    }
+
+    fn start() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            Just(0u64),
+            0..1_000_000u64,
+            // Just below digit boundaries, where cascades and carries happen.
+            (1u64..20).prop_map(|k| (1u64 << (6 * (k % 11))).wrapping_sub(3)),
+            Just(u64::MAX - (1 << 41)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn matches_reference_model(
+            start in start(),
+            ops in prop::collection::vec(op(), 1..200),
+        ) {
+            let mut w = TimerWheel::new(start);
+            // (deadline, seq) -> key: the order timers must fire in.
+            let mut model: BTreeMap<(u64, u64), TimerKey> = BTreeMap::new();
+            let mut live: Vec<(TimerKey, u64, u64)> = Vec::new();
+            let mut dead: Vec<TimerKey> = Vec::new();
+            let mut seq = 0u64;
+            let mut fired = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Insert(off) | Op::InsertPast(off) => {
+                        let deadline = match op {
+                            Op::Insert(_) => w.now().saturating_add(off),
+                            _ => w.now().saturating_sub(off),
+                        };
+                        let key = w.insert(deadline, seq);
+                        prop_assert_eq!(w.deadline(key), Some(deadline));
+                        model.insert((deadline, seq), key);
+                        live.push((key, deadline, seq));
+                        seq += 1;
+                    }
+                    Op::Cancel(ix) => {
+                        if !live.is_empty() {
+                            let (key, deadline, s) = live.swap_remove(ix.index(live.len()));
+                            prop_assert_eq!(w.cancel(key), Some(s));
+                            model.remove(&(deadline, s));
+                            dead.push(key);
+                        }
+                    }
+                    Op::CancelDead(ix) => {
+                        if !dead.is_empty() {
+                            let key = dead[ix.index(dead.len())];
+                            prop_assert_eq!(w.cancel(key), None);
+                            prop_assert_eq!(w.deadline(key), None);
+                        }
+                    }
+                    Op::Advance(_) | Op::AdvanceBack(_) => {
+                        let to = match op {
+                            Op::Advance(step) => w.now().saturating_add(step),
+                            Op::AdvanceBack(step) => w.now().saturating_sub(step),
+                            _ => unreachable!(),
+                        };
+                        let effective = to.max(w.now());
+                        fired.clear();
+                        w.advance(to, &mut fired);
+                        prop_assert_eq!(w.now(), effective);
+                        let due: Vec<_> = model
+                            .range(..=(effective, u64::MAX))
+                            .map(|(&(d, s), &k)| (k, d, s))
+                            .collect();
+                        prop_assert_eq!(&fired, &due);
+                        for &(key, deadline, s) in &due {
+                            prop_assert!(deadline <= effective);
+                            model.remove(&(deadline, s));
+                            dead.push(key);
+                        }
+                        live.retain(|&(_, d, _)| d > effective);
+                        // Nothing still pending is overdue.
+                        prop_assert!(model.keys().all(|&(d, _)| d > effective));
+                    }
+                }
+                check_invariants(&w);
+                prop_assert_eq!(w.len(), model.len());
+                prop_assert_eq!(w.is_empty(), model.is_empty());
+                prop_assert_eq!(w.next_deadline(), model.keys().next().map(|&(d, _)| d));
+            }
+        }
     }
 }
