@@ -180,10 +180,17 @@ impl EventLoop {
             let _ = sock.set_tcp_keepalive(&params);
         }
         self.stats.accepted += 1;
-        if self.adopt(fd, factory()).is_err() {
-            // Registration failed (e.g. select at FD_SETSIZE): the fd was closed, so the client
-            // sees a clean close. Count it as a limit refusal.
+        if let Err(e) = self.adopt(fd, factory()) {
+            // Registration failed (select at FD_SETSIZE): the fd was closed, so the client
+            // sees a clean close. Counted as a limit refusal, and said once, loudly.
             self.stats.refused_limit += 1;
+            if !self.warned_register {
+                self.warned_register = true;
+                eprintln!(
+                    "keel: refusing connections the {} engine cannot watch: {e}",
+                    self.cfg.engine
+                );
+            }
         }
     }
 

@@ -164,6 +164,8 @@ pub struct EventLoop {
     pub(crate) reserve_fd: Option<OwnedFd>,
     /// Listeners that stopped accepting for want of an fd; revisited when a connection closes.
     pub(crate) accept_starved: Vec<Token>,
+    /// Whether a failed registration of an accepted connection was reported already.
+    pub(crate) warned_register: bool,
     shared: Arc<Shared>,
     tasks: Vec<Task>,
     on_signal: Option<SignalCallback>,
@@ -192,6 +194,7 @@ impl EventLoop {
             ready: Vec::new(),
             reserve_fd: None,
             accept_starved: Vec::new(),
+            warned_register: false,
             shared,
             tasks: Vec::new(),
             on_signal: None,
