@@ -33,7 +33,7 @@ use crate::net::buffer::Buffer;
 use crate::net::handler::{Ctx, Handler};
 use crate::reactor::event::{Event, Interest, Token, Trigger};
 use crate::reactor::event_loop::{
-    slot_in, slot_in_mut, Deferred, EventLoop, Slot, Source, TimerEvent,
+    slot_in, slot_in_mut, Deferred, EventLoop, Slot, Source, TimerEvent, SCRATCH,
 };
 use crate::reactor::timer_wheel::TimerKey;
 
@@ -270,6 +270,13 @@ impl EventLoop {
     }
 
     /// `hup`: the poller saw the peer's FIN, so read on to the 0 even after a short read.
+    ///
+    /// Two read paths. A connection holding no partial input reads straight into the loop's
+    /// shared 64 KiB scratch buffer, and only bytes the handler leaves unconsumed are copied
+    /// into a pooled buffer of its own: the common case (a whole request or message per read)
+    /// costs one syscall and no copy, and the connection keeps no memory between messages. A
+    /// connection already holding partial input `readv`s into its buffer's free space plus the
+    /// scratch area as spill, so one syscall still takes whatever the socket has.
     fn conn_read(&mut self, id: ConnId, hup: bool) {
         let edge = self.poller.trigger() == Trigger::Edge;
         let budget = self.cfg.read_budget;
@@ -281,21 +288,41 @@ impl EventLoop {
             if conn.read_paused || conn.read_eof || conn.state == ConnState::Closing {
                 return;
             }
-            let mut input = match conn.input.take() {
-                Some(b) => b,
-                None => self.pool.get(),
+            let pending = conn.input.take();
+            // The scratch buffer is only ever missing if a read re-entered another read.
+            let mut scratch = self
+                .scratch
+                .take()
+                .unwrap_or_else(|| Buffer::with_capacity(SCRATCH));
+            let direct = pending.is_none();
+            let EventLoop {
+                slots,
+                scratch: slot_scratch,
+                ..
+            } = self;
+            let Some(Source::Conn(conn)) = slot_in(slots, id.0).map(|s| &s.source) else {
+                return;
             };
-            let asked = input.writable_mut().len() + self.spill.len();
-            let res = {
-                let EventLoop { slots, spill, .. } = self;
-                match slot_in(slots, id.0).map(|s| &s.source) {
-                    Some(Source::Conn(conn)) => input.read_from(&conn.fd, spill),
-                    _ => Err(io::ErrorKind::NotFound.into()),
+            let (mut input, asked, res) = match pending {
+                None => {
+                    let asked = scratch.writable();
+                    let res =
+                        rustix::io::read(&conn.fd, scratch.writable_mut()).map_err(io::Error::from);
+                    if let Ok(n) = res {
+                        scratch.commit(n);
+                    }
+                    (scratch, asked, res)
+                }
+                Some(mut buf) => {
+                    let asked = buf.writable() + scratch.writable();
+                    let res = buf.read_from(&conn.fd, scratch.writable_mut());
+                    *slot_scratch = Some(scratch);
+                    (buf, asked, res)
                 }
             };
             match res {
                 Ok(0) => {
-                    self.stash_input(id, input);
+                    self.stash_input(id, input, direct);
                     self.peer_eof(id);
                     return;
                 }
@@ -308,11 +335,10 @@ impl EventLoop {
                     if conn.state == ConnState::Linger {
                         // Closing: the peer's bytes are drained only to reach its FIN.
                         input.clear();
-                        self.stash_input(id, input);
                     } else {
                         self.call_handler(id, |h, cx| h.on_data(cx, &mut input));
-                        self.stash_input(id, input);
                     }
+                    self.stash_input(id, input, direct);
                     // A short read emptied the socket: an edge poller will report new data
                     // (but not a FIN it already reported: then read on to the 0).
                     if !edge || (n < asked && !hup) {
@@ -323,31 +349,43 @@ impl EventLoop {
                         return;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.stash_input(id, input);
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    self.stash_input(id, input);
-                }
                 Err(e) => {
-                    self.stash_input(id, input);
-                    self.close_with(id, CloseReason::Error(e.kind()));
-                    return;
+                    self.stash_input(id, input, direct);
+                    match e.kind() {
+                        io::ErrorKind::WouldBlock => return,
+                        io::ErrorKind::Interrupted => {}
+                        kind => {
+                            self.close_with(id, CloseReason::Error(kind));
+                            return;
+                        }
+                    }
                 }
             }
         }
     }
 
-    /// Keeps a non-empty input buffer with its connection; returns an empty one to the pool.
-    fn stash_input(&mut self, id: ConnId, input: Buffer) {
-        if input.is_empty() {
+    /// After a read: the scratch buffer goes back to the loop (what the handler left in it is
+    /// copied into a pooled buffer first); a connection's own buffer stays with it while it
+    /// holds bytes and goes back to the pool once empty.
+    fn stash_input(&mut self, id: ConnId, mut input: Buffer, direct: bool) {
+        let keep =
+            !input.is_empty() && self.conn(id).is_some_and(|c| c.state != ConnState::Closing);
+        if direct {
+            if keep {
+                let mut own = self.pool.get();
+                own.append(input.as_slice());
+                if let Some(conn) = self.conn_mut(id) {
+                    conn.input = Some(own);
+                }
+            }
+            input.clear();
+            self.scratch = Some(input);
+        } else if keep {
+            if let Some(conn) = self.conn_mut(id) {
+                conn.input = Some(input);
+            }
+        } else {
             self.pool.put(input);
-            return;
-        }
-        match self.conn_mut(id) {
-            Some(conn) if conn.state != ConnState::Closing => conn.input = Some(input),
-            _ => self.pool.put(input),
         }
     }
 

@@ -39,18 +39,24 @@ impl EventLoop {
     }
 
     pub(crate) fn udp_ready(&mut self, token: Token) {
+        let Some(mut scratch) = self.scratch.take() else {
+            return;
+        };
         let EventLoop {
             slots,
-            spill,
             stats,
+            scratch: slot_scratch,
             ..
         } = self;
         let Some(Source::Udp(ep)) = slot_in_mut(slots, token).map(|s| &mut s.source) else {
+            *slot_scratch = Some(scratch);
             return;
         };
         let Some(mut handler) = ep.handler.take() else {
+            *slot_scratch = Some(scratch);
             return;
         };
+        let spill = scratch.writable_mut();
         let mut drained = false;
         for _ in 0..MAX_DATAGRAMS_PER_WAKEUP {
             match ep.sock.recv_from(spill) {
@@ -68,6 +74,7 @@ impl EventLoop {
             }
         }
         ep.handler = Some(handler);
+        *slot_scratch = Some(scratch);
         if !drained && self.poller.trigger() == Trigger::Edge {
             self.ready.push(token);
         }

@@ -1,7 +1,7 @@
 //! The event loop: wait → dispatch → expire timers → run posted tasks, on one thread.
 //!
 //! One `EventLoop` owns a poller, every source registered in it (listeners, connections, UDP
-//! sockets, its waker and signalfd), a timing wheel, a buffer pool and the 64 KiB spill area all
+//! sockets, its waker and signalfd), a timing wheel, a buffer pool and the 64 KiB scratch buffer all
 //! its connections read through. Nothing in it is shared with another thread except the task
 //! queue behind [`LoopHandle`]; that is muduo's "one loop per thread" and the reason no lock
 //! sits on the I/O path.
@@ -24,13 +24,14 @@ use super::signals::{Signal, Signals};
 use super::stats::LoopStats;
 use super::timer_wheel::{TimerKey, TimerWheel};
 use super::waker::Waker;
+use crate::net::buffer::Buffer;
 use crate::net::buffer_pool::BufferPool;
 use crate::net::connection::{CloseReason, Conn, ConnId};
 use crate::net::listener::Listener;
 use crate::net::udp::UdpEndpoint;
 
-/// Size of the loop's read spill: what one `readv` can take beyond a connection's own buffer.
-pub const SPILL: usize = 64 * 1024;
+/// Size of the loop's shared read buffer: what one read can take from a socket.
+pub const SCRATCH: usize = 64 * 1024;
 
 /// TCP keepalive probe settings (the kernel's half-open detection; see DESIGN rule 7).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -115,7 +116,7 @@ impl Source {
 }
 
 /// Looks a token up in a slab borrowed on its own, so callers can borrow other loop fields
-/// (the spill area, the stats) at the same time.
+/// (the scratch buffer, the stats) at the same time.
 pub(crate) fn slot_in(slots: &Slab<Slot>, token: Token) -> Option<&Slot> {
     match slots.get((token.0 & 0xffff_ffff) as usize) {
         Some(slot) if slot.generation == (token.0 >> 32) as u32 => Some(slot),
@@ -153,7 +154,9 @@ pub struct EventLoop {
     pub(crate) timers: TimerWheel<TimerEvent>,
     fired: Vec<(TimerKey, u64, TimerEvent)>,
     pub(crate) pool: BufferPool,
-    pub(crate) spill: Box<[u8]>,
+    /// The shared read buffer every connection of the loop reads through (see
+    /// `EventLoop::conn_read`). `None` only while a read is using it.
+    pub(crate) scratch: Option<Buffer>,
     pub(crate) stats: LoopStats,
     pub(crate) deferred: Vec<Deferred>,
     deferred_depth: u32,
@@ -187,7 +190,7 @@ impl EventLoop {
             timers: TimerWheel::new(0),
             fired: Vec::new(),
             pool,
-            spill: vec![0u8; SPILL].into_boxed_slice(),
+            scratch: Some(Buffer::with_capacity(SCRATCH)),
             stats: LoopStats::new(cfg.engine),
             deferred: Vec::new(),
             deferred_depth: 0,

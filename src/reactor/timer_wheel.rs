@@ -32,22 +32,26 @@
 //! (deadline, insertion sequence), which is what puts ties in insertion order whichever
 //! cascades the entries took.
 //!
-//! # Exact `next_deadline`
+//! # `next_deadline` is a lower bound, not exact
 //!
-//! The loop turns `next_deadline` into its poll timeout, so an over-estimate makes timers late
-//! and an under-estimate wakes the loop for nothing. A level-0 slot is one tick wide, so its
-//! deadline is exact for free. A higher-level slot spans up to `64^l` ticks, and answering with
-//! its start tick would cost up to one spurious wake-up per level. We chose exact. Every list
-//! caches its earliest deadline, which inserting keeps exact at no cost; only cancelling the
-//! entry that holds the minimum loses it. When that has happened to the *front* slot (the one
-//! holding the earliest deadline), the slot gets a min-heap of its entries, built once per slot
-//! lifetime and kept until the slot is emptied or cascaded. Cancelled entries leave the heap
-//! lazily (stale tops are popped at once, so the top is always live), and the heap is rebuilt
-//! when stale items outnumber live ones, which bounds its memory. This matters for keel's
-//! idle timers: connections tend to close oldest first, i.e. in deadline order, which is the
-//! pattern that would make a rescan-on-cancel cache quadratic. Net cost: `next_deadline` is
-//! O(1); insert and cancel are O(1), except in a slot that carries a heap, where they are
-//! O(log k) (cancel amortised, k = entries of that slot).
+//! Insert and cancel are strictly O(1): a slot is a bare list with no cached earliest deadline,
+//! so there is nothing to repair when an entry leaves it. The price is that `next_deadline`
+//! cannot see inside a slot. It answers from the occupancy bitmaps alone: the start tick of the
+//! first occupied slot of the lowest occupied level (every slot of level `l` ends before any
+//! occupied slot of level `l + 1` begins, so that is the minimum over all levels' next occupied
+//! slots), or `now` when the due list is non-empty. That is never later than the earliest
+//! pending timer, so timers are never late; it is exact whenever the earliest timer is due or
+//! sits in level 0, where a slot is one tick wide, which is where every short timer and every
+//! long one at the end of its life is. When it under-estimates, the loop wakes at the start of
+//! a coarse slot, and the `advance` it makes there cascades that slot one level down or more,
+//! so the earliest timer fires after at most eleven (one per level) such wake-ups and each spurious one is
+//! cheap (and does cascading work that would otherwise be done later anyway).
+//!
+//! We chose this over an exact answer because cancel is the hot path: nearly every idle timer
+//! is cancelled or re-armed and almost none fire, and an exact answer needs per-slot earliest
+//! deadlines that cancelling the earliest entry invalidates, which means a rescan or a
+//! per-slot heap and O(log k) cancels. A few extra wake-ups per long timer are cheaper than
+//! taxing every cancel.
 //!
 //! # How keel uses it
 //!
@@ -61,8 +65,6 @@
 //! `advance(now, &mut fired)` with the tick it just read from the clock, handles `fired`, and
 //! sleeps in the poller for `next_deadline() - now` at most.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::fmt;
 
 const SLOT_BITS: u32 = 6;
@@ -91,7 +93,7 @@ struct Entry<T> {
     /// `None` while the entry is on the free list.
     value: Option<T>,
     deadline: u64,
-    /// Insertion sequence: orders ties and tells live heap items from stale ones.
+    /// Insertion sequence: orders ties.
     seq: u64,
     prev: u32,
     /// Next in the slot list, or next free entry while vacant.
@@ -100,27 +102,17 @@ struct Entry<T> {
     list: u16,
 }
 
+/// A slot: an intrusive list and nothing else, so unlinking never has a summary to repair.
 #[derive(Clone, Copy)]
 struct List {
     head: u32,
     tail: u32,
-    len: u32,
-    /// Exact earliest deadline in the list while `min_exact`, else only a lower bound:
-    /// cancelling an entry that holds the minimum cannot tell the new one without a scan.
-    min: u64,
-    min_exact: bool,
 }
 
 const EMPTY_LIST: List = List {
     head: NIL,
     tail: NIL,
-    len: 0,
-    min: u64::MAX,
-    min_exact: true,
 };
-
-/// (deadline, seq, index), reversed so `BinaryHeap` yields the earliest.
-type HeapItem = Reverse<(u64, u64, u32)>;
 
 /// Hierarchical timing wheel over `u64` ticks; see the module docs for why and how.
 pub struct TimerWheel<T> {
@@ -134,8 +126,6 @@ pub struct TimerWheel<T> {
     occupied: [u64; LEVELS],
     /// Bit `l` is set iff `occupied[l] != 0`, so the lowest occupied level is one instruction.
     levels: u16,
-    /// Per list; non-empty only for lists that became the front (see module docs).
-    heaps: Box<[BinaryHeap<HeapItem>]>,
     /// Reused buffer for the expired batch of one `advance`: (deadline, seq, index).
     batch: Vec<(u64, u64, u32)>,
 }
@@ -157,7 +147,6 @@ impl<T> TimerWheel<T> {
             lists: vec![EMPTY_LIST; LISTS].into_boxed_slice(),
             occupied: [0; LEVELS],
             levels: 0,
-            heaps: (0..LISTS).map(|_| BinaryHeap::new()).collect(),
             batch: Vec::new(),
         }
     }
@@ -188,8 +177,6 @@ impl<T> TimerWheel<T> {
         let list = self.list_for(deadline);
         self.link(index, list);
         self.len += 1;
-        // Only the list just filed into can have become the front.
-        self.ensure_front_heap();
         TimerKey {
             index,
             generation: self.entries[index as usize].generation,
@@ -199,18 +186,9 @@ impl<T> TimerWheel<T> {
     /// Disarms a timer and hands back its value; `None` if it already fired or was cancelled.
     pub fn cancel(&mut self, key: TimerKey) -> Option<T> {
         let index = self.live_index(key)?;
-        let list = self.unlink(index);
+        self.unlink(index);
         let value = self.release(index);
         self.len -= 1;
-        if !self.heaps[list].is_empty() {
-            self.drop_stale_tops(list);
-            let live = self.lists[list].len as usize;
-            if self.heaps[list].len() > 2 * live + 64 {
-                self.rebuild_heap(list);
-            }
-        }
-        // Emptying the front list promotes another one, which may need its heap.
-        self.ensure_front_heap();
         Some(value)
     }
 
@@ -220,21 +198,41 @@ impl<T> TimerWheel<T> {
             .map(|i| self.entries[i as usize].deadline)
     }
 
-    /// The earliest pending deadline, exactly (see the module docs for how and at what cost).
-    /// It can be `<= now()` when a timer was armed already due; the loop should then not block.
+    /// When to call [`advance`](Self::advance) next: a lower bound on the earliest pending
+    /// deadline, computed in O(1) from the occupancy bitmaps; `None` only when no timer is
+    /// pending.
+    ///
+    /// The contract, for an event loop that sleeps until the answer `d`:
+    /// - Never late: `now() <= d`, and `d` is no later than the earliest pending deadline, or
+    ///   than `now()` if that deadline is already due (a timer armed with a deadline
+    ///   `<= now()` fires on the next `advance` whatever its `now`, so `d == now()` then and
+    ///   the loop should not block).
+    /// - Exact when the earliest timer is due (`d == now()`) or sits in level 0, i.e. falls in
+    ///   the same 64-tick block as `now()`: `d` is then its deadline.
+    /// - Otherwise `d` is the start tick of the slot holding the earliest timer (the first
+    ///   occupied slot of the lowest occupied level, which is the earliest of every level's
+    ///   next occupied slot), up to `64^level - 1` ticks early.
+    /// - Progress: `advance(d)` cascades that slot at least one level down (firing what is
+    ///   due), so calling `advance(next_deadline())` repeatedly fires the earliest timer after
+    ///   at most eleven calls, one per level, and fires nothing that is not due.
+    ///
+    /// An under-estimate only costs the loop a spurious, cheap wake-up; an over-estimate would
+    /// make timers late, so it never over-estimates. It is a bound and not the exact answer so
+    /// that cancel stays O(1) (see the module docs).
     pub fn next_deadline(&self) -> Option<u64> {
-        let list = self.front_list()?;
-        if list < SLOTS {
-            // Level 0: one tick per slot, so the slot start is every entry's deadline.
-            return Some(slot_start(self.now, 0, list));
+        if self.lists[DUE].head != NIL {
+            return Some(self.now);
         }
-        if self.lists[list].min_exact {
-            return Some(self.lists[list].min);
+        if self.levels == 0 {
+            return None;
         }
-        let top = self.heaps[list].peek().map(|Reverse((d, _, _))| *d);
-        debug_assert!(top.is_some(), "front list {list} has no heap");
-        // Unreachable by construction; a lower bound is still a safe answer for the loop.
-        top.or_else(|| Some(self.list_lower_bound(list)))
+        // Slots of a lower level all end before any occupied slot of a higher level begins, so
+        // the lowest occupied level's first slot is the minimum over levels. Every occupied
+        // slot starts after `now` (advance cascades the ones it reaches), so the clamp is only
+        // a guard.
+        let level = self.levels.trailing_zeros() as usize;
+        let slot = self.occupied[level].trailing_zeros() as usize;
+        Some(slot_start(self.now, level, slot).max(self.now))
     }
 
     /// Moves time to `now` (ignored if now < self.now()) and pushes every expired
@@ -302,7 +300,6 @@ impl<T> TimerWheel<T> {
         }
         batch.clear();
         self.batch = batch;
-        self.ensure_front_heap();
     }
 
     fn live_index(&self, key: TimerKey) -> Option<u32> {
@@ -360,16 +357,12 @@ impl<T> TimerWheel<T> {
     }
 
     fn link(&mut self, index: u32, list: usize) {
-        let deadline = self.entries[index as usize].deadline;
         let l = &mut self.lists[list];
         let tail = l.tail;
         l.tail = index;
         if tail == NIL {
             l.head = index;
-        }
-        l.len += 1;
-        l.min = l.min.min(deadline);
-        if tail != NIL {
+        } else {
             self.entries[tail as usize].next = index;
         }
         let e = &mut self.entries[index as usize];
@@ -381,16 +374,12 @@ impl<T> TimerWheel<T> {
             self.occupied[level] |= 1 << (list % SLOTS);
             self.levels |= 1 << level;
         }
-        let heap = &mut self.heaps[list];
-        if !heap.is_empty() {
-            heap.push(Reverse((e.deadline, e.seq, index)));
-        }
     }
 
-    /// Removes one entry from its list and returns the list.
-    fn unlink(&mut self, index: u32) -> usize {
+    /// Removes one entry from its list: O(1), nothing to repair but the occupancy bits.
+    fn unlink(&mut self, index: u32) {
         let e = &self.entries[index as usize];
-        let (prev, next, list, deadline) = (e.prev, e.next, e.list as usize, e.deadline);
+        let (prev, next, list) = (e.prev, e.next, e.list as usize);
         if prev == NIL {
             self.lists[list].head = next;
         } else {
@@ -401,15 +390,9 @@ impl<T> TimerWheel<T> {
         } else {
             self.entries[next as usize].prev = prev;
         }
-        let l = &mut self.lists[list];
-        l.len -= 1;
-        if l.len == 0 {
-            *l = EMPTY_LIST;
+        if self.lists[list].head == NIL {
             self.mark_empty(list);
-        } else if deadline == l.min {
-            l.min_exact = false;
         }
-        list
     }
 
     /// Detaches a whole list and returns its head; the entries keep their `next` links so the
@@ -422,68 +405,12 @@ impl<T> TimerWheel<T> {
     }
 
     fn mark_empty(&mut self, list: usize) {
-        self.heaps[list].clear();
         if list < WHEEL_SLOTS {
             let level = list / SLOTS;
             self.occupied[level] &= !(1 << (list % SLOTS));
             if self.occupied[level] == 0 {
                 self.levels &= !(1 << level);
             }
-        }
-    }
-
-    /// The list holding the earliest deadline: the due list if any, else the lowest occupied
-    /// slot of the lowest occupied level (every entry of level `l` is earlier than every entry
-    /// of level `l + 1`, and within a level slots are in time order).
-    fn front_list(&self) -> Option<usize> {
-        if self.lists[DUE].len != 0 {
-            return Some(DUE);
-        }
-        if self.levels == 0 {
-            return None;
-        }
-        let level = self.levels.trailing_zeros() as usize;
-        Some(level * SLOTS + self.occupied[level].trailing_zeros() as usize)
-    }
-
-    /// A tick no later than any deadline in `list`.
-    fn list_lower_bound(&self, list: usize) -> u64 {
-        if list == DUE {
-            0
-        } else {
-            slot_start(self.now, list / SLOTS, list % SLOTS)
-        }
-    }
-
-    fn ensure_front_heap(&mut self) {
-        if let Some(list) = self.front_list() {
-            if list >= SLOTS && !self.lists[list].min_exact && self.heaps[list].is_empty() {
-                self.rebuild_heap(list);
-            }
-        }
-    }
-
-    fn rebuild_heap(&mut self, list: usize) {
-        let mut items = std::mem::take(&mut self.heaps[list]).into_vec();
-        items.clear();
-        items.reserve(self.lists[list].len as usize);
-        let mut index = self.lists[list].head;
-        while index != NIL {
-            let e = &self.entries[index as usize];
-            items.push(Reverse((e.deadline, e.seq, index)));
-            index = e.next;
-        }
-        self.heaps[list] = BinaryHeap::from(items);
-    }
-
-    /// Keeps the heap's top live, which is what lets `next_deadline` take `&self`.
-    fn drop_stale_tops(&mut self, list: usize) {
-        while let Some(&Reverse((_, seq, index))) = self.heaps[list].peek() {
-            let e = &self.entries[index as usize];
-            if e.value.is_some() && e.seq == seq {
-                break;
-            }
-            self.heaps[list].pop();
         }
     }
 }
@@ -514,12 +441,28 @@ impl<T> fmt::Debug for TimerWheel<T> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use proptest::test_runner::TestCaseError;
     use std::collections::BTreeMap;
 
     fn advance<T>(w: &mut TimerWheel<T>, now: u64) -> Vec<(TimerKey, u64, T)> {
         let mut fired = Vec::new();
         w.advance(now, &mut fired);
         fired
+    }
+
+    /// What an event loop does: advance to `next_deadline()` until something fires. Returns
+    /// what fired and how many advances that took; panics if nothing fired within one advance
+    /// per level.
+    fn chase<T>(w: &mut TimerWheel<T>) -> (Vec<(TimerKey, u64, T)>, usize) {
+        for n in 1..=LEVELS {
+            let d = w.next_deadline().expect("chasing an empty wheel");
+            assert!(d >= w.now());
+            let fired = advance(w, d);
+            if !fired.is_empty() {
+                return (fired, n);
+            }
+        }
+        panic!("nothing fired after {LEVELS} advances to next_deadline()");
     }
 
     /// Walks every structure the wheel keeps and checks they agree with each other.
@@ -543,48 +486,33 @@ mod tests {
                 n += 1;
             }
             assert_eq!(l.tail, prev);
-            assert_eq!(l.len, n);
-            let mut index = l.head;
-            let mut min = u64::MAX;
-            while index != NIL {
-                min = min.min(w.entries[index as usize].deadline);
-                index = w.entries[index as usize].next;
-            }
-            if l.min_exact {
-                assert_eq!(l.min, min, "cached minimum is wrong");
-            } else {
-                assert!(l.min <= min, "cached minimum is not a lower bound");
-            }
-            total += n as usize;
+            total += n;
             if list < WHEEL_SLOTS {
-                let bit = w.occupied[list / SLOTS] >> (list % SLOTS) & 1;
-                assert_eq!(bit == 1, n > 0);
-            }
-            let heap = &w.heaps[list];
-            if let Some(&Reverse((_, seq, top))) = heap.peek() {
-                assert!(n > 0, "heap on an empty list");
-                let e = &w.entries[top as usize];
-                assert!(e.value.is_some() && e.seq == seq, "stale heap top");
-                let live = heap
-                    .iter()
-                    .filter(|Reverse((_, s, i))| {
-                        let e = &w.entries[*i as usize];
-                        e.value.is_some() && e.seq == *s
-                    })
-                    .count();
-                assert_eq!(live, n as usize, "heap misses live entries");
+                let (level, slot) = (list / SLOTS, list % SLOTS);
+                assert_eq!(w.occupied[level] >> slot & 1 == 1, n > 0);
+                if n > 0 {
+                    assert!(
+                        slot_start(w.now, level, slot) > w.now,
+                        "occupied slot starts at or before now"
+                    );
+                }
             }
         }
         for level in 0..LEVELS {
             assert_eq!(w.levels >> level & 1 == 1, w.occupied[level] != 0);
         }
         assert_eq!(total, w.len);
-        if let Some(front) = w.front_list() {
-            assert!(
-                front < SLOTS || w.lists[front].min_exact || !w.heaps[front].is_empty(),
-                "inexact front list without heap"
-            );
-        }
+        // The bound, the long way: the earliest start of any level's next occupied slot.
+        let by_levels = (0..LEVELS)
+            .filter(|&l| w.occupied[l] != 0)
+            .map(|l| slot_start(w.now, l, w.occupied[l].trailing_zeros() as usize))
+            .min();
+        let want = if w.lists[DUE].head != NIL {
+            Some(w.now)
+        } else {
+            by_levels
+        };
+        assert_eq!(w.next_deadline(), want);
     }
 
     fn values<T: Copy>(fired: &[(TimerKey, u64, T)]) -> Vec<T> {
@@ -596,7 +524,11 @@ mod tests {
         for deadline in [1, 63, 64, 65, 4095, 4096, 100_000, 262_144 + 7] {
             let mut w = TimerWheel::new(0);
             let k = w.insert(deadline, "t");
-            assert_eq!(w.next_deadline(), Some(deadline));
+            let bound = w.next_deadline().unwrap();
+            assert!(bound <= deadline);
+            if deadline < 64 {
+                assert_eq!(bound, deadline, "level 0 is exact");
+            }
             assert!(
                 advance(&mut w, deadline - 1).is_empty(),
                 "early at {deadline}"
@@ -610,6 +542,28 @@ mod tests {
     }
 
     #[test]
+    fn advancing_to_next_deadline_reaches_the_timer() {
+        for deadline in [
+            64,
+            65,
+            4097,
+            100_000,
+            262_151,
+            123_456_789_012,
+            (1 << 50) + 12345,
+            u64::MAX,
+        ] {
+            let mut w = TimerWheel::new(3);
+            let k = w.insert(deadline, ());
+            let (fired, n) = chase(&mut w);
+            assert_eq!(fired, vec![(k, deadline, ())]);
+            assert_eq!(w.now(), deadline);
+            assert!(n <= LEVELS);
+            assert_eq!(w.next_deadline(), None);
+        }
+    }
+
+    #[test]
     fn cancel_before_fire() {
         let mut w = TimerWheel::new(10);
         let a = w.insert(500, 1);
@@ -617,7 +571,8 @@ mod tests {
         assert_eq!(w.cancel(a), Some(1));
         assert_eq!(w.len(), 1);
         assert_eq!(w.deadline(a), None);
-        assert_eq!(w.next_deadline(), Some(700));
+        // 700 sits in the level-1 slot 640..703: the bound is that slot's start.
+        assert_eq!(w.next_deadline(), Some(640));
         assert_eq!(values(&advance(&mut w, 10_000)), vec![2]);
         assert_eq!(w.cancel(b), None);
     }
@@ -670,6 +625,7 @@ mod tests {
         let got: Vec<_> = fired.iter().map(|&(_, d, v)| (d, v)).collect();
         assert_eq!(got, want);
         assert_eq!(w.len(), 1);
+        // 2^35 is the first tick of its level-5 slot, so the bound happens to be exact.
         assert_eq!(w.next_deadline(), Some(1 << 35));
         assert_eq!(w.now(), 1_000_000_007);
     }
@@ -679,12 +635,14 @@ mod tests {
         let mut w = TimerWheel::new(1_000);
         let k = w.insert(10, "past");
         w.insert(1_000, "now");
-        assert_eq!(w.next_deadline(), Some(10));
+        // Due already: the loop must not block.
+        assert_eq!(w.next_deadline(), Some(1_000));
         // Even an advance that does not move time fires it.
         let fired = advance(&mut w, 1_000);
         assert_eq!(values(&fired), vec!["past", "now"]);
         assert_eq!(fired[0], (k, 10, "past"));
         assert_eq!(w.now(), 1_000);
+        assert_eq!(w.next_deadline(), None);
     }
 
     #[test]
@@ -732,19 +690,18 @@ mod tests {
             w.insert(d, d);
         }
         for &d in &far {
-            assert_eq!(w.next_deadline(), Some(d));
+            assert!(w.next_deadline().unwrap() <= d);
             assert!(advance(&mut w, d - 1).is_empty(), "{d} fired early");
-            assert_eq!(
-                advance(&mut w, d).iter().map(|f| f.1).collect::<Vec<_>>(),
-                vec![d]
-            );
+            let (fired, _) = chase(&mut w);
+            assert_eq!(fired.iter().map(|f| f.1).collect::<Vec<_>>(), vec![d]);
+            assert_eq!(w.now(), d);
         }
         assert!(w.is_empty());
         assert_eq!(w.now(), u64::MAX);
     }
 
     #[test]
-    fn next_deadline_is_exact_inside_coarse_slots() {
+    fn next_deadline_is_the_slot_start_inside_coarse_slots() {
         let mut w = TimerWheel::new(0);
         // All in one level-2 slot (ticks 8192..12287).
         let keys: Vec<_> = (0..500u64).map(|i| w.insert(12_000 - i * 7, i)).collect();
@@ -754,37 +711,23 @@ mod tests {
             .map(|(&k, i)| (12_000 - i * 7, k))
             .collect();
         live.sort_by_key(|&(d, _)| d);
-        // Cancel from the front, which is the worst case for the lazily cleaned heap.
-        while let Some(&(d, k)) = live.first() {
-            assert_eq!(w.next_deadline(), Some(d));
+        // Cancelling from the front (what closing the oldest connections does) leaves the
+        // bound at the slot start, and costs O(1) each.
+        while let Some(&(_, k)) = live.first() {
+            assert_eq!(w.next_deadline(), Some(8_192));
             w.cancel(k).unwrap();
             live.remove(0);
         }
         assert_eq!(w.next_deadline(), None);
-    }
-
-    #[test]
-    fn heap_compaction_keeps_answers_exact() {
-        let mut w = TimerWheel::new(0);
-        // Cancelling the slot's minimum forces the heap into existence.
-        let first = w.insert(8_195, 0u64);
-        let anchor = w.insert(8_200, 0u64);
-        w.cancel(first).unwrap();
-        assert_eq!(w.next_deadline(), Some(8_200));
-        let slot = w.list_for(8_200);
-        assert!(!w.lists[slot].min_exact && w.heaps[slot].len() == 1);
-        // Churn non-front entries of the front slot: their heap items go stale.
-        for round in 0..50u64 {
-            let ks: Vec<_> = (0..100).map(|i| w.insert(9_000 + i + round, i)).collect();
-            for k in ks {
-                w.cancel(k).unwrap();
-            }
-            assert_eq!(w.next_deadline(), Some(8_200));
-        }
-        assert!((1..=2 + 64).contains(&w.heaps[slot].len()));
-        w.cancel(anchor).unwrap();
-        assert!(w.is_empty());
-        assert_eq!(w.next_deadline(), None);
+        // The loop's spurious wake-up at the slot start cascades the slot; the next answer is
+        // exact.
+        let k = w.insert(10_000, 0);
+        assert_eq!(w.next_deadline(), Some(8_192));
+        assert!(advance(&mut w, 8_192).is_empty());
+        assert_eq!(w.next_deadline(), Some(9_984));
+        assert!(advance(&mut w, 9_984).is_empty());
+        assert_eq!(w.next_deadline(), Some(10_000));
+        assert_eq!(advance(&mut w, 10_000), vec![(k, 10_000, 0)]);
     }
 
     #[derive(Clone, Debug)]
@@ -795,6 +738,8 @@ mod tests {
         CancelDead(prop::sample::Index),
         Advance(u64),
         AdvanceBack(u64),
+        /// Advance to `next_deadline()` until the earliest timer fires, as a loop would.
+        Chase,
     }
 
     fn offset() -> impl Strategy<Value = u64> {
@@ -810,6 +755,7 @@ mod tests {
             4 => prop_oneof![Just(0u64), 0..100u64, 0..5_000u64, 0..(1u64 << 40)]
                 .prop_map(Op::Advance),
             1 => (0..100u64).prop_map(Op::AdvanceBack),
+            1 => Just(Op::Chase),
         ]
     }
 
@@ -823,6 +769,137 @@ mod tests {
         ]
     }
 
+    /// A wheel driven in lockstep with a reference model.
+    struct Model {
+        w: TimerWheel<u64>,
+        /// (deadline, seq) -> key: the order timers must fire in.
+        pending: BTreeMap<(u64, u64), TimerKey>,
+        live: Vec<(TimerKey, u64, u64)>,
+        dead: Vec<TimerKey>,
+        seq: u64,
+    }
+
+    impl Model {
+        fn new(start: u64) -> Self {
+            Model {
+                w: TimerWheel::new(start),
+                pending: BTreeMap::new(),
+                live: Vec::new(),
+                dead: Vec::new(),
+                seq: 0,
+            }
+        }
+
+        fn apply(&mut self, op: Op) -> Result<(), TestCaseError> {
+            let w = &mut self.w;
+            match op {
+                Op::Insert(off) | Op::InsertPast(off) => {
+                    let deadline = match op {
+                        Op::Insert(_) => w.now().saturating_add(off),
+                        _ => w.now().saturating_sub(off),
+                    };
+                    let key = w.insert(deadline, self.seq);
+                    prop_assert_eq!(w.deadline(key), Some(deadline));
+                    self.pending.insert((deadline, self.seq), key);
+                    self.live.push((key, deadline, self.seq));
+                    self.seq += 1;
+                }
+                Op::Cancel(ix) => {
+                    if !self.live.is_empty() {
+                        let (key, deadline, s) = self.live.swap_remove(ix.index(self.live.len()));
+                        prop_assert_eq!(w.cancel(key), Some(s));
+                        self.pending.remove(&(deadline, s));
+                        self.dead.push(key);
+                    }
+                }
+                Op::CancelDead(ix) => {
+                    if !self.dead.is_empty() {
+                        let key = self.dead[ix.index(self.dead.len())];
+                        prop_assert_eq!(w.cancel(key), None);
+                        prop_assert_eq!(w.deadline(key), None);
+                    }
+                }
+                Op::Advance(step) => {
+                    let to = w.now().saturating_add(step);
+                    self.advance(to)?;
+                }
+                Op::AdvanceBack(step) => {
+                    let to = w.now().saturating_sub(step);
+                    self.advance(to)?;
+                }
+                Op::Chase => self.chase()?,
+            }
+            self.check()
+        }
+
+        /// Advances the wheel and checks it fired exactly the model's due timers, in order.
+        fn advance(&mut self, to: u64) -> Result<Vec<(TimerKey, u64, u64)>, TestCaseError> {
+            let effective = to.max(self.w.now());
+            let fired = advance(&mut self.w, to);
+            prop_assert_eq!(self.w.now(), effective);
+            let due: Vec<_> = self
+                .pending
+                .range(..=(effective, u64::MAX))
+                .map(|(&(d, s), &k)| (k, d, s))
+                .collect();
+            prop_assert_eq!(&fired, &due);
+            for &(key, deadline, s) in &due {
+                self.pending.remove(&(deadline, s));
+                self.dead.push(key);
+            }
+            self.live.retain(|&(_, d, _)| d > effective);
+            // Nothing still pending is overdue.
+            prop_assert!(self.pending.keys().all(|&(d, _)| d > effective));
+            Ok(fired)
+        }
+
+        /// From the current state, advancing to `next_deadline()` fires the earliest timer
+        /// within one advance per level, and each advance fires only what is due.
+        fn chase(&mut self) -> Result<(), TestCaseError> {
+            let Some(&(_, first)) = self.pending.keys().next() else {
+                return Ok(());
+            };
+            for _ in 0..LEVELS {
+                let d = self.w.next_deadline().expect("pending timers but no bound");
+                let fired = self.advance(d)?;
+                self.check()?;
+                if fired.iter().any(|f| f.2 == first) {
+                    return Ok(());
+                }
+            }
+            Err(TestCaseError::fail(format!(
+                "earliest timer (seq {first}) not fired after {LEVELS} advances"
+            )))
+        }
+
+        fn check(&self) -> Result<(), TestCaseError> {
+            let w = &self.w;
+            check_invariants(w);
+            prop_assert_eq!(w.len(), self.pending.len());
+            prop_assert_eq!(w.is_empty(), self.pending.is_empty());
+            let now = w.now();
+            match (w.next_deadline(), self.pending.keys().next()) {
+                (None, None) => {}
+                (Some(d), Some(&(min, _))) => {
+                    prop_assert!(d >= now, "bound {} before now {}", d, now);
+                    // A due timer (armed in the past) fires at `now`; anything else at its
+                    // deadline. The bound must not be later than that.
+                    let fires_at = min.max(now);
+                    prop_assert!(d <= fires_at, "bound {} after earliest {}", d, fires_at);
+                    if min <= now || min >> SLOT_BITS == now >> SLOT_BITS {
+                        prop_assert_eq!(d, fires_at, "inexact for a due or level-0 timer");
+                    }
+                }
+                (d, min) => {
+                    return Err(TestCaseError::fail(format!(
+                        "next_deadline {d:?} but model earliest {min:?}"
+                    )))
+                }
+            }
+            Ok(())
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -831,71 +908,27 @@ mod tests {
             start in start(),
             ops in prop::collection::vec(op(), 1..200),
         ) {
-            let mut w = TimerWheel::new(start);
-            // (deadline, seq) -> key: the order timers must fire in.
-            let mut model: BTreeMap<(u64, u64), TimerKey> = BTreeMap::new();
-            let mut live: Vec<(TimerKey, u64, u64)> = Vec::new();
-            let mut dead: Vec<TimerKey> = Vec::new();
-            let mut seq = 0u64;
-            let mut fired = Vec::new();
+            let mut m = Model::new(start);
             for op in ops {
-                match op {
-                    Op::Insert(off) | Op::InsertPast(off) => {
-                        let deadline = match op {
-                            Op::Insert(_) => w.now().saturating_add(off),
-                            _ => w.now().saturating_sub(off),
-                        };
-                        let key = w.insert(deadline, seq);
-                        prop_assert_eq!(w.deadline(key), Some(deadline));
-                        model.insert((deadline, seq), key);
-                        live.push((key, deadline, seq));
-                        seq += 1;
-                    }
-                    Op::Cancel(ix) => {
-                        if !live.is_empty() {
-                            let (key, deadline, s) = live.swap_remove(ix.index(live.len()));
-                            prop_assert_eq!(w.cancel(key), Some(s));
-                            model.remove(&(deadline, s));
-                            dead.push(key);
-                        }
-                    }
-                    Op::CancelDead(ix) => {
-                        if !dead.is_empty() {
-                            let key = dead[ix.index(dead.len())];
-                            prop_assert_eq!(w.cancel(key), None);
-                            prop_assert_eq!(w.deadline(key), None);
-                        }
-                    }
-                    Op::Advance(_) | Op::AdvanceBack(_) => {
-                        let to = match op {
-                            Op::Advance(step) => w.now().saturating_add(step),
-                            Op::AdvanceBack(step) => w.now().saturating_sub(step),
-                            _ => unreachable!(),
-                        };
-                        let effective = to.max(w.now());
-                        fired.clear();
-                        w.advance(to, &mut fired);
-                        prop_assert_eq!(w.now(), effective);
-                        let due: Vec<_> = model
-                            .range(..=(effective, u64::MAX))
-                            .map(|(&(d, s), &k)| (k, d, s))
-                            .collect();
-                        prop_assert_eq!(&fired, &due);
-                        for &(key, deadline, s) in &due {
-                            prop_assert!(deadline <= effective);
-                            model.remove(&(deadline, s));
-                            dead.push(key);
-                        }
-                        live.retain(|&(_, d, _)| d > effective);
-                        // Nothing still pending is overdue.
-                        prop_assert!(model.keys().all(|&(d, _)| d > effective));
-                    }
-                }
-                check_invariants(&w);
-                prop_assert_eq!(w.len(), model.len());
-                prop_assert_eq!(w.is_empty(), model.is_empty());
-                prop_assert_eq!(w.next_deadline(), model.keys().next().map(|&(d, _)| d));
+                m.apply(op)?;
             }
+        }
+
+        #[test]
+        fn next_deadline_always_makes_progress(
+            start in start(),
+            ops in prop::collection::vec(op(), 1..200),
+        ) {
+            let mut m = Model::new(start);
+            for op in ops {
+                m.apply(op)?;
+            }
+            // From whatever state the ops left, a loop that only ever sleeps until
+            // `next_deadline()` fires every timer, each within one advance per level.
+            while !m.pending.is_empty() {
+                m.chase()?;
+            }
+            prop_assert_eq!(m.w.next_deadline(), None);
         }
     }
 }
