@@ -241,7 +241,11 @@ impl EventLoop {
         let Some(mut handler) = self.conn_mut(id).and_then(|c| c.handler.take()) else {
             return;
         };
+        // Deferred work (a close of this very connection, say) must wait until the handler is
+        // back in place, or its `on_close` would be skipped.
+        self.deferred_depth += 1;
         f(&mut *handler, &mut Ctx::new(self, id));
+        self.deferred_depth -= 1;
         if let Some(conn) = self.conn_mut(id) {
             conn.handler = Some(handler);
         }

@@ -159,7 +159,7 @@ pub struct EventLoop {
     pub(crate) scratch: Option<Buffer>,
     pub(crate) stats: LoopStats,
     pub(crate) deferred: Vec<Deferred>,
-    deferred_depth: u32,
+    pub(crate) deferred_depth: u32,
     /// Sources an edge-triggered poller will not report again although they may still have
     /// work (read budget spent, accept bound reached, or read resumed after a pause).
     pub(crate) ready: Vec<Token>,
@@ -377,6 +377,7 @@ impl EventLoop {
         let mut events = Vec::with_capacity(1024);
         self.quit = false;
         while !self.quit {
+            self.run_deferred(); // work queued by calls made before `run` or between iterations
             let timeout = self.poll_timeout();
             self.poller.wait(&mut events, timeout)?;
             self.stats.wakeups += 1;
