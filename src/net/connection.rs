@@ -124,6 +124,10 @@ pub(crate) struct Conn {
     pub(crate) read_paused: bool,
     /// The peer's FIN arrived.
     pub(crate) read_eof: bool,
+    /// The poller has reported the peer's FIN (EPOLLRDHUP), though it may not be read yet: an
+    /// edge-triggered reader must then read on to the 0, since no new edge will announce it
+    /// (it may have been reported while reading was paused).
+    pub(crate) hup_seen: bool,
     /// Our FIN went out.
     pub(crate) write_shut: bool,
     /// Send our FIN once the output queue drains.
@@ -150,6 +154,7 @@ impl Conn {
             interest: Interest::NONE,
             read_paused: false,
             read_eof: false,
+            hup_seen: false,
             write_shut: false,
             shutdown_after_flush: false,
             close_after_shutdown: false,
@@ -262,18 +267,18 @@ impl EventLoop {
         if ev.writable {
             self.conn_writable(id);
         }
+        if ev.hup {
+            if let Some(conn) = self.conn_mut(id) {
+                conn.hup_seen = true;
+            }
+        }
         if ev.readable || ev.error {
-            self.conn_read(id, ev.hup);
+            self.conn_readable(id);
         }
     }
 
-    /// Reads what the socket has: one `readv` per wake-up for level-triggered engines (the
+    /// Reads what the socket has: one read per wake-up for level-triggered engines (the
     /// poller reports again if more is left), until EAGAIN or the read budget for edge.
-    pub(crate) fn conn_readable(&mut self, id: ConnId) {
-        self.conn_read(id, false)
-    }
-
-    /// `hup`: the poller saw the peer's FIN, so read on to the 0 even after a short read.
     ///
     /// Two read paths. A connection holding no partial input reads straight into the loop's
     /// shared 64 KiB scratch buffer, and only bytes the handler leaves unconsumed are copied
@@ -281,7 +286,7 @@ impl EventLoop {
     /// costs one syscall and no copy, and the connection keeps no memory between messages. A
     /// connection already holding partial input `readv`s into its buffer's free space plus the
     /// scratch area as spill, so one syscall still takes whatever the socket has.
-    fn conn_read(&mut self, id: ConnId, hup: bool) {
+    pub(crate) fn conn_readable(&mut self, id: ConnId) {
         let edge = self.poller.trigger() == Trigger::Edge;
         let budget = self.cfg.read_budget;
         let mut total = 0usize;
@@ -345,6 +350,7 @@ impl EventLoop {
                     self.stash_input(id, input, direct);
                     // A short read emptied the socket: an edge poller will report new data
                     // (but not a FIN it already reported: then read on to the 0).
+                    let hup = self.conn(id).is_some_and(|c| c.hup_seen);
                     if !edge || (n < asked && !hup) {
                         return;
                     }
