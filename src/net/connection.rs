@@ -258,22 +258,49 @@ impl EventLoop {
     }
 
     pub(crate) fn conn_event(&mut self, id: ConnId, ev: Event) {
-        if matches!(self.conn(id).map(|c| c.state), Some(ConnState::Connecting)) {
-            if ev.writable || ev.error {
-                self.connect_finished(id);
-            }
+        let Some(conn) = self.conn_mut(id) else {
             return;
+        };
+        if ev.hup {
+            conn.hup_seen = true;
+        }
+        if conn.state == ConnState::Connecting {
+            if !(ev.writable || ev.error) {
+                return;
+            }
+            self.connect_finished(id);
+            // A peer that speaks first (a greeting) may have sent bytes that arrived with the
+            // handshake: an edge poller will not report them again.
+            if !(ev.readable || ev.hup) {
+                return;
+            }
         }
         if ev.writable {
             self.conn_writable(id);
         }
-        if ev.hup {
-            if let Some(conn) = self.conn_mut(id) {
-                conn.hup_seen = true;
+        if ev.readable || ev.error {
+            let Some(conn) = self.conn(id) else { return };
+            if ev.error && (conn.read_eof || conn.read_paused) {
+                // No read will run to surface the error, so look at it here: a reset after
+                // the peer's FIN must still end the connection (and not be reported forever).
+                self.socket_error_without_read(id);
+            } else {
+                self.conn_readable(id);
             }
         }
-        if ev.readable || ev.error {
-            self.conn_readable(id);
+    }
+
+    /// The poller reported an error or hang-up on a connection that is not reading.
+    fn socket_error_without_read(&mut self, id: ConnId) {
+        let Some(conn) = self.conn(id) else { return };
+        match SockRef::from(&conn.fd).take_error() {
+            Ok(Some(e)) | Err(e) => self.close_with(id, CloseReason::Error(e.kind())),
+            Ok(None) => {
+                // A hang-up without error: both directions are finished.
+                if conn.read_eof {
+                    self.close_with(id, CloseReason::Normal);
+                }
+            }
         }
     }
 
@@ -519,6 +546,12 @@ impl EventLoop {
                 }
             }
             self.stats.bytes_out += written as u64;
+            if written > 0 {
+                let now = self.now_tick();
+                if let Some(conn) = self.conn_mut(id) {
+                    conn.last_active = now;
+                }
+            }
         }
         if written == data.len() {
             return true;
@@ -578,11 +611,12 @@ impl EventLoop {
             return;
         }
         conn.close_after_shutdown = true;
-        if conn.write_shut {
-            self.start_linger(id);
-        } else {
+        if !conn.write_shut {
             self.shutdown_write(id);
         }
+        // The linger timer bounds the whole close, flushing included: a peer that stopped
+        // reading cannot hold the connection and its queued output forever.
+        self.start_linger(id);
     }
 
     /// Closes at once with RST, dropping queued output.
@@ -647,7 +681,7 @@ impl EventLoop {
 
     // ---- internals ----
 
-    fn shutdown_now(&mut self, id: ConnId) {
+    pub(crate) fn shutdown_now(&mut self, id: ConnId) {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
@@ -669,26 +703,33 @@ impl EventLoop {
         }
     }
 
+    /// Enters the closing phase: input from now on is only drained to reach the peer's FIN,
+    /// and one timer bounds the rest of the close (flush, FIN, waiting for the peer's FIN).
     fn start_linger(&mut self, id: ConnId) {
         let deadline = self.now_tick() + EventLoop::ms(self.cfg.linger_timeout);
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if conn.state == ConnState::Open {
+            conn.state = ConnState::Linger;
+            // Unconsumed input will never be handled now.
+            if let Some(b) = conn.input.take() {
+                self.pool.put(b);
+            }
+        }
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
         if conn.linger_timer.is_some() {
             return;
         }
-        conn.state = ConnState::Linger;
-        // Unconsumed input will never be handled now.
-        let input = conn.input.take();
-        if let Some(b) = input {
-            self.pool.put(b);
-        }
+        let paused = conn.read_paused;
         let key = self.timers.insert(deadline, TimerEvent::Linger(id));
         if let Some(conn) = self.conn_mut(id) {
             conn.linger_timer = Some(key);
-            if conn.read_paused {
-                self.resume_read(id);
-            }
+        }
+        if paused {
+            self.resume_read(id);
         }
     }
 
@@ -783,10 +824,7 @@ impl EventLoop {
         self.stats.closed += 1;
         let handler = conn.handler.take();
         drop(conn); // close(2)
-        if !self.accept_starved.is_empty() {
-            let starved = std::mem::take(&mut self.accept_starved);
-            self.ready.extend(starved);
-        }
+        self.unstarve_listeners();
         if let Some(mut h) = handler {
             h.on_close(&mut Ctx::new(self, id), reason);
         }

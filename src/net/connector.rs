@@ -74,14 +74,26 @@ impl EventLoop {
             return;
         }
         let conn = self.conn_mut(id).expect("checked above");
-        conn.state = ConnState::Open;
+        // Open, or straight to the closing phase if a close was asked for meanwhile.
+        conn.state = if conn.close_after_shutdown {
+            ConnState::Linger
+        } else {
+            ConnState::Open
+        };
         let pending = conn.output.as_ref().is_some_and(|b| !b.is_empty());
+        let shutdown_requested = conn.shutdown_after_flush;
         self.update_interest(id);
-        self.call_handler(id, |h, cx| h.on_connect(cx));
         if pending {
-            // Bytes queued while connecting (a proxy forwarding early client data).
+            // Bytes queued while connecting (a proxy forwarding early client data); a
+            // shutdown requested meanwhile follows once they are flushed.
             self.conn_writable(id);
+        } else if shutdown_requested {
+            // Closed (or half-closed) before the handshake finished, with nothing to say:
+            // send the FIN now; the handler never asked to be told about the connect.
+            self.shutdown_now(id);
+            return;
         }
+        self.call_handler(id, |h, cx| h.on_connect(cx));
     }
 
     pub(crate) fn connect_timer_fired(&mut self, id: ConnId) {

@@ -14,6 +14,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustix::net::SocketFlags;
 use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
@@ -65,6 +66,9 @@ pub fn bind_tcp(addr: SocketAddr, opts: &ListenOptions) -> io::Result<TcpListene
     Ok(sock.into())
 }
 
+/// How long a starved listener waits before trying again if no connection closes first.
+const STARVED_RETRY: Duration = Duration::from_millis(100);
+
 enum Refusal {
     Refused,
     QueueEmpty,
@@ -104,16 +108,18 @@ impl EventLoop {
     }
 
     /// Stops listening: the socket is closed, so new connections are refused by the kernel.
+    /// Also closes UDP endpoints; any other token is left alone.
     pub fn close_listener(&mut self, token: Token) {
+        if !matches!(
+            self.slot(token).map(|s| &s.source),
+            Some(Source::Listener(_) | Source::Udp(_))
+        ) {
+            return;
+        }
         match self.remove_source(token) {
             Some(Source::Listener(l)) => self.poller.deregister_before_close(l.fd.as_fd()),
             Some(Source::Udp(u)) => self.poller.deregister_before_close(u.sock.as_fd()),
-            Some(other) => {
-                // Not a listener: put nothing back (tokens are never reused), but do not leak
-                // the registration either.
-                drop(other);
-            }
-            None => {}
+            _ => unreachable!("checked above"),
         }
     }
 
@@ -136,12 +142,7 @@ impl EventLoop {
                         Refusal::Refused => self.stats.refused_emfile += 1,
                         Refusal::QueueEmpty => return,
                         Refusal::NoReserve => {
-                            // Nothing can be accepted until an fd frees up. Wait rather than spin;
-                            // an edge poller may not report the waiting ones again, so the listener
-                            // is revisited when one of this loop's connections closes.
-                            if !self.accept_starved.contains(&token) {
-                                self.accept_starved.push(token);
-                            }
+                            self.starve_listener(token);
                             return;
                         }
                     }
@@ -150,7 +151,11 @@ impl EventLoop {
                 Err(rustix::io::Errno::CONNABORTED)
                 | Err(rustix::io::Errno::INTR)
                 | Err(rustix::io::Errno::PROTO) => {}
-                Err(_) => return, // ENOBUFS/ENOMEM: back off until the next report
+                Err(_) => {
+                    // ENOBUFS/ENOMEM: the kernel is short of memory. Back off.
+                    self.starve_listener(token);
+                    return;
+                }
             }
         }
         // Bound reached with connections possibly still pending: an edge poller would not
@@ -190,6 +195,38 @@ impl EventLoop {
                     "keel: refusing connections the {} engine cannot watch: {e}",
                     self.cfg.engine
                 );
+            }
+        }
+    }
+
+    /// Parks a listener that cannot accept now (no fd to spare even for the reserve dance, or
+    /// no kernel memory). A level-triggered poller would report it on every wait, so its
+    /// interest is dropped; it is revisited when a connection of this loop closes, or after
+    /// [`STARVED_RETRY`] in case none does (the fds may be held by other threads).
+    fn starve_listener(&mut self, token: Token) {
+        if self.accept_starved.contains(&token) {
+            return;
+        }
+        self.accept_starved.push(token);
+        if self.poller.trigger() == Trigger::Level {
+            let _ = self.reregister(token, Interest::NONE);
+        }
+        self.run_after(STARVED_RETRY, |el| el.unstarve_listeners());
+    }
+
+    pub(crate) fn unstarve_listeners(&mut self) {
+        if self.accept_starved.is_empty() {
+            return;
+        }
+        let level = self.poller.trigger() == Trigger::Level;
+        for token in std::mem::take(&mut self.accept_starved) {
+            if self.slot(token).is_none() {
+                continue;
+            }
+            if level {
+                let _ = self.reregister(token, Interest::READABLE);
+            } else {
+                self.ready.push(token);
             }
         }
     }

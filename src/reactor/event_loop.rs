@@ -159,10 +159,12 @@ pub struct EventLoop {
     pub(crate) scratch: Option<Buffer>,
     pub(crate) stats: LoopStats,
     pub(crate) deferred: Vec<Deferred>,
+    deferred_spare: Vec<Deferred>,
     pub(crate) deferred_depth: u32,
     /// Sources an edge-triggered poller will not report again although they may still have
     /// work (read budget spent, accept bound reached, or read resumed after a pause).
     pub(crate) ready: Vec<Token>,
+    ready_spare: Vec<Token>,
     /// An fd held in reserve for the EMFILE dance (DESIGN rule 6).
     pub(crate) reserve_fd: Option<OwnedFd>,
     /// Listeners that stopped accepting for want of an fd; revisited when a connection closes.
@@ -193,8 +195,10 @@ impl EventLoop {
             scratch: Some(Buffer::with_capacity(SCRATCH)),
             stats: LoopStats::new(cfg.engine),
             deferred: Vec::new(),
+            deferred_spare: Vec::new(),
             deferred_depth: 0,
             ready: Vec::new(),
+            ready_spare: Vec::new(),
             reserve_fd: None,
             accept_starved: Vec::new(),
             warned_register: false,
@@ -423,8 +427,8 @@ impl EventLoop {
         if self.ready.is_empty() {
             return;
         }
-        let ready = std::mem::take(&mut self.ready);
-        for token in ready {
+        let mut ready = std::mem::replace(&mut self.ready, std::mem::take(&mut self.ready_spare));
+        for &token in &ready {
             let Some(slot) = self.slot(token) else {
                 continue;
             };
@@ -436,6 +440,8 @@ impl EventLoop {
             }
             self.run_deferred();
         }
+        ready.clear();
+        self.ready_spare = ready; // keep the allocation
     }
 
     fn run_tasks(&mut self) {
@@ -505,14 +511,22 @@ impl EventLoop {
         }
         self.deferred_depth += 1;
         while !self.deferred.is_empty() {
-            let batch = std::mem::take(&mut self.deferred);
-            for d in batch {
+            let mut batch =
+                std::mem::replace(&mut self.deferred, std::mem::take(&mut self.deferred_spare));
+            for d in batch.drain(..) {
                 match d {
                     Deferred::Close(id) => self.destroy_conn(id),
                     Deferred::HighWater(id) => self.notify_high_water(id),
                 }
             }
+            self.deferred_spare = batch; // keep the allocation
         }
         self.deferred_depth -= 1;
+    }
+}
+
+impl Drop for EventLoop {
+    fn drop(&mut self) {
+        self.shared.close();
     }
 }

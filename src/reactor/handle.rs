@@ -14,7 +14,8 @@ use super::waker::Waker;
 pub type Task = Box<dyn FnOnce(&mut EventLoop) + Send>;
 
 pub(crate) struct Shared {
-    tasks: Mutex<Vec<Task>>,
+    /// The queue; `None` once the loop is gone, so posts fail instead of piling up.
+    tasks: Mutex<Option<Vec<Task>>>,
     /// True from the first post after a drain until the loop drains again, so a burst of posts
     /// rings the eventfd once instead of once per task.
     notified: AtomicBool,
@@ -24,7 +25,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(waker: Waker) -> Shared {
         Shared {
-            tasks: Mutex::new(Vec::new()),
+            tasks: Mutex::new(Some(Vec::new())),
             notified: AtomicBool::new(false),
             waker,
         }
@@ -39,7 +40,15 @@ impl Shared {
         self.waker.drain();
         self.notified.store(false, Ordering::SeqCst);
         let mut q = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::swap(&mut *q, into);
+        if let Some(q) = q.as_mut() {
+            std::mem::swap(q, into);
+        }
+    }
+
+    /// Called when the loop is dropped: later posts return false, queued tasks are dropped.
+    pub(crate) fn close(&self) {
+        let mut q = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        *q = None;
     }
 }
 
@@ -50,12 +59,15 @@ pub struct LoopHandle {
 }
 
 impl LoopHandle {
-    /// Runs `task` on the loop's thread at its next iteration. Returns false if the waker
-    /// could not be rung (the loop's eventfd is gone), in which case the task may never run.
+    /// Runs `task` on the loop's thread at its next iteration. Returns false if the loop is
+    /// gone (the task is dropped) or its waker could not be rung.
     pub fn post(&self, task: impl FnOnce(&mut EventLoop) + Send + 'static) -> bool {
         {
             let mut q = self.shared.tasks.lock().unwrap_or_else(|e| e.into_inner());
-            q.push(Box::new(task));
+            match q.as_mut() {
+                Some(q) => q.push(Box::new(task)),
+                None => return false,
+            }
         }
         if !self.shared.notified.swap(true, Ordering::SeqCst) {
             return self.shared.waker.wake().is_ok();

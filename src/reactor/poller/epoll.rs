@@ -43,9 +43,13 @@ impl EpollPoller {
     }
 
     fn flags(&self, interest: Interest) -> epoll::EventFlags {
-        let mut f = epoll::EventFlags::RDHUP;
+        let mut f = epoll::EventFlags::empty();
         if interest.is_readable() {
-            f |= epoll::EventFlags::IN;
+            // RDHUP stays true once the FIN is in: asked for without read interest, a
+            // level-triggered registration would report it on every wait.
+            f |= epoll::EventFlags::IN | epoll::EventFlags::RDHUP;
+        } else if self.trigger == Trigger::Edge {
+            f |= epoll::EventFlags::RDHUP;
         }
         if interest.is_writable() {
             f |= epoll::EventFlags::OUT;
