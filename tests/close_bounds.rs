@@ -92,7 +92,9 @@ impl Handler for BigThenClose {
     }
     fn on_close(&mut self, cx: &mut Ctx<'_>, reason: CloseReason) {
         let _ = self.tx.send(reason);
-        cx.event_loop().stop();
+        cx.event_loop()
+            .expect("handlers run on the loop thread")
+            .stop();
     }
 }
 

@@ -18,7 +18,9 @@ impl Handler for Greeted {
     fn on_data(&mut self, cx: &mut Ctx<'_>, input: &mut Buffer) {
         let _ = self.tx.send(input.as_slice().to_vec());
         input.clear();
-        cx.event_loop().stop();
+        cx.event_loop()
+            .expect("handlers run on the loop thread")
+            .stop();
     }
 }
 

@@ -29,7 +29,9 @@ impl Handler for Probe {
             other => Err(other),
         };
         let _ = self.tx.send(msg);
-        cx.event_loop().stop();
+        cx.event_loop()
+            .expect("handlers run on the loop thread")
+            .stop();
     }
 }
 

@@ -26,7 +26,9 @@ impl Handler for LateAnswer {
         cx.shutdown_write();
     }
     fn on_close(&mut self, cx: &mut Ctx<'_>, _reason: CloseReason) {
-        cx.event_loop().stop();
+        cx.event_loop()
+            .expect("handlers run on the loop thread")
+            .stop();
     }
 }
 
@@ -88,7 +90,9 @@ impl Handler for PauseThenEcho {
         cx.resume_read();
     }
     fn on_close(&mut self, cx: &mut Ctx<'_>, _reason: CloseReason) {
-        cx.event_loop().stop();
+        cx.event_loop()
+            .expect("handlers run on the loop thread")
+            .stop();
     }
 }
 
@@ -151,7 +155,9 @@ impl Handler for WaitsLong {
     }
     fn on_close(&mut self, cx: &mut Ctx<'_>, reason: CloseReason) {
         let _ = self.tx.send((reason, Instant::now()));
-        cx.event_loop().stop();
+        cx.event_loop()
+            .expect("handlers run on the loop thread")
+            .stop();
     }
 }
 

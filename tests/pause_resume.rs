@@ -30,7 +30,9 @@ impl Handler for PausingEcho {
     }
     fn on_close(&mut self, cx: &mut Ctx<'_>, reason: CloseReason) {
         assert_eq!(reason, CloseReason::Normal);
-        cx.event_loop().stop();
+        cx.event_loop()
+            .expect("handlers run on the loop thread")
+            .stop();
     }
 }
 

@@ -140,6 +140,8 @@ pub(crate) struct Conn {
     pub(crate) idle_timer: Option<TimerKey>,
     pub(crate) linger_timer: Option<TimerKey>,
     pub(crate) connect_timer: Option<TimerKey>,
+    /// Handler timers by tag (rarely more than one or two; no allocation when none).
+    pub(crate) user_timers: Vec<(u64, TimerKey)>,
     pub(crate) closing_reason: Option<CloseReason>,
 }
 
@@ -164,6 +166,7 @@ impl Conn {
             idle_timer: None,
             linger_timer: None,
             connect_timer: None,
+            user_timers: Vec::new(),
             closing_reason: None,
         }
     }
@@ -673,10 +676,28 @@ impl EventLoop {
         }
     }
 
-    /// A one-shot timer delivered to the connection's handler as `on_timer(tag)`.
-    pub fn set_conn_timer(&mut self, id: ConnId, after: Duration, tag: u64) -> TimerKey {
+    /// A one-shot timer delivered to the connection's handler as `on_timer(tag)`; setting
+    /// the same tag again re-arms it. The connection keeps the keys so its timers die with it.
+    pub fn set_conn_timer(&mut self, id: ConnId, after: Duration, tag: u64) {
+        self.cancel_conn_timer(id, tag);
         let deadline = self.now_tick() + EventLoop::ms(after);
-        self.timers.insert(deadline, TimerEvent::User(id, tag))
+        if self.conn(id).is_none() {
+            return;
+        }
+        let key = self.timers.insert(deadline, TimerEvent::User(id, tag));
+        if let Some(conn) = self.conn_mut(id) {
+            conn.user_timers.push((tag, key));
+        }
+    }
+
+    pub fn cancel_conn_timer(&mut self, id: ConnId, tag: u64) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if let Some(i) = conn.user_timers.iter().position(|&(t, _)| t == tag) {
+            let (_, key) = conn.user_timers.swap_remove(i);
+            self.timers.cancel(key);
+        }
     }
 
     // ---- internals ----
@@ -775,6 +796,10 @@ impl EventLoop {
     }
 
     pub(crate) fn user_timer_fired(&mut self, id: ConnId, tag: u64) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        conn.user_timers.retain(|&(t, _)| t != tag);
         self.call_handler(id, |h, cx| h.on_timer(cx, tag));
     }
 
@@ -807,6 +832,7 @@ impl EventLoop {
         for key in [conn.idle_timer, conn.linger_timer, conn.connect_timer]
             .into_iter()
             .flatten()
+            .chain(conn.user_timers.iter().map(|&(_, key)| key))
         {
             self.timers.cancel(key);
         }

@@ -6,7 +6,8 @@
 //! the callback returns. Through [`Ctx`] a handler acts on its own connection and, via
 //! [`Ctx::event_loop`], on any other connection of the same loop (a proxy pairs a client with
 //! the upstream it opened with [`Ctx::connect`]); [`Ctx::handle`] reaches other loops through
-//! their task queues.
+//! their task queues. The context acts through [`ConnOps`], which other concurrency models
+//! implement too.
 //!
 //! Handlers are `Send` so that models other than one-loop-per-thread can move them: an
 //! acceptor loop hands a new connection to another loop, and half-sync/half-reactor runs them
@@ -36,7 +37,7 @@
 //!     }
 //!     fn on_close(&mut self, cx: &mut Ctx<'_>, reason: CloseReason) {
 //!         assert_eq!(reason, CloseReason::Normal);
-//!         cx.event_loop().stop(); // one client is all this example serves
+//!         cx.event_loop().unwrap().stop(); // one client is all this example serves
 //!     }
 //! }
 //!
@@ -65,7 +66,6 @@ use crate::net::buffer::Buffer;
 use crate::net::connection::{CloseReason, ConnId};
 use crate::reactor::event_loop::EventLoop;
 use crate::reactor::handle::LoopHandle;
-use crate::reactor::timer_wheel::TimerKey;
 
 /// One connection's behaviour. Every method has a sensible default except `on_data`.
 pub trait Handler: Send + 'static {
@@ -102,15 +102,45 @@ pub trait Handler: Send + 'static {
     fn on_close(&mut self, _cx: &mut Ctx<'_>, _reason: CloseReason) {}
 }
 
+/// What a handler's context does, wherever the handler runs.
+///
+/// The event loop implements it directly on its connections. A concurrency model that runs
+/// handlers elsewhere (a half-sync/half-reactor worker thread, a leader/followers thread that
+/// holds a connection through EPOLLONESHOT) implements it with its own means, so the same
+/// handler code runs under every model. Operations a model cannot offer report so: `connect`
+/// and `event_loop` exist only on a loop thread.
+pub trait ConnOps {
+    fn write(&mut self, id: ConnId, data: &[u8]) -> bool;
+    fn output_len(&self, id: ConnId) -> usize;
+    fn shutdown_write(&mut self, id: ConnId);
+    fn close(&mut self, id: ConnId);
+    fn abort(&mut self, id: ConnId);
+    fn pause_read(&mut self, id: ConnId);
+    fn resume_read(&mut self, id: ConnId);
+    fn set_idle_timeout(&mut self, id: ConnId, timeout: Option<Duration>);
+    /// Arms timer `tag` of connection `id`, replacing a pending one with the same tag.
+    fn set_timer(&mut self, id: ConnId, after: Duration, tag: u64);
+    fn cancel_timer(&mut self, id: ConnId, tag: u64);
+    fn peer_addr(&self, id: ConnId) -> Option<SocketAddr>;
+    /// The loop itself, when the handler runs on its thread.
+    fn event_loop(&mut self) -> Option<&mut EventLoop> {
+        None
+    }
+    /// A handle to the loop that owns connection `id`.
+    fn handle(&self) -> Option<LoopHandle>;
+}
+
 /// What a handler can do while it runs: act on its own connection, or reach the loop.
 pub struct Ctx<'a> {
-    el: &'a mut EventLoop,
+    ops: &'a mut dyn ConnOps,
     id: ConnId,
 }
 
 impl<'a> Ctx<'a> {
-    pub(crate) fn new(el: &'a mut EventLoop, id: ConnId) -> Ctx<'a> {
-        Ctx { el, id }
+    /// A context for connection `id`, acting through `ops` (the loop, or another model's
+    /// implementation).
+    pub fn new(ops: &'a mut dyn ConnOps, id: ConnId) -> Ctx<'a> {
+        Ctx { ops, id }
     }
 
     /// This connection's id: give it to other handlers so they can write to it.
@@ -121,72 +151,123 @@ impl<'a> Ctx<'a> {
     /// Sends `data`: straight to the socket if nothing is queued, the rest buffered.
     /// False if the connection's write side is closed.
     pub fn write(&mut self, data: &[u8]) -> bool {
-        self.el.write(self.id, data)
+        self.ops.write(self.id, data)
     }
 
     /// Bytes queued and not yet taken by the kernel.
     pub fn output_len(&self) -> usize {
-        self.el.output_len(self.id)
+        self.ops.output_len(self.id)
     }
 
     /// Half-close: FIN after the queued output, keep reading.
     pub fn shutdown_write(&mut self) {
-        self.el.shutdown_write(self.id)
+        self.ops.shutdown_write(self.id)
     }
 
     /// Graceful close: flush, FIN, wait for the peer's FIN up to the linger timeout.
     pub fn close(&mut self) {
-        self.el.close(self.id)
+        self.ops.close(self.id)
     }
 
     /// Close now with RST; queued output is dropped.
     pub fn abort(&mut self) {
-        self.el.abort(self.id)
+        self.ops.abort(self.id)
     }
 
     pub fn pause_read(&mut self) {
-        self.el.pause_read(self.id)
+        self.ops.pause_read(self.id)
     }
 
     pub fn resume_read(&mut self) {
-        self.el.resume_read(self.id)
+        self.ops.resume_read(self.id)
     }
 
     pub fn set_idle_timeout(&mut self, timeout: Option<Duration>) {
-        self.el.set_idle_timeout(self.id, timeout)
+        self.ops.set_idle_timeout(self.id, timeout)
     }
 
-    /// Calls `on_timer(tag)` after `after`. Cancel with [`Ctx::cancel_timer`].
-    pub fn set_timer(&mut self, after: Duration, tag: u64) -> TimerKey {
-        self.el.set_conn_timer(self.id, after, tag)
+    /// Calls `on_timer(tag)` after `after`. Setting a tag again re-arms it; timers die with
+    /// the connection.
+    pub fn set_timer(&mut self, after: Duration, tag: u64) {
+        self.ops.set_timer(self.id, after, tag)
     }
 
-    pub fn cancel_timer(&mut self, key: TimerKey) {
-        self.el.cancel_timer(key)
+    pub fn cancel_timer(&mut self, tag: u64) {
+        self.ops.cancel_timer(self.id, tag)
     }
 
     pub fn peer_addr(&self) -> Option<SocketAddr> {
-        self.el.peer_addr(self.id)
+        self.ops.peer_addr(self.id)
     }
 
     /// Opens an outgoing connection on this loop, driven by `handler`; a failure to connect
     /// (refused, timed out, unreachable) arrives as its `on_close(ConnectFailed(..))`.
+    /// `Unsupported` when the handler does not run on a loop thread (half-sync workers).
     pub fn connect(
         &mut self,
         addr: SocketAddr,
         timeout: Duration,
         handler: Box<dyn Handler>,
     ) -> std::io::Result<ConnId> {
-        self.el.connect(addr, timeout, handler)
+        match self.ops.event_loop() {
+            Some(el) => el.connect(addr, timeout, handler),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "outgoing connections need a loop thread (not available under this concurrency model)",
+            )),
+        }
     }
 
-    /// The whole loop: other connections (`write`, `close`, `pause_read`... by id), timers.
-    pub fn event_loop(&mut self) -> &mut EventLoop {
-        self.el
+    /// The whole loop (other connections by id, timers), when the handler runs on the loop's
+    /// thread: under the reactor models it always does; under half-sync it runs on a worker.
+    pub fn event_loop(&mut self) -> Option<&mut EventLoop> {
+        self.ops.event_loop()
     }
 
-    /// A `Send` handle to this loop, for other threads or loops to post work back.
-    pub fn handle(&self) -> LoopHandle {
-        self.el.handle()
+    /// A `Send` handle to the loop that owns this connection, for posting work back to it.
+    pub fn handle(&self) -> Option<LoopHandle> {
+        self.ops.handle()
+    }
+}
+
+impl ConnOps for EventLoop {
+    fn write(&mut self, id: ConnId, data: &[u8]) -> bool {
+        EventLoop::write(self, id, data)
+    }
+    fn output_len(&self, id: ConnId) -> usize {
+        EventLoop::output_len(self, id)
+    }
+    fn shutdown_write(&mut self, id: ConnId) {
+        EventLoop::shutdown_write(self, id)
+    }
+    fn close(&mut self, id: ConnId) {
+        EventLoop::close(self, id)
+    }
+    fn abort(&mut self, id: ConnId) {
+        EventLoop::abort(self, id)
+    }
+    fn pause_read(&mut self, id: ConnId) {
+        EventLoop::pause_read(self, id)
+    }
+    fn resume_read(&mut self, id: ConnId) {
+        EventLoop::resume_read(self, id)
+    }
+    fn set_idle_timeout(&mut self, id: ConnId, timeout: Option<Duration>) {
+        EventLoop::set_idle_timeout(self, id, timeout)
+    }
+    fn set_timer(&mut self, id: ConnId, after: Duration, tag: u64) {
+        EventLoop::set_conn_timer(self, id, after, tag)
+    }
+    fn cancel_timer(&mut self, id: ConnId, tag: u64) {
+        EventLoop::cancel_conn_timer(self, id, tag)
+    }
+    fn peer_addr(&self, id: ConnId) -> Option<SocketAddr> {
+        EventLoop::peer_addr(self, id)
+    }
+    fn event_loop(&mut self) -> Option<&mut EventLoop> {
+        Some(self)
+    }
+    fn handle(&self) -> Option<LoopHandle> {
+        Some(EventLoop::handle(self))
     }
 }
