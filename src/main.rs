@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use keel::bench::pingpong::{self, PingpongOptions};
 use keel::net::{Handler, ListenOptions};
 use keel::reactor::{Engine, Keepalive};
-use keel::server::{self, ServerOptions};
+use keel::server::{self, AcceptStrategy, Model, ServerOptions, Service};
 use keel::services::{discard::Discard, echo::Echo, echo::UdpEcho};
 
 #[derive(Parser)]
@@ -43,6 +43,18 @@ struct ServerArgs {
     /// Readiness engine: select, poll, epoll-lt, epoll-et.
     #[arg(long, default_value_t = Engine::default())]
     engine: Engine,
+    /// Concurrency model: multi-reactor, prefork, half-sync, leader-followers,
+    /// thread-per-conn, process-per-conn.
+    #[arg(long, default_value_t = Model::default())]
+    model: Model,
+    /// Loops / worker threads / worker processes (default: number of CPUs); for the
+    /// per-connection models, the most connections served at once.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// How multi-reactor spreads connections: reuseport (a listener per loop) or acceptor
+    /// (one listener, round-robin hand-off).
+    #[arg(long, default_value_t = AcceptStrategy::default())]
+    accept: AcceptStrategy,
     /// Close connections idle for this many seconds.
     #[arg(long, value_parser = parse_secs)]
     idle_timeout: Option<Duration>,
@@ -106,6 +118,9 @@ impl ServerArgs {
         ServerOptions {
             listen: self.listen,
             engine: self.engine,
+            model: self.model,
+            threads: self.threads.unwrap_or_else(server::default_threads),
+            accept: self.accept,
             idle_timeout: self.idle_timeout,
             linger_timeout: self.linger_timeout,
             drain_timeout: self.drain_timeout,
@@ -128,13 +143,17 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Echo(args) => server::serve(
             &args.options(),
-            Arc::new(|| Box::new(Echo::default()) as Box<dyn Handler>),
-            Some(Box::new(UdpEcho)),
+            &Service {
+                factory: Arc::new(|| Box::new(Echo::default()) as Box<dyn Handler>),
+                udp: Some(Arc::new(|| Box::new(UdpEcho))),
+            },
         ),
         Command::Discard(args) => server::serve(
             &args.options(),
-            Arc::new(|| Box::new(Discard) as Box<dyn Handler>),
-            None,
+            &Service {
+                factory: Arc::new(|| Box::new(Discard) as Box<dyn Handler>),
+                udp: None,
+            },
         ),
         Command::Bench(BenchCommand::Pingpong {
             addr,

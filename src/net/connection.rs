@@ -142,6 +142,8 @@ pub(crate) struct Conn {
     pub(crate) connect_timer: Option<TimerKey>,
     /// Handler timers by tag (rarely more than one or two; no allocation when none).
     pub(crate) user_timers: Vec<(u64, TimerKey)>,
+    /// Holds a permit of the server's connection limit (incoming connections only).
+    pub(crate) holds_permit: bool,
     pub(crate) closing_reason: Option<CloseReason>,
 }
 
@@ -167,6 +169,7 @@ impl Conn {
             linger_timer: None,
             connect_timer: None,
             user_timers: Vec::new(),
+            holds_permit: false,
             closing_reason: None,
         }
     }
@@ -848,6 +851,9 @@ impl EventLoop {
         }
         self.stats.open -= 1;
         self.stats.closed += 1;
+        if conn.holds_permit {
+            self.release_permit();
+        }
         let handler = conn.handler.take();
         drop(conn); // close(2)
         self.unstarve_listeners();

@@ -13,6 +13,7 @@
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,6 +67,39 @@ pub fn bind_tcp(addr: SocketAddr, opts: &ListenOptions) -> io::Result<TcpListene
     Ok(sock.into())
 }
 
+/// A server's connection limit, shared by all its loops: each takes a permit per accepted
+/// connection and gives it back when the connection closes.
+#[derive(Debug)]
+pub struct ConnectionLimit {
+    max: usize,
+    open: AtomicUsize,
+}
+
+impl ConnectionLimit {
+    pub fn new(max: usize) -> Arc<ConnectionLimit> {
+        Arc::new(ConnectionLimit {
+            max,
+            open: AtomicUsize::new(0),
+        })
+    }
+
+    fn try_acquire(&self) -> bool {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn release(&self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
+
 /// How long a starved listener waits before trying again if no connection closes first.
 const STARVED_RETRY: Duration = Duration::from_millis(100);
 
@@ -75,9 +109,21 @@ enum Refusal {
     NoReserve,
 }
 
+/// Takes each accepted socket instead of serving it here: an acceptor loop handing sockets to
+/// other loops, a thread or a process per connection. Runs on the listener's loop.
+pub type AcceptHook = Box<dyn FnMut(&mut EventLoop, OwnedFd)>;
+
+/// What a listener does with a new connection.
+enum OnAccept {
+    /// Serve it on this loop with a handler from the factory.
+    Serve(HandlerFactory),
+    /// Give it away (`None` only while the hook runs).
+    Hand(Option<AcceptHook>),
+}
+
 pub(crate) struct Listener {
     pub(crate) fd: OwnedFd,
-    factory: HandlerFactory,
+    on_accept: OnAccept,
 }
 
 /// The fd held back for EMFILE. /dev/null is cheap and always there.
@@ -97,9 +143,19 @@ impl EventLoop {
         listener: TcpListener,
         factory: HandlerFactory,
     ) -> io::Result<Token> {
+        self.insert_listener(listener, OnAccept::Serve(factory))
+    }
+
+    /// Listens on this loop but hands every accepted socket to `hook` (socket options already
+    /// set) instead of serving it here. The EMFILE policy and accept bounds apply as usual.
+    pub fn add_acceptor(&mut self, listener: TcpListener, hook: AcceptHook) -> io::Result<Token> {
+        self.insert_listener(listener, OnAccept::Hand(Some(hook)))
+    }
+
+    fn insert_listener(&mut self, listener: TcpListener, on_accept: OnAccept) -> io::Result<Token> {
         listener.set_nonblocking(true)?;
         let fd = OwnedFd::from(listener);
-        let token = self.insert_source(Source::Listener(Listener { fd, factory }));
+        let token = self.insert_source(Source::Listener(Listener { fd, on_accept }));
         if let Err(e) = self.register(token, Interest::READABLE) {
             self.remove_source(token);
             return Err(e);
@@ -130,10 +186,7 @@ impl EventLoop {
                 return;
             };
             match rustix::net::accept_with(&l.fd, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
-                Ok(fd) => {
-                    let factory = l.factory.clone();
-                    self.accepted(fd, &factory);
-                }
+                Ok(fd) => self.accepted(token, fd),
                 Err(rustix::io::Errno::AGAIN) => return,
                 // Linux reserves the new fd before looking at the queue, so EMFILE does not
                 // even say a connection is waiting: the reserve dance finds out.
@@ -165,27 +218,34 @@ impl EventLoop {
         }
     }
 
-    fn accepted(&mut self, fd: OwnedFd, factory: &HandlerFactory) {
-        if let Some(limit) = self.cfg.max_connections {
-            if self.stats.open as usize >= limit {
-                self.stats.refused_limit += 1;
-                drop(fd); // a clean close: the client reads EOF
+    fn accepted(&mut self, token: Token, fd: OwnedFd) {
+        let factory = match self.slot_mut(token).map(|s| &mut s.source) {
+            Some(Source::Listener(Listener {
+                on_accept: OnAccept::Serve(f),
+                ..
+            })) => f.clone(),
+            Some(Source::Listener(Listener {
+                on_accept: OnAccept::Hand(hook),
+                ..
+            })) => {
+                let Some(mut hook) = hook.take() else { return };
+                self.set_socket_options(&fd);
+                self.stats.accepted += 1;
+                hook(self, fd);
+                if let Some(Source::Listener(Listener {
+                    on_accept: OnAccept::Hand(slot),
+                    ..
+                })) = self.slot_mut(token).map(|s| &mut s.source)
+                {
+                    *slot = Some(hook);
+                }
                 return;
             }
-        }
-        let sock = SockRef::from(&fd);
-        if self.cfg.tcp_nodelay {
-            let _ = sock.set_tcp_nodelay(true);
-        }
-        if let Some(ka) = self.cfg.keepalive {
-            let params = TcpKeepalive::new()
-                .with_time(ka.idle)
-                .with_interval(ka.interval)
-                .with_retries(ka.count);
-            let _ = sock.set_tcp_keepalive(&params);
-        }
+            _ => return,
+        };
+        self.set_socket_options(&fd);
         self.stats.accepted += 1;
-        if let Err(e) = self.adopt(fd, factory()) {
+        if let Err(e) = self.adopt_incoming(fd, &*factory) {
             // Registration failed (select at FD_SETSIZE): the fd was closed, so the client
             // sees a clean close. Counted as a limit refusal, and said once, loudly.
             self.stats.refused_limit += 1;
@@ -196,6 +256,47 @@ impl EventLoop {
                     self.cfg.engine
                 );
             }
+        }
+    }
+
+    /// Serves an accepted socket on this loop within the server's connection limit (shared by
+    /// all its loops): beyond it, the socket is closed at once, a clean close for the client,
+    /// and counted. Used by this loop's listeners and by an acceptor loop's hand-off.
+    pub fn adopt_incoming(
+        &mut self,
+        fd: OwnedFd,
+        factory: &(dyn Fn() -> Box<dyn Handler> + Send + Sync),
+    ) -> io::Result<()> {
+        let limited = match &self.cfg.connection_limit {
+            Some(limit) if !limit.try_acquire() => {
+                self.stats.refused_limit += 1;
+                drop(fd); // the client reads EOF
+                return Ok(());
+            }
+            Some(_) => true,
+            None => false,
+        };
+        match self.adopt(fd, factory()) {
+            Ok(id) => {
+                if let Some(conn) = self.conn_mut(id) {
+                    conn.holds_permit = limited;
+                } else if limited {
+                    self.release_permit();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if limited {
+                    self.release_permit();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) fn release_permit(&self) {
+        if let Some(limit) = &self.cfg.connection_limit {
+            limit.release();
         }
     }
 
@@ -228,6 +329,20 @@ impl EventLoop {
             } else {
                 self.ready.push(token);
             }
+        }
+    }
+
+    fn set_socket_options(&self, fd: &OwnedFd) {
+        let sock = SockRef::from(fd);
+        if self.cfg.tcp_nodelay {
+            let _ = sock.set_tcp_nodelay(true);
+        }
+        if let Some(ka) = self.cfg.keepalive {
+            let params = TcpKeepalive::new()
+                .with_time(ka.idle)
+                .with_interval(ka.interval)
+                .with_retries(ka.count);
+            let _ = sock.set_tcp_keepalive(&params);
         }
     }
 

@@ -12,5 +12,5 @@ pub use buffer::Buffer;
 pub use buffer_pool::BufferPool;
 pub use connection::{CloseReason, ConnId, ConnectError};
 pub use handler::{Ctx, Handler};
-pub use listener::{bind_tcp, HandlerFactory, ListenOptions};
+pub use listener::{bind_tcp, AcceptHook, HandlerFactory, ListenOptions};
 pub use udp::DatagramHandler;

@@ -27,7 +27,7 @@ use super::waker::Waker;
 use crate::net::buffer::Buffer;
 use crate::net::buffer_pool::BufferPool;
 use crate::net::connection::{CloseReason, Conn, ConnId};
-use crate::net::listener::Listener;
+use crate::net::listener::{ConnectionLimit, Listener};
 use crate::net::udp::UdpEndpoint;
 
 /// Size of the loop's shared read buffer: what one read can take from a socket.
@@ -49,8 +49,9 @@ pub struct LoopConfig {
     pub idle_timeout: Option<Duration>,
     /// After our FIN, how long to wait for the peer's before closing with RST.
     pub linger_timeout: Duration,
-    /// Refuse (accept, then close) connections beyond this many on this loop.
-    pub max_connections: Option<usize>,
+    /// Refuse (accept, then close) incoming connections beyond this limit, which may be
+    /// shared by several loops (one server's limit).
+    pub connection_limit: Option<Arc<ConnectionLimit>>,
     /// Accept at most this many connections per readiness report, so a connect storm cannot
     /// starve established connections.
     pub max_accepts_per_wakeup: usize,
@@ -72,7 +73,7 @@ impl Default for LoopConfig {
             engine: Engine::default(),
             idle_timeout: None,
             linger_timeout: Duration::from_secs(5),
-            max_connections: None,
+            connection_limit: None,
             max_accepts_per_wakeup: 64,
             read_budget: 256 * 1024,
             high_water: 1024 * 1024,
@@ -178,6 +179,7 @@ pub struct EventLoop {
     now_tick: u64,
     quit: bool,
     draining: bool,
+    exit_when_empty: bool,
 }
 
 impl EventLoop {
@@ -209,6 +211,7 @@ impl EventLoop {
             now_tick: 0,
             quit: false,
             draining: false,
+            exit_when_empty: false,
             cfg,
         };
         el.reserve_fd = crate::net::listener::open_reserve_fd();
@@ -372,6 +375,12 @@ impl EventLoop {
         self.run_deferred();
     }
 
+    /// Makes `run` return as soon as no connection is left (a loop that serves one
+    /// connection, under thread- or process-per-connection).
+    pub fn exit_when_empty(&mut self, on: bool) {
+        self.exit_when_empty = on;
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining
     }
@@ -393,7 +402,7 @@ impl EventLoop {
             }
             self.run_ready_list();
             self.expire_timers();
-            if self.draining && self.stats.open == 0 {
+            if (self.draining || self.exit_when_empty) && self.stats.open == 0 {
                 self.quit = true;
             }
         }

@@ -48,6 +48,25 @@ impl LoopStats {
     }
 }
 
+impl LoopStats {
+    /// Adds another loop's counters (a server's total over its loops, threads or processes).
+    pub fn add(&mut self, o: &LoopStats) {
+        self.wakeups += o.wakeups;
+        self.events += o.events;
+        self.accepted += o.accepted;
+        self.open += o.open;
+        self.closed += o.closed;
+        self.refused_emfile += o.refused_emfile;
+        self.refused_limit += o.refused_limit;
+        self.idle_timeouts += o.idle_timeouts;
+        self.linger_timeouts += o.linger_timeouts;
+        self.connect_failures += o.connect_failures;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+        self.datagrams += o.datagrams;
+    }
+}
+
 /// The one-line `key=value` form scripts and tests parse (docs/cli-contract.md).
 impl fmt::Display for LoopStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

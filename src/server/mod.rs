@@ -1,20 +1,134 @@
-//! Running a server: bind, serve on an event loop, stop cleanly on SIGINT/SIGTERM.
+//! Running a server under one of the notes' concurrency models, chosen at run time.
 //!
-//! For now one loop on the calling thread (the notes' single-reactor server); the concurrency
-//! models (multi-reactor, prefork, half-sync, leader/followers...) build on the same pieces.
+//! | model | module | shape |
+//! |---|---|---|
+//! | `multi-reactor` (default) | [`multi_reactor`] | N event loops, each owning its connections for life |
+//! | `prefork` | [`prefork`] | a master process forks N workers that each run a loop |
+//! | `half-sync` | [`half_sync`] | one reactor thread does I/O, a worker pool runs handlers |
+//! | `leader-followers` | [`leader_followers`] | threads take turns waiting on one shared poller |
+//! | `thread-per-conn` | [`thread_per_conn`] | a thread (running a one-connection loop) per connection |
+//! | `process-per-conn` | [`process_per_conn`] | a forked process per connection |
+//!
+//! Every model runs the same [`Service`] (the same handler code), prints the same `listening`
+//! lines, answers SIGUSR2 with the same `stats` line (summed over its loops) and stops the same
+//! way on SIGINT/SIGTERM: listeners close at once, connections drain gracefully, exit 0.
 
+pub mod control;
+pub mod half_sync;
+pub mod leader_followers;
+pub mod multi_reactor;
+pub mod prefork;
+pub mod process_per_conn;
+pub mod thread_per_conn;
+
+use std::fmt;
 use std::io::{self, Write};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::net::listener::ConnectionLimit;
 use crate::net::{bind_tcp, DatagramHandler, HandlerFactory, ListenOptions};
-use crate::reactor::{Engine, EventLoop, Keepalive, LoopConfig, Signal};
+use crate::reactor::{Engine, Keepalive, LoopConfig};
+
+/// The concurrency model a server runs under.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub enum Model {
+    #[default]
+    MultiReactor,
+    Prefork,
+    HalfSync,
+    LeaderFollowers,
+    ThreadPerConn,
+    ProcessPerConn,
+}
+
+impl Model {
+    pub const ALL: [Model; 6] = [
+        Model::MultiReactor,
+        Model::Prefork,
+        Model::HalfSync,
+        Model::LeaderFollowers,
+        Model::ThreadPerConn,
+        Model::ProcessPerConn,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Model::MultiReactor => "multi-reactor",
+            Model::Prefork => "prefork",
+            Model::HalfSync => "half-sync",
+            Model::LeaderFollowers => "leader-followers",
+            Model::ThreadPerConn => "thread-per-conn",
+            Model::ProcessPerConn => "process-per-conn",
+        }
+    }
+}
+
+impl fmt::Display for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Model {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Model::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown model {s:?}: expected one of multi-reactor, prefork, half-sync, \
+                 leader-followers, thread-per-conn, process-per-conn"
+                )
+            })
+    }
+}
+
+/// How a multi-loop server spreads accepted connections over its loops.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub enum AcceptStrategy {
+    /// One listening socket per loop with SO_REUSEPORT: the kernel spreads connections.
+    #[default]
+    ReusePort,
+    /// One listener on an acceptor loop that hands sockets round-robin to the others.
+    Acceptor,
+}
+
+impl FromStr for AcceptStrategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "reuseport" => Ok(AcceptStrategy::ReusePort),
+            "acceptor" => Ok(AcceptStrategy::Acceptor),
+            _ => Err(format!(
+                "unknown accept strategy {s:?}: expected reuseport or acceptor"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for AcceptStrategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AcceptStrategy::ReusePort => "reuseport",
+            AcceptStrategy::Acceptor => "acceptor",
+        })
+    }
+}
 
 /// What every server subcommand accepts.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
     pub listen: SocketAddr,
     pub engine: Engine,
+    pub model: Model,
+    /// Loops, worker threads or worker processes, by model; for the per-connection models, the
+    /// most connections served at once.
+    pub threads: usize,
+    pub accept: AcceptStrategy,
     pub idle_timeout: Option<Duration>,
     pub linger_timeout: Duration,
     pub drain_timeout: Duration,
@@ -29,46 +143,71 @@ impl ServerOptions {
             engine: self.engine,
             idle_timeout: self.idle_timeout,
             linger_timeout: self.linger_timeout,
-            max_connections: self.max_connections,
+            connection_limit: self.max_connections.map(ConnectionLimit::new),
             keepalive: self.keepalive,
             ..LoopConfig::default()
         }
     }
 }
 
-/// Serves TCP with `factory` (and UDP with `udp` on the same port, if given) until SIGINT or
-/// SIGTERM, then drains gracefully. Prints `listening ...` lines on stdout once bound, and the
-/// loop's counters on stderr at SIGUSR2 and at exit (docs/cli-contract.md).
-pub fn serve(
-    opts: &ServerOptions,
-    factory: HandlerFactory,
-    udp: Option<Box<dyn DatagramHandler>>,
-) -> io::Result<()> {
-    let mut el = EventLoop::new(opts.loop_config())?;
-    let drain = opts.drain_timeout;
-    el.add_signals(
-        &[Signal::SIGINT, Signal::SIGTERM, Signal::SIGUSR2],
-        move |el, sig| match sig {
-            Signal::SIGUSR2 => eprintln!("{}", el.stats()),
-            _ => el.shutdown_gracefully(drain),
-        },
-    )?;
+/// Makes the UDP side of a service, once per loop or process that serves it.
+pub type DatagramFactory = Arc<dyn Fn() -> Box<dyn DatagramHandler> + Send + Sync>;
 
+/// A server's logic: the same under every model.
+#[derive(Clone)]
+pub struct Service {
+    pub factory: HandlerFactory,
+    /// UDP on the same port as TCP, if the service has a datagram side.
+    pub udp: Option<DatagramFactory>,
+}
+
+/// The number of CPUs, the default for `--threads`.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Serves `service` under the model `opts.model` until SIGINT or SIGTERM.
+pub fn serve(opts: &ServerOptions, service: &Service) -> io::Result<()> {
+    if opts.threads == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--threads must be at least 1",
+        ));
+    }
+    match opts.model {
+        Model::MultiReactor => multi_reactor::run(opts, service),
+        Model::Prefork => prefork::run(opts, service),
+        Model::HalfSync => half_sync::run(opts, service),
+        Model::LeaderFollowers => leader_followers::run(opts, service),
+        Model::ThreadPerConn => thread_per_conn::run(opts, service),
+        Model::ProcessPerConn => process_per_conn::run(opts, service),
+    }
+}
+
+/// Binds the TCP listener (and, for a service with a UDP side, the UDP socket on the same
+/// port) and prints the `listening` lines scripts wait for (docs/cli-contract.md).
+pub(crate) fn bind_and_announce(
+    opts: &ServerOptions,
+    service: &Service,
+) -> io::Result<(TcpListener, Option<UdpSocket>)> {
     let listener = bind_tcp(opts.listen, &opts.listen_opts)?;
     let local = listener.local_addr()?;
-    el.add_listener(listener, factory)?;
+    let udp = match service.udp {
+        Some(_) => Some(
+            UdpSocket::bind(local)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot bind udp {local}: {e}")))?,
+        ),
+        None => None,
+    };
+    announce(local, udp.is_some())?;
+    Ok((listener, udp))
+}
+
+pub(crate) fn announce(local: SocketAddr, udp: bool) -> io::Result<()> {
     let mut out = io::stdout().lock();
     writeln!(out, "listening tcp {local}")?;
-    if let Some(handler) = udp {
-        let sock = UdpSocket::bind(local)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot bind udp {local}: {e}")))?;
-        el.add_udp(sock, handler)?;
+    if udp {
         writeln!(out, "listening udp {local}")?;
     }
-    out.flush()?;
-    drop(out);
-
-    el.run()?;
-    eprintln!("{}", el.stats());
-    Ok(())
+    out.flush()
 }

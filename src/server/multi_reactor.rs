@@ -1,0 +1,87 @@
+//! Multi-reactor (muduo's one loop per thread, the notes' 高效的半同步/半异步): N event loops,
+//! each on its own thread and owning its connections for life, so no lock is taken on the I/O
+//! path and a connection never moves between threads.
+//!
+//! Two ways to spread connections over the loops:
+//! - `reuseport` (default): every loop has its own listening socket bound to the same address
+//!   with SO_REUSEPORT, and the kernel hashes each new connection to one of them. No hand-off,
+//!   no shared accept queue; the price is that a busy loop keeps receiving its share.
+//! - `acceptor`: one listener on the main thread's loop accepts, and hands each socket to the
+//!   next loop round-robin through that loop's task queue (`adopt`).
+
+use std::io;
+use std::sync::Arc;
+
+use super::control::{self, Fleet};
+use super::{announce, bind_and_announce, AcceptStrategy, ServerOptions, Service};
+use crate::net::{bind_tcp, ListenOptions};
+use crate::reactor::EventLoop;
+
+pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
+    let cfg = opts.loop_config();
+    let mut control = EventLoop::new(cfg.clone())?;
+    let fleet = Fleet::new();
+    control::install_signals(&mut control, fleet.clone(), opts.drain_timeout)?;
+
+    match opts.accept {
+        AcceptStrategy::ReusePort => {
+            let lopts = ListenOptions {
+                reuse_port: true,
+                ..opts.listen_opts.clone()
+            };
+            // The first bind fixes the port (port 0 picks one); the others join it.
+            let first = bind_tcp(opts.listen, &lopts)?;
+            let local = first.local_addr()?;
+            let mut listeners = vec![first];
+            for _ in 1..opts.threads {
+                listeners.push(bind_tcp(local, &lopts)?);
+            }
+            for (i, listener) in listeners.into_iter().enumerate() {
+                let factory = service.factory.clone();
+                fleet.spawn_loop(format!("keel-loop-{i}"), cfg.clone(), false, move |el| {
+                    el.add_listener(listener, factory).map(drop)
+                })?;
+            }
+            if let Some(udp) = &service.udp {
+                let sock = std::net::UdpSocket::bind(local).map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot bind udp {local}: {e}"))
+                })?;
+                control.add_udp(sock, udp())?;
+            }
+            announce(local, service.udp.is_some())?;
+        }
+        AcceptStrategy::Acceptor => {
+            let (listener, udp) = bind_and_announce(opts, service)?;
+            let mut loops = Vec::with_capacity(opts.threads);
+            for i in 0..opts.threads {
+                loops.push(fleet.spawn_loop(
+                    format!("keel-loop-{i}"),
+                    cfg.clone(),
+                    false,
+                    |_| Ok(()),
+                )?);
+            }
+            let factory = service.factory.clone();
+            let mut next = 0usize;
+            control.add_acceptor(
+                listener,
+                Box::new(move |_el, fd| {
+                    let target = &loops[next % loops.len()];
+                    next = next.wrapping_add(1);
+                    let factory = Arc::clone(&factory);
+                    target.post(move |el| {
+                        // A failed registration closes the socket: the client sees a clean close.
+                        let _ = el.adopt_incoming(fd, &*factory);
+                    });
+                }),
+            )?;
+            if let (Some(sock), Some(udp)) = (udp, &service.udp) {
+                control.add_udp(sock, udp())?;
+            }
+        }
+    }
+
+    control.run()?;
+    control::finish(&control, &fleet);
+    Ok(())
+}

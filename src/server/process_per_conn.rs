@@ -1,0 +1,12 @@
+//! The `process_per_conn` concurrency model (not built yet).
+
+use std::io;
+
+use super::{ServerOptions, Service};
+
+pub fn run(_opts: &ServerOptions, _service: &Service) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "the process_per_conn model is not built yet",
+    ))
+}
