@@ -14,4 +14,4 @@ pub mod net;
 pub mod reactor;
 pub mod server;
 pub mod services;
-mod sys;
+pub mod sys;

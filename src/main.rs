@@ -73,6 +73,10 @@ struct ServerArgs {
     /// Set SO_REUSEPORT on the listener.
     #[arg(long)]
     reuseport: bool,
+    /// Echo only: sleep this many milliseconds in the handler per read, simulating blocking
+    /// work (to compare how the concurrency models cope with it).
+    #[arg(long)]
+    work_ms: Option<u64>,
     /// TCP keepalive: seconds of silence before the first probe (enables keepalive).
     #[arg(long, value_parser = parse_secs)]
     keepalive_idle: Option<Duration>,
@@ -144,7 +148,10 @@ fn main() -> ExitCode {
         Command::Echo(args) => server::serve(
             &args.options(),
             &Service {
-                factory: Arc::new(|| Box::new(Echo::default()) as Box<dyn Handler>),
+                factory: {
+                    let work = args.work_ms.map(Duration::from_millis);
+                    Arc::new(move || Box::new(Echo::with_work(work)) as Box<dyn Handler>)
+                },
                 udp: Some(Arc::new(|| Box::new(UdpEcho))),
             },
         ),

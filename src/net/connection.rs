@@ -582,6 +582,21 @@ impl EventLoop {
         true
     }
 
+    /// Calls `on_data` again with the input `id` holds (bytes its handler left unconsumed),
+    /// if any. For models that run the handler elsewhere and come back later to what arrived
+    /// meanwhile (half-sync/half-reactor).
+    pub fn redeliver_input(&mut self, id: ConnId) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if conn.state != ConnState::Open || conn.input.as_ref().is_none_or(|b| b.is_empty()) {
+            return;
+        }
+        let mut input = conn.input.take().expect("checked above");
+        self.call_handler(id, |h, cx| h.on_data(cx, &mut input));
+        self.stash_input(id, input, false);
+    }
+
     /// Bytes queued on `id` and not yet accepted by the kernel.
     pub fn output_len(&self, id: ConnId) -> usize {
         self.conn(id).map_or(0, |c| c.output_len())

@@ -10,10 +10,25 @@ use crate::net::{Buffer, Ctx, DatagramHandler, Handler};
 #[derive(Default)]
 pub struct Echo {
     paused: bool,
+    /// Simulated blocking work per read (`--work-ms`): a handler that sleeps, as one that
+    /// waits on a disk or a database would, to show what each concurrency model does with it.
+    work: Option<std::time::Duration>,
+}
+
+impl Echo {
+    pub fn with_work(work: Option<std::time::Duration>) -> Echo {
+        Echo {
+            paused: false,
+            work,
+        }
+    }
 }
 
 impl Handler for Echo {
     fn on_data(&mut self, cx: &mut Ctx<'_>, input: &mut Buffer) {
+        if let Some(work) = self.work {
+            std::thread::sleep(work);
+        }
         cx.write(input.as_slice());
         input.clear();
     }
