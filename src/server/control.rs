@@ -88,6 +88,12 @@ impl Fleet {
         }
     }
 
+    /// How many loops are running (or just ending).
+    pub fn live(&self) -> usize {
+        let loops = self.loops.lock().unwrap_or_else(|e| e.into_inner());
+        loops.iter().filter(|l| l.is_some()).count()
+    }
+
     /// Live loop handles, in slot order.
     pub fn handles(&self) -> Vec<LoopHandle> {
         let loops = self.loops.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,12 +1,57 @@
-//! The `thread_per_conn` concurrency model (not built yet).
+//! Thread per connection (the notes' 多线程模型), a baseline to measure the others against.
+//!
+//! The main thread's loop accepts; each connection gets a thread of its own, which runs a
+//! one-connection event loop with the same handler code and ends with the connection. It is
+//! the simplest model to reason about and the most expensive per connection: a thread (stack,
+//! scheduler entity, a context switch per event) and a loop's fds for every client. `--threads`
+//! caps how many run at once; past the cap a new connection is closed at once (a clean close
+//! for the client) and counted as `refused_limit`, rather than spawning without bound.
 
 use std::io;
 
-use super::{ServerOptions, Service};
+use super::control::{self, Fleet};
+use super::{bind_and_announce, ServerOptions, Service};
+use crate::reactor::EventLoop;
 
-pub fn run(_opts: &ServerOptions, _service: &Service) -> io::Result<()> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "the thread_per_conn model is not built yet",
-    ))
+pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
+    let cfg = opts.loop_config();
+    let mut control = EventLoop::new(cfg.clone())?;
+    let fleet = Fleet::new();
+    control::install_signals(&mut control, fleet.clone(), opts.drain_timeout)?;
+    let (listener, udp) = bind_and_announce(opts, service)?;
+
+    let cap = opts.threads;
+    let factory = service.factory.clone();
+    let threads = fleet.clone();
+    let mut spawned = 0u64;
+    control.add_acceptor(
+        listener,
+        Box::new(move |el, fd| {
+            if threads.live() >= cap {
+                el.stats.refused_limit += 1;
+                drop(fd); // the client reads EOF
+                return;
+            }
+            spawned += 1;
+            let factory = factory.clone();
+            let mut conn_cfg = cfg.clone();
+            // A loop with one connection does not need a connection limit of its own.
+            conn_cfg.connection_limit = None;
+            let started =
+                threads.spawn_loop(format!("keel-conn-{spawned}"), conn_cfg, true, move |el| {
+                    el.adopt(fd, factory()).map(drop)
+                });
+            if let Err(e) = started {
+                el.stats.refused_limit += 1;
+                eprintln!("keel: cannot start a connection thread: {e}");
+            }
+        }),
+    )?;
+    if let (Some(sock), Some(udp)) = (udp, &service.udp) {
+        control.add_udp(sock, udp())?;
+    }
+
+    control.run()?;
+    control::finish(&control, &fleet);
+    Ok(())
 }
