@@ -1,1 +1,301 @@
-//! Process control the safe crates leave out: fork and friends (filled in by the process models).
+//! Process control the safe crates leave out or leave `unsafe`: forking a child that never
+//! returns into its parent's code, reaping children, and counters in memory shared with them.
+//!
+//! What makes `fork` hard to use soundly, and how this module answers it:
+//!
+//! - In a process with several threads, the child gets a copy of memory in which another
+//!   thread may have held a lock (the allocator's, stdout's): the child may only call
+//!   async-signal-safe functions. [`fork_child`] refuses to fork unless the process has exactly
+//!   one thread, so the child may run ordinary Rust code.
+//! - The child holds a copy of every object of the parent, and with them the parent's fds. If
+//!   the child returned into the parent's code path it would run the parent's logic twice (and
+//!   drop the parent's objects: close its fds, flush its buffers). [`fork_child`] runs the
+//!   child's closure and then ends the process with `_exit`, which runs no destructor: the
+//!   parent's copies are never used again, so the child may take ownership of (or close) fds
+//!   that a parent object owns, through [`Child`].
+
+use std::fmt;
+use std::io::{self, Write};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::panic::AssertUnwindSafe;
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU64;
+
+pub use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, WaitStatus};
+pub use nix::unistd::Pid;
+
+/// The number of threads of this process (from `/proc/self/stat`).
+pub fn thread_count() -> io::Result<usize> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| io::Error::other("unexpected /proc/self/stat"))?;
+    // Fields after the name start at 3 (state); num_threads is field 20.
+    rest.split_whitespace()
+        .nth(20 - 3)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| io::Error::other("unexpected /proc/self/stat"))
+}
+
+/// What a child may do with what it inherited from its parent. Only [`fork_child`] makes one,
+/// in the child, whose parent-side objects are never used or dropped (the child ends with
+/// `_exit`): that is what makes taking or closing their fds sound.
+pub struct Child {
+    parent: Pid,
+    claimed: Vec<RawFd>,
+}
+
+impl Child {
+    fn claim(&mut self, fd: RawFd) {
+        assert!(
+            fd > 2 && !self.claimed.contains(&fd),
+            "inherited fd {fd} claimed twice (or a standard stream)"
+        );
+        self.claimed.push(fd);
+    }
+
+    /// Takes ownership of `fd`, an fd the child inherited from the parent (a listener, say).
+    ///
+    /// # Panics
+    ///
+    /// If `fd` was taken or closed already through this `Child`, or is 0, 1 or 2.
+    pub fn take_inherited(&mut self, fd: RawFd) -> OwnedFd {
+        self.claim(fd);
+        // SAFETY: `fd` is open (inherited: fork copies the fd table) and the only other owner
+        // is an object in the parent's copied memory, which the child never uses nor drops
+        // (it ends with `_exit`). `claim` makes sure this `Child` hands it out only once.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }
+
+    /// Closes `fd`, inherited from the parent, which the child does not need.
+    pub fn close_inherited(&mut self, fd: RawFd) {
+        drop(self.take_inherited(fd));
+    }
+
+    /// Asks the kernel to send `sig` to this child when its parent dies, so that workers do
+    /// not outlive a master killed with SIGKILL. Returns false (and the caller should exit) if
+    /// the parent died already, before the request was made.
+    pub fn die_with_parent(&mut self, sig: Signal) -> bool {
+        if nix::sys::prctl::set_pdeathsig(sig).is_err() {
+            return true; // not fatal: the child just will not follow its parent
+        }
+        nix::unistd::getppid() == self.parent
+    }
+}
+
+/// Forks a child that runs `child` and then exits with the code it returns (101 if it
+/// panicked), flushing stdout first; in the parent, returns the child's pid. The child never
+/// returns from this call, so it never runs the parent's code path nor its destructors.
+///
+/// Refused (with an error) if the process has more than one thread: see the module doc.
+/// The closure is dropped in the parent, so what it owns (an accepted socket meant for the
+/// child) is closed there right after the fork.
+pub fn fork_child(child: impl FnOnce(&mut Child) -> i32) -> io::Result<Pid> {
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "cannot fork: the process has {threads} threads (fork is only safe with one)"
+        )));
+    }
+    let parent = nix::unistd::getpid();
+    // Anything still buffered would otherwise be written twice: by the parent and the child.
+    let _ = io::stdout().flush();
+    // SAFETY: the process has a single thread (checked just above, and no thread can start
+    // between the check and the fork since we are that thread), so the child inherits no lock
+    // held by another thread and may run any code. The child branch below never returns.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Parent { child: pid } => Ok(pid),
+        nix::unistd::ForkResult::Child => {
+            let mut cx = Child {
+                parent,
+                claimed: Vec::new(),
+            };
+            let code = std::panic::catch_unwind(AssertUnwindSafe(|| child(&mut cx))).unwrap_or(101);
+            exit_now(code)
+        }
+    }
+}
+
+/// Ends the process at once with `code`, after flushing stdout and stderr, without running
+/// destructors or atexit handlers (what a forked child must do).
+pub fn exit_now(code: i32) -> ! {
+    let _ = io::stdout().flush();
+    let _ = io::stderr().flush();
+    // SAFETY: `_exit` is always safe to call; it ends the process without touching memory.
+    unsafe { libc::_exit(code) }
+}
+
+/// How a child ended.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(Signal),
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exit::Code(c) => write!(f, "status {c}"),
+            Exit::Signal(s) => write!(f, "signal {}", *s as i32),
+        }
+    }
+}
+
+/// Reaps one child that has ended, without blocking: `None` when no child is left to reap
+/// now (none ended, or no child at all). Call it until `None` on every SIGCHLD: signals of
+/// one kind coalesce, so one SIGCHLD may stand for several children.
+pub fn reap_one() -> Option<(Pid, Exit)> {
+    loop {
+        match nix::sys::wait::waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => return Some((pid, Exit::Code(code))),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => return Some((pid, Exit::Signal(sig))),
+            Ok(WaitStatus::StillAlive) => return None,
+            Ok(_) => continue, // stopped/continued: not an end
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return None, // ECHILD: no children
+        }
+    }
+}
+
+/// Waits (blocking) for the child `pid` to end and reaps it; `None` if it is not our child.
+pub fn reap_blocking(pid: Pid) -> Option<Exit> {
+    loop {
+        match nix::sys::wait::waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Some(Exit::Code(code)),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Some(Exit::Signal(sig)),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Sends `sig` to `pid`; false if it is gone.
+pub fn send_signal(pid: Pid, sig: Signal) -> bool {
+    nix::sys::signal::kill(pid, sig).is_ok()
+}
+
+/// Counters in an anonymous `MAP_SHARED` mapping: made before `fork`, the same memory in the
+/// parent and in every child, so children publish counters the parent reads without a
+/// syscall. Words are atomics; a reader may see one word newer than another (a snapshot of
+/// counters, not a transaction).
+pub struct SharedCounters {
+    ptr: NonNull<AtomicU64>,
+    len: usize,
+}
+
+// SAFETY: the mapping is only ever accessed through `&AtomicU64`, which is Sync; the pointer
+// stays valid until `drop` unmaps it, which needs the value to be owned.
+unsafe impl Send for SharedCounters {}
+// SAFETY: as above: shared access is atomic.
+unsafe impl Sync for SharedCounters {}
+
+impl SharedCounters {
+    /// `len` zeroed counters (at least one).
+    pub fn new(len: usize) -> io::Result<SharedCounters> {
+        let len = len.max(1);
+        let bytes = len
+            .checked_mul(std::mem::size_of::<AtomicU64>())
+            .ok_or_else(|| io::Error::other("shared counters: size overflow"))?;
+        // SAFETY: a fresh anonymous mapping (no address hint, no fd): it aliases nothing.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // The mapping is page-aligned (so aligned for u64) and zero-filled, and an AtomicU64
+        // has the layout of a u64: every word is a valid AtomicU64 holding 0.
+        let ptr = NonNull::new(ptr.cast::<AtomicU64>())
+            .ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(SharedCounters { ptr, len })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Counter `i`.
+    ///
+    /// # Panics
+    ///
+    /// If `i >= len()`.
+    pub fn get(&self, i: usize) -> &AtomicU64 {
+        assert!(
+            i < self.len,
+            "shared counter {i} out of range ({})",
+            self.len
+        );
+        // SAFETY: `i < len`, so the word lies inside the live mapping (see `new`), and it is
+        // only accessed atomically; the borrow of `self` keeps the mapping alive.
+        unsafe { &*self.ptr.as_ptr().add(i) }
+    }
+}
+
+impl Drop for SharedCounters {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping `new` made; no reference into it outlives
+        // `self` (they borrow it).
+        unsafe {
+            libc::munmap(
+                self.ptr.as_ptr().cast(),
+                self.len * std::mem::size_of::<AtomicU64>(),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn thread_count_reads_proc() {
+        assert!(thread_count().unwrap() >= 1);
+    }
+
+    #[test]
+    fn shared_counters_start_at_zero_and_hold_values() {
+        let c = SharedCounters::new(8).unwrap();
+        assert_eq!(c.len(), 8);
+        assert!((0..8).all(|i| c.get(i).load(Ordering::Relaxed) == 0));
+        c.get(7).store(42, Ordering::Relaxed);
+        assert_eq!(c.get(7).load(Ordering::Relaxed), 42);
+    }
+
+    #[test]
+    #[should_panic]
+    fn shared_counters_bounds_checked() {
+        let c = SharedCounters::new(2).unwrap();
+        c.get(2);
+    }
+
+    #[test]
+    fn fork_refused_with_threads() {
+        // The test harness runs tests on threads of their own: the process is multi-threaded.
+        let _other =
+            std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(200)));
+        let err = fork_child(|_| 0).unwrap_err();
+        assert!(err.to_string().contains("threads"), "{err}");
+    }
+
+    #[test]
+    fn exit_display() {
+        assert_eq!(Exit::Signal(Signal::SIGKILL).to_string(), "signal 9");
+        assert_eq!(Exit::Code(3).to_string(), "status 3");
+    }
+}
