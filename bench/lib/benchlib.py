@@ -654,3 +654,188 @@ def svg_line_plot(series: Sequence[tuple[str, Sequence[tuple[float, float | None
         fy += 4
     o.append("</svg>")
     return "\n".join(o) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Process trees (servers that fork: prefork, process-per-conn)
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields 3.. of /proc/PID/stat (index 0 is field 3, state); None if the process is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2:].split()
+
+
+def descendants(pid: int) -> list[int]:
+    """PIDs of every descendant of PID (children, their children, ...), from one scan of
+    /proc/*/stat (field 4, ppid). Zombies included."""
+    children: dict[int, list[int]] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in names:
+        if not name.isdigit():
+            continue
+        f = _stat_fields(int(name))
+        if f is None or len(f) < 2:
+            continue
+        children.setdefault(int(f[1]), []).append(int(name))
+    out, todo = [], list(children.get(pid, []))
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return sorted(out)
+
+
+def tree_cpu_seconds(pid: int) -> tuple[float, int]:
+    """CPU seconds used so far by PID and its live descendants, and how many descendants were
+    read. For each process: utime + stime (fields 14, 15: all its threads) + cutime + cstime
+    (16, 17: its children that it has already waited for). A descendant that exits and is
+    reaped moves from the live sum into its parent's cutime/cstime, so the total stays
+    consistent across samples as long as no descendant dies between the two reads of one
+    sample. Raises BenchError if PID itself is gone."""
+    total = cpu_seconds(pid, include_children=True)
+    n = 0
+    for d in descendants(pid):
+        f = _stat_fields(d)
+        if f is None:
+            continue
+        total += (int(f[14 - 3]) + int(f[15 - 3]) + int(f[16 - 3]) + int(f[17 - 3])) / CLK_TCK
+        n += 1
+    return total, n
+
+
+def thread_count(pid: int) -> int:
+    """`Threads:` of /proc/PID/status; 0 if the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def established_on_port(port: int) -> int:
+    """Server-side TCP connections in ESTABLISHED (/proc/net/tcp and tcp6: local port = port),
+    whichever process holds them."""
+    n = 0
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(path).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) < 4:
+                continue
+            try:
+                lport = int(f[1].rsplit(":", 1)[1], 16)
+            except (IndexError, ValueError):
+                continue
+            if lport == port and f[3] == "01":
+                n += 1
+    return n
+
+
+# --------------------------------------------------------------------------------------------
+# SVG: grouped bars
+
+
+def svg_grouped_bars(groups: Sequence[tuple[str, Sequence[tuple[str, float | None]]]], *,
+                     title: str, ylabel: str, subtitle: str = "",
+                     series_order: Sequence[str] = (), width: int = 900, height: int = 480,
+                     value_fmt=fmt_sig, footnotes: Sequence[str] = ()) -> str:
+    """A grouped bar chart as a standalone SVG document.
+
+    groups: [(group label, [(series name, value), ...]), ...]; a value of None draws no bar
+    and prints "n/a" where it would be. Each series keeps one colour across groups (order:
+    series_order, then first appearance). Values are printed above the bars."""
+    names: list[str] = list(series_order)
+    for _, bars in groups:
+        for n, _v in bars:
+            if n not in names:
+                names.append(n)
+    color = {n: _PALETTE[i % len(_PALETTE)] for i, n in enumerate(names)}
+    longest = max([len(n) for n in names] + [8])
+    mr = max(150, min(300, 70 + 7 * longest))
+    ml, mt, mb = 78, 58 if subtitle else 44, 70
+    pw, ph = width - ml - mr, height - mt - mb
+    vals = [v for _, bars in groups for _, v in bars if v is not None]
+    top = max(vals) if vals else 1.0
+    yt = nice_ticks(0.0, top * 1.08)  # headroom for the value printed above the tallest bar
+    step = yt[1] - yt[0] if len(yt) > 1 else 1.0
+    while yt[-1] < top * 1.08:
+        yt.append(round(yt[-1] + step, 10))
+    y_hi = yt[-1]
+
+    def py(v: float) -> float:
+        return mt + ph - v / y_hi * ph
+
+    e = _xml_escape
+    o: list[str] = []
+    o.append(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">')
+    o.append(f'<rect x="0" y="0" width="{width}" height="{height}" fill="white"/>')
+    o.append(f'<text x="{ml + pw / 2:.1f}" y="22" text-anchor="middle" font-size="15" '
+             f'font-weight="bold">{e(title)}</text>')
+    if subtitle:
+        o.append(f'<text x="{ml + pw / 2:.1f}" y="40" text-anchor="middle" font-size="11" '
+                 f'fill="#555">{e(subtitle)}</text>')
+    for v in yt:
+        y = py(v)
+        o.append(f'<line x1="{ml}" y1="{y:.1f}" x2="{ml + pw}" y2="{y:.1f}" stroke="#e4e4e4"/>')
+        o.append(f'<line x1="{ml - 5}" y1="{y:.1f}" x2="{ml}" y2="{y:.1f}" stroke="black"/>')
+        o.append(f'<text x="{ml - 8}" y="{y + 4:.1f}" text-anchor="end">{e(_tick_label(v))}</text>')
+    gw = pw / max(1, len(groups))
+    most = max([len(bars) for _, bars in groups] + [1])
+    bw = gw * 0.8 / most  # the same bar width in every group; fewer bars are centred
+    for gi, (glabel, bars) in enumerate(groups):
+        gx = ml + gi * gw
+        x0 = gx + (gw - bw * len(bars)) / 2
+        for bi, (name, v) in enumerate(bars):
+            x = x0 + bi * bw
+            if v is None:
+                o.append(f'<text x="{x + bw / 2:.1f}" y="{mt + ph - 4}" text-anchor="middle" '
+                         f'font-size="10" fill="#888">n/a</text>')
+                continue
+            y = py(v)
+            o.append(f'<rect x="{x + 1:.1f}" y="{y:.1f}" width="{max(1.0, bw - 2):.1f}" '
+                     f'height="{mt + ph - y:.1f}" fill="{color[name]}">'
+                     f'<title>{e(f"{glabel}, {name}: {value_fmt(v)}")}</title></rect>')
+            o.append(f'<text x="{x + bw / 2:.1f}" y="{y - 4:.1f}" text-anchor="middle" '
+                     f'font-size="10">{e(value_fmt(v))}</text>')
+        o.append(f'<text x="{gx + gw / 2:.1f}" y="{mt + ph + 18}" text-anchor="middle">'
+                 f'{e(glabel)}</text>')
+    o.append(f'<line x1="{ml}" y1="{mt + ph}" x2="{ml + pw}" y2="{mt + ph}" stroke="black"/>')
+    o.append(f'<line x1="{ml}" y1="{mt}" x2="{ml}" y2="{mt + ph}" stroke="black"/>')
+    o.append(f'<text transform="translate(20,{mt + ph / 2:.1f}) rotate(-90)" '
+             f'text-anchor="middle" font-size="13">{e(ylabel)}</text>')
+    lx, ly = ml + pw + 18, mt + 8
+    o.append(f'<rect x="{lx - 8}" y="{ly - 14}" width="{mr - 22}" '
+             f'height="{22 * len(names) + 10}" fill="white" stroke="#bbb"/>')
+    for i, n in enumerate(names):
+        y = ly + 22 * i
+        o.append(f'<rect x="{lx}" y="{y - 6:.1f}" width="24" height="12" fill="{color[n]}"/>')
+        o.append(f'<text x="{lx + 32}" y="{y + 4:.1f}">{e(n)}</text>')
+    fy = max(ly + 22 * len(names) + 16, mt)
+    wrap = max(12, (mr - 24) // 6)
+    for note in footnotes:
+        words, line = note.split(), ""
+        for w in words + [None]:
+            if w is not None and len(line) + 1 + len(w) <= wrap:
+                line = f"{line} {w}".strip()
+                continue
+            if line:
+                o.append(f'<text x="{lx - 6}" y="{fy:.1f}" font-size="10" fill="#444">'
+                         f'{e(line)}</text>')
+                fy += 13
+            line = w or ""
+        fy += 4
+    o.append("</svg>")
+    return "\n".join(o) + "\n"

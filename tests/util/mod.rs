@@ -959,3 +959,136 @@ pub fn assert_serves(srv: &Server, what: &str) {
         srv.stderr_dump()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Processes (for the multi-process concurrency models)
+// ---------------------------------------------------------------------------------------------
+
+/// The fields of /proc/PID/stat the process-model tests look at.
+#[derive(Clone, Debug)]
+pub struct ProcInfo {
+    pub pid: i32,
+    /// Field 4.
+    pub ppid: i32,
+    /// Field 3: R, S, D, Z, T, ...
+    pub state: char,
+    /// Field 2, without the parentheses.
+    pub comm: String,
+}
+
+/// Parses /proc/PID/stat; None if the process is gone (or the line is odd).
+pub fn proc_info(pid: i32) -> Option<ProcInfo> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_string();
+    let mut rest = stat.get(close + 2..)?.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    Some(ProcInfo {
+        pid,
+        ppid,
+        state,
+        comm,
+    })
+}
+
+/// Every process whose parent is `ppid` (a scan of /proc/*/stat), sorted by PID. Zombies
+/// (state `Z`) included.
+pub fn children_of(ppid: i32) -> Vec<ProcInfo> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut v: Vec<ProcInfo> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(proc_info)
+        .filter(|p| p.ppid == ppid)
+        .collect();
+    v.sort_by_key(|p| p.pid);
+    v
+}
+
+/// Polls `children_of(ppid)` every 20 ms until `pred` holds or `timeout` passes; returns the
+/// last list and whether `pred` held.
+pub fn children_until(
+    ppid: i32,
+    timeout: Duration,
+    pred: impl Fn(&[ProcInfo]) -> bool,
+) -> (Vec<ProcInfo>, bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let kids = children_of(ppid);
+        if pred(&kids) {
+            return (kids, true);
+        }
+        if Instant::now() >= deadline {
+            return (kids, false);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `pid state comm` for each process, for failure messages.
+pub fn show_procs(procs: &[ProcInfo]) -> String {
+    procs
+        .iter()
+        .map(|p| format!("{} {} ({})", p.pid, p.state, p.comm))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+// ---------------------------------------------------------------------------------------------
+// More waits on a server
+// ---------------------------------------------------------------------------------------------
+
+impl Server {
+    /// Polls the server-side entries of /proc/net/tcp{,6} (local port = the listening port)
+    /// until none is in one of `bad` states, for up to `timeout`. Returns the offending entries
+    /// seen last (empty = good).
+    pub fn wait_no_tcp_states(&self, bad: &[u8], timeout: Duration) -> Vec<TcpEntry> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let offending: Vec<TcpEntry> = self
+                .server_side_sockets()
+                .into_iter()
+                .filter(|e| bad.contains(&e.state))
+                .collect();
+            if offending.is_empty() || Instant::now() >= deadline {
+                return offending;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Connects to `addr` and makes sure the connection is being served: sends one byte and waits
+/// (3 s) for its echo, so the caller's own bytes start on a live connection. A server that
+/// refuses the connection cleanly (EOF or reset: a per-connection model at its cap, while a
+/// finished connection's slot is still being freed) is retried with a new connection every
+/// 50 ms until `timeout`. Returns the stream and how many attempts were refused before it.
+/// An error describes the last attempt.
+pub fn connect_served(addr: SocketAddr, timeout: Duration) -> Result<(TcpStream, u32), String> {
+    let deadline = Instant::now() + timeout;
+    let mut refused = 0u32;
+    loop {
+        let last = match try_connect(addr) {
+            Ok(mut s) => match probe(&mut s, b"+", Duration::from_secs(3)) {
+                Probe::Served => return Ok((s, refused)),
+                p => {
+                    if matches!(p, Probe::Closed(_)) {
+                        refused += 1;
+                    }
+                    format!("{p:?}")
+                }
+            },
+            Err(e) => format!("connect: {e}"),
+        };
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "no served connection within {timeout:?} ({refused} refused; last: {last})"
+            ));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
