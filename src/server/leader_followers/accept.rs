@@ -1,0 +1,149 @@
+//! Accepting: a bounded batch per listener event, the EMFILE dance, setting up a connection.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustix::net::SocketFlags;
+use socket2::{SockRef, TcpKeepalive};
+
+use super::conn::{Core, LfConn};
+use super::counters::bump;
+use super::settings::ms;
+use super::shared::lock;
+use super::timers::TimerEvent;
+use super::worker::Worker;
+use crate::net::listener::open_reserve_fd;
+
+/// How long a listener that could not accept (no fd even for the EMFILE dance) stays parked
+/// if no connection closes first.
+const STARVED_RETRY: Duration = Duration::from_millis(100);
+
+enum Refusal {
+    Refused,
+    QueueEmpty,
+    NoReserve,
+}
+
+impl Worker<'_> {
+    /// Accepts a bounded batch, re-arms the listener (so another thread can take the next
+    /// batch), then sets up the new connections.
+    pub(super) fn accept_batch(&mut self) {
+        let sh = self.sh;
+        let mut fds = Vec::new();
+        {
+            let listener = lock(&sh.listener);
+            let Some(lfd) = listener.as_ref() else { return };
+            let mut starved = false;
+            for _ in 0..sh.cfg.max_accepts {
+                match rustix::net::accept_with(lfd, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
+                    Ok(fd) => fds.push(fd),
+                    Err(rustix::io::Errno::AGAIN) => break,
+                    Err(rustix::io::Errno::MFILE) | Err(rustix::io::Errno::NFILE) => {
+                        match self.refuse_with_reserve(lfd) {
+                            Refusal::Refused => bump(&self.stats.refused_emfile, 1),
+                            Refusal::QueueEmpty => break,
+                            Refusal::NoReserve => {
+                                starved = true;
+                                break;
+                            }
+                        }
+                    }
+                    Err(rustix::io::Errno::CONNABORTED)
+                    | Err(rustix::io::Errno::INTR)
+                    | Err(rustix::io::Errno::PROTO) => {}
+                    Err(_) => {
+                        // ENOBUFS/ENOMEM: back off.
+                        starved = true;
+                        break;
+                    }
+                }
+            }
+            if starved {
+                // Left disarmed (re-arming would report it again at once, a spin): a closing
+                // connection or the retry timer re-arms it.
+                sh.listener_starved.store(true, Ordering::Release);
+                sh.add_timer(
+                    self.now.saturating_add(ms(STARVED_RETRY)),
+                    TimerEvent::RetryAccept,
+                );
+            } else {
+                sh.arm_listener(&listener);
+            }
+        }
+        for fd in fds {
+            self.serve_new(fd);
+        }
+    }
+
+    /// The EMFILE dance: free the reserve, accept and close one pending connection (a clean
+    /// close for the client), reopen the reserve.
+    fn refuse_with_reserve(&self, lfd: &OwnedFd) -> Refusal {
+        let mut reserve = lock(&self.sh.reserve);
+        let Some(fd) = reserve.take().or_else(open_reserve_fd) else {
+            return Refusal::NoReserve;
+        };
+        drop(fd);
+        let refusal = match rustix::net::accept_with(lfd, SocketFlags::CLOEXEC) {
+            Ok(conn) => {
+                drop(conn);
+                Refusal::Refused
+            }
+            Err(rustix::io::Errno::AGAIN) => Refusal::QueueEmpty,
+            Err(_) => Refusal::NoReserve,
+        };
+        *reserve = open_reserve_fd();
+        refusal
+    }
+
+    fn serve_new(&mut self, fd: OwnedFd) {
+        let sh = self.sh;
+        let sock = SockRef::from(&fd);
+        if sh.cfg.nodelay {
+            let _ = sock.set_tcp_nodelay(true);
+        }
+        if let Some(ka) = sh.cfg.keepalive {
+            let params = TcpKeepalive::new()
+                .with_time(ka.idle)
+                .with_interval(ka.interval)
+                .with_retries(ka.count);
+            let _ = sock.set_tcp_keepalive(&params);
+        }
+        bump(&self.stats.accepted, 1);
+        let limited = match sh.cfg.max_conns {
+            Some(max) => {
+                let acquired = sh
+                    .permits
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        (n < max).then_some(n + 1)
+                    })
+                    .is_ok();
+                if !acquired {
+                    bump(&self.stats.refused_limit, 1);
+                    return; // `fd` drops: the client reads EOF
+                }
+                true
+            }
+            None => false,
+        };
+        let conn = Arc::new(Mutex::new(LfConn {
+            handler: Some((sh.factory)()),
+            core: Core::new(fd, self.now),
+        }));
+        // Locked before it is reachable, so nothing (a timer) runs before `on_connect`.
+        let mut c = lock(&conn);
+        c.core.id = sh.insert(conn.clone());
+        c.core.holds_permit = limited;
+        bump(&self.stats.opened, 1);
+        if let Some(idle) = sh.cfg.idle_timeout {
+            c.core.set_idle_timeout(sh, self.now, Some(idle));
+        }
+        self.call(&mut c, |h, cx| h.on_connect(cx));
+        if sh.draining.load(Ordering::SeqCst) {
+            // Accepted just as the drain started, after its sweep: close it like the rest.
+            c.core.close(sh, self.now);
+        }
+        self.settle(&mut c, None);
+    }
+}

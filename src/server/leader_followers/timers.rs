@@ -1,0 +1,105 @@
+//! What a timer means, and how the fired ones are handled.
+
+use std::sync::atomic::Ordering;
+
+use super::conn::LfConn;
+use super::counters::bump;
+use super::shared::lock;
+use super::worker::Worker;
+use crate::net::{CloseReason, ConnId};
+use crate::reactor::TimerWheel;
+
+pub(super) enum TimerEvent {
+    Idle(ConnId),
+    Linger(ConnId),
+    User(ConnId, u64),
+    DrainDeadline,
+    RetryAccept,
+}
+
+pub(super) struct Timers {
+    pub(super) wheel: TimerWheel<TimerEvent>,
+}
+
+impl Worker<'_> {
+    pub(super) fn run_timers(&mut self) {
+        let mut fired = std::mem::take(&mut self.fired);
+        for (key, _, ev) in fired.drain(..) {
+            self.now = self.sh.now();
+            let (id, what) = match ev {
+                TimerEvent::Idle(id) => (id, ev),
+                TimerEvent::Linger(id) => (id, ev),
+                TimerEvent::User(id, _) => (id, ev),
+                TimerEvent::DrainDeadline => {
+                    self.drain_deadline();
+                    continue;
+                }
+                TimerEvent::RetryAccept => {
+                    if self.sh.listener_starved.swap(false, Ordering::AcqRel) {
+                        self.sh.arm_listener(&lock(&self.sh.listener));
+                    }
+                    continue;
+                }
+            };
+            let Some(conn) = self.sh.lookup(id.0 .0) else {
+                continue;
+            };
+            let mut c = lock(&conn);
+            if !c.core.live() {
+                continue;
+            }
+            match what {
+                TimerEvent::Idle(_) if c.core.idle_timer == Some(key) => self.idle_fired(&mut c),
+                TimerEvent::Linger(_) if c.core.linger_timer == Some(key) => {
+                    c.core.linger_timer = None;
+                    bump(&self.stats.linger_timeouts, 1);
+                    c.core.close_with(CloseReason::LingerTimeout);
+                }
+                TimerEvent::User(_, tag) => {
+                    let Some(i) = c
+                        .core
+                        .user_timers
+                        .iter()
+                        .position(|&(t, k)| t == tag && k == key)
+                    else {
+                        continue;
+                    };
+                    c.core.user_timers.swap_remove(i);
+                    self.call(&mut c, |h, cx| h.on_timer(cx, tag));
+                }
+                _ => continue, // re-armed or cancelled since it fired
+            }
+            self.settle(&mut c, None);
+        }
+        self.fired = fired;
+    }
+
+    /// The idle timer is not re-armed on every read: compare with the last activity, re-arm
+    /// for the rest, or tell the handler (default: graceful close).
+    fn idle_fired(&mut self, c: &mut LfConn) {
+        let (sh, now) = (self.sh, self.now);
+        let core = &mut c.core;
+        core.idle_timer = None;
+        let Some(ms) = core.idle_ms else { return };
+        let deadline = core.last_active.saturating_add(ms);
+        if now < deadline {
+            core.idle_timer = sh.replace_timer(None, Some((deadline, TimerEvent::Idle(core.id))));
+            return;
+        }
+        if core.linger_timer.is_some() {
+            return; // a close is under way; its linger timer decides the end
+        }
+        if core.write_shut || core.shutdown_after_flush || core.close_after_shutdown {
+            // Stuck a whole idle period after this end started closing: give up.
+            core.close_with(CloseReason::IdleTimeout);
+            return;
+        }
+        bump(&self.stats.idle_timeouts, 1);
+        // Re-armed, so a peer that never reads what the handler queues is cut off later.
+        core.idle_timer = sh.replace_timer(
+            None,
+            Some((now.saturating_add(ms), TimerEvent::Idle(core.id))),
+        );
+        self.call(c, |h, cx| h.on_idle_timeout(cx));
+    }
+}
