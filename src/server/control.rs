@@ -15,20 +15,33 @@ use crate::reactor::{EventLoop, LoopConfig, LoopHandle, LoopStats, Signal};
 
 /// The worker loops of one server, each on its own thread.
 pub struct Fleet {
-    /// Live loops by slot; a slot is emptied when its loop ends.
-    loops: Mutex<Vec<Option<LoopHandle>>>,
-    /// Counters of loops that have ended (so totals survive per-connection threads).
-    finished: Mutex<Option<LoopStats>>,
+    state: Mutex<FleetState>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct FleetState {
+    next_id: u64,
+    /// Live loops, by a unique id.
+    loops: Vec<(u64, LoopHandle)>,
+    /// Counters of loops that have ended (so totals survive per-connection threads).
+    finished: Option<LoopStats>,
+    /// While a [`Fleet::total`] is collecting: loops that ended meanwhile, so a loop that ends
+    /// between being asked and answering is neither lost nor counted twice.
+    watchers: usize,
+    recent: Vec<(u64, LoopStats)>,
 }
 
 impl Fleet {
     pub fn new() -> Arc<Fleet> {
         Arc::new(Fleet {
-            loops: Mutex::new(Vec::new()),
-            finished: Mutex::new(None),
+            state: Mutex::new(FleetState::default()),
             threads: Mutex::new(Vec::new()),
         })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, FleetState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Starts a thread running a new loop. `setup` adds the loop's sources (on the new thread,
@@ -68,36 +81,34 @@ impl Fleet {
         Ok(handle)
     }
 
-    fn register(&self, handle: LoopHandle) -> usize {
-        let mut loops = self.loops.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = loops.iter().position(Option::is_none) {
-            loops[i] = Some(handle);
-            i
-        } else {
-            loops.push(Some(handle));
-            loops.len() - 1
-        }
+    fn register(&self, handle: LoopHandle) -> u64 {
+        let mut st = self.state();
+        st.next_id += 1;
+        let id = st.next_id;
+        st.loops.push((id, handle));
+        id
     }
 
-    fn retire(&self, slot: usize, stats: &LoopStats) {
-        self.loops.lock().unwrap_or_else(|e| e.into_inner())[slot] = None;
-        let mut finished = self.finished.lock().unwrap_or_else(|e| e.into_inner());
-        match finished.as_mut() {
+    fn retire(&self, id: u64, stats: &LoopStats) {
+        let mut st = self.state();
+        st.loops.retain(|(i, _)| *i != id);
+        match st.finished.as_mut() {
             Some(total) => total.add(stats),
-            None => *finished = Some(stats.clone()),
+            None => st.finished = Some(stats.clone()),
+        }
+        if st.watchers > 0 {
+            st.recent.push((id, stats.clone()));
         }
     }
 
     /// How many loops are running (or just ending).
     pub fn live(&self) -> usize {
-        let loops = self.loops.lock().unwrap_or_else(|e| e.into_inner());
-        loops.iter().filter(|l| l.is_some()).count()
+        self.state().loops.len()
     }
 
-    /// Live loop handles, in slot order.
+    /// Live loop handles.
     pub fn handles(&self) -> Vec<LoopHandle> {
-        let loops = self.loops.lock().unwrap_or_else(|e| e.into_inner());
-        loops.iter().flatten().cloned().collect()
+        self.state().loops.iter().map(|(_, h)| h.clone()).collect()
     }
 
     /// Runs `task` on every live loop.
@@ -111,32 +122,45 @@ impl Fleet {
     /// `own` plus the counters of every loop, live (asked through their queues, waiting at
     /// most a second for the answers) or ended.
     pub fn total(&self, own: &LoopStats) -> LoopStats {
+        let (asked, base) = {
+            let mut st = self.state();
+            st.watchers += 1;
+            (st.loops.clone(), st.finished.clone())
+        };
         let (tx, rx) = mpsc::channel();
-        let mut asked = 0;
-        for h in self.handles() {
-            let tx = tx.clone();
-            if h.post(move |el| {
-                let _ = tx.send(el.stats().clone());
-            }) {
-                asked += 1;
+        for (id, h) in &asked {
+            let (tx, id) = (tx.clone(), *id);
+            h.post(move |el| {
+                let _ = tx.send((id, el.stats().clone()));
+            });
+        }
+        drop(tx); // a task dropped unrun (its loop ended) then shows as a disconnect
+        let mut answers: Vec<(u64, LoopStats)> = Vec::with_capacity(asked.len());
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while answers.len() < asked.len() {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(a) => answers.push(a),
+                Err(_) => break,
             }
         }
         let mut total = own.clone();
-        if let Some(f) = self
-            .finished
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            total.add(f);
+        if let Some(b) = &base {
+            total.add(b);
         }
-        let deadline = Instant::now() + Duration::from_secs(1);
-        for _ in 0..asked {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(s) => total.add(&s),
-                Err(_) => break,
+        for (_, s) in &answers {
+            total.add(s);
+        }
+        let mut st = self.state();
+        for (id, s) in &st.recent {
+            let was_asked = asked.iter().any(|(i, _)| i == id);
+            let answered = answers.iter().any(|(i, _)| i == id);
+            if was_asked && !answered {
+                total.add(s);
             }
+        }
+        st.watchers -= 1;
+        if st.watchers == 0 {
+            st.recent.clear();
         }
         total
     }
