@@ -13,4 +13,4 @@ pub use buffer_pool::BufferPool;
 pub use connection::{CloseReason, ConnId, ConnectError};
 pub use handler::{Ctx, Handler};
 pub use listener::{bind_tcp, AcceptHook, HandlerFactory, ListenOptions};
-pub use udp::DatagramHandler;
+pub use udp::{DatagramHandler, DatagramOut};

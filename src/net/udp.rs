@@ -7,9 +7,24 @@ use std::net::{SocketAddr, UdpSocket};
 use crate::reactor::event::{Interest, Token, Trigger};
 use crate::reactor::event_loop::{slot_in_mut, EventLoop, Source};
 
-/// Receives the datagrams of one UDP socket. `sock` is lent for replies.
+/// Receives the datagrams of one UDP socket; replies go through `out`.
 pub trait DatagramHandler: Send + 'static {
-    fn on_datagram(&mut self, sock: &UdpSocket, data: &[u8], from: SocketAddr);
+    fn on_datagram(&mut self, out: &mut DatagramOut<'_>, data: &[u8], from: SocketAddr);
+}
+
+/// The reply side of a UDP endpoint, lent to its handler: sends, and counts what it sent.
+pub struct DatagramOut<'a> {
+    sock: &'a UdpSocket,
+    bytes_out: &'a mut u64,
+}
+
+impl DatagramOut<'_> {
+    /// Sends one datagram. A full socket buffer drops it (`WouldBlock`), as UDP may.
+    pub fn send_to(&mut self, data: &[u8], to: SocketAddr) -> io::Result<usize> {
+        let n = self.sock.send_to(data, to)?;
+        *self.bytes_out += n as u64;
+        Ok(n)
+    }
 }
 
 pub(crate) struct UdpEndpoint {
@@ -63,7 +78,11 @@ impl EventLoop {
                 Ok((n, from)) => {
                     stats.datagrams += 1;
                     stats.bytes_in += n as u64;
-                    handler.on_datagram(&ep.sock, &spill[..n], from);
+                    let mut out = DatagramOut {
+                        sock: &ep.sock,
+                        bytes_out: &mut stats.bytes_out,
+                    };
+                    handler.on_datagram(&mut out, &spill[..n], from);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {

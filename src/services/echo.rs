@@ -1,8 +1,8 @@
 //! TCP and UDP echo (RFC 862).
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 
-use crate::net::{Buffer, Ctx, DatagramHandler, Handler};
+use crate::net::{Buffer, Ctx, DatagramHandler, DatagramOut, Handler};
 
 /// Sends back every byte it receives. When the peer reads slower than it writes, the echoed
 /// bytes pile up in our output queue; past the high-water mark we stop reading, so the kernel's
@@ -50,8 +50,8 @@ impl Handler for Echo {
 pub struct UdpEcho;
 
 impl DatagramHandler for UdpEcho {
-    fn on_datagram(&mut self, sock: &UdpSocket, data: &[u8], from: SocketAddr) {
+    fn on_datagram(&mut self, out: &mut DatagramOut<'_>, data: &[u8], from: SocketAddr) {
         // A full socket buffer drops the reply, as UDP may.
-        let _ = sock.send_to(data, from);
+        let _ = out.send_to(data, from);
     }
 }
