@@ -47,8 +47,10 @@ impl Shared {
 
     /// Called when the loop is dropped: later posts return false, queued tasks are dropped.
     pub(crate) fn close(&self) {
-        let mut q = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        *q = None;
+        let old = self.tasks.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // Dropped outside the lock: a dropped task may run code (a handler's `on_close`)
+        // that posts, which takes this lock.
+        drop(old);
     }
 }
 

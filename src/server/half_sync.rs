@@ -44,7 +44,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -79,6 +79,9 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     // Closes the task queue: a reply that comes back now is dropped, and its handler gets its
     // `on_close` where it is dropped.
     drop(reactor);
+    // The drain is over: jobs still queued only get their handler's `on_close`, not their
+    // callback (the drain timeout bounds the whole stop, not just the reactor's part).
+    hub.abandon.store(true, Ordering::SeqCst);
     stop_workers(&hub, workers);
     close_leftovers(&hub);
     result?;
@@ -239,6 +242,8 @@ struct Hub {
     capacity: usize,
     /// Jobs sent and not yet taken by a worker (an upper bound: workers only lower it).
     queued: AtomicUsize,
+    /// Set once the reactor has stopped: queued jobs are closed, not run.
+    abandon: AtomicBool,
     handle: LoopHandle,
     state: Mutex<HubState>,
 }
@@ -261,6 +266,7 @@ impl Hub {
             tx,
             capacity,
             queued: AtomicUsize::new(0),
+            abandon: AtomicBool::new(false),
             handle,
             state: Mutex::new(HubState::default()),
         };
@@ -590,7 +596,12 @@ fn worker(rx: &Mutex<Receiver<Job>>, hub: &Hub) {
         match job {
             Ok(Job::Run(work)) => {
                 hub.queued.fetch_sub(1, Ordering::SeqCst);
-                work.run();
+                if hub.abandon.load(Ordering::SeqCst) {
+                    let handle = work.hub.handle.clone();
+                    close_handler(work.handler, work.id, CloseReason::DrainTimeout, &handle);
+                } else {
+                    work.run();
+                }
             }
             Ok(Job::Stop) | Err(_) => return,
         }

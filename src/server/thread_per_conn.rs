@@ -20,7 +20,10 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     control::install_signals(&mut control, fleet.clone(), opts.drain_timeout)?;
     let (listener, udp) = bind_and_announce(opts, service)?;
 
-    let cap = opts.threads;
+    // `--threads` caps the connection threads; `--max-conns`, if lower, caps them too.
+    let cap = opts
+        .max_connections
+        .map_or(opts.threads, |m| opts.threads.min(m.max(1)));
     let factory = service.factory.clone();
     let threads = fleet.clone();
     let mut spawned = 0u64;
