@@ -5,12 +5,14 @@
 //!   switch, the event loop, its timing wheel, waker and signals) and [`net`] (buffers,
 //!   listeners with the EMFILE policy, the connection state machine, the connector);
 //! - the **logic unit** — [`net::Handler`] implementations such as [`services`];
-//! - the server programs and their conventions — [`server`].
+//! - the server programs and their conventions — [`server`], and what operating them needs —
+//!   [`ops`] (the configuration file).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod bench;
 pub mod net;
+pub mod ops;
 pub mod reactor;
 pub mod server;
 pub mod services;

@@ -1,6 +1,7 @@
 //! The `keel` command: every server and tool of the project behind one binary.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +9,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use keel::bench::pingpong::{self, PingpongOptions};
-use keel::net::{Handler, ListenOptions};
-use keel::reactor::{Engine, Keepalive};
+use keel::net::Handler;
+use keel::ops::config::{self, Section, ServerSettings};
+use keel::reactor::Engine;
 use keel::server::{self, AcceptStrategy, Model, ServerOptions, Service};
 use keel::services::{discard::Discard, echo::Echo, echo::UdpEcho};
 
@@ -30,46 +32,59 @@ enum Command {
     Echo(ServerArgs),
     /// Reads and drops everything; counts bytes.
     Discard(ServerArgs),
+    /// Checks a configuration file, like `nginx -t`: prints every error (FILE:LINE: key ...),
+    /// exits 1 if there is any, 0 if the file is valid.
+    CheckConfig {
+        /// The TOML configuration file.
+        file: PathBuf,
+    },
     /// Load generators.
     #[command(subcommand)]
     Bench(BenchCommand),
 }
 
+/// Every option is optional here: an option not given on the command line comes from the
+/// `--config` file's section for this server, else from the built-in default
+/// (`keel::ops::config::ServerSettings::to_options`).
 #[derive(Args)]
 struct ServerArgs {
-    /// Address to listen on (IP:PORT; port 0 picks a free one).
-    #[arg(long, default_value = "127.0.0.1:7007")]
-    listen: SocketAddr,
-    /// Readiness engine: select, poll, epoll-lt, epoll-et.
-    #[arg(long, default_value_t = Engine::default())]
-    engine: Engine,
+    /// TOML configuration file; its section for this server ([echo], [discard]) sets the
+    /// defaults, options given on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on (IP:PORT; port 0 picks a free one) [default: 127.0.0.1:7007].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Readiness engine: select, poll, epoll-lt, epoll-et [default: epoll-et].
+    #[arg(long)]
+    engine: Option<Engine>,
     /// Concurrency model: multi-reactor, prefork, half-sync, leader-followers,
-    /// thread-per-conn, process-per-conn.
-    #[arg(long, default_value_t = Model::default())]
-    model: Model,
+    /// thread-per-conn, process-per-conn [default: multi-reactor].
+    #[arg(long)]
+    model: Option<Model>,
     /// Loops / worker threads / worker processes (default: number of CPUs); for the
     /// per-connection models, the most connections served at once.
     #[arg(long)]
     threads: Option<usize>,
     /// How multi-reactor spreads connections: reuseport (a listener per loop) or acceptor
-    /// (one listener, round-robin hand-off).
-    #[arg(long, default_value_t = AcceptStrategy::default())]
-    accept: AcceptStrategy,
+    /// (one listener, round-robin hand-off) [default: reuseport].
+    #[arg(long)]
+    accept: Option<AcceptStrategy>,
     /// Close connections idle for this many seconds.
-    #[arg(long, value_parser = parse_secs)]
+    #[arg(long, value_parser = config::parse_secs)]
     idle_timeout: Option<Duration>,
-    /// After our FIN, wait this long for the peer's before closing with RST.
-    #[arg(long, value_parser = parse_secs, default_value = "5")]
-    linger_timeout: Duration,
-    /// On SIGTERM, give connections this long to finish.
-    #[arg(long, value_parser = parse_secs, default_value = "10")]
-    drain_timeout: Duration,
+    /// After our FIN, wait this long for the peer's before closing with RST [default: 5].
+    #[arg(long, value_parser = config::parse_secs)]
+    linger_timeout: Option<Duration>,
+    /// On SIGTERM, give connections this long to finish [default: 10].
+    #[arg(long, value_parser = config::parse_secs)]
+    drain_timeout: Option<Duration>,
     /// Refuse connections beyond this many (clean close, counted).
     #[arg(long)]
     max_conns: Option<usize>,
-    /// Listen backlog.
-    #[arg(long, default_value_t = 4096)]
-    backlog: i32,
+    /// Listen backlog [default: 4096].
+    #[arg(long)]
+    backlog: Option<i32>,
     /// Set SO_REUSEPORT on the listener.
     #[arg(long)]
     reuseport: bool,
@@ -78,14 +93,16 @@ struct ServerArgs {
     #[arg(long)]
     work_ms: Option<u64>,
     /// TCP keepalive: seconds of silence before the first probe (enables keepalive).
-    #[arg(long, value_parser = parse_secs)]
+    #[arg(long, value_parser = config::parse_secs)]
     keepalive_idle: Option<Duration>,
-    /// TCP keepalive: seconds between probes.
-    #[arg(long, value_parser = parse_secs, default_value = "10", requires = "keepalive_idle")]
-    keepalive_interval: Duration,
-    /// TCP keepalive: unanswered probes before the kernel drops the connection.
-    #[arg(long, default_value_t = 6, requires = "keepalive_idle")]
-    keepalive_count: u32,
+    /// TCP keepalive: seconds between probes [default: 10]. Needs a keepalive idle time
+    /// (here or in the file).
+    #[arg(long, value_parser = config::parse_secs)]
+    keepalive_interval: Option<Duration>,
+    /// TCP keepalive: unanswered probes before the kernel drops the connection [default: 6].
+    /// Needs a keepalive idle time (here or in the file).
+    #[arg(long)]
+    keepalive_count: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -99,7 +116,7 @@ enum BenchCommand {
         #[arg(long, default_value_t = 64)]
         size: usize,
         /// Seconds.
-        #[arg(long, value_parser = parse_secs, default_value = "10")]
+        #[arg(long, value_parser = config::parse_secs, default_value = "10")]
         duration: Duration,
         /// Extra connections held open and idle during the run.
         #[arg(long, default_value_t = 0)]
@@ -107,61 +124,87 @@ enum BenchCommand {
     },
 }
 
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if !v.is_finite() || !(0.0..=1e9).contains(&v) {
-        return Err(format!("{s:?} is out of range (0 to 1e9 seconds)"));
-    }
-    Ok(Duration::from_secs_f64(v))
-}
-
 impl ServerArgs {
-    fn options(&self) -> ServerOptions {
-        ServerOptions {
+    /// What the command line sets (`None`: not given).
+    fn settings(&self) -> ServerSettings {
+        ServerSettings {
             listen: self.listen,
             engine: self.engine,
             model: self.model,
-            threads: self.threads.unwrap_or_else(server::default_threads),
+            threads: self.threads,
             accept: self.accept,
             idle_timeout: self.idle_timeout,
             linger_timeout: self.linger_timeout,
             drain_timeout: self.drain_timeout,
-            max_connections: self.max_conns,
-            keepalive: self.keepalive_idle.map(|idle| Keepalive {
-                idle,
-                interval: self.keepalive_interval,
-                count: self.keepalive_count,
-            }),
-            listen_opts: ListenOptions {
-                reuse_port: self.reuseport,
-                backlog: self.backlog,
-            },
+            max_conns: self.max_conns,
+            backlog: self.backlog,
+            reuseport: self.reuseport.then_some(true),
+            work_ms: self.work_ms,
+            keepalive_idle: self.keepalive_idle,
+            keepalive_interval: self.keepalive_interval,
+            keepalive_count: self.keepalive_count,
         }
     }
+
+    /// The command line, over the config file's `section`, over the built-in defaults. On a
+    /// bad file: one message line per error.
+    fn resolve(&self, section: Section) -> Result<(ServerSettings, ServerOptions), Vec<String>> {
+        let file = match &self.config {
+            Some(path) => config::load(path)
+                .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?
+                .settings(section),
+            None => ServerSettings::default(),
+        };
+        let settings = self.settings().or(&file);
+        let opts = settings.to_options().map_err(|e| vec![e])?;
+        Ok((settings, opts))
+    }
+}
+
+/// Resolves a server's options, or prints why not and exits 2 (bad arguments).
+fn resolve_or_exit(args: &ServerArgs, section: Section) -> (ServerSettings, ServerOptions) {
+    args.resolve(section).unwrap_or_else(|errors| {
+        for e in errors {
+            eprintln!("keel: {e}");
+        }
+        std::process::exit(2)
+    })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Echo(args) => server::serve(
-            &args.options(),
-            &Service {
-                factory: {
-                    let work = args.work_ms.map(Duration::from_millis);
-                    Arc::new(move || Box::new(Echo::with_work(work)) as Box<dyn Handler>)
+        Command::Echo(args) => {
+            let (settings, opts) = resolve_or_exit(&args, Section::Echo);
+            let work = settings.work_ms.map(Duration::from_millis);
+            server::serve(
+                &opts,
+                &Service {
+                    factory: Arc::new(move || Box::new(Echo::with_work(work)) as Box<dyn Handler>),
+                    udp: Some(Arc::new(|| Box::new(UdpEcho))),
                 },
-                udp: Some(Arc::new(|| Box::new(UdpEcho))),
-            },
-        ),
-        Command::Discard(args) => server::serve(
-            &args.options(),
-            &Service {
-                factory: Arc::new(|| Box::new(Discard) as Box<dyn Handler>),
-                udp: None,
-            },
-        ),
+            )
+        }
+        Command::Discard(args) => {
+            let (_, opts) = resolve_or_exit(&args, Section::Discard);
+            server::serve(
+                &opts,
+                &Service {
+                    factory: Arc::new(|| Box::new(Discard) as Box<dyn Handler>),
+                    udp: None,
+                },
+            )
+        }
+        Command::CheckConfig { file } => {
+            let (report, ok) = config::check(&file);
+            return if ok {
+                println!("{report}");
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("{report}");
+                ExitCode::FAILURE
+            };
+        }
         Command::Bench(BenchCommand::Pingpong {
             addr,
             conns,

@@ -1,0 +1,666 @@
+//! The configuration file: one TOML file that describes every server keel runs.
+//!
+//! ```toml
+//! [echo]                    # one section per server: echo, discard
+//! listen = "127.0.0.1:7007"
+//! engine = "epoll-et"       # select | poll | epoll-lt | epoll-et
+//! model = "multi-reactor"   # multi-reactor | prefork | half-sync | leader-followers |
+//!                           # thread-per-conn | process-per-conn
+//! threads = 2
+//! accept = "reuseport"      # reuseport | acceptor
+//! idle_timeout = 30.0       # seconds; integers and fractions both work
+//! linger_timeout = 5
+//! drain_timeout = 10
+//! max_conns = 10000
+//! backlog = 4096
+//! reuseport = false
+//! work_ms = 0               # echo only
+//!
+//! [echo.keepalive]          # TCP keepalive; `idle` is required, it switches keepalive on
+//! idle = 60
+//! interval = 10
+//! count = 6
+//! ```
+//!
+//! Every key is optional: a key the file leaves out falls back to the command line's value or
+//! the built-in default, and an empty file is valid. A key given on the command line overrides
+//! the file ([`ServerSettings::or`]). Nothing is silently ignored: an unknown section or key is
+//! an error, and so is a value of the wrong type or out of range.
+//!
+//! [`load`] reads and checks a file and reports *every* error it finds, each as
+//! `FILE:LINE: key `section.key`: expected ..., got ...` ([`ConfigError`]); [`check`] is what
+//! `keel check-config FILE` prints.
+//!
+//! The file is parsed into toml's spanned document tree (every key and value keeps its byte
+//! range in the file) and then checked by hand, key by key, so each message says which line,
+//! which key, what was expected and what was found, instead of a serde message.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::ops::Range;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use crate::net::ListenOptions;
+use crate::reactor::{Engine, Keepalive};
+use crate::server::{self, AcceptStrategy, Model, ServerOptions};
+
+/// `--listen` when neither the command line nor the file sets it.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 7007));
+/// `--linger-timeout` default.
+pub const DEFAULT_LINGER_TIMEOUT: Duration = Duration::from_secs(5);
+/// `--drain-timeout` default.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// `--backlog` default.
+pub const DEFAULT_BACKLOG: i32 = 4096;
+/// `--keepalive-interval` default (used when keepalive is on).
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// `--keepalive-count` default (used when keepalive is on).
+pub const DEFAULT_KEEPALIVE_COUNT: u32 = 6;
+
+/// The largest number of seconds a timeout may be (as on the command line).
+pub const MAX_SECS: f64 = 1e9;
+/// Linux's limit for TCP_KEEPCNT.
+const MAX_KEEPALIVE_COUNT: i128 = 127;
+
+/// A range of seconds: lowest, highest, and how messages write the range.
+type SecsRange = (f64, f64, &'static str);
+/// Timeouts: as on the command line.
+const TIMEOUT: SecsRange = (0.0, MAX_SECS, "from 0 to 1e9");
+/// TCP_KEEPIDLE and TCP_KEEPINTVL: Linux takes whole seconds from 1 to 32767.
+const KEEPALIVE_SECS: SecsRange = (1.0, 32767.0, "from 1 to 32767");
+
+/// The servers a file can configure: one section (`[echo]`, `[discard]`) each.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Section {
+    Echo,
+    Discard,
+}
+
+impl Section {
+    pub const ALL: [Section; 2] = [Section::Echo, Section::Discard];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Section::Echo => "echo",
+            Section::Discard => "discard",
+        }
+    }
+}
+
+impl fmt::Display for Section {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Keys a server section accepts, in the order the messages list them.
+const SERVER_KEYS: [&str; 13] = [
+    "listen",
+    "engine",
+    "model",
+    "threads",
+    "accept",
+    "idle_timeout",
+    "linger_timeout",
+    "drain_timeout",
+    "max_conns",
+    "backlog",
+    "reuseport",
+    "work_ms",
+    "keepalive",
+];
+const KEEPALIVE_KEYS: [&str; 3] = ["idle", "interval", "count"];
+const ACCEPT_NAMES: [&str; 2] = ["reuseport", "acceptor"];
+
+/// One server's settings, from a file section or from the command line. `None`: not set here
+/// (the next source, or the built-in default, decides).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServerSettings {
+    pub listen: Option<SocketAddr>,
+    pub engine: Option<Engine>,
+    pub model: Option<Model>,
+    pub threads: Option<usize>,
+    pub accept: Option<AcceptStrategy>,
+    pub idle_timeout: Option<Duration>,
+    pub linger_timeout: Option<Duration>,
+    pub drain_timeout: Option<Duration>,
+    pub max_conns: Option<usize>,
+    pub backlog: Option<i32>,
+    pub reuseport: Option<bool>,
+    /// Echo only.
+    pub work_ms: Option<u64>,
+    /// `keepalive.idle` / `--keepalive-idle`: set, keepalive is on.
+    pub keepalive_idle: Option<Duration>,
+    pub keepalive_interval: Option<Duration>,
+    pub keepalive_count: Option<u32>,
+}
+
+impl ServerSettings {
+    /// Field by field: this value where set, else `fallback`'s. Call it as
+    /// `command_line.or(&file_section)` so that flags override the file.
+    pub fn or(self, fallback: &ServerSettings) -> ServerSettings {
+        ServerSettings {
+            listen: self.listen.or(fallback.listen),
+            engine: self.engine.or(fallback.engine),
+            model: self.model.or(fallback.model),
+            threads: self.threads.or(fallback.threads),
+            accept: self.accept.or(fallback.accept),
+            idle_timeout: self.idle_timeout.or(fallback.idle_timeout),
+            linger_timeout: self.linger_timeout.or(fallback.linger_timeout),
+            drain_timeout: self.drain_timeout.or(fallback.drain_timeout),
+            max_conns: self.max_conns.or(fallback.max_conns),
+            backlog: self.backlog.or(fallback.backlog),
+            reuseport: self.reuseport.or(fallback.reuseport),
+            work_ms: self.work_ms.or(fallback.work_ms),
+            keepalive_idle: self.keepalive_idle.or(fallback.keepalive_idle),
+            keepalive_interval: self.keepalive_interval.or(fallback.keepalive_interval),
+            keepalive_count: self.keepalive_count.or(fallback.keepalive_count),
+        }
+    }
+
+    /// The options a server runs with: what is set here, the built-in defaults for the rest.
+    /// Fails only for a keepalive interval or count without a keepalive idle time.
+    pub fn to_options(&self) -> Result<ServerOptions, String> {
+        let keepalive = match self.keepalive_idle {
+            Some(idle) => Some(Keepalive {
+                idle,
+                interval: self
+                    .keepalive_interval
+                    .unwrap_or(DEFAULT_KEEPALIVE_INTERVAL),
+                count: self.keepalive_count.unwrap_or(DEFAULT_KEEPALIVE_COUNT),
+            }),
+            None if self.keepalive_interval.is_some() || self.keepalive_count.is_some() => {
+                return Err("a keepalive interval or count needs a keepalive idle time \
+                     (--keepalive-idle, or `idle` in the file's keepalive table)"
+                    .to_string())
+            }
+            None => None,
+        };
+        Ok(ServerOptions {
+            listen: self.listen.unwrap_or(DEFAULT_LISTEN),
+            engine: self.engine.unwrap_or_default(),
+            model: self.model.unwrap_or_default(),
+            threads: self.threads.unwrap_or_else(server::default_threads),
+            accept: self.accept.unwrap_or_default(),
+            idle_timeout: self.idle_timeout,
+            linger_timeout: self.linger_timeout.unwrap_or(DEFAULT_LINGER_TIMEOUT),
+            drain_timeout: self.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+            max_connections: self.max_conns,
+            keepalive,
+            listen_opts: ListenOptions {
+                reuse_port: self.reuseport.unwrap_or(false),
+                backlog: self.backlog.unwrap_or(DEFAULT_BACKLOG),
+            },
+        })
+    }
+}
+
+/// A checked configuration file: the sections it has.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Config {
+    pub echo: Option<ServerSettings>,
+    pub discard: Option<ServerSettings>,
+}
+
+impl Config {
+    /// The section for `section`, if the file has one.
+    pub fn section(&self, section: Section) -> Option<&ServerSettings> {
+        match section {
+            Section::Echo => self.echo.as_ref(),
+            Section::Discard => self.discard.as_ref(),
+        }
+    }
+
+    /// The section for `section`, or no settings at all (every default) if the file has none.
+    pub fn settings(&self, section: Section) -> ServerSettings {
+        self.section(section).cloned().unwrap_or_default()
+    }
+
+    fn section_mut(&mut self, section: Section) -> &mut Option<ServerSettings> {
+        match section {
+            Section::Echo => &mut self.echo,
+            Section::Discard => &mut self.discard,
+        }
+    }
+}
+
+/// One problem in a configuration file. Displays as `FILE:LINE: key `KEY`: MESSAGE`, without
+/// the line when the file could not be read and without the key for a TOML syntax error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file as it was named.
+    pub file: String,
+    /// 1-based.
+    pub line: Option<usize>,
+    /// The dotted path of the key, e.g. `echo.keepalive.count`.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads and checks the file at `path`; every error found, in file order, if any.
+pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&file, &text),
+        Err(e) => Err(vec![ConfigError {
+            file,
+            line: None,
+            key: None,
+            message: format!("cannot read: {e}"),
+        }]),
+    }
+}
+
+/// Checks `text`, the contents of the file named `file` (used only in messages).
+pub fn parse(file: &str, text: &str) -> Result<Config, Vec<ConfigError>> {
+    let mut c = Checker {
+        file,
+        text,
+        errors: Vec::new(),
+    };
+    let config = match DeTable::parse_recoverable(text) {
+        (root, syntax) if syntax.is_empty() => c.document(root.get_ref()),
+        (_, syntax) => {
+            // A document that does not parse is not checked further: what the parser
+            // recovered would only add errors that follow from the syntax error.
+            for e in syntax {
+                let span = e.span().unwrap_or(0..0);
+                let mut message = format!("TOML syntax error: {}", e.message());
+                if e.message() == "duplicate key" {
+                    if let Some(key) = text.get(span.clone()) {
+                        message = format!("TOML syntax error: duplicate key `{key}`");
+                    }
+                }
+                c.error(span, None, message);
+            }
+            Config::default()
+        }
+    };
+    if c.errors.is_empty() {
+        Ok(config)
+    } else {
+        c.errors.sort_by_key(|(offset, _)| *offset);
+        Err(c.errors.into_iter().map(|(_, e)| e).collect())
+    }
+}
+
+/// `keel check-config FILE`: the report to print and whether the file is valid. Valid: one line,
+/// `FILE: ok (echo, discard)`. Invalid: one line per error, then `FILE: N error(s)`.
+pub fn check(path: &Path) -> (String, bool) {
+    let file = path.display();
+    match load(path) {
+        Ok(config) => {
+            let sections: Vec<&str> = Section::ALL
+                .into_iter()
+                .filter(|s| config.section(*s).is_some())
+                .map(Section::name)
+                .collect();
+            let what = if sections.is_empty() {
+                "no sections: built-in defaults".to_string()
+            } else {
+                sections.join(", ")
+            };
+            (format!("{file}: ok ({what})"), true)
+        }
+        Err(errors) => {
+            let mut report = String::new();
+            for e in &errors {
+                report.push_str(&e.to_string());
+                report.push('\n');
+            }
+            let n = errors.len();
+            let plural = if n == 1 { "" } else { "s" };
+            report.push_str(&format!("{file}: {n} error{plural}"));
+            (report, false)
+        }
+    }
+}
+
+/// Parses seconds as the command line does: a non-negative number up to [`MAX_SECS`], fractions
+/// allowed.
+pub fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !v.is_finite() || !(0.0..=MAX_SECS).contains(&v) {
+        return Err(format!("{s:?} is out of range (0 to 1e9 seconds)"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+type Value<'i> = Spanned<DeValue<'i>>;
+
+/// Walks the parsed document, collecting errors (with their byte offset, to sort them).
+struct Checker<'a> {
+    file: &'a str,
+    text: &'a str,
+    errors: Vec<(usize, ConfigError)>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, span: Range<usize>, key: Option<String>, message: String) {
+        let offset = span.start.min(self.text.len());
+        let line = self.text.as_bytes()[..offset]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
+        self.errors.push((
+            offset,
+            ConfigError {
+                file: self.file.to_string(),
+                line: Some(line),
+                key,
+                message,
+            },
+        ));
+    }
+
+    /// An error about the value of `key`.
+    fn bad(&mut self, key: &str, value: &Value<'_>, message: String) {
+        self.error(value.span(), Some(key.to_string()), message);
+    }
+
+    fn document(&mut self, root: &DeTable<'_>) -> Config {
+        let mut config = Config::default();
+        for (name, value) in root {
+            let section = Section::ALL
+                .into_iter()
+                .find(|s| s.name() == name.get_ref());
+            match (section, value.get_ref()) {
+                (Some(section), DeValue::Table(table)) => {
+                    *config.section_mut(section) = Some(self.server(section, table));
+                }
+                (Some(section), _) => self.bad(
+                    section.name(),
+                    value,
+                    format!(
+                        "expected a table ([{section}]), got {}",
+                        describe(value.get_ref())
+                    ),
+                ),
+                (None, DeValue::Table(_)) => self.error(
+                    name.span(),
+                    Some(name.get_ref().to_string()),
+                    "unknown section; expected one of echo, discard".to_string(),
+                ),
+                (None, _) => self.error(
+                    name.span(),
+                    Some(name.get_ref().to_string()),
+                    "keys belong in a server's section; expected one of [echo], [discard]"
+                        .to_string(),
+                ),
+            }
+        }
+        config
+    }
+
+    fn server(&mut self, section: Section, table: &DeTable<'_>) -> ServerSettings {
+        let mut s = ServerSettings::default();
+        for (name, value) in table {
+            let key = format!("{section}.{}", name.get_ref());
+            match name.get_ref().as_ref() {
+                "listen" => s.listen = self.listen(&key, value),
+                "engine" => {
+                    s.engine = self.choice(&key, value, &Engine::ALL.map(Engine::name));
+                }
+                "model" => s.model = self.choice(&key, value, &Model::ALL.map(Model::name)),
+                "accept" => s.accept = self.choice(&key, value, &ACCEPT_NAMES),
+                "threads" => s.threads = self.count(&key, value),
+                "max_conns" => s.max_conns = self.count(&key, value),
+                "idle_timeout" => s.idle_timeout = self.secs(&key, value, TIMEOUT),
+                "linger_timeout" => s.linger_timeout = self.secs(&key, value, TIMEOUT),
+                "drain_timeout" => s.drain_timeout = self.secs(&key, value, TIMEOUT),
+                "backlog" => {
+                    s.backlog = self
+                        .int(
+                            &key,
+                            value,
+                            0,
+                            i32::MAX.into(),
+                            "an integer from 0 to 2147483647",
+                        )
+                        .map(|v| v as i32);
+                }
+                "reuseport" => s.reuseport = self.boolean(&key, value),
+                "work_ms" if section == Section::Echo => {
+                    s.work_ms = self
+                        .int(
+                            &key,
+                            value,
+                            0,
+                            u64::MAX.into(),
+                            "a whole number of milliseconds",
+                        )
+                        .map(|v| v as u64);
+                }
+                "work_ms" => self.error(
+                    name.span(),
+                    Some(key),
+                    format!("only [echo] takes work_ms; {section} has no handler work to delay"),
+                ),
+                "keepalive" => match value.get_ref() {
+                    DeValue::Table(ka) => self.keepalive(&key, name.span(), ka, &mut s),
+                    other => self.bad(
+                        &key,
+                        value,
+                        format!("expected a table ([{key}]), got {}", describe(other)),
+                    ),
+                },
+                _ => {
+                    let expected: Vec<&str> = SERVER_KEYS
+                        .into_iter()
+                        .filter(|k| section == Section::Echo || *k != "work_ms")
+                        .collect();
+                    self.error(
+                        name.span(),
+                        Some(key),
+                        format!("unknown key; expected one of {}", expected.join(", ")),
+                    );
+                }
+            }
+        }
+        s
+    }
+
+    fn keepalive(
+        &mut self,
+        path: &str,
+        header: Range<usize>,
+        table: &DeTable<'_>,
+        s: &mut ServerSettings,
+    ) {
+        let mut has_idle = false;
+        for (name, value) in table {
+            let key = format!("{path}.{}", name.get_ref());
+            match name.get_ref().as_ref() {
+                "idle" => {
+                    has_idle = true;
+                    s.keepalive_idle = self.secs(&key, value, KEEPALIVE_SECS);
+                }
+                "interval" => {
+                    s.keepalive_interval = self.secs(&key, value, KEEPALIVE_SECS);
+                }
+                "count" => {
+                    s.keepalive_count = self
+                        .int(
+                            &key,
+                            value,
+                            1,
+                            MAX_KEEPALIVE_COUNT,
+                            "an integer from 1 to 127",
+                        )
+                        .map(|v| v as u32);
+                }
+                _ => self.error(
+                    name.span(),
+                    Some(key),
+                    format!("unknown key; expected one of {}", KEEPALIVE_KEYS.join(", ")),
+                ),
+            }
+        }
+        if !has_idle {
+            self.error(
+                header,
+                Some(path.to_string()),
+                "missing key `idle` (seconds of silence before the first probe; it switches \
+                 keepalive on)"
+                    .to_string(),
+            );
+        }
+    }
+
+    fn string<'v>(&mut self, key: &str, value: &'v Value<'_>, what: &str) -> Option<&'v str> {
+        match value.get_ref() {
+            DeValue::String(s) => Some(s.as_ref()),
+            other => {
+                self.bad(
+                    key,
+                    value,
+                    format!("expected {what}, got {}", describe(other)),
+                );
+                None
+            }
+        }
+    }
+
+    /// One of `names`, parsed with the type's `FromStr`.
+    fn choice<T: FromStr>(&mut self, key: &str, value: &Value<'_>, names: &[&str]) -> Option<T> {
+        let expected = format!("one of {}", names.join(", "));
+        let s = self.string(key, value, &format!("a string, {expected}"))?;
+        match (names.contains(&s), s.parse()) {
+            (true, Ok(v)) => Some(v),
+            _ => {
+                self.bad(key, value, format!("expected {expected}, got {s:?}"));
+                None
+            }
+        }
+    }
+
+    fn listen(&mut self, key: &str, value: &Value<'_>) -> Option<SocketAddr> {
+        const WHAT: &str = "IP:PORT (e.g. \"127.0.0.1:7007\", \"[::1]:7007\")";
+        let s = self.string(key, value, &format!("a string {WHAT}"))?;
+        if let Ok(addr) = s.parse() {
+            return Some(addr);
+        }
+        // Tell a port out of range apart from an address that is not IP:PORT at all.
+        let port_out_of_range = s.rsplit_once(':').and_then(|(ip, port)| {
+            let ip = ip
+                .strip_prefix('[')
+                .and_then(|i| i.strip_suffix(']'))
+                .unwrap_or(ip);
+            let port: u64 = port.parse().ok()?;
+            (ip.parse::<IpAddr>().is_ok() && port > 65535).then_some(port)
+        });
+        let message = match port_out_of_range {
+            Some(port) => {
+                format!("port {port} out of range: expected a port from 0 to 65535, got {s:?}")
+            }
+            None => format!("expected {WHAT}, got {s:?}"),
+        };
+        self.bad(key, value, message);
+        None
+    }
+
+    fn boolean(&mut self, key: &str, value: &Value<'_>) -> Option<bool> {
+        match value.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            other => {
+                self.bad(
+                    key,
+                    value,
+                    format!("expected true or false, got {}", describe(other)),
+                );
+                None
+            }
+        }
+    }
+
+    /// An integer in `min..=max`; `what` describes the range for the message.
+    fn int(
+        &mut self,
+        key: &str,
+        value: &Value<'_>,
+        min: i128,
+        max: i128,
+        what: &str,
+    ) -> Option<i128> {
+        let message = match value.get_ref() {
+            DeValue::Integer(i) => match i128::from_str_radix(i.as_str(), i.radix()) {
+                Ok(v) if (min..=max).contains(&v) => return Some(v),
+                _ => format!("expected {what}, got {i}"),
+            },
+            other => format!("expected {what}, got {}", describe(other)),
+        };
+        self.bad(key, value, message);
+        None
+    }
+
+    /// A positive count that fits in usize (threads, max_conns).
+    fn count(&mut self, key: &str, value: &Value<'_>) -> Option<usize> {
+        let max = usize::MAX as i128;
+        self.int(key, value, 1, max, "an integer of at least 1")
+            .map(|v| v as usize)
+    }
+
+    /// Seconds in `range`, an integer or a float.
+    fn secs(&mut self, key: &str, value: &Value<'_>, range: SecsRange) -> Option<Duration> {
+        let (min, max, shown_range) = range;
+        let what = format!("a number of seconds {shown_range}");
+        let (v, shown) = match value.get_ref() {
+            DeValue::Integer(i) => (
+                i128::from_str_radix(i.as_str(), i.radix()).map_or(f64::NAN, |v| v as f64),
+                i.to_string(),
+            ),
+            DeValue::Float(f) => (f.as_str().parse().unwrap_or(f64::NAN), f.to_string()),
+            other => {
+                self.bad(
+                    key,
+                    value,
+                    format!("expected {what}, got {}", describe(other)),
+                );
+                return None;
+            }
+        };
+        if v.is_finite() && (min..=max).contains(&v) {
+            Some(Duration::from_secs_f64(v))
+        } else {
+            self.bad(key, value, format!("expected {what}, got {shown}"));
+            None
+        }
+    }
+}
+
+/// A value as a message shows what was found: its type, and the value if it is short.
+fn describe(v: &DeValue<'_>) -> String {
+    match v {
+        DeValue::String(s) => format!("string {:?}", s.as_ref()),
+        DeValue::Integer(i) => format!("integer {i}"),
+        DeValue::Float(f) => format!("float {f}"),
+        DeValue::Boolean(b) => format!("boolean {b}"),
+        DeValue::Datetime(d) => format!("datetime {d}"),
+        DeValue::Array(_) => "an array".to_string(),
+        DeValue::Table(_) => "a table".to_string(),
+    }
+}

@@ -1,0 +1,869 @@
+//! The configuration file (`--config FILE`) and `keel check-config FILE`.
+//!
+//! First [`keel::ops::config::load`] on files under the test temp dir: each kind of bad file
+//! with its exact message and line; then the binary: `check-config` exit codes and output, a
+//! server taking its settings from the file, and flags overriding the file.
+
+mod util;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use keel::ops::config::{self, Config, ConfigError, ServerSettings};
+use keel::reactor::{Engine, Keepalive};
+use keel::server::{AcceptStrategy, Model};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use util::{connect, read_until_end, End, Opts};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Writes `text` to `<test tmp dir>/keel-config/<name>.toml` and returns the path.
+fn write_file(name: &str, text: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("keel-config");
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("write config file");
+    path
+}
+
+/// Loads `text` (as file `<name>.toml`), expecting errors; returns them, and checks that each
+/// error's `line` field agrees with its message.
+fn load_errors(name: &str, text: &str) -> (String, Vec<ConfigError>) {
+    let path = write_file(name, text);
+    let file = path.display().to_string();
+    match config::load(&path) {
+        Ok(c) => panic!("{name}: expected errors, loaded {c:?}"),
+        Err(errors) => (file, errors),
+    }
+}
+
+/// Asserts that `text` gives exactly the errors `expected`, each written `LINE: rest` (the file
+/// name is prepended here), in this order.
+fn assert_errors(name: &str, text: &str, expected: &[&str]) {
+    let (file, errors) = load_errors(name, text);
+    let got: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    let want: Vec<String> = expected.iter().map(|e| format!("{file}:{e}")).collect();
+    assert_eq!(got, want, "{name}: errors differ\nfile:\n{text}");
+    for (e, want) in errors.iter().zip(expected) {
+        let line: usize = want.split(':').next().unwrap().parse().unwrap();
+        assert_eq!(e.line, Some(line), "{name}: line field of {e}");
+        assert_eq!(e.file, file);
+    }
+}
+
+fn load_ok(name: &str, text: &str) -> Config {
+    let path = write_file(name, text);
+    match config::load(&path) {
+        Ok(c) => c,
+        Err(errors) => panic!(
+            "{name}: expected a valid file, got:\n{}",
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// load(): valid files
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn empty_file_is_valid_and_means_defaults() {
+    assert_eq!(load_ok("empty", ""), Config::default());
+    assert_eq!(
+        load_ok("comments-only", "# nothing here\n\n"),
+        Config::default()
+    );
+    // An empty section: the server is configured, every option at its default.
+    let c = load_ok("empty-section", "[discard]\n");
+    assert_eq!(c.discard, Some(ServerSettings::default()));
+    assert_eq!(c.echo, None);
+}
+
+#[test]
+fn every_key_is_read() {
+    let c = load_ok(
+        "full",
+        r#"
+[echo]
+listen = "127.0.0.1:7070"
+engine = "epoll-lt"
+model = "half-sync"
+threads = 3
+accept = "acceptor"
+idle_timeout = 30.5
+linger_timeout = 2
+drain_timeout = 0.25
+max_conns = 10000
+backlog = 128
+reuseport = true
+work_ms = 7
+
+[echo.keepalive]
+idle = 60
+interval = 5
+count = 4
+
+[discard]
+listen = "[::1]:9009"
+engine = "select"
+"#,
+    );
+    assert_eq!(
+        c.echo,
+        Some(ServerSettings {
+            listen: Some("127.0.0.1:7070".parse().unwrap()),
+            engine: Some(Engine::EpollLt),
+            model: Some(Model::HalfSync),
+            threads: Some(3),
+            accept: Some(AcceptStrategy::Acceptor),
+            idle_timeout: Some(Duration::from_millis(30_500)),
+            linger_timeout: Some(Duration::from_secs(2)),
+            drain_timeout: Some(Duration::from_millis(250)),
+            max_conns: Some(10_000),
+            backlog: Some(128),
+            reuseport: Some(true),
+            work_ms: Some(7),
+            keepalive_idle: Some(Duration::from_secs(60)),
+            keepalive_interval: Some(Duration::from_secs(5)),
+            keepalive_count: Some(4),
+        })
+    );
+    assert_eq!(
+        c.discard,
+        Some(ServerSettings {
+            listen: Some("[::1]:9009".parse().unwrap()),
+            engine: Some(Engine::Select),
+            ..ServerSettings::default()
+        })
+    );
+}
+
+#[test]
+fn dotted_keys_and_inline_tables_are_the_same_sections() {
+    let c = load_ok(
+        "dotted",
+        "echo.engine = \"poll\"\necho.keepalive = { idle = 9 }\ndiscard = { threads = 2 }\n",
+    );
+    let echo = c.echo.unwrap();
+    assert_eq!(echo.engine, Some(Engine::Poll));
+    assert_eq!(echo.keepalive_idle, Some(Duration::from_secs(9)));
+    assert_eq!(c.discard.unwrap().threads, Some(2));
+}
+
+// ---------------------------------------------------------------------------------------------
+// load(): each kind of bad file, with its exact message and line
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn missing_file_names_the_file_and_the_os_error() {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("no-such-dir/keel.toml");
+    let errors = config::load(&path).unwrap_err();
+    let msgs: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        msgs,
+        [format!(
+            "{}: cannot read: No such file or directory (os error 2)",
+            path.display()
+        )]
+    );
+    assert_eq!(errors[0].line, None);
+}
+
+#[test]
+fn unreadable_file_a_directory() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let msgs: Vec<String> = config::load(&dir)
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        msgs,
+        [format!(
+            "{}: cannot read: Is a directory (os error 21)",
+            dir.display()
+        )]
+    );
+}
+
+#[test]
+fn syntax_error_has_its_line() {
+    assert_errors(
+        "syntax-string",
+        "[echo]\nengine = \"poll\"\nlisten = \"127.0.0.1:7007\n",
+        &["3: TOML syntax error: invalid basic string, expected `\"`"],
+    );
+    assert_errors(
+        "syntax-no-value",
+        "[echo]\n\nthreads\n",
+        &["3: TOML syntax error: key with no value, expected `=`"],
+    );
+}
+
+#[test]
+fn duplicate_key_is_a_syntax_error_naming_the_key() {
+    assert_errors(
+        "dup-key",
+        "[echo]\nlisten = \"127.0.0.1:1\"\nthreads = 2\nlisten = \"127.0.0.1:2\"\n",
+        &["4: TOML syntax error: duplicate key `listen`"],
+    );
+    assert_errors(
+        "dup-section",
+        "[echo]\nthreads = 2\n\n[echo]\nthreads = 3\n",
+        // The parser goes on after an error: keys of the repeated table repeat too.
+        &[
+            "4: TOML syntax error: duplicate key `echo`",
+            "5: TOML syntax error: duplicate key `threads`",
+        ],
+    );
+}
+
+#[test]
+fn unknown_section() {
+    assert_errors(
+        "unknown-section",
+        "[echo]\nthreads = 1\n\n[http]\nlisten = \"127.0.0.1:80\"\n",
+        &["4: key `http`: unknown section; expected one of echo, discard"],
+    );
+}
+
+#[test]
+fn key_outside_any_section() {
+    assert_errors(
+        "top-level-key",
+        "# global\nlisten = \"127.0.0.1:80\"\n",
+        &["2: key `listen`: keys belong in a server's section; expected one of [echo], [discard]"],
+    );
+}
+
+#[test]
+fn section_that_is_not_a_table() {
+    assert_errors(
+        "section-scalar",
+        "echo = \"yes\"\n",
+        &["1: key `echo`: expected a table ([echo]), got string \"yes\""],
+    );
+    assert_errors(
+        "section-array",
+        "[[discard]]\n",
+        &["1: key `discard`: expected a table ([discard]), got an array"],
+    );
+}
+
+#[test]
+fn unknown_key_lists_the_valid_ones() {
+    assert_errors(
+        "unknown-key",
+        "[echo]\nlisten = \"127.0.0.1:0\"\nidle_timout = 3\n",
+        &[
+            "3: key `echo.idle_timout`: unknown key; expected one of listen, engine, model, \
+           threads, accept, idle_timeout, linger_timeout, drain_timeout, max_conns, backlog, \
+           reuseport, work_ms, keepalive",
+        ],
+    );
+    // discard's list leaves work_ms out.
+    assert_errors(
+        "unknown-key-discard",
+        "[discard]\nport = 9\n",
+        &[
+            "2: key `discard.port`: unknown key; expected one of listen, engine, model, threads, \
+           accept, idle_timeout, linger_timeout, drain_timeout, max_conns, backlog, reuseport, \
+           keepalive",
+        ],
+    );
+    assert_errors(
+        "unknown-keepalive-key",
+        "[echo.keepalive]\nidle = 5\nprobes = 3\n",
+        &["3: key `echo.keepalive.probes`: unknown key; expected one of idle, interval, count"],
+    );
+}
+
+#[test]
+fn wrong_type() {
+    assert_errors(
+        "wrong-types",
+        r#"[echo]
+threads = "4"
+idle_timeout = "30s"
+reuseport = 1
+listen = 7007
+engine = ["poll"]
+max_conns = 2.5
+linger_timeout = true
+backlog = 1979-05-27
+"#,
+        &[
+            "2: key `echo.threads`: expected an integer of at least 1, got string \"4\"",
+            "3: key `echo.idle_timeout`: expected a number of seconds from 0 to 1e9, got string \
+             \"30s\"",
+            "4: key `echo.reuseport`: expected true or false, got integer 1",
+            "5: key `echo.listen`: expected a string IP:PORT (e.g. \"127.0.0.1:7007\", \
+             \"[::1]:7007\"), got integer 7007",
+            "6: key `echo.engine`: expected a string, one of select, poll, epoll-lt, epoll-et, \
+             got an array",
+            "7: key `echo.max_conns`: expected an integer of at least 1, got float 2.5",
+            "8: key `echo.linger_timeout`: expected a number of seconds from 0 to 1e9, got \
+             boolean true",
+            "9: key `echo.backlog`: expected an integer from 0 to 2147483647, got datetime \
+             1979-05-27",
+        ],
+    );
+}
+
+#[test]
+fn unknown_engine() {
+    assert_errors(
+        "bad-engine",
+        "[echo]\nengine = \"epol\"\n",
+        &["2: key `echo.engine`: expected one of select, poll, epoll-lt, epoll-et, got \"epol\""],
+    );
+}
+
+#[test]
+fn unknown_model() {
+    assert_errors(
+        "bad-model",
+        "[discard]\nthreads = 2\nmodel = \"fork\"\n",
+        &[
+            "3: key `discard.model`: expected one of multi-reactor, prefork, half-sync, \
+           leader-followers, thread-per-conn, process-per-conn, got \"fork\"",
+        ],
+    );
+}
+
+#[test]
+fn unknown_accept_strategy() {
+    assert_errors(
+        "bad-accept",
+        "[echo]\naccept = \"round-robin\"\n",
+        &["2: key `echo.accept`: expected one of reuseport, acceptor, got \"round-robin\""],
+    );
+}
+
+#[test]
+fn bad_listen_address() {
+    assert_errors(
+        "bad-listen",
+        "[echo]\nlisten = \"localhost:7007\"\n[discard]\nlisten = \"127.0.0.1\"\n",
+        &[
+            "2: key `echo.listen`: expected IP:PORT (e.g. \"127.0.0.1:7007\", \"[::1]:7007\"), \
+             got \"localhost:7007\"",
+            "4: key `discard.listen`: expected IP:PORT (e.g. \"127.0.0.1:7007\", \
+             \"[::1]:7007\"), got \"127.0.0.1\"",
+        ],
+    );
+}
+
+#[test]
+fn port_out_of_range() {
+    assert_errors(
+        "bad-port",
+        "[echo]\nlisten = \"127.0.0.1:70000\"\n[discard]\nlisten = \"[::1]:65536\"\n",
+        &[
+            "2: key `echo.listen`: port 70000 out of range: expected a port from 0 to 65535, \
+             got \"127.0.0.1:70000\"",
+            "4: key `discard.listen`: port 65536 out of range: expected a port from 0 to 65535, \
+             got \"[::1]:65536\"",
+        ],
+    );
+}
+
+#[test]
+fn negative_or_non_finite_timeout() {
+    assert_errors(
+        "bad-timeouts",
+        "[echo]\nidle_timeout = -1\nlinger_timeout = inf\ndrain_timeout = nan\n\
+         [discard]\nidle_timeout = 1e10\n",
+        &[
+            "2: key `echo.idle_timeout`: expected a number of seconds from 0 to 1e9, got -1",
+            "3: key `echo.linger_timeout`: expected a number of seconds from 0 to 1e9, got inf",
+            "4: key `echo.drain_timeout`: expected a number of seconds from 0 to 1e9, got nan",
+            "6: key `discard.idle_timeout`: expected a number of seconds from 0 to 1e9, got 1e10",
+        ],
+    );
+}
+
+#[test]
+fn zero_threads_or_max_conns() {
+    assert_errors(
+        "zero-counts",
+        "[echo]\nthreads = 0\nmax_conns = 0\n[discard]\nthreads = -2\n",
+        &[
+            "2: key `echo.threads`: expected an integer of at least 1, got 0",
+            "3: key `echo.max_conns`: expected an integer of at least 1, got 0",
+            "5: key `discard.threads`: expected an integer of at least 1, got -2",
+        ],
+    );
+}
+
+#[test]
+fn bad_backlog_and_work_ms() {
+    assert_errors(
+        "bad-backlog",
+        "[echo]\nbacklog = 4294967296\nwork_ms = -5\n",
+        &[
+            "2: key `echo.backlog`: expected an integer from 0 to 2147483647, got 4294967296",
+            "3: key `echo.work_ms`: expected a whole number of milliseconds, got -5",
+        ],
+    );
+}
+
+#[test]
+fn keepalive_without_idle() {
+    assert_errors(
+        "keepalive-no-idle",
+        "[echo]\nthreads = 1\n\n[echo.keepalive]\ninterval = 5\ncount = 3\n",
+        &[
+            "4: key `echo.keepalive`: missing key `idle` (seconds of silence before the first \
+           probe; it switches keepalive on)",
+        ],
+    );
+    assert_errors(
+        "keepalive-inline-no-idle",
+        "[discard]\nkeepalive = { count = 3 }\n",
+        &[
+            "2: key `discard.keepalive`: missing key `idle` (seconds of silence before the first \
+           probe; it switches keepalive on)",
+        ],
+    );
+}
+
+#[test]
+fn keepalive_bad_values() {
+    assert_errors(
+        "keepalive-values",
+        "[echo.keepalive]\nidle = 0\ninterval = 40000\ncount = 0\n\
+         [discard.keepalive]\nidle = 10\ncount = 128\n[discard]\nkeepalive = 1\n",
+        &[
+            // `[discard]` after `[discard.keepalive]` is legal TOML; its `keepalive = 1` then
+            // redefines the table: a syntax error, reported alone.
+            "9: TOML syntax error: duplicate key `keepalive`",
+        ],
+    );
+    assert_errors(
+        "keepalive-values-2",
+        "[echo.keepalive]\nidle = 0\ninterval = 40000\ncount = 0\n\
+         [discard.keepalive]\nidle = 10\ncount = 128\n",
+        &[
+            "2: key `echo.keepalive.idle`: expected a number of seconds from 1 to 32767, got 0",
+            "3: key `echo.keepalive.interval`: expected a number of seconds from 1 to 32767, \
+             got 40000",
+            "4: key `echo.keepalive.count`: expected an integer from 1 to 127, got 0",
+            "7: key `discard.keepalive.count`: expected an integer from 1 to 127, got 128",
+        ],
+    );
+    assert_errors(
+        "keepalive-scalar",
+        "[echo]\nkeepalive = true\n",
+        &["2: key `echo.keepalive`: expected a table ([echo.keepalive]), got boolean true"],
+    );
+}
+
+#[test]
+fn work_ms_only_for_echo() {
+    assert_errors(
+        "discard-work-ms",
+        "[echo]\nwork_ms = 5\n\n[discard]\nwork_ms = 5\n",
+        &[
+            "5: key `discard.work_ms`: only [echo] takes work_ms; discard has no handler work to \
+           delay",
+        ],
+    );
+}
+
+#[test]
+fn every_error_is_reported_in_file_order() {
+    // Errors in several sections and keys: all of them, sorted by line (not by key name).
+    assert_errors(
+        "many",
+        r#"[echo]
+threads = 0
+engine = "fast"
+zzz = 1
+aaa = 2
+
+[discard]
+work_ms = 1
+listen = "0.0.0.0:99999"
+
+[http]
+"#,
+        &[
+            "2: key `echo.threads`: expected an integer of at least 1, got 0",
+            "3: key `echo.engine`: expected one of select, poll, epoll-lt, epoll-et, got \"fast\"",
+            "4: key `echo.zzz`: unknown key; expected one of listen, engine, model, threads, \
+             accept, idle_timeout, linger_timeout, drain_timeout, max_conns, backlog, reuseport, \
+             work_ms, keepalive",
+            "5: key `echo.aaa`: unknown key; expected one of listen, engine, model, threads, \
+             accept, idle_timeout, linger_timeout, drain_timeout, max_conns, backlog, reuseport, \
+             work_ms, keepalive",
+            "8: key `discard.work_ms`: only [echo] takes work_ms; discard has no handler work to \
+             delay",
+            "9: key `discard.listen`: port 99999 out of range: expected a port from 0 to 65535, \
+             got \"0.0.0.0:99999\"",
+            "11: key `http`: unknown section; expected one of echo, discard",
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Merging and defaults
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn command_line_overrides_file_and_defaults_fill_the_rest() {
+    let file = ServerSettings {
+        engine: Some(Engine::Poll),
+        idle_timeout: Some(Duration::from_millis(300)),
+        keepalive_idle: Some(Duration::from_secs(60)),
+        ..ServerSettings::default()
+    };
+    let cli = ServerSettings {
+        engine: Some(Engine::Select),
+        keepalive_count: Some(3),
+        ..ServerSettings::default()
+    };
+    let opts = cli.or(&file).to_options().unwrap();
+    assert_eq!(opts.engine, Engine::Select);
+    assert_eq!(opts.idle_timeout, Some(Duration::from_millis(300)));
+    assert_eq!(
+        opts.keepalive,
+        Some(Keepalive {
+            idle: Duration::from_secs(60),
+            interval: config::DEFAULT_KEEPALIVE_INTERVAL,
+            count: 3,
+        })
+    );
+    // Defaults.
+    assert_eq!(opts.listen, config::DEFAULT_LISTEN);
+    assert_eq!(opts.listen.to_string(), "127.0.0.1:7007");
+    assert_eq!(opts.model, Model::MultiReactor);
+    assert_eq!(opts.accept, AcceptStrategy::ReusePort);
+    assert_eq!(opts.linger_timeout, Duration::from_secs(5));
+    assert_eq!(opts.drain_timeout, Duration::from_secs(10));
+    assert_eq!(opts.max_connections, None);
+    assert_eq!(opts.listen_opts.backlog, 4096);
+    assert!(!opts.listen_opts.reuse_port);
+    assert!(opts.threads >= 1);
+
+    // A keepalive interval or count with no idle time anywhere.
+    let err = ServerSettings {
+        keepalive_interval: Some(Duration::from_secs(3)),
+        ..ServerSettings::default()
+    }
+    .to_options()
+    .unwrap_err();
+    assert_eq!(
+        err,
+        "a keepalive interval or count needs a keepalive idle time (--keepalive-idle, or `idle` \
+         in the file's keepalive table)"
+    );
+}
+
+#[test]
+fn check_reports() {
+    let good = write_file("check-good", "[echo]\nthreads = 1\n[discard]\n");
+    assert_eq!(
+        config::check(&good),
+        (format!("{}: ok (echo, discard)", good.display()), true)
+    );
+    let empty = write_file("check-empty", "");
+    assert_eq!(
+        config::check(&empty),
+        (
+            format!("{}: ok (no sections: built-in defaults)", empty.display()),
+            true
+        )
+    );
+    let bad = write_file("check-bad", "[echo]\nthreads = 0\nengine = \"x\"\n");
+    let f = bad.display();
+    assert_eq!(
+        config::check(&bad),
+        (
+            format!(
+                "{f}:2: key `echo.threads`: expected an integer of at least 1, got 0\n\
+                 {f}:3: key `echo.engine`: expected one of select, poll, epoll-lt, epoll-et, got \
+                 \"x\"\n\
+                 {f}: 2 errors"
+            ),
+            false
+        )
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The binary
+// ---------------------------------------------------------------------------------------------
+
+/// Runs keel with `args`, expecting it to exit by itself within 10 s.
+fn run(args: &[&str]) -> Output {
+    let mut child = Command::new(util::keel_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn keel");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("keel {args:?} did not exit within 10 s");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn check_config_valid_file_exits_0() {
+    let path = write_file(
+        "cli-good",
+        "[echo]\nlisten = \"127.0.0.1:7007\"\nengine = \"poll\"\n[echo.keepalive]\nidle = 30\n",
+    );
+    let out = run(&["check-config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!("{}: ok (echo)\n", path.display())
+    );
+}
+
+#[test]
+fn check_config_bad_file_exits_1_with_every_error() {
+    let path = write_file(
+        "cli-bad",
+        "[echo]\nengine = \"epol\"\nthreads = 0\n\n[discard]\nwork_ms = 3\n",
+    );
+    let f = path.display();
+    let out = run(&["check-config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "{f}:2: key `echo.engine`: expected one of select, poll, epoll-lt, epoll-et, got \
+             \"epol\"\n\
+             {f}:3: key `echo.threads`: expected an integer of at least 1, got 0\n\
+             {f}:6: key `discard.work_ms`: only [echo] takes work_ms; discard has no handler \
+             work to delay\n\
+             {f}: 3 errors\n"
+        )
+    );
+}
+
+#[test]
+fn check_config_missing_file_exits_1() {
+    let out = run(&["check-config", "/nonexistent/keel.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "/nonexistent/keel.toml: cannot read: No such file or directory (os error 2)\n\
+         /nonexistent/keel.toml: 1 error\n"
+    );
+}
+
+#[test]
+fn server_with_a_bad_file_exits_2_with_the_errors() {
+    let path = write_file("serve-bad", "[echo]\nmodel = \"forking\"\n");
+    let out = run(&[
+        "echo",
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "keel: {}:2: key `echo.model`: expected one of multi-reactor, prefork, half-sync, \
+             leader-followers, thread-per-conn, process-per-conn, got \"forking\"\n",
+            path.display()
+        )
+    );
+    let out = run(&["discard", "--config", "/nonexistent/keel.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "keel: /nonexistent/keel.toml: cannot read: No such file or directory (os error 2)\n"
+    );
+}
+
+#[test]
+fn keepalive_count_flag_needs_an_idle_time_somewhere() {
+    let out = run(&["echo", "--listen", "127.0.0.1:0", "--keepalive-count", "3"]);
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("needs a keepalive idle time"),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    // With the idle time in the file, the same flag is fine: the server starts.
+    let path = write_file("keepalive-idle-in-file", "[echo.keepalive]\nidle = 30\n");
+    let srv = Opts::echo("epoll-et")
+        .arg("--config", path.to_str().unwrap())
+        .arg("--keepalive-count", "3")
+        .spawn();
+    util::assert_serves(&srv, "keepalive idle from the file, count from the flag");
+}
+
+/// A `keel` child started with our own arguments (util's `Server` always passes `--engine`);
+/// killed on drop.
+struct Plain {
+    child: Child,
+    tcp: SocketAddr,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Plain {
+    fn spawn(args: &[&str]) -> Plain {
+        let mut child = Command::new(util::keel_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn keel");
+        let pump = |r: Box<dyn std::io::Read + Send>| {
+            let (tx, rx) = mpsc::channel();
+            thread::spawn(move || {
+                for line in BufReader::new(r).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            rx
+        };
+        let stdout = pump(Box::new(child.stdout.take().unwrap()));
+        let stderr = pump(Box::new(child.stderr.take().unwrap()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let tcp = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match stdout.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(addr) = line.strip_prefix("listening tcp ") {
+                        break addr.parse().expect("listening address");
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let errors: Vec<String> = stderr.try_iter().collect();
+                    panic!("keel {args:?}: no `listening tcp` line; stderr: {errors:?}");
+                }
+            }
+        };
+        Plain { child, tcp, stderr }
+    }
+
+    /// SIGUSR2, then the `stats` line (5 s bound).
+    fn stats_line(&self) -> String {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGUSR2).expect("SIGUSR2");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) if line.starts_with("stats ") => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no stats line within 5 s of SIGUSR2"),
+            }
+        }
+    }
+}
+
+impl Drop for Plain {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Connects, says nothing, and returns how long the server took to close the connection.
+fn idle_close_after(addr: SocketAddr, wait: Duration) -> (End, Duration) {
+    let mut s = connect(addr);
+    let t0 = Instant::now();
+    let mut got = Vec::new();
+    let end = read_until_end(&mut s, &mut got, 1, wait);
+    (end, t0.elapsed())
+}
+
+#[test]
+fn server_takes_its_settings_from_the_file() {
+    // listen, engine and idle_timeout come from the file: no flag but --config.
+    let path = write_file(
+        "serve-from-file",
+        "[echo]\nlisten = \"127.0.0.1:0\"\nengine = \"poll\"\nidle_timeout = 0.3\nthreads = 1\n\
+         [discard]\nengine = \"select\"\n",
+    );
+    let srv = Plain::spawn(&["echo", "--config", path.to_str().unwrap()]);
+    assert!(srv.tcp.port() != 0 && srv.tcp.ip().is_loopback());
+    // It echoes.
+    let mut s = connect(srv.tcp);
+    s.write_all(b"hello").unwrap();
+    util::read_expect(&mut s, b"hello", Duration::from_secs(5)).unwrap();
+    drop(s);
+    // An idle client is closed after the file's 0.3 s.
+    let (end, took) = idle_close_after(srv.tcp, Duration::from_secs(5));
+    assert!(
+        matches!(end, End::Eof | End::Reset),
+        "idle client not closed: {end:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_secs(3),
+        "idle close after {took:?}, expected about 0.3 s"
+    );
+    let stats = srv.stats_line();
+    assert!(
+        stats.contains(" engine=poll ") || stats.contains("engine=poll "),
+        "{stats}"
+    );
+}
+
+#[test]
+fn flags_override_the_file() {
+    let path = write_file(
+        "serve-override",
+        "[echo]\nengine = \"poll\"\nidle_timeout = 0.3\nthreads = 1\n",
+    );
+    // util's spawn passes `--listen 127.0.0.1:0 --engine select`: the flag beats the file's
+    // poll, while the file's idle timeout still applies.
+    let srv = Opts::echo("select")
+        .arg("--config", path.to_str().unwrap())
+        .spawn();
+    assert_eq!(srv.stats().engine(), Some("select"));
+    let (end, took) = idle_close_after(srv.tcp, Duration::from_secs(5));
+    assert!(
+        matches!(end, End::Eof | End::Reset) && took < Duration::from_secs(3),
+        "idle client: {end:?} after {took:?}, expected a close after about 0.3 s"
+    );
+
+    // --idle-timeout on the command line beats the file's 0.3 s.
+    let srv = Opts::echo("epoll-et")
+        .arg("--config", path.to_str().unwrap())
+        .arg("--idle-timeout", "60")
+        .spawn();
+    assert_eq!(srv.stats().engine(), Some("epoll-et"));
+    let (end, _) = idle_close_after(srv.tcp, Duration::from_millis(1500));
+    assert!(
+        matches!(end, End::Timeout),
+        "idle client closed before the command line's 60 s: {end:?}"
+    );
+}
