@@ -14,6 +14,7 @@
 //! way on SIGINT/SIGTERM: listeners close at once, connections drain gracefully, exit 0.
 
 pub mod control;
+mod forking;
 pub mod half_sync;
 pub mod leader_followers;
 pub mod multi_reactor;

@@ -26,46 +26,52 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::time::Duration;
 
-use super::prefork::{publish_periodically, unblock_sigchld, when_published, Board, KILL_MARGIN};
-use super::{bind_and_announce, ServerOptions, Service};
-use crate::net::HandlerFactory;
-use crate::reactor::{EventLoop, LoopConfig, LoopStats, Signal, Token};
-use crate::sys::process::{self, Child, Exit, Pid};
+use super::forking::{self, Children, Shared};
+use super::{ServerOptions, Service};
+use crate::reactor::{EventLoop, LoopStats, Token};
+use crate::sys::process::{self, Exit};
 
 struct Master {
     /// The child serving each slot of the board, if any.
-    children: Vec<Option<Pid>>,
-    board: Rc<Board>,
-    /// What reaped children had published.
-    finished: LoopStats,
-    reaped: u64,
+    children: Children,
     listener: Option<Token>,
     udp: Option<Token>,
-    drain: Duration,
-    stopping: bool,
     warned_fork: bool,
 }
 
-type Shared = Rc<RefCell<Master>>;
+impl forking::Master for Master {
+    fn children(&self) -> &Children {
+        &self.children
+    }
 
-impl Master {
-    fn live(&self) -> impl Iterator<Item = (usize, Pid)> + '_ {
-        self.children
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| c.map(|p| (i, p)))
+    fn children_mut(&mut self) -> &mut Children {
+        &mut self.children
+    }
+
+    fn reap(_: &mut EventLoop, m: &Shared<Master>) {
+        reap(&mut m.borrow_mut());
+    }
+
+    fn hang_up(&self) {
+        eprintln!("keel: SIGHUP ignored (no configuration to reload)");
+    }
+
+    fn close(&mut self, el: &mut EventLoop) {
+        for token in [self.listener.take(), self.udp.take()]
+            .into_iter()
+            .flatten()
+        {
+            el.close_listener(token);
+        }
     }
 
     fn total(&self, own: &LoopStats) -> LoopStats {
-        let mut total = own.clone();
-        total.add(&self.finished);
-        total.add(&self.board.sum());
-        total.open = self.live().count() as u64;
-        total.closed = self.reaped;
+        let mut total = self.children.total(own);
+        total.open = self.children.live().count() as u64;
+        total.closed = self.children.reaped();
         total
     }
 }
@@ -75,236 +81,83 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
         Some(max) => opts.threads.min(max.max(1)),
         None => opts.threads,
     };
-    let mut control = EventLoop::new(opts.loop_config())?;
-    let shared: Rc<RefCell<Option<Shared>>> = Rc::new(RefCell::new(None));
-    let s = shared.clone();
-    // Blocked before any fork, so children inherit the mask (see prefork).
-    control.add_signals(
-        &[
-            Signal::SIGINT,
-            Signal::SIGTERM,
-            Signal::SIGUSR2,
-            Signal::SIGHUP,
-            Signal::SIGCHLD,
-        ],
-        move |el, sig| {
-            let Some(m) = s.borrow().clone() else { return };
-            on_signal(el, &m, sig)
-        },
-    )?;
-    let (listener, udp) = bind_and_announce(opts, service)?;
-    let listen_fd = listener.as_raw_fd();
-    let udp_fd = udp.as_ref().map(|u| u.as_raw_fd());
+    forking::run(opts, service, |control, listener, udp| {
+        let listen_fd = listener.as_raw_fd();
+        let udp_fd = udp.as_ref().map(|u| u.as_raw_fd());
 
-    let m: Shared = Rc::new(RefCell::new(Master {
-        children: vec![None; cap],
-        board: Rc::new(Board::new(cap, opts.engine)?),
-        finished: LoopStats::new(opts.engine),
-        reaped: 0,
-        listener: None,
-        udp: None,
-        drain: opts.drain_timeout,
-        stopping: false,
-        warned_fork: false,
-    }));
-    *shared.borrow_mut() = Some(m.clone());
+        let m: Shared<Master> = Rc::new(RefCell::new(Master {
+            children: Children::new(cap, opts, "connection process")?,
+            listener: None,
+            udp: None,
+            warned_fork: false,
+        }));
 
-    let mut cfg = opts.loop_config();
-    // A loop with one connection needs no connection limit of its own.
-    cfg.connection_limit = None;
-    let factory = service.factory.clone();
-    let drain = opts.drain_timeout;
-    let hook_m = m.clone();
-    let token = control.add_acceptor(
-        listener,
-        Box::new(move |el, fd| {
-            let mut mm = hook_m.borrow_mut();
-            let mut free = mm.children.iter().position(Option::is_none);
-            if free.is_none() {
-                // Children may have ended with their SIGCHLD still queued behind this accept
-                // in the same batch of events: reap before refusing.
-                reap(&mut mm);
-                free = mm.children.iter().position(Option::is_none);
-            }
-            let Some(slot) = free else {
-                el.stats.refused_limit += 1;
-                drop(fd); // the client reads EOF
-                return;
-            };
-            let (cfg, factory, board) = (cfg.clone(), factory.clone(), mm.board.clone());
-            // The closure owns `fd`: in the master it is dropped (closed) when fork returns.
-            let forked = process::fork_child(move |cx| {
-                conn_main(cx, fd, listen_fd, udp_fd, cfg, factory, board, slot, drain)
-            });
-            match forked {
-                Ok(pid) => mm.children[slot] = Some(pid),
-                Err(e) => {
+        let mut cfg = opts.loop_config();
+        // A loop with one connection needs no connection limit of its own.
+        cfg.connection_limit = None;
+        let factory = service.factory.clone();
+        let drain = opts.drain_timeout;
+        let hook_m = m.clone();
+        let token = control.add_acceptor(
+            listener,
+            Box::new(move |el, fd| {
+                let mut mm = hook_m.borrow_mut();
+                let mut free = mm.children.free_slot();
+                if free.is_none() {
+                    // Children may have ended with their SIGCHLD still queued behind this
+                    // accept in the same batch of events: reap before refusing.
+                    reap(&mut mm);
+                    free = mm.children.free_slot();
+                }
+                let Some(slot) = free else {
                     el.stats.refused_limit += 1;
-                    if !mm.warned_fork {
-                        mm.warned_fork = true;
-                        eprintln!("keel: cannot fork for a connection (refusing it): {e}");
+                    drop(fd); // the client reads EOF
+                    return;
+                };
+                let (cfg, factory, board) =
+                    (cfg.clone(), factory.clone(), mm.children.board.clone());
+                // The closure owns `fd`: in the master it is dropped (closed) when fork returns.
+                let forked = process::fork_child(move |cx| {
+                    // The listening sockets stay open in the master; the child must not keep
+                    // them alive.
+                    cx.close_inherited(listen_fd);
+                    if let Some(udp) = udp_fd {
+                        cx.close_inherited(udp);
+                    }
+                    forking::child_main(cx, "connection process", |_| {
+                        forking::serve_child(cfg, board, slot, drain, |el| {
+                            el.exit_when_empty(true);
+                            el.adopt(fd, factory())?;
+                            Ok(())
+                        })
+                    })
+                });
+                match forked {
+                    Ok(pid) => mm.children.started(slot, pid),
+                    Err(e) => {
+                        el.stats.refused_limit += 1;
+                        if !mm.warned_fork {
+                            mm.warned_fork = true;
+                            eprintln!("keel: cannot fork for a connection (refusing it): {e}");
+                        }
                     }
                 }
-            }
-        }),
-    )?;
-    m.borrow_mut().listener = Some(token);
-    if let (Some(sock), Some(udp)) = (udp, &service.udp) {
-        let token = control.add_udp(sock, udp())?;
-        m.borrow_mut().udp = Some(token);
-    }
-
-    control.run()?;
-
-    let mut mm = m.borrow_mut();
-    let live: Vec<(usize, Pid)> = mm.live().collect();
-    for (slot, pid) in live {
-        process::send_signal(pid, Signal::SIGKILL);
-        process::reap_blocking(pid);
-        retire(&mut mm, slot);
-    }
-    eprintln!("{}", mm.total(control.stats()));
-    Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn conn_main(
-    cx: &mut Child,
-    fd: OwnedFd,
-    listener: RawFd,
-    udp: Option<RawFd>,
-    cfg: LoopConfig,
-    factory: HandlerFactory,
-    board: Rc<Board>,
-    slot: usize,
-    drain: Duration,
-) -> i32 {
-    // The listening sockets stay open in the master; the child must not keep them alive.
-    cx.close_inherited(listener);
-    if let Some(udp) = udp {
-        cx.close_inherited(udp);
-    }
-    if !cx.die_with_parent(Signal::SIGTERM) {
-        return 0; // the master is gone: so is the server
-    }
-    unblock_sigchld();
-    match serve_conn(fd, cfg, &factory, board, slot, drain) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("keel: connection process {}: {e}", std::process::id());
-            1
+            }),
+        )?;
+        m.borrow_mut().listener = Some(token);
+        if let (Some(sock), Some(udp)) = (udp, &service.udp) {
+            let token = control.add_udp(sock, udp())?;
+            m.borrow_mut().udp = Some(token);
         }
-    }
-}
-
-fn serve_conn(
-    fd: OwnedFd,
-    cfg: LoopConfig,
-    factory: &HandlerFactory,
-    board: Rc<Board>,
-    slot: usize,
-    drain: Duration,
-) -> io::Result<()> {
-    let mut el = EventLoop::new(cfg)?;
-    let b = board.clone();
-    el.add_signals(
-        &[
-            Signal::SIGTERM,
-            Signal::SIGINT,
-            Signal::SIGHUP,
-            Signal::SIGUSR2,
-        ],
-        move |el, sig| match sig {
-            Signal::SIGUSR2 => b.publish(slot, el.stats()),
-            Signal::SIGHUP => {}
-            _ => el.shutdown_gracefully(drain),
-        },
-    )?;
-    el.exit_when_empty(true);
-    el.adopt(fd, factory())?;
-    publish_periodically(&mut el, board.clone(), slot);
-    let result = el.run();
-    board.publish(slot, el.stats());
-    result
-}
-
-fn retire(mm: &mut Master, slot: usize) {
-    let s = mm.board.retire(slot);
-    mm.finished.add(&s);
-    mm.children[slot] = None;
-    mm.reaped += 1;
+        Ok(m)
+    })
 }
 
 /// Reaps every child that has ended (`waitpid(-1, WNOHANG)` until none).
 fn reap(mm: &mut Master) {
-    while let Some((pid, how)) = process::reap_one() {
-        let Some(slot) = mm.children.iter().position(|c| *c == Some(pid)) else {
-            continue;
-        };
-        retire(mm, slot);
-        if how != Exit::Code(0) && !mm.stopping {
+    while let Some((_, pid, how)) = mm.children.reap_next() {
+        if how != Exit::Code(0) && !mm.children.stopping {
             eprintln!("keel: connection process {pid} exited ({how})");
-        }
-    }
-}
-
-fn on_signal(el: &mut EventLoop, m: &Shared, sig: Signal) {
-    match sig {
-        Signal::SIGCHLD => {
-            let mut mm = m.borrow_mut();
-            reap(&mut mm);
-            if mm.stopping && mm.live().next().is_none() {
-                el.stop();
-            }
-        }
-        Signal::SIGUSR2 => {
-            let mm = m.borrow();
-            let asked: Vec<(usize, u64)> = mm
-                .live()
-                .map(|(slot, pid)| (slot, pid, mm.board.seq(slot)))
-                .filter(|&(_, pid, _)| process::send_signal(pid, Signal::SIGUSR2))
-                .map(|(slot, _, seq)| (slot, seq))
-                .collect();
-            let board = mm.board.clone();
-            drop(mm);
-            let m = m.clone();
-            when_published(
-                el,
-                board,
-                asked,
-                Box::new(move |el| eprintln!("{}", m.borrow().total(el.stats()))),
-            );
-        }
-        Signal::SIGHUP => eprintln!("keel: SIGHUP ignored (no configuration to reload)"),
-        _ => {
-            let mut mm = m.borrow_mut();
-            if mm.stopping {
-                return;
-            }
-            mm.stopping = true;
-            for token in [mm.listener.take(), mm.udp.take()].into_iter().flatten() {
-                el.close_listener(token);
-            }
-            let live: Vec<Pid> = mm.live().map(|(_, p)| p).collect();
-            for &pid in &live {
-                process::send_signal(pid, Signal::SIGTERM);
-            }
-            if live.is_empty() {
-                el.stop();
-                return;
-            }
-            let m2 = m.clone();
-            el.run_after(mm.drain + KILL_MARGIN, move |el| {
-                let stragglers: Vec<Pid> = m2.borrow().live().map(|(_, p)| p).collect();
-                for pid in stragglers {
-                    eprintln!(
-                        "keel: connection process {pid} still running after the drain \
-                         timeout; killing it"
-                    );
-                    process::send_signal(pid, Signal::SIGKILL);
-                }
-                el.run_after(KILL_MARGIN, |el| el.stop());
-            });
         }
     }
 }

@@ -1,0 +1,480 @@
+//! The master side of the forking models ([`prefork`](super::prefork) and
+//! [`process_per_conn`](super::process_per_conn)), and the part of a child's life they share.
+//!
+//! - **Control loop**: [`run`] builds the master's loop, with SIGINT, SIGTERM, SIGUSR2, SIGHUP
+//!   and SIGCHLD as events (blocked before any fork, so children inherit the mask and a SIGTERM
+//!   that reaches one before its own signalfd exists waits for it instead of killing it), binds,
+//!   lets the model set up its [`Master`], runs, and at the end kills and reaps whatever child
+//!   is left and prints the `stats` line.
+//! - **Child table**: [`Children`], one slot per child, each with its slot of a [`Board`].
+//! - **Signals**: SIGCHLD reaps (the model's [`Master::reap`], through
+//!   [`Children::reap_next`]) and ends the loop once stopping and no child is left; SIGUSR2 is
+//!   passed to the children and the `stats` line waits (up to a second) for their answers;
+//!   SIGHUP is the model's; SIGTERM/SIGINT stop: the model closes its sockets, the children get
+//!   SIGTERM, and those still running after the drain timeout plus a second get SIGKILL.
+//! - **Children**: [`child_main`] and [`serve_child`] run a child's loop, which drains on
+//!   SIGTERM/SIGINT and publishes its counters into its slot.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::{TcpListener, UdpSocket};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::{bind_and_announce, ServerOptions, Service};
+use crate::reactor::{Engine, EventLoop, LoopConfig, LoopStats, Signal};
+use crate::sys::process::{self, Child, Exit, Pid, SharedCounters};
+
+/// How often a child copies its counters to the board.
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+/// How long past the drain timeout the master waits before SIGKILL.
+const KILL_MARGIN: Duration = Duration::from_secs(1);
+/// How long a SIGUSR2 report waits for the children to publish.
+const REPORT_WAIT: Duration = Duration::from_secs(1);
+
+/// The counters of LoopStats, in board order.
+const COUNTERS: usize = 13;
+/// A slot: a publish sequence number, then the counters.
+const WIDTH: usize = COUNTERS + 1;
+
+fn to_words(s: &LoopStats) -> [u64; COUNTERS] {
+    [
+        s.wakeups,
+        s.events,
+        s.accepted,
+        s.open,
+        s.closed,
+        s.refused_emfile,
+        s.refused_limit,
+        s.idle_timeouts,
+        s.linger_timeouts,
+        s.connect_failures,
+        s.bytes_in,
+        s.bytes_out,
+        s.datagrams,
+    ]
+}
+
+fn from_words(engine: Engine, w: &[u64; COUNTERS]) -> LoopStats {
+    let mut s = LoopStats::new(engine);
+    [
+        s.wakeups,
+        s.events,
+        s.accepted,
+        s.open,
+        s.closed,
+        s.refused_emfile,
+        s.refused_limit,
+        s.idle_timeouts,
+        s.linger_timeouts,
+        s.connect_failures,
+        s.bytes_in,
+        s.bytes_out,
+        s.datagrams,
+    ] = *w;
+    s
+}
+
+/// Counters that child processes publish for their parent: one slot per child, in memory
+/// shared across `fork`. Only the child owning a slot writes it (the parent clears a slot
+/// once its child is reaped, before it is given to another).
+pub(super) struct Board {
+    words: SharedCounters,
+    engine: Engine,
+}
+
+impl Board {
+    fn new(slots: usize, engine: Engine) -> io::Result<Board> {
+        Ok(Board {
+            words: SharedCounters::new(slots * WIDTH)?,
+            engine,
+        })
+    }
+
+    /// Copies `stats` into `slot` and bumps its sequence number.
+    fn publish(&self, slot: usize, stats: &LoopStats) {
+        for (i, v) in to_words(stats).into_iter().enumerate() {
+            self.words
+                .get(slot * WIDTH + 1 + i)
+                .store(v, Ordering::Relaxed);
+        }
+        self.words.get(slot * WIDTH).fetch_add(1, Ordering::Release);
+    }
+
+    /// How many times `slot` was published (changes when its owner publishes).
+    fn seq(&self, slot: usize) -> u64 {
+        self.words.get(slot * WIDTH).load(Ordering::Acquire)
+    }
+
+    fn read(&self, slot: usize) -> LoopStats {
+        let _ = self.seq(slot);
+        let mut w = [0u64; COUNTERS];
+        for (i, v) in w.iter_mut().enumerate() {
+            *v = self.words.get(slot * WIDTH + 1 + i).load(Ordering::Relaxed);
+        }
+        from_words(self.engine, &w)
+    }
+
+    /// Takes the last counters of a child that has ended (its connections are gone, so what
+    /// it still counted as open is counted closed) and empties the slot for the next one.
+    fn retire(&self, slot: usize) -> LoopStats {
+        let mut s = self.read(slot);
+        s.closed += s.open;
+        s.open = 0;
+        for i in 0..WIDTH {
+            self.words.get(slot * WIDTH + i).store(0, Ordering::Relaxed);
+        }
+        s
+    }
+
+    /// The sum over every slot.
+    fn sum(&self) -> LoopStats {
+        let mut total = LoopStats::new(self.engine);
+        for slot in 0..self.words.len() / WIDTH {
+            total.add(&self.read(slot));
+        }
+        total
+    }
+}
+
+/// The master's table of children: one slot per child that may run at once, each with its
+/// slot of the board.
+pub(super) struct Children {
+    pids: Vec<Option<Pid>>,
+    pub(super) board: Rc<Board>,
+    /// What reaped children had published.
+    finished: LoopStats,
+    reaped: u64,
+    /// How long a child has to drain its connections when told to stop.
+    pub(super) drain: Duration,
+    pub(super) stopping: bool,
+    /// What a child is called in messages ("worker").
+    what: &'static str,
+}
+
+impl Children {
+    pub(super) fn new(
+        slots: usize,
+        opts: &ServerOptions,
+        what: &'static str,
+    ) -> io::Result<Children> {
+        Ok(Children {
+            pids: vec![None; slots],
+            board: Rc::new(Board::new(slots, opts.engine)?),
+            finished: LoopStats::new(opts.engine),
+            reaped: 0,
+            drain: opts.drain_timeout,
+            stopping: false,
+            what,
+        })
+    }
+
+    pub(super) fn live(&self) -> impl Iterator<Item = (usize, Pid)> + '_ {
+        self.pids
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.map(|p| (i, p)))
+    }
+
+    pub(super) fn pid(&self, slot: usize) -> Option<Pid> {
+        self.pids[slot]
+    }
+
+    pub(super) fn free_slot(&self) -> Option<usize> {
+        self.pids.iter().position(Option::is_none)
+    }
+
+    /// Records `pid` as the child in `slot`.
+    pub(super) fn started(&mut self, slot: usize, pid: Pid) {
+        self.pids[slot] = Some(pid);
+    }
+
+    /// How many children have been reaped.
+    pub(super) fn reaped(&self) -> u64 {
+        self.reaped
+    }
+
+    /// Reaps one ended child of this table (`waitpid(-1, WNOHANG)`, passing over processes
+    /// some handler started), retiring its slot; None once none is left to reap.
+    pub(super) fn reap_next(&mut self) -> Option<(usize, Pid, Exit)> {
+        while let Some((pid, how)) = process::reap_one() {
+            if let Some(slot) = self.pids.iter().position(|c| *c == Some(pid)) {
+                self.retire(slot);
+                return Some((slot, pid, how));
+            }
+        }
+        None
+    }
+
+    fn retire(&mut self, slot: usize) {
+        let s = self.board.retire(slot);
+        self.finished.add(&s);
+        self.pids[slot] = None;
+        self.reaped += 1;
+    }
+
+    /// Sends `sig` to every live child; returns how many there are.
+    pub(super) fn signal_all(&self, sig: Signal) -> usize {
+        let live: Vec<Pid> = self.live().map(|(_, p)| p).collect();
+        for &pid in &live {
+            process::send_signal(pid, sig);
+        }
+        live.len()
+    }
+
+    /// SIGKILLs and reaps every live child.
+    pub(super) fn kill_all(&mut self) {
+        let live: Vec<(usize, Pid)> = self.live().collect();
+        for (slot, pid) in live {
+            process::send_signal(pid, Signal::SIGKILL);
+            process::reap_blocking(pid);
+            self.retire(slot);
+        }
+    }
+
+    /// `own` plus what the children published, live and reaped.
+    pub(super) fn total(&self, own: &LoopStats) -> LoopStats {
+        let mut total = own.clone();
+        total.add(&self.finished);
+        total.add(&self.board.sum());
+        total
+    }
+}
+
+pub(super) type Shared<M> = Rc<RefCell<M>>;
+
+/// What a forking model adds to the shared control loop.
+pub(super) trait Master: Sized + 'static {
+    fn children(&self) -> &Children;
+    fn children_mut(&mut self) -> &mut Children;
+    /// On SIGCHLD: reaps the children that ended, through [`Children::reap_next`].
+    fn reap(el: &mut EventLoop, m: &Shared<Self>);
+    /// On SIGHUP.
+    fn hang_up(&self);
+    /// On the first SIGTERM/SIGINT, before the children are told: stop taking work.
+    fn close(&mut self, el: &mut EventLoop);
+    /// The `stats` line: the control loop's own counters and the children's.
+    fn total(&self, own: &LoopStats) -> LoopStats {
+        self.children().total(own)
+    }
+}
+
+/// Runs a forking model's master: `start` gets the control loop and the bound sockets, and
+/// returns the master once its first children (if any) are started.
+pub(super) fn run<M: Master>(
+    opts: &ServerOptions,
+    service: &Service,
+    start: impl FnOnce(&mut EventLoop, TcpListener, Option<UdpSocket>) -> io::Result<Shared<M>>,
+) -> io::Result<()> {
+    let mut control = EventLoop::new(opts.loop_config())?;
+    // Signals are blocked here, before any fork: children inherit the mask, so a SIGTERM that
+    // reaches one before its own signalfd exists waits for it instead of killing it.
+    let shared: Rc<RefCell<Option<Shared<M>>>> = Rc::new(RefCell::new(None));
+    let s = shared.clone();
+    control.add_signals(
+        &[
+            Signal::SIGINT,
+            Signal::SIGTERM,
+            Signal::SIGUSR2,
+            Signal::SIGHUP,
+            Signal::SIGCHLD,
+        ],
+        move |el, sig| {
+            let Some(m) = s.borrow().clone() else { return };
+            on_signal(el, &m, sig)
+        },
+    )?;
+    let (listener, udp) = bind_and_announce(opts, service)?;
+    let m = start(&mut control, listener, udp)?;
+    *shared.borrow_mut() = Some(m.clone());
+
+    control.run()?;
+
+    // Normally every child has been reaped by now; make sure (the loop may have given up).
+    let mut mm = m.borrow_mut();
+    mm.children_mut().kill_all();
+    eprintln!("{}", mm.total(control.stats()));
+    Ok(())
+}
+
+fn on_signal<M: Master>(el: &mut EventLoop, m: &Shared<M>, sig: Signal) {
+    match sig {
+        Signal::SIGCHLD => {
+            M::reap(el, m);
+            let mm = m.borrow();
+            if mm.children().stopping && mm.children().live().next().is_none() {
+                el.stop();
+            }
+        }
+        Signal::SIGUSR2 => report(el, m),
+        Signal::SIGHUP => m.borrow().hang_up(),
+        _ => begin_stop(el, m),
+    }
+}
+
+/// SIGUSR2: passes it to the children and prints the `stats` line once they have answered.
+fn report<M: Master>(el: &mut EventLoop, m: &Shared<M>) {
+    let mm = m.borrow();
+    let children = mm.children();
+    // Sequence numbers first, then the signals: any publish seen after this (the answer, or
+    // a periodic one) was made after the master got SIGUSR2.
+    let asked: Vec<(usize, u64)> = children
+        .live()
+        .map(|(slot, pid)| (slot, pid, children.board.seq(slot)))
+        .filter(|&(_, pid, _)| process::send_signal(pid, Signal::SIGUSR2))
+        .map(|(slot, _, seq)| (slot, seq))
+        .collect();
+    let board = children.board.clone();
+    drop(mm);
+    let m = m.clone();
+    when_published(
+        el,
+        board,
+        asked,
+        Box::new(move |el| eprintln!("{}", m.borrow().total(el.stats()))),
+    );
+}
+
+/// Calls `done` once each slot in `asked` (slot, sequence number before the signal) has
+/// published again, or after [`REPORT_WAIT`] if some child does not answer.
+fn when_published(
+    el: &mut EventLoop,
+    board: Rc<Board>,
+    asked: Vec<(usize, u64)>,
+    done: Box<dyn FnOnce(&mut EventLoop)>,
+) {
+    let give_up = el.now_tick() + REPORT_WAIT.as_millis() as u64;
+    poll_published(el, board, asked, give_up, done);
+}
+
+fn poll_published(
+    el: &mut EventLoop,
+    board: Rc<Board>,
+    asked: Vec<(usize, u64)>,
+    give_up: u64,
+    done: Box<dyn FnOnce(&mut EventLoop)>,
+) {
+    if el.now_tick() >= give_up || asked.iter().all(|&(slot, seq)| board.seq(slot) != seq) {
+        done(el);
+        return;
+    }
+    el.run_after(Duration::from_millis(2), move |el| {
+        poll_published(el, board, asked, give_up, done)
+    });
+}
+
+/// SIGTERM/SIGINT: the model closes its sockets, the children get SIGTERM and drain; those
+/// still running after the drain timeout plus [`KILL_MARGIN`] get SIGKILL.
+fn begin_stop<M: Master>(el: &mut EventLoop, m: &Shared<M>) {
+    let mut mm = m.borrow_mut();
+    if mm.children().stopping {
+        return;
+    }
+    mm.children_mut().stopping = true;
+    mm.close(el);
+    if mm.children().signal_all(Signal::SIGTERM) == 0 {
+        el.stop();
+        return;
+    }
+    let what = mm.children().what;
+    let m2 = m.clone();
+    el.run_after(mm.children().drain + KILL_MARGIN, move |el| {
+        let stragglers: Vec<Pid> = m2.borrow().children().live().map(|(_, p)| p).collect();
+        for pid in stragglers {
+            eprintln!("keel: {what} {pid} still running after the drain timeout; killing it");
+            process::send_signal(pid, Signal::SIGKILL);
+        }
+        // SIGCHLD ends the loop once they are reaped; this is the backstop.
+        el.run_after(KILL_MARGIN, |el| el.stop());
+    });
+}
+
+/// In a child, right after the fork: asks for SIGTERM when the master dies (and exits at once
+/// if it already has), takes SIGCHLD back (the mask it inherited blocks what the master reads
+/// through a signalfd, and a child may start processes of its own), then runs `serve` and
+/// turns its result into an exit status, naming the child as `what` on error.
+pub(super) fn child_main(
+    cx: &mut Child,
+    what: &str,
+    serve: impl FnOnce(&mut Child) -> io::Result<()>,
+) -> i32 {
+    if !cx.die_with_parent(Signal::SIGTERM) {
+        return 0; // the master is gone already
+    }
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    let _ = set.thread_unblock();
+    match serve(cx) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("keel: {what} {}: {e}", std::process::id());
+            1
+        }
+    }
+}
+
+/// In a child: runs a loop (given its work by `setup`) that drains on SIGTERM/SIGINT, ignores
+/// SIGHUP, and publishes its counters into `slot` now, every [`PUBLISH_EVERY`], on SIGUSR2
+/// and at exit.
+pub(super) fn serve_child(
+    cfg: LoopConfig,
+    board: Rc<Board>,
+    slot: usize,
+    drain: Duration,
+    setup: impl FnOnce(&mut EventLoop) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut el = EventLoop::new(cfg)?;
+    let b = board.clone();
+    el.add_signals(
+        &[
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+            Signal::SIGUSR2,
+        ],
+        move |el, sig| match sig {
+            Signal::SIGUSR2 => b.publish(slot, el.stats()),
+            Signal::SIGHUP => {} // configuration reload is not built yet; the master logs it
+            _ => el.shutdown_gracefully(drain),
+        },
+    )?;
+    setup(&mut el)?;
+    publish_periodically(&mut el, board.clone(), slot);
+    let result = el.run();
+    board.publish(slot, el.stats());
+    result
+}
+
+/// In a child: publishes now and every [`PUBLISH_EVERY`] while the loop runs.
+fn publish_periodically(el: &mut EventLoop, board: Rc<Board>, slot: usize) {
+    board.publish(slot, el.stats());
+    el.run_after(PUBLISH_EVERY, move |el| {
+        publish_periodically(el, board, slot)
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn board_round_trips_and_retires() {
+        let board = Board::new(2, Engine::default()).unwrap();
+        let mut s = LoopStats::new(Engine::default());
+        s.accepted = 3;
+        s.open = 2;
+        s.closed = 1;
+        s.bytes_in = 100;
+        s.datagrams = 7;
+        assert_eq!(board.seq(1), 0);
+        board.publish(1, &s);
+        assert_eq!(board.seq(1), 1);
+        let r = board.read(1);
+        assert_eq!(to_words(&r), to_words(&s));
+        assert_eq!(board.sum().bytes_in, 100);
+        let gone = board.retire(1);
+        assert_eq!((gone.open, gone.closed), (0, 3));
+        assert_eq!(to_words(&board.read(1)), [0; COUNTERS]);
+    }
+}
