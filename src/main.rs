@@ -103,6 +103,13 @@ struct ServerArgs {
     /// Needs a keepalive idle time (here or in the file).
     #[arg(long)]
     keepalive_count: Option<u32>,
+    /// Lock this pid file (a second instance is refused, naming the running pid; a stale file
+    /// is taken over) and remove it at exit.
+    #[arg(long, value_name = "FILE")]
+    pid_file: Option<PathBuf>,
+    /// Raise RLIMIT_NOFILE to this many fds at start (if refused, the limit in force is said).
+    #[arg(long, value_name = "N")]
+    rlimit_nofile: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -143,6 +150,8 @@ impl ServerArgs {
             keepalive_idle: self.keepalive_idle,
             keepalive_interval: self.keepalive_interval,
             keepalive_count: self.keepalive_count,
+            pid_file: self.pid_file.clone(),
+            rlimit_nofile: self.rlimit_nofile,
         }
     }
 

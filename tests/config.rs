@@ -138,6 +138,8 @@ engine = "select"
             keepalive_idle: Some(Duration::from_secs(60)),
             keepalive_interval: Some(Duration::from_secs(5)),
             keepalive_count: Some(4),
+            pid_file: None,
+            rlimit_nofile: None,
         })
     );
     assert_eq!(
@@ -270,7 +272,7 @@ fn unknown_key_lists_the_valid_ones() {
         &[
             "3: key `echo.idle_timout`: unknown key; expected one of listen, engine, model, \
            threads, accept, idle_timeout, linger_timeout, drain_timeout, max_conns, backlog, \
-           reuseport, work_ms, keepalive",
+           reuseport, work_ms, keepalive, pid_file, rlimit_nofile",
         ],
     );
     // discard's list leaves work_ms out.
@@ -280,7 +282,7 @@ fn unknown_key_lists_the_valid_ones() {
         &[
             "2: key `discard.port`: unknown key; expected one of listen, engine, model, threads, \
            accept, idle_timeout, linger_timeout, drain_timeout, max_conns, backlog, reuseport, \
-           keepalive",
+           keepalive, pid_file, rlimit_nofile",
         ],
     );
     assert_errors(
@@ -505,10 +507,10 @@ listen = "0.0.0.0:99999"
             "3: key `echo.engine`: expected one of select, poll, epoll-lt, epoll-et, got \"fast\"",
             "4: key `echo.zzz`: unknown key; expected one of listen, engine, model, threads, \
              accept, idle_timeout, linger_timeout, drain_timeout, max_conns, backlog, reuseport, \
-             work_ms, keepalive",
+             work_ms, keepalive, pid_file, rlimit_nofile",
             "5: key `echo.aaa`: unknown key; expected one of listen, engine, model, threads, \
              accept, idle_timeout, linger_timeout, drain_timeout, max_conns, backlog, reuseport, \
-             work_ms, keepalive",
+             work_ms, keepalive, pid_file, rlimit_nofile",
             "8: key `discard.work_ms`: only [echo] takes work_ms; discard has no handler work to \
              delay",
             "9: key `discard.listen`: port 99999 out of range: expected a port from 0 to 65535, \
@@ -866,4 +868,29 @@ fn flags_override_the_file() {
         matches!(end, End::Timeout),
         "idle client closed before the command line's 60 s: {end:?}"
     );
+}
+
+#[test]
+fn bad_pid_file_and_rlimit() {
+    assert_errors(
+        "bad-conventions",
+        "[echo]\npid_file = \"\"\nrlimit_nofile = 0\n[discard]\npid_file = 7\nrlimit_nofile = \"many\"\n",
+        &[
+            "2: key `echo.pid_file`: expected a file path, got an empty string",
+            "3: key `echo.rlimit_nofile`: expected an fd count from 1 to 1073741824, got 0",
+            "5: key `discard.pid_file`: expected a file path, got integer 7",
+            "6: key `discard.rlimit_nofile`: expected an fd count from 1 to 1073741824, got string \"many\"",
+        ],
+    );
+}
+
+#[test]
+fn pid_file_and_rlimit_are_read() {
+    let c = load_ok(
+        "conventions",
+        "[echo]\npid_file = \"/run/keel.pid\"\nrlimit_nofile = 65536\n",
+    );
+    let echo = c.echo.expect("an [echo] section");
+    assert_eq!(echo.pid_file, Some(PathBuf::from("/run/keel.pid")));
+    assert_eq!(echo.rlimit_nofile, Some(65536));
 }

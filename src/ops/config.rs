@@ -38,7 +38,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -100,7 +100,7 @@ impl fmt::Display for Section {
 }
 
 /// Keys a server section accepts, in the order the messages list them.
-const SERVER_KEYS: [&str; 13] = [
+const SERVER_KEYS: [&str; 15] = [
     "listen",
     "engine",
     "model",
@@ -114,6 +114,8 @@ const SERVER_KEYS: [&str; 13] = [
     "reuseport",
     "work_ms",
     "keepalive",
+    "pid_file",
+    "rlimit_nofile",
 ];
 const KEEPALIVE_KEYS: [&str; 3] = ["idle", "interval", "count"];
 const ACCEPT_NAMES: [&str; 2] = ["reuseport", "acceptor"];
@@ -139,6 +141,8 @@ pub struct ServerSettings {
     pub keepalive_idle: Option<Duration>,
     pub keepalive_interval: Option<Duration>,
     pub keepalive_count: Option<u32>,
+    pub pid_file: Option<PathBuf>,
+    pub rlimit_nofile: Option<u64>,
 }
 
 impl ServerSettings {
@@ -161,6 +165,8 @@ impl ServerSettings {
             keepalive_idle: self.keepalive_idle.or(fallback.keepalive_idle),
             keepalive_interval: self.keepalive_interval.or(fallback.keepalive_interval),
             keepalive_count: self.keepalive_count.or(fallback.keepalive_count),
+            pid_file: self.pid_file.or_else(|| fallback.pid_file.clone()),
+            rlimit_nofile: self.rlimit_nofile.or(fallback.rlimit_nofile),
         }
     }
 
@@ -197,6 +203,8 @@ impl ServerSettings {
                 reuse_port: self.reuseport.unwrap_or(false),
                 backlog: self.backlog.unwrap_or(DEFAULT_BACKLOG),
             },
+            pid_file: self.pid_file.clone(),
+            rlimit_nofile: self.rlimit_nofile,
         })
     }
 }
@@ -444,6 +452,21 @@ impl Checker<'_> {
                         .map(|v| v as i32);
                 }
                 "reuseport" => s.reuseport = self.boolean(&key, value),
+                "pid_file" => {
+                    s.pid_file = match self.string(&key, value, "a file path") {
+                        Some("") => {
+                            let msg = "expected a file path, got an empty string".to_string();
+                            self.bad(&key, value, msg);
+                            None
+                        }
+                        other => other.map(PathBuf::from),
+                    };
+                }
+                "rlimit_nofile" => {
+                    s.rlimit_nofile = self
+                        .int(&key, value, 1, 1 << 30, "an fd count from 1 to 1073741824")
+                        .map(|v| v as u64);
+                }
                 "work_ms" if section == Section::Echo => {
                     s.work_ms = self
                         .int(

@@ -25,6 +25,7 @@ pub mod thread_per_conn;
 use std::fmt;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,6 +137,10 @@ pub struct ServerOptions {
     pub max_connections: Option<usize>,
     pub keepalive: Option<Keepalive>,
     pub listen_opts: ListenOptions,
+    /// Lock this file and write our pid to it; refuse to start if another process holds it.
+    pub pid_file: Option<PathBuf>,
+    /// Raise RLIMIT_NOFILE to this many fds at start.
+    pub rlimit_nofile: Option<u64>,
 }
 
 impl ServerOptions {
@@ -175,6 +180,18 @@ pub fn serve(opts: &ServerOptions, service: &Service) -> io::Result<()> {
             "--threads must be at least 1",
         ));
     }
+    if let Some(want) = opts.rlimit_nofile {
+        let (now, refused) = crate::ops::rlimit::raise_nofile(want);
+        if let Some(why) = refused {
+            eprintln!("keel: {why}; the fd limit in force is {now}");
+        }
+    }
+    // Before binding: a second instance is refused with the running one's pid, not with a
+    // less telling "address in use". Held (and removed at the end) for the server's life.
+    let _pid_file = match &opts.pid_file {
+        Some(path) => Some(crate::ops::pidfile::PidFile::acquire(path)?),
+        None => None,
+    };
     match opts.model {
         Model::MultiReactor => multi_reactor::run(opts, service),
         Model::Prefork => prefork::run(opts, service),

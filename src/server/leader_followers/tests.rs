@@ -31,6 +31,8 @@ fn opts(threads: usize) -> ServerOptions {
         max_connections: None,
         keepalive: None,
         listen_opts: ListenOptions::default(),
+        pid_file: None,
+        rlimit_nofile: None,
     }
 }
 

@@ -1,0 +1,119 @@
+//! The pid file: which process serves, and a lock so only one does.
+//!
+//! The file is locked with `flock(LOCK_EX|LOCK_NB)` for the server's whole life. A second
+//! instance fails to take the lock and is refused with the pid written in the file, before it
+//! binds anything; a file left behind by a server that died (kill -9, a crash) is not locked
+//! (the kernel drops a dead process's locks), so the next start takes it over. The lock lives
+//! on the open file description, which forked workers share: the master's lock stays held as
+//! long as any of them runs.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{flock, FlockOperation};
+
+/// A held pid file. Dropping it (when the server ends normally) removes the file.
+#[derive(Debug)]
+pub struct PidFile {
+    file: File,
+    path: PathBuf,
+    pid: u32,
+}
+
+impl PidFile {
+    /// Takes `path` for this process: creates or opens it, locks it, writes our pid.
+    pub fn acquire(path: &Path) -> io::Result<PidFile> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("pid file {}: {e}", path.display())))?;
+        if let Err(e) = flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            if e == rustix::io::Errno::WOULDBLOCK {
+                let mut held = String::new();
+                let _ = file.read_to_string(&mut held);
+                let who = match held.trim() {
+                    "" => "another process".to_string(),
+                    pid => format!("pid {pid}"),
+                };
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} is locked: keel is already running ({who})",
+                        path.display()
+                    ),
+                ));
+            }
+            return Err(io::Error::new(
+                io::Error::from(e).kind(),
+                format!("pid file {}: cannot lock: {e}", path.display()),
+            ));
+        }
+        // Ours now (a stale file from a dead server is simply overwritten).
+        let pid = std::process::id();
+        file.set_len(0)?;
+        file.rewind()?;
+        writeln!(file, "{pid}")?;
+        file.sync_data()?;
+        Ok(PidFile {
+            file,
+            path: path.to_path_buf(),
+            pid,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        // Only the process that wrote it removes it (a forked child never runs this, it leaves
+        // through `_exit`, but be sure).
+        if std::process::id() == self.pid {
+            let _ = std::fs::remove_file(&self.path);
+        }
+        let _ = &self.file; // the lock goes with the descriptor
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_holder_is_refused_with_the_pid_and_the_file_goes_on_drop() {
+        let dir = std::env::temp_dir().join(format!("keel-pid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keel.pid");
+        let first = PidFile::acquire(&path).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+        // flock locks belong to the open file description: a second open in this same process
+        // conflicts like another process would.
+        let err = PidFile::acquire(&path).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert!(
+            err.to_string()
+                .contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        drop(first);
+        assert!(
+            !path.exists(),
+            "the pid file is removed when the server ends"
+        );
+        let again = PidFile::acquire(&path).unwrap();
+        drop(again);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
