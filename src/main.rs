@@ -110,6 +110,17 @@ struct ServerArgs {
     /// Raise RLIMIT_NOFILE to this many fds at start (if refused, the limit in force is said).
     #[arg(long, value_name = "N")]
     rlimit_nofile: Option<u64>,
+    /// Detach from the terminal once listening: double fork, setsid, chdir /, umask 027,
+    /// standard streams on /dev/null (bind errors still reach the terminal).
+    #[arg(long)]
+    daemon: bool,
+    /// Run as this user once the listeners are bound (so a port below 1024 works when started
+    /// as root); refuses to run on if the switch fails.
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// Run with this group (default: the user's primary group).
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -152,6 +163,9 @@ impl ServerArgs {
             keepalive_count: self.keepalive_count,
             pid_file: self.pid_file.clone(),
             rlimit_nofile: self.rlimit_nofile,
+            daemon: self.daemon.then_some(true),
+            user: self.user.clone(),
+            group: self.group.clone(),
         }
     }
 

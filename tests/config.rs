@@ -140,6 +140,9 @@ engine = "select"
             keepalive_count: Some(4),
             pid_file: None,
             rlimit_nofile: None,
+            daemon: None,
+            user: None,
+            group: None,
         })
     );
     assert_eq!(
@@ -272,7 +275,7 @@ fn unknown_key_lists_the_valid_ones() {
         &[
             "3: key `echo.idle_timout`: unknown key; expected one of listen, engine, model, \
            threads, accept, idle_timeout, linger_timeout, drain_timeout, max_conns, backlog, \
-           reuseport, work_ms, keepalive, pid_file, rlimit_nofile",
+           reuseport, work_ms, keepalive, pid_file, rlimit_nofile, daemon, user, group",
         ],
     );
     // discard's list leaves work_ms out.
@@ -282,7 +285,7 @@ fn unknown_key_lists_the_valid_ones() {
         &[
             "2: key `discard.port`: unknown key; expected one of listen, engine, model, threads, \
            accept, idle_timeout, linger_timeout, drain_timeout, max_conns, backlog, reuseport, \
-           keepalive, pid_file, rlimit_nofile",
+           keepalive, pid_file, rlimit_nofile, daemon, user, group",
         ],
     );
     assert_errors(
@@ -507,10 +510,10 @@ listen = "0.0.0.0:99999"
             "3: key `echo.engine`: expected one of select, poll, epoll-lt, epoll-et, got \"fast\"",
             "4: key `echo.zzz`: unknown key; expected one of listen, engine, model, threads, \
              accept, idle_timeout, linger_timeout, drain_timeout, max_conns, backlog, reuseport, \
-             work_ms, keepalive, pid_file, rlimit_nofile",
+             work_ms, keepalive, pid_file, rlimit_nofile, daemon, user, group",
             "5: key `echo.aaa`: unknown key; expected one of listen, engine, model, threads, \
              accept, idle_timeout, linger_timeout, drain_timeout, max_conns, backlog, reuseport, \
-             work_ms, keepalive, pid_file, rlimit_nofile",
+             work_ms, keepalive, pid_file, rlimit_nofile, daemon, user, group",
             "8: key `discard.work_ms`: only [echo] takes work_ms; discard has no handler work to \
              delay",
             "9: key `discard.listen`: port 99999 out of range: expected a port from 0 to 65535, \
@@ -893,4 +896,25 @@ fn pid_file_and_rlimit_are_read() {
     let echo = c.echo.expect("an [echo] section");
     assert_eq!(echo.pid_file, Some(PathBuf::from("/run/keel.pid")));
     assert_eq!(echo.rlimit_nofile, Some(65536));
+}
+
+#[test]
+fn daemon_user_group_are_checked() {
+    assert_errors(
+        "bad-daemon",
+        "[echo]\ndaemon = \"yes\"\nuser = \"\"\ngroup = 0\n",
+        &[
+            "2: key `echo.daemon`: expected true or false, got string \"yes\"",
+            "3: key `echo.user`: expected a user or group name, got an empty string",
+            "4: key `echo.group`: expected a user or group name, got integer 0",
+        ],
+    );
+    let c = load_ok(
+        "daemon",
+        "[echo]\ndaemon = true\nuser = \"nobody\"\ngroup = \"nogroup\"\n",
+    );
+    let echo = c.echo.expect("an [echo] section");
+    assert_eq!(echo.daemon, Some(true));
+    assert_eq!(echo.user.as_deref(), Some("nobody"));
+    assert_eq!(echo.group.as_deref(), Some("nogroup"));
 }

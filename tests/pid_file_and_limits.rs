@@ -152,7 +152,14 @@ fn an_rlimit_beyond_the_hard_limit_is_raised_or_the_limit_in_force_is_said() {
     match soft_nofile(srv.pid) {
         4321 => {}
         256 => {
-            let err = srv.stderr_dump();
+            // The line is written before the listening line; give the reader thread a moment.
+            let start = Instant::now();
+            let mut err = srv.stderr_dump();
+            while !err.contains("the fd limit in force") && start.elapsed() < Duration::from_secs(3)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+                err = srv.stderr_dump();
+            }
             assert!(
                 err.contains("cannot raise RLIMIT_NOFILE to 4321")
                     && err.contains("the fd limit in force is 256"),

@@ -100,7 +100,7 @@ impl fmt::Display for Section {
 }
 
 /// Keys a server section accepts, in the order the messages list them.
-const SERVER_KEYS: [&str; 15] = [
+const SERVER_KEYS: [&str; 18] = [
     "listen",
     "engine",
     "model",
@@ -116,6 +116,9 @@ const SERVER_KEYS: [&str; 15] = [
     "keepalive",
     "pid_file",
     "rlimit_nofile",
+    "daemon",
+    "user",
+    "group",
 ];
 const KEEPALIVE_KEYS: [&str; 3] = ["idle", "interval", "count"];
 const ACCEPT_NAMES: [&str; 2] = ["reuseport", "acceptor"];
@@ -143,6 +146,9 @@ pub struct ServerSettings {
     pub keepalive_count: Option<u32>,
     pub pid_file: Option<PathBuf>,
     pub rlimit_nofile: Option<u64>,
+    pub daemon: Option<bool>,
+    pub user: Option<String>,
+    pub group: Option<String>,
 }
 
 impl ServerSettings {
@@ -167,6 +173,9 @@ impl ServerSettings {
             keepalive_count: self.keepalive_count.or(fallback.keepalive_count),
             pid_file: self.pid_file.or_else(|| fallback.pid_file.clone()),
             rlimit_nofile: self.rlimit_nofile.or(fallback.rlimit_nofile),
+            daemon: self.daemon.or(fallback.daemon),
+            user: self.user.or_else(|| fallback.user.clone()),
+            group: self.group.or_else(|| fallback.group.clone()),
         }
     }
 
@@ -205,6 +214,9 @@ impl ServerSettings {
             },
             pid_file: self.pid_file.clone(),
             rlimit_nofile: self.rlimit_nofile,
+            daemon: self.daemon.unwrap_or(false),
+            user: self.user.clone(),
+            group: self.group.clone(),
         })
     }
 }
@@ -461,6 +473,22 @@ impl Checker<'_> {
                         }
                         other => other.map(PathBuf::from),
                     };
+                }
+                "daemon" => s.daemon = self.boolean(&key, value),
+                "user" | "group" => {
+                    let v = match self.string(&key, value, "a user or group name") {
+                        Some("") => {
+                            let msg = "expected a user or group name, got an empty string";
+                            self.bad(&key, value, msg.to_string());
+                            None
+                        }
+                        other => other.map(str::to_string),
+                    };
+                    if name.get_ref().as_ref() == "user" {
+                        s.user = v;
+                    } else {
+                        s.group = v;
+                    }
                 }
                 "rlimit_nofile" => {
                     s.rlimit_nofile = self

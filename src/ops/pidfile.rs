@@ -71,6 +71,16 @@ impl PidFile {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Writes the current pid again: after daemonizing, the server is another process than
+    /// the one that took the lock (it inherited the locked descriptor).
+    pub fn rewrite(&mut self) -> io::Result<()> {
+        self.pid = std::process::id();
+        self.file.set_len(0)?;
+        self.file.rewind()?;
+        writeln!(self.file, "{}", self.pid)?;
+        self.file.sync_data()
+    }
 }
 
 impl Drop for PidFile {

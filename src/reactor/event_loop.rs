@@ -342,6 +342,30 @@ impl EventLoop {
         Ok(())
     }
 
+    /// After a fork (daemonizing), a signalfd made by the parent no longer wakes this
+    /// process's loop: replace it with one of our own.
+    fn renew_inherited_signals(&mut self) -> io::Result<()> {
+        let tokens: Vec<Token> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| matches!(&s.source, Source::Signals(Some(sig)) if sig.inherited()))
+            .map(|(i, s)| Token(((s.generation as u64) << 32) | i as u64))
+            .collect();
+        for token in tokens {
+            let EventLoop { slots, poller, .. } = self;
+            let Some(Source::Signals(Some(old))) = slot_in(slots, token).map(|s| &s.source) else {
+                continue;
+            };
+            let new = old.renew()?;
+            let _ = poller.deregister(old.as_fd());
+            poller.register(new.as_fd(), token, Interest::READABLE)?;
+            if let Some(slot) = self.slot_mut(token) {
+                slot.source = Source::Signals(Some(new));
+            }
+        }
+        Ok(())
+    }
+
     /// Makes `run` return at the end of the current iteration.
     pub fn stop(&mut self) {
         self.quit = true;
@@ -389,6 +413,7 @@ impl EventLoop {
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Vec::with_capacity(1024);
         self.quit = false;
+        self.renew_inherited_signals()?;
         while !self.quit {
             self.run_deferred(); // work queued by calls made before `run` or between iterations
             let timeout = self.poll_timeout();

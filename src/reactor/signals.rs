@@ -16,6 +16,11 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 pub struct Signals {
     fd: SignalFd,
+    set: Vec<Signal>,
+    /// The process that created the signalfd. A signalfd in an epoll set is woken through the
+    /// creating process's signal state: after a fork (a daemon's double fork) the new process
+    /// must make its own, or its signals would never wake the loop.
+    owner: u32,
 }
 
 impl Signals {
@@ -29,7 +34,21 @@ impl Signals {
         set.thread_block().map_err(io::Error::from)?;
         let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(io::Error::from)?;
-        Ok(Signals { fd })
+        Ok(Signals {
+            fd,
+            set: signals.to_vec(),
+            owner: std::process::id(),
+        })
+    }
+
+    /// True when this signalfd was made by another process (we are a forked copy).
+    pub fn inherited(&self) -> bool {
+        self.owner != std::process::id()
+    }
+
+    /// A new signalfd for the same signals, made by this process.
+    pub fn renew(&self) -> io::Result<Signals> {
+        Signals::new(&self.set)
     }
 
     /// The next pending signal, or None when none is pending.

@@ -195,6 +195,7 @@ pub fn install_signals(el: &mut EventLoop, fleet: Arc<Fleet>, drain: Duration) -
             Signal::SIGUSR2 => eprintln!("{}", fleet.total(el.stats())),
             Signal::SIGHUP => eprintln!("keel: SIGHUP ignored (no configuration to reload)"),
             _ => {
+                crate::ops::notify::stopping();
                 fleet.broadcast(move |el| el.shutdown_gracefully(drain));
                 el.shutdown_gracefully(drain);
             }

@@ -372,6 +372,7 @@ fn begin_stop<M: Master>(el: &mut EventLoop, m: &Shared<M>) {
         return;
     }
     mm.children_mut().stopping = true;
+    crate::ops::notify::stopping();
     mm.close(el);
     if mm.children().signal_all(Signal::SIGTERM) == 0 {
         el.stop();

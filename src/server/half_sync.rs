@@ -69,11 +69,13 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     // Signals are blocked before the workers exist, so they inherit the mask.
     install_signals(&mut reactor, hub.clone(), opts.drain_timeout)?;
 
+    // Bound and announced (and daemonized) before the workers exist: fork needs one thread.
+    let (listener, udp) = bind_and_announce(opts, service)?;
     let (workers, spawned) = spawn_workers(opts.threads, rx, &hub);
     let mut result = spawned;
 
     if result.is_ok() {
-        result = serve(&mut reactor, opts, service, &hub);
+        result = serve(&mut reactor, listener, udp, service, &hub);
     }
     let stats = reactor.stats().clone();
     // Closes the task queue: a reply that comes back now is dropped, and its handler gets its
@@ -91,11 +93,11 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
 
 fn serve(
     reactor: &mut EventLoop,
-    opts: &ServerOptions,
+    listener: std::net::TcpListener,
+    udp: Option<std::net::UdpSocket>,
     service: &Service,
     hub: &Arc<Hub>,
 ) -> io::Result<()> {
-    let (listener, udp) = bind_and_announce(opts, service)?;
     reactor.add_listener(listener, shim_factory(service.factory.clone(), hub))?;
     if let (Some(sock), Some(udp)) = (udp, &service.udp) {
         reactor.add_udp(sock, udp())?;
@@ -210,6 +212,7 @@ fn begin_drain(el: &mut EventLoop, hub: &Hub, drain: Duration) {
         }
         st.drain_deadline = Some(Instant::now() + drain);
     }
+    crate::ops::notify::stopping();
     // Jobs that outlive the drain timeout are not waited for.
     el.run_after(drain, |el| el.shutdown_gracefully(Duration::ZERO));
     maybe_shut_down(el, hub);

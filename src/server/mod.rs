@@ -141,6 +141,11 @@ pub struct ServerOptions {
     pub pid_file: Option<PathBuf>,
     /// Raise RLIMIT_NOFILE to this many fds at start.
     pub rlimit_nofile: Option<u64>,
+    /// Detach from the terminal once listening (double fork, setsid).
+    pub daemon: bool,
+    /// Run as this user (and group) once the listeners are bound.
+    pub user: Option<String>,
+    pub group: Option<String>,
 }
 
 impl ServerOptions {
@@ -188,18 +193,27 @@ pub fn serve(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     }
     // Before binding: a second instance is refused with the running one's pid, not with a
     // less telling "address in use". Held (and removed at the end) for the server's life.
-    let _pid_file = match &opts.pid_file {
-        Some(path) => Some(crate::ops::pidfile::PidFile::acquire(path)?),
-        None => None,
-    };
-    match opts.model {
+    if let Some(path) = &opts.pid_file {
+        *pid_file() = Some(crate::ops::pidfile::PidFile::acquire(path)?);
+    }
+    let result = match opts.model {
         Model::MultiReactor => multi_reactor::run(opts, service),
         Model::Prefork => prefork::run(opts, service),
         Model::HalfSync => half_sync::run(opts, service),
         Model::LeaderFollowers => leader_followers::run(opts, service),
         Model::ThreadPerConn => thread_per_conn::run(opts, service),
         Model::ProcessPerConn => process_per_conn::run(opts, service),
-    }
+    };
+    pid_file().take(); // removes the file (only in the process that wrote it)
+    result
+}
+
+/// The server's pid file, held for its whole life. Process-wide because it is taken before
+/// the model runs and rewritten after daemonizing, deep inside the model's start-up.
+fn pid_file() -> std::sync::MutexGuard<'static, Option<crate::ops::pidfile::PidFile>> {
+    static PID_FILE: std::sync::Mutex<Option<crate::ops::pidfile::PidFile>> =
+        std::sync::Mutex::new(None);
+    PID_FILE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Binds the TCP listener (and, for a service with a UDP side, the UDP socket on the same
@@ -217,15 +231,31 @@ pub(crate) fn bind_and_announce(
         ),
         None => None,
     };
-    announce(local, udp.is_some())?;
+    announce(opts, local, udp.is_some())?;
     Ok((listener, udp))
 }
 
-pub(crate) fn announce(local: SocketAddr, udp: bool) -> io::Result<()> {
-    let mut out = io::stdout().lock();
-    writeln!(out, "listening tcp {local}")?;
-    if udp {
-        writeln!(out, "listening udp {local}")?;
+/// Called by every model once its sockets are bound and before it starts any thread or worker
+/// process: prints the `listening` lines (so bind errors and these lines reach the terminal),
+/// then drops privileges, detaches if asked, records the final pid and tells systemd.
+pub(crate) fn announce(opts: &ServerOptions, local: SocketAddr, udp: bool) -> io::Result<()> {
+    {
+        let mut out = io::stdout().lock();
+        writeln!(out, "listening tcp {local}")?;
+        if udp {
+            writeln!(out, "listening udp {local}")?;
+        }
+        out.flush()?;
     }
-    out.flush()
+    if opts.user.is_some() || opts.group.is_some() {
+        crate::ops::privileges::drop_to(opts.user.as_deref(), opts.group.as_deref())?;
+    }
+    if opts.daemon {
+        crate::sys::process::daemonize()?;
+        if let Some(pf) = pid_file().as_mut() {
+            pf.rewrite()?;
+        }
+    }
+    crate::ops::notify::ready();
+    Ok(())
 }

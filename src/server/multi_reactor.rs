@@ -36,19 +36,20 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
             for _ in 1..opts.threads {
                 listeners.push(bind_tcp(local, &lopts)?);
             }
-            for (i, listener) in listeners.into_iter().enumerate() {
-                let factory = service.factory.clone();
-                fleet.spawn_loop(format!("keel-loop-{i}"), cfg.clone(), false, move |el| {
-                    el.add_listener(listener, factory).map(drop)
-                })?;
-            }
             if let Some(udp) = &service.udp {
                 let sock = std::net::UdpSocket::bind(local).map_err(|e| {
                     io::Error::new(e.kind(), format!("cannot bind udp {local}: {e}"))
                 })?;
                 control.add_udp(sock, udp())?;
             }
-            announce(local, service.udp.is_some())?;
+            // Bound: announce (and daemonize) while still single-threaded.
+            announce(opts, local, service.udp.is_some())?;
+            for (i, listener) in listeners.into_iter().enumerate() {
+                let factory = service.factory.clone();
+                fleet.spawn_loop(format!("keel-loop-{i}"), cfg.clone(), false, move |el| {
+                    el.add_listener(listener, factory).map(drop)
+                })?;
+            }
         }
         AcceptStrategy::Acceptor => {
             let (listener, udp) = bind_and_announce(opts, service)?;

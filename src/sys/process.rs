@@ -258,6 +258,45 @@ impl Drop for SharedCounters {
     }
 }
 
+/// Becomes a daemon (notes 001, chapter 7): fork and let the parent exit (the shell's command
+/// returns), `setsid` to leave the terminal's session, fork again so the daemon is not a
+/// session leader and can never reacquire a terminal, then `chdir /`, `umask 027`, and
+/// stdin/stdout/stderr on /dev/null. Only this function's caller continues, in the grandchild;
+/// both parents leave with `_exit(0)` (their destructors belong to the process that goes on).
+pub fn daemonize() -> io::Result<()> {
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "cannot daemonize: the process has {threads} threads (fork is only safe with one)"
+        )));
+    }
+    let _ = io::stdout().flush();
+    let _ = io::stderr().flush();
+    // SAFETY: single-threaded (checked above; we are the only thread, none can start between
+    // the check and the fork). The parent branch only calls `_exit`.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Parent { .. } => exit_now(0),
+        nix::unistd::ForkResult::Child => {}
+    }
+    nix::unistd::setsid().map_err(io::Error::from)?;
+    // SAFETY: still single-threaded (the child of a single-threaded process has one thread).
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Parent { .. } => exit_now(0),
+        nix::unistd::ForkResult::Child => {}
+    }
+    std::env::set_current_dir("/")?;
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o027));
+    let null = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    rustix::stdio::dup2_stdin(&null)?;
+    rustix::stdio::dup2_stdout(&null)?;
+    rustix::stdio::dup2_stderr(&null)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -96,6 +96,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
                 Signal::SIGUSR2 => eprintln!("{}", sh.total(el.stats())),
                 Signal::SIGHUP => eprintln!("keel: SIGHUP ignored (no configuration to reload)"),
                 _ => {
+                    crate::ops::notify::stopping();
                     if let Some(token) = udp_token.take() {
                         el.close_listener(token);
                     }

@@ -33,6 +33,9 @@ fn opts(threads: usize) -> ServerOptions {
         listen_opts: ListenOptions::default(),
         pid_file: None,
         rlimit_nofile: None,
+        daemon: false,
+        user: None,
+        group: None,
     }
 }
 

@@ -1,0 +1,52 @@
+//! Running as an unprivileged user after binding (notes 001, chapter 7): a server started as
+//! root binds ports below 1024, then gives root up before it touches a single request.
+
+use std::io;
+
+use nix::unistd::{setgid, setgroups, setuid, Group, User};
+
+/// Switches to `user` (and its primary group, or `group` if given). Supplementary groups are
+/// cleared first, then the gid, then the uid: in the other order, a process no longer root could
+/// not change its groups. Any failure is an error: a server told to drop root must not go on as
+/// root.
+pub fn drop_to(user: Option<&str>, group: Option<&str>) -> io::Result<()> {
+    let pw =
+        match user {
+            Some(name) => Some(User::from_name(name).map_err(io::Error::from)?.ok_or_else(
+                || io::Error::new(io::ErrorKind::NotFound, format!("no such user {name:?}")),
+            )?),
+            None => None,
+        };
+    let gid = match group {
+        Some(name) => Some(
+            Group::from_name(name)
+                .map_err(io::Error::from)?
+                .ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, format!("no such group {name:?}"))
+                })?
+                .gid,
+        ),
+        None => pw.as_ref().map(|u| u.gid),
+    };
+    let refuse = |what: &str, e: nix::Error| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("cannot drop privileges ({what}: {e}); refusing to run with the privileges it was started with"),
+        )
+    };
+    if let Some(gid) = gid {
+        setgroups(&[gid]).map_err(|e| refuse("setgroups", e))?;
+        setgid(gid).map_err(|e| refuse("setgid", e))?;
+    }
+    if let Some(u) = pw {
+        setuid(u.uid).map_err(|e| refuse("setuid", e))?;
+        // Make sure root cannot be regained.
+        if u.uid.as_raw() != 0 && setuid(nix::unistd::Uid::from_raw(0)).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "privileges were not dropped: root could be regained; refusing to run",
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! Server conventions (notes 001, chapter 7): `--daemon` detaches after binding under every
+//! model, the pid file follows the daemon and refuses a second start before it detaches,
+//! `--user` drops root after binding, and systemd hears READY=1 and STOPPING=1.
+
+mod util;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use util::{keel_bin, wait_served, Opts, Probe};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("keel-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie is not alive for our purposes (the daemon's parent is init, which reaps it).
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// A daemon this test started (through keel's double fork): killed on drop if still there.
+struct Daemon {
+    pid: i32,
+    addr: SocketAddr,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if alive(self.pid) {
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+        }
+    }
+}
+
+fn read_pid(path: &Path, not: u32, timeout: Duration) -> i32 {
+    let start = Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if let Ok(pid) = s.trim().parse::<i32>() {
+                if pid as u32 != not {
+                    return pid;
+                }
+            }
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "the pid file never got the daemon's pid"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts `keel echo --daemon` with `extra` args: the command returns 0 once detached, after
+/// printing its listening line; the daemon's pid comes from the pid file.
+fn start_daemon(pid_file: &Path, extra: &[&str]) -> Daemon {
+    let mut args = vec!["echo", "--listen", "127.0.0.1:0", "--daemon", "--pid-file"];
+    args.push(pid_file.to_str().unwrap());
+    args.extend_from_slice(extra);
+    let err_path = pid_file.with_extension("stderr");
+    let mut child = Command::new(keel_bin())
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let launcher = child.id();
+    // Every line up to EOF: the pipe closes once the launcher has exited and the daemon has
+    // put /dev/null on its stdout.
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let lines: Vec<String> = out.lines().map_while(Result::ok).collect();
+    let addr: SocketAddr = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("listening tcp "))
+        .unwrap_or_else(|| panic!("no listening line before detaching: {lines:?}"))
+        .parse()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("the command that starts a daemon did not return");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        status.success(),
+        "{args:?}: the starting command exits 0 once detached: {status:?}; stderr: {}",
+        std::fs::read_to_string(&err_path).unwrap_or_default()
+    );
+    let pid = read_pid(pid_file, launcher, Duration::from_secs(5));
+    Daemon { pid, addr }
+}
+
+fn stat_fields(pid: i32) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let (_, rest) = stat.rsplit_once(')').unwrap();
+    rest.split_whitespace().map(str::to_string).collect()
+}
+
+#[test]
+fn daemon_detaches_under_every_model() {
+    for model in [
+        "multi-reactor",
+        "prefork",
+        "half-sync",
+        "leader-followers",
+        "thread-per-conn",
+        "process-per-conn",
+    ] {
+        let dir = temp_dir(&format!("daemon-{model}"));
+        let pid_file = dir.join("keel.pid");
+        let d = start_daemon(&pid_file, &["--model", model, "--threads", "2"]);
+        // fields after the command name: state(0) ppid(1) pgrp(2) session(3) tty_nr(4)
+        let f = stat_fields(d.pid);
+        assert_eq!(f[4], "0", "[{model}] no controlling terminal");
+        assert_ne!(
+            f[3],
+            d.pid.to_string(),
+            "[{model}] not a session leader (second fork)"
+        );
+        assert_eq!(
+            std::fs::read_link(format!("/proc/{}/cwd", d.pid)).unwrap(),
+            PathBuf::from("/"),
+            "[{model}] chdir /"
+        );
+        let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid)).unwrap();
+        assert!(
+            status.contains("Umask:\t0027"),
+            "[{model}] umask 027: {status}"
+        );
+        assert_eq!(
+            wait_served(d.addr, b"daemon", Duration::from_secs(5)),
+            Probe::Served,
+            "[{model}] the daemon serves"
+        );
+        kill(Pid::from_raw(d.pid), Signal::SIGTERM).unwrap();
+        let start = Instant::now();
+        while alive(d.pid) {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "[{model}] daemon did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            !pid_file.exists(),
+            "[{model}] the daemon removed its pid file"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn a_second_daemon_is_refused_before_it_detaches() {
+    let dir = temp_dir("daemon-second");
+    let pid_file = dir.join("keel.pid");
+    let d = start_daemon(&pid_file, &[]);
+    let out = Command::new(keel_bin())
+        .args(["echo", "--listen", "127.0.0.1:0", "--daemon", "--pid-file"])
+        .arg(&pid_file)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the second start fails in the foreground"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("already running (pid {})", d.pid)),
+        "{err}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "refused before binding: {:?}",
+        out.stdout
+    );
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn user_drops_root_after_binding() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: dropping privileges needs the test to run as root");
+        return;
+    }
+    let srv = Opts::echo("epoll-et").arg("--user", "nobody").spawn();
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw()
+        .to_string();
+    // The listening line comes first, the drop right after it.
+    let start = Instant::now();
+    let uid_line = loop {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", srv.pid)).unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .unwrap()
+            .to_string();
+        let dropped = line.split_whitespace().skip(1).all(|u| u == nobody);
+        if dropped || start.elapsed() > Duration::from_secs(3) {
+            break line;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        uid_line.split_whitespace().skip(1).all(|u| u == nobody),
+        "real, effective, saved and fs uid are nobody's: {uid_line}"
+    );
+    util::assert_serves(&srv, "after dropping to nobody");
+}
+
+#[test]
+fn an_unknown_user_is_refused() {
+    let out = Command::new(keel_bin())
+        .args([
+            "echo",
+            "--listen",
+            "127.0.0.1:0",
+            "--user",
+            "no-such-user-keel",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no such user \"no-such-user-keel\""), "{err}");
+}
+
+#[test]
+fn systemd_hears_ready_and_stopping() {
+    let dir = temp_dir("notify");
+    let path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut child = Command::new(keel_bin())
+        .args(["echo", "--listen", "127.0.0.1:0"])
+        .env("NOTIFY_SOCKET", &path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1 within 10 s");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        msg.contains("READY=1") && msg.contains(&format!("MAINPID={}", child.id())),
+        "{msg}"
+    );
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let n = sock.recv(&mut buf).expect("STOPPING=1 after SIGTERM");
+    assert_eq!(&buf[..n], b"STOPPING=1\n");
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
