@@ -2,13 +2,17 @@
 //! connection that keeps writing is not idle, and a graceful close whose output the peer never
 //! reads ends within the linger timeout (the timer covers the flush too).
 
+mod util;
+
 use std::io::Read;
 use std::net::TcpStream;
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use keel::net::{bind_tcp, Buffer, CloseReason, Ctx, Handler};
-use keel::reactor::{Engine, EventLoop, LoopConfig};
+use keel::net::{Buffer, CloseReason, Ctx, Handler};
+use keel::reactor::{Engine, LoopConfig};
+
+use util::lib_server::{config, serve_with_client, stop_loop};
 
 /// Sends a line every 50 ms and never reads anything.
 struct Ticker {
@@ -36,39 +40,31 @@ impl Handler for Ticker {
 fn a_connection_that_keeps_writing_is_not_idle() {
     let mut failures = Vec::new();
     for engine in Engine::ALL {
-        let mut el = EventLoop::new(LoopConfig {
-            engine,
-            idle_timeout: Some(Duration::from_millis(300)),
-            ..LoopConfig::default()
-        })
-        .unwrap();
-        let listener = bind_tcp("127.0.0.1:0".parse().unwrap(), &Default::default()).unwrap();
-        let addr = listener.local_addr().unwrap();
         let (tx, rx) = mpsc::channel();
-        el.add_listener(
-            listener,
-            Arc::new(move || Box::new(Ticker { tx: tx.clone() }) as Box<dyn Handler>),
-        )
-        .unwrap();
-        el.run_after(Duration::from_millis(1200), |el| el.stop());
-        let client = std::thread::spawn(move || {
-            let mut s = TcpStream::connect(addr).unwrap();
-            s.set_read_timeout(Some(Duration::from_millis(300)))
-                .unwrap();
-            let start = Instant::now();
-            let mut total = 0;
-            let mut buf = [0u8; 256];
-            while start.elapsed() < Duration::from_secs(1) {
-                match s.read(&mut buf) {
-                    Ok(0) => return Err(format!("EOF after {:?}", start.elapsed())),
-                    Ok(n) => total += n,
-                    Err(e) => return Err(format!("{e} after {:?}", start.elapsed())),
+        let (_el, got) = serve_with_client(
+            LoopConfig {
+                idle_timeout: Some(Duration::from_millis(300)),
+                ..config(engine)
+            },
+            move || Box::new(Ticker { tx: tx.clone() }),
+            Duration::from_millis(1200),
+            |addr| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(300)))
+                    .unwrap();
+                let start = Instant::now();
+                let mut total = 0;
+                let mut buf = [0u8; 256];
+                while start.elapsed() < Duration::from_secs(1) {
+                    match s.read(&mut buf) {
+                        Ok(0) => return Err(format!("EOF after {:?}", start.elapsed())),
+                        Ok(n) => total += n,
+                        Err(e) => return Err(format!("{e} after {:?}", start.elapsed())),
+                    }
                 }
-            }
-            Ok(total)
-        });
-        el.run().unwrap();
-        let got = client.join().unwrap();
+                Ok(total)
+            },
+        );
         let idle = rx.try_recv().ok();
         if got.is_err() || idle.is_some() {
             failures.push(format!("{engine}: client {got:?}, idle callback {idle:?}"));
@@ -92,9 +88,7 @@ impl Handler for BigThenClose {
     }
     fn on_close(&mut self, cx: &mut Ctx<'_>, reason: CloseReason) {
         let _ = self.tx.send(reason);
-        cx.event_loop()
-            .expect("handlers run on the loop thread")
-            .stop();
+        stop_loop(cx);
     }
 }
 
@@ -102,27 +96,22 @@ impl Handler for BigThenClose {
 fn close_with_output_to_a_peer_that_never_reads_ends() {
     let mut failures = Vec::new();
     for engine in Engine::ALL {
-        let mut el = EventLoop::new(LoopConfig {
-            engine,
-            linger_timeout: Duration::from_millis(200),
-            ..LoopConfig::default()
-        })
-        .unwrap();
-        let listener = bind_tcp("127.0.0.1:0".parse().unwrap(), &Default::default()).unwrap();
-        let addr = listener.local_addr().unwrap();
         let (tx, rx) = mpsc::channel();
-        el.add_listener(
-            listener,
-            Arc::new(move || Box::new(BigThenClose { tx: tx.clone() }) as Box<dyn Handler>),
-        )
-        .unwrap();
-        el.run_after(Duration::from_millis(1500), |el| el.stop());
-        let client = std::thread::spawn(move || {
-            let s = TcpStream::connect(addr).unwrap();
-            std::thread::sleep(Duration::from_millis(1800)); // connected, reading nothing
-            drop(s);
-        });
-        el.run().unwrap();
+        // The client is joined before the check below; nothing the check reads changes after the
+        // loop has stopped.
+        let (el, ()) = serve_with_client(
+            LoopConfig {
+                linger_timeout: Duration::from_millis(200),
+                ..config(engine)
+            },
+            move || Box::new(BigThenClose { tx: tx.clone() }),
+            Duration::from_millis(1500),
+            |addr| {
+                let s = TcpStream::connect(addr).unwrap();
+                std::thread::sleep(Duration::from_millis(1800)); // connected, reading nothing
+                drop(s);
+            },
+        );
         let reason = rx.try_recv();
         if reason.is_err() {
             failures.push(format!(
@@ -130,7 +119,6 @@ fn close_with_output_to_a_peer_that_never_reads_ends() {
                 el.stats().bytes_out
             ));
         }
-        client.join().unwrap();
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }

@@ -2,13 +2,16 @@
 //! arrives together with the handshake is read (edge-triggered reports it only once), and a close
 //! requested before the handshake finished still sends the FIN and ends the connection.
 
+mod util;
+
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use keel::net::{Buffer, CloseReason, Ctx, Handler};
 use keel::reactor::{Engine, EventLoop, LoopConfig};
+
+use util::lib_server::{accept_one, config, stop_loop};
 
 struct Greeted {
     tx: mpsc::Sender<Vec<u8>>,
@@ -18,9 +21,7 @@ impl Handler for Greeted {
     fn on_data(&mut self, cx: &mut Ctx<'_>, input: &mut Buffer) {
         let _ = self.tx.send(input.as_slice().to_vec());
         input.clear();
-        cx.event_loop()
-            .expect("handlers run on the loop thread")
-            .stop();
+        stop_loop(cx);
     }
 }
 
@@ -28,18 +29,11 @@ impl Handler for Greeted {
 fn greeting_that_arrives_with_the_connect_is_read() {
     let mut failures = Vec::new();
     for engine in Engine::ALL {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
+        let (addr, server) = accept_one(|mut s| {
             s.write_all(b"220 hello\r\n").unwrap();
             std::thread::sleep(Duration::from_millis(1500));
         });
-        let mut el = EventLoop::new(LoopConfig {
-            engine,
-            ..LoopConfig::default()
-        })
-        .unwrap();
+        let mut el = EventLoop::new(config(engine)).unwrap();
         let (tx, rx) = mpsc::channel();
         el.connect(addr, Duration::from_secs(2), Box::new(Greeted { tx }))
             .unwrap();
@@ -73,10 +67,7 @@ impl Handler for Quiet {
 fn close_while_connecting_sends_fin_and_ends() {
     let mut failures = Vec::new();
     for engine in Engine::ALL {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
+        let (addr, server) = accept_one(|mut s| {
             s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
             let mut buf = Vec::new();
             let r = s.read_to_end(&mut buf);
@@ -84,9 +75,8 @@ fn close_while_connecting_sends_fin_and_ends() {
             r.map(|_| buf)
         });
         let mut el = EventLoop::new(LoopConfig {
-            engine,
             linger_timeout: Duration::from_millis(300),
-            ..LoopConfig::default()
+            ..config(engine)
         })
         .unwrap();
         let (tx, rx) = mpsc::channel();

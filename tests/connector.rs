@@ -1,5 +1,7 @@
 //! The outgoing connector and cross-thread posting, through the library API on loopback.
 
+mod util;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
 
@@ -7,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use keel::net::{Buffer, CloseReason, ConnectError, Ctx, Handler};
 use keel::reactor::{Engine, EventLoop, LoopConfig};
+
+use util::lib_server::{accept_one, config, stop_loop};
 
 /// Reports how its connection went: `Ok(reply)` or the close reason of a failed connect.
 struct Probe {
@@ -29,18 +33,12 @@ impl Handler for Probe {
             other => Err(other),
         };
         let _ = self.tx.send(msg);
-        cx.event_loop()
-            .expect("handlers run on the loop thread")
-            .stop();
+        stop_loop(cx);
     }
 }
 
 fn run_probe(engine: Engine, addr: SocketAddr, timeout: Duration) -> Result<Vec<u8>, CloseReason> {
-    let mut el = EventLoop::new(LoopConfig {
-        engine,
-        ..LoopConfig::default()
-    })
-    .unwrap();
+    let mut el = EventLoop::new(config(engine)).unwrap();
     let (tx, rx) = mpsc::channel();
     el.connect(
         addr,
@@ -60,11 +58,8 @@ fn run_probe(engine: Engine, addr: SocketAddr, timeout: Duration) -> Result<Vec<
 #[test]
 fn connects_and_exchanges_bytes_on_every_engine() {
     for engine in Engine::ALL {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = std::thread::spawn(move || {
+        let (addr, server) = accept_one(|mut s| {
             use std::io::{Read, Write};
-            let (mut s, _) = listener.accept().unwrap();
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             let mut buf = Vec::new();
             s.read_to_end(&mut buf).unwrap(); // until the probe's FIN

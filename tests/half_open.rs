@@ -3,13 +3,17 @@
 //! spin (EPOLLRDHUP is asked for only with read interest), and a reset arriving after the FIN
 //! must still end it, on every engine that can see it.
 
+mod util;
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use keel::net::{bind_tcp, Buffer, CloseReason, Ctx, Handler};
-use keel::reactor::{Engine, EventLoop, LoopConfig};
+use keel::net::{Buffer, CloseReason, Ctx, Handler};
+use keel::reactor::Engine;
+
+use util::lib_server::{config, serve_with_client, stop_loop};
 
 /// Keeps the connection half-open for 400 ms after the peer's FIN, then answers and closes.
 struct LateAnswer;
@@ -26,9 +30,7 @@ impl Handler for LateAnswer {
         cx.shutdown_write();
     }
     fn on_close(&mut self, cx: &mut Ctx<'_>, _reason: CloseReason) {
-        cx.event_loop()
-            .expect("handlers run on the loop thread")
-            .stop();
+        stop_loop(cx);
     }
 }
 
@@ -36,29 +38,19 @@ impl Handler for LateAnswer {
 fn half_open_connection_does_not_make_the_loop_spin() {
     let mut failures = Vec::new();
     for engine in Engine::ALL {
-        let mut el = EventLoop::new(LoopConfig {
-            engine,
-            ..LoopConfig::default()
-        })
-        .unwrap();
-        let listener = bind_tcp("127.0.0.1:0".parse().unwrap(), &Default::default()).unwrap();
-        let addr = listener.local_addr().unwrap();
-        el.add_listener(
-            listener,
-            Arc::new(|| Box::new(LateAnswer) as Box<dyn Handler>),
-        )
-        .unwrap();
-        el.run_after(Duration::from_secs(5), |el| el.stop());
-        let client = std::thread::spawn(move || {
-            let mut s = TcpStream::connect(addr).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(4))).unwrap();
-            s.write_all(b"hi").unwrap();
-            s.shutdown(Shutdown::Write).unwrap();
-            let mut got = Vec::new();
-            s.read_to_end(&mut got).map(|_| got)
-        });
-        el.run().unwrap();
-        let got = client.join().unwrap();
+        let (el, got) = serve_with_client(
+            config(engine),
+            || Box::new(LateAnswer),
+            Duration::from_secs(5),
+            |addr| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(4))).unwrap();
+                s.write_all(b"hi").unwrap();
+                s.shutdown(Shutdown::Write).unwrap();
+                let mut got = Vec::new();
+                s.read_to_end(&mut got).map(|_| got)
+            },
+        );
         assert_eq!(got.unwrap(), b"bye", "engine {engine}");
         // A handful of real events happen (accept, data, FIN, timer, close). Anything in the
         // hundreds over 400 ms of quiet is a spin.
@@ -90,9 +82,7 @@ impl Handler for PauseThenEcho {
         cx.resume_read();
     }
     fn on_close(&mut self, cx: &mut Ctx<'_>, _reason: CloseReason) {
-        cx.event_loop()
-            .expect("handlers run on the loop thread")
-            .stop();
+        stop_loop(cx);
     }
 }
 
@@ -100,32 +90,23 @@ impl Handler for PauseThenEcho {
 fn fin_while_paused_does_not_make_the_loop_spin() {
     let mut failures = Vec::new();
     for engine in Engine::ALL {
-        let mut el = EventLoop::new(LoopConfig {
-            engine,
-            ..LoopConfig::default()
-        })
-        .unwrap();
-        let listener = bind_tcp("127.0.0.1:0".parse().unwrap(), &Default::default()).unwrap();
-        let addr = listener.local_addr().unwrap();
-        el.add_listener(
-            listener,
-            Arc::new(|| Box::new(PauseThenEcho { paused: false }) as Box<dyn Handler>),
-        )
-        .unwrap();
-        el.run_after(Duration::from_secs(5), |el| el.stop());
-        let client = std::thread::spawn(move || {
-            let mut s = TcpStream::connect(addr).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(4))).unwrap();
-            s.write_all(b"one").unwrap();
-            let mut got = [0u8; 3];
-            s.read_exact(&mut got).unwrap();
-            // The server is paused now; our FIN arrives while it is not reading.
-            s.shutdown(Shutdown::Write).unwrap();
-            let mut rest = Vec::new();
-            s.read_to_end(&mut rest).map(|_| rest)
-        });
-        el.run().unwrap();
-        client.join().unwrap().unwrap();
+        let (el, rest) = serve_with_client(
+            config(engine),
+            || Box::new(PauseThenEcho { paused: false }),
+            Duration::from_secs(5),
+            |addr| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(4))).unwrap();
+                s.write_all(b"one").unwrap();
+                let mut got = [0u8; 3];
+                s.read_exact(&mut got).unwrap();
+                // The server is paused now; our FIN arrives while it is not reading.
+                s.shutdown(Shutdown::Write).unwrap();
+                let mut rest = Vec::new();
+                s.read_to_end(&mut rest).map(|_| rest)
+            },
+        );
+        rest.unwrap();
         let wakeups = el.stats().wakeups;
         eprintln!("engine {engine}: {wakeups} wake-ups");
         if wakeups > 100 {
@@ -155,9 +136,7 @@ impl Handler for WaitsLong {
     }
     fn on_close(&mut self, cx: &mut Ctx<'_>, reason: CloseReason) {
         let _ = self.tx.send((reason, Instant::now()));
-        cx.event_loop()
-            .expect("handlers run on the loop thread")
-            .stop();
+        stop_loop(cx);
     }
 }
 
@@ -167,33 +146,23 @@ impl Handler for WaitsLong {
 fn reset_after_peer_fin_closes_the_connection() {
     let mut failures = Vec::new();
     for engine in [Engine::Poll, Engine::EpollLt, Engine::EpollEt] {
-        let mut el = EventLoop::new(LoopConfig {
-            engine,
-            ..LoopConfig::default()
-        })
-        .unwrap();
-        let listener = bind_tcp("127.0.0.1:0".parse().unwrap(), &Default::default()).unwrap();
-        let addr = listener.local_addr().unwrap();
         let (tx, rx) = mpsc::channel();
-        el.add_listener(
-            listener,
-            Arc::new(move || Box::new(WaitsLong { tx: tx.clone() }) as Box<dyn Handler>),
-        )
-        .unwrap();
-        el.run_after(Duration::from_millis(1500), |el| el.stop());
-        let client = std::thread::spawn(move || {
-            let s = TcpStream::connect(addr).unwrap();
-            s.shutdown(Shutdown::Write).unwrap();
-            std::thread::sleep(Duration::from_millis(200));
-            // Now reset: SO_LINGER {on, 0} and close.
-            socket2::SockRef::from(&s)
-                .set_linger(Some(Duration::ZERO))
-                .unwrap();
-            drop(s);
-            Instant::now()
-        });
-        el.run().unwrap();
-        let reset_at = client.join().unwrap();
+        let (el, reset_at) = serve_with_client(
+            config(engine),
+            move || Box::new(WaitsLong { tx: tx.clone() }),
+            Duration::from_millis(1500),
+            |addr| {
+                let s = TcpStream::connect(addr).unwrap();
+                s.shutdown(Shutdown::Write).unwrap();
+                std::thread::sleep(Duration::from_millis(200));
+                // Now reset: SO_LINGER {on, 0} and close.
+                socket2::SockRef::from(&s)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+                drop(s);
+                Instant::now()
+            },
+        );
         let wakeups = el.stats().wakeups;
         match rx.try_recv() {
             Ok((CloseReason::Error(_), at))

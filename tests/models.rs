@@ -693,6 +693,16 @@ fn quiet_beside_busy(srv: &Server, label: &str) -> Neighbour {
     }
 }
 
+/// Runs [`quiet_beside_busy`] on a server for `c` with `--work-ms WORK_MS` and prints the
+/// result. Returns the label (with the work time) and the result.
+fn busy_neighbour(c: Cfg) -> (String, Neighbour) {
+    let label = format!("{} --work-ms {WORK_MS}", c.label());
+    let srv = c.opts().arg("--work-ms", &WORK_MS.to_string()).spawn();
+    let r = quiet_beside_busy(&srv, &label);
+    eprintln!("[{label}] {}", r.show());
+    (label, r)
+}
+
 fn ms(d: &Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e3)
 }
@@ -706,11 +716,7 @@ fn ms(d: &Duration) -> String {
 /// the same load on one reactor running handlers inline).
 #[test]
 fn half_sync_busy_handler_does_not_block_others() {
-    let c = Cfg::new("half-sync", 2);
-    let label = format!("{} --work-ms {WORK_MS}", c.label());
-    let srv = c.opts().arg("--work-ms", &WORK_MS.to_string()).spawn();
-    let r = quiet_beside_busy(&srv, &label);
-    eprintln!("[{label}] {}", r.show());
+    let (label, r) = busy_neighbour(Cfg::new("half-sync", 2));
     assert!(
         r.busy_echoed > 0,
         "[{label}] the busy connection got nothing back: it was not being served"
@@ -738,11 +744,7 @@ fn half_sync_busy_handler_does_not_block_others() {
 /// apart.
 #[test]
 fn control_single_reactor_is_blocked_by_busy_handler() {
-    let c = Cfg::new("multi-reactor", 1);
-    let label = format!("{} --work-ms {WORK_MS}", c.label());
-    let srv = c.opts().arg("--work-ms", &WORK_MS.to_string()).spawn();
-    let r = quiet_beside_busy(&srv, &label);
-    eprintln!("[{label}] {}", r.show());
+    let (label, r) = busy_neighbour(Cfg::new("multi-reactor", 1));
     assert!(
         r.busy_echoed > 0,
         "[{label}] the busy connection got nothing back"

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+pub mod lib_server;
+
 /// The four readiness engines the contract names.
 pub const ENGINES: [&str; 4] = ["select", "poll", "epoll-lt", "epoll-et"];
 
