@@ -128,6 +128,8 @@ pub(crate) struct Conn {
     /// edge-triggered reader must then read on to the 0, since no new edge will announce it
     /// (it may have been reported while reading was paused).
     pub(crate) hup_seen: bool,
+    /// The server is stopping: close once idle (see `drain_conn`).
+    pub(crate) draining: bool,
     /// Our FIN went out.
     pub(crate) write_shut: bool,
     /// Send our FIN once the output queue drains.
@@ -159,6 +161,7 @@ impl Conn {
             read_paused: false,
             read_eof: false,
             hup_seen: false,
+            draining: false,
             write_shut: false,
             shutdown_after_flush: false,
             close_after_shutdown: false,
@@ -383,8 +386,11 @@ impl EventLoop {
                     self.stash_input(id, input, direct);
                     // A short read emptied the socket: an edge poller will report new data
                     // (but not a FIN it already reported: then read on to the 0).
-                    let hup = self.conn(id).is_some_and(|c| c.hup_seen);
-                    if !edge || (n < asked && !hup) {
+                    let (hup, draining) = self
+                        .conn(id)
+                        .map_or((false, false), |c| (c.hup_seen, c.draining));
+                    // Draining: read on to EAGAIN, which is how an idle connection is recognised.
+                    if !draining && (!edge || (n < asked && !hup)) {
                         return;
                     }
                     if total >= budget {
@@ -395,7 +401,10 @@ impl EventLoop {
                 Err(e) => {
                     self.stash_input(id, input, direct);
                     match e.kind() {
-                        io::ErrorKind::WouldBlock => return,
+                        io::ErrorKind::WouldBlock => {
+                            self.close_if_drained(id);
+                            return;
+                        }
                         io::ErrorKind::Interrupted => {}
                         kind => {
                             self.close_with(id, CloseReason::Error(kind));
@@ -492,6 +501,10 @@ impl EventLoop {
                     self.shutdown_now(id);
                 } else {
                     self.call_handler(id, |h, cx| h.on_drained(cx));
+                    if self.conn(id).is_some_and(|c| c.draining) {
+                        // Its answer is out: see whether another request is waiting.
+                        self.ready.push(id.0);
+                    }
                 }
             }
             Err(e) => self.close_with(id, CloseReason::Error(e.kind())),
@@ -595,6 +608,31 @@ impl EventLoop {
         let mut input = conn.input.take().expect("checked above");
         self.call_handler(id, |h, cx| h.on_data(cx, &mut input));
         self.stash_input(id, input, false);
+    }
+
+    /// Graceful stop, connection by connection: requests already received are still served
+    /// and answered; the connection closes (gracefully) once it is idle: nothing unread in the
+    /// socket, nothing queued to send. The server's drain deadline bounds the wait.
+    pub(crate) fn drain_conn(&mut self, id: ConnId) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if conn.state != ConnState::Open {
+            // Connecting or already closing: a close bounded by its linger timer.
+            self.close(id);
+            return;
+        }
+        conn.draining = true;
+        // A read attempt decides: EAGAIN with nothing to send means idle.
+        self.ready.push(id.0);
+    }
+
+    fn close_if_drained(&mut self, id: ConnId) {
+        if let Some(conn) = self.conn(id) {
+            if conn.draining && conn.output_len() == 0 && !conn.read_paused {
+                self.close(id);
+            }
+        }
     }
 
     /// Bytes queued on `id` and not yet accepted by the kernel.

@@ -392,7 +392,7 @@ impl EventLoop {
             self.close_listener(token);
         }
         for id in conns {
-            self.close(id);
+            self.drain_conn(id);
         }
         let deadline = self.now_tick + Self::ms(drain);
         self.timers.insert(deadline, TimerEvent::DrainDeadline);

@@ -6,6 +6,8 @@
 //! worker loop, through its task queue, to drain: no thread ever touches another's connections.
 
 use std::io;
+use std::net::TcpListener;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -17,6 +19,10 @@ use crate::reactor::{EventLoop, LoopConfig, LoopHandle, LoopStats, Signal};
 pub struct Fleet {
     state: Mutex<FleetState>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Duplicates of listening sockets that worker loops own: at SIGTERM the control loop shuts
+    /// them itself, so the port stops accepting at once even while a worker is busy in a long
+    /// batch and has not yet run its own drain task.
+    listeners: Mutex<Vec<OwnedFd>>,
 }
 
 #[derive(Default)]
@@ -37,6 +43,7 @@ impl Fleet {
         Arc::new(Fleet {
             state: Mutex::new(FleetState::default()),
             threads: Mutex::new(Vec::new()),
+            listeners: Mutex::new(Vec::new()),
         })
     }
 
@@ -109,6 +116,25 @@ impl Fleet {
     /// Live loop handles.
     pub fn handles(&self) -> Vec<LoopHandle> {
         self.state().loops.iter().map(|(_, h)| h.clone()).collect()
+    }
+
+    /// Keeps a duplicate of a listener a worker loop owns, to shut it at SIGTERM.
+    pub fn watch_listener(&self, listener: &TcpListener) -> io::Result<()> {
+        let dup = listener.as_fd().try_clone_to_owned()?;
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(dup);
+        Ok(())
+    }
+
+    /// Stops every watched listener from accepting: `shutdown` on a listening socket takes it
+    /// out of the LISTEN state for every descriptor that refers to it (new connections are
+    /// refused), and its owner closes its own fd when it drains.
+    pub fn stop_listening(&self) {
+        for fd in std::mem::take(&mut *self.listeners.lock().unwrap_or_else(|e| e.into_inner())) {
+            let _ = rustix::net::shutdown(&fd, rustix::net::Shutdown::Both);
+        }
     }
 
     /// Runs `task` on every live loop.
@@ -196,6 +222,7 @@ pub fn install_signals(el: &mut EventLoop, fleet: Arc<Fleet>, drain: Duration) -
             Signal::SIGHUP => eprintln!("keel: SIGHUP ignored (no configuration to reload)"),
             _ => {
                 crate::ops::notify::stopping();
+                fleet.stop_listening();
                 fleet.broadcast(move |el| el.shutdown_gracefully(drain));
                 el.shutdown_gracefully(drain);
             }

@@ -45,6 +45,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
             // Bound: announce (and daemonize) while still single-threaded.
             announce(opts, local, service.udp.is_some())?;
             for (i, listener) in listeners.into_iter().enumerate() {
+                fleet.watch_listener(&listener)?;
                 let factory = service.factory.clone();
                 fleet.spawn_loop(format!("keel-loop-{i}"), cfg.clone(), false, move |el| {
                     el.add_listener(listener, factory).map(drop)

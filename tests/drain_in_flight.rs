@@ -1,0 +1,93 @@
+//! SIGTERM with many requests in flight (issue: server conventions): the listener closes at
+//! once, so new connections are refused, while every request already received is answered in
+//! full before its connection closes, and the server exits 0.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use util::{try_connect, Opts};
+
+const CLIENTS: usize = 200;
+
+#[test]
+fn sigterm_finishes_200_in_flight_slow_requests_and_refuses_new_ones() {
+    // Each read costs the handler 20 ms, and a loop handles its connections one at a time: with
+    // two loops the last of 200 requests is answered ~2 s after it arrived.
+    let srv = Opts::echo("epoll-et")
+        .arg("--threads", "2")
+        .arg("--work-ms", "20")
+        .arg("--drain-timeout", "20")
+        .spawn();
+    let mut clients: Vec<(TcpStream, Vec<u8>)> = (0..CLIENTS)
+        .map(|i| {
+            let s = TcpStream::connect(srv.tcp).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            (s, format!("request {i:03} ").repeat(8).into_bytes())
+        })
+        .collect();
+    // Every connection accepted first (a connection still in the kernel's accept queue when the
+    // listener closes is reset, as with any server)...
+    let (st, all_in) = srv.stats_until(Duration::from_secs(15), |s| {
+        s.get("accepted") >= CLIENTS as u64
+    });
+    assert!(
+        all_in,
+        "not all {CLIENTS} connections accepted: {}",
+        st.line
+    );
+    // ...then 200 requests, ~2 s of handler work, and the signal while they are in flight.
+    for (s, msg) in clients.iter_mut() {
+        s.write_all(msg).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let signalled = Instant::now();
+    srv.signal(Signal::SIGTERM);
+
+    // New connections are refused from now on (the listening socket is closed).
+    let start = Instant::now();
+    loop {
+        match try_connect(srv.tcp) {
+            Err(_) => break,
+            Ok(mut late) => {
+                // Raced the close: the connection must still end, not be served.
+                late.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let _ = late.write_all(b"late");
+                let mut buf = [0u8; 16];
+                assert!(
+                    matches!(late.read(&mut buf), Ok(0) | Err(_)),
+                    "a connection made after SIGTERM was served"
+                );
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "still accepting 2 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Every request in flight gets its whole answer, then EOF.
+    for (i, (s, msg)) in clients.iter_mut().enumerate() {
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got)
+            .unwrap_or_else(|e| panic!("client {i}: answer cut short by the drain: {e}"));
+        assert_eq!(&got, msg, "client {i}: wrong answer");
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest)
+            .unwrap_or_else(|e| panic!("client {i}: no clean close: {e}"));
+        assert!(rest.is_empty(), "client {i}: {} extra bytes", rest.len());
+    }
+    let status = srv
+        .wait_exit(Duration::from_secs(20))
+        .expect("exits once drained");
+    assert!(status.success(), "exit status {status:?}");
+    eprintln!(
+        "drained {CLIENTS} in-flight requests in {:?} after SIGTERM",
+        signalled.elapsed()
+    );
+}
