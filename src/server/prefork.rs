@@ -105,8 +105,12 @@ impl forking::Master for Master {
     }
 
     fn close(&mut self, el: &mut EventLoop) {
-        // Close the master's copies: once the workers close theirs, the port refuses
-        // connections.
+        // Stop the port accepting now, for every worker (a listening socket shut down leaves
+        // the LISTEN state for all descriptors that share it; a worker busy in a long batch
+        // would otherwise keep accepting until it reads its SIGTERM), then close our copies.
+        if let Some(l) = &self.listener {
+            let _ = rustix::net::shutdown(l, rustix::net::Shutdown::Both);
+        }
         self.listener = None;
         self.udp = None;
         for key in self.workers.iter_mut().filter_map(|w| w.restart.take()) {
