@@ -48,22 +48,58 @@ impl LoopStats {
     }
 }
 
+/// How many counters a [`LoopStats`] has (everything but the engine).
+pub const COUNTERS: usize = 13;
+
 impl LoopStats {
+    /// The counters in a fixed order, for summing and for sharing across processes.
+    pub fn counters(&self) -> [u64; COUNTERS] {
+        [
+            self.wakeups,
+            self.events,
+            self.accepted,
+            self.open,
+            self.closed,
+            self.refused_emfile,
+            self.refused_limit,
+            self.idle_timeouts,
+            self.linger_timeouts,
+            self.connect_failures,
+            self.bytes_in,
+            self.bytes_out,
+            self.datagrams,
+        ]
+    }
+
+    /// The inverse of [`counters`](Self::counters).
+    pub fn from_counters(engine: Engine, c: [u64; COUNTERS]) -> LoopStats {
+        let [wakeups, events, accepted, open, closed, refused_emfile, refused_limit, idle_timeouts, linger_timeouts, connect_failures, bytes_in, bytes_out, datagrams] =
+            c;
+        LoopStats {
+            engine,
+            wakeups,
+            events,
+            accepted,
+            open,
+            closed,
+            refused_emfile,
+            refused_limit,
+            idle_timeouts,
+            linger_timeouts,
+            connect_failures,
+            bytes_in,
+            bytes_out,
+            datagrams,
+        }
+    }
+
     /// Adds another loop's counters (a server's total over its loops, threads or processes).
     pub fn add(&mut self, o: &LoopStats) {
-        self.wakeups += o.wakeups;
-        self.events += o.events;
-        self.accepted += o.accepted;
-        self.open += o.open;
-        self.closed += o.closed;
-        self.refused_emfile += o.refused_emfile;
-        self.refused_limit += o.refused_limit;
-        self.idle_timeouts += o.idle_timeouts;
-        self.linger_timeouts += o.linger_timeouts;
-        self.connect_failures += o.connect_failures;
-        self.bytes_in += o.bytes_in;
-        self.bytes_out += o.bytes_out;
-        self.datagrams += o.datagrams;
+        let mut c = self.counters();
+        for (a, b) in c.iter_mut().zip(o.counters()) {
+            *a += b;
+        }
+        *self = LoopStats::from_counters(self.engine, c);
     }
 }
 

@@ -206,28 +206,29 @@ impl Fleet {
     }
 }
 
+/// The signals every model's control loop takes as events: stop (INT, TERM), report (USR2),
+/// reload (HUP). Models with child processes add SIGCHLD.
+pub const SERVER_SIGNALS: [Signal; 4] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGUSR2,
+    Signal::SIGHUP,
+];
+
 /// Makes `el` (the main thread's loop) the server's control loop: SIGINT/SIGTERM drain every
 /// loop of `fleet` and this one, SIGUSR2 prints the summed `stats` line, SIGHUP is logged
 /// (configuration reload belongs to the server-conventions work). Call before spawning threads.
 pub fn install_signals(el: &mut EventLoop, fleet: Arc<Fleet>, drain: Duration) -> io::Result<()> {
-    el.add_signals(
-        &[
-            Signal::SIGINT,
-            Signal::SIGTERM,
-            Signal::SIGUSR2,
-            Signal::SIGHUP,
-        ],
-        move |el, sig| match sig {
-            Signal::SIGUSR2 => eprintln!("{}", fleet.total(el.stats())),
-            Signal::SIGHUP => eprintln!("keel: SIGHUP ignored (no configuration to reload)"),
-            _ => {
-                crate::ops::notify::stopping();
-                fleet.stop_listening();
-                fleet.broadcast(move |el| el.shutdown_gracefully(drain));
-                el.shutdown_gracefully(drain);
-            }
-        },
-    )
+    el.add_signals(&SERVER_SIGNALS, move |el, sig| match sig {
+        Signal::SIGUSR2 => eprintln!("{}", fleet.total(el.stats())),
+        Signal::SIGHUP => eprintln!("keel: SIGHUP ignored (no configuration to reload)"),
+        _ => {
+            crate::ops::notify::stopping();
+            fleet.stop_listening();
+            fleet.broadcast(move |el| el.shutdown_gracefully(drain));
+            el.shutdown_gracefully(drain);
+        }
+    })
 }
 
 /// After the control loop returned: waits for the worker loops, prints the final totals.

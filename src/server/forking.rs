@@ -34,46 +34,16 @@ const KILL_MARGIN: Duration = Duration::from_secs(1);
 const REPORT_WAIT: Duration = Duration::from_secs(1);
 
 /// The counters of LoopStats, in board order.
-const COUNTERS: usize = 13;
+const COUNTERS: usize = crate::reactor::stats::COUNTERS;
 /// A slot: a publish sequence number, then the counters.
 const WIDTH: usize = COUNTERS + 1;
 
 fn to_words(s: &LoopStats) -> [u64; COUNTERS] {
-    [
-        s.wakeups,
-        s.events,
-        s.accepted,
-        s.open,
-        s.closed,
-        s.refused_emfile,
-        s.refused_limit,
-        s.idle_timeouts,
-        s.linger_timeouts,
-        s.connect_failures,
-        s.bytes_in,
-        s.bytes_out,
-        s.datagrams,
-    ]
+    s.counters()
 }
 
 fn from_words(engine: Engine, w: &[u64; COUNTERS]) -> LoopStats {
-    let mut s = LoopStats::new(engine);
-    [
-        s.wakeups,
-        s.events,
-        s.accepted,
-        s.open,
-        s.closed,
-        s.refused_emfile,
-        s.refused_limit,
-        s.idle_timeouts,
-        s.linger_timeouts,
-        s.connect_failures,
-        s.bytes_in,
-        s.bytes_out,
-        s.datagrams,
-    ] = *w;
-    s
+    LoopStats::from_counters(engine, *w)
 }
 
 /// Counters that child processes publish for their parent: one slot per child, in memory
@@ -274,12 +244,10 @@ pub(super) fn run<M: Master>(
     let s = shared.clone();
     control.add_signals(
         &[
-            Signal::SIGINT,
-            Signal::SIGTERM,
-            Signal::SIGUSR2,
-            Signal::SIGHUP,
-            Signal::SIGCHLD,
-        ],
+            super::control::SERVER_SIGNALS.as_slice(),
+            &[Signal::SIGCHLD],
+        ]
+        .concat(),
         move |el, sig| {
             let Some(m) = s.borrow().clone() else { return };
             on_signal(el, &m, sig)
@@ -427,19 +395,11 @@ pub(super) fn serve_child(
 ) -> io::Result<()> {
     let mut el = EventLoop::new(cfg)?;
     let b = board.clone();
-    el.add_signals(
-        &[
-            Signal::SIGTERM,
-            Signal::SIGINT,
-            Signal::SIGHUP,
-            Signal::SIGUSR2,
-        ],
-        move |el, sig| match sig {
-            Signal::SIGUSR2 => b.publish(slot, el.stats()),
-            Signal::SIGHUP => {} // configuration reload is not built yet; the master logs it
-            _ => el.shutdown_gracefully(drain),
-        },
-    )?;
+    el.add_signals(&super::control::SERVER_SIGNALS, move |el, sig| match sig {
+        Signal::SIGUSR2 => b.publish(slot, el.stats()),
+        Signal::SIGHUP => {} // configuration reload is not built yet; the master logs it
+        _ => el.shutdown_gracefully(drain),
+    })?;
     setup(&mut el)?;
     publish_periodically(&mut el, board.clone(), slot);
     let result = el.run();

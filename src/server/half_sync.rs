@@ -188,19 +188,11 @@ fn close_handler(mut h: Box<dyn Handler>, id: ConnId, reason: CloseReason, handl
 }
 
 fn install_signals(el: &mut EventLoop, hub: Arc<Hub>, drain: Duration) -> io::Result<()> {
-    el.add_signals(
-        &[
-            Signal::SIGINT,
-            Signal::SIGTERM,
-            Signal::SIGUSR2,
-            Signal::SIGHUP,
-        ],
-        move |el, sig| match sig {
-            Signal::SIGUSR2 => eprintln!("{}", el.stats()),
-            Signal::SIGHUP => eprintln!("keel: SIGHUP ignored (no configuration to reload)"),
-            _ => begin_drain(el, &hub, drain),
-        },
-    )
+    el.add_signals(&super::control::SERVER_SIGNALS, move |el, sig| match sig {
+        Signal::SIGUSR2 => eprintln!("{}", el.stats()),
+        Signal::SIGHUP => eprintln!("keel: SIGHUP ignored (no configuration to reload)"),
+        _ => begin_drain(el, &hub, drain),
+    })
 }
 
 /// Stop starting jobs; once those under way have replied, drain the reactor in the time left.

@@ -85,25 +85,17 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     {
         let sh = sh.clone();
         let udp_token = udp_token.clone();
-        control.add_signals(
-            &[
-                Signal::SIGINT,
-                Signal::SIGTERM,
-                Signal::SIGUSR2,
-                Signal::SIGHUP,
-            ],
-            move |el, sig| match sig {
-                Signal::SIGUSR2 => eprintln!("{}", sh.total(el.stats())),
-                Signal::SIGHUP => eprintln!("keel: SIGHUP ignored (no configuration to reload)"),
-                _ => {
-                    crate::ops::notify::stopping();
-                    if let Some(token) = udp_token.take() {
-                        el.close_listener(token);
-                    }
-                    stop(&sh);
+        control.add_signals(&super::control::SERVER_SIGNALS, move |el, sig| match sig {
+            Signal::SIGUSR2 => eprintln!("{}", sh.total(el.stats())),
+            Signal::SIGHUP => eprintln!("keel: SIGHUP ignored (no configuration to reload)"),
+            _ => {
+                crate::ops::notify::stopping();
+                if let Some(token) = udp_token.take() {
+                    el.close_listener(token);
                 }
-            },
-        )?;
+                stop(&sh);
+            }
+        })?;
     }
 
     let (listener, udp) = bind_and_announce(opts, service)?;
