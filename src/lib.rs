@@ -11,6 +11,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod bench;
+pub mod http;
 pub mod net;
 pub mod ops;
 pub mod reactor;

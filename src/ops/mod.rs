@@ -5,9 +5,13 @@
 //! - [`rlimit`]: raising RLIMIT_NOFILE at start (`--rlimit-nofile`).
 //! - [`privileges`]: dropping root after binding (`--user`, `--group`).
 //! - [`notify`]: systemd's READY=1 / STOPPING=1.
+//! - [`log`]: logging (tracing) to stderr, a file or syslog, and the asynchronous line writer.
+//! - [`admin`]: the admin listener's `/metrics` and `/status`.
 //! - `--daemon` itself is `sys::process::daemonize`, run by `server::announce` once bound.
 
+pub mod admin;
 pub mod config;
+pub mod log;
 pub mod notify;
 pub mod pidfile;
 pub mod privileges;
