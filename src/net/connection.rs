@@ -30,6 +30,8 @@ use rustix::net::{SendFlags, Shutdown};
 use socket2::SockRef;
 
 use crate::net::buffer::Buffer;
+use crate::net::buffer_pool::BufferPool;
+use crate::net::output::{FileRange, OutputQueue};
 use crate::net::handler::{Ctx, Handler};
 use crate::reactor::event::{Event, Interest, Token, Trigger};
 use crate::reactor::event_loop::{
@@ -118,7 +120,7 @@ pub(crate) struct Conn {
     pub(crate) state: ConnState,
     pub(crate) handler: Option<Box<dyn Handler>>,
     pub(crate) input: Option<Buffer>,
-    pub(crate) output: Option<Buffer>,
+    pub(crate) output: OutputQueue,
     /// What the poller currently has registered for this fd.
     pub(crate) interest: Interest,
     pub(crate) read_paused: bool,
@@ -156,7 +158,7 @@ impl Conn {
             state,
             handler: Some(handler),
             input: None,
-            output: None,
+            output: OutputQueue::default(),
             interest: Interest::NONE,
             read_paused: false,
             read_eof: false,
@@ -178,7 +180,7 @@ impl Conn {
     }
 
     fn output_len(&self) -> usize {
-        self.output.as_ref().map_or(0, |b| b.len())
+        self.output.len() as usize
     }
 }
 
@@ -456,46 +458,33 @@ impl EventLoop {
     }
 
     pub(crate) fn conn_writable(&mut self, id: ConnId) {
-        let EventLoop { slots, stats, .. } = self;
+        let EventLoop {
+            slots, stats, pool, ..
+        } = self;
         let Some(Source::Conn(conn)) = slot_in_mut(slots, id.0).map(|s| &mut s.source) else {
             return;
         };
-        if conn.state == ConnState::Closing {
+        if conn.state == ConnState::Closing || conn.output.is_empty() {
             return;
         }
-        let Some(out) = conn.output.as_mut() else {
-            return;
-        };
-        let res = loop {
-            match rustix::net::send(&conn.fd, out.as_slice(), SendFlags::NOSIGNAL) {
-                Ok(n) => {
-                    out.consume(n);
-                    stats.bytes_out += n as u64;
-                    if out.is_empty() {
-                        break Ok(true);
-                    }
-                    // A short write means the socket buffer is full: wait for the next report.
-                    break Ok(false);
-                }
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(rustix::io::Errno::AGAIN) => break Ok(false),
-                Err(e) => break Err(io::Error::from(e)),
-            }
-        };
+        let res = conn.output.flush(conn.fd.as_fd(), |b| pool.put(b));
+        if let Ok(f) = res {
+            stats.bytes_out += f.written;
+        }
         let now = self.now_tick();
         match res {
-            Ok(false) => {
-                if let Some(c) = self.conn_mut(id) {
-                    c.last_active = now;
+            Ok(f) if !f.done => {
+                if f.written > 0 {
+                    if let Some(c) = self.conn_mut(id) {
+                        c.last_active = now;
+                    }
                 }
             }
-            Ok(true) => {
+            Ok(_) => {
                 let conn = self.conn_mut(id).expect("still here");
                 conn.last_active = now;
-                let out = conn.output.take().expect("had output");
                 conn.above_high_water = false;
                 let shutdown = conn.shutdown_after_flush;
-                self.pool.put(out);
                 self.update_interest(id);
                 if shutdown {
                     self.shutdown_now(id);
@@ -538,7 +527,6 @@ impl EventLoop {
     /// Queues `data` on connection `id`: straight to the socket if nothing is queued, the
     /// rest buffered. Returns false if the connection is gone or its write side is shut.
     pub fn write(&mut self, id: ConnId, data: &[u8]) -> bool {
-        let high_water = self.cfg.high_water;
         let Some(conn) = self.conn_mut(id) else {
             return false;
         };
@@ -575,16 +563,44 @@ impl EventLoop {
         if written == data.len() {
             return true;
         }
-        let conn = self.conn_mut(id).expect("still here");
-        let was_empty = conn.output_len() == 0;
-        let mut out = match conn.output.take() {
-            Some(b) => b,
-            None => self.pool.get(),
+        self.enqueue(id, |q, pool| q.push_bytes(&data[written..], || pool.get()));
+        true
+    }
+
+    /// Sends `head` and then `range` of a file, the file with sendfile (no copy through user
+    /// space), after whatever is queued; `head` leaves with MSG_MORE so it shares a packet
+    /// with the file's first bytes. False if the connection is gone or its write side is shut.
+    pub fn send_file(&mut self, id: ConnId, head: &[u8], range: FileRange) -> bool {
+        let Some(conn) = self.conn_mut(id) else {
+            return false;
         };
-        out.append(&data[written..]);
-        let conn = self.conn_mut(id).expect("still here");
-        let crossed = out.len() >= high_water && !conn.above_high_water;
-        conn.output = Some(out);
+        if conn.write_shut || conn.shutdown_after_flush || conn.state == ConnState::Closing {
+            return false;
+        }
+        let was_empty = conn.output.is_empty();
+        let connecting = conn.state == ConnState::Connecting;
+        self.enqueue(id, |q, pool| {
+            q.push_bytes(head, || pool.get());
+            q.push_file(range);
+        });
+        if was_empty && !connecting {
+            // Nothing was ahead of it: try now rather than wait for a writable report (an
+            // edge-triggered poller would not send one for a socket that never filled).
+            self.conn_writable(id);
+        }
+        true
+    }
+
+    /// Adds output behind what is queued, and keeps interest and the high-water mark right.
+    fn enqueue(&mut self, id: ConnId, push: impl FnOnce(&mut OutputQueue, &mut BufferPool)) {
+        let high_water = self.cfg.high_water;
+        let EventLoop { slots, pool, .. } = self;
+        let Some(Source::Conn(conn)) = slot_in_mut(slots, id.0).map(|s| &mut s.source) else {
+            return;
+        };
+        let was_empty = conn.output.is_empty();
+        push(&mut conn.output, pool);
+        let crossed = conn.output_len() >= high_water && !conn.above_high_water;
         if crossed {
             conn.above_high_water = true;
             self.deferred.push(Deferred::HighWater(id));
@@ -592,7 +608,6 @@ impl EventLoop {
         if was_empty {
             self.update_interest(id);
         }
-        true
     }
 
     /// Calls `on_data` again with the input `id` holds (bytes its handler left unconsumed),
@@ -892,12 +907,11 @@ impl EventLoop {
         {
             self.timers.cancel(key);
         }
-        for buf in [conn.input.take(), conn.output.take()]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(buf) = conn.input.take() {
             self.pool.put(buf);
         }
+        let pool = &mut self.pool;
+        conn.output.clear(|b| pool.put(b));
         let reason = conn.closing_reason.take().unwrap_or(CloseReason::Normal);
         if reason.abortive() {
             let _ = SockRef::from(&conn.fd).set_linger(Some(Duration::ZERO));

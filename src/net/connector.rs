@@ -80,7 +80,7 @@ impl EventLoop {
         } else {
             ConnState::Open
         };
-        let pending = conn.output.as_ref().is_some_and(|b| !b.is_empty());
+        let pending = !conn.output.is_empty();
         let shutdown_requested = conn.shutdown_after_flush;
         self.update_interest(id);
         if pending {

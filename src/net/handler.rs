@@ -64,6 +64,7 @@ use std::time::Duration;
 
 use crate::net::buffer::Buffer;
 use crate::net::connection::{CloseReason, ConnId};
+use crate::net::output::FileRange;
 use crate::reactor::event_loop::EventLoop;
 use crate::reactor::handle::LoopHandle;
 
@@ -111,6 +112,8 @@ pub trait Handler: Send + 'static {
 /// and `event_loop` exist only on a loop thread.
 pub trait ConnOps {
     fn write(&mut self, id: ConnId, data: &[u8]) -> bool;
+    /// Queues `head`, then `range` of a file sent without copying (sendfile).
+    fn send_file(&mut self, id: ConnId, head: &[u8], range: FileRange) -> bool;
     fn output_len(&self, id: ConnId) -> usize;
     fn shutdown_write(&mut self, id: ConnId);
     fn close(&mut self, id: ConnId);
@@ -154,7 +157,14 @@ impl<'a> Ctx<'a> {
         self.ops.write(self.id, data)
     }
 
-    /// Bytes queued and not yet taken by the kernel.
+    /// Sends `head` (say, a response head) and then `range` of a file, after anything queued.
+    /// The file's bytes go from the page cache to the socket with sendfile, never through
+    /// user space; the head shares the first packet. False if the write side is closed.
+    pub fn send_file(&mut self, head: &[u8], range: FileRange) -> bool {
+        self.ops.send_file(self.id, head, range)
+    }
+
+    /// Bytes queued (in memory or as file ranges) and not yet taken by the kernel.
     pub fn output_len(&self) -> usize {
         self.ops.output_len(self.id)
     }
@@ -233,6 +243,9 @@ impl<'a> Ctx<'a> {
 impl ConnOps for EventLoop {
     fn write(&mut self, id: ConnId, data: &[u8]) -> bool {
         EventLoop::write(self, id, data)
+    }
+    fn send_file(&mut self, id: ConnId, head: &[u8], range: FileRange) -> bool {
+        EventLoop::send_file(self, id, head, range)
     }
     fn output_len(&self, id: ConnId) -> usize {
         EventLoop::output_len(self, id)

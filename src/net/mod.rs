@@ -6,6 +6,7 @@ pub mod connection;
 pub mod connector;
 pub mod handler;
 pub mod listener;
+pub mod output;
 pub mod udp;
 
 pub use buffer::Buffer;
@@ -13,4 +14,5 @@ pub use buffer_pool::BufferPool;
 pub use connection::{CloseReason, ConnId, ConnectError};
 pub use handler::{Ctx, Handler};
 pub use listener::{bind_tcp, AcceptHook, HandlerFactory, ListenOptions};
+pub use output::FileRange;
 pub use udp::{DatagramHandler, DatagramOut};

@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use super::{bind_and_announce, ServerOptions, Service};
 use crate::net::handler::ConnOps;
-use crate::net::{Buffer, CloseReason, ConnId, Ctx, Handler, HandlerFactory};
+use crate::net::{Buffer, CloseReason, ConnId, Ctx, FileRange, Handler, HandlerFactory};
 use crate::reactor::{EventLoop, LoopHandle, Signal};
 
 /// Queue slots per worker thread.
@@ -606,6 +606,7 @@ fn worker(rx: &Mutex<Receiver<Job>>, hub: &Hub) {
 /// What a handler did, to be done by the reactor.
 enum Op {
     Write(Vec<u8>),
+    SendFile(Vec<u8>, FileRange),
     ShutdownWrite,
     Close,
     Abort,
@@ -640,6 +641,14 @@ impl ConnOps for Recorder {
             _ => self.ops.push(Op::Write(data.to_vec())),
         }
         self.output_len += data.len();
+        true
+    }
+    fn send_file(&mut self, _id: ConnId, head: &[u8], range: FileRange) -> bool {
+        if !self.writable {
+            return false;
+        }
+        self.output_len += head.len() + range.len as usize;
+        self.ops.push(Op::SendFile(head.to_vec(), range));
         true
     }
     fn output_len(&self, _id: ConnId) -> usize {
@@ -819,6 +828,9 @@ fn apply(el: &mut EventLoop, id: ConnId, side: &Mutex<Side>, ops: Vec<Op>) {
         match op {
             Op::Write(data) => {
                 el.write(id, &data);
+            }
+            Op::SendFile(head, range) => {
+                el.send_file(id, &head, range);
             }
             Op::ShutdownWrite => {
                 write_shut = true;

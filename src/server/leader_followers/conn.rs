@@ -11,7 +11,8 @@ use super::counters::{bump, Counters};
 use super::settings::ms;
 use super::shared::Shared;
 use super::timers::TimerEvent;
-use crate::net::{Buffer, CloseReason, ConnId, Handler};
+use crate::net::output::OutputQueue;
+use crate::net::{Buffer, CloseReason, ConnId, FileRange, Handler};
 use crate::reactor::{Interest, TimerKey, Token};
 
 /// One connection: its handler and its state. Locked by whichever thread handles it.
@@ -28,7 +29,7 @@ pub(super) struct Core {
     pub(super) fd: Option<OwnedFd>,
     /// Bytes the handler left unconsumed (none held between messages otherwise).
     pub(super) input: Option<Buffer>,
-    pub(super) output: Option<Buffer>,
+    pub(super) output: OutputQueue,
     /// Registered in the epoll set yet (ADD vs MOD).
     pub(super) added: bool,
     /// What the last re-arm asked for; `None` while disarmed.
@@ -63,7 +64,7 @@ impl Core {
             id: ConnId(Token(0)),
             fd: Some(fd),
             input: None,
-            output: None,
+            output: OutputQueue::default(),
             added: false,
             armed: None,
             read_paused: false,
@@ -89,7 +90,7 @@ impl Core {
     }
 
     pub(super) fn output_len(&self) -> usize {
-        self.output.as_ref().map_or(0, |b| b.len())
+        self.output.len() as usize
     }
 
     /// Read unless paused or at EOF, write while output is queued.
@@ -135,13 +136,28 @@ impl Core {
         if written == data.len() {
             return true;
         }
-        let out = self.output.get_or_insert_with(Buffer::new);
-        out.append(&data[written..]);
-        if out.len() >= sh.cfg.high_water && !self.above_high_water {
+        self.output.push_bytes(&data[written..], Buffer::new);
+        self.note_high_water(sh);
+        true
+    }
+
+    /// Queues `head` then a file range behind what is queued (sent with sendfile when the
+    /// socket is writable; the caller's flush starts it).
+    pub(super) fn send_file(&mut self, sh: &Shared, head: &[u8], range: FileRange) -> bool {
+        if !self.live() || self.write_shut || self.shutdown_after_flush {
+            return false;
+        }
+        self.output.push_bytes(head, Buffer::new);
+        self.output.push_file(range);
+        self.note_high_water(sh);
+        true
+    }
+
+    fn note_high_water(&mut self, sh: &Shared) {
+        if self.output_len() >= sh.cfg.high_water && !self.above_high_water {
             self.above_high_water = true;
             self.high_water_pending = true;
         }
-        true
     }
 
     pub(super) fn shutdown_write(&mut self, sh: &Shared, now: u64) {

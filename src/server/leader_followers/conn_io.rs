@@ -2,11 +2,11 @@
 //! destroying.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rustix::event::epoll::{self, EventData, EventFlags};
-use rustix::net::SendFlags;
 use socket2::SockRef;
 
 use super::conn::LfConn;
@@ -140,29 +140,15 @@ impl Worker<'_> {
         if !core.live() {
             return;
         }
-        let (Some(out), Some(fd)) = (core.output.as_mut(), core.fd.as_ref()) else {
+        let Some(fd) = core.fd.as_ref() else {
             return;
         };
-        let mut sent = 0u64;
-        let res = loop {
-            match rustix::net::send(fd, out.as_slice(), SendFlags::NOSIGNAL) {
-                Ok(n) => {
-                    out.consume(n);
-                    sent += n as u64;
-                    if out.is_empty() {
-                        break Ok(true);
-                    }
-                    if n == 0 {
-                        break Ok(false);
-                    }
-                    // A short write: the socket buffer is full, unless only partly; try again
-                    // until EAGAIN (the next try usually says so at once).
-                }
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(rustix::io::Errno::AGAIN) => break Ok(false),
-                Err(e) => break Err(io::Error::from(e)),
-            }
-        };
+        if core.output.is_empty() {
+            return;
+        }
+        let res = core.output.flush(fd.as_fd(), drop);
+        let sent = res.as_ref().map_or(0, |f| f.written);
+        let res = res.map(|f| f.done);
         if sent > 0 {
             bump(&self.stats.bytes_out, sent);
             core.last_active = self.now;
@@ -170,7 +156,6 @@ impl Worker<'_> {
         match res {
             Ok(false) => {}
             Ok(true) => {
-                core.output = None;
                 core.above_high_water = false;
                 if core.shutdown_after_flush {
                     core.shutdown_now(self.sh, self.now);
@@ -248,7 +233,7 @@ impl Worker<'_> {
         }
         drop(fd); // close(2); also leaves the epoll set
         core.input = None;
-        core.output = None;
+        core.output.clear(drop);
         let left = sh.remove(core.id);
         if core.holds_permit {
             sh.permits.fetch_sub(1, Ordering::AcqRel);

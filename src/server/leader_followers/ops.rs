@@ -9,7 +9,7 @@ use super::conn::Core;
 use super::counters::Counters;
 use super::shared::Shared;
 use crate::net::handler::ConnOps;
-use crate::net::{CloseReason, ConnId};
+use crate::net::{CloseReason, ConnId, FileRange};
 use crate::reactor::LoopHandle;
 
 /// The handler's context under this model: acts on the locked connection directly.
@@ -30,6 +30,9 @@ impl Ops<'_> {
 impl ConnOps for Ops<'_> {
     fn write(&mut self, id: ConnId, data: &[u8]) -> bool {
         self.mine(id) && self.core.write(self.sh, self.stats, self.now, data)
+    }
+    fn send_file(&mut self, id: ConnId, head: &[u8], range: FileRange) -> bool {
+        self.mine(id) && self.core.send_file(self.sh, head, range)
     }
     fn output_len(&self, id: ConnId) -> usize {
         if self.mine(id) {

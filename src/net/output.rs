@@ -1,0 +1,270 @@
+//! A connection's output queue: bytes, and file ranges that leave with sendfile.
+//!
+//! Most output is bytes (a response head, an echoed message). A static-file server also sends
+//! file contents, and copying them through user space would cost a read and a copy per byte:
+//! the notes' zero-copy rule says hand the kernel the file and let it move the pages itself
+//! (`sendfile(2)`). The queue keeps both kinds in order, so pipelined responses (head, file,
+//! head, file...) leave exactly as they were queued.
+//!
+//! Bytes queued in front of a file go out with `MSG_MORE`: the kernel holds a short head back
+//! until the file's first pages join it, so head and body share a packet (what nginx gets with
+//! `tcp_nopush`/TCP_CORK, without the two extra setsockopt calls).
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+
+use rustix::net::SendFlags;
+
+use crate::net::buffer::Buffer;
+
+/// A range of an open file to send. The file is shared: an open-file cache can hand the same
+/// descriptor to every connection that downloads it.
+#[derive(Clone, Debug)]
+pub struct FileRange {
+    pub file: Arc<File>,
+    pub offset: u64,
+    pub len: u64,
+}
+
+enum Segment {
+    Bytes(Buffer),
+    File(FileRange),
+}
+
+/// The result of one flush attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Flushed {
+    /// Bytes the kernel took.
+    pub written: u64,
+    /// Nothing is left queued.
+    pub done: bool,
+}
+
+/// Largest single sendfile request: big enough that a fast reader costs few calls, small
+/// enough that one connection cannot keep the loop in the kernel for long.
+const SENDFILE_CHUNK: u64 = 1 << 20;
+
+/// Output waiting for the socket, in order. Empty queues hold no buffer.
+#[derive(Default)]
+pub(crate) struct OutputQueue {
+    segments: VecDeque<Segment>,
+    len: u64,
+}
+
+impl OutputQueue {
+    /// Bytes (memory and file) still to send.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends bytes, into the last byte segment when there is one (so many small writes make
+    /// one send later), else into a fresh buffer from `get`.
+    pub fn push_bytes(&mut self, data: &[u8], get: impl FnOnce() -> Buffer) {
+        if data.is_empty() {
+            return;
+        }
+        match self.segments.back_mut() {
+            Some(Segment::Bytes(b)) => b.append(data),
+            _ => {
+                let mut b = get();
+                b.append(data);
+                self.segments.push_back(Segment::Bytes(b));
+            }
+        }
+        self.len += data.len() as u64;
+    }
+
+    pub fn push_file(&mut self, range: FileRange) {
+        if range.len == 0 {
+            return;
+        }
+        self.len += range.len;
+        self.segments.push_back(Segment::File(range));
+    }
+
+    /// Sends what the socket takes, in order. Stops at the first short write (the socket's
+    /// buffer is full: the poller will say when it has room) or when the queue is empty;
+    /// emptied buffers go to `put`.
+    pub fn flush(&mut self, fd: BorrowedFd<'_>, mut put: impl FnMut(Buffer)) -> io::Result<Flushed> {
+        let mut written = 0u64;
+        loop {
+            let more = matches!(self.segments.get(1), Some(Segment::File(_)));
+            let Some(front) = self.segments.front_mut() else {
+                break;
+            };
+            match front {
+                Segment::Bytes(buf) => {
+                    let flags = if more {
+                        SendFlags::NOSIGNAL | SendFlags::MORE
+                    } else {
+                        SendFlags::NOSIGNAL
+                    };
+                    let asked = buf.len();
+                    let n = match send_retrying(fd, buf.as_slice(), flags)? {
+                        Some(n) => n,
+                        None => break,
+                    };
+                    buf.consume(n);
+                    written += n as u64;
+                    self.len -= n as u64;
+                    if n < asked {
+                        break;
+                    }
+                    if let Some(Segment::Bytes(b)) = self.segments.pop_front() {
+                        put(b);
+                    }
+                }
+                Segment::File(range) => {
+                    let asked = range.len.min(SENDFILE_CHUNK);
+                    let mut offset = range.offset;
+                    let n = loop {
+                        match rustix::fs::sendfile(fd, range.file.as_fd(), Some(&mut offset), asked as usize) {
+                            Ok(n) => break n as u64,
+                            Err(rustix::io::Errno::INTR) => continue,
+                            Err(rustix::io::Errno::AGAIN) => break u64::MAX,
+                            Err(e) => return Err(io::Error::from(e)),
+                        }
+                    };
+                    if n == u64::MAX {
+                        break;
+                    }
+                    if n == 0 {
+                        // The file is shorter than promised (truncated while being sent): the
+                        // peer was told a length we can no longer deliver.
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "file shrank while being sent",
+                        ));
+                    }
+                    range.offset += n;
+                    range.len -= n;
+                    written += n;
+                    self.len -= n;
+                    // A short sendfile may mean a full socket or a file that ended early: ask
+                    // again, and EAGAIN or 0 tells which (an edge-triggered poller would not
+                    // report a socket that never filled).
+                    if range.len == 0 {
+                        self.segments.pop_front();
+                    }
+                }
+            }
+        }
+        Ok(Flushed {
+            written,
+            done: self.segments.is_empty(),
+        })
+    }
+
+    /// Empties the queue (the connection is closing), handing its buffers to `put`.
+    pub fn clear(&mut self, mut put: impl FnMut(Buffer)) {
+        for seg in self.segments.drain(..) {
+            if let Segment::Bytes(b) = seg {
+                put(b);
+            }
+        }
+        self.len = 0;
+    }
+}
+
+/// One send; `None` when the socket has no room.
+fn send_retrying(fd: BorrowedFd<'_>, data: &[u8], flags: SendFlags) -> io::Result<Option<usize>> {
+    loop {
+        match rustix::net::send(fd, data, flags) {
+            Ok(n) => return Ok(Some(n)),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) => return Ok(None),
+            Err(e) => return Err(io::Error::from(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::net::UnixStream;
+
+    fn temp_file(data: &[u8]) -> Arc<File> {
+        let path = std::env::temp_dir().join(format!(
+            "keel-output-{}-{}",
+            std::process::id(),
+            data.len()
+        ));
+        let mut f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f.write_all(data).unwrap();
+        f.rewind().unwrap();
+        Arc::new(f)
+    }
+
+    #[test]
+    fn bytes_and_files_leave_in_order() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let file = temp_file(b"0123456789");
+        let mut q = OutputQueue::default();
+        q.push_bytes(b"head1|", Buffer::new);
+        q.push_file(FileRange { file: file.clone(), offset: 2, len: 5 });
+        q.push_bytes(b"|head2|", Buffer::new);
+        q.push_bytes(b"more|", Buffer::new);
+        q.push_file(FileRange { file, offset: 0, len: 10 });
+        assert_eq!(q.len(), 6 + 5 + 7 + 5 + 10);
+        let f = q.flush(a.as_fd(), drop).unwrap();
+        assert!(f.done);
+        assert_eq!(f.written, 33);
+        assert!(q.is_empty());
+        drop(a);
+        let mut got = String::new();
+        b.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "head1|23456|head2|more|0123456789");
+    }
+
+    #[test]
+    fn a_full_socket_keeps_the_rest_queued() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let big: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
+        let file = temp_file(&big);
+        let mut q = OutputQueue::default();
+        q.push_bytes(b"H", Buffer::new);
+        q.push_file(FileRange { file, offset: 0, len: big.len() as u64 });
+        let first = q.flush(a.as_fd(), drop).unwrap();
+        assert!(!first.done, "a unix socket buffer cannot take 4 MiB at once");
+        assert_eq!(q.len(), big.len() as u64 + 1 - first.written);
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            b.read_to_end(&mut all).unwrap();
+            all
+        });
+        while !q.is_empty() {
+            q.flush(a.as_fd(), drop).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        drop(a);
+        let all = reader.join().unwrap();
+        assert_eq!(all[0], b'H');
+        assert_eq!(&all[1..], &big[..]);
+    }
+
+    #[test]
+    fn a_truncated_file_is_an_error_not_a_hang() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let file = temp_file(b"short");
+        let mut q = OutputQueue::default();
+        q.push_file(FileRange { file, offset: 0, len: 100 });
+        let err = q.flush(a.as_fd(), drop).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+}
