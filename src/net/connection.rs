@@ -617,7 +617,10 @@ impl EventLoop {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        if conn.state != ConnState::Open || conn.input.as_ref().is_none_or(|b| b.is_empty()) {
+        if conn.state != ConnState::Open
+            || conn.read_paused
+            || conn.input.as_ref().is_none_or(|b| b.is_empty())
+        {
             return;
         }
         let mut input = conn.input.take().expect("checked above");
@@ -712,6 +715,11 @@ impl EventLoop {
         if let Some(conn) = self.conn_mut(id) {
             if conn.read_paused {
                 conn.read_paused = false;
+                // Input the handler left unconsumed (it paused mid-stream, say for backpressure)
+                // is offered again: no new bytes may ever come to announce it.
+                if conn.input.as_ref().is_some_and(|b| !b.is_empty()) {
+                    self.deferred.push(Deferred::Redeliver(id));
+                }
                 self.update_interest(id);
                 // An edge poller will not report data that arrived while paused.
                 if self.poller.trigger() == Trigger::Edge {

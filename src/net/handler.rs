@@ -188,6 +188,8 @@ impl<'a> Ctx<'a> {
         self.ops.pause_read(self.id)
     }
 
+    /// Reading starts again; input left unconsumed when reading was paused is offered to
+    /// `on_data` again right after the current callback, even if no new byte arrives.
     pub fn resume_read(&mut self) {
         self.ops.resume_read(self.id)
     }

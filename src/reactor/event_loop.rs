@@ -143,6 +143,8 @@ pub(crate) struct Slot {
 pub(crate) enum Deferred {
     Close(ConnId),
     HighWater(ConnId),
+    /// Offer a connection's unconsumed input to its handler again (reading was resumed).
+    Redeliver(ConnId),
 }
 
 type SignalCallback = Box<dyn FnMut(&mut EventLoop, Signal)>;
@@ -551,6 +553,7 @@ impl EventLoop {
                 match d {
                     Deferred::Close(id) => self.destroy_conn(id),
                     Deferred::HighWater(id) => self.notify_high_water(id),
+                    Deferred::Redeliver(id) => self.redeliver_input(id),
                 }
             }
             self.deferred_spare = batch; // keep the allocation

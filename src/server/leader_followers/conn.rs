@@ -35,6 +35,8 @@ pub(super) struct Core {
     /// What the last re-arm asked for; `None` while disarmed.
     pub(super) armed: Option<Interest>,
     pub(super) read_paused: bool,
+    /// Reading was resumed with unconsumed input: offer it to the handler again.
+    pub(super) redeliver: bool,
     /// The peer's FIN was read.
     pub(super) read_eof: bool,
     /// Our FIN went out.
@@ -68,6 +70,7 @@ impl Core {
             added: false,
             armed: None,
             read_paused: false,
+            redeliver: false,
             read_eof: false,
             write_shut: false,
             shutdown_after_flush: false,

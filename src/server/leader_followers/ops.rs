@@ -65,6 +65,8 @@ impl ConnOps for Ops<'_> {
     fn resume_read(&mut self, id: ConnId) {
         if self.mine(id) {
             self.core.read_paused = false;
+            // What the handler left unconsumed is offered again (see EventLoop::resume_read).
+            self.core.redeliver = self.core.input.as_ref().is_some_and(|b| !b.is_empty());
         }
     }
     fn set_idle_timeout(&mut self, id: ConnId, timeout: Option<Duration>) {

@@ -139,5 +139,16 @@ impl<'a> Worker<'a> {
                 h.on_high_water(&mut Ctx::new(&mut ops, id), queued);
             }
         }
+        while std::mem::take(&mut ops.core.redeliver) {
+            let Some(mut input) = ops.core.input.take() else {
+                break;
+            };
+            if ops.core.live() && !ops.core.read_paused {
+                h.on_data(&mut Ctx::new(&mut ops, id), &mut input);
+            }
+            if !input.is_empty() && ops.core.live() {
+                ops.core.input = Some(input);
+            }
+        }
     }
 }
