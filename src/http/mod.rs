@@ -10,10 +10,28 @@
 //! - the rest (response encoding, the Date cache, the file caches and the connection handler)
 //!   turns that into bytes and sendfile calls on a keel connection.
 
+pub mod access_log;
 pub mod autoindex;
 pub mod body;
 pub mod conditional;
+pub mod conn;
+pub mod date;
+pub mod files;
 pub mod mime;
 pub mod parse;
 pub mod path;
 pub mod range;
+pub mod response;
+pub mod site;
+
+use std::sync::Arc;
+
+use crate::net::{Handler, HandlerFactory};
+
+pub use conn::HttpConn;
+pub use site::{HttpSettings, Site};
+
+/// The handler factory for a site: one [`HttpConn`] per connection.
+pub fn factory(site: Arc<Site>) -> HandlerFactory {
+    Arc::new(move || Box::new(HttpConn::new(site.clone())) as Box<dyn Handler>)
+}

@@ -67,6 +67,7 @@ use crate::net::connection::{CloseReason, ConnId};
 use crate::net::output::FileRange;
 use crate::reactor::event_loop::EventLoop;
 use crate::reactor::handle::LoopHandle;
+use crate::reactor::stats::Note;
 
 /// One connection's behaviour. Every method has a sensible default except `on_data`.
 pub trait Handler: Send + 'static {
@@ -131,6 +132,8 @@ pub trait ConnOps {
     }
     /// A handle to the loop that owns connection `id`.
     fn handle(&self) -> Option<LoopHandle>;
+    /// Counts a protocol event in the loop's statistics.
+    fn note(&mut self, note: Note);
 }
 
 /// What a handler can do while it runs: act on its own connection, or reach the loop.
@@ -236,6 +239,13 @@ impl<'a> Ctx<'a> {
         self.ops.event_loop()
     }
 
+    /// Counts a protocol event (an HTTP response by status class, a request timeout) in the
+    /// statistics of the loop that owns this connection: it shows in `/metrics` and the
+    /// `stats` line, summed over threads and processes like the loop's own counters.
+    pub fn note(&mut self, note: Note) {
+        self.ops.note(note)
+    }
+
     /// A `Send` handle to the loop that owns this connection, for posting work back to it.
     pub fn handle(&self) -> Option<LoopHandle> {
         self.ops.handle()
@@ -284,5 +294,8 @@ impl ConnOps for EventLoop {
     }
     fn handle(&self) -> Option<LoopHandle> {
         Some(EventLoop::handle(self))
+    }
+    fn note(&mut self, note: Note) {
+        EventLoop::note(self, note)
     }
 }

@@ -80,15 +80,17 @@ const KEEPALIVE_SECS: SecsRange = (1.0, 32767.0, "from 1 to 32767");
 pub enum Section {
     Echo,
     Discard,
+    Http,
 }
 
 impl Section {
-    pub const ALL: [Section; 2] = [Section::Echo, Section::Discard];
+    pub const ALL: [Section; 3] = [Section::Echo, Section::Discard, Section::Http];
 
     pub fn name(self) -> &'static str {
         match self {
             Section::Echo => "echo",
             Section::Discard => "discard",
+            Section::Http => "http",
         }
     }
 }
@@ -100,7 +102,7 @@ impl fmt::Display for Section {
 }
 
 /// Keys a server section accepts, in the order the messages list them.
-const SERVER_KEYS: [&str; 18] = [
+const SERVER_KEYS: [&str; 22] = [
     "listen",
     "engine",
     "model",
@@ -119,7 +121,30 @@ const SERVER_KEYS: [&str; 18] = [
     "daemon",
     "user",
     "group",
+    "admin",
+    "log_target",
+    "log_file",
+    "log_filter",
 ];
+/// Keys only `[http]` takes.
+const HTTP_KEYS: [&str; 15] = [
+    "root",
+    "autoindex",
+    "follow_symlinks",
+    "serve_hidden",
+    "gzip_static",
+    "keepalive_timeout",
+    "keepalive_requests",
+    "header_timeout",
+    "body_timeout",
+    "max_body",
+    "small_file_max",
+    "cache_bytes",
+    "cache_entries",
+    "cache_valid",
+    "access_log",
+];
+const LOG_TARGETS: [&str; 3] = ["stderr", "file", "syslog"];
 const KEEPALIVE_KEYS: [&str; 3] = ["idle", "interval", "count"];
 const ACCEPT_NAMES: [&str; 2] = ["reuseport", "acceptor"];
 
@@ -149,6 +174,92 @@ pub struct ServerSettings {
     pub daemon: Option<bool>,
     pub user: Option<String>,
     pub group: Option<String>,
+    /// `--admin ADDR`: the /metrics and /status listener.
+    pub admin: Option<SocketAddr>,
+    /// stderr | file | syslog.
+    pub log_target: Option<String>,
+    pub log_file: Option<PathBuf>,
+    /// tracing's filter syntax: `info`, `warn,keel::net=debug`.
+    pub log_filter: Option<String>,
+    /// `[http]` only.
+    pub http: HttpFileSettings,
+}
+
+/// The HTTP server's own options, each optional like the rest (see [`HttpFileSettings::apply`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HttpFileSettings {
+    pub root: Option<PathBuf>,
+    pub autoindex: Option<bool>,
+    pub follow_symlinks: Option<bool>,
+    pub serve_hidden: Option<bool>,
+    pub gzip_static: Option<bool>,
+    pub keepalive_timeout: Option<Duration>,
+    pub keepalive_requests: Option<u64>,
+    pub header_timeout: Option<Duration>,
+    pub body_timeout: Option<Duration>,
+    pub max_body: Option<u64>,
+    pub small_file_max: Option<u64>,
+    pub cache_bytes: Option<u64>,
+    pub cache_entries: Option<usize>,
+    pub cache_valid: Option<Duration>,
+    /// A path, "stderr", or "off".
+    pub access_log: Option<String>,
+}
+
+impl HttpFileSettings {
+    pub fn or(self, f: &HttpFileSettings) -> HttpFileSettings {
+        HttpFileSettings {
+            root: self.root.or_else(|| f.root.clone()),
+            autoindex: self.autoindex.or(f.autoindex),
+            follow_symlinks: self.follow_symlinks.or(f.follow_symlinks),
+            serve_hidden: self.serve_hidden.or(f.serve_hidden),
+            gzip_static: self.gzip_static.or(f.gzip_static),
+            keepalive_timeout: self.keepalive_timeout.or(f.keepalive_timeout),
+            keepalive_requests: self.keepalive_requests.or(f.keepalive_requests),
+            header_timeout: self.header_timeout.or(f.header_timeout),
+            body_timeout: self.body_timeout.or(f.body_timeout),
+            max_body: self.max_body.or(f.max_body),
+            small_file_max: self.small_file_max.or(f.small_file_max),
+            cache_bytes: self.cache_bytes.or(f.cache_bytes),
+            cache_entries: self.cache_entries.or(f.cache_entries),
+            cache_valid: self.cache_valid.or(f.cache_valid),
+            access_log: self.access_log.or_else(|| f.access_log.clone()),
+        }
+    }
+
+    /// What is set here over the built-in defaults.
+    pub fn to_settings(&self) -> crate::http::HttpSettings {
+        let mut s = crate::http::HttpSettings::default();
+        if let Some(v) = &self.root {
+            s.root = Some(v.clone());
+        }
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { s.$f = v; } )* };
+        }
+        set!(
+            autoindex,
+            follow_symlinks,
+            serve_hidden,
+            gzip_static,
+            keepalive_timeout,
+            keepalive_requests,
+            header_timeout,
+            body_timeout,
+            small_file_max,
+            cache_bytes,
+            cache_entries,
+            cache_valid
+        );
+        if let Some(v) = self.max_body {
+            s.limits.max_body = v;
+        }
+        s.access_log = match self.access_log.as_deref() {
+            None | Some("stderr") => Some(PathBuf::from("/dev/stderr")),
+            Some("off") => None,
+            Some(path) => Some(PathBuf::from(path)),
+        };
+        s
+    }
 }
 
 impl ServerSettings {
@@ -176,7 +287,36 @@ impl ServerSettings {
             daemon: self.daemon.or(fallback.daemon),
             user: self.user.or_else(|| fallback.user.clone()),
             group: self.group.or_else(|| fallback.group.clone()),
+            admin: self.admin.or(fallback.admin),
+            log_target: self.log_target.or_else(|| fallback.log_target.clone()),
+            log_file: self.log_file.or_else(|| fallback.log_file.clone()),
+            log_filter: self.log_filter.or_else(|| fallback.log_filter.clone()),
+            http: self.http.or(&fallback.http),
         }
+    }
+
+    /// Logging as configured: `log_file` implies the file target.
+    pub fn log_settings(&self) -> Result<crate::ops::log::LogSettings, String> {
+        use crate::ops::log::{LogSettings, LogTarget};
+        let mut s = LogSettings::default();
+        if let Some(f) = &self.log_filter {
+            s.filter = f.clone();
+        }
+        s.target = match (self.log_target.as_deref(), &self.log_file) {
+            (None | Some("file"), Some(path)) => LogTarget::File(path.clone()),
+            (Some("file"), None) => {
+                return Err("log target `file` needs a log file (--log-file PATH)".to_string())
+            }
+            (Some("syslog"), _) => LogTarget::Syslog,
+            (None | Some("stderr"), _) => LogTarget::Stderr,
+            (Some(other), _) => {
+                return Err(format!(
+                    "log target {other:?}: expected one of {}",
+                    LOG_TARGETS.join(", ")
+                ))
+            }
+        };
+        Ok(s)
     }
 
     /// The options a server runs with: what is set here, the built-in defaults for the rest.
@@ -226,6 +366,7 @@ impl ServerSettings {
 pub struct Config {
     pub echo: Option<ServerSettings>,
     pub discard: Option<ServerSettings>,
+    pub http: Option<ServerSettings>,
 }
 
 impl Config {
@@ -234,6 +375,7 @@ impl Config {
         match section {
             Section::Echo => self.echo.as_ref(),
             Section::Discard => self.discard.as_ref(),
+            Section::Http => self.http.as_ref(),
         }
     }
 
@@ -246,6 +388,7 @@ impl Config {
         match section {
             Section::Echo => &mut self.echo,
             Section::Discard => &mut self.discard,
+            Section::Http => &mut self.http,
         }
     }
 }
@@ -423,12 +566,12 @@ impl Checker<'_> {
                 (None, DeValue::Table(_)) => self.error(
                     name.span(),
                     Some(name.get_ref().to_string()),
-                    "unknown section; expected one of echo, discard".to_string(),
+                    "unknown section; expected one of echo, discard, http".to_string(),
                 ),
                 (None, _) => self.error(
                     name.span(),
                     Some(name.get_ref().to_string()),
-                    "keys belong in a server's section; expected one of [echo], [discard]"
+                    "keys belong in a server's section; expected one of [echo], [discard], [http]"
                         .to_string(),
                 ),
             }
@@ -511,6 +654,24 @@ impl Checker<'_> {
                     Some(key),
                     format!("only [echo] takes work_ms; {section} has no handler work to delay"),
                 ),
+                "admin" => s.admin = self.listen(&key, value),
+                "log_target" => {
+                    s.log_target = self.choice::<String>(&key, value, &LOG_TARGETS);
+                }
+                "log_file" => s.log_file = self.path(&key, value),
+                "log_filter" => {
+                    s.log_filter = self.string(&key, value, "a log filter").map(|f| {
+                        f.to_string()
+                    });
+                    if let Some(f) = &s.log_filter {
+                        if let Err(e) = crate::ops::log::check_filter(f) {
+                            self.bad(&key, value, e);
+                        }
+                    }
+                }
+                k if section == Section::Http && HTTP_KEYS.contains(&k) => {
+                    self.http_key(&key, k, value, &mut s.http);
+                }
                 "keepalive" => match value.get_ref() {
                     DeValue::Table(ka) => self.keepalive(&key, name.span(), ka, &mut s),
                     other => self.bad(
@@ -520,10 +681,13 @@ impl Checker<'_> {
                     ),
                 },
                 _ => {
-                    let expected: Vec<&str> = SERVER_KEYS
+                    let mut expected: Vec<&str> = SERVER_KEYS
                         .into_iter()
                         .filter(|k| section == Section::Echo || *k != "work_ms")
                         .collect();
+                    if section == Section::Http {
+                        expected.extend(HTTP_KEYS);
+                    }
                     self.error(
                         name.span(),
                         Some(key),
@@ -533,6 +697,47 @@ impl Checker<'_> {
             }
         }
         s
+    }
+
+    fn http_key(&mut self, key: &str, name: &str, value: &Value<'_>, h: &mut HttpFileSettings) {
+        const BYTES: &str = "a number of bytes from 0 to 2^53";
+        let bytes = |c: &mut Self| c.int(key, value, 0, 1 << 53, BYTES).map(|v| v as u64);
+        match name {
+            "root" => h.root = self.path(key, value),
+            "autoindex" => h.autoindex = self.boolean(key, value),
+            "follow_symlinks" => h.follow_symlinks = self.boolean(key, value),
+            "serve_hidden" => h.serve_hidden = self.boolean(key, value),
+            "gzip_static" => h.gzip_static = self.boolean(key, value),
+            "keepalive_timeout" => h.keepalive_timeout = self.secs(key, value, TIMEOUT),
+            "header_timeout" => h.header_timeout = self.secs(key, value, TIMEOUT),
+            "body_timeout" => h.body_timeout = self.secs(key, value, TIMEOUT),
+            "cache_valid" => h.cache_valid = self.secs(key, value, TIMEOUT),
+            "keepalive_requests" => {
+                h.keepalive_requests = self.count(key, value).map(|v| v as u64);
+            }
+            "cache_entries" => h.cache_entries = self.count(key, value),
+            "max_body" => h.max_body = bytes(self),
+            "small_file_max" => h.small_file_max = bytes(self),
+            "cache_bytes" => h.cache_bytes = bytes(self),
+            "access_log" => {
+                h.access_log = self
+                    .path(key, value)
+                    .map(|p| p.to_string_lossy().into_owned());
+            }
+            _ => unreachable!("only HTTP_KEYS reach here"),
+        }
+    }
+
+    /// A non-empty string naming a file.
+    fn path(&mut self, key: &str, value: &Value<'_>) -> Option<PathBuf> {
+        match self.string(key, value, "a file path") {
+            Some("") => {
+                let msg = "expected a file path, got an empty string".to_string();
+                self.bad(key, value, msg);
+                None
+            }
+            other => other.map(PathBuf::from),
+        }
     }
 
     fn keepalive(

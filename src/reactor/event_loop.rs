@@ -243,6 +243,11 @@ impl EventLoop {
         }
     }
 
+    /// Counts a handler-reported event (see [`crate::net::Ctx::note`]).
+    pub fn note(&mut self, note: super::stats::Note) {
+        self.stats.note(note);
+    }
+
     pub fn stats(&self) -> &LoopStats {
         &self.stats
     }

@@ -14,5 +14,5 @@ pub use event_loop::{EventLoop, Keepalive, LoopConfig};
 pub use handle::LoopHandle;
 pub use poller::Engine;
 pub use signals::Signal;
-pub use stats::LoopStats;
+pub use stats::{LoopStats, Note};
 pub use timer_wheel::{TimerKey, TimerWheel};

@@ -5,6 +5,17 @@ use std::fmt;
 
 use super::poller::Engine;
 
+/// Something a handler tells its loop to count (see [`crate::net::Ctx::note`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Note {
+    /// A response with this status was sent.
+    Response(u16),
+    /// A request head took too long (slowloris).
+    HeaderTimeout,
+    /// A request body stalled.
+    BodyTimeout,
+}
+
 #[derive(Clone, Debug)]
 pub struct LoopStats {
     pub engine: Engine,
@@ -25,6 +36,15 @@ pub struct LoopStats {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub datagrams: u64,
+    /// HTTP responses by status class (1xx..5xx), for servers that speak HTTP.
+    pub http_1xx: u64,
+    pub http_2xx: u64,
+    pub http_3xx: u64,
+    pub http_4xx: u64,
+    pub http_5xx: u64,
+    /// Request heads that did not arrive in time (slowloris), and stalled request bodies.
+    pub header_timeouts: u64,
+    pub body_timeouts: u64,
 }
 
 impl LoopStats {
@@ -44,12 +64,19 @@ impl LoopStats {
             bytes_in: 0,
             bytes_out: 0,
             datagrams: 0,
+            http_1xx: 0,
+            http_2xx: 0,
+            http_3xx: 0,
+            http_4xx: 0,
+            http_5xx: 0,
+            header_timeouts: 0,
+            body_timeouts: 0,
         }
     }
 }
 
 /// How many counters a [`LoopStats`] has (everything but the engine).
-pub const COUNTERS: usize = 13;
+pub const COUNTERS: usize = 20;
 
 impl LoopStats {
     /// The counters in a fixed order, for summing and for sharing across processes.
@@ -68,12 +95,19 @@ impl LoopStats {
             self.bytes_in,
             self.bytes_out,
             self.datagrams,
+            self.http_1xx,
+            self.http_2xx,
+            self.http_3xx,
+            self.http_4xx,
+            self.http_5xx,
+            self.header_timeouts,
+            self.body_timeouts,
         ]
     }
 
     /// The inverse of [`counters`](Self::counters).
     pub fn from_counters(engine: Engine, c: [u64; COUNTERS]) -> LoopStats {
-        let [wakeups, events, accepted, open, closed, refused_emfile, refused_limit, idle_timeouts, linger_timeouts, connect_failures, bytes_in, bytes_out, datagrams] =
+        let [wakeups, events, accepted, open, closed, refused_emfile, refused_limit, idle_timeouts, linger_timeouts, connect_failures, bytes_in, bytes_out, datagrams, http_1xx, http_2xx, http_3xx, http_4xx, http_5xx, header_timeouts, body_timeouts] =
             c;
         LoopStats {
             engine,
@@ -90,6 +124,28 @@ impl LoopStats {
             bytes_in,
             bytes_out,
             datagrams,
+            http_1xx,
+            http_2xx,
+            http_3xx,
+            http_4xx,
+            http_5xx,
+            header_timeouts,
+            body_timeouts,
+        }
+    }
+
+    /// Counts one handler-reported event (an HTTP response, a protocol timeout).
+    pub fn note(&mut self, note: Note) {
+        match note {
+            Note::Response(status) => match status / 100 {
+                1 => self.http_1xx += 1,
+                2 => self.http_2xx += 1,
+                3 => self.http_3xx += 1,
+                4 => self.http_4xx += 1,
+                _ => self.http_5xx += 1,
+            },
+            Note::HeaderTimeout => self.header_timeouts += 1,
+            Note::BodyTimeout => self.body_timeouts += 1,
         }
     }
 
@@ -110,7 +166,8 @@ impl fmt::Display for LoopStats {
             f,
             "stats engine={} wakeups={} events={} accepted={} open={} closed={} refused_emfile={} \
              refused_limit={} idle_timeouts={} linger_timeouts={} connect_failures={} bytes_in={} \
-             bytes_out={} datagrams={}",
+             bytes_out={} datagrams={} http_1xx={} http_2xx={} http_3xx={} http_4xx={} http_5xx={} \
+             header_timeouts={} body_timeouts={}",
             self.engine,
             self.wakeups,
             self.events,
@@ -124,7 +181,14 @@ impl fmt::Display for LoopStats {
             self.connect_failures,
             self.bytes_in,
             self.bytes_out,
-            self.datagrams
+            self.datagrams,
+            self.http_1xx,
+            self.http_2xx,
+            self.http_3xx,
+            self.http_4xx,
+            self.http_5xx,
+            self.header_timeouts,
+            self.body_timeouts
         )
     }
 }

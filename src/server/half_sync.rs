@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 use super::{bind_and_announce, ServerOptions, Service};
 use crate::net::handler::ConnOps;
 use crate::net::{Buffer, CloseReason, ConnId, Ctx, FileRange, Handler, HandlerFactory};
-use crate::reactor::{EventLoop, LoopHandle, Signal};
+use crate::reactor::{EventLoop, LoopHandle, Note, Signal};
 
 /// Queue slots per worker thread.
 const QUEUE_PER_WORKER: usize = 16;
@@ -607,6 +607,7 @@ fn worker(rx: &Mutex<Receiver<Job>>, hub: &Hub) {
 enum Op {
     Write(Vec<u8>),
     SendFile(Vec<u8>, FileRange),
+    Note(Note),
     ShutdownWrite,
     Close,
     Abort,
@@ -687,6 +688,9 @@ impl ConnOps for Recorder {
     }
     fn handle(&self) -> Option<LoopHandle> {
         Some(self.handle.clone())
+    }
+    fn note(&mut self, note: Note) {
+        self.ops.push(Op::Note(note));
     }
 }
 
@@ -832,6 +836,7 @@ fn apply(el: &mut EventLoop, id: ConnId, side: &Mutex<Side>, ops: Vec<Op>) {
             Op::SendFile(head, range) => {
                 el.send_file(id, &head, range);
             }
+            Op::Note(note) => el.note(note),
             Op::ShutdownWrite => {
                 write_shut = true;
                 el.shutdown_write(id);

@@ -20,6 +20,8 @@ pub(super) struct Counters {
     pub(super) linger_timeouts: AtomicU64,
     pub(super) bytes_in: AtomicU64,
     pub(super) bytes_out: AtomicU64,
+    /// Handler-reported events (`Ctx::note`), summed like a loop's.
+    pub(super) noted: std::sync::Mutex<Option<LoopStats>>,
 }
 
 pub(super) fn bump(c: &AtomicU64, n: u64) {
@@ -43,5 +45,14 @@ impl Counters {
         s.linger_timeouts += get(&self.linger_timeouts);
         s.bytes_in += get(&self.bytes_in);
         s.bytes_out += get(&self.bytes_out);
+        if let Some(n) = self.noted.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            s.add(n);
+        }
+    }
+
+    pub(super) fn note(&self, note: crate::reactor::Note) {
+        let mut n = self.noted.lock().unwrap_or_else(|e| e.into_inner());
+        n.get_or_insert_with(|| LoopStats::new(crate::reactor::Engine::EpollLt))
+            .note(note);
     }
 }

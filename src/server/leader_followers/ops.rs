@@ -34,6 +34,9 @@ impl ConnOps for Ops<'_> {
     fn send_file(&mut self, id: ConnId, head: &[u8], range: FileRange) -> bool {
         self.mine(id) && self.core.send_file(self.sh, head, range)
     }
+    fn note(&mut self, note: crate::reactor::Note) {
+        self.stats.note(note);
+    }
     fn output_len(&self, id: ConnId) -> usize {
         if self.mine(id) {
             self.core.output_len()

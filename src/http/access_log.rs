@@ -1,0 +1,145 @@
+//! The access log, in the combined format nginx and Apache write (so existing log tools read
+//! it): `addr - - [time] "request line" status bytes "referer" "user-agent"`.
+//!
+//! Lines go to an [`AsyncWriter`](crate::ops::log::AsyncWriter): the loop formats a line and
+//! queues it, a writer thread does the disk I/O; a full queue drops lines (counted) rather
+//! than stalling every connection of the loop behind a slow disk.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+
+use super::date::unix_now;
+use super::response::push_u64;
+
+/// What the log needs to know about one exchange.
+pub struct Exchange<'a> {
+    pub peer: Option<SocketAddr>,
+    pub method: &'a str,
+    pub target: &'a [u8],
+    pub version: &'a str,
+    pub status: u16,
+    pub body_bytes: u64,
+    pub referer: Option<&'a [u8]>,
+    pub user_agent: Option<&'a [u8]>,
+}
+
+thread_local! {
+    /// The "[10/Oct/2000:13:55:36 +0000]" field and its second: formatted once a second.
+    static TIME: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+}
+
+/// Formats one line (without the newline).
+pub fn format_line(x: &Exchange<'_>, out: &mut Vec<u8>) {
+    match x.peer {
+        Some(p) => out.extend_from_slice(p.ip().to_string().as_bytes()),
+        None => out.push(b'-'),
+    }
+    out.extend_from_slice(b" - - ");
+    TIME.with(|t| {
+        let mut t = t.borrow_mut();
+        let now = unix_now();
+        if t.0 != now {
+            *t = (now, clf_time(now));
+        }
+        out.extend_from_slice(t.1.as_bytes());
+    });
+    out.extend_from_slice(b" \"");
+    escape(out, x.method.as_bytes());
+    out.push(b' ');
+    escape(out, x.target);
+    out.push(b' ');
+    out.extend_from_slice(x.version.as_bytes());
+    out.extend_from_slice(b"\" ");
+    push_u64(out, u64::from(x.status));
+    out.push(b' ');
+    push_u64(out, x.body_bytes);
+    for field in [x.referer, x.user_agent] {
+        out.extend_from_slice(b" \"");
+        match field {
+            Some(v) => escape(out, v),
+            None => out.push(b'-'),
+        }
+        out.push(b'"');
+    }
+}
+
+/// Client-supplied bytes are escaped as nginx does (`\xHH` for quotes, backslashes and
+/// anything not printable ASCII), so a request cannot forge log lines or fields.
+fn escape(out: &mut Vec<u8>, v: &[u8]) {
+    for &b in v {
+        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            out.extend_from_slice(&[b'\\', b'x', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+        } else {
+            out.push(b);
+        }
+    }
+}
+
+/// "[23/Nov/2026:03:40:00 +0000]" (the log is in UTC).
+fn clf_time(unix: i64) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "[{d:02}/{}/{y:04}:{:02}:{:02}:{:02} +0000]",
+        MONTHS[(m - 1) as usize],
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar, by the
+/// usual era arithmetic (400-year eras of 146,097 days, years starting in March).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(clf_time(0), "[01/Jan/1970:00:00:00 +0000]");
+        assert_eq!(clf_time(951_782_400), "[29/Feb/2000:00:00:00 +0000]");
+        assert_eq!(clf_time(1_795_405_200), "[23/Nov/2026:03:40:00 +0000]");
+    }
+
+    #[test]
+    fn a_combined_line_with_hostile_fields() {
+        let mut out = Vec::new();
+        format_line(
+            &Exchange {
+                peer: Some("127.0.0.1:5000".parse().unwrap()),
+                method: "GET",
+                target: b"/a\"b\n",
+                version: "HTTP/1.1",
+                status: 404,
+                body_bytes: 12,
+                referer: None,
+                user_agent: Some(b"curl/8 \"x\""),
+            },
+            &mut out,
+        );
+        let line = String::from_utf8(out).unwrap();
+        assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+        assert!(
+            line.ends_with("\"GET /a\\x22b\\x0A HTTP/1.1\" 404 12 \"-\" \"curl/8 \\x22x\\x22\""),
+            "{line}"
+        );
+    }
+}

@@ -1,0 +1,459 @@
+//! One HTTP/1.1 connection: the handler that turns requests into responses.
+//!
+//! The connection is a small state machine:
+//!
+//! ```text
+//!            head complete, no body                      body done
+//!   ┌────────────────────────────┐            ┌───────────────────────────┐
+//!   ▼                            │            ▼                           │
+//! Head ──head complete, body──▶ (respond) ──▶ Body (discarding the body) ─┘
+//!   │ error / Connection: close / timeout
+//!   ▼
+//! Closed (a final response is flushed, then a graceful close)
+//! ```
+//!
+//! Every complete request found in the input is answered in one pass: responses are appended
+//! to one buffer that leaves in a single write, so sixteen pipelined requests cost one read
+//! and one write. A response whose body is a large file ends the batch with `send_file`: the
+//! batch so far is its head and the file follows with sendfile, so order is kept. When more
+//! than [`BACKLOG`] bytes wait for the client, parsing stops and reading pauses until the
+//! queue drains (a client that pipelines without reading cannot make us buffer without end).
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use super::access_log::{self, Exchange};
+use super::autoindex;
+use super::body::BodyDecoder;
+use super::conditional::{self, Condition};
+use super::files::{self, Entry, Found};
+use super::parse::{parse_head, BodyKind, Head, HeadResult, HttpError, Method, Version};
+use super::path::{is_hidden, normalize_target, PathError};
+use super::range::{parse_range, RangeOutcome};
+use super::response::{
+    push_content_length, push_end, push_error, push_header, push_status, push_u64, Persistence,
+};
+use super::site::Site;
+use crate::net::{Buffer, Ctx, FileRange, Handler};
+use crate::reactor::Note;
+
+/// Output waiting for the client above which no further pipelined request is answered.
+pub const BACKLOG: usize = 256 * 1024;
+
+const TAG_HEAD: u64 = 1;
+const TAG_BODY: u64 = 2;
+
+enum State {
+    /// Waiting for (the rest of) a request head.
+    Head,
+    /// Skipping the body of a request already answered.
+    Body(BodyDecoder),
+    /// A final response is queued; the connection closes once it is out.
+    Closed,
+}
+
+pub struct HttpConn {
+    site: Arc<Site>,
+    state: State,
+    served: u64,
+    head_timer: bool,
+    /// Parsing stopped because too much output is queued.
+    stalled: bool,
+}
+
+thread_local! {
+    /// The batch of responses being built; one per thread, reused.
+    static OUT: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(64 * 1024));
+}
+
+impl HttpConn {
+    pub fn new(site: Arc<Site>) -> HttpConn {
+        HttpConn {
+            site,
+            state: State::Head,
+            served: 0,
+            head_timer: false,
+            stalled: false,
+        }
+    }
+
+    fn process(&mut self, cx: &mut Ctx<'_>, input: &mut Buffer, out: &mut Vec<u8>) {
+        loop {
+            match &mut self.state {
+                State::Closed => {
+                    input.clear();
+                    return;
+                }
+                State::Body(decoder) => match decoder.feed(input.as_slice()) {
+                    Ok(p) => {
+                        input.consume(p.consumed);
+                        if p.done {
+                            cx.cancel_timer(TAG_BODY);
+                            self.state = State::Head;
+                        } else {
+                            cx.set_timer(self.site.settings.body_timeout, TAG_BODY);
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        self.fail(cx, out, e.status, input);
+                        return;
+                    }
+                },
+                State::Head => {
+                    if input.is_empty() {
+                        return;
+                    }
+                    if out.len() + cx.output_len() > BACKLOG {
+                        self.stalled = true;
+                        cx.pause_read();
+                        return;
+                    }
+                    let (len, body) = match parse_head(input.as_slice(), &self.site.settings.limits) {
+                        Ok(HeadResult::Partial) => {
+                            if !self.head_timer {
+                                self.head_timer = true;
+                                cx.set_timer(self.site.settings.header_timeout, TAG_HEAD);
+                            }
+                            return;
+                        }
+                        Err(e) => {
+                            self.fail(cx, out, e.status, input);
+                            return;
+                        }
+                        Ok(HeadResult::Complete { head, len }) => {
+                            if self.head_timer {
+                                self.head_timer = false;
+                                cx.cancel_timer(TAG_HEAD);
+                            }
+                            let body = match BodyDecoder::new(head.body, self.site.settings.limits.max_body) {
+                                Ok(d) => d,
+                                Err(e) => {
+                                    self.fail(cx, out, e.status, input);
+                                    return;
+                                }
+                            };
+                            let persistence = self.respond(cx, &head, out);
+                            if !persistence.keeps_alive() {
+                                self.state = State::Closed;
+                            } else if head.body != BodyKind::None {
+                                self.state = State::Body(body);
+                            }
+                            (len, head.body)
+                        }
+                    };
+                    input.consume(len);
+                    if matches!(self.state, State::Closed) {
+                        input.clear();
+                        flush(cx, out);
+                        cx.close();
+                        return;
+                    }
+                    let _ = body;
+                }
+            }
+        }
+    }
+
+    /// Answers `status` and closes: the request cannot be framed (or must not be served), so
+    /// nothing after it on this connection can be trusted.
+    fn fail(&mut self, cx: &mut Ctx<'_>, out: &mut Vec<u8>, status: u16, input: &mut Buffer) {
+        push_error(out, status, Persistence::Close, false);
+        cx.note(Note::Response(status));
+        self.state = State::Closed;
+        input.clear();
+        flush(cx, out);
+        cx.close();
+    }
+
+    /// Appends the response to `head` (or sends it, for a file body). Returns whether the
+    /// connection stays open after it.
+    fn respond(&mut self, cx: &mut Ctx<'_>, head: &Head<'_>, out: &mut Vec<u8>) -> Persistence {
+        self.served += 1;
+        let persistence = if !head.keep_alive || self.served >= self.site.settings.keepalive_requests {
+            Persistence::Close
+        } else if head.version == Version::Http10 {
+            Persistence::KeepAlive10
+        } else {
+            Persistence::KeepAlive11
+        };
+        if head.expect_continue && head.body != BodyKind::None {
+            // The final answer follows at once; the body that the client then sends is read
+            // and dropped (RFC 9110 10.1.1 lets a server answer before the body).
+            out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            cx.note(Note::Response(100));
+        }
+        let start = out.len();
+        let (status, body_bytes) = self.answer(cx, head, out, persistence);
+        cx.note(Note::Response(status));
+        if let Some(log) = &self.site.access_log {
+            let _ = start;
+            let mut line = Vec::with_capacity(200);
+            access_log::format_line(
+                &Exchange {
+                    peer: cx.peer_addr(),
+                    method: head.method_str,
+                    target: head.target,
+                    version: match head.version {
+                        Version::Http10 => "HTTP/1.0",
+                        Version::Http11 => "HTTP/1.1",
+                    },
+                    status,
+                    body_bytes,
+                    referer: head.referer,
+                    user_agent: head.user_agent,
+                },
+                &mut line,
+            );
+            log.write_line(&line);
+        }
+        persistence
+    }
+
+    /// The response itself: (status, body bytes).
+    fn answer(&mut self, cx: &mut Ctx<'_>, head: &Head<'_>, out: &mut Vec<u8>, p: Persistence) -> (u16, u64) {
+        let head_only = head.method == Method::Head;
+        let error = |out: &mut Vec<u8>, status: u16| {
+            push_error(out, status, p, head_only);
+            (status, 0)
+        };
+        if !matches!(head.method, Method::Get | Method::Head) {
+            return error(out, 405);
+        }
+        let path = match normalize_target(head.target) {
+            Ok(path) => path,
+            Err(e) => return error(out, e.status()),
+        };
+        let settings = &self.site.settings;
+        if !settings.serve_hidden && is_hidden(&path) {
+            return error(out, 403);
+        }
+        if self.site.root.is_none() {
+            return if path == "/" || path == "/index.html" {
+                welcome(out, p, head_only)
+            } else {
+                error(out, 404)
+            };
+        }
+        if path.ends_with('/') {
+            let index = format!("{path}index.html");
+            return match files::lookup(&self.site, &index) {
+                Ok(Found::File(entry)) => self.serve_file(cx, head, &entry, out, p),
+                Ok(Found::Dir(_)) => error(out, 403),
+                Err(PathError::NotFound) => match files::lookup(&self.site, &path) {
+                    Ok(Found::Dir(dir)) if settings.autoindex => listing(&dir, &path, settings.serve_hidden, out, p, head_only),
+                    Ok(Found::Dir(_)) => error(out, 403),
+                    Ok(Found::File(_)) => error(out, 404),
+                    Err(e) => error(out, e.status()),
+                },
+                Err(e) => error(out, e.status()),
+            };
+        }
+        match files::lookup(&self.site, &path) {
+            Ok(Found::File(entry)) => self.serve_file(cx, head, &entry, out, p),
+            Ok(Found::Dir(_)) => {
+                // "/docs" names a directory: its pages' relative links need "/docs/".
+                push_status(out, 301);
+                let mut location = path.into_bytes();
+                location.push(b'/');
+                push_header(out, b"Location", &location);
+                push_content_length(out, 0);
+                push_end(out, p);
+                (301, 0)
+            }
+            Err(e) => error(out, e.status()),
+        }
+    }
+
+    fn serve_file(&mut self, cx: &mut Ctx<'_>, head: &Head<'_>, entry: &Entry, out: &mut Vec<u8>, p: Persistence) -> (u16, u64) {
+        let head_only = head.method == Method::Head;
+        // gzip_static: the precompressed sibling, when the client takes gzip.
+        let (e, gzip) = match (&entry.gzip, head.accept_gzip) {
+            (Some(g), true) => (&**g, true),
+            _ => (entry, false),
+        };
+        let vary = entry.gzip.is_some();
+        if conditional::evaluate(head.if_none_match, head.if_modified_since, &e.etag, e.mtime) == Condition::NotModified {
+            push_status(out, 304);
+            push_header(out, b"ETag", e.etag.as_bytes());
+            push_header(out, b"Last-Modified", e.last_modified.as_bytes());
+            if vary {
+                out.extend_from_slice(b"Vary: Accept-Encoding\r\n");
+            }
+            push_end(out, p);
+            return (304, 0);
+        }
+        let mut range = None;
+        if let Some(r) = head.range {
+            let applies = head
+                .if_range
+                .is_none_or(|ir| conditional::if_range_allows(ir, &e.etag, e.mtime));
+            if applies {
+                match parse_range(r, e.size) {
+                    RangeOutcome::Full => {}
+                    RangeOutcome::Partial { start, end } => range = Some((start, end)),
+                    RangeOutcome::Unsatisfiable => {
+                        push_status(out, 416);
+                        let mut v = b"bytes */".to_vec();
+                        push_u64(&mut v, e.size);
+                        push_header(out, b"Content-Range", &v);
+                        push_content_length(out, 0);
+                        push_end(out, p);
+                        return (416, 0);
+                    }
+                }
+            }
+        }
+        let (status, offset, len) = match range {
+            Some((start, end)) => (206, start, end - start + 1),
+            None => (200, 0, e.size),
+        };
+        if status == 200 && !gzip {
+            // The common case: the head was encoded when the file was cached.
+            push_status(out, 200);
+            out.extend_from_slice(&e.head_200);
+        } else {
+            push_status(out, status);
+            push_header(out, b"Content-Type", entry.content_type.as_bytes());
+            push_content_length(out, len);
+            push_header(out, b"Last-Modified", e.last_modified.as_bytes());
+            push_header(out, b"ETag", e.etag.as_bytes());
+            out.extend_from_slice(b"Accept-Ranges: bytes\r\n");
+            if gzip {
+                out.extend_from_slice(b"Content-Encoding: gzip\r\n");
+            }
+            if vary {
+                out.extend_from_slice(b"Vary: Accept-Encoding\r\n");
+            }
+            if status == 206 {
+                let mut v = b"bytes ".to_vec();
+                push_u64(&mut v, offset);
+                v.push(b'-');
+                push_u64(&mut v, offset + len - 1);
+                v.push(b'/');
+                push_u64(&mut v, e.size);
+                push_header(out, b"Content-Range", &v);
+            }
+        }
+        push_end(out, p);
+        if head_only || len == 0 {
+            return (status, 0);
+        }
+        match &e.body {
+            Some(body) => out.extend_from_slice(&body[offset as usize..(offset + len) as usize]),
+            None => {
+                // The batch so far becomes the head of a sendfile.
+                cx.send_file(
+                    out,
+                    FileRange {
+                        file: e.file.clone(),
+                        offset,
+                        len,
+                    },
+                );
+                out.clear();
+            }
+        }
+        (status, len)
+    }
+}
+
+fn flush(cx: &mut Ctx<'_>, out: &mut Vec<u8>) {
+    if !out.is_empty() {
+        cx.write(out);
+        out.clear();
+    }
+}
+
+impl Handler for HttpConn {
+    fn on_connect(&mut self, cx: &mut Ctx<'_>) {
+        cx.set_idle_timeout(Some(self.site.settings.keepalive_timeout));
+    }
+
+    fn on_data(&mut self, cx: &mut Ctx<'_>, input: &mut Buffer) {
+        OUT.with(|cell| {
+            // Re-entrance cannot happen (a loop never calls a handler from inside another),
+            // but a missing buffer must not panic: use a fresh one then.
+            let mut out = cell.try_borrow_mut().map(|mut o| std::mem::take(&mut *o)).unwrap_or_default();
+            self.process(cx, input, &mut out);
+            flush(cx, &mut out);
+            if let Ok(mut o) = cell.try_borrow_mut() {
+                if out.capacity() <= 1 << 20 {
+                    *o = out;
+                }
+            }
+        });
+    }
+
+    fn on_drained(&mut self, cx: &mut Ctx<'_>) {
+        if self.stalled {
+            self.stalled = false;
+            cx.resume_read(); // offers the unanswered requests again
+        }
+    }
+
+    fn on_peer_shutdown(&mut self, cx: &mut Ctx<'_>) {
+        // The client sent everything it will: answer what was complete (already done as it
+        // arrived), then close. A half-sent request can never be completed.
+        cx.close();
+    }
+
+    fn on_timer(&mut self, cx: &mut Ctx<'_>, tag: u64) {
+        let status = match (tag, &self.state) {
+            (TAG_HEAD, State::Head) => {
+                cx.note(Note::HeaderTimeout);
+                408
+            }
+            (TAG_BODY, State::Body(_)) => {
+                cx.note(Note::BodyTimeout);
+                408
+            }
+            _ => return,
+        };
+        self.head_timer = false;
+        let mut out = Vec::new();
+        let mut nothing = Buffer::new();
+        self.fail(cx, &mut out, status, &mut nothing);
+    }
+}
+
+/// The built-in page `keel http` serves without a root.
+const WELCOME: &str = include_str!("welcome.html");
+
+fn welcome(out: &mut Vec<u8>, p: Persistence, head_only: bool) -> (u16, u64) {
+    push_status(out, 200);
+    out.extend_from_slice(b"Content-Type: text/html; charset=utf-8\r\n");
+    push_content_length(out, WELCOME.len() as u64);
+    push_end(out, p);
+    if head_only {
+        return (200, 0);
+    }
+    out.extend_from_slice(WELCOME.as_bytes());
+    (200, WELCOME.len() as u64)
+}
+
+fn listing(dir: &std::os::fd::OwnedFd, path: &str, show_hidden: bool, out: &mut Vec<u8>, p: Persistence, head_only: bool) -> (u16, u64) {
+    use std::os::fd::AsFd;
+    let entries = match autoindex::read_entries(dir.as_fd(), show_hidden) {
+        Ok(e) => e,
+        Err(_) => {
+            push_error(out, 403, p, head_only);
+            return (403, 0);
+        }
+    };
+    let page = autoindex::render(path, &entries);
+    push_status(out, 200);
+    out.extend_from_slice(b"Content-Type: text/html; charset=utf-8\r\n");
+    push_content_length(out, page.len() as u64);
+    push_end(out, p);
+    if head_only {
+        return (200, 0);
+    }
+    out.extend_from_slice(page.as_bytes());
+    (200, page.len() as u64)
+}
+
+#[allow(dead_code)]
+fn _assert_error_type(e: HttpError) -> u16 {
+    e.status
+}

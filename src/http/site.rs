@@ -1,0 +1,115 @@
+//! What an HTTP server serves and how: its settings and its opened document root.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::parse::Limits;
+use crate::ops::log::AsyncWriter;
+
+/// The HTTP options (command line or the `[http]` section of the config file).
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    /// Document root; `None` serves the built-in welcome page.
+    pub root: Option<PathBuf>,
+    /// List directories without an index.html.
+    pub autoindex: bool,
+    /// Follow symbolic links, even out of the root (off: a symlink anywhere on the path is 403).
+    pub follow_symlinks: bool,
+    /// Serve names beginning with '.' (off: 403).
+    pub serve_hidden: bool,
+    /// Serve `name.gz` for `name` with Content-Encoding: gzip when the client accepts it.
+    pub gzip_static: bool,
+    /// How long an idle keep-alive connection (or a stalled download) is kept.
+    pub keepalive_timeout: Duration,
+    /// Requests served on one connection before it is closed (Connection: close on the last).
+    pub keepalive_requests: u64,
+    /// The whole request head must arrive within this (slowloris): else 408 and close.
+    pub header_timeout: Duration,
+    /// The longest silence while a request body arrives: else 408 and close.
+    pub body_timeout: Duration,
+    pub limits: Limits,
+    /// Files up to this size are kept in memory with their response head pre-encoded.
+    pub small_file_max: u64,
+    /// Bytes of file contents the in-memory cache may hold (per thread).
+    pub cache_bytes: u64,
+    /// Open files (fds with their metadata) the cache may hold (per thread).
+    pub cache_entries: usize,
+    /// A cached file is checked against the filesystem again after this long.
+    pub cache_valid: Duration,
+    /// Access log in the combined format; `None`: off.
+    pub access_log: Option<PathBuf>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            root: None,
+            autoindex: false,
+            follow_symlinks: false,
+            serve_hidden: false,
+            gzip_static: true,
+            keepalive_timeout: Duration::from_secs(75),
+            keepalive_requests: 100_000,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            limits: Limits::default(),
+            small_file_max: 16 * 1024,
+            cache_bytes: 64 << 20,
+            cache_entries: 4096,
+            cache_valid: Duration::from_secs(1),
+            access_log: None,
+        }
+    }
+}
+
+/// A site ready to serve: settings plus the opened root and log. Shared by every loop.
+pub struct Site {
+    pub settings: HttpSettings,
+    /// The document root, opened once: every file is opened relative to it (openat2 with
+    /// RESOLVE_BENEATH), so a path can never name a file outside it, and the server keeps
+    /// working after chdir("/") (daemon mode) or a privilege drop.
+    pub root: Option<OwnedFd>,
+    pub access_log: Option<Arc<AsyncWriter>>,
+    /// Distinguishes sites in the per-thread file caches (a reload makes a new one).
+    pub id: u64,
+}
+
+static NEXT_SITE: AtomicU64 = AtomicU64::new(1);
+
+impl Site {
+    /// Opens the root directory and the access log; errors name the path.
+    pub fn open(settings: HttpSettings) -> io::Result<Arc<Site>> {
+        let root = match &settings.root {
+            None => None,
+            Some(path) => {
+                let dir = File::open(path).map_err(|e| {
+                    io::Error::new(e.kind(), format!("document root {}: {e}", path.display()))
+                })?;
+                if !dir.metadata()?.is_dir() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("document root {}: not a directory", path.display()),
+                    ));
+                }
+                Some(OwnedFd::from(dir))
+            }
+        };
+        let access_log = match &settings.access_log {
+            None => None,
+            Some(path) => Some(AsyncWriter::open(path, 65536).map_err(|e| {
+                io::Error::new(e.kind(), format!("access log {}: {e}", path.display()))
+            })?),
+        };
+        Ok(Arc::new(Site {
+            settings,
+            root,
+            access_log,
+            id: NEXT_SITE.fetch_add(1, Ordering::Relaxed),
+        }))
+    }
+}
