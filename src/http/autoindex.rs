@@ -1,1 +1,317 @@
-//! (being written)
+//! Directory listings (`--autoindex`).
+//!
+//! File names are attacker-controlled wherever uploads or shared directories exist, so every
+//! name is escaped for the context it lands in: HTML-escaped as text, percent-encoded as a URL.
+//! Entries are read and statted relative to the already-opened directory fd, never by path, so
+//! a rename racing the listing cannot redirect it outside the directory that was opened.
+
+use crate::http::conditional::http_date;
+use rustix::fs::{AtFlags, Dir, FileType};
+use std::fmt::Write as _;
+use std::os::fd::BorrowedFd;
+
+/// One listed name with what the page shows about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub is_dir: bool,
+    pub size: u64,
+    pub mtime_secs: i64,
+}
+
+/// Entries of an open directory fd, sorted: directories first, then by name; hidden entries
+/// (leading '.') skipped unless show_hidden.
+///
+/// Names that are not UTF-8 are left out: no request target can name them (normalize_target
+/// refuses non-UTF-8), so a link to them could only fail. Symlinks are described as themselves
+/// (lstat), not by their targets, so the listing never reveals anything about files they point
+/// at, which may lie outside the root. An entry that vanishes between readdir and stat is
+/// skipped.
+pub fn read_entries(dir: BorrowedFd<'_>, show_hidden: bool) -> std::io::Result<Vec<Entry>> {
+    let mut entries = Vec::new();
+    for item in Dir::read_from(dir)? {
+        let item = item?;
+        let raw = item.file_name();
+        let Ok(name) = raw.to_str() else { continue };
+        if name == "." || name == ".." || (!show_hidden && name.starts_with('.')) {
+            continue;
+        }
+        let st = match rustix::fs::statat(dir, raw, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+        entries.push(Entry {
+            name: name.to_owned(),
+            is_dir,
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            mtime_secs: st.st_mtime,
+        });
+    }
+    entries.sort_by(|a, b| b.is_dir.cmp(&a.is_dir).then_with(|| a.name.cmp(&b.name)));
+    Ok(entries)
+}
+
+/// A small valid HTML5 page: title "Index of <url_path>", a parent link unless url_path is "/",
+/// a table of name/size/mtime. Names are HTML-escaped (& < > " ') in text and percent-encoded in
+/// href; dirs get a trailing '/'.
+///
+/// Links are absolute (built from `url_path`), so they resolve the same whether or not the
+/// requested URL ended in '/'; percent-encoding ':' as well keeps a name like "javascript:x"
+/// from ever being read as a scheme.
+pub fn render(url_path: &str, entries: &[Entry]) -> String {
+    let mut base = String::with_capacity(url_path.len() + 1);
+    push_url(&mut base, url_path, true);
+    if !base.ends_with('/') {
+        base.push('/');
+    }
+
+    let mut out = String::with_capacity(512 + entries.len() * 160);
+    out.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
+    out.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
+    out.push_str("<title>Index of ");
+    push_html(&mut out, url_path);
+    out.push_str("</title>\n<style>body{font-family:sans-serif;margin:2em}");
+    out.push_str("td,th{padding:0.2em 1em;text-align:left}td.s{text-align:right}</style>\n");
+    out.push_str("</head>\n<body>\n<h1>Index of ");
+    push_html(&mut out, url_path);
+    out.push_str("</h1>\n<table>\n<thead><tr><th>Name</th><th>Size</th>");
+    out.push_str("<th>Last modified</th></tr></thead>\n<tbody>\n");
+
+    if url_path != "/" && !url_path.is_empty() {
+        let trimmed = base.trim_end_matches('/');
+        let parent = &trimmed[..trimmed.rfind('/').map_or(0, |i| i + 1)];
+        let parent = if parent.is_empty() { "/" } else { parent };
+        out.push_str("<tr><td><a href=\"");
+        // Already percent-encoded; only needs attribute escaping, which it cannot need.
+        out.push_str(parent);
+        out.push_str("\">../</a></td><td class=\"s\">-</td><td></td></tr>\n");
+    }
+
+    for e in entries {
+        out.push_str("<tr><td><a href=\"");
+        out.push_str(&base);
+        push_url(&mut out, &e.name, false);
+        if e.is_dir {
+            out.push('/');
+        }
+        out.push_str("\">");
+        push_html(&mut out, &e.name);
+        if e.is_dir {
+            out.push('/');
+        }
+        out.push_str("</a></td><td class=\"s\">");
+        if e.is_dir {
+            out.push('-');
+        } else {
+            let _ = write!(out, "{}", e.size);
+        }
+        out.push_str("</td><td>");
+        out.push_str(&http_date(e.mtime_secs));
+        out.push_str("</td></tr>\n");
+    }
+    out.push_str("</tbody>\n</table>\n</body>\n</html>\n");
+    out
+}
+
+fn push_html(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters (and '/' when `keep_slash`),
+/// which also covers every character that is special in HTML.
+fn push_url(out: &mut String, s: &str, keep_slash: bool) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in s.as_bytes() {
+        if b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'_' | b'~')
+            || (keep_slash && b == b'/')
+        {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 15)] as char);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::path::PathBuf;
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "keel-autoindex-{tag}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Names as a filesystem allows them ('/' cannot occur; "</script>" is covered in
+    /// `render` tests with a made-up entry).
+    const NASTY: &[&str] = &[
+        "<script>alert(1)",
+        "a\"b",
+        "'x'",
+        "a&b",
+        "%41",
+        "with space",
+        "ünïcødé ☃.txt",
+        "javascript:alert(1)",
+        "q?x#y",
+    ];
+
+    fn nasty_dir() -> (TempDir, std::fs::File) {
+        let t = TempDir::new("nasty");
+        for name in NASTY {
+            std::fs::write(t.0.join(name), b"12345").unwrap();
+        }
+        std::fs::create_dir(t.0.join("zdir")).unwrap();
+        std::fs::create_dir(t.0.join("adir")).unwrap();
+        std::fs::write(t.0.join(".hidden"), b"").unwrap();
+        std::os::unix::fs::symlink("/etc", t.0.join("link")).unwrap();
+        let f = std::fs::File::open(&t.0).unwrap();
+        (t, f)
+    }
+
+    #[test]
+    fn reads_sorted_entries() {
+        let (_t, dir) = nasty_dir();
+        let entries = read_entries(dir.as_fd(), false).unwrap();
+        let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(&names[..2], &["adir", "zdir"]);
+        assert!(entries[..2].iter().all(|e| e.is_dir));
+        assert!(entries[2..].iter().all(|e| !e.is_dir));
+        let mut rest = names[2..].to_vec();
+        rest.sort();
+        assert_eq!(rest, &names[2..]);
+        assert_eq!(names.len(), 2 + NASTY.len() + 1);
+        assert!(!names.contains(&".hidden"));
+        assert!(!names.contains(&".") && !names.contains(&".."));
+        let file = entries.iter().find(|e| e.name == "a&b").unwrap();
+        assert_eq!(file.size, 5);
+        assert!(file.mtime_secs > 1_600_000_000);
+        // The symlink is described as itself, not as the /etc it points to.
+        assert!(!entries.iter().find(|e| e.name == "link").unwrap().is_dir);
+
+        let all = read_entries(dir.as_fd(), true).unwrap();
+        assert!(all.iter().any(|e| e.name == ".hidden"));
+        assert_eq!(all.len(), entries.len() + 1);
+        // Reading twice from the same fd works: the listing does not consume its position.
+        assert_eq!(read_entries(dir.as_fd(), false).unwrap(), entries);
+    }
+
+    #[test]
+    fn nasty_names_are_escaped() {
+        let (_t, dir) = nasty_dir();
+        let mut entries = read_entries(dir.as_fd(), false).unwrap();
+        entries.push(Entry {
+            name: "<script>alert(1)</script>".into(),
+            is_dir: false,
+            size: 1,
+            mtime_secs: 0,
+        });
+        let page = render("/up<load>s/", &entries);
+        assert!(!page.contains("<script>"), "{page}");
+        assert!(!page.contains("<load>"));
+        assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(page.contains("<title>Index of /up&lt;load&gt;s/</title>"));
+        let base = "/up%3Cload%3Es/";
+        for (href, text) in [
+            ("%3Cscript%3Ealert%281%29", "&lt;script&gt;alert(1)"),
+            (
+                "%3Cscript%3Ealert%281%29%3C%2Fscript%3E",
+                "&lt;script&gt;alert(1)&lt;/script&gt;",
+            ),
+            ("a%22b", "a&quot;b"),
+            ("%27x%27", "&#39;x&#39;"),
+            ("a%26b", "a&amp;b"),
+            ("%2541", "%41"),
+            ("with%20space", "with space"),
+            (
+                "%C3%BCn%C3%AFc%C3%B8d%C3%A9%20%E2%98%83.txt",
+                "ünïcødé ☃.txt",
+            ),
+            ("javascript%3Aalert%281%29", "javascript:alert(1)"),
+            ("q%3Fx%23y", "q?x#y"),
+            ("adir/", "adir/"),
+        ] {
+            let a = format!("<a href=\"{base}{href}\">{text}</a>");
+            assert!(page.contains(&a), "missing {a}\n{page}");
+        }
+        // Every href value is plain: no quotes, angle brackets or spaces inside it.
+        for part in page.split("href=\"").skip(1) {
+            let href = &part[..part.find('"').unwrap()];
+            assert!(
+                href.bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"<>'&\\".contains(&b)),
+                "{href}"
+            );
+        }
+    }
+
+    #[test]
+    fn page_shape() {
+        let entries = vec![
+            Entry {
+                name: "sub".into(),
+                is_dir: true,
+                size: 4096,
+                mtime_secs: 0,
+            },
+            Entry {
+                name: "f.txt".into(),
+                is_dir: false,
+                size: 1234,
+                mtime_secs: 784_111_777,
+            },
+        ];
+        let page = render("/a/b/", &entries);
+        assert!(page.starts_with("<!DOCTYPE html>"));
+        assert!(page.contains("<meta charset=\"utf-8\">"));
+        assert!(page.contains("<title>Index of /a/b/</title>"));
+        assert!(page.contains("<a href=\"/a/\">../</a>"));
+        assert!(page.contains("<a href=\"/a/b/sub/\">sub/</a></td><td class=\"s\">-</td>"));
+        assert!(page.contains("<a href=\"/a/b/f.txt\">f.txt</a></td><td class=\"s\">1234</td>"));
+        assert!(page.contains("Sun, 06 Nov 1994 08:49:37 GMT"));
+        assert!(page.trim_end().ends_with("</html>"));
+        assert_eq!(page.matches("<tr>").count(), 1 + 1 + 2);
+
+        let root = render("/", &entries);
+        assert!(!root.contains("../"));
+        assert!(root.contains("<a href=\"/sub/\">"));
+        // A directory URL without its trailing slash still links correctly.
+        let noslash = render("/a/b", &entries);
+        assert!(noslash.contains("<a href=\"/a/b/f.txt\">"));
+        assert!(noslash.contains("<a href=\"/a/\">../</a>"));
+        assert!(render("/a/", &[]).contains("<a href=\"/\">../</a>"));
+        assert!(render("/a", &[]).contains("<a href=\"/\">../</a>"));
+    }
+}

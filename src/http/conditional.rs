@@ -1,1 +1,405 @@
-//! (being written)
+//! Validators and conditional requests (RFC 9110 8.8 and 13) for static files.
+//!
+//! The ETag is derived from the file's identity (mtime, size, inode) rather than its content, so
+//! it costs one fstat and no read; a replaced or rewritten file changes at least one of those.
+
+use std::time::{Duration, SystemTime};
+
+/// Strong ETag from file identity: `"<mtime secs hex>-<mtime nsec hex>-<size hex>-<inode hex>"`.
+///
+/// Strong because two different contents of one inode cannot share all of mtime (to the
+/// nanosecond) and size in practice; If-Range needs a strong validator to be usable at all.
+pub fn etag(size: u64, mtime_secs: i64, mtime_nsec: u32, ino: u64) -> String {
+    format!("\"{mtime_secs:x}-{mtime_nsec:x}-{size:x}-{ino:x}\"")
+}
+
+/// The largest time IMF-fixdate's four-digit year can carry: 9999-12-31 23:59:59 UTC.
+const MAX_HTTP_DATE: i64 = 253_402_300_799;
+
+/// IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT") for unix seconds (negative or pre-1970 -> clamp
+/// to epoch; past year 9999 -> clamp to its last second).
+pub fn http_date(unix_secs: i64) -> String {
+    let mut out = Vec::with_capacity(29);
+    write_http_date(&mut out, unix_secs);
+    // Only ASCII is ever written.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+const DAYS: [&[u8; 3]; 7] = [b"Sun", b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat"];
+const MONTHS: [&[u8; 3]; 12] = [
+    b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
+];
+
+/// Appends the IMF-fixdate to `out` without allocating beyond `out`'s own growth (the Date
+/// header is rebuilt every second on every worker, so it stays off the allocator).
+pub fn write_http_date(out: &mut Vec<u8>, unix_secs: i64) {
+    let secs = unix_secs.clamp(0, MAX_HTTP_DATE);
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    // 1970-01-01 was a Thursday.
+    let weekday = ((days + 4) % 7) as usize;
+
+    out.extend_from_slice(DAYS[weekday]);
+    out.extend_from_slice(b", ");
+    push_2(out, day);
+    out.push(b' ');
+    out.extend_from_slice(MONTHS[(month - 1) as usize]);
+    out.push(b' ');
+    push_2(out, year / 100);
+    push_2(out, year % 100);
+    out.push(b' ');
+    push_2(out, (rem / 3600) as u32);
+    out.push(b':');
+    push_2(out, (rem / 60 % 60) as u32);
+    out.push(b':');
+    push_2(out, (rem % 60) as u32);
+    out.extend_from_slice(b" GMT");
+}
+
+fn push_2(out: &mut Vec<u8>, v: u32) {
+    out.push(b'0' + (v / 10 % 10) as u8);
+    out.push(b'0' + (v % 10) as u8);
+}
+
+/// Proleptic Gregorian (year, month 1-12, day 1-31) for days since 1970-01-01, `days` >= 0.
+///
+/// Counts in 400-year eras starting on March 1st, so the leap day is the last day of its year
+/// and every month length but February's is fixed.
+fn civil_from_days(days: i64) -> (u32, u32, u32) {
+    // Days from 0000-03-01 to 1970-01-01.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097; // [0, 146096]
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365], from March 1st
+    let mp = (5 * doy + 2) / 153; // [0, 11], March = 0
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as u32;
+    (year, month, day)
+}
+
+/// Parses any of the three HTTP date formats (IMF-fixdate, RFC 850, asctime) into unix seconds.
+pub fn parse_http_date(v: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(trim(v)).ok()?;
+    let t = httpdate::parse_http_date(s).ok()?;
+    let d = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    i64::try_from(d.as_secs()).ok()
+}
+
+/// What a GET or HEAD should answer after its preconditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    Proceed,
+    NotModified,
+}
+
+/// RFC 9110 13.2.2 for GET/HEAD: If-None-Match present -> weak comparison against its list or
+/// "*": match -> NotModified; otherwise If-Modified-Since (only when If-None-Match is absent;
+/// unparseable -> ignored): mtime_secs <= date -> NotModified.
+///
+/// A malformed If-None-Match matches nothing, so it costs a full response rather than a wrong
+/// 304.
+pub fn evaluate(
+    if_none_match: Option<&[u8]>,
+    if_modified_since: Option<&[u8]>,
+    etag: &str,
+    mtime_secs: i64,
+) -> Condition {
+    if let Some(inm) = if_none_match {
+        return if none_match_hits(inm, etag) {
+            Condition::NotModified
+        } else {
+            Condition::Proceed
+        };
+    }
+    if let Some(date) = if_modified_since.and_then(parse_http_date) {
+        if mtime_secs <= date {
+            return Condition::NotModified;
+        }
+    }
+    Condition::Proceed
+}
+
+/// If-Range: an entity-tag compares strongly (a weak W/ tag never matches); an HTTP date must
+/// equal Last-Modified exactly. Anything else (malformed, a list) -> false: the range is ignored
+/// and the whole file is sent, which is always a correct answer.
+pub fn if_range_allows(if_range: &[u8], etag: &str, mtime_secs: i64) -> bool {
+    let v = trim(if_range);
+    if v.starts_with(b"\"") || v.starts_with(b"W/") {
+        let mut tags = TagList { rest: v };
+        let (Some(Ok(tag)), None) = (tags.next(), tags.next()) else {
+            return false;
+        };
+        let ours = split_weak(etag.as_bytes());
+        return !tag.weak && !ours.weak && tag.opaque == ours.opaque;
+    }
+    parse_http_date(v) == Some(mtime_secs)
+}
+
+/// Weak comparison of our ETag against an If-None-Match value.
+fn none_match_hits(header: &[u8], etag: &str) -> bool {
+    let header = trim(header);
+    if header == b"*" {
+        return true;
+    }
+    let ours = split_weak(etag.as_bytes()).opaque;
+    let mut hit = false;
+    for tag in (TagList { rest: header }) {
+        match tag {
+            Ok(tag) => hit |= tag.opaque == ours,
+            Err(()) => return false,
+        }
+    }
+    hit
+}
+
+struct Tag<'a> {
+    weak: bool,
+    /// Including the double quotes.
+    opaque: &'a [u8],
+}
+
+fn split_weak(tag: &[u8]) -> Tag<'_> {
+    match tag.strip_prefix(b"W/") {
+        Some(opaque) => Tag { weak: true, opaque },
+        None => Tag {
+            weak: false,
+            opaque: tag,
+        },
+    }
+}
+
+/// `#entity-tag`: a comma list whose elements may themselves contain commas inside the quotes,
+/// so it cannot be split on ','. Yields Err(()) once at the first malformed element, then stops.
+struct TagList<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for TagList<'a> {
+    type Item = Result<Tag<'a>, ()>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // Skip OWS and empty list elements.
+        let start = self
+            .rest
+            .iter()
+            .position(|&b| !is_ows(b) && b != b',')
+            .unwrap_or(self.rest.len());
+        let s = &self.rest[start..];
+        if s.is_empty() {
+            return None;
+        }
+        let fail = |this: &mut Self| {
+            this.rest = &[];
+            Some(Err(()))
+        };
+        let (weak, body) = match s.strip_prefix(b"W/") {
+            Some(b) => (true, b),
+            None => (false, s),
+        };
+        if body.first() != Some(&b'"') {
+            return fail(self);
+        }
+        // etagc = %x21 / %x23-7E / obs-text: anything visible but '"', no spaces or controls.
+        let Some(close) = body[1..].iter().position(|&b| b == b'"') else {
+            return fail(self);
+        };
+        let opaque = &body[..close + 2];
+        if opaque[1..opaque.len() - 1]
+            .iter()
+            .any(|&b| b < 0x21 || b == 0x7f)
+        {
+            return fail(self);
+        }
+        let after = &body[close + 2..];
+        // After a tag only OWS and then ',' or the end may follow.
+        let next = after
+            .iter()
+            .position(|&b| !is_ows(b))
+            .unwrap_or(after.len());
+        if next < after.len() && after[next] != b',' {
+            return fail(self);
+        }
+        self.rest = &after[next..];
+        Some(Ok(Tag { weak, opaque }))
+    }
+}
+
+fn is_ows(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|&b| !is_ows(b)).unwrap_or(v.len());
+    let end = v.iter().rposition(|&b| !is_ows(b)).map_or(start, |i| i + 1);
+    &v[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const TAG: &str = "\"5f-0-3e8-1a\"";
+
+    #[test]
+    fn etag_shape() {
+        assert_eq!(etag(1000, 95, 0, 26), TAG);
+        let t = etag(u64::MAX, 1_700_000_000, 999_999_999, 12345);
+        assert!(t.starts_with('"') && t.ends_with('"'));
+        assert!(!t.starts_with("W/"));
+        assert_ne!(etag(1, 2, 3, 4), etag(1, 2, 4, 4));
+        assert_ne!(etag(1, 2, 3, 4), etag(2, 2, 3, 4));
+        assert_ne!(etag(1, 2, 3, 4), etag(1, 2, 3, 5));
+        assert_eq!(etag(1, 2, 3, 4), etag(1, 2, 3, 4));
+        // Usable as a header value and in If-None-Match lists.
+        assert!(t[1..t.len() - 1]
+            .bytes()
+            .all(|b| (0x21..0x7f).contains(&b) && b != b'"'));
+    }
+
+    #[test]
+    fn dates_format() {
+        assert_eq!(http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(http_date(-1), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(http_date(i64::MIN), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(http_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(http_date(4_107_542_399), "Sun, 28 Feb 2100 23:59:59 GMT");
+        assert_eq!(http_date(4_107_542_400), "Mon, 01 Mar 2100 00:00:00 GMT");
+        assert_eq!(http_date(MAX_HTTP_DATE), "Fri, 31 Dec 9999 23:59:59 GMT");
+        assert_eq!(http_date(i64::MAX), "Fri, 31 Dec 9999 23:59:59 GMT");
+        let mut out = b"Date: ".to_vec();
+        write_http_date(&mut out, 1_700_000_000);
+        assert_eq!(out, b"Date: Tue, 14 Nov 2023 22:13:20 GMT");
+    }
+
+    proptest! {
+        #[test]
+        fn format_agrees_with_httpdate(secs in 0i64..=MAX_HTTP_DATE) {
+            let t = SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64);
+            prop_assert_eq!(http_date(secs), httpdate::fmt_http_date(t));
+            prop_assert_eq!(parse_http_date(http_date(secs).as_bytes()), Some(secs));
+        }
+    }
+
+    #[test]
+    fn dates_parse() {
+        let want = Some(784_111_777);
+        assert_eq!(parse_http_date(b"Sun, 06 Nov 1994 08:49:37 GMT"), want);
+        assert_eq!(parse_http_date(b"Sunday, 06-Nov-94 08:49:37 GMT"), want);
+        assert_eq!(parse_http_date(b"Sun Nov  6 08:49:37 1994"), want);
+        assert_eq!(parse_http_date(b"  Sun, 06 Nov 1994 08:49:37 GMT "), want);
+        assert_eq!(parse_http_date(b""), None);
+        assert_eq!(parse_http_date(b"yesterday"), None);
+        assert_eq!(parse_http_date(b"Sun, 06 Nov 1994 08:49:37"), None);
+        assert_eq!(parse_http_date(b"Sun, 06 Nov 1994 25:49:37 GMT"), None);
+        assert_eq!(parse_http_date(b"\xff\xfe"), None);
+    }
+
+    fn inm(h: &str) -> Condition {
+        evaluate(Some(h.as_bytes()), None, TAG, 1000)
+    }
+
+    #[test]
+    fn if_none_match_lists() {
+        use Condition::*;
+        assert_eq!(inm(TAG), NotModified);
+        assert_eq!(inm("*"), NotModified);
+        assert_eq!(inm("  *  "), NotModified);
+        assert_eq!(inm("\"other\""), Proceed);
+        assert_eq!(inm("\"a\", \"5f-0-3e8-1a\""), NotModified);
+        assert_eq!(inm("\"a\",\"5f-0-3e8-1a\",\"b\""), NotModified);
+        assert_eq!(inm(" ,, \"a\" ,\t\"5f-0-3e8-1a\" , "), NotModified);
+        assert_eq!(inm("\"a\", \"b\""), Proceed);
+        // Weak comparison: W/ on either side still matches.
+        assert_eq!(inm("W/\"5f-0-3e8-1a\""), NotModified);
+        assert_eq!(inm("\"x\", W/\"5f-0-3e8-1a\""), NotModified);
+        assert_eq!(
+            evaluate(Some(b"\"v1\""), None, "W/\"v1\"", 0),
+            Condition::NotModified
+        );
+        // Commas inside a tag belong to the tag.
+        assert_eq!(
+            evaluate(Some(b"\"a,b\", \"c\""), None, "\"a,b\"", 0),
+            NotModified
+        );
+        assert_eq!(evaluate(Some(b"\"a,b\""), None, "\"a\"", 0), Proceed);
+        // The quotes are part of the tag.
+        assert_eq!(inm("5f-0-3e8-1a"), Proceed);
+        assert_eq!(inm("w/\"5f-0-3e8-1a\""), Proceed);
+        assert_eq!(inm("\"5f-0-3e8-1a"), Proceed);
+        assert_eq!(inm("\"5f-0-3e8-1a\"x"), Proceed);
+        assert_eq!(inm("\"a b\", \"5f-0-3e8-1a\""), Proceed);
+        assert_eq!(inm("**"), Proceed);
+        assert_eq!(inm("*, \"5f-0-3e8-1a\""), Proceed);
+        assert_eq!(inm(""), Proceed);
+    }
+
+    #[test]
+    fn if_none_match_wins_over_if_modified_since() {
+        let later = b"Sun, 06 Nov 2094 08:49:37 GMT";
+        assert_eq!(
+            evaluate(Some(b"\"other\""), Some(later), TAG, 1000),
+            Condition::Proceed
+        );
+        assert_eq!(
+            evaluate(Some(TAG.as_bytes()), Some(b"garbage"), TAG, 1000),
+            Condition::NotModified
+        );
+    }
+
+    #[test]
+    fn if_modified_since() {
+        use Condition::*;
+        let d = http_date(1_000_000);
+        let ims = |mtime| evaluate(None, Some(d.as_bytes()), TAG, mtime);
+        assert_eq!(ims(1_000_000), NotModified);
+        assert_eq!(ims(999_999), NotModified);
+        assert_eq!(ims(1_000_001), Proceed);
+        assert_eq!(evaluate(None, Some(b"not a date"), TAG, 0), Proceed);
+        assert_eq!(evaluate(None, Some(b""), TAG, 0), Proceed);
+        assert_eq!(evaluate(None, None, TAG, 0), Proceed);
+        assert_eq!(
+            evaluate(
+                None,
+                Some(b"Sunday, 06-Nov-94 08:49:37 GMT"),
+                TAG,
+                784_111_777
+            ),
+            NotModified
+        );
+    }
+
+    #[test]
+    fn if_range() {
+        assert!(if_range_allows(TAG.as_bytes(), TAG, 0));
+        assert!(if_range_allows(b"  \"5f-0-3e8-1a\" ", TAG, 0));
+        assert!(!if_range_allows(b"W/\"5f-0-3e8-1a\"", TAG, 0));
+        assert!(!if_range_allows(b"\"5f-0-3e8-1a\"", "W/\"5f-0-3e8-1a\"", 0));
+        assert!(!if_range_allows(b"\"other\"", TAG, 0));
+        assert!(!if_range_allows(
+            b"\"5f-0-3e8-1a\", \"5f-0-3e8-1a\"",
+            TAG,
+            0
+        ));
+        assert!(!if_range_allows(b"\"5f-0-3e8-1a", TAG, 0));
+        assert!(!if_range_allows(b"*", TAG, 0));
+        assert!(!if_range_allows(b"", TAG, 0));
+
+        let d = http_date(784_111_777);
+        assert!(if_range_allows(d.as_bytes(), TAG, 784_111_777));
+        assert!(!if_range_allows(d.as_bytes(), TAG, 784_111_776));
+        assert!(!if_range_allows(d.as_bytes(), TAG, 784_111_778));
+        assert!(if_range_allows(
+            b"Sun Nov  6 08:49:37 1994",
+            TAG,
+            784_111_777
+        ));
+        assert!(!if_range_allows(b"garbage", TAG, 784_111_777));
+    }
+}

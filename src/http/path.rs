@@ -1,1 +1,664 @@
-//! (being written)
+//! Request target -> a path beneath the document root, and opening it there.
+//!
+//! Two independent fences keep a request inside the root. [`normalize_target`] decodes the
+//! target exactly once and resolves `.`/`..` itself, refusing anything that would climb above
+//! the root, so the path handed on never contains a `..` segment. [`open_beneath`] then asks the
+//! kernel (openat2 with `RESOLVE_BENEATH`) to enforce the same rule on the real filesystem,
+//! where symlinks and concurrent renames could otherwise undo what the string check decided.
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+/// Why a target could not be mapped to a file; each maps to one response status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathError {
+    /// The target itself is malformed or hostile; the text is for logs, not for the client.
+    BadRequest(&'static str),
+    Forbidden,
+    NotFound,
+}
+
+impl PathError {
+    pub fn status(&self) -> u16 {
+        match self {
+            PathError::BadRequest(_) => 400,
+            PathError::Forbidden => 403,
+            PathError::NotFound => 404,
+        }
+    }
+}
+
+/// Origin-form ("/a/b?q") and absolute-form ("http://host/a/b") targets; anything else (e.g. "*",
+/// "a/b") -> BadRequest.
+///
+/// Strips query and fragment; percent-decodes EXACTLY ONCE (so "%252e%252e" stays the literal
+/// name "%2e%2e", never ".."); invalid %-escapes -> BadRequest; decoded NUL -> BadRequest; decoded
+/// backslash -> BadRequest; result not valid UTF-8 (this catches overlong UTF-8 such as
+/// %c0%ae%c0%ae) -> BadRequest; then removes "." segments and resolves ".." segments (after
+/// decoding, so %2e%2e and %2f count), collapsing repeated '/'; a ".." that would climb above the
+/// root -> BadRequest.
+///
+/// Other control characters (raw or decoded) are refused too: no file worth serving has a newline
+/// or an escape in its name, and letting them through would put them into logs and headers.
+///
+/// Returns the normalized absolute path, starting with '/', keeping a trailing '/' if the target
+/// had one (a final "." or ".." segment names a directory, so it also yields a trailing '/').
+pub fn normalize_target(target: &[u8]) -> Result<String, PathError> {
+    let raw = split_path(target)?;
+    let decoded = percent_decode(raw)?;
+    let decoded =
+        String::from_utf8(decoded).map_err(|_| PathError::BadRequest("path is not valid UTF-8"))?;
+
+    let mut segments: Vec<&str> = Vec::new();
+    let mut trailing_slash = false;
+    for seg in decoded.split('/') {
+        // Every segment but the last is followed by a '/'; the last one decides whether the
+        // result names a directory.
+        match seg {
+            "" | "." => trailing_slash = true,
+            ".." => {
+                if segments.pop().is_none() {
+                    return Err(PathError::BadRequest("path climbs above the root"));
+                }
+                trailing_slash = true;
+            }
+            _ => {
+                segments.push(seg);
+                trailing_slash = false;
+            }
+        }
+    }
+
+    let mut out = String::with_capacity(decoded.len() + 1);
+    for seg in &segments {
+        out.push('/');
+        out.push_str(seg);
+    }
+    if segments.is_empty() || trailing_slash {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+/// Picks the path out of an origin-form or absolute-form target, without query or fragment.
+fn split_path(target: &[u8]) -> Result<&[u8], PathError> {
+    let rest = if target.first() == Some(&b'/') {
+        target
+    } else if let Some(after_scheme) = strip_scheme(target) {
+        // The authority runs to the first '/', '?' or '#'; an absent path means "/".
+        match after_scheme
+            .iter()
+            .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        {
+            Some(i) if after_scheme[i] == b'/' => &after_scheme[i..],
+            _ => return Ok(b"/"),
+        }
+    } else {
+        return Err(PathError::BadRequest(
+            "target is neither origin-form nor absolute-form",
+        ));
+    };
+    let end = rest
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(rest.len());
+    Ok(&rest[..end])
+}
+
+fn strip_scheme(target: &[u8]) -> Option<&[u8]> {
+    for scheme in [&b"http://"[..], &b"https://"[..]] {
+        if target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme) {
+            return Some(&target[scheme.len()..]);
+        }
+    }
+    None
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// One pass only: the output is never decoded again, so a double-encoded "%252e" ends up as the
+/// three characters "%2e" and can never turn into a '.'.
+fn percent_decode(raw: &[u8]) -> Result<Vec<u8>, PathError> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let b = if raw[i] == b'%' {
+            let hi = raw.get(i + 1).copied().and_then(hex_value);
+            let lo = raw.get(i + 2).copied().and_then(hex_value);
+            match (hi, lo) {
+                (Some(hi), Some(lo)) => {
+                    i += 3;
+                    hi << 4 | lo
+                }
+                _ => return Err(PathError::BadRequest("invalid percent-escape")),
+            }
+        } else {
+            i += 1;
+            raw[i - 1]
+        };
+        match b {
+            0 => return Err(PathError::BadRequest("NUL in path")),
+            b'\\' => return Err(PathError::BadRequest("backslash in path")),
+            0x01..=0x1f | 0x7f => return Err(PathError::BadRequest("control character in path")),
+            _ => out.push(b),
+        }
+    }
+    Ok(out)
+}
+
+/// Any segment beginning with '.' (".git", ".env", ".htpasswd").
+pub fn is_hidden(path: &str) -> bool {
+    path.split('/').any(|seg| seg.starts_with('.'))
+}
+
+/// Opens `rel` (a normalize_target result, leading '/' stripped; "" means the root itself)
+/// beneath the directory `root` with openat2: O_RDONLY|O_CLOEXEC|O_NOCTTY,
+/// RESOLVE_BENEATH|RESOLVE_NO_MAGICLINKS always, plus RESOLVE_NO_SYMLINKS unless follow_symlinks.
+///
+/// Because RESOLVE_BENEATH always applies, `follow_symlinks` only admits symlinks whose targets
+/// stay beneath the root: an absolute link, or a relative one that climbs out, is Forbidden either
+/// way. The string check in [`normalize_target`] cannot see symlinks; this is where they are
+/// fenced.
+///
+/// Maps errors: ENOENT/ENOTDIR -> NotFound; ELOOP, EXDEV, EACCES, EPERM and the rest -> Forbidden.
+/// When the kernel lacks openat2 (ENOSYS) falls back to a component-by-component walk that never
+/// lets the kernel follow a symlink or a "..", and so keeps the same guarantee.
+pub fn open_beneath(
+    root: BorrowedFd<'_>,
+    rel: &str,
+    follow_symlinks: bool,
+) -> Result<OwnedFd, PathError> {
+    let rel = rel.trim_start_matches('/');
+    let path = if rel.is_empty() { "." } else { rel };
+    let mut resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+    if !follow_symlinks {
+        resolve |= ResolveFlags::NO_SYMLINKS;
+    }
+    // EAGAIN: the kernel saw a concurrent rename or mount and could not prove the walk stayed
+    // beneath the root; it asks for a retry. A few tries, then give up.
+    let mut tries = 0;
+    loop {
+        match rustix::fs::openat2(root, path, file_flags(), Mode::empty(), resolve) {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::NOSYS) => return open_beneath_fallback(root, rel, follow_symlinks),
+            Err(Errno::INTR) => continue,
+            Err(Errno::AGAIN) if tries < 8 => tries += 1,
+            Err(e) => return Err(map_errno(e)),
+        }
+    }
+}
+
+fn file_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY
+}
+
+fn map_errno(e: Errno) -> PathError {
+    match e {
+        Errno::NOENT | Errno::NOTDIR => PathError::NotFound,
+        _ => PathError::Forbidden,
+    }
+}
+
+/// Symlink expansions allowed in one walk, as the kernel's own limit (MAXSYMLINKS).
+const MAX_SYMLINKS: u32 = 40;
+
+/// The walk for kernels without openat2. Every component is opened with O_NOFOLLOW relative to
+/// a directory fd we hold, so the kernel never crosses a symlink or a ".." on its own. A ".."
+/// (only reachable through a followed symlink's text) pops our own stack of directory fds, and
+/// popping past the root is refused, which is what RESOLVE_BENEATH would have done.
+fn open_beneath_fallback(
+    root: BorrowedFd<'_>,
+    rel: &str,
+    follow_symlinks: bool,
+) -> Result<OwnedFd, PathError> {
+    use rustix::fs::{openat, readlinkat, FileType};
+
+    let rel = rel.trim_start_matches('/');
+    if rel.is_empty() {
+        return openat(root, ".", file_flags(), Mode::empty()).map_err(map_errno);
+    }
+    // Components still to walk, the next one last.
+    // A trailing '/' leaves a final "" component, which requires the one before it to be a
+    // directory, as the kernel would.
+    let mut pending: Vec<String> = rel.split('/').rev().map(str::to_owned).collect();
+    // Directories entered so far, beneath the root; empty means "at the root".
+    let mut stack: Vec<OwnedFd> = Vec::new();
+    let mut links = 0;
+
+    while let Some(comp) = pending.pop() {
+        let cur = stack.last().map_or(root, |fd| fd.as_fd());
+        let is_last = pending.is_empty();
+        match comp.as_str() {
+            "" | "." => {
+                if is_last {
+                    // A trailing '/' or "." names the directory we stand in.
+                    return openat(cur, ".", file_flags() | OFlags::DIRECTORY, Mode::empty())
+                        .map_err(map_errno);
+                }
+                continue;
+            }
+            ".." => {
+                if stack.pop().is_none() {
+                    return Err(PathError::Forbidden);
+                }
+                if is_last {
+                    let cur = stack.last().map_or(root, |fd| fd.as_fd());
+                    return openat(cur, ".", file_flags() | OFlags::DIRECTORY, Mode::empty())
+                        .map_err(map_errno);
+                }
+                continue;
+            }
+            _ => {}
+        }
+        // O_PATH|O_NOFOLLOW opens a symlink itself instead of its target, so what we inspect is
+        // what we then act on.
+        let fd = openat(
+            cur,
+            comp.as_str(),
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(map_errno)?;
+        let st = rustix::fs::fstat(&fd).map_err(map_errno)?;
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Symlink => {
+                if !follow_symlinks {
+                    return Err(PathError::Forbidden);
+                }
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    return Err(PathError::Forbidden);
+                }
+                let target = readlinkat(&fd, "", Vec::new()).map_err(map_errno)?;
+                let target = target.to_str().map_err(|_| PathError::Forbidden)?;
+                if target.starts_with('/') {
+                    return Err(PathError::Forbidden);
+                }
+                // The link's text takes the component's place, relative to the directory that
+                // holds the link (the top of the stack), so its ".." pops our stack.
+                pending.extend(target.split('/').rev().map(str::to_owned));
+            }
+            // The O_PATH fd is bound to the directory we just inspected; walking on from it
+            // needs only search permission, as a kernel path walk would.
+            FileType::Directory if !is_last => stack.push(fd),
+            _ if !is_last => return Err(PathError::NotFound),
+            _ => {
+                // Reopen for reading; O_NOFOLLOW makes a swap to a symlink since the O_PATH open
+                // fail (ELOOP -> Forbidden) instead of being followed.
+                return openat(
+                    cur,
+                    comp.as_str(),
+                    file_flags() | OFlags::NOFOLLOW,
+                    Mode::empty(),
+                )
+                .map_err(map_errno);
+            }
+        }
+    }
+    // Only reached when the last component was a symlink whose text ended in components that
+    // were all consumed above; the loop returns for every real final component.
+    let cur = stack.last().map_or(root, |fd| fd.as_fd());
+    openat(cur, ".", file_flags() | OFlags::DIRECTORY, Mode::empty()).map_err(map_errno)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::path::PathBuf;
+
+    fn bad(t: &str) -> bool {
+        matches!(
+            normalize_target(t.as_bytes()),
+            Err(PathError::BadRequest(_))
+        )
+    }
+
+    /// Either refused, or a path that stays inside the root (no ".." segment left, absolute).
+    fn refused_or_inside(t: &str) {
+        match normalize_target(t.as_bytes()) {
+            Err(PathError::BadRequest(_)) => {}
+            Err(e) => panic!("{t:?}: unexpected {e:?}"),
+            Ok(p) => {
+                assert!(p.starts_with('/'), "{t:?} -> {p:?}");
+                assert!(
+                    !p.split('/').any(|s| s == ".." || s == "."),
+                    "{t:?} -> {p:?} keeps a dot segment"
+                );
+                assert!(!p.contains('\\') && !p.contains('\0'), "{t:?} -> {p:?}");
+                assert!(!p.contains("//"), "{t:?} -> {p:?}");
+            }
+        }
+    }
+
+    const TRAVERSALS: &[&str] = &[
+        "/../",
+        "/..",
+        "/../etc/passwd",
+        "/..%2f",
+        "/..%2fetc%2fpasswd",
+        "/%2e%2e/",
+        "/%2e%2e",
+        "/%2e%2e%2f",
+        "/%2e%2e%2fetc/passwd",
+        "/.%2e/",
+        "/%2e./",
+        "/%2E%2E",
+        "/%2E%2E/etc/passwd",
+        "/..\\",
+        "/..\\etc\\passwd",
+        "/..%5c",
+        "/..%5C..%5Cetc",
+        "/%252e%252e",
+        "/%252e%252e/%252e%252e/etc/passwd",
+        "/%c0%ae%c0%ae/",
+        "/%c0%ae%c0%ae%c0%af",
+        "/%e0%80%ae%e0%80%ae/",
+        "/%c1%9c",
+        "/./../",
+        "//..//",
+        "//../..//etc",
+        "/a/../../",
+        "/a/b/../../../etc/passwd",
+        "/%00",
+        "/index.html%00.txt",
+        "/a%00/../..",
+        "/%2f..%2f..",
+        "/%2f%2e%2e%2f%2e%2e%2fetc",
+        "http://host/../",
+        "http://host/a/../../etc/passwd",
+        "HTTPS://host/%2e%2e/x",
+        "/a/./.././../b",
+        "/....//....//",
+        "/...",
+        "/a/%2e%2e/%2e%2e/%2e%2e",
+        "/%",
+        "/%2",
+        "/%zz",
+        "/%%32%65",
+        "/a%0d%0aSet-Cookie:x",
+        "/a\u{7f}",
+        "*",
+        "a/b",
+        "../etc",
+        "",
+        "http:/a",
+        "ftp://host/a",
+    ];
+
+    #[test]
+    fn traversal_encodings_are_refused_or_contained() {
+        assert!(TRAVERSALS.len() >= 30);
+        for t in TRAVERSALS {
+            refused_or_inside(t);
+        }
+    }
+
+    #[test]
+    fn traversals_that_would_climb_are_refused() {
+        for t in [
+            "/../",
+            "/..",
+            "/..%2f",
+            "/%2e%2e/",
+            "/%2e%2e%2f",
+            "/.%2e/",
+            "/%2e./",
+            "/%2E%2E",
+            "/..\\",
+            "/..%5c",
+            "/%c0%ae%c0%ae/",
+            "/%e0%80%ae%e0%80%ae/",
+            "/./../",
+            "//..//",
+            "/a/../../",
+            "/%00",
+            "/%2f..%2f..",
+            "http://host/../",
+            "http://host/a/../../etc/passwd",
+            "HTTPS://host/%2e%2e/x",
+            "/a/%2e%2e/%2e%2e/%2e%2e",
+            "/%",
+            "/%2",
+            "/%zz",
+            "/a%0d%0aSet-Cookie:x",
+            "*",
+            "a/b",
+            "",
+        ] {
+            assert!(bad(t), "{t:?} should be a bad request");
+        }
+    }
+
+    #[test]
+    fn double_encoding_is_decoded_once() {
+        assert_eq!(normalize_target(b"/%252e%252e").unwrap(), "/%2e%2e");
+        assert_eq!(
+            normalize_target(b"/%252e%252e/%252e%252e/etc/passwd").unwrap(),
+            "/%2e%2e/%2e%2e/etc/passwd"
+        );
+        // "%%32%65": '%' followed by "%3" is not an escape, so it is refused, not double decoded.
+        assert!(bad("/%%32%65"));
+    }
+
+    #[test]
+    fn dots_that_are_names_stay_names() {
+        assert_eq!(normalize_target(b"/...").unwrap(), "/...");
+        assert_eq!(normalize_target(b"/....//....//").unwrap(), "/..../..../");
+        assert_eq!(normalize_target(b"/a..b/.c").unwrap(), "/a..b/.c");
+    }
+
+    #[test]
+    fn normal_targets() {
+        let ok = |t: &str| normalize_target(t.as_bytes()).unwrap();
+        assert_eq!(ok("/"), "/");
+        assert_eq!(ok("//"), "/");
+        assert_eq!(ok("/a//b/./c"), "/a/b/c");
+        assert_eq!(ok("/dir/"), "/dir/");
+        assert_eq!(ok("/dir"), "/dir");
+        assert_eq!(ok("/a%20b"), "/a b");
+        assert_eq!(ok("/a/b?q=1&x=/../.."), "/a/b");
+        assert_eq!(ok("/a/b/?q"), "/a/b/");
+        assert_eq!(ok("/a#frag/../.."), "/a");
+        assert_eq!(ok("/a/b/.."), "/a/");
+        assert_eq!(ok("/a/b/."), "/a/b/");
+        assert_eq!(ok("/a/../b"), "/b");
+        assert_eq!(ok("/a/.."), "/");
+        assert_eq!(ok("/a%2fb"), "/a/b");
+        assert_eq!(ok("/caf%C3%A9"), "/café");
+        assert_eq!(ok("/caf\u{e9}"), "/café");
+        assert_eq!(ok("/%41"), "/A");
+        assert_eq!(ok("/?"), "/");
+    }
+
+    #[test]
+    fn absolute_form() {
+        let ok = |t: &str| normalize_target(t.as_bytes()).unwrap();
+        assert_eq!(ok("http://example.com/a/b"), "/a/b");
+        assert_eq!(ok("http://example.com:8080/a/./b/"), "/a/b/");
+        assert_eq!(ok("HTTP://example.com"), "/");
+        assert_eq!(ok("http://example.com?x=/a"), "/");
+        assert_eq!(ok("https://example.com/x%20y?q"), "/x y");
+    }
+
+    #[test]
+    fn status_codes() {
+        assert_eq!(PathError::BadRequest("x").status(), 400);
+        assert_eq!(PathError::Forbidden.status(), 403);
+        assert_eq!(PathError::NotFound.status(), 404);
+    }
+
+    #[test]
+    fn hidden_segments() {
+        assert!(is_hidden("/.git/config"));
+        assert!(is_hidden("/a/.env"));
+        assert!(is_hidden(".htpasswd"));
+        assert!(is_hidden("/a/.b/c/"));
+        assert!(!is_hidden("/"));
+        assert!(!is_hidden("/a/b.txt"));
+        assert!(!is_hidden("/a.b/c"));
+        assert!(!is_hidden(""));
+    }
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "keel-path-{tag}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// outer/secret.txt (outside the root) and outer/root/{file.txt, sub/inner.txt,
+    /// out -> ../secret.txt, abs -> /outer/secret.txt, in -> sub/inner.txt, subl -> sub,
+    /// loop -> loop}.
+    fn tree() -> (TempDir, std::fs::File) {
+        use std::os::unix::fs::symlink;
+        let t = TempDir::new("open");
+        let root = t.0.join("root");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(t.0.join("secret.txt"), b"secret").unwrap();
+        std::fs::write(root.join("file.txt"), b"hello").unwrap();
+        std::fs::write(root.join("sub/inner.txt"), b"inner").unwrap();
+        symlink("../secret.txt", root.join("out")).unwrap();
+        symlink(t.0.join("secret.txt"), root.join("abs")).unwrap();
+        symlink("sub/inner.txt", root.join("in")).unwrap();
+        symlink("sub", root.join("subl")).unwrap();
+        symlink("../sub/inner.txt", root.join("sub/up")).unwrap();
+        symlink("loop", root.join("loop")).unwrap();
+        let dir = std::fs::File::open(&root).unwrap();
+        (t, dir)
+    }
+
+    fn read(fd: OwnedFd) -> String {
+        let mut s = String::new();
+        std::fs::File::from(fd).read_to_string(&mut s).unwrap();
+        s
+    }
+
+    type Opener = fn(BorrowedFd<'_>, &str, bool) -> Result<OwnedFd, PathError>;
+
+    fn check_opener(open: Opener) {
+        let (_t, dir) = tree();
+        let root = dir.as_fd();
+        assert_eq!(read(open(root, "file.txt", false).unwrap()), "hello");
+        assert_eq!(read(open(root, "sub/inner.txt", false).unwrap()), "inner");
+        assert_eq!(read(open(root, "/file.txt", false).unwrap()), "hello");
+        // The root itself and a subdirectory open as directories.
+        for rel in ["", "sub", "sub/"] {
+            let fd = open(root, rel, false).unwrap();
+            let st = rustix::fs::fstat(&fd).unwrap();
+            assert_eq!(
+                rustix::fs::FileType::from_raw_mode(st.st_mode),
+                rustix::fs::FileType::Directory,
+                "{rel:?}"
+            );
+        }
+        assert_eq!(
+            open(root, "missing", false).unwrap_err(),
+            PathError::NotFound
+        );
+        assert_eq!(
+            open(root, "sub/missing", true).unwrap_err(),
+            PathError::NotFound
+        );
+        assert_eq!(
+            open(root, "missing/x", false).unwrap_err(),
+            PathError::NotFound
+        );
+        assert_eq!(
+            open(root, "file.txt/x", false).unwrap_err(),
+            PathError::NotFound
+        );
+        assert_eq!(
+            open(root, "file.txt/", false).unwrap_err(),
+            PathError::NotFound
+        );
+
+        // Symlinks out of the root: refused with or without following.
+        for rel in ["out", "abs"] {
+            assert_eq!(
+                open(root, rel, false).unwrap_err(),
+                PathError::Forbidden,
+                "{rel}"
+            );
+            assert_eq!(
+                open(root, rel, true).unwrap_err(),
+                PathError::Forbidden,
+                "{rel}"
+            );
+        }
+        // Symlinks inside the root: refused unless following.
+        for rel in ["in", "subl/inner.txt", "sub/up"] {
+            assert_eq!(
+                open(root, rel, false).unwrap_err(),
+                PathError::Forbidden,
+                "{rel}"
+            );
+            assert_eq!(read(open(root, rel, true).unwrap()), "inner", "{rel}");
+        }
+        assert!(open(root, "subl/", true).is_ok());
+        assert_eq!(open(root, "loop", false).unwrap_err(), PathError::Forbidden);
+        assert_eq!(open(root, "loop", true).unwrap_err(), PathError::Forbidden);
+        // A ".." that reached here anyway is still fenced by the kernel / the walk.
+        assert_eq!(
+            open(root, "../secret.txt", false).unwrap_err(),
+            PathError::Forbidden
+        );
+        assert_eq!(
+            open(root, "sub/../../secret.txt", true).unwrap_err(),
+            PathError::Forbidden
+        );
+    }
+
+    #[test]
+    fn open_beneath_with_openat2() {
+        check_opener(open_beneath);
+    }
+
+    #[test]
+    fn open_beneath_fallback_walk() {
+        check_opener(open_beneath_fallback);
+    }
+
+    #[test]
+    fn outside_symlink_without_follow_is_forbidden_and_normalized_targets_open() {
+        let (_t, dir) = tree();
+        let root = dir.as_fd();
+        for target in [
+            "/file.txt",
+            "/sub/../file.txt",
+            "/./file.txt",
+            "http://h/file.txt",
+        ] {
+            let p = normalize_target(target.as_bytes()).unwrap();
+            assert_eq!(read(open_beneath(root, &p[1..], false).unwrap()), "hello");
+        }
+        let p = normalize_target(b"/out").unwrap();
+        assert_eq!(
+            open_beneath(root, &p[1..], false).unwrap_err(),
+            PathError::Forbidden
+        );
+    }
+}
