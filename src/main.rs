@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use keel::bench::pingpong::{self, PingpongOptions};
 use keel::net::Handler;
-use keel::ops::config::{self, Section, ServerSettings};
+use keel::ops::config::{self, HttpFileSettings, Section, ServerSettings};
 use keel::reactor::Engine;
 use keel::server::{self, AcceptStrategy, Model, ServerOptions, Service};
 use keel::services::{discard::Discard, echo::Echo, echo::UdpEcho};
@@ -32,6 +32,8 @@ enum Command {
     Echo(ServerArgs),
     /// Reads and drops everything; counts bytes.
     Discard(ServerArgs),
+    /// HTTP/1.1 static-file server (with no --root: a built-in welcome page on 127.0.0.1:8080).
+    Http(HttpArgs),
     /// Checks a configuration file, like `nginx -t`: prints every error (FILE:LINE: key ...),
     /// exits 1 if there is any, 0 if the file is valid.
     CheckConfig {
@@ -121,6 +123,99 @@ struct ServerArgs {
     /// Run with this group (default: the user's primary group).
     #[arg(long, value_name = "NAME")]
     group: Option<String>,
+    /// Serve /metrics (Prometheus) and /status (HTML) on this address (off by default).
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+    /// Where log lines go: stderr, file (with --log-file), syslog [default: stderr].
+    #[arg(long, value_name = "TARGET")]
+    log_target: Option<String>,
+    /// Log to this file (asynchronous writer; SIGUSR1 reopens it for logrotate).
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<PathBuf>,
+    /// Levels, per module if wanted: "info", "warn,keel::http=debug" [default: info].
+    #[arg(long, value_name = "FILTER")]
+    log_filter: Option<String>,
+}
+
+/// `keel http`: the server options plus the HTTP ones.
+#[derive(Args)]
+struct HttpArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Document root (without it: the built-in welcome page).
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// List directories that have no index.html.
+    #[arg(long)]
+    autoindex: bool,
+    /// Follow symbolic links, even out of the root (default: any symlink is refused, 403).
+    #[arg(long)]
+    follow_symlinks: bool,
+    /// Serve names beginning with '.' (default: 403).
+    #[arg(long)]
+    serve_hidden: bool,
+    /// Do not serve name.gz for name to clients that accept gzip.
+    #[arg(long)]
+    no_gzip_static: bool,
+    /// Close idle keep-alive connections after this many seconds [default: 75].
+    #[arg(long, value_parser = config::parse_secs)]
+    keepalive_timeout: Option<Duration>,
+    /// Requests per connection before it is closed [default: 100000].
+    #[arg(long, value_name = "N")]
+    keepalive_requests: Option<u64>,
+    /// Seconds a whole request head may take to arrive (slowloris guard) [default: 10].
+    #[arg(long, value_parser = config::parse_secs)]
+    header_timeout: Option<Duration>,
+    /// Longest silence while a request body arrives, in seconds [default: 30].
+    #[arg(long, value_parser = config::parse_secs)]
+    body_timeout: Option<Duration>,
+    /// Largest request body accepted, in bytes (over it: 413) [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    max_body: Option<u64>,
+    /// Files up to this many bytes are cached in memory [default: 16384].
+    #[arg(long, value_name = "BYTES")]
+    small_file_max: Option<u64>,
+    /// Bytes of file contents cached in memory, per thread [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    cache_bytes: Option<u64>,
+    /// Open files cached, per thread [default: 4096].
+    #[arg(long, value_name = "N")]
+    cache_entries: Option<usize>,
+    /// A cached file is checked against the disk again after this many seconds [default: 1].
+    #[arg(long, value_parser = config::parse_secs)]
+    cache_valid: Option<Duration>,
+    /// Access log (combined format): a file, "stderr" or "off" [default: stderr].
+    #[arg(long, value_name = "FILE")]
+    access_log: Option<String>,
+    /// Same as --access-log off.
+    #[arg(long)]
+    no_access_log: bool,
+}
+
+impl HttpArgs {
+    fn http_settings(&self) -> HttpFileSettings {
+        HttpFileSettings {
+            root: self.root.clone(),
+            autoindex: self.autoindex.then_some(true),
+            follow_symlinks: self.follow_symlinks.then_some(true),
+            serve_hidden: self.serve_hidden.then_some(true),
+            gzip_static: self.no_gzip_static.then_some(false),
+            keepalive_timeout: self.keepalive_timeout,
+            keepalive_requests: self.keepalive_requests,
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            max_body: self.max_body,
+            small_file_max: self.small_file_max,
+            cache_bytes: self.cache_bytes,
+            cache_entries: self.cache_entries,
+            cache_valid: self.cache_valid,
+            access_log: if self.no_access_log {
+                Some("off".to_string())
+            } else {
+                self.access_log.clone()
+            },
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -166,19 +261,36 @@ impl ServerArgs {
             daemon: self.daemon.then_some(true),
             user: self.user.clone(),
             group: self.group.clone(),
+            admin: self.admin,
+            log_target: self.log_target.clone(),
+            log_file: self.log_file.clone(),
+            log_filter: self.log_filter.clone(),
+            http: HttpFileSettings::default(),
         }
     }
 
     /// The command line, over the config file's `section`, over the built-in defaults. On a
     /// bad file: one message line per error.
     fn resolve(&self, section: Section) -> Result<(ServerSettings, ServerOptions), Vec<String>> {
+        self.resolve_with(section, self.settings())
+    }
+
+    /// Like `resolve`, with command-line settings already gathered (`keel http` adds its own).
+    fn resolve_with(
+        &self,
+        section: Section,
+        cli: ServerSettings,
+    ) -> Result<(ServerSettings, ServerOptions), Vec<String>> {
         let file = match &self.config {
             Some(path) => config::load(path)
                 .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?
                 .settings(section),
             None => ServerSettings::default(),
         };
-        let settings = self.settings().or(&file);
+        let mut settings = cli.or(&file);
+        if section == Section::Http && settings.listen.is_none() {
+            settings.listen = Some(config::DEFAULT_HTTP_LISTEN);
+        }
         let opts = settings.to_options().map_err(|e| vec![e])?;
         Ok((settings, opts))
     }
@@ -217,6 +329,29 @@ fn main() -> ExitCode {
                     udp: None,
                 },
             )
+        }
+        Command::Http(args) => {
+            let mut cli = args.server.settings();
+            cli.http = args.http_settings();
+            let (settings, opts) = args
+                .server
+                .resolve_with(Section::Http, cli)
+                .unwrap_or_else(|errors| {
+                    for e in errors {
+                        eprintln!("keel: {e}");
+                    }
+                    std::process::exit(2)
+                });
+            match keel::http::Site::open(settings.http.to_settings()) {
+                Ok(site) => server::serve(
+                    &opts,
+                    &Service {
+                        factory: keel::http::factory(site),
+                        udp: None,
+                    },
+                ),
+                Err(e) => Err(e),
+            }
         }
         Command::CheckConfig { file } => {
             let (report, ok) = config::check(&file);

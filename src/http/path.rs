@@ -163,10 +163,11 @@ pub fn is_hidden(path: &str) -> bool {
 /// beneath the directory `root` with openat2: O_RDONLY|O_CLOEXEC|O_NOCTTY,
 /// RESOLVE_BENEATH|RESOLVE_NO_MAGICLINKS always, plus RESOLVE_NO_SYMLINKS unless follow_symlinks.
 ///
-/// Because RESOLVE_BENEATH always applies, `follow_symlinks` only admits symlinks whose targets
-/// stay beneath the root: an absolute link, or a relative one that climbs out, is Forbidden either
-/// way. The string check in [`normalize_target`] cannot see symlinks; this is where they are
-/// fenced.
+/// Without `follow_symlinks` no symlink is followed at all and RESOLVE_BENEATH fences the walk:
+/// nothing outside the root can be named. `--follow-symlinks` is the operator saying links are
+/// trusted (nginx's `disable_symlinks off`): links are followed wherever they point, while the
+/// path itself still may not climb (`..` is refused here too, on top of [`normalize_target`]).
+/// The string check in [`normalize_target`] cannot see symlinks; this is where they are fenced.
 ///
 /// Maps errors: ENOENT/ENOTDIR -> NotFound; ELOOP, EXDEV, EACCES, EPERM and the rest -> Forbidden.
 /// When the kernel lacks openat2 (ENOSYS) falls back to a component-by-component walk that never
@@ -178,10 +179,14 @@ pub fn open_beneath(
 ) -> Result<OwnedFd, PathError> {
     let rel = rel.trim_start_matches('/');
     let path = if rel.is_empty() { "." } else { rel };
-    let mut resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
-    if !follow_symlinks {
-        resolve |= ResolveFlags::NO_SYMLINKS;
-    }
+    let resolve = if follow_symlinks {
+        if climbs(path) {
+            return Err(PathError::Forbidden);
+        }
+        ResolveFlags::NO_MAGICLINKS
+    } else {
+        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_SYMLINKS
+    };
     // EAGAIN: the kernel saw a concurrent rename or mount and could not prove the walk stayed
     // beneath the root; it asks for a retry. A few tries, then give up.
     let mut tries = 0;
@@ -194,6 +199,11 @@ pub fn open_beneath(
             Err(e) => return Err(map_errno(e)),
         }
     }
+}
+
+/// A ".." component: the request path itself would leave the directory it starts in.
+fn climbs(path: &str) -> bool {
+    path.split('/').any(|c| c == "..")
 }
 
 fn file_flags() -> OFlags {
@@ -224,6 +234,13 @@ fn open_beneath_fallback(
     let rel = rel.trim_start_matches('/');
     if rel.is_empty() {
         return openat(root, ".", file_flags(), Mode::empty()).map_err(map_errno);
+    }
+    if follow_symlinks {
+        // Links are trusted (see open_beneath); only the path itself must not climb.
+        if climbs(rel) {
+            return Err(PathError::Forbidden);
+        }
+        return openat(root, rel, file_flags(), Mode::empty()).map_err(map_errno);
     }
     // Components still to walk, the next one last.
     // A trailing '/' leaves a final "" component, which requires the one before it to be a
@@ -596,18 +613,14 @@ mod tests {
             PathError::NotFound
         );
 
-        // Symlinks out of the root: refused with or without following.
+        // Symlinks out of the root: refused unless the operator trusts links.
         for rel in ["out", "abs"] {
             assert_eq!(
                 open(root, rel, false).unwrap_err(),
                 PathError::Forbidden,
                 "{rel}"
             );
-            assert_eq!(
-                open(root, rel, true).unwrap_err(),
-                PathError::Forbidden,
-                "{rel}"
-            );
+            assert!(open(root, rel, true).is_ok(), "{rel}");
         }
         // Symlinks inside the root: refused unless following.
         for rel in ["in", "subl/inner.txt", "sub/up"] {

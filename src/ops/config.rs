@@ -52,6 +52,9 @@ use crate::server::{self, AcceptStrategy, Model, ServerOptions};
 /// `--listen` when neither the command line nor the file sets it.
 pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 7007));
+/// `keel http`'s `--listen` default.
+pub const DEFAULT_HTTP_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 8080));
 /// `--linger-timeout` default.
 pub const DEFAULT_LINGER_TIMEOUT: Duration = Duration::from_secs(5);
 /// `--drain-timeout` default.
