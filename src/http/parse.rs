@@ -1,1 +1,1096 @@
-//! (being written)
+//! The request head: bytes in, a borrowed [`Head`] out (RFC 9110 and RFC 9112).
+//!
+//! httparse does the byte-level work (request line, field syntax, line endings); this module
+//! adds what a server facing the open internet must decide on top of it: the size limits, the
+//! fields that frame the body (with the request-smuggling refusals of RFC 9112 6.3), and the few
+//! fields the static-file server acts on. Nothing here allocates: every slice in a [`Head`]
+//! borrows from the caller's buffer, so a pipelined burst of requests costs one httparse pass
+//! and one walk over the fields each.
+
+use std::mem::MaybeUninit;
+
+use httparse::{Header, Request, Status};
+
+/// How many header slots live on the stack. `Limits::max_headers` is honoured up to this; the
+/// slots are never initialised, so their number costs stack space only, not time.
+const HEADER_SLOTS: usize = 256;
+
+/// Bounds on what a client may send before it is refused, so one connection cannot make the
+/// server buffer or scan without end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of the whole head, request line and final empty line included (431 beyond).
+    pub max_head: usize,
+    /// Bytes of the request-target (414 beyond).
+    pub max_uri: usize,
+    /// Header fields (431 beyond); at most 256 are honoured whatever is set here.
+    pub max_headers: usize,
+    /// Bytes of request payload (413 beyond).
+    pub max_body: u64,
+}
+
+impl Default for Limits {
+    /// The same order of sizes as nginx's defaults, which clients and proxies are used to.
+    fn default() -> Limits {
+        Limits {
+            max_head: 8192,
+            max_uri: 8192,
+            max_headers: 100,
+            max_body: 1 << 20,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Version {
+    Http10,
+    Http11,
+}
+
+/// The methods RFC 9110 and RFC 5789 name; anything else is `Other` and keeps its spelling in
+/// [`Head::method_str`] (methods are case-sensitive, so `get` is `Other`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Options,
+    Patch,
+    Trace,
+    Connect,
+    Other,
+}
+
+impl Method {
+    fn from_bytes(m: &[u8]) -> Method {
+        match m {
+            b"GET" => Method::Get,
+            b"HEAD" => Method::Head,
+            b"POST" => Method::Post,
+            b"PUT" => Method::Put,
+            b"DELETE" => Method::Delete,
+            b"OPTIONS" => Method::Options,
+            b"PATCH" => Method::Patch,
+            b"TRACE" => Method::Trace,
+            b"CONNECT" => Method::Connect,
+            _ => Method::Other,
+        }
+    }
+}
+
+/// How the body that follows the head is framed (RFC 9112 6.3); the caller hands this to
+/// [`crate::http::body::BodyDecoder`] to find where the next request starts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum BodyKind {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// A parsed request head. Fields the server does not act on are not kept; the ones it does
+/// are the raw field values (first occurrence where a field is repeated), left for the modules
+/// that interpret them.
+#[derive(Debug)]
+pub struct Head<'b> {
+    pub method: Method,
+    pub method_str: &'b str,
+    pub target: &'b [u8],
+    pub version: Version,
+    pub keep_alive: bool,
+    pub host: Option<&'b [u8]>,
+    pub body: BodyKind,
+    /// Only ever true for HTTP/1.1: RFC 9110 10.1.1 has a server ignore it from a 1.0 client.
+    pub expect_continue: bool,
+    pub if_none_match: Option<&'b [u8]>,
+    pub if_modified_since: Option<&'b [u8]>,
+    pub range: Option<&'b [u8]>,
+    pub if_range: Option<&'b [u8]>,
+    pub accept_gzip: bool,
+    pub user_agent: Option<&'b [u8]>,
+    pub referer: Option<&'b [u8]>,
+}
+
+#[derive(Debug)]
+pub enum HeadResult<'b> {
+    /// More bytes are needed; nothing seen so far breaks a rule or a limit.
+    Partial,
+    /// `len` counts the head's bytes, skipped leading empty lines and the final empty line
+    /// included, so the body (or the next pipelined request) starts at `buf[len..]`.
+    Complete { head: Head<'b>, len: usize },
+}
+
+/// Why a request is refused: the status to answer with, and a short detail for the log line
+/// and the error page. After any of these the connection's framing is unknown, so the caller
+/// answers and closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpError {
+    pub status: u16,
+    pub reason: &'static str,
+}
+
+impl HttpError {
+    pub const fn new(status: u16, reason: &'static str) -> HttpError {
+        HttpError { status, reason }
+    }
+}
+
+impl std::fmt::Display for HttpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status,
+            status_text(self.status),
+            self.reason
+        )
+    }
+}
+
+impl std::error::Error for HttpError {}
+
+/// The canonical reason phrase (RFC 9110 15) for the statuses keel sends; "Unknown" otherwise,
+/// since the phrase is advisory and clients act on the code alone.
+pub fn status_text(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        204 => "No Content",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        416 => "Range Not Satisfiable",
+        417 => "Expectation Failed",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+const fn bad(reason: &'static str) -> HttpError {
+    HttpError::new(400, reason)
+}
+
+const URI_TOO_LONG: HttpError = HttpError::new(414, "request-target too long");
+const HEAD_TOO_LARGE: HttpError = HttpError::new(431, "request head too large");
+const TOO_MANY_HEADERS: HttpError = HttpError::new(431, "too many header fields");
+
+/// Parses the request head at the start of `buf`.
+///
+/// Only the first `limits.max_head` bytes are ever scanned, so a client streaming an endless
+/// head costs a bounded amount of work per call; callers re-parse from the start as more bytes
+/// arrive, which keeps this function stateless.
+pub fn parse_head<'b>(buf: &'b [u8], limits: &Limits) -> Result<HeadResult<'b>, HttpError> {
+    let window = &buf[..buf.len().min(limits.max_head)];
+    let mut slots = [const { MaybeUninit::<Header<'b>>::uninit() }; HEADER_SLOTS];
+    let slots = &mut slots[..limits.max_headers.min(HEADER_SLOTS)];
+    let mut req = Request::new(&mut []);
+    let res = req.parse_with_uninit_headers(window, slots);
+
+    // The target is known as soon as its closing space is seen, whatever follows, so an
+    // over-long one is refused before the rest of the head is waited for.
+    if let Some(path) = req.path {
+        if path.len() > limits.max_uri {
+            return Err(URI_TOO_LONG);
+        }
+    }
+
+    match res {
+        Ok(Status::Complete(len)) => {
+            let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version)
+            else {
+                return Err(bad("malformed request line"));
+            };
+            let version = if minor == 0 {
+                Version::Http10
+            } else {
+                Version::Http11
+            };
+            let head = interpret(method, target.as_bytes(), version, req.headers)?;
+            Ok(HeadResult::Complete { head, len })
+        }
+        Ok(Status::Partial) => {
+            if req.path.is_none() {
+                if let Some(method) = req.method {
+                    // The target is still arriving: refuse it once it is already too long.
+                    let start = leading_empty_lines(window) + method.len() + 1;
+                    if window.len().saturating_sub(start) > limits.max_uri {
+                        return Err(URI_TOO_LONG);
+                    }
+                }
+            }
+            if buf.len() > limits.max_head {
+                Err(over_head_limit(window))
+            } else {
+                Ok(HeadResult::Partial)
+            }
+        }
+        Err(httparse::Error::TooManyHeaders) => Err(TOO_MANY_HEADERS),
+        Err(httparse::Error::Version) => Err(version_error(window, req.method, req.path)),
+        Err(httparse::Error::HeaderName) => Err(bad("invalid header field name")),
+        Err(httparse::Error::HeaderValue) => Err(bad("invalid header field value")),
+        Err(httparse::Error::NewLine) => Err(bad("invalid line ending")),
+        Err(httparse::Error::Token) => Err(bad("malformed request line")),
+        Err(_) => Err(bad("malformed request head")),
+    }
+}
+
+fn leading_empty_lines(window: &[u8]) -> usize {
+    window
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(window.len())
+}
+
+/// Picks between 414 and 431 for a head that did not fit: if even the request line did not fit
+/// (its target was already checked against `max_uri`), the long target is what the client
+/// should shorten.
+fn over_head_limit(window: &[u8]) -> HttpError {
+    let line = &window[leading_empty_lines(window)..];
+    if line.contains(&b'\n') {
+        HEAD_TOO_LARGE
+    } else {
+        URI_TOO_LONG
+    }
+}
+
+/// httparse knows only `HTTP/1.0` and `HTTP/1.1`; a well-formed other version deserves 505
+/// (RFC 9110 15.6.6) rather than 400, so the client knows to retry with 1.1.
+fn version_error(window: &[u8], method: Option<&str>, path: Option<&str>) -> HttpError {
+    let (Some(method), Some(path)) = (method, path) else {
+        return bad("malformed request line");
+    };
+    // The version starts right after "method SP target SP"; anything else there (a second
+    // space, say) is a malformed line, not a version.
+    let start = leading_empty_lines(window) + method.len() + 1 + path.len() + 1;
+    let rest = window.get(start..).unwrap_or_default();
+    let token = match rest.iter().position(|&b| b == b'\r' || b == b'\n') {
+        Some(i) => &rest[..i],
+        None => rest,
+    };
+    if looks_like_version(token) {
+        HttpError::new(505, "HTTP version not supported")
+    } else {
+        bad("malformed HTTP version")
+    }
+}
+
+/// `HTTP/` DIGIT+ [ "." DIGIT* ]: the shape of a version, possibly cut short because the line
+/// is still arriving (httparse already refuses `HTTP/2` before the rest is there).
+fn looks_like_version(token: &[u8]) -> bool {
+    let Some(rest) = token.strip_prefix(b"HTTP/") else {
+        return false;
+    };
+    let major = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if major == 0 {
+        return false;
+    }
+    match rest[major..].split_first() {
+        None => true,
+        Some((b'.', minor)) => minor.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    }
+}
+
+/// The fields this module looks at, found by length first so that most names are dismissed
+/// with one comparison.
+#[derive(Clone, Copy)]
+enum Field {
+    Host,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Expect,
+    IfNoneMatch,
+    IfModifiedSince,
+    Range,
+    IfRange,
+    AcceptEncoding,
+    UserAgent,
+    Referer,
+}
+
+fn classify(name: &str) -> Option<Field> {
+    let is = |lower: &str| name.eq_ignore_ascii_case(lower);
+    match name.len() {
+        4 if is("host") => Some(Field::Host),
+        5 if is("range") => Some(Field::Range),
+        6 if is("expect") => Some(Field::Expect),
+        7 if is("referer") => Some(Field::Referer),
+        8 if is("if-range") => Some(Field::IfRange),
+        10 if is("connection") => Some(Field::Connection),
+        10 if is("user-agent") => Some(Field::UserAgent),
+        13 if is("if-none-match") => Some(Field::IfNoneMatch),
+        14 if is("content-length") => Some(Field::ContentLength),
+        15 if is("accept-encoding") => Some(Field::AcceptEncoding),
+        17 if is("transfer-encoding") => Some(Field::TransferEncoding),
+        17 if is("if-modified-since") => Some(Field::IfModifiedSince),
+        _ => None,
+    }
+}
+
+/// Splits a field value into its list members (RFC 9110 5.6.1), trimmed of optional
+/// whitespace; empty members are left for the caller to judge.
+fn list_members(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(trim_ows)
+}
+
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// Walks the header fields once and decides framing, persistence and the refusals.
+fn interpret<'b>(
+    method_str: &'b str,
+    target: &'b [u8],
+    version: Version,
+    headers: &[Header<'b>],
+) -> Result<Head<'b>, HttpError> {
+    let mut head = Head {
+        method: Method::from_bytes(method_str.as_bytes()),
+        method_str,
+        target,
+        version,
+        keep_alive: false,
+        host: None,
+        body: BodyKind::None,
+        expect_continue: false,
+        if_none_match: None,
+        if_modified_since: None,
+        range: None,
+        if_range: None,
+        accept_gzip: false,
+        user_agent: None,
+        referer: None,
+    };
+    let mut content_length: Option<u64> = None;
+    let mut te = TransferCodings::default();
+    let mut conn_close = false;
+    let mut conn_keep_alive = false;
+    let mut gzip = AcceptGzip::default();
+
+    for h in headers {
+        let Some(field) = classify(h.name) else {
+            continue;
+        };
+        let v = h.value;
+        match field {
+            Field::Host => {
+                // RFC 9112 3.2: more than one Host is as bad as none.
+                if head.host.replace(v).is_some() {
+                    return Err(bad("more than one Host"));
+                }
+            }
+            Field::ContentLength => {
+                for member in list_members(v) {
+                    let n = parse_decimal(member)?;
+                    // RFC 9110 8.6: repeats of one value are one length; differing ones make
+                    // the framing ambiguous, which is how requests are smuggled.
+                    if content_length.is_some_and(|m| m != n) {
+                        return Err(bad("conflicting Content-Length values"));
+                    }
+                    content_length = Some(n);
+                }
+            }
+            Field::TransferEncoding => te.add(v)?,
+            Field::Connection => {
+                for token in list_members(v) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        conn_close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        conn_keep_alive = true;
+                    }
+                }
+            }
+            Field::Expect => {
+                for e in list_members(v) {
+                    if e.eq_ignore_ascii_case(b"100-continue") {
+                        head.expect_continue = version == Version::Http11;
+                    } else if !e.is_empty() {
+                        return Err(HttpError::new(417, "unsupported expectation"));
+                    }
+                }
+            }
+            Field::AcceptEncoding => gzip.add(v),
+            Field::IfNoneMatch => first(&mut head.if_none_match, v),
+            Field::IfModifiedSince => first(&mut head.if_modified_since, v),
+            Field::Range => first(&mut head.range, v),
+            Field::IfRange => first(&mut head.if_range, v),
+            Field::UserAgent => first(&mut head.user_agent, v),
+            Field::Referer => first(&mut head.referer, v),
+        }
+    }
+
+    if te.seen {
+        // RFC 9112 6.1: a 1.0 recipient cannot rely on chunked framing, and 6.3 item 3:
+        // Content-Length beside Transfer-Encoding is a smuggling attempt until proven otherwise.
+        if version == Version::Http10 {
+            return Err(bad("Transfer-Encoding in HTTP/1.0"));
+        }
+        if content_length.is_some() {
+            return Err(bad("Content-Length with Transfer-Encoding"));
+        }
+        if !te.last_is_chunked {
+            return Err(bad("Transfer-Encoding not ending in chunked"));
+        }
+        head.body = BodyKind::Chunked;
+    } else if let Some(n) = content_length {
+        head.body = BodyKind::Length(n);
+    }
+
+    if version == Version::Http11 && head.host.is_none() {
+        return Err(bad("missing Host"));
+    }
+    head.keep_alive = match version {
+        Version::Http11 => !conn_close,
+        Version::Http10 => conn_keep_alive && !conn_close,
+    };
+    head.accept_gzip = gzip.accepted();
+    Ok(head)
+}
+
+fn first<'b>(slot: &mut Option<&'b [u8]>, v: &'b [u8]) {
+    if slot.is_none() {
+        *slot = Some(v);
+    }
+}
+
+/// 1*DIGIT and nothing else: no sign, no inner space, no overflow (RFC 9110 8.6).
+fn parse_decimal(s: &[u8]) -> Result<u64, HttpError> {
+    if s.is_empty() {
+        return Err(bad("empty Content-Length"));
+    }
+    let mut n: u64 = 0;
+    for &b in s {
+        if !b.is_ascii_digit() {
+            return Err(bad("Content-Length not a decimal number"));
+        }
+        n = n
+            .checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(b - b'0')))
+            .ok_or(bad("Content-Length too large"))?;
+    }
+    Ok(n)
+}
+
+/// The transfer codings across every Transfer-Encoding line, in order. keel decodes only
+/// chunked, so only a list that is exactly `chunked` frames a body it can find the end of.
+#[derive(Default)]
+struct TransferCodings {
+    seen: bool,
+    chunked_seen: bool,
+    last_is_chunked: bool,
+}
+
+impl TransferCodings {
+    fn add(&mut self, value: &[u8]) -> Result<(), HttpError> {
+        self.seen = true;
+        for coding in list_members(value) {
+            if coding.is_empty() {
+                continue;
+            }
+            if !coding.eq_ignore_ascii_case(b"chunked") {
+                return Err(bad("unsupported transfer coding"));
+            }
+            // RFC 9112 7: chunked must not be applied more than once.
+            if self.chunked_seen {
+                return Err(bad("chunked applied twice"));
+            }
+            self.chunked_seen = true;
+            self.last_is_chunked = true;
+        }
+        Ok(())
+    }
+}
+
+/// Accept-Encoding as far as gzip is concerned (RFC 9110 12.5.3): an explicit `gzip` or
+/// `x-gzip` member decides, otherwise `*` does, otherwise gzip is not wanted.
+#[derive(Default)]
+struct AcceptGzip {
+    explicit: Option<bool>,
+    star: Option<bool>,
+}
+
+impl AcceptGzip {
+    fn add(&mut self, value: &[u8]) {
+        for member in list_members(value) {
+            let mut parts = member.split(|&b| b == b';');
+            let coding = trim_ows(parts.next().unwrap_or_default());
+            let slot =
+                if coding.eq_ignore_ascii_case(b"gzip") || coding.eq_ignore_ascii_case(b"x-gzip") {
+                    &mut self.explicit
+                } else if coding == b"*" {
+                    &mut self.star
+                } else {
+                    continue;
+                };
+            let mut wanted = true;
+            for param in parts {
+                let param = trim_ows(param);
+                if let [b'q' | b'Q', b'=', q @ ..] = param {
+                    wanted = !is_zero_qvalue(q);
+                }
+            }
+            // A zero anywhere wins: "gzip, gzip;q=0" is not a request for gzip.
+            *slot = Some(slot.unwrap_or(true) && wanted);
+        }
+    }
+
+    fn accepted(&self) -> bool {
+        self.explicit.or(self.star).unwrap_or(false)
+    }
+}
+
+/// qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] ); only the zero matters here.
+fn is_zero_qvalue(q: &[u8]) -> bool {
+    match q {
+        [b'0'] => true,
+        [b'0', b'.', frac @ ..] => frac.len() <= 3 && frac.iter().all(|&b| b == b'0'),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn limits() -> Limits {
+        Limits::default()
+    }
+
+    fn complete(buf: &[u8]) -> (Head<'_>, usize) {
+        match parse_head(buf, &limits()) {
+            Ok(HeadResult::Complete { head, len }) => (head, len),
+            Ok(HeadResult::Partial) => panic!("partial: {:?}", String::from_utf8_lossy(buf)),
+            Err(e) => panic!("error {e}: {:?}", String::from_utf8_lossy(buf)),
+        }
+    }
+
+    fn head_of(buf: &[u8]) -> Head<'_> {
+        complete(buf).0
+    }
+
+    fn status(buf: &[u8]) -> u16 {
+        status_with(buf, &limits())
+    }
+
+    fn status_with(buf: &[u8], limits: &Limits) -> u16 {
+        match parse_head(buf, limits) {
+            Err(e) => e.status,
+            Ok(HeadResult::Partial) => panic!("partial: {:?}", String::from_utf8_lossy(buf)),
+            Ok(HeadResult::Complete { .. }) => {
+                panic!("accepted: {:?}", String::from_utf8_lossy(buf))
+            }
+        }
+    }
+
+    fn is_partial(buf: &[u8], limits: &Limits) -> bool {
+        matches!(parse_head(buf, limits), Ok(HeadResult::Partial))
+    }
+
+    /// A request with the given extra header lines, each already ending in CRLF.
+    fn req(extra: &str) -> Vec<u8> {
+        format!("GET /a HTTP/1.1\r\nHost: example.com\r\n{extra}\r\n").into_bytes()
+    }
+
+    const FULL: &[u8] = b"POST /upload?x=1 HTTP/1.1\r\n\
+        Host: example.com:8080\r\n\
+        User-Agent: curl/8.0\r\n\
+        Referer: http://example.com/\r\n\
+        Accept-Encoding: br, gzip;q=0.5\r\n\
+        If-None-Match: \"abc\"\r\n\
+        If-Modified-Since: Sat, 29 Oct 1994 19:43:31 GMT\r\n\
+        Range: bytes=0-99\r\n\
+        If-Range: \"abc\"\r\n\
+        Expect: 100-continue\r\n\
+        Content-Length: 5\r\n\
+        \r\n";
+
+    #[test]
+    fn full_request_fields() {
+        let (h, len) = complete(FULL);
+        assert_eq!(len, FULL.len());
+        assert_eq!(h.method, Method::Post);
+        assert_eq!(h.method_str, "POST");
+        assert_eq!(h.target, b"/upload?x=1");
+        assert_eq!(h.version, Version::Http11);
+        assert!(h.keep_alive);
+        assert_eq!(h.host, Some(&b"example.com:8080"[..]));
+        assert_eq!(h.body, BodyKind::Length(5));
+        assert!(h.expect_continue);
+        assert_eq!(h.if_none_match, Some(&b"\"abc\""[..]));
+        assert_eq!(
+            h.if_modified_since,
+            Some(&b"Sat, 29 Oct 1994 19:43:31 GMT"[..])
+        );
+        assert_eq!(h.range, Some(&b"bytes=0-99"[..]));
+        assert_eq!(h.if_range, Some(&b"\"abc\""[..]));
+        assert!(h.accept_gzip);
+        assert_eq!(h.user_agent, Some(&b"curl/8.0"[..]));
+        assert_eq!(h.referer, Some(&b"http://example.com/"[..]));
+    }
+
+    #[test]
+    fn minimal_get_has_defaults() {
+        let h = head_of(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(h.method, Method::Get);
+        assert_eq!(h.body, BodyKind::None);
+        assert!(!h.expect_continue && !h.accept_gzip);
+        assert!(h.range.is_none() && h.if_none_match.is_none() && h.user_agent.is_none());
+    }
+
+    #[test]
+    fn methods() {
+        for (m, want) in [
+            ("GET", Method::Get),
+            ("HEAD", Method::Head),
+            ("POST", Method::Post),
+            ("PUT", Method::Put),
+            ("DELETE", Method::Delete),
+            ("OPTIONS", Method::Options),
+            ("PATCH", Method::Patch),
+            ("TRACE", Method::Trace),
+            ("CONNECT", Method::Connect),
+            ("PROPFIND", Method::Other),
+            ("get", Method::Other),
+        ] {
+            let buf = format!("{m} / HTTP/1.1\r\nHost: a\r\n\r\n");
+            let h = head_of(buf.as_bytes());
+            assert_eq!(h.method, want, "{m}");
+            assert_eq!(h.method_str, m);
+        }
+    }
+
+    #[test]
+    fn header_names_case_insensitive() {
+        let buf = b"GET / HTTP/1.1\r\nhOsT: a\r\ncontent-LENGTH: 7\r\nCONNECTION: CLOSE\r\n\
+            ACCEPT-ENCODING: GZIP\r\nrange: bytes=1-\r\nIF-NONE-MATCH: *\r\nexpect: 100-Continue\r\n\r\n";
+        let h = head_of(buf);
+        assert_eq!(h.host, Some(&b"a"[..]));
+        assert_eq!(h.body, BodyKind::Length(7));
+        assert!(!h.keep_alive);
+        assert!(h.accept_gzip);
+        assert!(h.expect_continue);
+        assert_eq!(h.range, Some(&b"bytes=1-"[..]));
+        assert_eq!(h.if_none_match, Some(&b"*"[..]));
+        let h = head_of(b"POST / HTTP/1.1\r\nHOST: a\r\nTRANSFER-ENCODING: Chunked\r\n\r\n");
+        assert_eq!(h.body, BodyKind::Chunked);
+    }
+
+    #[test]
+    fn every_prefix_is_partial_and_whole_is_complete() {
+        for buf in [
+            FULL,
+            b"\r\n\r\nGET / HTTP/1.0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            for i in 0..buf.len() {
+                assert!(
+                    is_partial(&buf[..i], &limits()),
+                    "prefix {i} of {:?}",
+                    String::from_utf8_lossy(buf)
+                );
+            }
+            assert_eq!(complete(buf).1, buf.len());
+        }
+    }
+
+    #[test]
+    fn leading_empty_lines_are_skipped_and_counted() {
+        let buf = b"\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+        let (h, len) = complete(buf);
+        assert_eq!(len, buf.len());
+        assert_eq!(h.target, b"/x");
+    }
+
+    #[test]
+    fn pipelined_heads_back_to_back() {
+        let one = b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n".as_slice();
+        let two = b"HEAD /2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".as_slice();
+        let three = b"GET /3 HTTP/1.1\r\nHost: a\r\n\r\n".as_slice();
+        let all = [one, two, three].concat();
+        let mut at = 0;
+        let mut seen = Vec::new();
+        while at < all.len() {
+            let (h, len) = complete(&all[at..]);
+            seen.push((h.target.to_vec(), h.method, h.keep_alive));
+            at += len;
+        }
+        assert_eq!(at, all.len());
+        assert_eq!(
+            seen,
+            vec![
+                (b"/1".to_vec(), Method::Get, true),
+                (b"/2".to_vec(), Method::Head, false),
+                (b"/3".to_vec(), Method::Get, true),
+            ]
+        );
+        // The first head is complete even when the second is cut short.
+        let cut = &all[..one.len() + 10];
+        assert_eq!(complete(cut).1, one.len());
+        assert!(is_partial(&cut[one.len()..], &limits()));
+    }
+
+    #[test]
+    fn keep_alive_rules() {
+        assert!(head_of(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").keep_alive);
+        assert!(!head_of(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!head_of(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Close\r\n\r\n").keep_alive);
+        assert!(
+            !head_of(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade, close\r\n\r\n").keep_alive
+        );
+        assert!(
+            !head_of(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: te\r\nConnection: close\r\n\r\n")
+                .keep_alive
+        );
+        // "closed" is another token, not "close".
+        assert!(head_of(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: closed\r\n\r\n").keep_alive);
+        let h = head_of(b"GET / HTTP/1.0\r\n\r\n");
+        assert_eq!(h.version, Version::Http10);
+        assert!(!h.keep_alive);
+        assert!(head_of(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
+        assert!(head_of(b"GET / HTTP/1.0\r\nConnection: Keep-Alive, Upgrade\r\n\r\n").keep_alive);
+        assert!(head_of(b"GET / HTTP/1.0\r\nConnection: Upgrade,Keep-Alive\r\n\r\n").keep_alive);
+        assert!(!head_of(b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n").keep_alive);
+        assert!(!head_of(b"GET / HTTP/1.0\r\nConnection: keep-alived\r\n\r\n").keep_alive);
+    }
+
+    #[test]
+    fn accept_encoding() {
+        let gz = |v: &str| head_of(&req(&format!("Accept-Encoding: {v}\r\n"))).accept_gzip;
+        assert!(gz("gzip"));
+        assert!(gz("GZip"));
+        assert!(gz("x-gzip"));
+        assert!(gz("deflate, gzip, br"));
+        assert!(gz("gzip;q=0.001"));
+        assert!(gz("gzip; q=1"));
+        assert!(gz("*"));
+        assert!(gz("br;q=1, *;q=0.1"));
+        assert!(!gz("gzip;q=0"));
+        assert!(!gz("gzip; q=0.000"));
+        assert!(!gz("gzip;Q=0.0, br"));
+        assert!(!gz("*;q=0"));
+        assert!(!gz("br, deflate"));
+        assert!(!gz("identity"));
+        assert!(!gz("gzipx"));
+        assert!(!gz(""));
+        // An explicit gzip entry overrides "*", both ways.
+        assert!(!gz("gzip;q=0, *"));
+        assert!(gz("gzip, *;q=0"));
+        assert!(!head_of(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").accept_gzip);
+        // Several lines are one list.
+        let buf = req("Accept-Encoding: br\r\nAccept-Encoding: gzip\r\n");
+        assert!(head_of(&buf).accept_gzip);
+    }
+
+    #[test]
+    fn content_length() {
+        assert_eq!(
+            head_of(&req("Content-Length: 0\r\n")).body,
+            BodyKind::Length(0)
+        );
+        assert_eq!(
+            head_of(&req("Content-Length: 18446744073709551615\r\n")).body,
+            BodyKind::Length(u64::MAX)
+        );
+        assert_eq!(
+            head_of(&req("Content-Length: 5, 5\r\n")).body,
+            BodyKind::Length(5)
+        );
+        assert_eq!(
+            head_of(&req("Content-Length: 5\r\ncontent-length: 5\r\n")).body,
+            BodyKind::Length(5)
+        );
+        assert_eq!(
+            head_of(&req("Content-Length: 007\r\n")).body,
+            BodyKind::Length(7)
+        );
+        for bad in [
+            "Content-Length: 5\r\nContent-Length: 6\r\n",
+            "Content-Length: 5, 6\r\n",
+            "Content-Length: +5\r\n",
+            "Content-Length: -5\r\n",
+            "Content-Length: 5 5\r\n",
+            "Content-Length: 0x10\r\n",
+            "Content-Length: 5.0\r\n",
+            "Content-Length: \r\n",
+            "Content-Length: 5,\r\n",
+            "Content-Length: 18446744073709551616\r\n",
+            "Content-Length: 99999999999999999999999\r\n",
+        ] {
+            assert_eq!(status(&req(bad)), 400, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn transfer_encoding() {
+        let post = |extra: &str| format!("POST / HTTP/1.1\r\nHost: a\r\n{extra}\r\n").into_bytes();
+        assert_eq!(
+            head_of(&post("Transfer-Encoding: chunked\r\n")).body,
+            BodyKind::Chunked
+        );
+        assert_eq!(
+            head_of(&post("Transfer-Encoding: CHUNKED\r\n")).body,
+            BodyKind::Chunked
+        );
+        for bad in [
+            "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+            "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: gzip\r\n",
+            "Transfer-Encoding: chunked, gzip\r\n",
+            "Transfer-Encoding: gzip, chunked\r\n",
+            "Transfer-Encoding: chunked, chunked\r\n",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n",
+            "Transfer-Encoding: chunked;a=b\r\n",
+            "Transfer-Encoding: xchunked\r\n",
+            "Transfer-Encoding: \r\n",
+        ] {
+            assert_eq!(status(&post(bad)), 400, "{bad:?}");
+        }
+        assert_eq!(
+            status(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            400
+        );
+        let e = parse_head(
+            &post("Transfer-Encoding: chunked\r\nContent-Length: 5\r\n"),
+            &limits(),
+        )
+        .unwrap_err();
+        assert_eq!(e.reason, "Content-Length with Transfer-Encoding");
+    }
+
+    #[test]
+    fn host_rules() {
+        assert_eq!(status(b"GET / HTTP/1.1\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n"), 400);
+        assert_eq!(head_of(b"GET / HTTP/1.0\r\n\r\n").host, None);
+        assert_eq!(
+            head_of(b"GET / HTTP/1.1\r\nHost:\r\n\r\n").host,
+            Some(&b""[..])
+        );
+    }
+
+    #[test]
+    fn malformed_heads_are_400() {
+        for bad in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n\tfolded\r\n\r\n",
+            b"GET / HTTP/1.1\r\n Host: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost\t: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHo(st: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x7fb\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nNo colon\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n: empty name\r\n\r\n",
+            b"GET /  HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET\r\n\r\n",
+            b"GET /\r\n\r\n",
+            b" GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1 \r\nHost: a\r\n\r\n",
+            b"GET / http/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\rHost: a\r\n\r\n",
+            b"GET /a\x01b HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"\r\r\n",
+        ] {
+            assert_eq!(status(bad), 400, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn versions() {
+        for v in ["HTTP/2.0", "HTTP/1.2", "HTTP/3", "HTTP/0.9", "HTTP/1.9"] {
+            let buf = format!("GET / {v}\r\nHost: a\r\n\r\n");
+            assert_eq!(status(buf.as_bytes()), 505, "{v}");
+        }
+        // Known as soon as the major version is seen.
+        assert_eq!(status(b"GET / HTTP/2"), 505);
+        for v in ["HTTP/x.1", "HTTPS/1.1", "HTTP/1.1x", "HTTP/", "FOO"] {
+            let buf = format!("GET / {v}\r\nHost: a\r\n\r\n");
+            assert_eq!(status(buf.as_bytes()), 400, "{v}");
+        }
+    }
+
+    #[test]
+    fn expect() {
+        assert!(head_of(&req("Expect: 100-continue\r\n")).expect_continue);
+        assert!(head_of(&req("Expect: 100-CONTINUE\r\n")).expect_continue);
+        assert!(!head_of(b"GET / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n").expect_continue);
+        assert_eq!(status(&req("Expect: 200-ok\r\n")), 417);
+        assert_eq!(status(&req("Expect: 100-continue, foo\r\n")), 417);
+        assert_eq!(status(&req("Expect: 100-continuex\r\n")), 417);
+    }
+
+    #[test]
+    fn uri_limit() {
+        let l = Limits {
+            max_uri: 10,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            parse_head(b"GET /123456789 HTTP/1.1\r\nHost: a\r\n\r\n", &l),
+            Ok(HeadResult::Complete { .. })
+        ));
+        assert_eq!(
+            status_with(b"GET /1234567890 HTTP/1.1\r\nHost: a\r\n\r\n", &l),
+            414
+        );
+        // Decided before the head is complete, and even before the target is.
+        assert_eq!(status_with(b"GET /1234567890 HTTP/1.1\r\n", &l), 414);
+        assert_eq!(status_with(b"GET /1234567890abc", &l), 414);
+        assert!(is_partial(b"GET /123456789", &l));
+        // A long target in the default limits: 414, not 431.
+        let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(9000));
+        assert_eq!(status(long.as_bytes()), 414);
+        assert_eq!(status(&long.as_bytes()[..8500]), 414);
+    }
+
+    #[test]
+    fn head_limit() {
+        let l = Limits {
+            max_head: 64,
+            max_uri: 1000,
+            ..Limits::default()
+        };
+        // 25 bytes of request line and Host, 3 + 32 + 2 of X, 2 of the final CRLF.
+        let ok = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "x".repeat(32));
+        let ok = ok.as_bytes();
+        assert_eq!(ok.len(), 64);
+        assert!(matches!(
+            parse_head(ok, &l),
+            Ok(HeadResult::Complete { len: 64, .. })
+        ));
+        let too_big = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "x".repeat(33));
+        let too_big = too_big.as_bytes();
+        assert_eq!(status_with(too_big, &l), 431);
+        // Still partial: exactly max_head bytes is fine, one more is not.
+        assert!(is_partial(&too_big[..64], &l));
+        assert_eq!(status_with(&too_big[..65], &l), 431);
+        // The request line itself did not fit: 414.
+        let line = format!("GET /{} HTTP/1.1\r\n", "b".repeat(70));
+        assert_eq!(status_with(line.as_bytes(), &l), 414);
+        // A complete head followed by more bytes is fine as long as the head fits.
+        let mut pipelined = ok.to_vec();
+        pipelined.extend_from_slice(ok);
+        assert!(matches!(
+            parse_head(&pipelined, &l),
+            Ok(HeadResult::Complete { len: 64, .. })
+        ));
+        // Defaults: 8 KiB of fields is too much.
+        let big = req(&format!("X-Big: {}\r\n", "v".repeat(8200)));
+        assert_eq!(status(&big), 431);
+    }
+
+    #[test]
+    fn header_count_limit() {
+        let l = Limits {
+            max_headers: 3,
+            ..Limits::default()
+        };
+        let three = b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\n\r\n";
+        assert!(matches!(
+            parse_head(three, &l),
+            Ok(HeadResult::Complete { .. })
+        ));
+        let four = b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
+        assert_eq!(status_with(four, &l), 431);
+        let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert_eq!(status(&req(&many)), 431);
+        let hundred: String = (0..99).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert!(head_of(&req(&hundred)).keep_alive);
+    }
+
+    #[test]
+    fn first_occurrence_of_repeated_fields_wins() {
+        let buf = req("Range: bytes=0-1\r\nRange: bytes=5-6\r\nUser-Agent: a\r\nUser-Agent: b\r\n");
+        let h = head_of(&buf);
+        assert_eq!(h.range, Some(&b"bytes=0-1"[..]));
+        assert_eq!(h.user_agent, Some(&b"a"[..]));
+    }
+
+    #[test]
+    fn status_texts() {
+        for s in [
+            100, 200, 206, 301, 304, 400, 403, 404, 405, 408, 412, 413, 414, 416, 417, 431, 500,
+            501, 503, 505,
+        ] {
+            assert_ne!(status_text(s), "Unknown", "{s}");
+        }
+        assert_eq!(status_text(404), "Not Found");
+        assert_eq!(status_text(431), "Request Header Fields Too Large");
+        assert_eq!(status_text(299), "Unknown");
+        assert_eq!(HttpError::new(400, "x").to_string(), "400 Bad Request: x");
+    }
+
+    fn check_no_panic(buf: &[u8], limits: &Limits) {
+        if let Ok(HeadResult::Complete { len, .. }) = parse_head(buf, limits) {
+            assert!(len <= buf.len());
+            assert!(len <= limits.max_head);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(buf in proptest::collection::vec(any::<u8>(), 0..600)) {
+            check_no_panic(&buf, &limits());
+            check_no_panic(&buf, &Limits { max_head: 40, max_uri: 8, max_headers: 2, max_body: 0 });
+        }
+
+        #[test]
+        fn head_like_bytes_never_panic(
+            buf in proptest::collection::vec(
+                prop_oneof![
+                    Just(b'\r'), Just(b'\n'), Just(b' '), Just(b':'), Just(b'\t'), Just(b','),
+                    Just(b'G'), Just(b'H'), Just(b'T'), Just(b'P'), Just(b'/'), Just(b'1'),
+                    Just(b'.'), Just(b'0'), any::<u8>(),
+                ],
+                0..300,
+            )
+        ) {
+            check_no_panic(&buf, &limits());
+        }
+
+        #[test]
+        fn truncated_and_mutated_requests_never_panic(
+            cut in 0..FULL.len() + 1,
+            at in 0..FULL.len(),
+            byte in any::<u8>(),
+        ) {
+            check_no_panic(&FULL[..cut], &limits());
+            let mut mutated = FULL.to_vec();
+            mutated[at] = byte;
+            check_no_panic(&mutated, &limits());
+            check_no_panic(&mutated[..cut], &limits());
+            let small = Limits { max_head: cut, max_uri: cut / 2, max_headers: 4, max_body: 0 };
+            check_no_panic(&mutated, &small);
+        }
+    }
+}
