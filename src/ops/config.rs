@@ -667,8 +667,8 @@ impl Checker<'_> {
                         f.to_string()
                     });
                     if let Some(f) = &s.log_filter {
-                        if let Err(e) = crate::ops::log::check_filter(f) {
-                            self.bad(&key, value, e);
+                        if let Err(e) = tracing_subscriber::EnvFilter::try_new(f) {
+                            self.bad(&key, value, format!("invalid log filter {f:?}: {e}"));
                         }
                     }
                 }
