@@ -132,7 +132,7 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
 /// How to start a server.
 #[derive(Clone, Debug)]
 pub struct Opts {
-    /// `echo` or `discard`.
+    /// `echo`, `discard` or `http`.
     pub sub: &'static str,
     pub engine: String,
     /// Extra arguments, e.g. `["--idle-timeout", "0.5"]`.
@@ -148,6 +148,14 @@ impl Opts {
             engine: engine.to_string(),
             args: Vec::new(),
             nofile: None,
+        }
+    }
+
+    /// `keel http` (add `--root DIR` with [`Opts::arg`]; without it, the welcome page).
+    pub fn http(engine: &str) -> Opts {
+        Opts {
+            sub: "http",
+            ..Opts::echo(engine)
         }
     }
 
@@ -179,7 +187,7 @@ pub struct Server {
     child: Mutex<Option<Child>>,
     pub pid: i32,
     pub engine: String,
-    /// `echo` or `discard`.
+    /// `echo`, `discard` or `http`.
     pub sub: &'static str,
     /// The TCP address from the `listening tcp` line.
     pub tcp: SocketAddr,
