@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use keel::bench::pingpong::{self, PingpongOptions};
-use keel::net::Handler;
+use keel::net::{Handler, HandlerFactory};
 use keel::ops::config::{self, HttpFileSettings, Section, ServerSettings};
 use keel::reactor::Engine;
 use keel::server::{self, AcceptStrategy, Model, ServerOptions, Service};
@@ -306,27 +306,104 @@ fn resolve_or_exit(args: &ServerArgs, section: Section) -> (ServerSettings, Serv
     })
 }
 
+/// Starts logging as configured; the guard keeps the file writer until exit.
+fn init_logging(settings: &ServerSettings) -> Option<keel::ops::log::LogGuard> {
+    let log = settings.log_settings().unwrap_or_else(|e| {
+        eprintln!("keel: {e}");
+        std::process::exit(2)
+    });
+    match keel::ops::log::init(&log) {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            eprintln!("keel: {e}");
+            std::process::exit(2)
+        }
+    }
+}
+
+/// What SIGHUP does for a server: resolve the configuration again (the same command line
+/// over the file as it is now) and build a factory from it. Options that need new sockets or
+/// threads are compared with the running ones and reported, not applied.
+fn reloader(
+    config: Option<PathBuf>,
+    section: Section,
+    cli: ServerSettings,
+    running: ServerOptions,
+    build: impl Fn(&ServerSettings) -> Result<HandlerFactory, String> + Send + Sync + 'static,
+) -> Option<server::reload::Reloader> {
+    config.as_ref()?;
+    Some(Arc::new(move || {
+        let path = config.as_ref().expect("checked above");
+        let file = config::load(path)
+            .map_err(|errors| {
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })?
+            .settings(section);
+        let mut settings = cli.clone().or(&file);
+        if section == Section::Http && settings.listen.is_none() {
+            settings.listen = Some(config::DEFAULT_HTTP_LISTEN);
+        }
+        let opts = settings.to_options()?;
+        let fixed = [
+            ("listen", opts.listen != running.listen),
+            ("model", opts.model != running.model),
+            ("threads", opts.threads != running.threads),
+            ("engine", opts.engine != running.engine),
+        ];
+        for (what, changed) in fixed {
+            if changed {
+                eprintln!("keel: reload: a new `{what}` takes effect at the next restart");
+                tracing::warn!("reload: a new `{what}` takes effect at the next restart");
+            }
+        }
+        build(&settings)
+    }))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _log_guard;
     let result = match cli.command {
         Command::Echo(args) => {
             let (settings, opts) = resolve_or_exit(&args, Section::Echo);
-            let work = settings.work_ms.map(Duration::from_millis);
+            _log_guard = init_logging(&settings);
+            let build = |s: &ServerSettings| -> Result<HandlerFactory, String> {
+                let work = s.work_ms.map(Duration::from_millis);
+                Ok(Arc::new(move || {
+                    Box::new(Echo::with_work(work)) as Box<dyn Handler>
+                }))
+            };
+            let factory = build(&settings).expect("echo always builds");
             server::serve(
                 &opts,
                 &Service {
-                    factory: Arc::new(move || Box::new(Echo::with_work(work)) as Box<dyn Handler>),
+                    name: "echo",
+                    factory,
                     udp: Some(Arc::new(|| Box::new(UdpEcho))),
+                    reload: reloader(
+                        args.config.clone(),
+                        Section::Echo,
+                        args.settings(),
+                        opts.clone(),
+                        build,
+                    ),
                 },
             )
         }
         Command::Discard(args) => {
-            let (_, opts) = resolve_or_exit(&args, Section::Discard);
+            let (settings, opts) = resolve_or_exit(&args, Section::Discard);
+            _log_guard = init_logging(&settings);
             server::serve(
                 &opts,
                 &Service {
+                    name: "discard",
                     factory: Arc::new(|| Box::new(Discard) as Box<dyn Handler>),
                     udp: None,
+                    reload: None,
                 },
             )
         }
@@ -335,22 +412,36 @@ fn main() -> ExitCode {
             cli.http = args.http_settings();
             let (settings, opts) = args
                 .server
-                .resolve_with(Section::Http, cli)
+                .resolve_with(Section::Http, cli.clone())
                 .unwrap_or_else(|errors| {
                     for e in errors {
                         eprintln!("keel: {e}");
                     }
                     std::process::exit(2)
                 });
-            match keel::http::Site::open(settings.http.to_settings()) {
-                Ok(site) => server::serve(
+            _log_guard = init_logging(&settings);
+            let build = |s: &ServerSettings| -> Result<HandlerFactory, String> {
+                let site =
+                    keel::http::Site::open(s.http.to_settings()).map_err(|e| e.to_string())?;
+                Ok(keel::http::factory(site))
+            };
+            match build(&settings) {
+                Ok(factory) => server::serve(
                     &opts,
                     &Service {
-                        factory: keel::http::factory(site),
+                        name: "http",
+                        factory,
                         udp: None,
+                        reload: reloader(
+                            args.server.config.clone(),
+                            Section::Http,
+                            cli,
+                            opts.clone(),
+                            build,
+                        ),
                     },
                 ),
-                Err(e) => Err(e),
+                Err(e) => Err(std::io::Error::other(e)),
             }
         }
         Command::CheckConfig { file } => {

@@ -143,6 +143,7 @@ engine = "select"
             daemon: None,
             user: None,
             group: None,
+            ..ServerSettings::default()
         })
     );
     assert_eq!(

@@ -109,7 +109,8 @@ impl HttpConn {
                         cx.pause_read();
                         return;
                     }
-                    let (len, body) = match parse_head(input.as_slice(), &self.site.settings.limits) {
+                    let (len, body) = match parse_head(input.as_slice(), &self.site.settings.limits)
+                    {
                         Ok(HeadResult::Partial) => {
                             if !self.head_timer {
                                 self.head_timer = true;
@@ -126,7 +127,10 @@ impl HttpConn {
                                 self.head_timer = false;
                                 cx.cancel_timer(TAG_HEAD);
                             }
-                            let body = match BodyDecoder::new(head.body, self.site.settings.limits.max_body) {
+                            let body = match BodyDecoder::new(
+                                head.body,
+                                self.site.settings.limits.max_body,
+                            ) {
                                 Ok(d) => d,
                                 Err(e) => {
                                     self.fail(cx, out, e.status, input);
@@ -170,13 +174,14 @@ impl HttpConn {
     /// connection stays open after it.
     fn respond(&mut self, cx: &mut Ctx<'_>, head: &Head<'_>, out: &mut Vec<u8>) -> Persistence {
         self.served += 1;
-        let persistence = if !head.keep_alive || self.served >= self.site.settings.keepalive_requests {
-            Persistence::Close
-        } else if head.version == Version::Http10 {
-            Persistence::KeepAlive10
-        } else {
-            Persistence::KeepAlive11
-        };
+        let persistence =
+            if !head.keep_alive || self.served >= self.site.settings.keepalive_requests {
+                Persistence::Close
+            } else if head.version == Version::Http10 {
+                Persistence::KeepAlive10
+            } else {
+                Persistence::KeepAlive11
+            };
         if head.expect_continue && head.body != BodyKind::None {
             // The final answer follows at once; the body that the client then sends is read
             // and dropped (RFC 9110 10.1.1 lets a server answer before the body).
@@ -211,7 +216,13 @@ impl HttpConn {
     }
 
     /// The response itself: (status, body bytes).
-    fn answer(&mut self, cx: &mut Ctx<'_>, head: &Head<'_>, out: &mut Vec<u8>, p: Persistence) -> (u16, u64) {
+    fn answer(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        head: &Head<'_>,
+        out: &mut Vec<u8>,
+        p: Persistence,
+    ) -> (u16, u64) {
         let head_only = head.method == Method::Head;
         let error = |out: &mut Vec<u8>, status: u16| {
             push_error(out, status, p, head_only);
@@ -241,7 +252,9 @@ impl HttpConn {
                 Ok(Found::File(entry)) => self.serve_file(cx, head, &entry, out, p),
                 Ok(Found::Dir(_)) => error(out, 403),
                 Err(PathError::NotFound) => match files::lookup(&self.site, &path) {
-                    Ok(Found::Dir(dir)) if settings.autoindex => listing(&dir, &path, settings.serve_hidden, out, p, head_only),
+                    Ok(Found::Dir(dir)) if settings.autoindex => {
+                        listing(&dir, &path, settings.serve_hidden, out, p, head_only)
+                    }
                     Ok(Found::Dir(_)) => error(out, 403),
                     Ok(Found::File(_)) => error(out, 404),
                     Err(e) => error(out, e.status()),
@@ -265,7 +278,14 @@ impl HttpConn {
         }
     }
 
-    fn serve_file(&mut self, cx: &mut Ctx<'_>, head: &Head<'_>, entry: &Entry, out: &mut Vec<u8>, p: Persistence) -> (u16, u64) {
+    fn serve_file(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        head: &Head<'_>,
+        entry: &Entry,
+        out: &mut Vec<u8>,
+        p: Persistence,
+    ) -> (u16, u64) {
         let head_only = head.method == Method::Head;
         // gzip_static: the precompressed sibling, when the client takes gzip.
         let (e, gzip) = match (&entry.gzip, head.accept_gzip) {
@@ -273,7 +293,9 @@ impl HttpConn {
             _ => (entry, false),
         };
         let vary = entry.gzip.is_some();
-        if conditional::evaluate(head.if_none_match, head.if_modified_since, &e.etag, e.mtime) == Condition::NotModified {
+        if conditional::evaluate(head.if_none_match, head.if_modified_since, &e.etag, e.mtime)
+            == Condition::NotModified
+        {
             push_status(out, 304);
             push_header(out, b"ETag", e.etag.as_bytes());
             push_header(out, b"Last-Modified", e.last_modified.as_bytes());
@@ -374,7 +396,10 @@ impl Handler for HttpConn {
         OUT.with(|cell| {
             // Re-entrance cannot happen (a loop never calls a handler from inside another),
             // but a missing buffer must not panic: use a fresh one then.
-            let mut out = cell.try_borrow_mut().map(|mut o| std::mem::take(&mut *o)).unwrap_or_default();
+            let mut out = cell
+                .try_borrow_mut()
+                .map(|mut o| std::mem::take(&mut *o))
+                .unwrap_or_default();
             self.process(cx, input, &mut out);
             flush(cx, &mut out);
             if let Ok(mut o) = cell.try_borrow_mut() {
@@ -432,7 +457,14 @@ fn welcome(out: &mut Vec<u8>, p: Persistence, head_only: bool) -> (u16, u64) {
     (200, WELCOME.len() as u64)
 }
 
-fn listing(dir: &std::os::fd::OwnedFd, path: &str, show_hidden: bool, out: &mut Vec<u8>, p: Persistence, head_only: bool) -> (u16, u64) {
+fn listing(
+    dir: &std::os::fd::OwnedFd,
+    path: &str,
+    show_hidden: bool,
+    out: &mut Vec<u8>,
+    p: Persistence,
+    head_only: bool,
+) -> (u16, u64) {
     use std::os::fd::AsFd;
     let entries = match autoindex::read_entries(dir.as_fd(), show_hidden) {
         Ok(e) => e,

@@ -140,7 +140,12 @@ fn entry_bytes(e: &Entry) -> u64 {
 
 /// Opens and stats `path`; keeps `previous` (and its cached contents) when the file is the
 /// same one, unchanged.
-fn load(site: &Site, path: &str, now: Instant, previous: Option<Rc<Entry>>) -> Result<Found, PathError> {
+fn load(
+    site: &Site,
+    path: &str,
+    now: Instant,
+    previous: Option<Rc<Entry>>,
+) -> Result<Found, PathError> {
     let Some(root) = site.root.as_ref() else {
         return Err(PathError::NotFound);
     };
@@ -161,7 +166,12 @@ fn load(site: &Site, path: &str, now: Instant, previous: Option<Rc<Entry>>) -> R
     );
     let gzip = if site.settings.gzip_static && !path.ends_with(".gz") {
         let gz_path = format!("{path}.gz");
-        match load(site, &gz_path, now, previous.as_ref().and_then(|p| p.gzip.clone())) {
+        match load(
+            site,
+            &gz_path,
+            now,
+            previous.as_ref().and_then(|p| p.gzip.clone()),
+        ) {
             Ok(Found::File(g)) => Some(g),
             _ => None,
         }

@@ -81,7 +81,8 @@ pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
 pub fn push_error(out: &mut Vec<u8>, status: u16, persistence: Persistence, head_only: bool) {
     push_status(out, status);
     let text = status_text(status);
-    let body_len = ERROR_PREFIX.len() + 2 * (4 + text.len()) + ERROR_MIDDLE.len() + ERROR_SUFFIX.len();
+    let body_len =
+        ERROR_PREFIX.len() + 2 * (4 + text.len()) + ERROR_MIDDLE.len() + ERROR_SUFFIX.len();
     out.extend_from_slice(b"Content-Type: text/html; charset=utf-8\r\n");
     push_content_length(out, body_len as u64);
     if status == 405 {

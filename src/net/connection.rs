@@ -31,8 +31,8 @@ use socket2::SockRef;
 
 use crate::net::buffer::Buffer;
 use crate::net::buffer_pool::BufferPool;
-use crate::net::output::{FileRange, OutputQueue};
 use crate::net::handler::{Ctx, Handler};
+use crate::net::output::{FileRange, OutputQueue};
 use crate::reactor::event::{Event, Interest, Token, Trigger};
 use crate::reactor::event_loop::{
     slot_in, slot_in_mut, Deferred, EventLoop, Slot, Source, TimerEvent, SCRATCH,

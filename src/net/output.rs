@@ -92,7 +92,11 @@ impl OutputQueue {
     /// Sends what the socket takes, in order. Stops at the first short write (the socket's
     /// buffer is full: the poller will say when it has room) or when the queue is empty;
     /// emptied buffers go to `put`.
-    pub fn flush(&mut self, fd: BorrowedFd<'_>, mut put: impl FnMut(Buffer)) -> io::Result<Flushed> {
+    pub fn flush(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        mut put: impl FnMut(Buffer),
+    ) -> io::Result<Flushed> {
         let mut written = 0u64;
         loop {
             let more = matches!(self.segments.get(1), Some(Segment::File(_)));
@@ -125,7 +129,12 @@ impl OutputQueue {
                     let asked = range.len.min(SENDFILE_CHUNK);
                     let mut offset = range.offset;
                     let n = loop {
-                        match rustix::fs::sendfile(fd, range.file.as_fd(), Some(&mut offset), asked as usize) {
+                        match rustix::fs::sendfile(
+                            fd,
+                            range.file.as_fd(),
+                            Some(&mut offset),
+                            asked as usize,
+                        ) {
                             Ok(n) => break n as u64,
                             Err(rustix::io::Errno::INTR) => continue,
                             Err(rustix::io::Errno::AGAIN) => break u64::MAX,
@@ -192,11 +201,8 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     fn temp_file(data: &[u8]) -> Arc<File> {
-        let path = std::env::temp_dir().join(format!(
-            "keel-output-{}-{}",
-            std::process::id(),
-            data.len()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("keel-output-{}-{}", std::process::id(), data.len()));
         let mut f = File::options()
             .read(true)
             .write(true)
@@ -216,10 +222,18 @@ mod tests {
         let file = temp_file(b"0123456789");
         let mut q = OutputQueue::default();
         q.push_bytes(b"head1|", Buffer::new);
-        q.push_file(FileRange { file: file.clone(), offset: 2, len: 5 });
+        q.push_file(FileRange {
+            file: file.clone(),
+            offset: 2,
+            len: 5,
+        });
         q.push_bytes(b"|head2|", Buffer::new);
         q.push_bytes(b"more|", Buffer::new);
-        q.push_file(FileRange { file, offset: 0, len: 10 });
+        q.push_file(FileRange {
+            file,
+            offset: 0,
+            len: 10,
+        });
         assert_eq!(q.len(), 6 + 5 + 7 + 5 + 10);
         let f = q.flush(a.as_fd(), drop).unwrap();
         assert!(f.done);
@@ -239,9 +253,16 @@ mod tests {
         let file = temp_file(&big);
         let mut q = OutputQueue::default();
         q.push_bytes(b"H", Buffer::new);
-        q.push_file(FileRange { file, offset: 0, len: big.len() as u64 });
+        q.push_file(FileRange {
+            file,
+            offset: 0,
+            len: big.len() as u64,
+        });
         let first = q.flush(a.as_fd(), drop).unwrap();
-        assert!(!first.done, "a unix socket buffer cannot take 4 MiB at once");
+        assert!(
+            !first.done,
+            "a unix socket buffer cannot take 4 MiB at once"
+        );
         assert_eq!(q.len(), big.len() as u64 + 1 - first.written);
         let reader = std::thread::spawn(move || {
             let mut all = Vec::new();
@@ -263,7 +284,11 @@ mod tests {
         let (a, _b) = UnixStream::pair().unwrap();
         let file = temp_file(b"short");
         let mut q = OutputQueue::default();
-        q.push_file(FileRange { file, offset: 0, len: 100 });
+        q.push_file(FileRange {
+            file,
+            offset: 0,
+            len: 100,
+        });
         let err = q.flush(a.as_fd(), drop).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }

@@ -360,6 +360,7 @@ impl ServerSettings {
             daemon: self.daemon.unwrap_or(false),
             user: self.user.clone(),
             group: self.group.clone(),
+            admin: self.admin,
         })
     }
 }
@@ -663,9 +664,9 @@ impl Checker<'_> {
                 }
                 "log_file" => s.log_file = self.path(&key, value),
                 "log_filter" => {
-                    s.log_filter = self.string(&key, value, "a log filter").map(|f| {
-                        f.to_string()
-                    });
+                    s.log_filter = self
+                        .string(&key, value, "a log filter")
+                        .map(|f| f.to_string());
                     if let Some(f) = &s.log_filter {
                         if let Err(e) = tracing_subscriber::EnvFilter::try_new(f) {
                             self.bad(&key, value, format!("invalid log filter {f:?}: {e}"));

@@ -166,6 +166,14 @@ pub fn reopen_all() {
     }
 }
 
+/// Writes out what every writer of the process has queued (each waits about a second at
+/// most): for a process about to `_exit`, which runs no destructors.
+pub fn flush_all() {
+    for w in registered() {
+        w.flush(Instant::now() + FLUSH_WAIT);
+    }
+}
+
 /// Lines dropped because a queue was full or a write failed, summed over every writer of the
 /// process (and syslog datagrams the daemon could not take), for `/metrics`.
 pub fn dropped_lines() -> u64 {

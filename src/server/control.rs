@@ -148,6 +148,11 @@ impl Fleet {
     /// `own` plus the counters of every loop, live (asked through their queues, waiting at
     /// most a second for the answers) or ended.
     pub fn total(&self, own: &LoopStats) -> LoopStats {
+        self.snapshot(own).0
+    }
+
+    /// The total, and each live loop's counters as it answered (for per-loop series).
+    pub fn snapshot(&self, own: &LoopStats) -> (LoopStats, Vec<LoopStats>) {
         let (asked, base) = {
             let mut st = self.state();
             st.watchers += 1;
@@ -188,7 +193,8 @@ impl Fleet {
         if st.watchers == 0 {
             st.recent.clear();
         }
-        total
+        answers.sort_by_key(|(id, _)| *id);
+        (total, answers.into_iter().map(|(_, s)| s).collect())
     }
 
     /// Waits for every loop thread to end.
@@ -207,21 +213,26 @@ impl Fleet {
 }
 
 /// The signals every model's control loop takes as events: stop (INT, TERM), report (USR2),
-/// reload (HUP). Models with child processes add SIGCHLD.
-pub const SERVER_SIGNALS: [Signal; 4] = [
+/// reload (HUP), reopen log files (USR1, for logrotate). Models with child processes add
+/// SIGCHLD.
+pub const SERVER_SIGNALS: [Signal; 5] = [
     Signal::SIGINT,
     Signal::SIGTERM,
     Signal::SIGUSR2,
     Signal::SIGHUP,
+    Signal::SIGUSR1,
 ];
 
 /// Makes `el` (the main thread's loop) the server's control loop: SIGINT/SIGTERM drain every
-/// loop of `fleet` and this one, SIGUSR2 prints the summed `stats` line, SIGHUP is logged
-/// (configuration reload belongs to the server-conventions work). Call before spawning threads.
+/// loop of `fleet` and this one, SIGUSR2 prints the summed `stats` line, SIGHUP reloads the
+/// configuration, SIGUSR1 reopens log files. Call before spawning threads.
 pub fn install_signals(el: &mut EventLoop, fleet: Arc<Fleet>, drain: Duration) -> io::Result<()> {
     el.add_signals(&SERVER_SIGNALS, move |el, sig| match sig {
         Signal::SIGUSR2 => eprintln!("{}", fleet.total(el.stats())),
-        Signal::SIGHUP => eprintln!("keel: SIGHUP ignored (no configuration to reload)"),
+        Signal::SIGHUP => {
+            super::reload::reload();
+        }
+        Signal::SIGUSR1 => crate::ops::log::reopen_all(),
         _ => {
             crate::ops::notify::stopping();
             fleet.stop_listening();

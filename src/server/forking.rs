@@ -222,6 +222,10 @@ pub(super) trait Master: Sized + 'static {
     fn reap(el: &mut EventLoop, m: &Shared<Self>);
     /// On SIGHUP.
     fn hang_up(&self);
+    /// Passes a signal on to the children (SIGUSR1: they reopen their own log files).
+    fn pass_on(&self, sig: Signal) {
+        self.children().signal_all(sig);
+    }
     /// On the first SIGTERM/SIGINT, before the children are told: stop taking work.
     fn close(&mut self, el: &mut EventLoop);
     /// The `stats` line: the control loop's own counters and the children's.
@@ -277,6 +281,10 @@ fn on_signal<M: Master>(el: &mut EventLoop, m: &Shared<M>, sig: Signal) {
         }
         Signal::SIGUSR2 => report(el, m),
         Signal::SIGHUP => m.borrow().hang_up(),
+        Signal::SIGUSR1 => {
+            crate::ops::log::reopen_all();
+            m.borrow().pass_on(Signal::SIGUSR1);
+        }
         _ => begin_stop(el, m),
     }
 }
@@ -374,7 +382,10 @@ pub(super) fn child_main(
     let mut set = nix::sys::signal::SigSet::empty();
     set.add(Signal::SIGCHLD);
     let _ = set.thread_unblock();
-    match serve(cx) {
+    crate::ops::log::after_fork();
+    let result = serve(cx);
+    crate::ops::log::flush_all(); // `_exit` follows: no destructor would write the rest
+    match result {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("keel: {what} {}: {e}", std::process::id());
@@ -397,7 +408,10 @@ pub(super) fn serve_child(
     let b = board.clone();
     el.add_signals(&super::control::SERVER_SIGNALS, move |el, sig| match sig {
         Signal::SIGUSR2 => b.publish(slot, el.stats()),
-        Signal::SIGHUP => {} // configuration reload is not built yet; the master logs it
+        Signal::SIGHUP => {
+            super::reload::reload();
+        }
+        Signal::SIGUSR1 => crate::ops::log::reopen_all(),
         _ => el.shutdown_gracefully(drain),
     })?;
     setup(&mut el)?;

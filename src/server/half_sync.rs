@@ -190,7 +190,10 @@ fn close_handler(mut h: Box<dyn Handler>, id: ConnId, reason: CloseReason, handl
 fn install_signals(el: &mut EventLoop, hub: Arc<Hub>, drain: Duration) -> io::Result<()> {
     el.add_signals(&super::control::SERVER_SIGNALS, move |el, sig| match sig {
         Signal::SIGUSR2 => eprintln!("{}", el.stats()),
-        Signal::SIGHUP => eprintln!("keel: SIGHUP ignored (no configuration to reload)"),
+        Signal::SIGHUP => {
+            super::reload::reload();
+        }
+        Signal::SIGUSR1 => crate::ops::log::reopen_all(),
         _ => begin_drain(el, &hub, drain),
     })
 }

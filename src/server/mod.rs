@@ -13,6 +13,7 @@
 //! lines, answers SIGUSR2 with the same `stats` line (summed over its loops) and stops the same
 //! way on SIGINT/SIGTERM: listeners close at once, connections drain gracefully, exit 0.
 
+pub mod admin;
 pub mod control;
 mod forking;
 pub mod half_sync;
@@ -20,6 +21,7 @@ pub mod leader_followers;
 pub mod multi_reactor;
 pub mod prefork;
 pub mod process_per_conn;
+pub mod reload;
 pub mod thread_per_conn;
 
 use std::fmt;
@@ -146,6 +148,8 @@ pub struct ServerOptions {
     /// Run as this user (and group) once the listeners are bound.
     pub user: Option<String>,
     pub group: Option<String>,
+    /// The admin listener (/metrics, /status).
+    pub admin: Option<SocketAddr>,
 }
 
 impl ServerOptions {
@@ -167,9 +171,13 @@ pub type DatagramFactory = Arc<dyn Fn() -> Box<dyn DatagramHandler> + Send + Syn
 /// A server's logic: the same under every model.
 #[derive(Clone)]
 pub struct Service {
+    /// "echo", "http"...: how /metrics names the server.
+    pub name: &'static str,
     pub factory: HandlerFactory,
     /// UDP on the same port as TCP, if the service has a datagram side.
     pub udp: Option<DatagramFactory>,
+    /// Rebuilds the factory from the configuration at SIGHUP (see [`reload`]).
+    pub reload: Option<reload::Reloader>,
 }
 
 /// The number of CPUs, the default for `--threads`.
@@ -196,6 +204,18 @@ pub fn serve(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     if let Some(path) = &opts.pid_file {
         *pid_file() = Some(crate::ops::pidfile::PidFile::acquire(path)?);
     }
+    admin::bind(opts, service.name)?;
+    if opts.admin.is_some() && !matches!(opts.model, Model::MultiReactor | Model::ThreadPerConn) {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "--admin is served under the multi-reactor and thread-per-conn models; not yet \
+                 under {}",
+                opts.model
+            ),
+        ));
+    }
+    let service = &reload::install(service);
     let result = match opts.model {
         Model::MultiReactor => multi_reactor::run(opts, service),
         Model::Prefork => prefork::run(opts, service),

@@ -22,6 +22,12 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     let mut control = EventLoop::new(cfg.clone())?;
     let fleet = Fleet::new();
     control::install_signals(&mut control, fleet.clone(), opts.drain_timeout)?;
+    let (f, engine) = (fleet.clone(), opts.engine);
+    super::admin::attach(
+        &mut control,
+        "multi-reactor",
+        std::sync::Arc::new(move || f.snapshot(&crate::reactor::LoopStats::new(engine))),
+    )?;
 
     match opts.accept {
         AcceptStrategy::ReusePort => {

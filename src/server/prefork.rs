@@ -100,8 +100,9 @@ impl forking::Master for Master {
     }
 
     fn hang_up(&self) {
+        // Each worker reloads itself; the master reloads for the workers it forks later.
         self.children.signal_all(Signal::SIGHUP);
-        eprintln!("keel: SIGHUP passed to the workers (no configuration to reload)");
+        super::reload::reload();
     }
 
     fn close(&mut self, el: &mut EventLoop) {

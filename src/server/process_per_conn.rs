@@ -56,7 +56,9 @@ impl forking::Master for Master {
     }
 
     fn hang_up(&self) {
-        eprintln!("keel: SIGHUP ignored (no configuration to reload)");
+        // Children serve one connection each with what they were forked with; new ones get
+        // the reloaded configuration.
+        super::reload::reload();
     }
 
     fn close(&mut self, el: &mut EventLoop) {

@@ -18,6 +18,12 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     let mut control = EventLoop::new(cfg.clone())?;
     let fleet = Fleet::new();
     control::install_signals(&mut control, fleet.clone(), opts.drain_timeout)?;
+    let (f, engine) = (fleet.clone(), opts.engine);
+    super::admin::attach(
+        &mut control,
+        "thread-per-conn",
+        std::sync::Arc::new(move || f.snapshot(&crate::reactor::LoopStats::new(engine))),
+    )?;
     let (listener, udp) = bind_and_announce(opts, service)?;
 
     // `--threads` caps the connection threads; `--max-conns`, if lower, caps them too.

@@ -45,7 +45,12 @@ impl Counters {
         s.linger_timeouts += get(&self.linger_timeouts);
         s.bytes_in += get(&self.bytes_in);
         s.bytes_out += get(&self.bytes_out);
-        if let Some(n) = self.noted.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if let Some(n) = self
+            .noted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
             s.add(n);
         }
     }

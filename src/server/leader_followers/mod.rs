@@ -87,7 +87,10 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
         let udp_token = udp_token.clone();
         control.add_signals(&super::control::SERVER_SIGNALS, move |el, sig| match sig {
             Signal::SIGUSR2 => eprintln!("{}", sh.total(el.stats())),
-            Signal::SIGHUP => eprintln!("keel: SIGHUP ignored (no configuration to reload)"),
+            Signal::SIGHUP => {
+                super::reload::reload();
+            }
+            Signal::SIGUSR1 => crate::ops::log::reopen_all(),
             _ => {
                 crate::ops::notify::stopping();
                 if let Some(token) = udp_token.take() {

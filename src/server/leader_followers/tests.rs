@@ -36,6 +36,7 @@ fn opts(threads: usize) -> ServerOptions {
         daemon: false,
         user: None,
         group: None,
+        admin: None,
     }
 }
 

@@ -1,0 +1,88 @@
+//! The admin listener (`--admin ADDR`) on a server's control loop.
+//!
+//! The listener is bound with the server's own (before privileges are dropped or the process
+//! detaches, so a bind error reaches the terminal), and served by the control loop: the main
+//! thread, which handles signals and owns no client connection, so a scrape never waits
+//! behind client traffic and never slows it. Each page asks the model for its figures (the
+//! loops answer through their task queues).
+
+use std::io;
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::ServerOptions;
+use crate::net::{bind_tcp, Handler, ListenOptions};
+use crate::ops::admin::{AdminHandler, MetricsView};
+use crate::reactor::{EventLoop, LoopStats};
+
+/// The figures a model gives: the total over every loop, and each loop's own.
+pub type StatsSource = Arc<dyn Fn() -> (LoopStats, Vec<LoopStats>) + Send + Sync>;
+
+struct Bound {
+    listener: TcpListener,
+    server: &'static str,
+    started: Instant,
+}
+
+static BOUND: Mutex<Option<Bound>> = Mutex::new(None);
+
+/// Binds `--admin` (if given); `attach` later serves it.
+pub(crate) fn bind(opts: &ServerOptions, server: &'static str) -> io::Result<()> {
+    let Some(addr) = opts.admin else {
+        return Ok(());
+    };
+    let listener = bind_tcp(addr, &ListenOptions::default())
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot bind admin {addr}: {e}")))?;
+    println!("listening admin {}", listener.local_addr()?);
+    *BOUND.lock().unwrap_or_else(|e| e.into_inner()) = Some(Bound {
+        listener,
+        server,
+        started: Instant::now(),
+    });
+    Ok(())
+}
+
+/// Serves the bound admin listener (if any) on `el`, with `source` for the figures.
+pub(crate) fn attach(
+    el: &mut EventLoop,
+    model: &'static str,
+    source: StatsSource,
+) -> io::Result<()> {
+    let Some(bound) = BOUND.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        return Ok(());
+    };
+    let Bound {
+        listener,
+        server,
+        started,
+    } = bound;
+    let view: Arc<dyn Fn() -> MetricsView + Send + Sync> = Arc::new(move || {
+        let (total, loops) = source();
+        MetricsView {
+            server: server.to_string(),
+            model: model.to_string(),
+            pid: std::process::id(),
+            uptime_secs: started.elapsed().as_secs_f64(),
+            requests_by_class: [
+                total.http_1xx,
+                total.http_2xx,
+                total.http_3xx,
+                total.http_4xx,
+                total.http_5xx,
+            ],
+            timeouts: vec![
+                ("request_head", total.header_timeouts),
+                ("request_body", total.body_timeouts),
+            ],
+            log_dropped: crate::ops::log::dropped_lines(),
+            total: Some(total),
+            loops,
+        }
+    });
+    el.add_listener(
+        listener,
+        Arc::new(move || Box::new(AdminHandler::new(view.clone())) as Box<dyn Handler>),
+    )?;
+    Ok(())
+}
