@@ -366,6 +366,10 @@ fn reloader(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = server::control::block_server_signals() {
+        eprintln!("keel: cannot block signals: {e}");
+        return ExitCode::FAILURE;
+    }
     let _log_guard;
     let result = match cli.command {
         Command::Echo(args) => {

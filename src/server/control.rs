@@ -223,6 +223,18 @@ pub const SERVER_SIGNALS: [Signal; 5] = [
     Signal::SIGUSR1,
 ];
 
+/// Blocks the server signals (and SIGCHLD) in the calling thread, so that every thread it
+/// starts afterwards inherits the mask: a signal must reach the control loop's signalfd, not
+/// a helper thread (a log writer) whose default action for SIGUSR1 or SIGHUP is to kill the
+/// process. Call first thing in `main`, before anything starts a thread.
+pub fn block_server_signals() -> io::Result<()> {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for sig in SERVER_SIGNALS.iter().chain([&Signal::SIGCHLD]) {
+        set.add(*sig);
+    }
+    set.thread_block().map_err(io::Error::from)
+}
+
 /// Makes `el` (the main thread's loop) the server's control loop: SIGINT/SIGTERM drain every
 /// loop of `fleet` and this one, SIGUSR2 prints the summed `stats` line, SIGHUP reloads the
 /// configuration, SIGUSR1 reopens log files. Call before spawning threads.

@@ -336,6 +336,11 @@ impl Server {
         self.wait_stdout_addr("listening udp ", Duration::from_secs(5))
     }
 
+    /// The admin address from the `listening admin ADDR` line (`--admin`), waiting up to 5 s.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.wait_stdout_addr("listening admin ", Duration::from_secs(5))
+    }
+
     /// All stdout lines seen so far.
     pub fn stdout_lines(&self) -> Vec<String> {
         self.stdout_seen.lock().unwrap().clone()

@@ -1,0 +1,350 @@
+//! Server conventions on a live `keel http`: SIGHUP reload (a good one takes effect for new
+//! connections while an old one keeps going; a broken one changes nothing), SIGUSR1 reopening
+//! the access log after a rotation, and the admin listener's /metrics (parsed as Prometheus
+//! text, its counters checked against the traffic sent) and /status.
+
+mod util;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use util::Opts;
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("keel-ops-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// One response: status, headers (lower-case names), body.
+struct Response {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: Vec<u8>,
+}
+
+/// Reads one response with a Content-Length body from `s`.
+fn read_response(s: &mut TcpStream) -> Response {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).expect("response head"),
+            1,
+            "EOF in head: {buf:?}"
+        );
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).unwrap();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next().unwrap()[9..12].parse().unwrap();
+    let headers: BTreeMap<String, String> = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+        .collect();
+    let len: usize = headers["content-length"].parse().unwrap();
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+fn get_on(s: &mut TcpStream, path: &str) -> Response {
+    write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    read_response(s)
+}
+
+fn get(addr: SocketAddr, path: &str) -> Response {
+    get_on(&mut connect(addr), path)
+}
+
+fn write_config(path: &Path, text: &str) {
+    // Write then rename: the server never reads half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn poll_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sighup_reload_takes_effect_for_new_connections_and_a_broken_one_changes_nothing() {
+    let dir = temp_dir("reload");
+    for (site, text) in [("a", "site A"), ("b", "site B")] {
+        std::fs::create_dir_all(dir.join(site)).unwrap();
+        std::fs::write(dir.join(site).join("page.txt"), text).unwrap();
+    }
+    let conf = dir.join("keel.toml");
+    let root_a = dir.join("a");
+    write_config(
+        &conf,
+        &format!(
+            "[http]\nroot = {:?}\naccess_log = \"off\"\n",
+            root_a.display().to_string()
+        ),
+    );
+    let srv = Opts::http("epoll-et")
+        .arg("--config", conf.to_str().unwrap())
+        .arg("--threads", "2")
+        .spawn();
+    assert_eq!(get(srv.tcp, "/page.txt").body, b"site A");
+    // A keep-alive connection made before the reload.
+    let mut old = connect(srv.tcp);
+    assert_eq!(get_on(&mut old, "/page.txt").body, b"site A");
+
+    let root_b = dir.join("b");
+    write_config(
+        &conf,
+        &format!(
+            "[http]\nroot = {:?}\naccess_log = \"off\"\nautoindex = true\n",
+            root_b.display().to_string()
+        ),
+    );
+    srv.signal(Signal::SIGHUP);
+    poll_until("the new root", Duration::from_secs(5), || {
+        get(srv.tcp, "/page.txt").body == b"site B"
+    });
+    // The new option (autoindex) shows for new connections.
+    let listing = get(srv.tcp, "/");
+    assert_eq!(
+        listing.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&listing.body)
+    );
+    assert!(String::from_utf8_lossy(&listing.body).contains("page.txt"));
+    // The old connection keeps going, with what it was accepted with.
+    assert_eq!(get_on(&mut old, "/page.txt").body, b"site A");
+
+    // A broken file: logged, and the server keeps serving the last good configuration.
+    write_config(&conf, "[http]\nroot = 17\nkeepalive_timeout = \"soon\"\n");
+    srv.signal(Signal::SIGHUP);
+    poll_until(
+        "the reload failure to be reported",
+        Duration::from_secs(5),
+        || srv.stderr_dump().contains("reload failed"),
+    );
+    let dump = srv.stderr_dump();
+    assert!(
+        dump.contains("keel.toml:2"),
+        "the error names file and line: {dump}"
+    );
+    assert_eq!(get(srv.tcp, "/page.txt").body, b"site B");
+    assert!(srv.is_running());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sigusr1_reopens_the_access_log_after_rotation() {
+    let dir = temp_dir("reopen");
+    std::fs::write(dir.join("x.txt"), "x").unwrap();
+    let log = dir.join("access.log");
+    let srv = Opts::http("epoll-et")
+        .arg("--root", dir.to_str().unwrap())
+        .arg("--access-log", log.to_str().unwrap())
+        .arg("--threads", "1")
+        .spawn();
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    get(srv.tcp, "/x.txt?before");
+    poll_until("the first line", Duration::from_secs(3), || {
+        read(&log).contains("before")
+    });
+    let rotated = dir.join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    srv.signal(Signal::SIGUSR1);
+    // Lines after the signal go to a fresh file at the configured path.
+    poll_until("a line in the reopened log", Duration::from_secs(5), || {
+        get(srv.tcp, "/x.txt?after");
+        read(&log).contains("after")
+    });
+    assert!(read(&rotated).contains("before"));
+    assert!(!read(&log).contains("before"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A small Prometheus text-format reader: `name{labels} value` samples, keyed by the series
+/// as written; every sample's family must have been declared with `# TYPE` before it.
+fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
+    let mut types = BTreeMap::new();
+    let mut samples = BTreeMap::new();
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+            assert!(
+                ["counter", "gauge", "untyped", "histogram", "summary"].contains(&kind),
+                "{line}"
+            );
+            assert!(
+                types.insert(name.to_string(), kind.to_string()).is_none(),
+                "twice: {line}"
+            );
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("sample: series value");
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "metric name: {line}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                assert!(
+                    labels.starts_with('{') && labels.ends_with('}'),
+                    "labels: {line}"
+                );
+            }
+        }
+        assert!(types.contains_key(name), "no TYPE for {name}");
+        let v: f64 = value.parse().unwrap_or_else(|_| panic!("value: {line}"));
+        assert!(
+            samples.insert(series.to_string(), v).is_none(),
+            "duplicate: {line}"
+        );
+    }
+    samples
+}
+
+#[test]
+fn metrics_parse_and_count_the_traffic_and_status_renders() {
+    let dir = temp_dir("metrics");
+    std::fs::write(dir.join("ok.txt"), "fine").unwrap();
+    let srv = Opts::http("epoll-et")
+        .arg("--root", dir.to_str().unwrap())
+        .arg("--admin", "127.0.0.1:0")
+        .arg("--access-log", "off")
+        .arg("--threads", "2")
+        .spawn();
+    let admin = srv.admin_addr().expect("a `listening admin` line");
+    let mut body_bytes = 0;
+    for _ in 0..7 {
+        let r = get(srv.tcp, "/ok.txt");
+        assert_eq!(r.status, 200);
+        body_bytes += r.body.len();
+    }
+    for _ in 0..3 {
+        assert_eq!(get(srv.tcp, "/missing").status, 404);
+    }
+    let metrics = get(admin, "/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.headers["content-type"].starts_with("text/plain; version=0.0.4"));
+    let text = String::from_utf8(metrics.body).unwrap();
+    let m = parse_prometheus(&text);
+    let at = |k: &str| *m.get(k).unwrap_or_else(|| panic!("no {k} in\n{text}"));
+    assert_eq!(at("keel_http_responses_total{class=\"2xx\"}"), 7.0);
+    assert_eq!(at("keel_http_responses_total{class=\"4xx\"}"), 3.0);
+    assert_eq!(at("keel_http_responses_total{class=\"5xx\"}"), 0.0);
+    assert_eq!(at("keel_connections_accepted_total"), 10.0);
+    assert!(at("keel_bytes_sent_total") >= body_bytes as f64);
+    assert!(at("keel_bytes_received_total") > 0.0);
+    let wakeups: Vec<_> = m
+        .keys()
+        .filter(|k| k.starts_with("keel_loop_wakeups_total{"))
+        .collect();
+    assert_eq!(wakeups.len(), 2, "one series per loop: {wakeups:?}");
+
+    let status = get(admin, "/status");
+    assert_eq!(status.status, 200);
+    let html = String::from_utf8(status.body).unwrap();
+    assert!(html.contains("http-equiv=\"refresh\""), "{html}");
+    assert!(html.contains("multi-reactor"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn admin_under_an_unsupported_model_is_a_clear_error() {
+    let out = std::process::Command::new(util::keel_bin())
+        .args([
+            "http",
+            "--listen",
+            "127.0.0.1:0",
+            "--model",
+            "prefork",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--admin") && err.contains("prefork"), "{err}");
+}
+
+/// /status in a real browser: headless Chromium renders it and takes a screenshot (skipped,
+/// with the reason, where Chromium is not installed).
+#[test]
+fn status_page_renders_in_headless_chromium() {
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new("which")
+                .arg(b)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    else {
+        eprintln!("SKIPPED: no chromium on PATH (apt-get install chromium)");
+        return;
+    };
+    let srv = Opts::http("epoll-et")
+        .arg("--admin", "127.0.0.1:0")
+        .arg("--access-log", "off")
+        .spawn();
+    let admin = srv.admin_addr().unwrap();
+    let dir = temp_dir("chromium");
+    let shot = dir.join("status.png");
+    let out = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--window-size=1000,800",
+            &format!("--screenshot={}", shot.display()),
+            &format!("http://{admin}/status"),
+        ])
+        .output()
+        .unwrap();
+    let png = std::fs::read(&shot).unwrap_or_else(|e| {
+        panic!(
+            "no screenshot ({e}); chromium said: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    assert!(png.len() > 5_000, "a blank page? {} bytes", png.len());
+    // The page also parses as a document with the figures in it.
+    let dom = std::process::Command::new(chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"])
+        .arg(format!("http://{admin}/status"))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(dom.contains("keel") && dom.contains("<table"), "{dom}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
