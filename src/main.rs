@@ -234,6 +234,9 @@ enum BenchCommand {
         /// Extra connections held open and idle during the run.
         #[arg(long, default_value_t = 0)]
         idle: usize,
+        /// Load threads (each a loop with its share of the connections).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
 }
 
@@ -464,12 +467,14 @@ fn main() -> ExitCode {
             size,
             duration,
             idle,
+            threads,
         }) => pingpong::run(&PingpongOptions {
             addr,
             conns,
             size,
             duration,
             idle,
+            threads,
         })
         .map(|report| println!("{report}")),
     };

@@ -327,11 +327,13 @@ def parse_kv(line: str) -> dict:
 
 
 def pingpong_argv(keel: Path, addr: str, conns: int, size: int, duration: float,
-                  idle: int = 0) -> list[str]:
+                  idle: int = 0, threads: int = 1) -> list[str]:
     argv = [str(keel), "bench", "pingpong", "--addr", addr, "--conns", str(conns),
             "--size", str(size), "--duration", f"{duration:g}"]
     if idle:
         argv += ["--idle", str(idle)]
+    if threads > 1:
+        argv += ["--threads", str(threads)]
     return argv
 
 

@@ -18,6 +18,9 @@ pub struct PingpongOptions {
     pub size: usize,
     pub duration: Duration,
     pub idle: usize,
+    /// Load threads, each with its own loop and its share of the connections: one thread
+    /// cannot load a server that has many cores.
+    pub threads: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -113,26 +116,41 @@ pub fn run(opts: &PingpongOptions) -> io::Result<PingpongReport> {
             }
         }
     }
-    let mut el = EventLoop::new(LoopConfig {
-        engine: Engine::EpollEt,
-        ..LoopConfig::default()
-    })?;
     let message: Arc<[u8]> = (0..opts.size)
         .map(|i| (i % 251) as u8)
         .collect::<Vec<u8>>()
         .into();
-    for _ in 0..opts.conns {
-        let client = PingClient {
-            message: message.clone(),
-            received: 0,
-            counters: counters.clone(),
-            stopping: false,
-        };
-        el.connect(opts.addr, Duration::from_secs(5), Box::new(client))?;
-    }
+    let threads = opts.threads.clamp(1, opts.conns.max(1));
     let start = Instant::now();
-    el.run_after(opts.duration, |el| el.stop());
-    el.run()?;
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            // Connections split as evenly as they go: the first `conns % threads` get one more.
+            let share = opts.conns / threads + usize::from(t < opts.conns % threads);
+            let (message, counters, addr, duration) =
+                (message.clone(), counters.clone(), opts.addr, opts.duration);
+            std::thread::spawn(move || -> io::Result<()> {
+                let mut el = EventLoop::new(LoopConfig {
+                    engine: Engine::EpollEt,
+                    ..LoopConfig::default()
+                })?;
+                for _ in 0..share {
+                    let client = PingClient {
+                        message: message.clone(),
+                        received: 0,
+                        counters: counters.clone(),
+                        stopping: false,
+                    };
+                    el.connect(addr, Duration::from_secs(5), Box::new(client))?;
+                }
+                el.run_after(duration, |el| el.stop());
+                el.run()
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join()
+            .map_err(|_| io::Error::other("a load thread panicked"))??;
+    }
     let secs = start.elapsed().as_secs_f64();
     Ok(PingpongReport {
         conns: opts.conns,
