@@ -1,0 +1,1053 @@
+//! `keel http --root DIR`: the static-file server, driven over raw TCP.
+//!
+//! Covers path safety (traversal encodings, symlinks, hidden files), index pages and
+//! directory listings, Content-Type, validators and conditional requests, byte ranges
+//! (also many at once), gzip_static, cache revalidation, methods, the access log and the
+//! built-in welcome page.
+//!
+//! Every request is sent with `Connection: close` and read until EOF, so the parser below can
+//! check the framing exactly: the bytes after the head are the whole body, and their count must
+//! equal Content-Length (or be zero for HEAD and 304).
+
+mod util;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use util::{connect, per_engine, random_bytes, read_until_end, End, Opts, Server};
+
+/// The engine for the tests that are not about engines.
+const ENGINE: &str = "epoll-lt";
+
+/// What the file outside the root holds; no response may ever carry it.
+const MARKER: &str = "TOP-SECRET-MARKER-5b1e0c";
+
+// ---------------------------------------------------------------------------------------------
+// Temporary trees
+// ---------------------------------------------------------------------------------------------
+
+/// `temp_dir()/keel-http-files-TAG-PID-N`, removed on drop. `root()` is its `root` subdirectory.
+struct Tree {
+    base: PathBuf,
+}
+
+impl Tree {
+    fn new(tag: &str) -> Tree {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let base = std::env::temp_dir().join(format!(
+            "keel-http-files-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("root")).unwrap();
+        Tree { base }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.base.join("root")
+    }
+
+    fn root_str(&self) -> String {
+        self.root()
+            .to_str()
+            .expect("temp path is UTF-8")
+            .to_string()
+    }
+
+    /// Writes `rel` (beneath the root), creating its parent directories.
+    fn put(&self, rel: &str, data: &[u8]) -> PathBuf {
+        let p = self.root().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, data).unwrap();
+        p
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+fn flag(mut o: Opts, f: &str) -> Opts {
+    o.args.push(f.to_string());
+    o
+}
+
+fn serve(tree: &Tree, flags: &[&str]) -> Server {
+    let mut o = Opts::http(ENGINE).arg("--root", &tree.root_str());
+    for f in flags {
+        o = flag(o, f);
+    }
+    o.spawn()
+}
+
+// ---------------------------------------------------------------------------------------------
+// A small HTTP/1.1 client
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    /// Everything after the head up to EOF.
+    body: Vec<u8>,
+    /// The whole response as received.
+    raw: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.header(name).is_some()
+    }
+
+    fn body_str(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Head (and at most 300 bytes of body) for failure messages.
+    fn show(&self) -> String {
+        let end = find(&self.raw, b"\r\n\r\n").map_or(self.raw.len(), |i| i + 4);
+        let shown = (end + 300).min(self.raw.len());
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&self.raw[..shown]),
+            if shown < self.raw.len() {
+                format!("... ({} bytes in all)", self.raw.len())
+            } else {
+                String::new()
+            }
+        )
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return None;
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    find(hay, needle).is_some()
+}
+
+/// Parses one complete response that ends at EOF and checks its framing: no body for HEAD,
+/// 1xx, 204 and 304; otherwise exactly Content-Length bytes.
+fn parse_response(raw: Vec<u8>, head_request: bool) -> Result<Resp, String> {
+    let end = find(&raw, b"\r\n\r\n").ok_or("no end of head")?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "head is not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let status = status_line
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let mut headers = Vec::new();
+    for l in lines {
+        let (n, v) = l
+            .split_once(':')
+            .ok_or_else(|| format!("bad header line {l:?}"))?;
+        headers.push((n.to_string(), v.trim().to_string()));
+    }
+    let body = raw[end + 4..].to_vec();
+    let resp = Resp {
+        status,
+        headers,
+        body,
+        raw,
+    };
+    let bodiless = head_request || status / 100 == 1 || status == 204 || status == 304;
+    if bodiless {
+        if !resp.body.is_empty() {
+            return Err(format!(
+                "{} bytes after a bodiless response",
+                resp.body.len()
+            ));
+        }
+    } else {
+        let cl: usize = resp
+            .header("Content-Length")
+            .ok_or("no Content-Length")?
+            .parse()
+            .map_err(|_| "bad Content-Length")?;
+        if cl != resp.body.len() {
+            return Err(format!(
+                "Content-Length {cl} but {} body bytes before EOF",
+                resp.body.len()
+            ));
+        }
+    }
+    Ok(resp)
+}
+
+/// Sends `req` on a new connection and reads the response until the server closes.
+fn exchange(addr: SocketAddr, req: &[u8]) -> Resp {
+    let mut s = connect(addr);
+    s.write_all(req)
+        .unwrap_or_else(|e| panic!("write {:?}: {e}", String::from_utf8_lossy(req)));
+    let mut raw = Vec::new();
+    let end = read_until_end(&mut s, &mut raw, 64 << 20, Duration::from_secs(15));
+    let shown = String::from_utf8_lossy(&raw[..raw.len().min(400)]).into_owned();
+    assert!(
+        end == End::Eof || (end == End::Reset && !raw.is_empty()),
+        "request {:?}: the response did not end with a close ({end:?}); got {shown:?}",
+        String::from_utf8_lossy(req)
+    );
+    parse_response(raw, req.starts_with(b"HEAD ")).unwrap_or_else(|e| {
+        panic!(
+            "request {:?}: {e}; got {shown:?}",
+            String::from_utf8_lossy(req)
+        )
+    })
+}
+
+fn request(method: &str, target: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut r = format!("{method} {target} HTTP/1.1\r\nHost: test\r\n");
+    for (n, v) in headers {
+        r.push_str(&format!("{n}: {v}\r\n"));
+    }
+    r.push_str("Connection: close\r\n\r\n");
+    r.into_bytes()
+}
+
+fn get_h(srv: &Server, target: &str, headers: &[(&str, &str)]) -> Resp {
+    exchange(srv.tcp, &request("GET", target, headers))
+}
+
+fn get(srv: &Server, target: &str) -> Resp {
+    get_h(srv, target, &[])
+}
+
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap();
+            out.push(u8::from_str_radix(hex, 16).expect("valid escape in href"));
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// FNV-1a, 64 bit.
+fn fnv(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Path safety
+// ---------------------------------------------------------------------------------------------
+
+/// Every way of spelling "the parent of the root" we know of; none may reach secret.txt.
+const TRAVERSALS: &[&str] = &[
+    "/../secret.txt",
+    "/../../../../../../secret.txt",
+    "/..%2fsecret.txt",
+    "/..%2Fsecret.txt",
+    "/%2e%2e/secret.txt",
+    "/%2e%2e%2fsecret.txt",
+    "/%2E%2E%2Fsecret.txt",
+    "/.%2e/secret.txt",
+    "/%2e./secret.txt",
+    "/.%2e%2fsecret.txt",
+    "/%2E%2E/secret.txt",
+    "/..\\secret.txt",
+    "/..%5csecret.txt",
+    "/..%5Csecret.txt",
+    "/%2e%2e%5csecret.txt",
+    "/%252e%252e%252fsecret.txt",
+    "/%252e%252e/secret.txt",
+    "/..%252fsecret.txt",
+    "/%c0%ae%c0%ae/secret.txt",
+    "/%c0%ae%c0%ae%c0%afsecret.txt",
+    "/..%c0%afsecret.txt",
+    "/%e0%80%ae%e0%80%ae/secret.txt",
+    "/..%ef%bc%8fsecret.txt",
+    "/..%u2216secret.txt",
+    "/./../secret.txt",
+    "//../secret.txt",
+    "/a/../../secret.txt",
+    "/sub/../../secret.txt",
+    "/sub/%2e%2e/%2e%2e/secret.txt",
+    "/sub/..%2f..%2fsecret.txt",
+    "/a/b/../../../secret.txt",
+    "/%2f..%2fsecret.txt",
+    "/../secret.txt%00",
+    "/%00/../secret.txt",
+    "/secret.txt%00.html",
+    "/..;/secret.txt",
+    "/%2e%2e;/secret.txt",
+    "/....//secret.txt",
+    "/secret.txt",
+    "http://h/../secret.txt",
+    "http://h/%2e%2e/secret.txt",
+    "HTTP://h/..%2fsecret.txt",
+    "http://h/sub/../../secret.txt",
+    "/%2e./%2E%2e/..%2F%2e%2e%5csecret.txt",
+    "/sub/./.././%2e%2e/./secret.txt",
+    "/..%2f..%2f..%2f..%2fetc/passwd",
+];
+
+fn traversal_tree() -> Tree {
+    let t = Tree::new("path");
+    std::fs::write(t.base.join("secret.txt"), MARKER).unwrap();
+    t.put("index.html", b"<h1>root index</h1>");
+    t.put("sub/inner.txt", b"inner");
+    t
+}
+
+#[test]
+fn traversal_encodings_never_leave_the_root() {
+    assert!(TRAVERSALS.len() >= 30);
+    let t = traversal_tree();
+    let srv = serve(&t, &[]);
+    let root = t.root_str();
+    let base = t.base.to_str().unwrap().to_string();
+    let mut failures = Vec::new();
+    for target in TRAVERSALS {
+        let r = get(&srv, target);
+        let leaked_marker = contains(&r.raw, MARKER.as_bytes());
+        let leaked_path = contains(&r.raw, root.as_bytes()) || contains(&r.raw, base.as_bytes());
+        if ![400, 403, 404].contains(&r.status) || leaked_marker || leaked_path {
+            failures.push(format!(
+                "{target:?} -> {} (marker leaked: {leaked_marker}, path leaked: {leaked_path})",
+                r.status
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "traversals not refused:\n{}",
+        failures.join("\n")
+    );
+    // The tree is served at all (so the refusals above are not a dead server).
+    let r = get(&srv, "/sub/inner.txt");
+    assert_eq!(
+        (r.status, r.body_str().as_str()),
+        (200, "inner"),
+        "{}",
+        r.show()
+    );
+}
+
+#[test]
+fn raw_nul_and_encoded_nul_are_bad_requests() {
+    let t = traversal_tree();
+    let srv = serve(&t, &[]);
+    for target in ["/index.html%00", "/sub/inner.txt%00.html", "/%00"] {
+        let r = get(&srv, target);
+        assert_eq!(r.status, 400, "{target:?}: {}", r.show());
+    }
+    let r = exchange(
+        srv.tcp,
+        b"GET /index.html\0 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 400, "raw NUL in target: {}", r.show());
+}
+
+#[test]
+fn symlink_out_of_root_is_forbidden_unless_followed() {
+    let t = traversal_tree();
+    std::os::unix::fs::symlink("../secret.txt", t.root().join("link.txt")).unwrap();
+    std::os::unix::fs::symlink("sub", t.root().join("sublink")).unwrap();
+    {
+        let srv = serve(&t, &[]);
+        for target in ["/link.txt", "/sublink/inner.txt"] {
+            let r = get(&srv, target);
+            assert_eq!(
+                r.status,
+                403,
+                "{target} without --follow-symlinks: {}",
+                r.show()
+            );
+            assert!(!contains(&r.raw, MARKER.as_bytes()), "{}", r.show());
+        }
+    }
+    let srv = serve(&t, &["--follow-symlinks"]);
+    let r = get(&srv, "/link.txt");
+    assert_eq!(
+        r.status,
+        200,
+        "/link.txt with --follow-symlinks: {}",
+        r.show()
+    );
+    assert_eq!(r.body_str(), MARKER);
+    let r = get(&srv, "/sublink/inner.txt");
+    assert_eq!(
+        (r.status, r.body_str().as_str()),
+        (200, "inner"),
+        "{}",
+        r.show()
+    );
+    // Following links does not let the path itself climb.
+    let r = get(&srv, "/../secret.txt");
+    assert!([400, 403, 404].contains(&r.status), "{}", r.show());
+    assert!(!contains(&r.raw, MARKER.as_bytes()));
+}
+
+#[test]
+fn hidden_files_are_forbidden_unless_served() {
+    let t = traversal_tree();
+    t.put(".env", b"DB_PASSWORD=hunter2");
+    t.put(".git/config", b"[core]\n\tbare = false\n");
+    t.put("sub/.htpasswd", b"user:hash");
+    let targets = [
+        ("/.env", "DB_PASSWORD=hunter2"),
+        ("/.git/config", "[core]\n\tbare = false\n"),
+        ("/%2egit/config", "[core]\n\tbare = false\n"),
+        ("/sub/.htpasswd", "user:hash"),
+    ];
+    {
+        let srv = serve(&t, &[]);
+        for (target, content) in targets {
+            let r = get(&srv, target);
+            assert_eq!(
+                r.status,
+                403,
+                "{target} without --serve-hidden: {}",
+                r.show()
+            );
+            assert!(!contains(&r.raw, content.as_bytes()), "{}", r.show());
+        }
+    }
+    let srv = serve(&t, &["--serve-hidden"]);
+    for (target, content) in targets {
+        let r = get(&srv, target);
+        assert_eq!(r.status, 200, "{target} with --serve-hidden: {}", r.show());
+        assert_eq!(r.body_str(), content);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Index pages and listings
+// ---------------------------------------------------------------------------------------------
+
+/// `<b>x</b>&"q'.txt` with the '/' (which no file name can hold) made a second tag.
+const NASTY_NAME: &str = "<b>x<i>&\"q'.txt";
+
+fn index_tree() -> Tree {
+    let t = Tree::new("index");
+    t.put("index.html", b"<h1>root index</h1>");
+    t.put("dir/index.html", b"<h1>dir index</h1>");
+    t.put("plain/a.txt", b"aaa");
+    t.put(&format!("plain/{NASTY_NAME}"), b"nasty contents");
+    t
+}
+
+#[test]
+fn index_html_and_directory_redirect() {
+    let t = index_tree();
+    let srv = serve(&t, &[]);
+    let r = get(&srv, "/");
+    assert_eq!(r.status, 200, "{}", r.show());
+    assert_eq!(r.body_str(), "<h1>root index</h1>");
+    assert_eq!(r.header("Content-Type"), Some("text/html; charset=utf-8"));
+    let r = get(&srv, "/dir/");
+    assert_eq!(r.status, 200, "{}", r.show());
+    assert_eq!(r.body_str(), "<h1>dir index</h1>");
+    let r = get(&srv, "/dir");
+    assert_eq!(r.status, 301, "{}", r.show());
+    assert_eq!(r.header("Location"), Some("/dir/"), "{}", r.show());
+    // Without --autoindex a directory without index.html is not listed.
+    let r = get(&srv, "/plain/");
+    assert_eq!(r.status, 403, "{}", r.show());
+    assert!(!contains(&r.raw, b"a.txt"), "{}", r.show());
+}
+
+#[test]
+fn autoindex_escapes_names_and_links_work() {
+    let t = index_tree();
+    let srv = serve(&t, &["--autoindex"]);
+    let r = get(&srv, "/plain/");
+    assert_eq!(r.status, 200, "{}", r.show());
+    assert!(
+        r.header("Content-Type")
+            .unwrap_or("")
+            .starts_with("text/html"),
+        "{}",
+        r.show()
+    );
+    let page = r.body_str();
+    assert!(page.contains("a.txt"), "{page}");
+    assert!(
+        !page.contains("<b>") && !page.contains("<i>") && !page.contains("\"q'"),
+        "raw name in the listing:\n{page}"
+    );
+    let escaped = ["&#39;", "&#x27;", "&apos;"].iter().any(|apos| {
+        ["&quot;", "&#34;", "&#x22;"]
+            .iter()
+            .any(|quot| page.contains(&format!("&lt;b&gt;x&lt;i&gt;&amp;{quot}q{apos}.txt")))
+    });
+    assert!(escaped, "the nasty name is not HTML-escaped:\n{page}");
+    // Its link: an href that decodes to the name, with nothing raw that HTML or URLs care about.
+    let hrefs: Vec<&str> = page
+        .split("href=\"")
+        .skip(1)
+        .map(|s| &s[..s.find('"').expect("closing quote")])
+        .collect();
+    let want = format!("/plain/{NASTY_NAME}");
+    let link = hrefs
+        .iter()
+        .find(|h| {
+            let d = percent_decode(h);
+            d == want.as_bytes() || d == NASTY_NAME.as_bytes()
+        })
+        .unwrap_or_else(|| panic!("no href for {NASTY_NAME:?} among {hrefs:?}"));
+    assert!(
+        !link.contains(['<', '>', '"', '\'', '&', ' ']),
+        "href not percent-encoded: {link:?}"
+    );
+    let target = if link.starts_with('/') {
+        link.to_string()
+    } else {
+        format!("/plain/{link}")
+    };
+    let r = get(&srv, &target);
+    assert_eq!(r.status, 200, "GET {target}: {}", r.show());
+    assert_eq!(r.body_str(), "nasty contents");
+    // index.html still wins over the listing.
+    let r = get(&srv, "/dir/");
+    assert_eq!(r.body_str(), "<h1>dir index</h1>", "{}", r.show());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Content-Type
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn content_types_by_extension() {
+    let t = Tree::new("mime");
+    let cases = [
+        ("page.html", "text/html; charset=utf-8"),
+        ("style.css", "text/css"),
+        ("app.js", "javascript"),
+        ("data.json", "application/json"),
+        ("pic.png", "image/png"),
+        ("blob.unknownext", "application/octet-stream"),
+        ("noextension", "application/octet-stream"),
+    ];
+    for (name, _) in cases {
+        t.put(name, b"x");
+    }
+    let srv = serve(&t, &[]);
+    for (name, want) in cases {
+        let r = get(&srv, &format!("/{name}"));
+        assert_eq!(r.status, 200, "{name}: {}", r.show());
+        let ct = r.header("Content-Type").unwrap_or("");
+        let ok = match name {
+            "app.js" => {
+                ct.starts_with("text/javascript") || ct.starts_with("application/javascript")
+            }
+            "page.html" | "pic.png" | "blob.unknownext" | "noextension" => ct == want,
+            _ => ct.starts_with(want),
+        };
+        assert!(ok, "{name}: Content-Type {ct:?}, want {want:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validators and conditional requests
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn validators_and_conditional_requests() {
+    let t = Tree::new("cond");
+    t.put("v.txt", b"validator test body\n");
+    let srv = serve(&t, &[]);
+    let r = get(&srv, "/v.txt");
+    assert_eq!(r.status, 200, "{}", r.show());
+    let lm = r
+        .header("Last-Modified")
+        .expect("Last-Modified")
+        .to_string();
+    let etag = r.header("ETag").expect("ETag").to_string();
+    assert!(
+        etag.len() >= 3 && etag.starts_with('"') && etag.ends_with('"') && !etag.starts_with("W/"),
+        "not a strong quoted ETag: {etag:?}"
+    );
+    assert!(
+        lm.ends_with(" GMT") && lm.len() == 29,
+        "odd Last-Modified {lm:?}"
+    );
+
+    let not_modified = |headers: &[(&str, &str)], what: &str| {
+        let r = get_h(&srv, "/v.txt", headers);
+        assert_eq!(r.status, 304, "{what}: {}", r.show());
+        assert!(r.body.is_empty(), "{what}: 304 with a body");
+        assert_eq!(
+            r.header("ETag"),
+            Some(etag.as_str()),
+            "{what}: {}",
+            r.show()
+        );
+    };
+    not_modified(&[("If-None-Match", &etag)], "If-None-Match: the ETag");
+    not_modified(&[("If-None-Match", "*")], "If-None-Match: *");
+    let list = format!("\"nope\", {etag}, \"other\"");
+    not_modified(&[("If-None-Match", &list)], "If-None-Match: a list with it");
+    let weak = format!("W/{etag}");
+    not_modified(
+        &[("If-None-Match", &weak)],
+        "If-None-Match: W/ (weak comparison)",
+    );
+    not_modified(
+        &[("If-Modified-Since", &lm)],
+        "If-Modified-Since = Last-Modified",
+    );
+
+    let full = |headers: &[(&str, &str)], what: &str| {
+        let r = get_h(&srv, "/v.txt", headers);
+        assert_eq!(r.status, 200, "{what}: {}", r.show());
+        assert_eq!(r.body_str(), "validator test body\n", "{what}");
+    };
+    full(
+        &[("If-Modified-Since", "Sat, 01 Jan 2000 00:00:00 GMT")],
+        "If-Modified-Since older",
+    );
+    full(
+        &[("If-None-Match", "\"nope\""), ("If-Modified-Since", &lm)],
+        "If-None-Match mismatching, If-Modified-Since matching (INM wins)",
+    );
+    full(
+        &[("If-Modified-Since", "garbage")],
+        "unparseable IMS is ignored",
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ranges
+// ---------------------------------------------------------------------------------------------
+
+fn check_ranges(srv: &Server, target: &str, data: &[u8], etag: &str) {
+    let len = data.len();
+    let ranged = |range: &str, start: usize, end: usize| {
+        let r = get_h(srv, target, &[("Range", range)]);
+        assert_eq!(r.status, 206, "{target} Range {range}: {}", r.show());
+        assert_eq!(
+            r.header("Content-Range"),
+            Some(format!("bytes {start}-{end}/{len}").as_str()),
+            "{target} Range {range}"
+        );
+        assert!(
+            r.body == data[start..=end],
+            "{target} Range {range}: wrong bytes"
+        );
+    };
+    ranged("bytes=0-9", 0, 9);
+    ranged("bytes=-5", len - 5, len - 1);
+    ranged("bytes=10-", 10, len - 1);
+    ranged(&format!("bytes=5-{}", len + 100), 5, len - 1);
+
+    let r = get_h(
+        srv,
+        target,
+        &[("Range", &format!("bytes={len}-{}", len + 10))],
+    );
+    assert_eq!(r.status, 416, "{target} range past the end: {}", r.show());
+    assert_eq!(
+        r.header("Content-Range"),
+        Some(format!("bytes */{len}").as_str())
+    );
+
+    let r = get_h(srv, target, &[("Range", "bytes=0-9"), ("If-Range", etag)]);
+    assert_eq!(r.status, 206, "{target} If-Range current: {}", r.show());
+    assert!(r.body == data[..10]);
+    let r = get_h(
+        srv,
+        target,
+        &[("Range", "bytes=0-9"), ("If-Range", "\"0-0-0-stale\"")],
+    );
+    assert_eq!(r.status, 200, "{target} If-Range stale: {}", r.show());
+    assert!(
+        r.body == data,
+        "{target} If-Range stale: not the whole file"
+    );
+
+    let r = get_h(srv, target, &[("Range", "bytes=0-1,5-6")]);
+    assert_eq!(r.status, 200, "{target} multiple ranges: {}", r.show());
+    assert!(
+        r.body == data,
+        "{target} multiple ranges: not the whole file"
+    );
+}
+
+#[test]
+fn single_ranges_if_range_and_unsatisfiable() {
+    let t = Tree::new("range");
+    let small = random_bytes(1, 1000);
+    let large = random_bytes(2, 100 * 1024);
+    t.put("small.bin", &small);
+    t.put("large.bin", &large);
+    let srv = serve(&t, &[]);
+    for (target, data) in [("/small.bin", &small), ("/large.bin", &large)] {
+        let r = get(&srv, target);
+        assert_eq!(r.status, 200, "{}", r.show());
+        assert!(r.body == **data);
+        assert_eq!(r.header("Accept-Ranges"), Some("bytes"));
+        let etag = r.header("ETag").expect("ETag").to_string();
+        check_ranges(&srv, target, data, &etag);
+    }
+}
+
+/// Fetches `target` as 16 ranges from 16 threads at once and reassembles it.
+fn fetch_in_16_ranges(srv: &Server, target: &str, len: usize) -> Vec<u8> {
+    const N: usize = 16;
+    let barrier = Arc::new(Barrier::new(N));
+    let addr = srv.tcp;
+    let parts: Vec<(usize, Vec<u8>)> = thread::scope(|sc| {
+        let handles: Vec<_> = (0..N)
+            .map(|i| {
+                let barrier = barrier.clone();
+                sc.spawn(move || {
+                    let start = len * i / N;
+                    let end = len * (i + 1) / N - 1;
+                    let range = if i == N - 1 {
+                        format!("bytes={start}-")
+                    } else {
+                        format!("bytes={start}-{end}")
+                    };
+                    let req = request("GET", target, &[("Range", &range)]);
+                    barrier.wait();
+                    let r = exchange(addr, &req);
+                    assert_eq!(r.status, 206, "{target} {range}: {}", r.show());
+                    assert_eq!(
+                        r.header("Content-Range"),
+                        Some(format!("bytes {start}-{end}/{len}").as_str()),
+                        "{target} {range}"
+                    );
+                    (start, r.body)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut out = Vec::with_capacity(len);
+    for (start, body) in parts {
+        assert_eq!(start, out.len(), "ranges out of order");
+        out.extend_from_slice(&body);
+    }
+    out
+}
+
+fn concurrent_ranges(engine: &str) {
+    let t = Tree::new("ranges16");
+    let small = random_bytes(3, 12_345);
+    let big = random_bytes(4, 3 * 1024 * 1024);
+    t.put("small.bin", &small);
+    t.put("big.bin", &big);
+    let srv = Opts::http(engine).arg("--root", &t.root_str()).spawn();
+    for (target, data) in [("/small.bin", &small), ("/big.bin", &big)] {
+        let got = fetch_in_16_ranges(&srv, target, data.len());
+        assert_eq!(got.len(), data.len(), "[{engine}] {target}: length");
+        assert_eq!(fnv(&got), fnv(data), "[{engine}] {target}: hash differs");
+        assert!(got == **data, "[{engine}] {target}: bytes differ");
+    }
+}
+per_engine!(concurrent_ranges);
+
+// ---------------------------------------------------------------------------------------------
+// gzip_static
+// ---------------------------------------------------------------------------------------------
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A valid gzip member holding `data` in one stored (uncompressed) deflate block.
+fn gzip_stored(data: &[u8]) -> Vec<u8> {
+    assert!(data.len() < 65536);
+    let mut v = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+    let n = data.len() as u16;
+    v.push(1); // BFINAL, stored
+    v.extend_from_slice(&n.to_le_bytes());
+    v.extend_from_slice(&(!n).to_le_bytes());
+    v.extend_from_slice(data);
+    v.extend_from_slice(&crc32(data).to_le_bytes());
+    v.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    v
+}
+
+#[test]
+fn gzip_static_sibling() {
+    let t = Tree::new("gzip");
+    let plain = b"hello, plain text\n".repeat(20);
+    let gz = gzip_stored(&plain);
+    t.put("hello.txt", &plain);
+    t.put("hello.txt.gz", &gz);
+    {
+        let srv = serve(&t, &[]);
+        let r = get_h(&srv, "/hello.txt", &[("Accept-Encoding", "gzip, deflate")]);
+        assert_eq!(r.status, 200, "{}", r.show());
+        assert_eq!(r.header("Content-Encoding"), Some("gzip"), "{}", r.show());
+        assert!(r.body == gz, "gzip: body is not the .gz file");
+        assert!(
+            r.header("Content-Type")
+                .unwrap_or("")
+                .starts_with("text/plain"),
+            "{}",
+            r.show()
+        );
+        assert_eq!(r.header("Vary"), Some("Accept-Encoding"), "{}", r.show());
+
+        let r = get(&srv, "/hello.txt");
+        assert_eq!(r.status, 200, "{}", r.show());
+        assert!(!r.has("Content-Encoding"), "{}", r.show());
+        assert!(
+            r.body == plain,
+            "no Accept-Encoding: body is not the plain file"
+        );
+        assert_eq!(r.header("Vary"), Some("Accept-Encoding"), "{}", r.show());
+
+        // q=0 refuses gzip.
+        let r = get_h(&srv, "/hello.txt", &[("Accept-Encoding", "br, gzip;q=0")]);
+        assert!(!r.has("Content-Encoding"), "gzip;q=0: {}", r.show());
+        assert!(r.body == plain);
+
+        // A conditional request on the gzip variant validates against its own ETag.
+        let r = get_h(&srv, "/hello.txt", &[("Accept-Encoding", "gzip")]);
+        let gz_etag = r.header("ETag").expect("ETag").to_string();
+        let r = get_h(
+            &srv,
+            "/hello.txt",
+            &[("Accept-Encoding", "gzip"), ("If-None-Match", &gz_etag)],
+        );
+        assert_eq!(r.status, 304, "{}", r.show());
+    }
+    let srv = serve(&t, &["--no-gzip-static"]);
+    let r = get_h(&srv, "/hello.txt", &[("Accept-Encoding", "gzip")]);
+    assert_eq!(r.status, 200, "{}", r.show());
+    assert!(!r.has("Content-Encoding"), "--no-gzip-static: {}", r.show());
+    assert!(
+        r.body == plain,
+        "--no-gzip-static: body is not the plain file"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cache revalidation
+// ---------------------------------------------------------------------------------------------
+
+/// Polls `target` every 50 ms for up to 2.5 s until it serves `new`; every answer on the way
+/// must be exactly `old` or `new` (the framing is checked by the parser). Returns how long it
+/// took.
+fn wait_new_version(srv: &Server, target: &str, old: &[u8], new: &[u8]) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let r = get(srv, target);
+        assert_eq!(r.status, 200, "{target}: {}", r.show());
+        if r.body == new {
+            return t0.elapsed();
+        }
+        assert!(
+            r.body == old,
+            "{target}: a body that is neither version ({} bytes; old {}, new {})",
+            r.body.len(),
+            old.len(),
+            new.len()
+        );
+        assert!(
+            t0.elapsed() < Duration::from_millis(2500),
+            "{target}: still the old version after 2.5 s"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_gone(srv: &Server, target: &str) {
+    let t0 = Instant::now();
+    loop {
+        let r = get(srv, target);
+        if r.status == 404 {
+            return;
+        }
+        assert_eq!(r.status, 200, "{target}: {}", r.show());
+        assert!(
+            t0.elapsed() < Duration::from_millis(2500),
+            "{target}: deleted, still served after 2.5 s"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn cache_revalidates_changed_and_deleted_files() {
+    let t = Tree::new("cache");
+    let small_v1 = b"small, version one\n".to_vec();
+    let small_v2 = b"small, version two is longer\n".to_vec();
+    let large_v1 = random_bytes(10, 100 * 1024);
+    let large_v2 = random_bytes(11, 120 * 1024 + 7);
+    let small = t.put("small.txt", &small_v1);
+    let large = t.put("large.bin", &large_v1);
+    let srv = serve(&t, &["--cache-valid", "1"]);
+
+    // Fetch both twice (so whichever thread answers has them cached).
+    for _ in 0..2 {
+        assert!(get(&srv, "/small.txt").body == small_v1);
+        assert!(get(&srv, "/large.bin").body == large_v1);
+    }
+
+    // Small file: rewritten in place (its copy in memory must be replaced).
+    std::fs::write(&small, &small_v2).unwrap();
+    wait_new_version(&srv, "/small.txt", &small_v1, &small_v2);
+
+    // Large file (sendfile): replaced atomically, as deploy tools do; a file rewritten in place
+    // while a server holds it open cannot be served consistently by anyone.
+    let tmp = t.root().join(".large.bin.tmp");
+    std::fs::write(&tmp, &large_v2).unwrap();
+    std::fs::rename(&tmp, &large).unwrap();
+    wait_new_version(&srv, "/large.bin", &large_v1, &large_v2);
+
+    std::fs::remove_file(&small).unwrap();
+    std::fs::remove_file(&large).unwrap();
+    wait_gone(&srv, "/small.txt");
+    wait_gone(&srv, "/large.bin");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Methods
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn head_and_post_on_files() {
+    let t = Tree::new("methods");
+    let small = b"small file for HEAD\n".to_vec();
+    let large = random_bytes(20, 64 * 1024);
+    t.put("s.txt", &small);
+    t.put("l.bin", &large);
+    let srv = serve(&t, &[]);
+    for (target, data) in [("/s.txt", &small), ("/l.bin", &large)] {
+        let r = exchange(srv.tcp, &request("HEAD", target, &[]));
+        assert_eq!(r.status, 200, "HEAD {target}: {}", r.show());
+        assert_eq!(
+            r.header("Content-Length"),
+            Some(data.len().to_string().as_str()),
+            "HEAD {target}"
+        );
+        assert!(r.body.is_empty(), "HEAD {target} has a body");
+        assert!(r.has("ETag") && r.has("Last-Modified"), "{}", r.show());
+
+        let r = exchange(
+            srv.tcp,
+            &request("POST", target, &[("Content-Length", "0")]),
+        );
+        assert_eq!(r.status, 405, "POST {target}: {}", r.show());
+        assert_eq!(r.header("Allow"), Some("GET, HEAD"), "{}", r.show());
+
+        let mut req = request("POST", target, &[("Content-Length", "5")]);
+        req.extend_from_slice(b"hello");
+        let r = exchange(srv.tcp, &req);
+        assert_eq!(r.status, 405, "POST {target} with a body: {}", r.show());
+        assert_eq!(r.header("Allow"), Some("GET, HEAD"), "{}", r.show());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Access log
+// ---------------------------------------------------------------------------------------------
+
+/// `^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] "GET /x HTTP/1\.1" 200 BYTES
+/// "-" "UA"$`, by hand.
+fn is_combined_line(line: &str, bytes: usize, ua: &str) -> bool {
+    let Some(rest) = line.strip_prefix("127.0.0.1 - - [") else {
+        return false;
+    };
+    let pattern = "99/AAA/9999:99:99:99 +0000]";
+    if rest.len() < pattern.len() {
+        return false;
+    }
+    let ok_time = pattern.bytes().zip(rest.bytes()).all(|(p, c)| match p {
+        b'9' => c.is_ascii_digit(),
+        b'A' => c.is_ascii_alphanumeric() || c == b'_',
+        _ => p == c,
+    });
+    ok_time && rest[pattern.len()..] == format!(" \"GET /x HTTP/1.1\" 200 {bytes} \"-\" \"{ua}\"")
+}
+
+#[test]
+fn access_log_combined_format() {
+    let t = Tree::new("alog");
+    t.put("x", b"0123456789");
+    let log = t.base.join("access.log");
+    let srv = serve(&t, &["--access-log", log.to_str().unwrap()]);
+    for ua in ["evil \"quoted\" agent", "t/1", "t/1"] {
+        let r = get_h(&srv, "/x", &[("User-Agent", ua)]);
+        assert_eq!(r.status, 200, "{}", r.show());
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().count() >= 3 || Instant::now() >= deadline {
+            break text;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "access log after 3 requests:\n{text}");
+    assert!(text.ends_with('\n'), "last line unterminated:\n{text}");
+    let quoted = lines
+        .iter()
+        .filter(|l| is_combined_line(l, 10, "evil \\x22quoted\\x22 agent"))
+        .count();
+    let plain = lines
+        .iter()
+        .filter(|l| is_combined_line(l, 10, "t/1"))
+        .count();
+    assert_eq!((quoted, plain), (1, 2), "access log lines:\n{text}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Welcome page
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn welcome_page_without_root() {
+    let srv = Opts::http(ENGINE).spawn();
+    let r = get(&srv, "/");
+    assert_eq!(r.status, 200, "{}", r.show());
+    assert!(
+        r.header("Content-Type")
+            .unwrap_or("")
+            .starts_with("text/html"),
+        "{}",
+        r.show()
+    );
+    assert!(!r.body.is_empty());
+    for target in ["/nope", "/nope.html", "/dir/"] {
+        let r = get(&srv, target);
+        assert_eq!(r.status, 404, "{target}: {}", r.show());
+    }
+}
