@@ -49,6 +49,25 @@ pub struct Entry {
     checked: Instant,
 }
 
+impl Entry {
+    /// A file sent from disk (not from memory) is checked with one fstat on its open fd before
+    /// each use: a file rewritten in place (same inode, new size or mtime) would otherwise be
+    /// sent with the old length, a mix of two versions or a short body. A file replaced by a
+    /// rename is caught by the periodic revalidation, which opens the path again.
+    fn unchanged_in_place(&self) -> bool {
+        if self.body.is_some() {
+            return true; // the bytes in memory are one consistent version
+        }
+        match rustix::fs::fstat(&*self.file) {
+            Ok(st) => {
+                (st.st_mtime, st.st_mtime_nsec as i64, st.st_size as u64)
+                    == (self.identity.2, self.identity.3, self.identity.4)
+            }
+            Err(_) => false,
+        }
+    }
+}
+
 /// What a path names.
 pub enum Found {
     File(Rc<Entry>),
@@ -88,7 +107,7 @@ pub fn lookup(site: &Site, path: &str) -> Result<Found, PathError> {
             };
         }
         if let Some(e) = c.map.get(path) {
-            if now.duration_since(e.checked) < site.settings.cache_valid {
+            if now.duration_since(e.checked) < site.settings.cache_valid && e.unchanged_in_place() {
                 return Ok(Found::File(e.clone()));
             }
         }
