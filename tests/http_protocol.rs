@@ -1,0 +1,1549 @@
+//! HTTP/1.1 protocol tests for `keel http`, all over real loopback sockets.
+//!
+//! Every request is written as raw bytes on a plain `TcpStream`, so the tests see exactly what
+//! the server sends back; a small response reader (status line, fields, a Content-Length body)
+//! splits pipelined responses apart. Every wait is bounded by a socket timeout or a deadline.
+//!
+//! - Limits: an over-long head (431), target (414), too many fields (431), a body over
+//!   `--max-body` framed by Content-Length or chunked (413). Each refusal says
+//!   `Connection: close` and the server closes.
+//! - Smuggling shapes (RFC 9112 6.3 and friends): each is answered 400 and the connection closes
+//!   without the request that was pipelined behind it being answered.
+//! - Persistence: HTTP/1.1 keep-alive by default, `Connection: close`, HTTP/1.0 with and without
+//!   keep-alive, `--keepalive-requests`.
+//! - Pipelining: 20 mixed requests in one write come back complete and in order, under every
+//!   `--model` and every engine.
+//! - `Expect: 100-continue`, the fields every response carries (Date in IMF-fixdate, Server,
+//!   Content-Length), the head/body/keep-alive timeouts, a slowloris crowd beside a normal
+//!   client, slow readers (small receive buffer; 50 pipelined 64 KiB responses), and a 1 GiB
+//!   sparse file.
+
+mod util;
+
+use std::fs;
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use util::{random_bytes, Opts, Server, IO_TIMEOUT};
+
+const ENGINE: &str = "epoll-et";
+
+const HELLO: &[u8] = b"hello, world\n";
+
+// ---------------------------------------------------------------------------------------------
+// Document roots
+// ---------------------------------------------------------------------------------------------
+
+static ROOT_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A document root under the system temp dir, unique to this process and test; removed on drop.
+struct Root {
+    dir: PathBuf,
+}
+
+impl Root {
+    /// A root with `hello.txt`, `f0.txt`..`f4.txt` (distinct small files), `mid.bin` (40 KiB,
+    /// over the in-memory cache's file size, so served with sendfile) and `docs/index.html`.
+    fn new(tag: &str) -> Root {
+        let n = ROOT_SEQ.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!(
+            "keel-http-protocol-{}-{tag}-{n}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("docs")).expect("create document root");
+        let root = Root { dir };
+        root.write("hello.txt", HELLO);
+        for i in 0..5 {
+            root.write(&format!("f{i}.txt"), &small_file(i));
+        }
+        root.write("mid.bin", &random_bytes(40, 40 * 1024));
+        root.write("docs/index.html", b"<p>docs</p>\n");
+        root
+    }
+
+    fn write(&self, name: &str, data: &[u8]) {
+        fs::write(self.dir.join(name), data).unwrap_or_else(|e| panic!("write {name}: {e}"));
+    }
+
+    fn path(&self) -> &str {
+        self.dir.to_str().expect("temp dir is UTF-8")
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The contents of `f{i}.txt`: small, different in content and length for each i.
+fn small_file(i: usize) -> Vec<u8> {
+    format!("file number {i}: {}\n", "x".repeat(10 * i + 3)).into_bytes()
+}
+
+/// `keel http --root ROOT --no-access-log ARGS...` on the default engine.
+fn serve(root: &Root, args: &[&str]) -> Server {
+    serve_on(ENGINE, root, args)
+}
+
+fn serve_on(engine: &str, root: &Root, args: &[&str]) -> Server {
+    let mut o = Opts::http(engine).arg("--root", root.path());
+    o.args.push("--no-access-log".to_string());
+    o.args.extend(args.iter().map(|a| a.to_string()));
+    o.spawn()
+}
+
+// ---------------------------------------------------------------------------------------------
+// A raw HTTP client
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+struct Resp {
+    status: u16,
+    head: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    /// The first value of field `name` (case-insensitive).
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    fn has_token(&self, name: &str, token: &str) -> bool {
+        self.all(name)
+            .iter()
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    }
+
+    fn says_close(&self) -> bool {
+        self.has_token("Connection", "close")
+    }
+
+    fn content_length(&self) -> Option<u64> {
+        self.header("Content-Length").and_then(|v| v.parse().ok())
+    }
+
+    fn show(&self) -> String {
+        format!(
+            "{}\n[body: {} bytes{}]",
+            self.head,
+            self.body.len(),
+            if self.body.len() <= 200 {
+                format!(": {:?}", String::from_utf8_lossy(&self.body))
+            } else {
+                String::new()
+            }
+        )
+    }
+}
+
+fn lossy(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&b[..b.len().min(600)]).into_owned();
+    if b.len() > 600 {
+        format!("{s:?}... ({} bytes)", b.len())
+    } else {
+        format!("{s:?}")
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A connection that reads responses off the wire, keeping what it read past one.
+struct Client {
+    s: TcpStream,
+    buf: Vec<u8>,
+    /// Bytes asked for per read.
+    chunk: usize,
+    /// Sleep after each read (a slow reader).
+    pause: Duration,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        Client::from_stream(util::connect(addr))
+    }
+
+    fn from_stream(s: TcpStream) -> Client {
+        Client {
+            s,
+            buf: Vec::new(),
+            chunk: 64 * 1024,
+            pause: Duration::ZERO,
+        }
+    }
+
+    fn send(&mut self, data: &[u8]) {
+        if let Err(e) = self.s.write_all(data) {
+            panic!("writing {} request bytes: {e}", data.len());
+        }
+    }
+
+    /// One read into `buf` before `deadline`: Ok(0) at EOF, Err on timeout, reset or error.
+    fn fill(&mut self, deadline: Instant) -> Result<usize, String> {
+        let mut tmp = vec![0u8; self.chunk];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err("timed out".to_string());
+            }
+            self.s
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .expect("set_read_timeout");
+            match self.s.read(&mut tmp) {
+                Ok(n) => {
+                    self.buf.extend_from_slice(&tmp[..n]);
+                    if n > 0 && !self.pause.is_zero() {
+                        thread::sleep(self.pause);
+                    }
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if util::is_timeout(&e) => return Err("timed out".to_string()),
+                Err(e) => return Err(format!("read error: {e}")),
+            }
+        }
+    }
+
+    /// Reads one response head (status line and fields) before `deadline`.
+    fn head_before(&mut self, deadline: Instant) -> Result<Resp, String> {
+        loop {
+            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
+                let raw: Vec<u8> = self.buf.drain(..i + 4).collect();
+                return parse_resp_head(&raw[..i]);
+            }
+            if self.buf.len() > 64 * 1024 {
+                return Err(format!("no end of head in 64 KiB: {}", lossy(&self.buf)));
+            }
+            match self.fill(deadline) {
+                Ok(0) => {
+                    return Err(format!(
+                        "EOF before a complete response head (had {})",
+                        lossy(&self.buf)
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(format!(
+                        "{e} waiting for a response head (had {})",
+                        lossy(&self.buf)
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Reads exactly `n` body bytes before `deadline`.
+    fn body_before(&mut self, n: usize, deadline: Instant) -> Result<Vec<u8>, String> {
+        while self.buf.len() < n {
+            match self.fill(deadline) {
+                Ok(0) => return Err(format!("EOF after {} of {n} body bytes", self.buf.len())),
+                Ok(_) => {}
+                Err(e) => return Err(format!("{e} after {} of {n} body bytes", self.buf.len())),
+            }
+        }
+        Ok(self.buf.drain(..n).collect())
+    }
+
+    /// One whole response within `timeout`. A body is read by Content-Length (required on
+    /// every response that can have a body); `head_only` for the answer to HEAD.
+    fn response_within(&mut self, head_only: bool, timeout: Duration) -> Result<Resp, String> {
+        let deadline = Instant::now() + timeout;
+        let mut r = self.head_before(deadline)?;
+        let bodiless =
+            head_only || (100..200).contains(&r.status) || r.status == 204 || r.status == 304;
+        if !bodiless {
+            let lens = r.all("Content-Length");
+            if lens.len() != 1 {
+                return Err(format!(
+                    "want exactly one Content-Length, got {lens:?} in\n{}",
+                    r.head
+                ));
+            }
+            let n: usize = lens[0]
+                .parse()
+                .map_err(|_| format!("bad Content-Length in\n{}", r.head))?;
+            r.body = self
+                .body_before(n, deadline)
+                .map_err(|e| format!("{e} of the response\n{}", r.head))?;
+        }
+        Ok(r)
+    }
+
+    fn response(&mut self, head_only: bool) -> Result<Resp, String> {
+        self.response_within(head_only, IO_TIMEOUT)
+    }
+
+    /// Panics with `what` unless a whole response comes.
+    fn must(&mut self, head_only: bool, what: &str) -> Resp {
+        self.response(head_only)
+            .unwrap_or_else(|e| panic!("{what}: no complete response: {e}"))
+    }
+
+    /// Waits up to `timeout` for the server to close (EOF or reset) with nothing more sent.
+    fn closed_within(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !self.buf.is_empty() {
+                return Err(format!(
+                    "unexpected bytes instead of a close: {}",
+                    lossy(&self.buf)
+                ));
+            }
+            match self.fill(deadline) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.contains("timed out") => {
+                    return Err(format!("still open after {timeout:?}"))
+                }
+                // A reset is a close too (the server may close with our bytes unread).
+                Err(_) => return Ok(()),
+            }
+        }
+    }
+
+    /// Sends a GET for `path` and checks that the answer is 200 with `body`: the connection
+    /// is still open and in step.
+    fn still_serves(&mut self, path: &str, body: &[u8], what: &str) {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        let r = self.must(false, what);
+        assert_eq!(r.status, 200, "{what}: {}", r.show());
+        assert_eq!(r.body, body, "{what}: wrong body for {path}");
+    }
+}
+
+fn parse_resp_head(raw: &[u8]) -> Result<Resp, String> {
+    let text = std::str::from_utf8(raw).map_err(|_| format!("head not UTF-8: {}", lossy(raw)))?;
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or_default();
+    let code = parts.next().unwrap_or_default();
+    if version != "HTTP/1.1" || code.len() != 3 {
+        return Err(format!("bad status line {status_line:?}"));
+    }
+    let status: u16 = code
+        .parse()
+        .map_err(|_| format!("bad status line {status_line:?}"))?;
+    let mut headers = Vec::new();
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(format!("bad field line {line:?} in\n{text}"));
+        };
+        if name.is_empty() || name.contains([' ', '\t']) {
+            return Err(format!("bad field name in {line:?}"));
+        }
+        headers.push((name.to_string(), value.trim().to_string()));
+    }
+    Ok(Resp {
+        status,
+        head: text.to_string(),
+        headers,
+        body: Vec::new(),
+    })
+}
+
+/// Sends `req` (with a valid request pipelined behind it) and checks that the only answer is
+/// `status` with `Connection: close`, after which the server closes.
+fn expect_refusal(srv: &Server, req: &[u8], status: u16, what: &str) {
+    let mut c = Client::connect(srv.tcp);
+    let mut bytes = req.to_vec();
+    bytes.extend_from_slice(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n");
+    c.send(&bytes);
+    let r = c
+        .response(false)
+        .unwrap_or_else(|e| panic!("{what}: no response: {e}\n{}", srv.stderr_dump()));
+    if r.status != status {
+        // Say what followed too: a second answer to the same request is part of the bug.
+        let next = match c.response_within(false, Duration::from_secs(2)) {
+            Ok(n) => format!("then a second response to the same request:\n{}", n.show()),
+            Err(e) => format!("then: {e}"),
+        };
+        panic!(
+            "{what}: want {status} as the only answer to\n{}\ngot\n{}\n{next}",
+            lossy(req),
+            r.show()
+        );
+    }
+    assert!(
+        r.says_close(),
+        "{what}: the {status} lacks Connection: close:\n{}",
+        r.head
+    );
+    if let Err(e) = c.closed_within(Duration::from_secs(3)) {
+        panic!("{what}: after the {status}, the connection is not closed: {e}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Limits
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn head_over_8k_is_431() {
+    let root = Root::new("h431");
+    let srv = serve(&root, &[]);
+    let req = format!(
+        "GET /hello.txt HTTP/1.1\r\nHost: t\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(9000)
+    );
+    expect_refusal(&srv, req.as_bytes(), 431, "head over 8 KiB");
+    // Just under the limit is fine.
+    let mut c = Client::connect(srv.tcp);
+    let req = format!(
+        "GET /hello.txt HTTP/1.1\r\nHost: t\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(7000)
+    );
+    c.send(req.as_bytes());
+    let r = c.must(false, "7 KiB head");
+    assert_eq!(r.status, 200, "7 KiB head: {}", r.show());
+}
+
+#[test]
+fn uri_over_8k_is_414() {
+    let root = Root::new("u414");
+    let srv = serve(&root, &[]);
+    let req = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(9000));
+    expect_refusal(&srv, req.as_bytes(), 414, "URI over 8 KiB");
+}
+
+#[test]
+fn too_many_headers_is_431() {
+    let root = Root::new("n431");
+    let srv = serve(&root, &[]);
+    let fields = |n: usize| -> String {
+        let mut s = String::from("GET /hello.txt HTTP/1.1\r\nHost: t\r\n");
+        for i in 1..n {
+            s.push_str(&format!("X-H{i}: v\r\n"));
+        }
+        s.push_str("\r\n");
+        s
+    };
+    // 100 fields (Host and 99 more) are accepted; 101 are not.
+    let mut c = Client::connect(srv.tcp);
+    c.send(fields(100).as_bytes());
+    let r = c.must(false, "100 header fields");
+    assert_eq!(r.status, 200, "100 header fields: {}", r.show());
+    expect_refusal(&srv, fields(101).as_bytes(), 431, "101 header fields");
+}
+
+#[test]
+fn content_length_over_max_body_is_413() {
+    let root = Root::new("cl413");
+    let srv = serve(&root, &["--max-body", "1000"]);
+    // At the limit: answered, and the connection stays in step.
+    let mut c = Client::connect(srv.tcp);
+    let mut req = b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n".to_vec();
+    req.extend_from_slice(&[b'b'; 1000]);
+    c.send(&req);
+    let r = c.must(false, "a 1000-byte body with --max-body 1000");
+    assert_eq!(r.status, 200, "{}", r.show());
+    c.still_serves("/f1.txt", &small_file(1), "after a 1000-byte body");
+
+    // Over it, with the body sent.
+    let mut req = b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 1001\r\n\r\n".to_vec();
+    req.extend_from_slice(&[b'b'; 1001]);
+    expect_refusal(&srv, &req, 413, "Content-Length 1001 over --max-body 1000");
+
+    // Over it, with only the head sent: the refusal does not wait for the body.
+    let mut c = Client::connect(srv.tcp);
+    c.send(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 5000000\r\n\r\n");
+    let r = c
+        .response_within(false, Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("Content-Length 5000000, head only: {e}"));
+    assert_eq!(r.status, 413, "{}", r.show());
+    assert!(r.says_close(), "413 without Connection: close:\n{}", r.head);
+    c.closed_within(Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("after the 413 (head only): {e}"));
+}
+
+/// A chunked body of `chunks` (sizes), then the final chunk.
+fn chunked_body(chunks: &[usize]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for &n in chunks {
+        v.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+        v.extend(std::iter::repeat_n(b'c', n));
+        v.extend_from_slice(b"\r\n");
+    }
+    v.extend_from_slice(b"0\r\n\r\n");
+    v
+}
+
+#[test]
+fn chunked_body_over_max_body_is_413() {
+    let root = Root::new("ch413");
+    let srv = serve(&root, &["--max-body", "1000"]);
+    let head = b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n";
+    // At the limit, in two chunks: answered, and the connection stays in step.
+    let mut c = Client::connect(srv.tcp);
+    let mut req = head.to_vec();
+    req.extend_from_slice(&chunked_body(&[600, 400]));
+    c.send(&req);
+    let r = c.must(false, "a 1000-byte chunked body with --max-body 1000");
+    assert_eq!(r.status, 200, "{}", r.show());
+    c.still_serves("/f2.txt", &small_file(2), "after a 1000-byte chunked body");
+
+    // One chunk over the limit.
+    let mut req = head.to_vec();
+    req.extend_from_slice(&chunked_body(&[1001]));
+    expect_refusal(&srv, &req, 413, "one 1001-byte chunk over --max-body 1000");
+
+    // Chunks that add up to over the limit.
+    let mut req = head.to_vec();
+    req.extend_from_slice(&chunked_body(&[600, 401]));
+    expect_refusal(&srv, &req, 413, "chunks of 600 + 401 over --max-body 1000");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Smuggling shapes
+// ---------------------------------------------------------------------------------------------
+
+fn smuggle(tag: &str, req: &[u8], what: &str) {
+    let root = Root::new(tag);
+    let srv = serve(&root, &[]);
+    expect_refusal(&srv, req, 400, what);
+}
+
+#[test]
+fn smuggle_content_length_and_transfer_encoding() {
+    smuggle(
+        "clte",
+        b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "Content-Length + Transfer-Encoding",
+    );
+    smuggle(
+        "tecl",
+        b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        "Transfer-Encoding + Content-Length",
+    );
+}
+
+#[test]
+fn smuggle_two_different_content_lengths() {
+    smuggle(
+        "clcl",
+        b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nabcdef",
+        "two Content-Length fields (5, 6)",
+    );
+    smuggle(
+        "cllist",
+        b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 5, 6\r\n\r\nabcdef",
+        "Content-Length: 5, 6",
+    );
+}
+
+#[test]
+fn smuggle_transfer_encoding_gzip() {
+    smuggle(
+        "tegzip",
+        b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n",
+        "Transfer-Encoding: gzip",
+    );
+}
+
+#[test]
+fn smuggle_transfer_encoding_chunked_then_gzip() {
+    smuggle(
+        "techgz",
+        b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+        "Transfer-Encoding: chunked, gzip",
+    );
+}
+
+#[test]
+fn smuggle_obs_fold() {
+    smuggle(
+        "fold",
+        b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nX-Folded: a\r\n b\r\n\r\n",
+        "obs-fold field line",
+    );
+    smuggle(
+        "foldte",
+        b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nX-Folded: a\r\n Transfer-Encoding: chunked\r\n\r\n",
+        "obs-fold hiding Transfer-Encoding",
+    );
+}
+
+#[test]
+fn smuggle_space_before_colon() {
+    smuggle(
+        "hostsp",
+        b"GET /hello.txt HTTP/1.1\r\nHost : t\r\n\r\n",
+        "whitespace before the colon (Host : t)",
+    );
+    smuggle(
+        "tesp",
+        b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+        "whitespace before the colon (Transfer-Encoding : chunked)",
+    );
+}
+
+#[test]
+fn smuggle_invalid_chunk_size() {
+    smuggle(
+        "zz",
+        b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        "chunk size \"zz\"",
+    );
+}
+
+#[test]
+fn missing_host_in_http11() {
+    smuggle(
+        "nohost",
+        b"GET /hello.txt HTTP/1.1\r\nUser-Agent: t\r\n\r\n",
+        "HTTP/1.1 without Host",
+    );
+}
+
+#[test]
+fn two_host_fields() {
+    smuggle(
+        "twohost",
+        b"GET /hello.txt HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        "two Host fields",
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Persistence
+// ---------------------------------------------------------------------------------------------
+
+/// HTTP/1.1: two requests, one after the other, on one connection; neither answer closes.
+fn keepalive_11(srv: &Server, what: &str) {
+    let mut c = Client::connect(srv.tcp);
+    for (i, path) in ["/hello.txt", "/f3.txt", "/mid.bin"].iter().enumerate() {
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        let r = c
+            .response(false)
+            .unwrap_or_else(|e| panic!("{what}: request {i} ({path}) on one connection: {e}"));
+        assert_eq!(r.status, 200, "{what}: {path}: {}", r.show());
+        assert!(
+            !r.says_close(),
+            "{what}: {path} answered with close:\n{}",
+            r.head
+        );
+    }
+}
+
+#[test]
+fn http11_keeps_alive_by_default() {
+    let root = Root::new("ka11");
+    let srv = serve(&root, &[]);
+    keepalive_11(&srv, "HTTP/1.1 default");
+}
+
+#[test]
+fn connection_close_is_honoured() {
+    let root = Root::new("close");
+    let srv = serve(&root, &[]);
+    let mut c = Client::connect(srv.tcp);
+    c.send(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let r = c.must(false, "Connection: close");
+    assert_eq!(r.status, 200, "{}", r.show());
+    assert_eq!(r.body, HELLO);
+    assert!(r.says_close(), "no Connection: close in\n{}", r.head);
+    c.closed_within(Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("after Connection: close: {e}"));
+}
+
+#[test]
+fn http10_closes_by_default() {
+    let root = Root::new("c10");
+    let srv = serve(&root, &[]);
+    let mut c = Client::connect(srv.tcp);
+    c.send(b"GET /hello.txt HTTP/1.0\r\n\r\n");
+    let r = c.must(false, "HTTP/1.0");
+    assert_eq!(r.status, 200, "{}", r.show());
+    assert_eq!(r.body, HELLO);
+    assert!(
+        !r.has_token("Connection", "keep-alive"),
+        "HTTP/1.0 without keep-alive answered keep-alive:\n{}",
+        r.head
+    );
+    c.closed_within(Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("after an HTTP/1.0 request: {e}"));
+}
+
+#[test]
+fn http10_keep_alive_stays_open() {
+    let root = Root::new("ka10");
+    let srv = serve(&root, &[]);
+    let mut c = Client::connect(srv.tcp);
+    for (i, path) in ["/hello.txt", "/f0.txt", "/mid.bin"].iter().enumerate() {
+        c.send(format!("GET {path} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").as_bytes());
+        let r = c
+            .response(false)
+            .unwrap_or_else(|e| panic!("HTTP/1.0 keep-alive request {i} ({path}): {e}"));
+        assert_eq!(r.status, 200, "{}", r.show());
+        assert!(
+            r.has_token("Connection", "keep-alive"),
+            "HTTP/1.0 keep-alive not confirmed:\n{}",
+            r.head
+        );
+    }
+    // Dropping keep-alive on the last one closes it.
+    c.send(b"GET /hello.txt HTTP/1.0\r\n\r\n");
+    let r = c.must(false, "final HTTP/1.0 request");
+    assert_eq!(r.body, HELLO);
+    c.closed_within(Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("after the last HTTP/1.0 request: {e}"));
+}
+
+#[test]
+fn keepalive_requests_limit() {
+    let root = Root::new("kareq");
+    let srv = serve(&root, &["--keepalive-requests", "3"]);
+    let mut c = Client::connect(srv.tcp);
+    for i in 1..=3 {
+        c.send(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n");
+        let r = c.must(false, &format!("request {i} of 3"));
+        assert_eq!(r.status, 200, "{}", r.show());
+        assert_eq!(r.body, HELLO);
+        assert_eq!(
+            r.says_close(),
+            i == 3,
+            "request {i} with --keepalive-requests 3:\n{}",
+            r.head
+        );
+    }
+    c.closed_within(Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("after the 3rd request with --keepalive-requests 3: {e}"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pipelining
+// ---------------------------------------------------------------------------------------------
+
+struct Expect {
+    what: String,
+    status: u16,
+    head_only: bool,
+    /// The exact body, when it is known (not for error pages).
+    body: Option<Vec<u8>>,
+    content_length: Option<u64>,
+    allow: bool,
+}
+
+/// Twenty requests of mixed methods and framings, and what each must get.
+fn mixed_batch() -> (Vec<u8>, Vec<Expect>) {
+    let mid = random_bytes(40, 40 * 1024);
+    let mut req = Vec::new();
+    let mut want = Vec::new();
+    let ok = |what: String, body: Vec<u8>| Expect {
+        what,
+        status: 200,
+        head_only: false,
+        content_length: Some(body.len() as u64),
+        body: Some(body),
+        allow: false,
+    };
+    for i in 0..20 {
+        match i % 7 {
+            0 => {
+                let f = i % 5;
+                req.extend_from_slice(
+                    format!("GET /f{f}.txt HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+                );
+                want.push(ok(format!("#{i} GET /f{f}.txt"), small_file(f)));
+            }
+            1 => {
+                req.extend_from_slice(b"HEAD /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n");
+                want.push(Expect {
+                    what: format!("#{i} HEAD /hello.txt"),
+                    status: 200,
+                    head_only: true,
+                    body: Some(Vec::new()),
+                    content_length: Some(HELLO.len() as u64),
+                    allow: false,
+                });
+            }
+            2 => {
+                req.extend_from_slice(b"GET /missing.txt HTTP/1.1\r\nHost: t\r\n\r\n");
+                want.push(Expect {
+                    what: format!("#{i} GET /missing.txt"),
+                    status: 404,
+                    head_only: false,
+                    body: None,
+                    content_length: None,
+                    allow: false,
+                });
+            }
+            3 => {
+                req.extend_from_slice(
+                    b"POST /hello.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 17\r\n\r\nGET /x HTTP/1.1\r\n",
+                );
+                want.push(Expect {
+                    what: format!("#{i} POST /hello.txt with a 17-byte body"),
+                    status: 405,
+                    head_only: false,
+                    body: None,
+                    content_length: None,
+                    allow: true,
+                });
+            }
+            4 => {
+                let f = (i + 1) % 5;
+                req.extend_from_slice(
+                    format!(
+                        "GET /f{f}.txt HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n\
+                         5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\nX-Trailer: yes\r\n\r\n"
+                    )
+                    .as_bytes(),
+                );
+                want.push(ok(
+                    format!("#{i} GET /f{f}.txt with a chunked body"),
+                    small_file(f),
+                ));
+            }
+            5 => {
+                req.extend_from_slice(b"GET /mid.bin HTTP/1.1\r\nHost: t\r\n\r\n");
+                want.push(ok(format!("#{i} GET /mid.bin"), mid.clone()));
+            }
+            _ => {
+                req.extend_from_slice(b"HEAD /mid.bin HTTP/1.1\r\nHost: t\r\n\r\n");
+                want.push(Expect {
+                    what: format!("#{i} HEAD /mid.bin"),
+                    status: 200,
+                    head_only: true,
+                    body: Some(Vec::new()),
+                    content_length: Some(mid.len() as u64),
+                    allow: false,
+                });
+            }
+        }
+    }
+    (req, want)
+}
+
+/// Sends the mixed batch in one write and checks every answer, in order; then the connection
+/// is still in step for one more request.
+fn pipeline_mixed(srv: &Server, what: &str) {
+    let (req, want) = mixed_batch();
+    let mut c = Client::connect(srv.tcp);
+    c.send(&req);
+    for w in &want {
+        let r = c.response(w.head_only).unwrap_or_else(|e| {
+            panic!(
+                "{what}: {}: no complete response: {e}\n{}",
+                w.what,
+                srv.stderr_dump()
+            )
+        });
+        assert_eq!(r.status, w.status, "{what}: {}:\n{}", w.what, r.show());
+        assert!(!r.says_close(), "{what}: {} closes:\n{}", w.what, r.head);
+        if let Some(n) = w.content_length {
+            assert_eq!(
+                r.content_length(),
+                Some(n),
+                "{what}: {}: wrong Content-Length:\n{}",
+                w.what,
+                r.head
+            );
+        }
+        if let Some(b) = &w.body {
+            assert!(
+                r.body == *b,
+                "{what}: {}: wrong body:\n{}",
+                w.what,
+                r.show()
+            );
+        }
+        if w.allow {
+            assert_eq!(
+                r.header("Allow"),
+                Some("GET, HEAD"),
+                "{what}: {}:\n{}",
+                w.what,
+                r.head
+            );
+        }
+    }
+    c.still_serves("/hello.txt", HELLO, &format!("{what}: after the batch"));
+    c.send(b"GET /f4.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let r = c.must(false, "closing request");
+    assert_eq!(r.body, small_file(4), "{what}: closing request");
+    c.closed_within(Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("{what}: after Connection: close: {e}"));
+}
+
+#[test]
+fn pipelined_mixed_requests_in_one_write() {
+    let root = Root::new("pipe");
+    let srv = serve(&root, &[]);
+    pipeline_mixed(&srv, "pipelined");
+}
+
+fn core(engine: &str, model: &str) {
+    let root = Root::new(&format!("core-{model}"));
+    let srv = serve_on(engine, &root, &["--model", model, "--threads", "2"]);
+    let what = format!("--engine {engine} --model {model} --threads 2");
+    keepalive_11(&srv, &what);
+    pipeline_mixed(&srv, &what);
+    // A few connections at once.
+    thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| pipeline_mixed(&srv, &what));
+        }
+    });
+}
+
+mod models {
+    #[test]
+    fn multi_reactor() {
+        super::core(super::ENGINE, "multi-reactor")
+    }
+    #[test]
+    fn prefork() {
+        super::core(super::ENGINE, "prefork")
+    }
+    #[test]
+    fn half_sync() {
+        super::core(super::ENGINE, "half-sync")
+    }
+    #[test]
+    fn leader_followers() {
+        super::core(super::ENGINE, "leader-followers")
+    }
+    #[test]
+    fn thread_per_conn() {
+        super::core(super::ENGINE, "thread-per-conn")
+    }
+    #[test]
+    fn process_per_conn() {
+        super::core(super::ENGINE, "process-per-conn")
+    }
+}
+
+fn core_engine(engine: &str) {
+    core(engine, "multi-reactor")
+}
+
+util::per_engine!(core_engine);
+
+// ---------------------------------------------------------------------------------------------
+// Expect: 100-continue
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn expect_100_continue() {
+    let root = Root::new("expect");
+    let srv = serve(&root, &[]);
+    let mut c = Client::connect(srv.tcp);
+    c.send(
+        b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n",
+    );
+    let r = c
+        .response_within(false, Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("no 100 Continue before the body is sent: {e}"));
+    assert_eq!(r.status, 100, "want 100 Continue first, got\n{}", r.show());
+    assert!(
+        r.head.starts_with("HTTP/1.1 100 Continue"),
+        "interim response line: {:?}",
+        r.head
+    );
+    c.send(b"0123456789");
+    let r = c.must(false, "final response after 100 Continue");
+    assert_eq!(r.status, 200, "{}", r.show());
+    assert_eq!(r.body, HELLO);
+    // The body was skipped exactly: the next request is answered.
+    c.still_serves("/f0.txt", &small_file(0), "after a 100-continue exchange");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fields on every response
+// ---------------------------------------------------------------------------------------------
+
+const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// IMF-fixdate (RFC 9110 5.6.7): `Sun, 06 Nov 1994 08:49:37 GMT`, and close to now.
+fn check_imf_fixdate(v: &str) -> Result<(), String> {
+    let b = v.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    let shape = b.len() == 29
+        && v.is_ascii()
+        && DAYS.contains(&&v[0..3])
+        && &v[3..5] == ", "
+        && digits(5..7)
+        && b[7] == b' '
+        && MONTHS.contains(&&v[8..11])
+        && b[11] == b' '
+        && digits(12..16)
+        && b[16] == b' '
+        && digits(17..19)
+        && b[19] == b':'
+        && digits(20..22)
+        && b[22] == b':'
+        && digits(23..25)
+        && &v[25..] == " GMT";
+    if !shape {
+        return Err(format!("Date {v:?} is not an IMF-fixdate"));
+    }
+    let t = httpdate::parse_http_date(v).map_err(|e| format!("Date {v:?}: {e}"))?;
+    let now = SystemTime::now();
+    let skew = match now.duration_since(t) {
+        Ok(d) => d,
+        Err(e) => e.duration(),
+    };
+    if skew > Duration::from_secs(5) {
+        return Err(format!("Date {v:?} is {skew:?} away from now"));
+    }
+    Ok(())
+}
+
+#[test]
+fn every_response_has_date_server_and_content_length() {
+    let root = Root::new("fields");
+    let srv = serve(&root, &[]);
+    let mid = random_bytes(40, 40 * 1024);
+    let mut c = Client::connect(srv.tcp);
+    // (request, head_only, status, exact body if known)
+    let cases: Vec<(&str, bool, u16, Option<&[u8]>)> = vec![
+        (
+            "GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n",
+            false,
+            200,
+            Some(HELLO),
+        ),
+        (
+            "GET /mid.bin HTTP/1.1\r\nHost: t\r\n\r\n",
+            false,
+            200,
+            Some(&mid),
+        ),
+        ("HEAD /mid.bin HTTP/1.1\r\nHost: t\r\n\r\n", true, 200, None),
+        (
+            "GET /mid.bin HTTP/1.1\r\nHost: t\r\nRange: bytes=100-199\r\n\r\n",
+            false,
+            206,
+            Some(&mid[100..200]),
+        ),
+        (
+            "GET /hello.txt HTTP/1.1\r\nHost: t\r\nRange: bytes=0-4\r\n\r\n",
+            false,
+            206,
+            Some(&HELLO[..5]),
+        ),
+        (
+            "GET /hello.txt HTTP/1.1\r\nHost: t\r\nRange: bytes=500-600\r\n\r\n",
+            false,
+            416,
+            None,
+        ),
+        (
+            "GET /nothing-here HTTP/1.1\r\nHost: t\r\n\r\n",
+            false,
+            404,
+            None,
+        ),
+        (
+            "HEAD /nothing-here HTTP/1.1\r\nHost: t\r\n\r\n",
+            true,
+            404,
+            None,
+        ),
+        (
+            "DELETE /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n",
+            false,
+            405,
+            None,
+        ),
+        ("GET /docs HTTP/1.1\r\nHost: t\r\n\r\n", false, 301, None),
+        (
+            "GET /docs/ HTTP/1.1\r\nHost: t\r\n\r\n",
+            false,
+            200,
+            Some(b"<p>docs</p>\n"),
+        ),
+        (
+            "GET /hello.txt HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+            false,
+            200,
+            Some(HELLO),
+        ),
+        // Last: a refusal, which closes.
+        ("GET /hello.txt HTTP/1.1\r\n\r\n", false, 400, None),
+    ];
+    for (req, head_only, status, body) in cases {
+        c.send(req.as_bytes());
+        let what = req.split("\r\n").next().unwrap().to_string();
+        let r = c
+            .response(head_only)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(r.status, status, "{what}:\n{}", r.show());
+        let dates = r.all("Date");
+        assert_eq!(dates.len(), 1, "{what}: want one Date:\n{}", r.head);
+        if let Err(e) = check_imf_fixdate(dates[0]) {
+            panic!("{what}: {e}");
+        }
+        let server = r.all("Server");
+        assert!(
+            server.len() == 1 && !server[0].is_empty(),
+            "{what}: want one non-empty Server:\n{}",
+            r.head
+        );
+        // The reader already required exactly one Content-Length and read that many bytes;
+        // for HEAD the length is checked against the GET's.
+        assert!(
+            r.content_length().is_some(),
+            "{what}: no Content-Length:\n{}",
+            r.head
+        );
+        if head_only && status == 200 {
+            assert_eq!(
+                r.content_length(),
+                Some(mid.len() as u64),
+                "{what}:\n{}",
+                r.head
+            );
+        }
+        if let Some(b) = body {
+            assert!(r.body == b, "{what}: wrong body:\n{}", r.show());
+        }
+    }
+    // Nothing beyond the announced lengths: the last answer closes and no byte is left over.
+    c.closed_within(Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("after the final 400: {e}"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timeouts
+// ---------------------------------------------------------------------------------------------
+
+/// Waits (up to `limit`) for the only answer on `c` to be 408 with Connection: close, then for
+/// the close; returns how long after `since` the 408 came.
+fn expect_408(c: &mut Client, since: Instant, limit: Duration, what: &str) -> Duration {
+    let r = c
+        .response_within(false, limit)
+        .unwrap_or_else(|e| panic!("{what}: no 408 within {limit:?}: {e}"));
+    let took = since.elapsed();
+    if r.status != 408 {
+        let next = match c.response_within(false, limit) {
+            Ok(n) => format!(
+                "then, {:?} after the request, a second response to it:\n{}",
+                since.elapsed(),
+                n.show()
+            ),
+            Err(e) => format!("then: {e}"),
+        };
+        panic!(
+            "{what}: want 408 as the only answer, got\n{}\n{next}",
+            r.show()
+        );
+    }
+    assert_eq!(
+        r.status,
+        408,
+        "{what}: want 408 as the only answer, got\n{}",
+        r.show()
+    );
+    assert!(
+        r.says_close(),
+        "{what}: 408 without Connection: close:\n{}",
+        r.head
+    );
+    c.closed_within(Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("{what}: after the 408: {e}"));
+    took
+}
+
+#[test]
+fn header_timeout_408() {
+    let root = Root::new("htmo");
+    let srv = serve(&root, &["--header-timeout", "1"]);
+    let mut c = Client::connect(srv.tcp);
+    let t0 = Instant::now();
+    c.send(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nX-Half: ");
+    let took = expect_408(
+        &mut c,
+        t0,
+        Duration::from_secs(3),
+        "half a head, --header-timeout 1",
+    );
+    assert!(
+        took >= Duration::from_millis(700),
+        "408 after only {took:?} with --header-timeout 1"
+    );
+}
+
+#[test]
+fn body_timeout_408() {
+    let root = Root::new("btmo");
+    let srv = serve(&root, &["--body-timeout", "1"]);
+    let mut c = Client::connect(srv.tcp);
+    let t0 = Instant::now();
+    c.send(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789");
+    let took = expect_408(
+        &mut c,
+        t0,
+        Duration::from_secs(3),
+        "Content-Length 100 with 10 bytes sent, --body-timeout 1",
+    );
+    assert!(
+        took >= Duration::from_millis(700),
+        "408 after only {took:?} with --body-timeout 1"
+    );
+}
+
+#[test]
+fn keepalive_timeout_closes_idle_connection() {
+    let root = Root::new("katmo");
+    let srv = serve(&root, &["--keepalive-timeout", "1"]);
+    let mut c = Client::connect(srv.tcp);
+    c.still_serves("/hello.txt", HELLO, "before going idle");
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(3);
+    // Closing an idle connection needs no answer; a 408 before the close is tolerated.
+    let mut extra = Vec::new();
+    let closed = loop {
+        match c.fill(deadline) {
+            Ok(0) => break true,
+            Ok(_) => extra.append(&mut c.buf),
+            Err(e) if e.contains("timed out") => break false,
+            Err(_) => break true,
+        }
+    };
+    let took = t0.elapsed();
+    assert!(
+        closed,
+        "idle keep-alive connection still open after 3 s (--keepalive-timeout 1)"
+    );
+    assert!(
+        took >= Duration::from_millis(700),
+        "idle connection closed after only {took:?} with --keepalive-timeout 1"
+    );
+    assert!(
+        extra.is_empty() || extra.starts_with(b"HTTP/1.1 408 "),
+        "idle close sent {}",
+        lossy(&extra)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slowloris
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn slowloris_does_not_starve_a_normal_client() {
+    util::raise_own_nofile();
+    let root = Root::new("slowloris");
+    let srv = serve(&root, &["--header-timeout", "2", "--threads", "1"]);
+    const N: usize = 500;
+
+    let t_open = Instant::now();
+    let mut slow = Vec::with_capacity(N);
+    for i in 0..N {
+        let s =
+            util::try_connect(srv.tcp).unwrap_or_else(|e| panic!("slowloris connection {i}: {e}"));
+        s.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+        (&s).write_all(b"GET / HTTP/1.1\r\n")
+            .unwrap_or_else(|e| panic!("slowloris connection {i}: first line: {e}"));
+        slow.push(s);
+    }
+    let opened = t_open.elapsed();
+    let slow = Arc::new(slow);
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // One header byte per connection every 500 ms, never finishing the head.
+    let writer = {
+        let slow = Arc::clone(&slow);
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            let mut alive = vec![true; slow.len()];
+            let deadline = Instant::now() + Duration::from_secs(8);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                for (s, a) in slow.iter().zip(alive.iter_mut()) {
+                    if *a && (&*s).write_all(b"a").is_err() {
+                        *a = false;
+                    }
+                }
+                // Sleep 500 ms in small steps so that stop is seen promptly.
+                let until = Instant::now() + Duration::from_millis(500);
+                while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                    thread::sleep(Duration::from_millis(20));
+                }
+            }
+        })
+    };
+
+    // Meanwhile, a normal client: 20 requests, each on a new connection, each answered in 1 s.
+    let mut slowest = Duration::ZERO;
+    for i in 0..20 {
+        let t = Instant::now();
+        let mut c = Client::connect(srv.tcp);
+        c.send(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n");
+        let r = c
+            .response_within(false, Duration::from_secs(1))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "normal request {i} among {N} slowloris connections: not answered within 1 s: {e}"
+                )
+            });
+        let took = t.elapsed();
+        assert_eq!(r.status, 200, "normal request {i}: {}", r.show());
+        assert_eq!(r.body, HELLO);
+        assert!(
+            took <= Duration::from_secs(1),
+            "normal request {i} took {took:?}"
+        );
+        slowest = slowest.max(took);
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    // About 3 s after they began (header timeout 2 s), every slowloris connection has been
+    // answered 408 or closed. Allow for the time it took to open them all.
+    let check_at = t_open + opened + Duration::from_secs(3);
+    if let Some(d) = check_at.checked_duration_since(Instant::now()) {
+        thread::sleep(d);
+    }
+    stop.store(true, Ordering::SeqCst);
+    writer.join().expect("slowloris writer panicked");
+    let deadline = Instant::now() + Duration::from_millis(500);
+    let mut open = Vec::new();
+    let mut odd = Vec::new();
+    for (i, s) in slow.iter().enumerate() {
+        let mut got = Vec::new();
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(5));
+        s.set_read_timeout(Some(left)).unwrap();
+        let mut buf = [0u8; 4096];
+        let end = loop {
+            match (&*s).read(&mut buf) {
+                Ok(0) => break "eof",
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if util::is_timeout(&e) => break "open",
+                Err(_) => break "reset",
+            }
+        };
+        if !got.is_empty() && !got.starts_with(b"HTTP/1.1 408 ") {
+            odd.push((i, lossy(&got)));
+        }
+        // An answered 408 whose close has not reached us yet is acceptable only if the
+        // answer itself is there.
+        if end == "open" && got.is_empty() {
+            open.push(i);
+        }
+    }
+    assert!(
+        odd.is_empty(),
+        "slowloris connections answered with something other than 408: {:?}",
+        &odd[..odd.len().min(5)]
+    );
+    assert!(
+        open.is_empty(),
+        "{} of {N} slowloris connections neither answered 408 nor closed ~3 s after they \
+         started (--header-timeout 2; opening them took {opened:?}); first: {:?}",
+        open.len(),
+        &open[..open.len().min(10)]
+    );
+    eprintln!("slowloris: opened {N} in {opened:?}; slowest normal request {slowest:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slow readers and partial writes
+// ---------------------------------------------------------------------------------------------
+
+/// FNV-1a, 64 bits: enough to compare downloads in a failure message.
+fn fnv1a(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[test]
+fn small_receive_buffer_slow_download() {
+    let root = Root::new("rcvbuf");
+    let big = random_bytes(4, 4 << 20);
+    root.write("big.bin", &big);
+    let srv = serve(&root, &[]);
+
+    let sock = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .expect("socket");
+    sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    sock.connect_timeout(&srv.tcp.into(), Duration::from_secs(5))
+        .expect("connect");
+    let s: TcpStream = sock.into();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut c = Client::from_stream(s);
+    c.chunk = 4096;
+    c.pause = Duration::from_micros(500);
+    c.send(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n");
+    let t = Instant::now();
+    let r = c
+        .response_within(false, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("4 MiB through a 4 KiB receive buffer: {e}"));
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(r.content_length(), Some(big.len() as u64), "{}", r.head);
+    assert_eq!(
+        fnv1a(&r.body),
+        fnv1a(&big),
+        "4 MiB download differs (got {} bytes)",
+        r.body.len()
+    );
+    assert!(r.body == big);
+    // Still in step afterwards.
+    c.pause = Duration::ZERO;
+    c.still_serves("/hello.txt", HELLO, "after the slow 4 MiB download");
+    eprintln!("4 MiB through SO_RCVBUF 4096 in {:?}", t.elapsed());
+}
+
+#[test]
+fn fifty_pipelined_64k_responses_read_slowly() {
+    let root = Root::new("pipe64k");
+    let file = random_bytes(64, 64 * 1024);
+    root.write("64k.bin", &file);
+    let srv = serve(&root, &[]);
+    let mut c = Client::connect(srv.tcp);
+    let mut req = Vec::new();
+    for _ in 0..50 {
+        req.extend_from_slice(b"GET /64k.bin HTTP/1.1\r\nHost: t\r\n\r\n");
+    }
+    c.send(&req);
+    c.chunk = 8192;
+    c.pause = Duration::from_millis(1);
+    let want = fnv1a(&file);
+    for i in 0..50 {
+        let r = c
+            .response_within(false, Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("pipelined 64 KiB response {i} of 50: {e}"));
+        assert_eq!(r.status, 200, "response {i}: {}", r.head);
+        assert_eq!(r.body.len(), file.len(), "response {i}");
+        assert_eq!(fnv1a(&r.body), want, "response {i}: body differs");
+    }
+    c.pause = Duration::ZERO;
+    c.still_serves("/hello.txt", HELLO, "after 50 pipelined 64 KiB responses");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A 1 GiB sparse file
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn one_gib_sparse_file() {
+    const SIZE: u64 = 1 << 30;
+    let root = Root::new("sparse");
+    let path = root.dir.join("sparse.bin");
+    let markers: [(u64, &[u8]); 5] = [
+        (0, b"KEEL-START"),
+        (4095, b"page-edge"),
+        ((1 << 20) + 3, b"one-mib"),
+        ((1 << 29) + 17, b"half-gib"),
+        (SIZE - 8, b"KEEL-END"),
+    ];
+    {
+        let mut f = fs::File::create(&path).expect("create sparse file");
+        for (off, m) in markers {
+            f.seek(SeekFrom::Start(off)).unwrap();
+            f.write_all(m).unwrap();
+        }
+        f.set_len(SIZE).expect("set_len");
+    }
+    /// Removes the sparse file even if the test fails (the root goes too, but be explicit).
+    struct Unlink(PathBuf);
+    impl Drop for Unlink {
+        fn drop(&mut self) {
+            let _ = fs::remove_file(&self.0);
+        }
+    }
+    let _unlink = Unlink(path.clone());
+
+    let srv = serve(&root, &[]);
+    let mut c = Client::connect(srv.tcp);
+    c.send(b"GET /sparse.bin HTTP/1.1\r\nHost: t\r\n\r\n");
+    let t = Instant::now();
+    let deadline = t + Duration::from_secs(120);
+    let r = c
+        .head_before(deadline)
+        .unwrap_or_else(|e| panic!("1 GiB file: {e}"));
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(r.content_length(), Some(SIZE), "{}", r.head);
+
+    // Expected byte at `pos`: a marker byte or zero.
+    let expected = |pos: u64| -> u8 {
+        for (off, m) in markers {
+            if pos >= off && pos < off + m.len() as u64 {
+                return m[(pos - off) as usize];
+            }
+        }
+        0
+    };
+    let touches_marker = |start: u64, end: u64| {
+        markers
+            .iter()
+            .any(|(off, m)| start < off + m.len() as u64 && *off < end)
+    };
+    let mut pos: u64 = 0;
+    let check = |chunk: &[u8], pos: &mut u64| {
+        let start = *pos;
+        let end = start + chunk.len() as u64;
+        if touches_marker(start, end) {
+            for (i, &b) in chunk.iter().enumerate() {
+                let p = start + i as u64;
+                assert_eq!(b, expected(p), "1 GiB file: byte {p} differs");
+            }
+        } else if let Some(i) = chunk.iter().position(|&b| b != 0) {
+            panic!(
+                "1 GiB file: byte {} is {:#04x}, want 0",
+                start + i as u64,
+                chunk[i]
+            );
+        }
+        *pos = end;
+    };
+    let leftover = std::mem::take(&mut c.buf);
+    let take = leftover.len().min(SIZE as usize);
+    check(&leftover[..take], &mut pos);
+    assert!(leftover.len() as u64 <= SIZE, "bytes beyond the 1 GiB body");
+    c.s.set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    while pos < SIZE {
+        if Instant::now() > deadline {
+            panic!("1 GiB file: only {pos} bytes after 120 s");
+        }
+        let want = ((SIZE - pos) as usize).min(buf.len());
+        match c.s.read(&mut buf[..want]) {
+            Ok(0) => panic!("1 GiB file: EOF after {pos} bytes"),
+            Ok(n) => check(&buf[..n], &mut pos),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!("1 GiB file: read error after {pos} bytes: {e}"),
+        }
+    }
+    assert_eq!(pos, SIZE);
+    let took = t.elapsed();
+    c.still_serves("/hello.txt", HELLO, "after the 1 GiB download");
+    eprintln!("1 GiB sparse file in {took:?}");
+}
