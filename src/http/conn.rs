@@ -21,13 +21,15 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::access_log::{self, Exchange};
 use super::autoindex;
 use super::body::BodyDecoder;
 use super::conditional::{self, Condition};
+use super::date;
 use super::files::{self, Entry, Found};
-use super::parse::{parse_head, BodyKind, Head, HeadResult, HttpError, Method, Version};
+use super::parse::{parse_head, Head, HeadResult, Method, Version};
 use super::path::{is_hidden, normalize_target, PathError};
 use super::range::{parse_range, RangeOutcome};
 use super::response::{
@@ -46,10 +48,23 @@ const TAG_BODY: u64 = 2;
 enum State {
     /// Waiting for (the rest of) a request head.
     Head,
-    /// Skipping the body of a request already answered.
-    Body(BodyDecoder),
+    /// Reading (and dropping) a request's body; its answer leaves once the body is complete,
+    /// so a body that turns out bad gets only the error, never two answers.
+    Body(BodyDecoder, Box<Answer>),
     /// A final response is queued; the connection closes once it is out.
     Closed,
+}
+
+/// A decided response: its bytes are in the batch (or held here while the body arrives).
+struct Answer {
+    status: u16,
+    persistence: Persistence,
+    /// Head (and small body) bytes, when held back.
+    bytes: Vec<u8>,
+    /// A body that leaves with sendfile, after `bytes`.
+    file: Option<FileRange>,
+    /// The access log line, written when the answer leaves.
+    log: Option<Vec<u8>>,
 }
 
 pub struct HttpConn {
@@ -77,21 +92,29 @@ impl HttpConn {
         }
     }
 
-    fn process(&mut self, cx: &mut Ctx<'_>, input: &mut Buffer, out: &mut Vec<u8>) {
+    fn process(&mut self, cx: &mut Ctx<'_>, input: &mut Buffer, out: &mut Vec<u8>, now: Instant) {
         loop {
             match &mut self.state {
                 State::Closed => {
                     input.clear();
                     return;
                 }
-                State::Body(decoder) => match decoder.feed(input.as_slice()) {
+                State::Body(decoder, _) => match decoder.feed(input.as_slice()) {
                     Ok(p) => {
                         input.consume(p.consumed);
-                        if p.done {
-                            cx.cancel_timer(TAG_BODY);
-                            self.state = State::Head;
-                        } else {
+                        if !p.done {
                             cx.set_timer(self.site.settings.body_timeout, TAG_BODY);
+                            return;
+                        }
+                        cx.cancel_timer(TAG_BODY);
+                        let State::Body(_, answer) =
+                            std::mem::replace(&mut self.state, State::Head)
+                        else {
+                            unreachable!("matched above")
+                        };
+                        out.extend_from_slice(&answer.bytes);
+                        if !self.emit(cx, out, *answer) {
+                            input.clear();
                             return;
                         }
                     }
@@ -109,8 +132,8 @@ impl HttpConn {
                         cx.pause_read();
                         return;
                     }
-                    let (len, body) = match parse_head(input.as_slice(), &self.site.settings.limits)
-                    {
+                    let limits = &self.site.settings.limits;
+                    let (head, len) = match parse_head(input.as_slice(), limits) {
                         Ok(HeadResult::Partial) => {
                             if !self.head_timer {
                                 self.head_timer = true;
@@ -122,41 +145,62 @@ impl HttpConn {
                             self.fail(cx, out, e.status, input);
                             return;
                         }
-                        Ok(HeadResult::Complete { head, len }) => {
-                            if self.head_timer {
-                                self.head_timer = false;
-                                cx.cancel_timer(TAG_HEAD);
-                            }
-                            let body = match BodyDecoder::new(
-                                head.body,
-                                self.site.settings.limits.max_body,
-                            ) {
-                                Ok(d) => d,
-                                Err(e) => {
-                                    self.fail(cx, out, e.status, input);
-                                    return;
-                                }
-                            };
-                            let persistence = self.respond(cx, &head, out);
-                            if !persistence.keeps_alive() {
-                                self.state = State::Closed;
-                            } else if head.body != BodyKind::None {
-                                self.state = State::Body(body);
-                            }
-                            (len, head.body)
+                        Ok(HeadResult::Complete { head, len }) => (head, len),
+                    };
+                    if self.head_timer {
+                        self.head_timer = false;
+                        cx.cancel_timer(TAG_HEAD);
+                    }
+                    let decoder = match BodyDecoder::new(head.body, limits.max_body) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            self.fail(cx, out, e.status, input);
+                            return;
                         }
                     };
-                    input.consume(len);
-                    if matches!(self.state, State::Closed) {
-                        input.clear();
-                        flush(cx, out);
-                        cx.close();
-                        return;
+                    if decoder.is_done() {
+                        let answer = self.respond(cx, &head, out, now);
+                        input.consume(len);
+                        if !self.emit(cx, out, answer) {
+                            input.clear();
+                            return;
+                        }
+                    } else {
+                        if head.expect_continue {
+                            // The client waits for this before it sends the body.
+                            out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                            cx.note(Note::Response(100));
+                        }
+                        let start = out.len();
+                        let mut answer = self.respond(cx, &head, out, now);
+                        answer.bytes = out.split_off(start);
+                        input.consume(len);
+                        self.state = State::Body(decoder, Box::new(answer));
                     }
-                    let _ = body;
                 }
             }
         }
+    }
+
+    /// An answer leaves: counted, logged, its file queued behind the batch. False when it
+    /// ends the connection (which is then closing).
+    fn emit(&mut self, cx: &mut Ctx<'_>, out: &mut Vec<u8>, answer: Answer) -> bool {
+        cx.note(Note::Response(answer.status));
+        if let (Some(log), Some(line)) = (&self.site.access_log, &answer.log) {
+            log.write_line(line);
+        }
+        if let Some(range) = answer.file {
+            // The batch so far becomes the head of a sendfile.
+            cx.send_file(out, range);
+            out.clear();
+        }
+        if answer.persistence.keeps_alive() {
+            return true;
+        }
+        self.state = State::Closed;
+        flush(cx, out);
+        cx.close();
+        false
     }
 
     /// Answers `status` and closes: the request cannot be framed (or must not be served), so
@@ -170,9 +214,15 @@ impl HttpConn {
         cx.close();
     }
 
-    /// Appends the response to `head` (or sends it, for a file body). Returns whether the
-    /// connection stays open after it.
-    fn respond(&mut self, cx: &mut Ctx<'_>, head: &Head<'_>, out: &mut Vec<u8>) -> Persistence {
+    /// Decides the response to `head` and appends its bytes to `out` (a file body is returned
+    /// in the answer, to be sent after them).
+    fn respond(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        head: &Head<'_>,
+        out: &mut Vec<u8>,
+        now: Instant,
+    ) -> Answer {
         self.served += 1;
         let persistence =
             if !head.keep_alive || self.served >= self.site.settings.keepalive_requests {
@@ -182,17 +232,8 @@ impl HttpConn {
             } else {
                 Persistence::KeepAlive11
             };
-        if head.expect_continue && head.body != BodyKind::None {
-            // The final answer follows at once; the body that the client then sends is read
-            // and dropped (RFC 9110 10.1.1 lets a server answer before the body).
-            out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-            cx.note(Note::Response(100));
-        }
-        let start = out.len();
-        let (status, body_bytes) = self.answer(cx, head, out, persistence);
-        cx.note(Note::Response(status));
-        if let Some(log) = &self.site.access_log {
-            let _ = start;
+        let (status, body_bytes, file) = self.answer(head, out, persistence, now);
+        let log = self.site.access_log.as_ref().map(|_| {
             let mut line = Vec::with_capacity(200);
             access_log::format_line(
                 &Exchange {
@@ -210,51 +251,69 @@ impl HttpConn {
                 },
                 &mut line,
             );
-            log.write_line(&line);
+            line
+        });
+        Answer {
+            status,
+            persistence,
+            bytes: Vec::new(),
+            file,
+            log,
         }
-        persistence
     }
 
-    /// The response itself: (status, body bytes).
+    /// The response itself: (status, body bytes, a body to send from the file).
     fn answer(
         &mut self,
-        cx: &mut Ctx<'_>,
         head: &Head<'_>,
         out: &mut Vec<u8>,
         p: Persistence,
-    ) -> (u16, u64) {
+        now: Instant,
+    ) -> (u16, u64, Option<FileRange>) {
         let head_only = head.method == Method::Head;
         let error = |out: &mut Vec<u8>, status: u16| {
             push_error(out, status, p, head_only);
-            (status, 0)
+            (status, 0, None)
         };
         if !matches!(head.method, Method::Get | Method::Head) {
             return error(out, 405);
         }
-        let path = match normalize_target(head.target) {
-            Ok(path) => path,
-            Err(e) => return error(out, e.status()),
-        };
         let settings = &self.site.settings;
-        if !settings.serve_hidden && is_hidden(&path) {
-            return error(out, 403);
-        }
+        let normalized;
+        let path: &str = match plain_path(head.target) {
+            Some(p) => p,
+            None => {
+                normalized = match normalize_target(head.target) {
+                    Ok(path) => path,
+                    Err(e) => return error(out, e.status()),
+                };
+                if !settings.serve_hidden && is_hidden(&normalized) {
+                    return error(out, 403);
+                }
+                &normalized
+            }
+        };
         if self.site.root.is_none() {
             return if path == "/" || path == "/index.html" {
-                welcome(out, p, head_only)
+                with_no_file(welcome(out, p, head_only))
             } else {
                 error(out, 404)
             };
         }
         if path.ends_with('/') {
             let index = format!("{path}index.html");
-            return match files::lookup(&self.site, &index) {
-                Ok(Found::File(entry)) => self.serve_file(cx, head, &entry, out, p),
+            return match files::lookup(&self.site, &index, now) {
+                Ok(Found::File(entry)) => self.serve_file(head, &entry, out, p),
                 Ok(Found::Dir(_)) => error(out, 403),
-                Err(PathError::NotFound) => match files::lookup(&self.site, &path) {
-                    Ok(Found::Dir(dir)) if settings.autoindex => {
-                        listing(&dir, &path, settings.serve_hidden, out, p, head_only)
-                    }
+                Err(PathError::NotFound) => match files::lookup(&self.site, path, now) {
+                    Ok(Found::Dir(dir)) if settings.autoindex => with_no_file(listing(
+                        &dir,
+                        path,
+                        settings.serve_hidden,
+                        out,
+                        p,
+                        head_only,
+                    )),
                     Ok(Found::Dir(_)) => error(out, 403),
                     Ok(Found::File(_)) => error(out, 404),
                     Err(e) => error(out, e.status()),
@@ -262,17 +321,17 @@ impl HttpConn {
                 Err(e) => error(out, e.status()),
             };
         }
-        match files::lookup(&self.site, &path) {
-            Ok(Found::File(entry)) => self.serve_file(cx, head, &entry, out, p),
+        match files::lookup(&self.site, path, now) {
+            Ok(Found::File(entry)) => self.serve_file(head, &entry, out, p),
             Ok(Found::Dir(_)) => {
                 // "/docs" names a directory: its pages' relative links need "/docs/".
                 push_status(out, 301);
-                let mut location = path.into_bytes();
+                let mut location = path.as_bytes().to_vec();
                 location.push(b'/');
                 push_header(out, b"Location", &location);
                 push_content_length(out, 0);
                 push_end(out, p);
-                (301, 0)
+                (301, 0, None)
             }
             Err(e) => error(out, e.status()),
         }
@@ -280,12 +339,11 @@ impl HttpConn {
 
     fn serve_file(
         &mut self,
-        cx: &mut Ctx<'_>,
         head: &Head<'_>,
         entry: &Entry,
         out: &mut Vec<u8>,
         p: Persistence,
-    ) -> (u16, u64) {
+    ) -> (u16, u64, Option<FileRange>) {
         let head_only = head.method == Method::Head;
         // gzip_static: the precompressed sibling, when the client takes gzip.
         let (e, gzip) = match (&entry.gzip, head.accept_gzip) {
@@ -303,7 +361,7 @@ impl HttpConn {
                 out.extend_from_slice(b"Vary: Accept-Encoding\r\n");
             }
             push_end(out, p);
-            return (304, 0);
+            return (304, 0, None);
         }
         let mut range = None;
         if let Some(r) = head.range {
@@ -321,7 +379,7 @@ impl HttpConn {
                         push_header(out, b"Content-Range", &v);
                         push_content_length(out, 0);
                         push_end(out, p);
-                        return (416, 0);
+                        return (416, 0, None);
                     }
                 }
             }
@@ -359,24 +417,43 @@ impl HttpConn {
         }
         push_end(out, p);
         if head_only || len == 0 {
-            return (status, 0);
+            return (status, 0, None);
         }
         match &e.body {
-            Some(body) => out.extend_from_slice(&body[offset as usize..(offset + len) as usize]),
-            None => {
-                // The batch so far becomes the head of a sendfile.
-                cx.send_file(
-                    out,
-                    FileRange {
-                        file: e.file.clone(),
-                        offset,
-                        len,
-                    },
-                );
-                out.clear();
+            Some(body) => {
+                out.extend_from_slice(&body[offset as usize..(offset + len) as usize]);
+                (status, len, None)
             }
+            None => (
+                status,
+                len,
+                Some(FileRange {
+                    file: e.file.clone(),
+                    offset,
+                    len,
+                }),
+            ),
         }
-        (status, len)
+    }
+}
+
+fn with_no_file((status, bytes): (u16, u64)) -> (u16, u64, Option<FileRange>) {
+    (status, bytes, None)
+}
+
+/// The target itself when it is already a clean path: only unreserved characters and '/',
+/// no empty, "." or ".." segment, no segment starting with '.', no query. Most requests are
+/// like that and skip decoding, normalizing and allocating; anything else takes the full way.
+fn plain_path(target: &[u8]) -> Option<&str> {
+    let ok = target.first() == Some(&b'/')
+        && target
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~'))
+        && !target.windows(2).any(|w| w == b"//" || w == b"/.");
+    if ok {
+        std::str::from_utf8(target).ok()
+    } else {
+        None
     }
 }
 
@@ -393,6 +470,9 @@ impl Handler for HttpConn {
     }
 
     fn on_data(&mut self, cx: &mut Ctx<'_>, input: &mut Buffer) {
+        // One clock reading for the whole batch (Date lines, cache freshness).
+        let now = Instant::now();
+        date::set_batch_time(Some(now));
         OUT.with(|cell| {
             // Re-entrance cannot happen (a loop never calls a handler from inside another),
             // but a missing buffer must not panic: use a fresh one then.
@@ -400,7 +480,7 @@ impl Handler for HttpConn {
                 .try_borrow_mut()
                 .map(|mut o| std::mem::take(&mut *o))
                 .unwrap_or_default();
-            self.process(cx, input, &mut out);
+            self.process(cx, input, &mut out, now);
             flush(cx, &mut out);
             if let Ok(mut o) = cell.try_borrow_mut() {
                 if out.capacity() <= 1 << 20 {
@@ -408,6 +488,7 @@ impl Handler for HttpConn {
                 }
             }
         });
+        date::set_batch_time(None);
     }
 
     fn on_drained(&mut self, cx: &mut Ctx<'_>) {
@@ -429,7 +510,7 @@ impl Handler for HttpConn {
                 cx.note(Note::HeaderTimeout);
                 408
             }
-            (TAG_BODY, State::Body(_)) => {
+            (TAG_BODY, State::Body(..)) => {
                 cx.note(Note::BodyTimeout);
                 408
             }
@@ -483,9 +564,4 @@ fn listing(
     }
     out.extend_from_slice(page.as_bytes());
     (200, page.len() as u64)
-}
-
-#[allow(dead_code)]
-fn _assert_error_type(e: HttpError) -> u16 {
-    e.status
 }
