@@ -240,8 +240,8 @@ fn duplicate_key_is_a_syntax_error_naming_the_key() {
 fn unknown_section() {
     assert_errors(
         "unknown-section",
-        "[echo]\nthreads = 1\n\n[http]\nlisten = \"127.0.0.1:80\"\n",
-        &["4: key `http`: unknown section; expected one of echo, discard"],
+        "[echo]\nthreads = 1\n\n[htttp]\nlisten = \"127.0.0.1:80\"\n",
+        &["4: key `htttp`: unknown section; expected one of echo, discard, http"],
     );
 }
 
@@ -250,7 +250,7 @@ fn key_outside_any_section() {
     assert_errors(
         "top-level-key",
         "# global\nlisten = \"127.0.0.1:80\"\n",
-        &["2: key `listen`: keys belong in a server's section; expected one of [echo], [discard]"],
+        &["2: key `listen`: keys belong in a server's section; expected one of [echo], [discard], [http]"],
     );
 }
 
@@ -276,7 +276,7 @@ fn unknown_key_lists_the_valid_ones() {
         &[
             "3: key `echo.idle_timout`: unknown key; expected one of listen, engine, model, \
            threads, accept, idle_timeout, linger_timeout, drain_timeout, max_conns, backlog, \
-           reuseport, work_ms, keepalive, pid_file, rlimit_nofile, daemon, user, group",
+           reuseport, work_ms, keepalive, pid_file, rlimit_nofile, daemon, user, group, admin, log_target, log_file, log_filter",
         ],
     );
     // discard's list leaves work_ms out.
@@ -286,7 +286,7 @@ fn unknown_key_lists_the_valid_ones() {
         &[
             "2: key `discard.port`: unknown key; expected one of listen, engine, model, threads, \
            accept, idle_timeout, linger_timeout, drain_timeout, max_conns, backlog, reuseport, \
-           keepalive, pid_file, rlimit_nofile, daemon, user, group",
+           keepalive, pid_file, rlimit_nofile, daemon, user, group, admin, log_target, log_file, log_filter",
         ],
     );
     assert_errors(
@@ -504,22 +504,22 @@ aaa = 2
 work_ms = 1
 listen = "0.0.0.0:99999"
 
-[http]
+[https]
 "#,
         &[
             "2: key `echo.threads`: expected an integer of at least 1, got 0",
             "3: key `echo.engine`: expected one of select, poll, epoll-lt, epoll-et, got \"fast\"",
             "4: key `echo.zzz`: unknown key; expected one of listen, engine, model, threads, \
              accept, idle_timeout, linger_timeout, drain_timeout, max_conns, backlog, reuseport, \
-             work_ms, keepalive, pid_file, rlimit_nofile, daemon, user, group",
+             work_ms, keepalive, pid_file, rlimit_nofile, daemon, user, group, admin, log_target, log_file, log_filter",
             "5: key `echo.aaa`: unknown key; expected one of listen, engine, model, threads, \
              accept, idle_timeout, linger_timeout, drain_timeout, max_conns, backlog, reuseport, \
-             work_ms, keepalive, pid_file, rlimit_nofile, daemon, user, group",
+             work_ms, keepalive, pid_file, rlimit_nofile, daemon, user, group, admin, log_target, log_file, log_filter",
             "8: key `discard.work_ms`: only [echo] takes work_ms; discard has no handler work to \
              delay",
             "9: key `discard.listen`: port 99999 out of range: expected a port from 0 to 65535, \
              got \"0.0.0.0:99999\"",
-            "11: key `http`: unknown section; expected one of echo, discard",
+            "11: key `https`: unknown section; expected one of echo, discard, http",
         ],
     );
 }
@@ -918,4 +918,74 @@ fn daemon_user_group_are_checked() {
     assert_eq!(echo.daemon, Some(true));
     assert_eq!(echo.user.as_deref(), Some("nobody"));
     assert_eq!(echo.group.as_deref(), Some("nogroup"));
+}
+
+#[test]
+fn http_section_keys_are_checked() {
+    assert_errors(
+        "http-keys",
+        r#"[http]
+root = 17
+max_body = -1
+access_log = ""
+keepalive_requests = 0
+log_target = "journal"
+log_filter = "info,keel=loudest"
+autoindex = "yes"
+work_ms = 3
+"#,
+        &[
+            "2: key `http.root`: expected a file path, got integer 17",
+            "3: key `http.max_body`: expected a number of bytes from 0 to 2^53, got -1",
+            "4: key `http.access_log`: expected a file path, got an empty string",
+            "5: key `http.keepalive_requests`: expected an integer of at least 1, got 0",
+            "6: key `http.log_target`: expected one of stderr, file, syslog, got \"journal\"",
+            "7: key `http.log_filter`: invalid log filter \"info,keel=loudest\": error parsing level \
+             filter: expected one of \"off\", \"error\", \"warn\", \"info\", \"debug\", \"trace\", or \
+             a number 0-5",
+            "8: key `http.autoindex`: expected true or false, got string \"yes\"",
+            "9: key `http.work_ms`: only [echo] takes work_ms; http has no handler work to delay",
+        ],
+    );
+}
+
+#[test]
+fn a_full_http_section_loads() {
+    let c = keel::ops::config::parse(
+        "t.toml",
+        r#"[http]
+listen = "127.0.0.1:8080"
+root = "/srv/www"
+autoindex = true
+gzip_static = false
+keepalive_timeout = 5
+header_timeout = 2.5
+max_body = 4096
+cache_valid = 0.5
+access_log = "off"
+admin = "127.0.0.1:9090"
+log_target = "file"
+log_file = "/var/log/keel.log"
+log_filter = "warn,keel::http=debug"
+"#,
+    )
+    .unwrap();
+    let http = c.http.expect("an [http] section");
+    assert_eq!(http.admin, Some("127.0.0.1:9090".parse().unwrap()));
+    assert_eq!(
+        http.http.root.as_deref(),
+        Some(std::path::Path::new("/srv/www"))
+    );
+    let s = http.http.to_settings();
+    assert!(s.autoindex && !s.gzip_static);
+    assert_eq!(s.keepalive_timeout, Duration::from_secs(5));
+    assert_eq!(s.header_timeout, Duration::from_millis(2500));
+    assert_eq!(s.limits.max_body, 4096);
+    assert_eq!(s.access_log, None);
+    let log = http.log_settings().unwrap();
+    assert_eq!(log.filter, "warn,keel::http=debug");
+    assert_eq!(
+        log.target,
+        keel::ops::log::LogTarget::File("/var/log/keel.log".into())
+    );
 }

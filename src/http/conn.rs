@@ -50,7 +50,7 @@ enum State {
     Head,
     /// Reading (and dropping) a request's body; its answer leaves once the body is complete,
     /// so a body that turns out bad gets only the error, never two answers.
-    Body(BodyDecoder, Box<Answer>),
+    Body(Box<(BodyDecoder, Answer)>),
     /// A final response is queued; the connection closes once it is out.
     Closed,
 }
@@ -99,7 +99,7 @@ impl HttpConn {
                     input.clear();
                     return;
                 }
-                State::Body(decoder, _) => match decoder.feed(input.as_slice()) {
+                State::Body(body) => match body.0.feed(input.as_slice()) {
                     Ok(p) => {
                         input.consume(p.consumed);
                         if !p.done {
@@ -107,13 +107,13 @@ impl HttpConn {
                             return;
                         }
                         cx.cancel_timer(TAG_BODY);
-                        let State::Body(_, answer) =
-                            std::mem::replace(&mut self.state, State::Head)
+                        let State::Body(body) = std::mem::replace(&mut self.state, State::Head)
                         else {
                             unreachable!("matched above")
                         };
+                        let (_, answer) = *body;
                         out.extend_from_slice(&answer.bytes);
-                        if !self.emit(cx, out, *answer) {
+                        if !self.emit(cx, out, answer) {
                             input.clear();
                             return;
                         }
@@ -175,7 +175,7 @@ impl HttpConn {
                         let mut answer = self.respond(cx, &head, out, now);
                         answer.bytes = out.split_off(start);
                         input.consume(len);
-                        self.state = State::Body(decoder, Box::new(answer));
+                        self.state = State::Body(Box::new((decoder, answer)));
                     }
                 }
             }

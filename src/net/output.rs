@@ -47,9 +47,16 @@ pub(crate) struct Flushed {
 /// enough that one connection cannot keep the loop in the kernel for long.
 const SENDFILE_CHUNK: u64 = 1 << 20;
 
-/// Output waiting for the socket, in order. Empty queues hold no buffer.
+/// Output waiting for the socket, in order. An empty queue is one null pointer: most
+/// connections write straight through and never queue anything, and an idle connection's
+/// size is what decides how many fit in a GiB.
 #[derive(Default)]
 pub(crate) struct OutputQueue {
+    inner: Option<Box<Queued>>,
+}
+
+#[derive(Default)]
+struct Queued {
     segments: VecDeque<Segment>,
     len: u64,
 }
@@ -57,19 +64,56 @@ pub(crate) struct OutputQueue {
 impl OutputQueue {
     /// Bytes (memory and file) still to send.
     pub fn len(&self) -> u64 {
-        self.len
+        self.inner.as_ref().map_or(0, |q| q.len)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// Appends bytes, into the last byte segment when there is one (so many small writes make
     /// one send later), else into a fresh buffer from `get`.
     pub fn push_bytes(&mut self, data: &[u8], get: impl FnOnce() -> Buffer) {
-        if data.is_empty() {
-            return;
+        if !data.is_empty() {
+            self.inner.get_or_insert_default().push_bytes(data, get);
         }
+    }
+
+    pub fn push_file(&mut self, range: FileRange) {
+        if range.len > 0 {
+            self.inner.get_or_insert_default().push_file(range);
+        }
+    }
+
+    /// Sends what the socket takes, in order. Stops at the first short write (the socket's
+    /// buffer is full: the poller will say when it has room) or when the queue is empty;
+    /// emptied buffers go to `put`. An emptied queue frees its storage.
+    pub fn flush(&mut self, fd: BorrowedFd<'_>, put: impl FnMut(Buffer)) -> io::Result<Flushed> {
+        let Some(q) = self.inner.as_mut() else {
+            return Ok(Flushed {
+                written: 0,
+                done: true,
+            });
+        };
+        let res = q.flush(fd, put);
+        if q.segments.is_empty() {
+            self.inner = None;
+        }
+        res
+    }
+
+    /// Empties the queue (the connection is closing), handing its buffers to `put`.
+    pub fn clear(&mut self, put: impl FnMut(Buffer)) {
+        if let Some(mut q) = self.inner.take() {
+            q.clear(put);
+        }
+    }
+}
+
+impl Queued {
+    /// Appends bytes, into the last byte segment when there is one (so many small writes make
+    /// one send later), else into a fresh buffer from `get`.
+    fn push_bytes(&mut self, data: &[u8], get: impl FnOnce() -> Buffer) {
         match self.segments.back_mut() {
             Some(Segment::Bytes(b)) => b.append(data),
             _ => {
@@ -81,10 +125,7 @@ impl OutputQueue {
         self.len += data.len() as u64;
     }
 
-    pub fn push_file(&mut self, range: FileRange) {
-        if range.len == 0 {
-            return;
-        }
+    fn push_file(&mut self, range: FileRange) {
         self.len += range.len;
         self.segments.push_back(Segment::File(range));
     }
@@ -171,8 +212,7 @@ impl OutputQueue {
         })
     }
 
-    /// Empties the queue (the connection is closing), handing its buffers to `put`.
-    pub fn clear(&mut self, mut put: impl FnMut(Buffer)) {
+    fn clear(&mut self, mut put: impl FnMut(Buffer)) {
         for seg in self.segments.drain(..) {
             if let Segment::Bytes(b) = seg {
                 put(b);

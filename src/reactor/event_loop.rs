@@ -572,3 +572,17 @@ impl Drop for EventLoop {
         self.shared.close();
     }
 }
+
+#[cfg(test)]
+mod footprint {
+    /// What an idle connection costs is what decides how many fit in a GiB: its slot, its
+    /// handler and its idle timer. Guard the sizes so a new field is a decision, not a drift.
+    #[test]
+    fn an_idle_connection_stays_small() {
+        let slot = std::mem::size_of::<super::Slot>();
+        let http = std::mem::size_of::<crate::http::HttpConn>();
+        assert!(slot <= 128, "a connection slot grew to {slot} bytes");
+        assert!(http <= 48, "the HTTP handler grew to {http} bytes");
+        assert!(std::mem::size_of::<crate::net::output::OutputQueue>() <= 8);
+    }
+}
