@@ -93,6 +93,8 @@ impl HttpConn {
     }
 
     fn process(&mut self, cx: &mut Ctx<'_>, input: &mut Buffer, out: &mut Vec<u8>, now: Instant) {
+        // Output already queued on the connection; it only grows when a file is queued.
+        let mut queued = cx.output_len();
         loop {
             match &mut self.state {
                 State::Closed => {
@@ -127,7 +129,7 @@ impl HttpConn {
                     if input.is_empty() {
                         return;
                     }
-                    if out.len() + cx.output_len() > BACKLOG {
+                    if out.len() + queued > BACKLOG {
                         self.stalled = true;
                         cx.pause_read();
                         return;
@@ -161,9 +163,13 @@ impl HttpConn {
                     if decoder.is_done() {
                         let answer = self.respond(cx, &head, out, now);
                         input.consume(len);
+                        let queues_file = answer.file.is_some();
                         if !self.emit(cx, out, answer) {
                             input.clear();
                             return;
+                        }
+                        if queues_file {
+                            queued = cx.output_len();
                         }
                     } else {
                         if head.expect_continue {
@@ -445,16 +451,30 @@ fn with_no_file((status, bytes): (u16, u64)) -> (u16, u64, Option<FileRange>) {
 /// no empty, "." or ".." segment, no segment starting with '.', no query. Most requests are
 /// like that and skip decoding, normalizing and allocating; anything else takes the full way.
 fn plain_path(target: &[u8]) -> Option<&str> {
-    let ok = target.first() == Some(&b'/')
-        && target
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~'))
-        && !target.windows(2).any(|w| w == b"//" || w == b"/.");
-    if ok {
-        std::str::from_utf8(target).ok()
-    } else {
-        None
+    /// Unreserved characters and '/': the only bytes a plain path has.
+    const PLAIN: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            t[b] = c.is_ascii_alphanumeric() || matches!(c, b'/' | b'-' | b'_' | b'.' | b'~');
+            b += 1;
+        }
+        t
+    };
+    if target.first() != Some(&b'/') {
+        return None;
     }
+    let mut prev = b'/';
+    for &b in &target[1..] {
+        // After a '/', neither another '/' (an empty segment) nor a '.' (".", ".." or a
+        // hidden name) may follow.
+        if !PLAIN[b as usize] || (prev == b'/' && (b == b'/' || b == b'.')) {
+            return None;
+        }
+        prev = b;
+    }
+    std::str::from_utf8(target).ok()
 }
 
 fn flush(cx: &mut Ctx<'_>, out: &mut Vec<u8>) {
