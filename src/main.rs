@@ -90,6 +90,12 @@ struct ServerArgs {
     /// Set SO_REUSEPORT on the listener.
     #[arg(long)]
     reuseport: bool,
+    /// SO_SNDBUF of accepted connections, in bytes (default: the kernel's autotuning).
+    #[arg(long, value_name = "BYTES")]
+    sndbuf: Option<usize>,
+    /// SO_RCVBUF of accepted connections, in bytes (default: the kernel's autotuning).
+    #[arg(long, value_name = "BYTES")]
+    rcvbuf: Option<usize>,
     /// Echo only: sleep this many milliseconds in the handler per read, simulating blocking
     /// work (to compare how the concurrency models cope with it).
     #[arg(long)]
@@ -255,6 +261,8 @@ impl ServerArgs {
             max_conns: self.max_conns,
             backlog: self.backlog,
             reuseport: self.reuseport.then_some(true),
+            sndbuf: self.sndbuf,
+            rcvbuf: self.rcvbuf,
             work_ms: self.work_ms,
             keepalive_idle: self.keepalive_idle,
             keepalive_interval: self.keepalive_interval,
@@ -359,7 +367,6 @@ fn reloader(
         ];
         for (what, changed) in fixed {
             if changed {
-                eprintln!("keel: reload: a new `{what}` takes effect at the next restart");
                 tracing::warn!("reload: a new `{what}` takes effect at the next restart");
             }
         }

@@ -276,7 +276,7 @@ fn unknown_key_lists_the_valid_ones() {
         &[
             "3: key `echo.idle_timout`: unknown key; expected one of listen, engine, model, \
            threads, accept, idle_timeout, linger_timeout, drain_timeout, max_conns, backlog, \
-           reuseport, work_ms, keepalive, pid_file, rlimit_nofile, daemon, user, group, admin, log_target, log_file, log_filter",
+           reuseport, sndbuf, rcvbuf, work_ms, keepalive, pid_file, rlimit_nofile, daemon, user, group, admin, log_target, log_file, log_filter",
         ],
     );
     // discard's list leaves work_ms out.
@@ -286,7 +286,7 @@ fn unknown_key_lists_the_valid_ones() {
         &[
             "2: key `discard.port`: unknown key; expected one of listen, engine, model, threads, \
            accept, idle_timeout, linger_timeout, drain_timeout, max_conns, backlog, reuseport, \
-           keepalive, pid_file, rlimit_nofile, daemon, user, group, admin, log_target, log_file, log_filter",
+           sndbuf, rcvbuf, keepalive, pid_file, rlimit_nofile, daemon, user, group, admin, log_target, log_file, log_filter",
         ],
     );
     assert_errors(
@@ -511,10 +511,10 @@ listen = "0.0.0.0:99999"
             "3: key `echo.engine`: expected one of select, poll, epoll-lt, epoll-et, got \"fast\"",
             "4: key `echo.zzz`: unknown key; expected one of listen, engine, model, threads, \
              accept, idle_timeout, linger_timeout, drain_timeout, max_conns, backlog, reuseport, \
-             work_ms, keepalive, pid_file, rlimit_nofile, daemon, user, group, admin, log_target, log_file, log_filter",
+             sndbuf, rcvbuf, work_ms, keepalive, pid_file, rlimit_nofile, daemon, user, group, admin, log_target, log_file, log_filter",
             "5: key `echo.aaa`: unknown key; expected one of listen, engine, model, threads, \
              accept, idle_timeout, linger_timeout, drain_timeout, max_conns, backlog, reuseport, \
-             work_ms, keepalive, pid_file, rlimit_nofile, daemon, user, group, admin, log_target, log_file, log_filter",
+             sndbuf, rcvbuf, work_ms, keepalive, pid_file, rlimit_nofile, daemon, user, group, admin, log_target, log_file, log_filter",
             "8: key `discard.work_ms`: only [echo] takes work_ms; discard has no handler work to \
              delay",
             "9: key `discard.listen`: port 99999 out of range: expected a port from 0 to 65535, \

@@ -1447,6 +1447,55 @@ fn fifty_pipelined_64k_responses_read_slowly() {
     c.still_serves("/hello.txt", HELLO, "after 50 pipelined 64 KiB responses");
 }
 
+/// The server's side with a tiny send buffer (`--sndbuf 4096`): every response of any size is
+/// written in pieces, the rest queued and sent as the socket drains. Mixed pipelined requests
+/// (in-memory small files, sendfile'd 64 KiB files, HEADs, a 404) all come back whole and in
+/// order.
+#[test]
+fn tiny_server_send_buffer_partial_writes() {
+    let root = Root::new("sndbuf");
+    let big = random_bytes(65, 64 * 1024);
+    root.write("64k.bin", &big);
+    let srv = serve(&root, &["--sndbuf", "4096", "--threads", "1"]);
+    let mut c = Client::connect(srv.tcp);
+    let mut req = Vec::new();
+    let mut expect: Vec<(u16, Option<Vec<u8>>)> = Vec::new();
+    for i in 0..30 {
+        match i % 4 {
+            0 => {
+                req.extend_from_slice(b"GET /64k.bin HTTP/1.1\r\nHost: t\r\n\r\n");
+                expect.push((200, Some(big.clone())));
+            }
+            1 => {
+                req.extend_from_slice(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n");
+                expect.push((200, Some(HELLO.to_vec())));
+            }
+            2 => {
+                req.extend_from_slice(b"HEAD /64k.bin HTTP/1.1\r\nHost: t\r\n\r\n");
+                expect.push((200, None));
+            }
+            _ => {
+                req.extend_from_slice(b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n");
+                expect.push((404, Some(Vec::new())));
+            }
+        }
+    }
+    c.send(&req);
+    for (i, (status, body)) in expect.iter().enumerate() {
+        let head_only = body.is_none();
+        let r = c
+            .response_within(head_only, Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("response {i}: {e}"));
+        assert_eq!(r.status, *status, "response {i}: {}", r.head);
+        match body {
+            Some(b) if !b.is_empty() => assert!(r.body == *b, "response {i}: body differs"),
+            Some(_) => {}
+            None => assert_eq!(r.content_length(), Some(big.len() as u64), "response {i}"),
+        }
+    }
+    c.still_serves("/hello.txt", HELLO, "after the partial writes");
+}
+
 // ---------------------------------------------------------------------------------------------
 // A 1 GiB sparse file
 // ---------------------------------------------------------------------------------------------

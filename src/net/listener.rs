@@ -35,6 +35,10 @@ pub struct ListenOptions {
     /// spreads incoming connections over them.
     pub reuse_port: bool,
     pub backlog: i32,
+    /// SO_SNDBUF / SO_RCVBUF for accepted connections (set on the listener, which Linux
+    /// copies to every socket it accepts); `None` leaves the kernel's autotuning alone.
+    pub send_buffer: Option<usize>,
+    pub recv_buffer: Option<usize>,
 }
 
 impl Default for ListenOptions {
@@ -42,6 +46,8 @@ impl Default for ListenOptions {
         ListenOptions {
             reuse_port: false,
             backlog: 4096,
+            send_buffer: None,
+            recv_buffer: None,
         }
     }
 }
@@ -60,6 +66,12 @@ pub fn bind_tcp(addr: SocketAddr, opts: &ListenOptions) -> io::Result<TcpListene
     }
     if addr.is_ipv6() {
         sock.set_only_v6(true)?;
+    }
+    if let Some(n) = opts.send_buffer {
+        sock.set_send_buffer_size(n)?;
+    }
+    if let Some(n) = opts.recv_buffer {
+        sock.set_recv_buffer_size(n)?;
     }
     sock.bind(&addr.into())
         .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
@@ -251,8 +263,8 @@ impl EventLoop {
             self.stats.refused_limit += 1;
             if !self.warned_register {
                 self.warned_register = true;
-                eprintln!(
-                    "keel: refusing connections the {} engine cannot watch: {e}",
+                tracing::warn!(
+                    "refusing connections the {} engine cannot watch: {e}",
                     self.cfg.engine
                 );
             }

@@ -435,9 +435,14 @@ const HEAD_TIMER: u64 = 1;
 
 const DEFAULT_REFRESH_SECS: u32 = 5;
 
+/// Gathers the figures when a page is asked for. It is given the counters of the loop that
+/// serves the admin connection, when the handler runs on a loop thread (a model whose only
+/// loop is the one serving the page, half-sync's reactor, has no other way to read them).
+pub type MetricsSource = Arc<dyn Fn(Option<&LoopStats>) -> MetricsView + Send + Sync>;
+
 /// One admin connection: one request, one response, close.
 pub struct AdminHandler {
-    source: Arc<dyn Fn() -> MetricsView + Send + Sync>,
+    source: MetricsSource,
     refresh_secs: u32,
     answered: bool,
 }
@@ -445,7 +450,7 @@ pub struct AdminHandler {
 impl AdminHandler {
     /// `source` gathers the figures when a page is asked for (it runs on the admin loop's
     /// thread, once per request).
-    pub fn new(source: Arc<dyn Fn() -> MetricsView + Send + Sync>) -> AdminHandler {
+    pub fn new(source: MetricsSource) -> AdminHandler {
         AdminHandler {
             source,
             refresh_secs: DEFAULT_REFRESH_SECS,
@@ -480,7 +485,7 @@ impl AdminHandler {
         self.answered = true;
     }
 
-    fn route(&self, method: &str, path: &str) -> Response {
+    fn route(&self, method: &str, path: &str, own: Option<&LoopStats>) -> Response {
         let head_only = method == "HEAD";
         let path = path.split(['?', '#']).next().unwrap_or("");
         let known = matches!(path, "/" | "/metrics" | "/status");
@@ -493,14 +498,14 @@ impl AdminHandler {
             "/metrics" => Response {
                 status: "200 OK",
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: render_prometheus(&(self.source)()).into_bytes(),
+                body: render_prometheus(&(self.source)(own)).into_bytes(),
                 extra: Vec::new(),
                 head_only: false,
             },
             "/status" => Response {
                 status: "200 OK",
                 content_type: "text/html; charset=utf-8",
-                body: render_status_html(&(self.source)(), self.refresh_secs).into_bytes(),
+                body: render_status_html(&(self.source)(own), self.refresh_secs).into_bytes(),
                 extra: Vec::new(),
                 head_only: false,
             },
@@ -578,7 +583,8 @@ impl Handler for AdminHandler {
             Parsed::Partial => {}
             Parsed::Request { method, path } => {
                 input.clear();
-                let r = self.route(&method, &path);
+                let own = cx.event_loop().map(|el| el.stats().clone());
+                let r = self.route(&method, &path, own.as_ref());
                 self.respond(cx, r);
             }
             Parsed::Bad => {
@@ -1066,7 +1072,7 @@ mod tests {
     fn serve(requests: Vec<Vec<&'static [u8]>>) -> (Vec<String>, usize) {
         let calls = Arc::new(AtomicUsize::new(0));
         let c = Arc::clone(&calls);
-        let source: Arc<dyn Fn() -> MetricsView + Send + Sync> = Arc::new(move || {
+        let source: MetricsSource = Arc::new(move |_: Option<&LoopStats>| {
             c.fetch_add(1, Ordering::Relaxed);
             known_view()
         });

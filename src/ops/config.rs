@@ -105,7 +105,7 @@ impl fmt::Display for Section {
 }
 
 /// Keys a server section accepts, in the order the messages list them.
-const SERVER_KEYS: [&str; 22] = [
+const SERVER_KEYS: [&str; 24] = [
     "listen",
     "engine",
     "model",
@@ -117,6 +117,8 @@ const SERVER_KEYS: [&str; 22] = [
     "max_conns",
     "backlog",
     "reuseport",
+    "sndbuf",
+    "rcvbuf",
     "work_ms",
     "keepalive",
     "pid_file",
@@ -166,6 +168,9 @@ pub struct ServerSettings {
     pub max_conns: Option<usize>,
     pub backlog: Option<i32>,
     pub reuseport: Option<bool>,
+    /// SO_SNDBUF / SO_RCVBUF of accepted connections, in bytes.
+    pub sndbuf: Option<usize>,
+    pub rcvbuf: Option<usize>,
     /// Echo only.
     pub work_ms: Option<u64>,
     /// `keepalive.idle` / `--keepalive-idle`: set, keepalive is on.
@@ -281,6 +286,8 @@ impl ServerSettings {
             max_conns: self.max_conns.or(fallback.max_conns),
             backlog: self.backlog.or(fallback.backlog),
             reuseport: self.reuseport.or(fallback.reuseport),
+            sndbuf: self.sndbuf.or(fallback.sndbuf),
+            rcvbuf: self.rcvbuf.or(fallback.rcvbuf),
             work_ms: self.work_ms.or(fallback.work_ms),
             keepalive_idle: self.keepalive_idle.or(fallback.keepalive_idle),
             keepalive_interval: self.keepalive_interval.or(fallback.keepalive_interval),
@@ -354,6 +361,8 @@ impl ServerSettings {
             listen_opts: ListenOptions {
                 reuse_port: self.reuseport.unwrap_or(false),
                 backlog: self.backlog.unwrap_or(DEFAULT_BACKLOG),
+                send_buffer: self.sndbuf,
+                recv_buffer: self.rcvbuf,
             },
             pid_file: self.pid_file.clone(),
             rlimit_nofile: self.rlimit_nofile,
@@ -611,6 +620,22 @@ impl Checker<'_> {
                         .map(|v| v as i32);
                 }
                 "reuseport" => s.reuseport = self.boolean(&key, value),
+                "sndbuf" | "rcvbuf" => {
+                    let v = self
+                        .int(
+                            &key,
+                            value,
+                            1,
+                            1 << 30,
+                            "a number of bytes from 1 to 1073741824",
+                        )
+                        .map(|v| v as usize);
+                    if name.get_ref().as_ref() == "sndbuf" {
+                        s.sndbuf = v;
+                    } else {
+                        s.rcvbuf = v;
+                    }
+                }
                 "pid_file" => {
                     s.pid_file = match self.string(&key, value, "a file path") {
                         Some("") => {

@@ -13,11 +13,12 @@ use std::time::Instant;
 
 use super::ServerOptions;
 use crate::net::{bind_tcp, Handler, ListenOptions};
-use crate::ops::admin::{AdminHandler, MetricsView};
+use crate::ops::admin::{AdminHandler, MetricsSource, MetricsView};
 use crate::reactor::{EventLoop, LoopStats};
 
-/// The figures a model gives: the total over every loop, and each loop's own.
-pub type StatsSource = Arc<dyn Fn() -> (LoopStats, Vec<LoopStats>) + Send + Sync>;
+/// The figures a model gives: the total over every loop, and each loop's own. The argument is
+/// the counters of the loop serving the admin page (the control loop, or half-sync's reactor).
+pub type StatsSource = Arc<dyn Fn(Option<&LoopStats>) -> (LoopStats, Vec<LoopStats>) + Send + Sync>;
 
 struct Bound {
     listener: TcpListener,
@@ -57,8 +58,8 @@ pub(crate) fn attach(
         server,
         started,
     } = bound;
-    let view: Arc<dyn Fn() -> MetricsView + Send + Sync> = Arc::new(move || {
-        let (total, loops) = source();
+    let view: MetricsSource = Arc::new(move |own: Option<&LoopStats>| {
+        let (total, loops) = source(own);
         MetricsView {
             server: server.to_string(),
             model: model.to_string(),

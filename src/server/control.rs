@@ -75,7 +75,7 @@ impl Fleet {
             let slot = fleet.register(el.handle());
             let _ = tx.send(Ok(el.handle()));
             if let Err(e) = el.run() {
-                eprintln!("keel: loop failed: {e}");
+                tracing::error!("loop failed: {e}");
             }
             fleet.retire(slot, el.stats());
         })?;
@@ -246,6 +246,7 @@ pub fn install_signals(el: &mut EventLoop, fleet: Arc<Fleet>, drain: Duration) -
         }
         Signal::SIGUSR1 => crate::ops::log::reopen_all(),
         _ => {
+            tracing::info!("{sig:?}: stopping; draining connections for up to {drain:?}");
             crate::ops::notify::stopping();
             fleet.stop_listening();
             fleet.broadcast(move |el| el.shutdown_gracefully(drain));

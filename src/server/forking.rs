@@ -20,6 +20,7 @@ use std::io;
 use std::net::{TcpListener, UdpSocket};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{bind_and_announce, ServerOptions, Service};
@@ -98,6 +99,14 @@ impl Board {
         s
     }
 
+    /// Each slot a child has published into (one per live or past child process).
+    fn published(&self) -> Vec<LoopStats> {
+        (0..self.words.len() / WIDTH)
+            .filter(|&slot| self.seq(slot) > 0)
+            .map(|slot| self.read(slot))
+            .collect()
+    }
+
     /// The sum over every slot.
     fn sum(&self) -> LoopStats {
         let mut total = LoopStats::new(self.engine);
@@ -112,9 +121,9 @@ impl Board {
 /// slot of the board.
 pub(super) struct Children {
     pids: Vec<Option<Pid>>,
-    pub(super) board: Rc<Board>,
-    /// What reaped children had published.
-    finished: LoopStats,
+    pub(super) board: Arc<Board>,
+    /// What reaped children had published (shared with the admin pages).
+    finished: Arc<Mutex<LoopStats>>,
     reaped: u64,
     /// How long a child has to drain its connections when told to stop.
     pub(super) drain: Duration,
@@ -131,8 +140,8 @@ impl Children {
     ) -> io::Result<Children> {
         Ok(Children {
             pids: vec![None; slots],
-            board: Rc::new(Board::new(slots, opts.engine)?),
-            finished: LoopStats::new(opts.engine),
+            board: Arc::new(Board::new(slots, opts.engine)?),
+            finished: Arc::new(Mutex::new(LoopStats::new(opts.engine))),
             reaped: 0,
             drain: opts.drain_timeout,
             stopping: false,
@@ -179,7 +188,7 @@ impl Children {
 
     fn retire(&mut self, slot: usize) {
         let s = self.board.retire(slot);
-        self.finished.add(&s);
+        lock(&self.finished).add(&s);
         self.pids[slot] = None;
         self.reaped += 1;
     }
@@ -206,13 +215,31 @@ impl Children {
     /// `own` plus what the children published, live and reaped.
     pub(super) fn total(&self, own: &LoopStats) -> LoopStats {
         let mut total = own.clone();
-        total.add(&self.finished);
+        total.add(&lock(&self.finished));
         total.add(&self.board.sum());
         total
     }
 }
 
 pub(super) type Shared<M> = Rc<RefCell<M>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Children {
+    /// The figures for the admin pages, readable from any thread: the children's board
+    /// (each publishes every 100 ms) and what ended children left.
+    pub(super) fn stats_source(&self) -> super::admin::StatsSource {
+        let (board, finished) = (self.board.clone(), self.finished.clone());
+        Arc::new(move |own: Option<&LoopStats>| {
+            let mut total = own.cloned().unwrap_or_else(|| LoopStats::new(board.engine));
+            total.add(&lock(&finished));
+            total.add(&board.sum());
+            (total, board.published())
+        })
+    }
+}
 
 /// What a forking model adds to the shared control loop.
 pub(super) trait Master: Sized + 'static {
@@ -260,6 +287,8 @@ pub(super) fn run<M: Master>(
     let (listener, udp) = bind_and_announce(opts, service)?;
     let m = start(&mut control, listener, udp)?;
     *shared.borrow_mut() = Some(m.clone());
+    let source = m.borrow().children().stats_source();
+    super::admin::attach(&mut control, opts.model.name(), source)?;
 
     control.run()?;
 
@@ -316,7 +345,7 @@ fn report<M: Master>(el: &mut EventLoop, m: &Shared<M>) {
 /// published again, or after [`REPORT_WAIT`] if some child does not answer.
 fn when_published(
     el: &mut EventLoop,
-    board: Rc<Board>,
+    board: Arc<Board>,
     asked: Vec<(usize, u64)>,
     done: Box<dyn FnOnce(&mut EventLoop)>,
 ) {
@@ -326,7 +355,7 @@ fn when_published(
 
 fn poll_published(
     el: &mut EventLoop,
-    board: Rc<Board>,
+    board: Arc<Board>,
     asked: Vec<(usize, u64)>,
     give_up: u64,
     done: Box<dyn FnOnce(&mut EventLoop)>,
@@ -359,7 +388,7 @@ fn begin_stop<M: Master>(el: &mut EventLoop, m: &Shared<M>) {
     el.run_after(mm.children().drain + KILL_MARGIN, move |el| {
         let stragglers: Vec<Pid> = m2.borrow().children().live().map(|(_, p)| p).collect();
         for pid in stragglers {
-            eprintln!("keel: {what} {pid} still running after the drain timeout; killing it");
+            tracing::warn!("{what} {pid} still running after the drain timeout; killing it");
             process::send_signal(pid, Signal::SIGKILL);
         }
         // SIGCHLD ends the loop once they are reaped; this is the backstop.
@@ -388,7 +417,7 @@ pub(super) fn child_main(
     match result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("keel: {what} {}: {e}", std::process::id());
+            tracing::error!("{what} {}: {e}", std::process::id());
             1
         }
     }
@@ -399,7 +428,7 @@ pub(super) fn child_main(
 /// and at exit.
 pub(super) fn serve_child(
     cfg: LoopConfig,
-    board: Rc<Board>,
+    board: Arc<Board>,
     slot: usize,
     drain: Duration,
     setup: impl FnOnce(&mut EventLoop) -> io::Result<()>,
@@ -422,7 +451,7 @@ pub(super) fn serve_child(
 }
 
 /// In a child: publishes now and every [`PUBLISH_EVERY`] while the loop runs.
-fn publish_periodically(el: &mut EventLoop, board: Rc<Board>, slot: usize) {
+fn publish_periodically(el: &mut EventLoop, board: Arc<Board>, slot: usize) {
     board.publish(slot, el.stats());
     el.run_after(PUBLISH_EVERY, move |el| {
         publish_periodically(el, board, slot)

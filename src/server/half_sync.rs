@@ -69,6 +69,18 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     // Signals are blocked before the workers exist, so they inherit the mask.
     install_signals(&mut reactor, hub.clone(), opts.drain_timeout)?;
 
+    // The reactor is the only loop: the page reads its counters where it is served.
+    let engine = opts.engine;
+    super::admin::attach(
+        &mut reactor,
+        "half-sync",
+        Arc::new(move |own: Option<&crate::reactor::LoopStats>| {
+            let own = own
+                .cloned()
+                .unwrap_or_else(|| crate::reactor::LoopStats::new(engine));
+            (own.clone(), vec![own])
+        }),
+    )?;
     // Bound and announced (and daemonized) before the workers exist: fork needs one thread.
     let (listener, udp) = bind_and_announce(opts, service)?;
     let (workers, spawned) = spawn_workers(opts.threads, rx, &hub);
@@ -738,8 +750,8 @@ impl Work {
             Ok(()) if !close => Some(handler),
             Ok(()) => None, // its life is over
             Err(_) => {
-                eprintln!(
-                    "keel: a handler panicked on a half-sync worker; its connection is reset"
+                tracing::error!(
+                    "a handler panicked on a half-sync worker; its connection is reset"
                 );
                 rec.ops = vec![Op::Abort];
                 input = None;

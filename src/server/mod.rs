@@ -205,17 +205,15 @@ pub fn serve(opts: &ServerOptions, service: &Service) -> io::Result<()> {
         *pid_file() = Some(crate::ops::pidfile::PidFile::acquire(path)?);
     }
     admin::bind(opts, service.name)?;
-    if opts.admin.is_some() && !matches!(opts.model, Model::MultiReactor | Model::ThreadPerConn) {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!(
-                "--admin is served under the multi-reactor and thread-per-conn models; not yet \
-                 under {}",
-                opts.model
-            ),
-        ));
-    }
     let service = &reload::install(service);
+    tracing::info!(
+        "{} server starting: {} model, {} threads, {} engine, on {}",
+        service.name,
+        opts.model,
+        opts.threads,
+        opts.engine,
+        opts.listen
+    );
     let result = match opts.model {
         Model::MultiReactor => multi_reactor::run(opts, service),
         Model::Prefork => prefork::run(opts, service),

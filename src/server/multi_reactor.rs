@@ -26,7 +26,10 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     super::admin::attach(
         &mut control,
         "multi-reactor",
-        std::sync::Arc::new(move || f.snapshot(&crate::reactor::LoopStats::new(engine))),
+        std::sync::Arc::new(move |own: Option<&crate::reactor::LoopStats>| {
+            let own = own.cloned();
+            f.snapshot(&own.unwrap_or_else(|| crate::reactor::LoopStats::new(engine)))
+        }),
     )?;
 
     match opts.accept {

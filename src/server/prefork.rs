@@ -31,6 +31,7 @@ use std::io;
 use std::net::{TcpListener, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::forking::{self, Board, Children, Shared};
@@ -128,7 +129,7 @@ fn serve_worker(
     udp: Option<RawFd>,
     cfg: LoopConfig,
     service: &Service,
-    board: Rc<Board>,
+    board: Arc<Board>,
     drain: Duration,
 ) -> io::Result<()> {
     let listener = TcpListener::from(cx.take_inherited(listener));
@@ -195,12 +196,12 @@ fn reap_workers(el: &mut EventLoop, m: &Shared<Master>) {
         };
         let delay = backoff(w.quick_deaths);
         if delay.is_zero() {
-            eprintln!("keel: worker {pid} exited ({how}); restarting");
+            tracing::warn!("worker {pid} exited ({how}); restarting");
             drop(mm);
             restart(el, m, slot);
         } else {
-            eprintln!(
-                "keel: worker {pid} exited ({how}); restarting in {} ms",
+            tracing::warn!(
+                "worker {pid} exited ({how}); restarting in {} ms",
                 delay.as_millis()
             );
             drop(mm);
@@ -237,8 +238,8 @@ fn restart(el: &mut EventLoop, m: &Shared<Master>, slot: usize) {
         let w = &mut mm.workers[slot];
         w.quick_deaths += 1;
         let delay = backoff(w.quick_deaths).max(FIRST_BACKOFF);
-        eprintln!(
-            "keel: cannot restart worker: {e}; trying again in {} ms",
+        tracing::error!(
+            "cannot restart worker: {e}; trying again in {} ms",
             delay.as_millis()
         );
         drop(mm);

@@ -140,7 +140,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
                         el.stats.refused_limit += 1;
                         if !mm.warned_fork {
                             mm.warned_fork = true;
-                            eprintln!("keel: cannot fork for a connection (refusing it): {e}");
+                            tracing::warn!("cannot fork for a connection (refusing it): {e}");
                         }
                     }
                 }
@@ -159,7 +159,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
 fn reap(mm: &mut Master) {
     while let Some((_, pid, how)) = mm.children.reap_next() {
         if how != Exit::Code(0) && !mm.children.stopping {
-            eprintln!("keel: connection process {pid} exited ({how})");
+            tracing::warn!("connection process {pid} exited ({how})");
         }
     }
 }

@@ -65,7 +65,6 @@ pub fn reload() -> bool {
         }
         Err(e) => {
             tracing::error!("reload failed, still serving the previous configuration: {e}");
-            eprintln!("keel: reload failed, still serving the previous configuration: {e}");
             false
         }
     }

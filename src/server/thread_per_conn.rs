@@ -22,7 +22,10 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     super::admin::attach(
         &mut control,
         "thread-per-conn",
-        std::sync::Arc::new(move || f.snapshot(&crate::reactor::LoopStats::new(engine))),
+        std::sync::Arc::new(move |own: Option<&crate::reactor::LoopStats>| {
+            let own = own.cloned();
+            f.snapshot(&own.unwrap_or_else(|| crate::reactor::LoopStats::new(engine)))
+        }),
     )?;
     let (listener, udp) = bind_and_announce(opts, service)?;
 
@@ -52,7 +55,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
                 });
             if let Err(e) = started {
                 el.stats.refused_limit += 1;
-                eprintln!("keel: cannot start a connection thread: {e}");
+                tracing::warn!("cannot start a connection thread: {e}");
             }
         }),
     )?;

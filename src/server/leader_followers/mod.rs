@@ -101,6 +101,19 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
         })?;
     }
 
+    {
+        let (sh, engine) = (sh.clone(), opts.engine);
+        super::admin::attach(
+            &mut control,
+            "leader-followers",
+            std::sync::Arc::new(move |own: Option<&crate::reactor::LoopStats>| {
+                let own = own
+                    .cloned()
+                    .unwrap_or_else(|| crate::reactor::LoopStats::new(engine));
+                (sh.total(&own), sh.per_thread(engine))
+            }),
+        )?;
+    }
     let (listener, udp) = bind_and_announce(opts, service)?;
     if let (Some(sock), Some(udp)) = (udp, &service.udp) {
         udp_token.set(Some(control.add_udp(sock, udp())?));

@@ -185,6 +185,18 @@ impl Shared {
     }
 
     /// Counters of every thread, plus `own` (the control loop's: UDP, its wake-ups).
+    /// Each thread's counters, for per-thread series.
+    pub(super) fn per_thread(&self, engine: crate::reactor::Engine) -> Vec<LoopStats> {
+        self.counters
+            .iter()
+            .map(|c| {
+                let mut s = LoopStats::new(engine);
+                c.add_to(&mut s);
+                s
+            })
+            .collect()
+    }
+
     pub(super) fn total(&self, own: &LoopStats) -> LoopStats {
         let mut s = own.clone();
         for c in &self.counters {

@@ -95,7 +95,7 @@ pub(super) fn spawn_threads(
             .spawn(move || {
                 let _leaving = Leaving(&shared);
                 if let Err(e) = Worker::new(&shared, i).run() {
-                    eprintln!("keel: leader/followers thread failed: {e}");
+                    tracing::error!("leader/followers thread failed: {e}");
                 }
             });
         match spawned {
