@@ -29,6 +29,12 @@ pub const SERVER: &[u8] = b"Server: keel\r\n";
 
 /// "HTTP/1.1 404 Not Found\r\nServer: keel\r\nDate: ...\r\n".
 pub fn push_status(out: &mut Vec<u8>, status: u16) {
+    if status == 200 {
+        // The common case, as one copy.
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\nServer: keel\r\n");
+        push_date_line(out);
+        return;
+    }
     out.extend_from_slice(b"HTTP/1.1 ");
     push_u64(out, u64::from(status));
     out.push(b' ');
