@@ -333,13 +333,12 @@ fn init_logging(settings: &ServerSettings) -> Option<keel::ops::log::LogGuard> {
 }
 
 /// What SIGHUP does for a server: resolve the configuration again (the same command line
-/// over the file as it is now) and build a factory from it. Options that need new sockets or
-/// threads are compared with the running ones and reported, not applied.
+/// over the file as it is now) and build a factory from it; the server compares the new
+/// options with the running ones (`server::reload`).
 fn reloader(
     config: Option<PathBuf>,
     section: Section,
     cli: ServerSettings,
-    running: ServerOptions,
     build: impl Fn(&ServerSettings) -> Result<HandlerFactory, String> + Send + Sync + 'static,
 ) -> Option<server::reload::Reloader> {
     config.as_ref()?;
@@ -359,18 +358,7 @@ fn reloader(
             settings.listen = Some(config::DEFAULT_HTTP_LISTEN);
         }
         let opts = settings.to_options()?;
-        let fixed = [
-            ("listen", opts.listen != running.listen),
-            ("model", opts.model != running.model),
-            ("threads", opts.threads != running.threads),
-            ("engine", opts.engine != running.engine),
-        ];
-        for (what, changed) in fixed {
-            if changed {
-                tracing::warn!("reload: a new `{what}` takes effect at the next restart");
-            }
-        }
-        build(&settings)
+        Ok((build(&settings)?, opts))
     }))
 }
 
@@ -398,13 +386,7 @@ fn main() -> ExitCode {
                     name: "echo",
                     factory,
                     udp: Some(Arc::new(|| Box::new(UdpEcho))),
-                    reload: reloader(
-                        args.config.clone(),
-                        Section::Echo,
-                        args.settings(),
-                        opts.clone(),
-                        build,
-                    ),
+                    reload: reloader(args.config.clone(), Section::Echo, args.settings(), build),
                 },
             )
         }
@@ -446,13 +428,7 @@ fn main() -> ExitCode {
                         name: "http",
                         factory,
                         udp: None,
-                        reload: reloader(
-                            args.server.config.clone(),
-                            Section::Http,
-                            cli,
-                            opts.clone(),
-                            build,
-                        ),
+                        reload: reloader(args.server.config.clone(), Section::Http, cli, build),
                     },
                 ),
                 Err(e) => Err(std::io::Error::other(e)),

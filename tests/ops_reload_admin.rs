@@ -429,3 +429,73 @@ fn server_log_lines_go_to_the_log_file() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A free port on 127.0.0.1 (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// SIGHUP with a new `listen` moves the server: the new address serves, the old one refuses,
+/// and a keep-alive connection accepted on the old one carries on.
+#[test]
+fn sighup_reload_moves_the_listener() {
+    use std::io::BufRead;
+    let dir = temp_dir("relisten");
+    std::fs::write(dir.join("p.txt"), "here").unwrap();
+    let conf = dir.join("keel.toml");
+    let (old_port, new_port) = (free_port(), free_port());
+    let config = |port: u16| {
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\nroot = {:?}\naccess_log = \"off\"\nthreads = 2\n",
+            dir.display().to_string()
+        )
+    };
+    write_config(&conf, &config(old_port));
+    let mut child = std::process::Command::new(util::keel_bin())
+        .args(["http", "--config", conf.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    // Killed if the test fails before it stops the server itself.
+    struct KillOnDrop(nix::unistd::Pid);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(self.0, Signal::SIGKILL);
+        }
+    }
+    let guard = KillOnDrop(pid);
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first.trim(), format!("listening tcp 127.0.0.1:{old_port}"));
+    let old: SocketAddr = format!("127.0.0.1:{old_port}").parse().unwrap();
+    let new: SocketAddr = format!("127.0.0.1:{new_port}").parse().unwrap();
+    let mut kept = connect(old);
+    assert_eq!(get_on(&mut kept, "/p.txt").body, b"here");
+
+    write_config(&conf, &config(new_port));
+    nix::sys::signal::kill(pid, Signal::SIGHUP).unwrap();
+    poll_until("the new address to serve", Duration::from_secs(5), || {
+        TcpStream::connect(new).is_ok_and(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            get_on(&mut s, "/p.txt").body == b"here"
+        })
+    });
+    poll_until("the old address to refuse", Duration::from_secs(5), || {
+        TcpStream::connect(old).is_err()
+    });
+    assert_eq!(get_on(&mut kept, "/p.txt").body, b"here");
+
+    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    std::mem::forget(guard); // reaped: its pid must not be signalled again
+    assert!(status.success(), "{status:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

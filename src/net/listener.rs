@@ -191,6 +191,20 @@ impl EventLoop {
         }
     }
 
+    /// Closes every TCP listener of this loop (UDP sockets stay): used when a reload moves
+    /// the server to a new address. Connections already accepted are not affected.
+    pub fn close_tcp_listeners(&mut self) {
+        let tokens: Vec<Token> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| matches!(s.source, Source::Listener(_)))
+            .map(|(i, s)| Token(((s.generation as u64) << 32) | i as u64))
+            .collect();
+        for t in tokens {
+            self.close_listener(t);
+        }
+    }
+
     pub(crate) fn accept_ready(&mut self, token: Token) {
         let max = self.cfg.max_accepts_per_wakeup;
         for _ in 0..max {

@@ -205,7 +205,7 @@ pub fn serve(opts: &ServerOptions, service: &Service) -> io::Result<()> {
         *pid_file() = Some(crate::ops::pidfile::PidFile::acquire(path)?);
     }
     admin::bind(opts, service.name)?;
-    let service = &reload::install(service);
+    let service = &reload::install(service, opts);
     tracing::info!(
         "{} server starting: {} model, {} threads, {} engine, on {}",
         service.name,

@@ -10,6 +10,7 @@
 //!   next loop round-robin through that loop's task queue (`adopt`).
 
 use std::io;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use super::control::{self, Fleet};
@@ -53,6 +54,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
             }
             // Bound: announce (and daemonize) while still single-threaded.
             announce(opts, local, service.udp.is_some())?;
+            register_relisten(&fleet, &lopts, opts.threads, service);
             for (i, listener) in listeners.into_iter().enumerate() {
                 fleet.watch_listener(&listener)?;
                 let factory = service.factory.clone();
@@ -95,4 +97,41 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     control.run()?;
     control::finish(&control, &fleet);
     Ok(())
+}
+
+/// SIGHUP with a new `listen`: bind a listener per loop at the new address (all or nothing),
+/// hand each loop its own, and close the old ones. Connections already accepted carry on.
+fn register_relisten(fleet: &Arc<Fleet>, lopts: &ListenOptions, threads: usize, service: &Service) {
+    let (fleet, lopts, factory) = (fleet.clone(), lopts.clone(), service.factory.clone());
+    super::reload::set_relisten(Box::new(move |addr| {
+        let first = bind_tcp(addr, &lopts).map_err(|e| e.to_string())?;
+        let local = first.local_addr().map_err(|e| e.to_string())?;
+        let mut listeners = vec![first];
+        for _ in 1..threads {
+            listeners.push(bind_tcp(local, &lopts).map_err(|e| e.to_string())?);
+        }
+        let handles = fleet.handles();
+        if handles.len() != listeners.len() {
+            return Err(format!(
+                "{} loops for {} listeners",
+                handles.len(),
+                listeners.len()
+            ));
+        }
+        let mut watched = Vec::with_capacity(listeners.len());
+        for l in &listeners {
+            watched.push(l.as_fd().try_clone_to_owned().map_err(|e| e.to_string())?);
+        }
+        fleet.replace_listeners(watched);
+        for (h, listener) in handles.into_iter().zip(listeners) {
+            let factory = factory.clone();
+            h.post(move |el| {
+                el.close_tcp_listeners();
+                if let Err(e) = el.add_listener(listener, factory) {
+                    tracing::error!("reload: a loop cannot take its new listener: {e}");
+                }
+            });
+        }
+        Ok(local)
+    }));
 }

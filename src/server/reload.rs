@@ -11,23 +11,37 @@
 //! later. What a reload cannot change without new sockets or threads (the listen address,
 //! the model, the thread count, the engine) is reported as needing a restart.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 
-use super::Service;
+use super::{ServerOptions, Service};
 use crate::net::{Handler, HandlerFactory};
 
-/// Re-reads the configuration: the new factory, or why not.
-pub type Reloader = Arc<dyn Fn() -> Result<HandlerFactory, String> + Send + Sync>;
+/// Re-reads the configuration: the new factory and options, or why not.
+pub type Reloader = Arc<dyn Fn() -> Result<(HandlerFactory, ServerOptions), String> + Send + Sync>;
+
+/// Moves the server's listeners to a new address (set by models that can).
+pub type Relisten = Box<dyn Fn(SocketAddr) -> Result<SocketAddr, String> + Send>;
 
 struct Live {
     slot: Arc<RwLock<HandlerFactory>>,
     reloader: Reloader,
+    /// The options in force (what a reload compares with).
+    running: ServerOptions,
+    relisten: Option<Relisten>,
 }
 
 static LIVE: Mutex<Option<Live>> = Mutex::new(None);
 
+/// A model that can move its listeners registers how (multi-reactor with reuseport does).
+pub fn set_relisten(f: Relisten) {
+    if let Some(live) = LIVE.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        live.relisten = Some(f);
+    }
+}
+
 /// The service as the models run it: when it can reload, its factory reads the shared slot.
-pub fn install(service: &Service) -> Service {
+pub fn install(service: &Service, running: &ServerOptions) -> Service {
     let Some(reloader) = service.reload.clone() else {
         return service.clone();
     };
@@ -35,6 +49,8 @@ pub fn install(service: &Service) -> Service {
     *LIVE.lock().unwrap_or_else(|e| e.into_inner()) = Some(Live {
         slot: slot.clone(),
         reloader,
+        running: running.clone(),
+        relisten: None,
     });
     let factory: HandlerFactory = Arc::new(move || -> Box<dyn Handler> {
         let f = slot.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -48,24 +64,47 @@ pub fn install(service: &Service) -> Service {
 
 /// SIGHUP in this process: reload, swap on success, log either way. True if swapped.
 pub fn reload() -> bool {
-    let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(live) = live.as_ref() else {
+    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(live) = live.as_mut() else {
         tracing::info!("SIGHUP: this server has nothing to reload");
         return false;
     };
-    match (live.reloader)() {
-        Ok(factory) => {
-            *live.slot.write().unwrap_or_else(|e| e.into_inner()) = factory;
-            tracing::info!(
-                pid = std::process::id(),
-                "configuration reloaded; new connections use it"
-            );
-            eprintln!("keel: configuration reloaded");
-            true
-        }
+    let (factory, opts) = match (live.reloader)() {
+        Ok(new) => new,
         Err(e) => {
             tracing::error!("reload failed, still serving the previous configuration: {e}");
-            false
+            return false;
+        }
+    };
+    *live.slot.write().unwrap_or_else(|e| e.into_inner()) = factory;
+    tracing::info!("configuration reloaded; new connections use it");
+    if opts.listen != live.running.listen {
+        match &live.relisten {
+            Some(relisten) => match relisten(opts.listen) {
+                Ok(addr) => {
+                    tracing::info!("now listening on {addr} (was {})", live.running.listen);
+                    live.running.listen = opts.listen;
+                }
+                Err(e) => tracing::error!(
+                    "reload: cannot listen on {} ({e}); still on {}",
+                    opts.listen,
+                    live.running.listen
+                ),
+            },
+            None => tracing::warn!(
+                "reload: a new `listen` takes effect at the next restart under this model"
+            ),
         }
     }
+    let fixed = [
+        ("model", opts.model != live.running.model),
+        ("threads", opts.threads != live.running.threads),
+        ("engine", opts.engine != live.running.engine),
+    ];
+    for (what, changed) in fixed {
+        if changed {
+            tracing::warn!("reload: a new `{what}` takes effect at the next restart");
+        }
+    }
+    true
 }
