@@ -91,3 +91,66 @@ fn sigterm_finishes_200_in_flight_slow_requests_and_refuses_new_ones() {
         signalled.elapsed()
     );
 }
+
+/// Under every model, SIGTERM refuses new connections at once, even while a request is still
+/// being worked on (the listener does not wait for the drain), and that request is answered.
+#[test]
+fn every_model_refuses_new_connections_at_once_and_answers_what_is_in_flight() {
+    for model in [
+        "multi-reactor",
+        "prefork",
+        "half-sync",
+        "leader-followers",
+        "thread-per-conn",
+        "process-per-conn",
+    ] {
+        let srv = Opts::echo("epoll-et")
+            .arg("--model", model)
+            .arg("--threads", "2")
+            .arg("--work-ms", "600")
+            .arg("--drain-timeout", "10")
+            .spawn();
+        let mut busy = TcpStream::connect(srv.tcp).unwrap();
+        busy.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let (st, in_) = srv.stats_until(Duration::from_secs(5), |s| s.get("accepted") >= 1);
+        assert!(in_ || model.ends_with("per-conn"), "{model}: {}", st.line);
+        busy.write_all(b"slow").unwrap();
+        std::thread::sleep(Duration::from_millis(100)); // the handler is now in its 600 ms
+        srv.signal(Signal::SIGTERM);
+        let signalled = Instant::now();
+        // The signal is read by the server's control loop a moment later; from then on (and
+        // well before the 600 ms request is done) connections are refused.
+        std::thread::sleep(Duration::from_millis(100));
+        loop {
+            match try_connect(srv.tcp) {
+                Err(_) => break,
+                Ok(mut late) => {
+                    late.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    let _ = late.write_all(b"late");
+                    let mut buf = [0u8; 8];
+                    assert!(
+                        matches!(late.read(&mut buf), Ok(0) | Err(_)),
+                        "{model}: a connection made after SIGTERM was served"
+                    );
+                }
+            }
+            assert!(
+                signalled.elapsed() < Duration::from_millis(400),
+                "{model}: still accepting {:?} after SIGTERM, with a request in flight",
+                signalled.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut got = [0u8; 4];
+        busy.read_exact(&mut got)
+            .unwrap_or_else(|e| panic!("{model}: the request in flight was not answered: {e}"));
+        assert_eq!(&got, b"slow", "{model}");
+        drop(busy);
+        let status = srv.wait_exit(Duration::from_secs(10));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{model}: exit {status:?}"
+        );
+    }
+}

@@ -220,6 +220,8 @@ fn begin_drain(el: &mut EventLoop, hub: &Hub, drain: Duration) {
         st.drain_deadline = Some(Instant::now() + drain);
     }
     crate::ops::notify::stopping();
+    // New connections are refused at once; jobs under way still get their replies out.
+    el.close_tcp_listeners();
     // Jobs that outlive the drain timeout are not waited for.
     el.run_after(drain, |el| el.shutdown_gracefully(Duration::ZERO));
     maybe_shut_down(el, hub);

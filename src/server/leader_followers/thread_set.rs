@@ -117,5 +117,10 @@ pub(super) fn spawn_threads(
 /// Starts the graceful stop (what SIGINT/SIGTERM do).
 pub(super) fn stop(sh: &Shared) {
     sh.draining.store(true, Ordering::SeqCst);
+    // New connections are refused from now on, even before a thread notices the flag (one
+    // may be busy in a long batch): a listening socket shut down leaves the LISTEN state.
+    if let Some(fd) = lock(&sh.listener).as_ref() {
+        let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Both);
+    }
     sh.wake();
 }
