@@ -18,3 +18,5 @@ pub mod reactor;
 pub mod server;
 pub mod services;
 pub mod sys;
+#[cfg(test)]
+mod test_util;

@@ -115,7 +115,8 @@ pub fn render(url_path: &str, entries: &[Entry]) -> String {
     out
 }
 
-fn push_html(out: &mut String, s: &str) {
+/// Appends `s` HTML-escaped (`& < > " '`), for text and attribute values alike.
+pub(crate) fn push_html(out: &mut String, s: &str) {
     for c in s.chars() {
         match c {
             '&' => out.push_str("&amp;"),
@@ -150,29 +151,8 @@ fn push_url(out: &mut String, s: &str, keep_slash: bool) {
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
-    use std::path::PathBuf;
 
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> Self {
-            use std::sync::atomic::{AtomicU32, Ordering};
-            static N: AtomicU32 = AtomicU32::new(0);
-            let p = std::env::temp_dir().join(format!(
-                "keel-autoindex-{tag}-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&p).unwrap();
-            TempDir(p)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_util::TempDir;
 
     /// Names as a filesystem allows them ('/' cannot occur; "</script>" is covered in
     /// `render` tests with a made-up entry).

@@ -547,15 +547,20 @@ impl Handler for HttpConn {
 const WELCOME: &str = include_str!("welcome.html");
 
 fn welcome(out: &mut Vec<u8>, p: Persistence, head_only: bool) -> (u16, u64) {
+    html_page(out, WELCOME.as_bytes(), p, head_only)
+}
+
+/// A 200 with an HTML body built here (the welcome page, a directory listing).
+fn html_page(out: &mut Vec<u8>, page: &[u8], p: Persistence, head_only: bool) -> (u16, u64) {
     push_status(out, 200);
     out.extend_from_slice(b"Content-Type: text/html; charset=utf-8\r\n");
-    push_content_length(out, WELCOME.len() as u64);
+    push_content_length(out, page.len() as u64);
     push_end(out, p);
     if head_only {
         return (200, 0);
     }
-    out.extend_from_slice(WELCOME.as_bytes());
-    (200, WELCOME.len() as u64)
+    out.extend_from_slice(page);
+    (200, page.len() as u64)
 }
 
 fn listing(
@@ -574,14 +579,10 @@ fn listing(
             return (403, 0);
         }
     };
-    let page = autoindex::render(path, &entries);
-    push_status(out, 200);
-    out.extend_from_slice(b"Content-Type: text/html; charset=utf-8\r\n");
-    push_content_length(out, page.len() as u64);
-    push_end(out, p);
-    if head_only {
-        return (200, 0);
-    }
-    out.extend_from_slice(page.as_bytes());
-    (200, page.len() as u64)
+    html_page(
+        out,
+        autoindex::render(path, &entries).as_bytes(),
+        p,
+        head_only,
+    )
 }

@@ -330,7 +330,6 @@ fn open_beneath_fallback(
 mod tests {
     use super::*;
     use std::io::Read;
-    use std::path::PathBuf;
 
     fn bad(t: &str) -> bool {
         matches!(
@@ -525,27 +524,7 @@ mod tests {
         assert!(!is_hidden(""));
     }
 
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> Self {
-            use std::sync::atomic::{AtomicU32, Ordering};
-            static N: AtomicU32 = AtomicU32::new(0);
-            let p = std::env::temp_dir().join(format!(
-                "keel-path-{tag}-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&p).unwrap();
-            TempDir(p)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_util::TempDir;
 
     /// outer/secret.txt (outside the root) and outer/root/{file.txt, sub/inner.txt,
     /// out -> ../secret.txt, abs -> /outer/secret.txt, in -> sub/inner.txt, subl -> sub,

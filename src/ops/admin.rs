@@ -267,16 +267,7 @@ pub fn render_prometheus(v: &MetricsView) -> String {
 /// are still strings: escape them rather than trust them.
 fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
+    crate::http::autoindex::push_html(&mut out, s);
     out
 }
 
