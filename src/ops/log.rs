@@ -378,9 +378,20 @@ impl Shared {
     }
 
     fn flush(&self, deadline: Instant) {
-        let mut st = lock(&self.state);
+        let st = lock(&self.state);
         let target = st.queued;
-        while st.done < target && !st.exited && st.owner == std::process::id() {
+        self.wait_until(st, deadline, |st| st.done >= target || st.exited);
+    }
+
+    /// Waits on `progress` until `done(state)`, the deadline, or the writer thread belonging
+    /// to another process (after fork nobody would ever signal this one).
+    fn wait_until(
+        &self,
+        mut st: MutexGuard<'_, State>,
+        deadline: Instant,
+        done: impl Fn(&State) -> bool,
+    ) {
+        while !done(&st) && st.owner == std::process::id() {
             let now = Instant::now();
             if now >= deadline {
                 return;
@@ -400,17 +411,7 @@ impl Shared {
         let mut st = lock(&self.state);
         st.stop = true;
         self.wake.notify_all();
-        while !st.exited && st.owner == std::process::id() {
-            let now = Instant::now();
-            if now >= deadline {
-                return;
-            }
-            st = self
-                .progress
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        self.wait_until(st, deadline, |st| st.exited);
     }
 
     fn restart_in_child(self: &Arc<Self>) {
