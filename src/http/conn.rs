@@ -245,7 +245,7 @@ impl HttpConn {
                 &Exchange {
                     peer: cx.peer_addr(),
                     method: head.method_str,
-                    target: head.target,
+                    target: head.target.as_bytes(),
                     version: match head.version {
                         Version::Http10 => "HTTP/1.0",
                         Version::Http11 => "HTTP/1.1",
@@ -289,7 +289,7 @@ impl HttpConn {
         let path: &str = match plain_path(head.target) {
             Some(p) => p,
             None => {
-                normalized = match normalize_target(head.target) {
+                normalized = match normalize_target(head.target.as_bytes()) {
                     Ok(path) => path,
                     Err(e) => return error(out, e.status()),
                 };
@@ -450,7 +450,8 @@ fn with_no_file((status, bytes): (u16, u64)) -> (u16, u64, Option<FileRange>) {
 /// The target itself when it is already a clean path: only unreserved characters and '/',
 /// no empty, "." or ".." segment, no segment starting with '.', no query. Most requests are
 /// like that and skip decoding, normalizing and allocating; anything else takes the full way.
-fn plain_path(target: &[u8]) -> Option<&str> {
+fn plain_path(target: &str) -> Option<&str> {
+    let bytes = target.as_bytes();
     /// Unreserved characters and '/': the only bytes a plain path has.
     const PLAIN: [bool; 256] = {
         let mut t = [false; 256];
@@ -462,11 +463,11 @@ fn plain_path(target: &[u8]) -> Option<&str> {
         }
         t
     };
-    if target.first() != Some(&b'/') {
+    if bytes.first() != Some(&b'/') {
         return None;
     }
     let mut prev = b'/';
-    for &b in &target[1..] {
+    for &b in &bytes[1..] {
         // After a '/', neither another '/' (an empty segment) nor a '.' (".", ".." or a
         // hidden name) may follow.
         if !PLAIN[b as usize] || (prev == b'/' && (b == b'/' || b == b'.')) {
@@ -474,7 +475,7 @@ fn plain_path(target: &[u8]) -> Option<&str> {
         }
         prev = b;
     }
-    std::str::from_utf8(target).ok()
+    Some(target)
 }
 
 fn flush(cx: &mut Ctx<'_>, out: &mut Vec<u8>) {

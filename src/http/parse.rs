@@ -96,7 +96,7 @@ pub enum BodyKind {
 pub struct Head<'b> {
     pub method: Method,
     pub method_str: &'b str,
-    pub target: &'b [u8],
+    pub target: &'b str,
     pub version: Version,
     pub keep_alive: bool,
     pub host: Option<&'b [u8]>,
@@ -222,7 +222,7 @@ pub fn parse_head<'b>(buf: &'b [u8], limits: &Limits) -> Result<HeadResult<'b>, 
             } else {
                 Version::Http11
             };
-            let head = interpret(method, target.as_bytes(), version, req.headers)?;
+            let head = interpret(method, target, version, req.headers)?;
             Ok(HeadResult::Complete { head, len })
         }
         Ok(Status::Partial) => {
@@ -364,7 +364,7 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
 /// Walks the header fields once and decides framing, persistence and the refusals.
 fn interpret<'b>(
     method_str: &'b str,
-    target: &'b [u8],
+    target: &'b str,
     version: Version,
     headers: &[Header<'b>],
 ) -> Result<Head<'b>, HttpError> {
@@ -635,7 +635,7 @@ mod tests {
         assert_eq!(len, FULL.len());
         assert_eq!(h.method, Method::Post);
         assert_eq!(h.method_str, "POST");
-        assert_eq!(h.target, b"/upload?x=1");
+        assert_eq!(h.target, "/upload?x=1");
         assert_eq!(h.version, Version::Http11);
         assert!(h.keep_alive);
         assert_eq!(h.host, Some(&b"example.com:8080"[..]));
@@ -723,7 +723,7 @@ mod tests {
         let buf = b"\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n";
         let (h, len) = complete(buf);
         assert_eq!(len, buf.len());
-        assert_eq!(h.target, b"/x");
+        assert_eq!(h.target, "/x");
     }
 
     #[test]
@@ -736,7 +736,7 @@ mod tests {
         let mut seen = Vec::new();
         while at < all.len() {
             let (h, len) = complete(&all[at..]);
-            seen.push((h.target.to_vec(), h.method, h.keep_alive));
+            seen.push((h.target.as_bytes().to_vec(), h.method, h.keep_alive));
             at += len;
         }
         assert_eq!(at, all.len());
