@@ -46,7 +46,8 @@ pub struct Entry {
     pub head_200: Box<[u8]>,
     /// `name.gz`, when gzip_static is on and it exists.
     pub gzip: Option<Rc<Entry>>,
-    checked: Instant,
+    /// Served without asking the filesystem again until then (checked + `cache_valid`).
+    fresh_until: Instant,
 }
 
 impl Entry {
@@ -131,7 +132,7 @@ pub fn lookup(site: &Site, path: &str, now: Instant) -> Result<Found, PathError>
             };
         }
         if let Some(e) = c.map.get(path) {
-            if now.duration_since(e.checked) < site.settings.cache_valid && e.unchanged_in_place() {
+            if now < e.fresh_until && e.unchanged_in_place() {
                 return Ok(Found::File(e.clone()));
             }
         }
@@ -224,7 +225,7 @@ fn load(
     if let Some(prev) = previous {
         if prev.identity == identity && same_gzip(&prev.gzip, &gzip) {
             let mut kept = Rc::try_unwrap(prev).unwrap_or_else(|shared| clone_entry(&shared));
-            kept.checked = now;
+            kept.fresh_until = fresh_until(site, now);
             kept.gzip = gzip;
             return Ok(Found::File(Rc::new(kept)));
         }
@@ -265,8 +266,14 @@ fn load(
         body,
         head_200: head.into_boxed_slice(),
         gzip,
-        checked: now,
+        fresh_until: fresh_until(site, now),
     })))
+}
+
+/// When an entry checked at `now` must be checked again.
+fn fresh_until(site: &Site, now: Instant) -> Instant {
+    now.checked_add(site.settings.cache_valid)
+        .unwrap_or_else(|| now + std::time::Duration::from_secs(365 * 86_400))
 }
 
 fn same_gzip(a: &Option<Rc<Entry>>, b: &Option<Rc<Entry>>) -> bool {
@@ -289,6 +296,6 @@ fn clone_entry(e: &Entry) -> Entry {
         body: e.body.clone(),
         head_200: e.head_200.clone(),
         gzip: e.gzip.clone(),
-        checked: e.checked,
+        fresh_until: e.fresh_until,
     }
 }
