@@ -417,8 +417,14 @@ fn main() -> ExitCode {
                 });
             _log_guard = init_logging(&settings);
             let build = |s: &ServerSettings| -> Result<HandlerFactory, String> {
-                let site =
-                    keel::http::Site::open(s.http.to_settings()).map_err(|e| e.to_string())?;
+                let mut http = s.http.clone();
+                // A daemon's stderr is /dev/null: the default access log (stderr) is off there.
+                if s.daemon == Some(true)
+                    && matches!(http.access_log.as_deref(), None | Some("stderr"))
+                {
+                    http.access_log = Some("off".to_string());
+                }
+                let site = keel::http::Site::open(http.to_settings()).map_err(|e| e.to_string())?;
                 Ok(keel::http::factory(site))
             };
             match build(&settings) {

@@ -3,13 +3,15 @@
 //! The connection is a small state machine:
 //!
 //! ```text
-//!            head complete, no body                      body done
-//!   ┌────────────────────────────┐            ┌───────────────────────────┐
-//!   ▼                            │            ▼                           │
-//! Head ──head complete, body──▶ (respond) ──▶ Body (discarding the body) ─┘
-//!   │ error / Connection: close / timeout
-//!   ▼
-//! Closed (a final response is flushed, then a graceful close)
+//!         head complete, no body: answer at once
+//!       ┌────────────────────────────────────┐
+//!       ▼                                    │
+//!     Head ──head complete, with a body──▶ Body (read and dropped; the answer waits)
+//!       │  ▲                                 │
+//!       │  └──────── body complete: answer ──┘
+//!       │ a bad head or body, Connection: close, a timeout
+//!       ▼
+//!     Closed (the final response is flushed, then a graceful close)
 //! ```
 //!
 //! Every complete request found in the input is answered in one pass: responses are appended

@@ -27,7 +27,7 @@ use rustix::fs::FileType;
 use super::conditional;
 use super::mime;
 use super::path::{open_beneath, PathError};
-use super::response::{push_content_length, push_header, push_u64};
+use super::response::{push_content_length, push_header};
 use super::site::Site;
 
 /// One file as the cache knows it.
@@ -254,7 +254,6 @@ fn load(
     if gzip.is_some() {
         head.extend_from_slice(b"Vary: Accept-Encoding\r\n");
     }
-    let _ = push_u64; // (kept in scope for readers: lengths are pushed without fmt)
     Ok(Found::File(Rc::new(Entry {
         file: Arc::new(file),
         size,
