@@ -262,6 +262,25 @@ pub fn install_signals(el: &mut EventLoop, fleet: Arc<Fleet>, drain: Duration) -
     })
 }
 
+/// Serves `--admin` (if given) on the control loop with the fleet's figures: the control
+/// loop's own counters (it accepts under some strategies) plus every worker loop's.
+pub fn serve_admin(
+    el: &mut EventLoop,
+    fleet: &Arc<Fleet>,
+    opts: &super::ServerOptions,
+    model: &'static str,
+) -> io::Result<()> {
+    let (fleet, engine) = (fleet.clone(), opts.engine);
+    super::admin::attach(
+        el,
+        model,
+        Arc::new(move |own: Option<&LoopStats>| {
+            let own = own.cloned().unwrap_or_else(|| LoopStats::new(engine));
+            fleet.snapshot(&own)
+        }),
+    )
+}
+
 /// After the control loop returned: waits for the worker loops, prints the final totals.
 pub fn finish(el: &EventLoop, fleet: &Fleet) {
     fleet.join();

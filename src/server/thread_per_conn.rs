@@ -18,15 +18,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     let mut control = EventLoop::new(cfg.clone())?;
     let fleet = Fleet::new();
     control::install_signals(&mut control, fleet.clone(), opts.drain_timeout)?;
-    let (f, engine) = (fleet.clone(), opts.engine);
-    super::admin::attach(
-        &mut control,
-        "thread-per-conn",
-        std::sync::Arc::new(move |own: Option<&crate::reactor::LoopStats>| {
-            let own = own.cloned();
-            f.snapshot(&own.unwrap_or_else(|| crate::reactor::LoopStats::new(engine)))
-        }),
-    )?;
+    control::serve_admin(&mut control, &fleet, opts, "thread-per-conn")?;
     let (listener, udp) = bind_and_announce(opts, service)?;
 
     // `--threads` caps the connection threads; `--max-conns`, if lower, caps them too.
