@@ -407,13 +407,19 @@ impl EventLoop {
                     let now = self.now_tick();
                     let conn = self.conn_mut(id).expect("still here");
                     conn.last_active = now;
-                    if conn.state == ConnState::Linger {
+                    let lingering = conn.state == ConnState::Linger;
+                    // Deferred work (a flush, a redelivery after `resume_read`, a close) waits
+                    // until what the handler left of the input is stashed back in place.
+                    self.deferred_depth += 1;
+                    if lingering {
                         // Closing: the peer's bytes are drained only to reach its FIN.
                         input.clear();
                     } else {
                         self.call_handler(id, |h, cx| h.on_data(cx, &mut input));
                     }
                     self.stash_input(id, input, direct);
+                    self.deferred_depth -= 1;
+                    self.run_deferred();
                     // A short read emptied the socket: an edge poller will report new data
                     // (but not a FIN it already reported: then read on to the 0).
                     let (hup, draining) = self
@@ -612,9 +618,11 @@ impl EventLoop {
             q.push_file(range);
         });
         if was_empty && !connecting {
-            // Nothing was ahead of it: try now rather than wait for a writable report (an
-            // edge-triggered poller would not send one for a socket that never filled).
-            self.conn_writable(id);
+            // Nothing was ahead of it: send without waiting for a writable report (an
+            // edge-triggered poller would not send one for a socket that never filled). Done
+            // once the calling handler is back in place, so that `on_drained` reaches it.
+            self.deferred.push(Deferred::Flush(id));
+            self.run_deferred();
         }
         true
     }
@@ -652,8 +660,11 @@ impl EventLoop {
             return;
         }
         let mut input = *conn.input.take().expect("checked above");
+        self.deferred_depth += 1;
         self.call_handler(id, |h, cx| h.on_data(cx, &mut input));
         self.stash_input(id, input, false);
+        self.deferred_depth -= 1;
+        self.run_deferred();
     }
 
     /// Graceful stop, connection by connection: requests already received are still served

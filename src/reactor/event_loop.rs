@@ -145,6 +145,8 @@ pub(crate) enum Deferred {
     HighWater(ConnId),
     /// Offer a connection's unconsumed input to its handler again (reading was resumed).
     Redeliver(ConnId),
+    /// Send what a connection has queued (a file just queued behind nothing).
+    Flush(ConnId),
 }
 
 type SignalCallback = Box<dyn FnMut(&mut EventLoop, Signal)>;
@@ -559,6 +561,7 @@ impl EventLoop {
                     Deferred::Close(id) => self.destroy_conn(id),
                     Deferred::HighWater(id) => self.notify_high_water(id),
                     Deferred::Redeliver(id) => self.redeliver_input(id),
+                    Deferred::Flush(id) => self.conn_writable(id),
                 }
             }
             self.deferred_spare = batch; // keep the allocation
