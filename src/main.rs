@@ -364,9 +364,17 @@ fn reloader(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = server::control::block_server_signals() {
-        eprintln!("keel: cannot block signals: {e}");
-        return ExitCode::FAILURE;
+    // Servers take their signals from a signalfd: block them before any thread starts (the
+    // log writer is the first), so every thread inherits the mask. Tools keep the defaults
+    // (Ctrl-C stops `keel bench pingpong`).
+    if matches!(
+        cli.command,
+        Command::Echo(_) | Command::Discard(_) | Command::Http(_)
+    ) {
+        if let Err(e) = server::control::block_server_signals() {
+            eprintln!("keel: cannot block signals: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     let _log_guard;
     let result = match cli.command {
