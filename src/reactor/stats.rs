@@ -159,36 +159,37 @@ impl LoopStats {
     }
 }
 
+/// The counters' names, in the order of [`LoopStats::counters`]: the keys of the `stats` line.
+pub const COUNTER_NAMES: [&str; COUNTERS] = [
+    "wakeups",
+    "events",
+    "accepted",
+    "open",
+    "closed",
+    "refused_emfile",
+    "refused_limit",
+    "idle_timeouts",
+    "linger_timeouts",
+    "connect_failures",
+    "bytes_in",
+    "bytes_out",
+    "datagrams",
+    "http_1xx",
+    "http_2xx",
+    "http_3xx",
+    "http_4xx",
+    "http_5xx",
+    "header_timeouts",
+    "body_timeouts",
+];
+
 /// The one-line `key=value` form scripts and tests parse (docs/cli-contract.md).
 impl fmt::Display for LoopStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "stats engine={} wakeups={} events={} accepted={} open={} closed={} refused_emfile={} \
-             refused_limit={} idle_timeouts={} linger_timeouts={} connect_failures={} bytes_in={} \
-             bytes_out={} datagrams={} http_1xx={} http_2xx={} http_3xx={} http_4xx={} http_5xx={} \
-             header_timeouts={} body_timeouts={}",
-            self.engine,
-            self.wakeups,
-            self.events,
-            self.accepted,
-            self.open,
-            self.closed,
-            self.refused_emfile,
-            self.refused_limit,
-            self.idle_timeouts,
-            self.linger_timeouts,
-            self.connect_failures,
-            self.bytes_in,
-            self.bytes_out,
-            self.datagrams,
-            self.http_1xx,
-            self.http_2xx,
-            self.http_3xx,
-            self.http_4xx,
-            self.http_5xx,
-            self.header_timeouts,
-            self.body_timeouts
-        )
+        write!(f, "stats engine={}", self.engine)?;
+        for (name, value) in COUNTER_NAMES.iter().zip(self.counters()) {
+            write!(f, " {name}={value}")?;
+        }
+        Ok(())
     }
 }
