@@ -397,9 +397,15 @@ impl HttpConn {
             None => (200, 0, e.size),
         };
         if status == 200 && !gzip {
-            // The common case: the head was encoded when the file was cached.
+            // The common case: the head was encoded when the file was cached, and for a small
+            // file kept in memory, a keep-alive 1.1 GET is two copies: status and Date lines,
+            // then head, blank line and body.
             push_status(out, 200);
-            out.extend_from_slice(&e.head_200);
+            if let (Some(whole), Persistence::KeepAlive11, false) = (e.whole_200(), p, head_only) {
+                out.extend_from_slice(whole);
+                return (status, len, None);
+            }
+            out.extend_from_slice(e.head_200());
         } else {
             push_status(out, status);
             push_header(out, b"Content-Type", entry.content_type.as_bytes());
@@ -427,7 +433,7 @@ impl HttpConn {
         if head_only || len == 0 {
             return (status, 0, None);
         }
-        match &e.body {
+        match e.body() {
             Some(body) => {
                 out.extend_from_slice(&body[offset as usize..(offset + len) as usize]);
                 (status, len, None)
@@ -468,16 +474,17 @@ fn plain_path(target: &str) -> Option<&str> {
     if bytes.first() != Some(&b'/') {
         return None;
     }
+    // Without an early exit the loop has no data-dependent branch (paths are short; a long
+    // one is read once either way).
+    let mut plain = true;
     let mut prev = b'/';
     for &b in &bytes[1..] {
         // After a '/', neither another '/' (an empty segment) nor a '.' (".", ".." or a
         // hidden name) may follow.
-        if !PLAIN[b as usize] || (prev == b'/' && (b == b'/' || b == b'.')) {
-            return None;
-        }
+        plain &= PLAIN[b as usize] & !(prev == b'/' && (b == b'/' || b == b'.'));
         prev = b;
     }
-    Some(target)
+    plain.then_some(target)
 }
 
 fn flush(cx: &mut Ctx<'_>, out: &mut Vec<u8>) {

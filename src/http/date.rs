@@ -13,14 +13,21 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// "Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n" is 37 bytes.
 const LINE_LEN: usize = 37;
 
+/// The first two lines of every 200 response, kept in front of the Date line so that the three
+/// leave in one copy.
+const STATUS_200: &[u8] = b"HTTP/1.1 200 OK\r\nServer: keel\r\n";
+
 struct Cached {
     /// The line is right until this instant (the next second boundary).
     until: Option<Instant>,
-    line: [u8; LINE_LEN],
+    /// [`STATUS_200`], then the Date line.
+    lines: [u8; STATUS_200.len() + LINE_LEN],
 }
 
 thread_local! {
-    static CACHE: RefCell<Cached> = const { RefCell::new(Cached { until: None, line: [0; LINE_LEN] }) };
+    static CACHE: RefCell<Cached> = const {
+        RefCell::new(Cached { until: None, lines: [0; STATUS_200.len() + LINE_LEN] })
+    };
     static BATCH_NOW: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
@@ -38,6 +45,16 @@ pub fn set_batch_time(now: Option<Instant>) {
 
 /// Appends the `Date: ...\r\n` line for the current second.
 pub fn push_date_line(out: &mut Vec<u8>) {
+    push_lines(out, STATUS_200.len());
+}
+
+/// Appends the status line of a 200, the Server line and the Date line.
+pub fn push_status_200_and_date(out: &mut Vec<u8>) {
+    push_lines(out, 0);
+}
+
+/// Appends the cached lines from byte `from` on, first bringing the Date up to this second.
+fn push_lines(out: &mut Vec<u8>, from: usize) {
     let now = BATCH_NOW.with(Cell::get).unwrap_or_else(Instant::now);
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
@@ -51,15 +68,19 @@ pub fn push_date_line(out: &mut Vec<u8>) {
             line.extend_from_slice(b"\r\n");
             if line.len() != LINE_LEN {
                 // Cannot happen for dates between 1970 and 9999; never cache a wrong length.
+                if from == 0 {
+                    out.extend_from_slice(STATUS_200);
+                }
                 out.extend_from_slice(&line);
                 return;
             }
-            c.line.copy_from_slice(&line);
+            c.lines[..STATUS_200.len()].copy_from_slice(STATUS_200);
+            c.lines[STATUS_200.len()..].copy_from_slice(&line);
             let to_next_second =
                 Duration::from_secs(1) - Duration::from_nanos(wall.subsec_nanos().into());
             c.until = Some(Instant::now() + to_next_second);
         }
-        out.extend_from_slice(&c.line);
+        out.extend_from_slice(&c.lines[from..]);
     });
 }
 
@@ -78,6 +99,19 @@ mod tests {
         let mut again = Vec::new();
         push_date_line(&mut again);
         assert_eq!(again.len(), LINE_LEN);
+    }
+
+    #[test]
+    fn the_200_lines_end_with_the_same_date_line() {
+        let mut date = Vec::new();
+        push_date_line(&mut date);
+        let mut all = Vec::new();
+        push_status_200_and_date(&mut all);
+        assert_eq!(&all[..STATUS_200.len()], STATUS_200);
+        // The same second, unless the clock ticked between the two calls.
+        let tail = &all[STATUS_200.len()..];
+        assert_eq!(tail.len(), LINE_LEN);
+        assert!(tail == &date[..] || tail.starts_with(b"Date: "), "{all:?}");
     }
 
     #[test]

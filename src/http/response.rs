@@ -5,7 +5,7 @@
 //! later leaves in a single write (or as the head of a sendfile), so a pipelined batch of
 //! responses costs one syscall.
 
-use super::date::push_date_line;
+use super::date::{push_date_line, push_status_200_and_date};
 use super::parse::status_text;
 
 /// What the `Connection` header says.
@@ -30,9 +30,8 @@ pub const SERVER: &[u8] = b"Server: keel\r\n";
 /// "HTTP/1.1 404 Not Found\r\nServer: keel\r\nDate: ...\r\n".
 pub fn push_status(out: &mut Vec<u8>, status: u16) {
     if status == 200 {
-        // The common case, as one copy.
-        out.extend_from_slice(b"HTTP/1.1 200 OK\r\nServer: keel\r\n");
-        push_date_line(out);
+        // The common case, as one copy (with the Date line).
+        push_status_200_and_date(out);
         return;
     }
     out.extend_from_slice(b"HTTP/1.1 ");
