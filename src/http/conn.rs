@@ -500,8 +500,9 @@ impl Handler for HttpConn {
     }
 
     fn on_data(&mut self, cx: &mut Ctx<'_>, input: &mut Buffer) {
-        // One clock reading for the whole batch (Date lines, cache freshness).
-        let now = Instant::now();
+        // One clock reading for the whole batch (Date lines, cache freshness): the loop's own,
+        // taken when it woke up.
+        let now = cx.now();
         date::set_batch_time(Some(now));
         OUT.with(|cell| {
             // Re-entrance cannot happen (a loop never calls a handler from inside another),

@@ -60,7 +60,7 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::net::buffer::Buffer;
 use crate::net::connection::{CloseReason, ConnId};
@@ -134,6 +134,11 @@ pub trait ConnOps {
     fn handle(&self) -> Option<LoopHandle>;
     /// Counts a protocol event in the loop's statistics.
     fn note(&mut self, note: Note);
+    /// The current time, as coarse as the model can make it cheaply: the loop's reading from
+    /// the start of this iteration, or a fresh clock read where there is no loop.
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
 }
 
 /// What a handler can do while it runs: act on its own connection, or reach the loop.
@@ -246,6 +251,13 @@ impl<'a> Ctx<'a> {
         self.ops.note(note)
     }
 
+    /// The time now, as read by the loop when it woke up for this event (a fresh reading under
+    /// models without a loop on this thread). Good for anything with a granularity of a
+    /// millisecond or more (dates, cache ages) and cheaper than reading the clock per call.
+    pub fn now(&self) -> Instant {
+        self.ops.now()
+    }
+
     /// A `Send` handle to the loop that owns this connection, for posting work back to it.
     pub fn handle(&self) -> Option<LoopHandle> {
         self.ops.handle()
@@ -297,5 +309,8 @@ impl ConnOps for EventLoop {
     }
     fn note(&mut self, note: Note) {
         EventLoop::note(self, note)
+    }
+    fn now(&self) -> Instant {
+        EventLoop::now(self)
     }
 }
