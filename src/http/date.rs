@@ -102,6 +102,12 @@ mod tests {
     }
 
     #[test]
+    fn the_200_status_lines_name_the_same_server_as_every_other_response() {
+        let expected = [&b"HTTP/1.1 200 OK\r\n"[..], super::super::response::SERVER].concat();
+        assert_eq!(STATUS_200, &expected[..]);
+    }
+
+    #[test]
     fn the_200_lines_end_with_the_same_date_line() {
         let mut date = Vec::new();
         push_date_line(&mut date);

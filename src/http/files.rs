@@ -315,7 +315,7 @@ fn load(
     let last_modified = conditional::http_date(st.st_mtime);
     let content_type = mime::content_type(path);
     let small = size <= site.settings.small_file_max;
-    let mut encoded = Vec::with_capacity(200 + if small { size as usize } else { 0 });
+    let mut encoded = Vec::with_capacity(256);
     push_header(&mut encoded, b"Content-Type", content_type.as_bytes());
     push_content_length(&mut encoded, size);
     push_header(&mut encoded, b"Last-Modified", last_modified.as_bytes());
@@ -325,6 +325,8 @@ fn load(
         encoded.extend_from_slice(b"Vary: Accept-Encoding\r\n");
     }
     let head_len = encoded.len();
+    // Exactly what is needed, so that making it a boxed slice does not copy the body again.
+    encoded.reserve_exact(2 + if small { size as usize } else { 0 });
     encoded.extend_from_slice(b"\r\n");
     let in_memory = small && {
         let at = encoded.len();

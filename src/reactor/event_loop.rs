@@ -183,6 +183,9 @@ pub struct EventLoop {
     /// The clock as of the current iteration: read once per wake-up, right after the wait.
     now: Instant,
     now_tick: u64,
+    /// Inside `run`: the clock reading is this iteration's. Outside, it may be old, and a
+    /// deadline is measured from a fresh one.
+    in_run: bool,
     quit: bool,
     draining: bool,
     exit_when_empty: bool,
@@ -216,6 +219,7 @@ impl EventLoop {
             start: Instant::now(),
             now: Instant::now(),
             now_tick: 0,
+            in_run: false,
             quit: false,
             draining: false,
             exit_when_empty: false,
@@ -267,6 +271,14 @@ impl EventLoop {
     /// anything that needs no finer clock than that, instead of a clock read of their own.
     pub fn now(&self) -> Instant {
         self.now
+    }
+
+    /// The wheel tick `after` from now.
+    fn deadline_after(&mut self, after: Duration) -> u64 {
+        if !self.in_run {
+            self.update_clock();
+        }
+        self.now_tick + Self::ms(after)
     }
 
     pub(crate) fn ms(d: Duration) -> u64 {
@@ -335,7 +347,7 @@ impl EventLoop {
         after: Duration,
         f: impl FnOnce(&mut EventLoop) + 'static,
     ) -> TimerKey {
-        let deadline = self.now_tick + Self::ms(after);
+        let deadline = self.deadline_after(after);
         self.timers.insert(deadline, TimerEvent::Task(Box::new(f)))
     }
 
@@ -413,7 +425,7 @@ impl EventLoop {
         for id in conns {
             self.drain_conn(id);
         }
-        let deadline = self.now_tick + Self::ms(drain);
+        let deadline = self.deadline_after(drain);
         self.timers.insert(deadline, TimerEvent::DrainDeadline);
         self.run_deferred();
     }
@@ -434,10 +446,17 @@ impl EventLoop {
         self.quit = false;
         self.renew_inherited_signals()?;
         self.update_clock(); // set-up may have taken a while since the loop was built
+        self.in_run = true;
+        let result = self.run_iterations(&mut events);
+        self.in_run = false;
+        result
+    }
+
+    fn run_iterations(&mut self, events: &mut Vec<Event>) -> io::Result<()> {
         while !self.quit {
             self.run_deferred(); // work queued by calls made before `run` or between iterations
             let timeout = self.poll_timeout();
-            self.poller.wait(&mut events, timeout)?;
+            self.poller.wait(events, timeout)?;
             self.stats.wakeups += 1;
             self.stats.events += events.len() as u64;
             self.update_clock();

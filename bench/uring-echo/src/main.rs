@@ -18,6 +18,7 @@
 //! SIGINT / SIGTERM (read from a signalfd through the ring itself): exit 0.
 
 use std::io::Write;
+use std::mem::ManuallyDrop;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
@@ -95,6 +96,14 @@ fn set_nodelay(fd: RawFd) {
     }
 }
 
+/// A multishot accept whose sockets come close-on-exec.
+fn accept(listener: &TcpListener) -> squeue::Entry {
+    opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
+        .flags(libc::SOCK_CLOEXEC)
+        .build()
+        .user_data(ACCEPT)
+}
+
 fn recv(slot: usize, c: &mut Conn) -> squeue::Entry {
     opcode::Recv::new(
         types::Fd(c.fd.as_raw_fd()),
@@ -129,13 +138,16 @@ fn run(addr: SocketAddr, defer: bool) -> std::io::Result<()> {
         builder.setup_coop_taskrun();
     }
     let mut ring: IoUring = builder.build(RING_ENTRIES)?;
-    let mut conns: Vec<Option<Conn>> = Vec::new();
+    // Never freed: whenever we return, connections still have a recv in flight, and the kernel
+    // may write into their buffers until the ring is torn down (closing an fd does not cancel
+    // an operation on it). The process exits right after, so leaking them is the simple safe
+    // way out; the same goes for the signal read's buffer.
+    let mut conns: ManuallyDrop<Vec<Option<Conn>>> = ManuallyDrop::new(Vec::new());
     let mut free: Vec<usize> = Vec::new();
-    let mut sigbuf = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+    let sigbuf: &'static mut [u8] =
+        Box::leak(vec![0u8; std::mem::size_of::<libc::signalfd_siginfo>()].into_boxed_slice());
     let mut next: Vec<squeue::Entry> = vec![
-        opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
-            .build()
-            .user_data(ACCEPT),
+        accept(&listener),
         opcode::Read::new(
             types::Fd(signals.as_raw_fd()),
             sigbuf.as_mut_ptr(),
@@ -150,9 +162,9 @@ fn run(addr: SocketAddr, defer: bool) -> std::io::Result<()> {
             let mut sq = ring.submission();
             for e in next.drain(..) {
                 // SAFETY: every buffer an entry points to outlives its operation: connection
-                // buffers are boxed and a slot is freed only once its single in-flight
-                // operation has completed; `sigbuf` and `listener` live until we return,
-                // which happens only after the signal read completed. The queue has room:
+                // buffers are boxed, a slot is freed only once its single in-flight operation
+                // has completed, and none is freed on return (`conns` is never dropped);
+                // `sigbuf` is leaked; `listener` outlives the ring, which is dropped first. The queue has room:
                 // at most one entry per connection plus two are ever pending, fewer than
                 // RING_ENTRIES (the accept loop refuses connections beyond that).
                 unsafe { sq.push(&e).expect("submission queue has room") };
@@ -174,11 +186,9 @@ fn run(addr: SocketAddr, defer: bool) -> std::io::Result<()> {
                 ACCEPT => {
                     if !io_uring::cqueue::more(flags) {
                         // The kernel ended the multishot accept (e.g. on an error): rearm it.
-                        next.push(
-                            opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
-                                .build()
-                                .user_data(ACCEPT),
-                        );
+                        // (Under fd exhaustion this bench peer retries at once; it is not a
+                        // server to run out of fds with.)
+                        next.push(accept(&listener));
                     }
                     if res < 0 {
                         continue; // EMFILE and the like: this bench peer just skips it
