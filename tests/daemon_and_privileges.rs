@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use util::{keel_bin, wait_served, Opts, Probe};
+use util::{keel_bin, wait_served, Opts, Probe, MODELS};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("keel-{name}-{}", std::process::id()));
@@ -117,14 +117,7 @@ fn stat_fields(pid: i32) -> Vec<String> {
 
 #[test]
 fn daemon_detaches_under_every_model() {
-    for model in [
-        "multi-reactor",
-        "prefork",
-        "half-sync",
-        "leader-followers",
-        "thread-per-conn",
-        "process-per-conn",
-    ] {
+    for model in MODELS {
         let dir = temp_dir(&format!("daemon-{model}"));
         let pid_file = dir.join("keel.pid");
         let d = start_daemon(&pid_file, &["--model", model, "--threads", "2"]);

@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use util::{try_connect, Opts};
+use util::{try_connect, Opts, MODELS};
 
 const CLIENTS: usize = 200;
 
@@ -77,14 +77,7 @@ fn sigterm_finishes_200_in_flight_slow_requests_and_refuses_new_ones() {
 /// being worked on (the listener does not wait for the drain), and that request is answered.
 #[test]
 fn every_model_refuses_new_connections_at_once_and_answers_what_is_in_flight() {
-    for model in [
-        "multi-reactor",
-        "prefork",
-        "half-sync",
-        "leader-followers",
-        "thread-per-conn",
-        "process-per-conn",
-    ] {
+    for model in MODELS {
         let srv = Opts::echo("epoll-et")
             .arg("--model", model)
             .arg("--threads", "2")

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use util::Opts;
+use util::{Opts, MODELS};
 
 fn temp_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("keel-ops-{tag}-{}", std::process::id()));
@@ -285,14 +285,7 @@ fn metrics_parse_and_count_the_traffic_and_status_renders() {
 fn metrics_under_every_model() {
     let dir = temp_dir("metrics-models");
     std::fs::write(dir.join("ok.txt"), "fine").unwrap();
-    for model in [
-        "multi-reactor",
-        "prefork",
-        "half-sync",
-        "leader-followers",
-        "thread-per-conn",
-        "process-per-conn",
-    ] {
+    for model in MODELS {
         let srv = Opts::http("epoll-et")
             .arg("--root", dir.to_str().unwrap())
             .arg("--admin", "127.0.0.1:0")

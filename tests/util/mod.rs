@@ -220,6 +220,16 @@ fn line_pump<R: Read + Send + 'static>(r: R) -> Receiver<String> {
     rx
 }
 
+/// Every concurrency model's `--model` name, for tests that must hold under each of them.
+pub const MODELS: [&str; 6] = [
+    "multi-reactor",
+    "prefork",
+    "half-sync",
+    "leader-followers",
+    "thread-per-conn",
+    "process-per-conn",
+];
+
 pub fn keel_bin() -> &'static str {
     env!("CARGO_BIN_EXE_keel")
 }
