@@ -8,6 +8,7 @@
 //! has arrived, one byte or a megabyte, without buffering any of it.
 
 use crate::http::parse::{BodyKind, HttpError};
+use crate::http::path::hex_value;
 
 /// Longest chunk-size line (digits and extensions), so extensions cannot be used to make the
 /// server scan without end.
@@ -275,15 +276,6 @@ impl BodyDecoder {
             return Err(HttpError::new(431, "trailer fields too large"));
         }
         Ok(())
-    }
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
     }
 }
 
