@@ -1455,6 +1455,35 @@ fn fifty_pipelined_64k_responses_read_slowly() {
     c.still_serves("/hello.txt", HELLO, "after 50 pipelined 64 KiB responses");
 }
 
+/// A body over 64 KiB leaves with TCP_CORK set, and the cork must come off when it is done:
+/// otherwise the kernel holds the body's last short segment, and the small response after it,
+/// for its 200 ms cork timeout. Twenty request-response turns of a 300 KiB file then a 13-byte
+/// one take a few milliseconds; with a stuck cork each turn would take at least 200 ms.
+#[test]
+fn corked_bodies_are_not_held_back() {
+    let root = Root::new("cork");
+    let file = random_bytes(66, 300 * 1024 + 17);
+    root.write("300k.bin", &file);
+    let srv = serve(&root, &[]);
+    let mut c = Client::connect(srv.tcp);
+    let want = fnv1a(&file);
+    let t = Instant::now();
+    for i in 0..20 {
+        c.send(b"GET /300k.bin HTTP/1.1\r\nHost: t\r\n\r\n");
+        let r = c
+            .response_within(false, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("turn {i}: {e}"));
+        assert_eq!(r.status, 200, "turn {i}: {}", r.head);
+        assert_eq!(fnv1a(&r.body), want, "turn {i}: body differs");
+        c.still_serves("/hello.txt", HELLO, "right after a corked body");
+    }
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "20 turns took {took:?}: something waits for the kernel's cork timeout"
+    );
+}
+
 /// The server's side with a tiny send buffer (`--sndbuf 4096`): every response of any size is
 /// written in pieces, the rest queued and sent as the socket drains. Mixed pipelined requests
 /// (in-memory small files, sendfile'd 64 KiB files, HEADs, a 404) all come back whole and in

@@ -8,7 +8,8 @@
 //!
 //! Bytes queued in front of a file go out with `MSG_MORE`: the kernel holds a short head back
 //! until the file's first pages join it, so head and body share a packet (what nginx gets with
-//! `tcp_nopush`/TCP_CORK, without the two extra setsockopt calls).
+//! `tcp_nopush`/TCP_CORK, without the two extra setsockopt calls). A file longer than one
+//! sendfile pipe load is sent corked as well; see [`CORK_ABOVE`].
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -47,6 +48,19 @@ pub(crate) struct Flushed {
 /// enough that one connection cannot keep the loop in the kernel for long.
 const SENDFILE_CHUNK: u64 = 1 << 20;
 
+/// A file range longer than this is sent with TCP_CORK set. Uncorked, a TCP_NODELAY socket
+/// sends whatever fits at the moment as a packet of its own: the part of a segment that reaches
+/// the edge of the peer's window, the end of one of sendfile's 64 KiB in-kernel pipe loads. The
+/// reader pays per packet. Corked, the kernel sends only full segments, and taking the cork off
+/// at the end of the range pushes the one short tail. Measured on loopback with one keep-alive
+/// reader (`ss -ti` data_segs_out over 200 responses): a 1 MiB file left in 21–25 segments
+/// uncorked and in 17.9 corked (17 is the least possible; nginx, which corks with
+/// `tcp_nopush`, 17.8); 512 KiB in 12.5–12.9 against 9; 256 KiB in 5.9–6.0 against 5. Under
+/// wrk with 100 connections the reader's CPU per 1 MiB response fell by 4–10%. A range of one
+/// pipe load or less is spared the two setsockopt calls: `MSG_MORE` on the head already joins
+/// it to its body.
+const CORK_ABOVE: u64 = 64 * 1024;
+
 /// Output waiting for the socket, in order. An empty queue is one null pointer: most
 /// connections write straight through and never queue anything, and an idle connection's
 /// size is what decides how many fit in a GiB.
@@ -59,6 +73,8 @@ pub(crate) struct OutputQueue {
 struct Queued {
     segments: VecDeque<Segment>,
     len: u64,
+    /// TCP_CORK is set while a long file range leaves (see [`CORK_ABOVE`]).
+    corked: bool,
 }
 
 impl OutputQueue {
@@ -167,6 +183,10 @@ impl Queued {
                     }
                 }
                 Segment::File(range) => {
+                    if !self.corked && range.len > CORK_ABOVE {
+                        // Best effort: uncorked, the body still leaves, in a few more packets.
+                        self.corked = rustix::net::sockopt::set_tcp_cork(fd, true).is_ok();
+                    }
                     let asked = range.len.min(SENDFILE_CHUNK);
                     let mut offset = range.offset;
                     let n = loop {
@@ -202,6 +222,11 @@ impl Queued {
                     // report a socket that never filled).
                     if range.len == 0 {
                         self.segments.pop_front();
+                        if self.corked {
+                            // Taking the cork off pushes the last short segment now.
+                            self.corked = false;
+                            let _ = rustix::net::sockopt::set_tcp_cork(fd, false);
+                        }
                     }
                 }
             }
@@ -285,19 +310,24 @@ mod tests {
         assert_eq!(got, "head1|23456|head2|more|0123456789");
     }
 
+    /// A queue holding the byte `H`, then all of `data` as a file range.
+    fn head_and_file(data: &[u8]) -> OutputQueue {
+        let mut q = OutputQueue::default();
+        q.push_bytes(b"H", Buffer::new);
+        q.push_file(FileRange {
+            file: temp_file(data),
+            offset: 0,
+            len: data.len() as u64,
+        });
+        q
+    }
+
     #[test]
     fn a_full_socket_keeps_the_rest_queued() {
         let (a, mut b) = UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
         let big: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
-        let file = temp_file(&big);
-        let mut q = OutputQueue::default();
-        q.push_bytes(b"H", Buffer::new);
-        q.push_file(FileRange {
-            file,
-            offset: 0,
-            len: big.len() as u64,
-        });
+        let mut q = head_and_file(&big);
         let first = q.flush(a.as_fd(), drop).unwrap();
         assert!(
             !first.done,
@@ -317,6 +347,49 @@ mod tests {
         let all = reader.join().unwrap();
         assert_eq!(all[0], b'H');
         assert_eq!(&all[1..], &big[..]);
+    }
+
+    #[test]
+    fn a_long_file_leaves_corked_and_the_cork_comes_off_after_it() {
+        let get_tcp_cork = |s: &std::net::TcpStream| socket2::SockRef::from(s).tcp_cork();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut b = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (a, _) = listener.accept().unwrap();
+        a.set_nonblocking(true).unwrap();
+        a.set_nodelay(true).unwrap();
+        let big: Vec<u8> = (0..8 << 20).map(|i| (i % 253) as u8).collect();
+        let mut q = head_and_file(&big);
+        let first = q.flush(a.as_fd(), drop).unwrap();
+        assert!(!first.done, "loopback buffers cannot take 8 MiB unread");
+        assert!(
+            get_tcp_cork(&a).unwrap(),
+            "corked while the file is under way"
+        );
+        let reader = std::thread::spawn(move || {
+            let mut all = vec![0u8; 1 + (8 << 20)];
+            b.read_exact(&mut all).unwrap();
+            (all, b)
+        });
+        while !q.is_empty() {
+            q.flush(a.as_fd(), drop).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(!get_tcp_cork(&a).unwrap(), "uncorked once the file is sent");
+        // The last short segment was pushed by the uncork: the reader gets every byte now,
+        // not after the kernel's 200 ms cork timeout.
+        let (all, _b) = reader.join().unwrap();
+        assert_eq!(all[0], b'H');
+        assert!(all[1..] == big[..]);
+
+        // A short range is sent without the cork.
+        let small = temp_file(&[7u8; 1000]);
+        q.push_file(FileRange {
+            file: small,
+            offset: 0,
+            len: 1000,
+        });
+        assert!(q.flush(a.as_fd(), drop).unwrap().done);
+        assert!(!get_tcp_cork(&a).unwrap());
     }
 
     #[test]
