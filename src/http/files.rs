@@ -200,19 +200,30 @@ pub fn lookup(site: &Site, path: &str, now: Instant) -> Result<Found, PathError>
                 last: None,
             };
         }
+        // The entry on record for `path`, when it is stale or changed: `load` keeps its
+        // contents if the file turns out to be the same one.
+        let mut previous = None;
         if let Some((p, e)) = &c.last {
-            if **p == *path && now < e.fresh_until && e.unchanged_in_place() {
-                return Ok(Found::File(e.clone()));
+            if **p == *path {
+                if now < e.fresh_until && e.unchanged_in_place() {
+                    return Ok(Found::File(e.clone()));
+                }
+                // The memo is the map's own entry (it is cleared on every change to the
+                // map): checking the map as well would fstat the same file twice.
+                previous = Some(e.clone());
             }
         }
-        if let Some((p, e)) = c.map.get_key_value(path) {
-            if now < e.fresh_until && e.unchanged_in_place() {
-                let found = (p.clone(), e.clone());
-                c.last = Some(found.clone());
-                return Ok(Found::File(found.1));
+        if previous.is_none() {
+            if let Some((p, e)) = c.map.get_key_value(path) {
+                if now < e.fresh_until && e.unchanged_in_place() {
+                    let found = (p.clone(), e.clone());
+                    c.last = Some(found.clone());
+                    return Ok(Found::File(found.1));
+                }
+                previous = Some(e.clone());
             }
         }
-        let fresh = load(site, path, now, c.map.get(path).cloned());
+        let fresh = load(site, path, now, previous);
         match fresh {
             Ok(Found::File(entry)) => {
                 c.insert(site, path, entry.clone());
