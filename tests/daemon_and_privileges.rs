@@ -46,24 +46,6 @@ impl Drop for Daemon {
     }
 }
 
-fn read_pid(path: &Path, not: u32, timeout: Duration) -> i32 {
-    let start = Instant::now();
-    loop {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            if let Ok(pid) = s.trim().parse::<i32>() {
-                if pid as u32 != not {
-                    return pid;
-                }
-            }
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "the pid file never got the daemon's pid"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Starts `keel echo --daemon` with `extra` args: the command returns 0 once detached, after
 /// printing its listening line; the daemon's pid comes from the pid file.
 fn start_daemon(pid_file: &Path, extra: &[&str]) -> Daemon {
@@ -105,7 +87,16 @@ fn start_daemon(pid_file: &Path, extra: &[&str]) -> Daemon {
         "{args:?}: the starting command exits 0 once detached: {status:?}; stderr: {}",
         std::fs::read_to_string(&err_path).unwrap_or_default()
     );
-    let pid = read_pid(pid_file, launcher, Duration::from_secs(5));
+    // No waiting: once the command has returned 0, the pid file names the running daemon.
+    let text = std::fs::read_to_string(pid_file).unwrap_or_default();
+    let pid: i32 = text.trim().parse().unwrap_or_else(|_| {
+        panic!("right after the start command returned, the pid file holds {text:?}")
+    });
+    assert_ne!(
+        pid as u32, launcher,
+        "the pid file still names the command that started the daemon"
+    );
+    assert!(alive(pid), "the pid file names {pid}, which is not running");
     Daemon { pid, addr }
 }
 
@@ -120,7 +111,24 @@ fn daemon_detaches_under_every_model() {
     for model in MODELS {
         let dir = temp_dir(&format!("daemon-{model}"));
         let pid_file = dir.join("keel.pid");
-        let d = start_daemon(&pid_file, &["--model", model, "--threads", "2"]);
+        // A log file means a log-writer thread before the forks (the daemon's, and prefork's
+        // and process-per-connection's children): the forks must still happen, and the
+        // daemon must still log.
+        let log = dir.join("keel.log");
+        let log_arg = log.to_str().unwrap();
+        let d = start_daemon(
+            &pid_file,
+            &[
+                "--model",
+                model,
+                "--threads",
+                "2",
+                "--log-target",
+                "file",
+                "--log-file",
+                log_arg,
+            ],
+        );
         // fields after the command name: state(0) ppid(1) pgrp(2) session(3) tty_nr(4)
         let f = stat_fields(d.pid);
         assert_eq!(f[4], "0", "[{model}] no controlling terminal");
@@ -143,6 +151,20 @@ fn daemon_detaches_under_every_model() {
             wait_served(d.addr, b"daemon", Duration::from_secs(5)),
             Probe::Served,
             "[{model}] the daemon serves"
+        );
+        // Something the daemon logs after it detached (it has nothing to reload).
+        kill(Pid::from_raw(d.pid), Signal::SIGHUP).unwrap();
+        let start = Instant::now();
+        let text = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("SIGHUP") || start.elapsed() > Duration::from_secs(5) {
+                break text;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            text.contains("server starting") && text.contains("SIGHUP"),
+            "[{model}] the daemon does not log to its file:\n{text}"
         );
         kill(Pid::from_raw(d.pid), Signal::SIGTERM).unwrap();
         let start = Instant::now();

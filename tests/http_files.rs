@@ -477,6 +477,48 @@ fn index_html_and_directory_redirect() {
     assert!(!contains(&r.raw, b"a.txt"), "{}", r.show());
 }
 
+/// The redirect to a directory's slash form carries the path encoded again: decoded, a name
+/// like "q?x" would come back as a path and a query, and "my dir" as a broken header.
+#[test]
+fn directory_redirect_location_is_percent_encoded() {
+    let t = Tree::new("location");
+    t.put("q?x/index.html", b"the directory");
+    t.put("q", b"WRONG: the file q");
+    t.put("my dir/index.html", b"another directory");
+    let srv = serve(&t, &[]);
+    let r = get(&srv, "/q%3Fx");
+    assert_eq!(r.status, 301, "{}", r.show());
+    assert_eq!(r.header("Location"), Some("/q%3Fx/"), "{}", r.show());
+    let r = get(&srv, "/q%3Fx/");
+    assert_eq!(r.body_str(), "the directory", "{}", r.show());
+    let r = get(&srv, "/my%20dir");
+    assert_eq!(r.status, 301, "{}", r.show());
+    assert_eq!(r.header("Location"), Some("/my%20dir/"), "{}", r.show());
+}
+
+/// Opening a FIFO for reading waits for a writer; the server must neither wait (its loop would
+/// hang, and every connection on it) nor serve it.
+#[test]
+fn a_fifo_in_the_root_is_refused_without_blocking() {
+    let t = Tree::new("fifo");
+    t.put("a.txt", b"aaa");
+    nix::unistd::mkfifo(&t.root().join("pipe"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let srv = serve(&t, &["--threads", "1"]);
+    let r = get(&srv, "/pipe");
+    assert_eq!(r.status, 403, "{}", r.show());
+    let r = get(&srv, "/a.txt");
+    assert_eq!(r.status, 200, "{}", r.show());
+}
+
+/// A path segment longer than a file name can be names nothing: 404, not 403.
+#[test]
+fn an_over_long_name_is_not_found() {
+    let t = Tree::new("longname");
+    let srv = serve(&t, &[]);
+    let r = get(&srv, &format!("/{}", "a".repeat(300)));
+    assert_eq!(r.status, 404, "{}", r.show());
+}
+
 #[test]
 fn autoindex_escapes_names_and_links_work() {
     let t = index_tree();
@@ -857,6 +899,44 @@ fn gzip_static_sibling() {
     );
 }
 
+/// If-None-Match sent on several lines is one list (RFC 9110 5.3): a match on any line is a 304.
+#[test]
+fn if_none_match_on_several_lines() {
+    let t = Tree::new("inm-lines");
+    t.put("x", b"0123456789");
+    let srv = serve(&t, &[]);
+    let etag = get(&srv, "/x").header("ETag").expect("ETag").to_string();
+    let r = get_h(
+        &srv,
+        "/x",
+        &[("If-None-Match", "\"zz\""), ("If-None-Match", &etag)],
+    );
+    assert_eq!(r.status, 304, "{}", r.show());
+    let r = get_h(
+        &srv,
+        "/x",
+        &[("If-None-Match", "\"zz\""), ("If-None-Match", "\"yy\"")],
+    );
+    assert_eq!(r.status, 200, "{}", r.show());
+}
+
+/// A 416 for a resource with a gzip variant depends on Accept-Encoding (its size is the
+/// variant's), so it says Vary like the 200, 206 and 304 do.
+#[test]
+fn unsatisfiable_range_of_a_negotiated_file_varies() {
+    let t = Tree::new("gzip416");
+    t.put("app.js", &b"let x = 1;\n".repeat(10));
+    t.put("app.js.gz", &gzip_stored(&b"let x = 1;\n".repeat(10)));
+    let srv = serve(&t, &[]);
+    let r = get_h(
+        &srv,
+        "/app.js",
+        &[("Accept-Encoding", "gzip"), ("Range", "bytes=100000-")],
+    );
+    assert_eq!(r.status, 416, "{}", r.show());
+    assert_eq!(r.header("Vary"), Some("Accept-Encoding"), "{}", r.show());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Cache revalidation
 // ---------------------------------------------------------------------------------------------
@@ -1027,6 +1107,42 @@ fn access_log_combined_format() {
         .filter(|l| is_combined_line(l, 10, "t/1"))
         .count();
     assert_eq!((quoted, plain), (1, 2), "access log lines:\n{text}");
+}
+
+/// Requests refused before they were understood are logged too, with the request line as
+/// received (escaped), as nginx does: they are what an operator looks for.
+#[test]
+fn refused_requests_are_logged() {
+    let t = Tree::new("alog-refused");
+    t.put("x", b"0123456789");
+    let log = t.base.join("access.log");
+    let srv = serve(&t, &["--access-log", log.to_str().unwrap()]);
+    let r = exchange(srv.tcp, b"GET /x HTTP/1.1\r\nUser-Agent: t\r\n\r\n");
+    assert_eq!(r.status, 400, "{}", r.show());
+    let r = exchange(srv.tcp, b"GET /\"q\" HTTP/1.1\r\nHost: a b\r\n\r\n");
+    assert_eq!(r.status, 400, "{}", r.show());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().count() >= 2 || Instant::now() >= deadline {
+            break text;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "access log after 2 refusals:\n{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with("\"GET /x HTTP/1.1\" 400 0 \"-\" \"-\"")),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with("\"GET /\\x22q\\x22 HTTP/1.1\" 400 0 \"-\" \"-\"")),
+        "{text}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

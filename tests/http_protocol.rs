@@ -626,6 +626,33 @@ fn two_host_fields() {
     );
 }
 
+#[test]
+fn a_host_that_is_not_a_host() {
+    smuggle(
+        "badhost",
+        b"GET /hello.txt HTTP/1.1\r\nHost: a b\r\n\r\n",
+        "Host: a b",
+    );
+    smuggle(
+        "userinfohost",
+        b"GET /hello.txt HTTP/1.1\r\nHost: user@example.com\r\n\r\n",
+        "Host: user@example.com",
+    );
+}
+
+/// Chunked framing, but under a coding keel cannot decode: 501 (RFC 9112 6.1), and closed.
+#[test]
+fn an_unknown_transfer_coding_before_chunked_is_501() {
+    let root = Root::new("te501");
+    let srv = serve(&root, &[]);
+    expect_refusal(
+        &srv,
+        b"POST /hello.txt HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        501,
+        "Transfer-Encoding: gzip, chunked",
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Persistence
 // ---------------------------------------------------------------------------------------------
@@ -954,6 +981,51 @@ util::per_engine!(core_engine);
 // Expect: 100-continue
 // ---------------------------------------------------------------------------------------------
 
+/// Every model with the access log on: prefork and process-per-connection fork while the
+/// log's writer thread exists, and must still serve, and log every request.
+#[test]
+fn every_model_serves_and_logs_with_the_access_log_on() {
+    for model in util::MODELS {
+        let root = Root::new("alog-model");
+        let log = std::env::temp_dir().join(format!(
+            "keel-http-protocol-{}-{model}.log",
+            std::process::id()
+        ));
+        let _ = fs::remove_file(&log);
+        let srv = Opts::http(ENGINE)
+            .arg("--root", root.path())
+            .arg("--model", model)
+            // Per-connection models serve at most this many at once, and free a slot only
+            // after the connection's process or thread is reaped: room for all three.
+            .arg("--threads", "4")
+            .arg("--access-log", log.to_str().unwrap())
+            .spawn();
+        for i in 0..3 {
+            let mut c = Client::connect(srv.tcp);
+            c.send(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+            let r = c.must(false, &format!("{model}: request {i}"));
+            assert_eq!(r.status, 200, "{model}: {}", r.show());
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let text = loop {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            if text.lines().count() >= 3 || Instant::now() >= deadline {
+                break text;
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
+        let _ = fs::remove_file(&log);
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.contains("\"GET /hello.txt HTTP/1.1\" 200 "))
+                .count(),
+            3,
+            "{model}: access log:\n{text}\n{}",
+            srv.stderr_dump()
+        );
+    }
+}
+
 #[test]
 fn expect_100_continue() {
     let root = Root::new("expect");
@@ -1196,6 +1268,27 @@ fn header_timeout_408() {
         took >= Duration::from_millis(700),
         "408 after only {took:?} with --header-timeout 1"
     );
+}
+
+/// A connection that never sends a byte is closed at the header timeout, counted from the
+/// accept, without a 408 (there is no request to answer; a browser's pre-opened socket could
+/// take one for the answer to the request it sends next).
+#[test]
+fn a_silent_connection_is_closed_quietly_at_the_header_timeout() {
+    let root = Root::new("silent");
+    let srv = serve(&root, &["--header-timeout", "1"]);
+    let mut c = Client::connect(srv.tcp);
+    let t0 = Instant::now();
+    c.closed_within(Duration::from_secs(4))
+        .unwrap_or_else(|e| panic!("silent connection, --header-timeout 1: {e}"));
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(700),
+        "closed after only {took:?} with --header-timeout 1"
+    );
+    // Another connection is served as usual.
+    let mut c = Client::connect(srv.tcp);
+    c.still_serves("/hello.txt", HELLO, "after a silent connection was closed");
 }
 
 #[test]
@@ -1453,6 +1546,30 @@ fn fifty_pipelined_64k_responses_read_slowly() {
     }
     c.pause = Duration::ZERO;
     c.still_serves("/hello.txt", HELLO, "after 50 pipelined 64 KiB responses");
+}
+
+/// More pipelined answers than the output backlog (256 KiB) in one batch, to a client that
+/// reads all the while: the socket takes them as they are made, so nothing waits in the
+/// connection's queue and reading must carry on without waiting for a drain that never comes.
+#[test]
+fn pipelined_answers_past_the_backlog_are_all_sent() {
+    let root = Root::new("backlog");
+    let file = random_bytes(4, 4000);
+    root.write("4k.txt", &file);
+    let srv = serve(&root, &[]);
+    for (path, body, n) in [("/4k.txt", &file[..], 100), ("/hello.txt", HELLO, 1100)] {
+        let mut c = Client::connect(srv.tcp);
+        let one = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+        c.send(one.repeat(n).as_bytes());
+        for i in 0..n {
+            let r = c
+                .response_within(false, Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("{path}: response {i} of {n} pipelined: {e}"));
+            assert_eq!(r.status, 200, "{path}: response {i}: {}", r.head);
+            assert_eq!(r.body, body, "{path}: response {i}");
+        }
+        c.still_serves("/hello.txt", HELLO, "after the pipelined batch");
+    }
 }
 
 /// A body over 64 KiB leaves with TCP_CORK set, and the cork must come off when it is done:

@@ -459,6 +459,47 @@ fn process_per_conn_cap_refuses_fifth() {
 // process-per-conn: no zombies, no fd leak
 // ---------------------------------------------------------------------------------------------
 
+/// A connection the master serves itself (the admin page) is inherited by every child forked
+/// while it is open. When the master then closes it, the open file lives on in the child, and
+/// so would the master's epoll registration of it unless the master deletes it: in
+/// level-triggered mode the master would then wake for it without end (one core at 100%).
+#[test]
+fn process_per_conn_master_stays_idle_after_closing_a_connection_a_child_inherited() {
+    let srv = Opts::echo("epoll-lt")
+        .arg("--model", "process-per-conn")
+        .arg("--threads", "4")
+        .arg("--admin", "127.0.0.1:0")
+        .spawn();
+    let admin = srv.admin_addr().expect("a `listening admin` line");
+    let mut a = connect(admin);
+    a.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut got = [0u8; 4096];
+    assert!(a.read(&mut got).unwrap() > 0, "no /metrics answer");
+    // A child is forked for this one while the admin connection is open.
+    let mut c = connect(srv.tcp);
+    c.write_all(b"ping").unwrap();
+    read_expect(&mut c, b"ping", Duration::from_secs(10)).unwrap();
+    // The master closes the admin connection once the client is done with it.
+    a.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    let end = read_until_end(&mut a, &mut rest, 1 << 20, Duration::from_secs(10));
+    assert!(
+        matches!(end, End::Eof),
+        "the admin connection did not end: {end:?}"
+    );
+    thread::sleep(Duration::from_millis(300));
+    let before = srv.cpu_time();
+    thread::sleep(Duration::from_secs(1));
+    let used = srv.cpu_time() - before;
+    assert!(
+        used < Duration::from_millis(200),
+        "the master used {used:?} of CPU in 1 s with nothing to do (a stale epoll entry?)\n{}",
+        srv.stderr_dump()
+    );
+    drop(c);
+}
+
 /// 500 sequential connections (each echoes, then closes): afterwards no child of the server is
 /// a zombie and the server's own fd count is back at its baseline.
 #[test]

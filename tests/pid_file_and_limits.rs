@@ -75,6 +75,31 @@ fn a_second_instance_is_refused_naming_the_running_pid() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A start that fails after taking the pid file (here: the admin address is taken) lets it go:
+/// no file naming a dead process is left for the next start or for a supervisor to trust.
+#[test]
+fn a_failed_start_leaves_no_pid_file() {
+    let dir = temp_dir("pid-failed-start");
+    let pid_file = dir.join("keel.pid");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = taken.local_addr().unwrap().to_string();
+    let (code, err) = run_refused(&[
+        "echo",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        &admin,
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "stderr: {err}");
+    assert!(
+        !pid_file.exists(),
+        "a pid file was left behind; stderr: {err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_stale_pid_file_is_taken_over() {
     let dir = temp_dir("pid-stale");

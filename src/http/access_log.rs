@@ -30,7 +30,38 @@ thread_local! {
 
 /// Formats one line (without the newline).
 pub fn format_line(x: &Exchange<'_>, out: &mut Vec<u8>) {
-    match x.peer {
+    push_start(out, x.peer);
+    escape(out, x.method.as_bytes());
+    out.push(b' ');
+    escape(out, x.target);
+    out.push(b' ');
+    out.extend_from_slice(x.version.as_bytes());
+    push_end(out, x.status, x.body_bytes, x.referer, x.user_agent);
+}
+
+/// The line for a request refused before it was understood (a bad head, a bad body, a
+/// timeout): `request` is its first line as received, or "-". nginx logs these too, and they
+/// are what an operator looks for when clients report errors.
+pub fn format_refusal(peer: Option<SocketAddr>, request: &[u8], status: u16, out: &mut Vec<u8>) {
+    push_start(out, peer);
+    escape(out, request);
+    push_end(out, status, 0, None, None);
+}
+
+/// The request line at the start of `input`, without its line ending, at most 1 KiB of it
+/// (the log is for people; a refused 8 KiB target needs no more to be recognised).
+pub fn first_line(input: &[u8]) -> &[u8] {
+    let input = &input[..input.len().min(1024)];
+    let line = match input.iter().position(|&b| b == b'\n') {
+        Some(i) => &input[..i],
+        None => input,
+    };
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// `addr - - [time] "`
+fn push_start(out: &mut Vec<u8>, peer: Option<SocketAddr>) {
+    match peer {
         Some(p) => out.extend_from_slice(p.ip().to_string().as_bytes()),
         None => out.push(b'-'),
     }
@@ -44,16 +75,21 @@ pub fn format_line(x: &Exchange<'_>, out: &mut Vec<u8>) {
         out.extend_from_slice(t.1.as_bytes());
     });
     out.extend_from_slice(b" \"");
-    escape(out, x.method.as_bytes());
-    out.push(b' ');
-    escape(out, x.target);
-    out.push(b' ');
-    out.extend_from_slice(x.version.as_bytes());
+}
+
+/// `" status bytes "referer" "user-agent"`
+fn push_end(
+    out: &mut Vec<u8>,
+    status: u16,
+    body_bytes: u64,
+    referer: Option<&[u8]>,
+    user_agent: Option<&[u8]>,
+) {
     out.extend_from_slice(b"\" ");
-    push_u64(out, u64::from(x.status));
+    push_u64(out, u64::from(status));
     out.push(b' ');
-    push_u64(out, x.body_bytes);
-    for field in [x.referer, x.user_agent] {
+    push_u64(out, body_bytes);
+    for field in [referer, user_agent] {
         out.extend_from_slice(b" \"");
         match field {
             Some(v) => escape(out, v),
@@ -139,6 +175,24 @@ mod tests {
         assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
         assert!(
             line.ends_with("\"GET /a\\x22b\\x0A HTTP/1.1\" 404 12 \"-\" \"curl/8 \\x22x\\x22\""),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_refusal_logs_the_first_line_as_received() {
+        assert_eq!(
+            first_line(b"GET /x HTTP/1.1\r\nHost: a\r\n"),
+            b"GET /x HTTP/1.1"
+        );
+        assert_eq!(first_line(b"GET /partial"), b"GET /partial");
+        assert_eq!(first_line(&[b'a'; 5000]).len(), 1024);
+        let mut out = Vec::new();
+        format_refusal(None, first_line(b"GET /\"x\" HTTP/9\r\n"), 505, &mut out);
+        let line = String::from_utf8(out).unwrap();
+        assert!(line.starts_with("- - - ["), "{line}");
+        assert!(
+            line.ends_with("\"GET /\\x22x\\x22 HTTP/9\" 505 0 \"-\" \"-\""),
             "{line}"
         );
     }

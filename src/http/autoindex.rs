@@ -6,6 +6,7 @@
 //! a rename racing the listing cannot redirect it outside the directory that was opened.
 
 use crate::http::conditional::http_date;
+use crate::http::path::push_percent_encoded;
 use rustix::fs::{AtFlags, Dir, FileType};
 use std::fmt::Write as _;
 use std::os::fd::BorrowedFd;
@@ -62,7 +63,7 @@ pub fn read_entries(dir: BorrowedFd<'_>, show_hidden: bool) -> std::io::Result<V
 /// from ever being read as a scheme.
 pub fn render(url_path: &str, entries: &[Entry]) -> String {
     let mut base = String::with_capacity(url_path.len() + 1);
-    push_url(&mut base, url_path, true);
+    push_percent_encoded(&mut base, url_path, true);
     if !base.ends_with('/') {
         base.push('/');
     }
@@ -92,7 +93,7 @@ pub fn render(url_path: &str, entries: &[Entry]) -> String {
     for e in entries {
         out.push_str("<tr><td><a href=\"");
         out.push_str(&base);
-        push_url(&mut out, &e.name, false);
+        push_percent_encoded(&mut out, &e.name, false);
         if e.is_dir {
             out.push('/');
         }
@@ -125,24 +126,6 @@ pub(crate) fn push_html(out: &mut String, s: &str) {
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
             _ => out.push(c),
-        }
-    }
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters (and '/' when `keep_slash`),
-/// which also covers every character that is special in HTML.
-fn push_url(out: &mut String, s: &str, keep_slash: bool) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in s.as_bytes() {
-        if b.is_ascii_alphanumeric()
-            || matches!(b, b'-' | b'.' | b'_' | b'~')
-            || (keep_slash && b == b'/')
-        {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(HEX[usize::from(b >> 4)] as char);
-            out.push(HEX[usize::from(b & 15)] as char);
         }
     }
 }

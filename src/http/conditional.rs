@@ -97,20 +97,22 @@ pub enum Condition {
     NotModified,
 }
 
-/// RFC 9110 13.2.2 for GET/HEAD: If-None-Match present -> weak comparison against its list or
-/// "*": match -> NotModified; otherwise If-Modified-Since (only when If-None-Match is absent;
-/// unparseable -> ignored): mtime_secs <= date -> NotModified.
+/// RFC 9110 13.2.2 for GET/HEAD: If-None-Match present (`if_none_match` holds its field
+/// lines, which together make one list) -> weak comparison against the list or "*": match ->
+/// NotModified; otherwise If-Modified-Since (only when If-None-Match is absent; unparseable ->
+/// ignored): mtime_secs <= date -> NotModified.
 ///
 /// A malformed If-None-Match matches nothing, so it costs a full response rather than a wrong
 /// 304.
-pub fn evaluate(
-    if_none_match: Option<&[u8]>,
+pub fn evaluate<'a>(
+    if_none_match: impl IntoIterator<Item = &'a [u8]>,
     if_modified_since: Option<&[u8]>,
     etag: &str,
     mtime_secs: i64,
 ) -> Condition {
-    if let Some(inm) = if_none_match {
-        return if none_match_hits(inm, etag) {
+    let mut lines = if_none_match.into_iter().peekable();
+    if lines.peek().is_some() {
+        return if none_match_hits(lines, etag) {
             Condition::NotModified
         } else {
             Condition::Proceed
@@ -140,18 +142,26 @@ pub fn if_range_allows(if_range: &[u8], etag: &str, mtime_secs: i64) -> bool {
     parse_http_date(v) == Some(mtime_secs)
 }
 
-/// Weak comparison of our ETag against an If-None-Match value.
-fn none_match_hits(header: &[u8], etag: &str) -> bool {
-    let header = trim(header);
-    if header == b"*" {
+/// Weak comparison of our ETag against an If-None-Match list, given as its field lines. "*"
+/// stands alone or not at all: beside anything else it makes the list malformed.
+fn none_match_hits<'a>(
+    mut lines: std::iter::Peekable<impl Iterator<Item = &'a [u8]>>,
+    etag: &str,
+) -> bool {
+    let Some(first) = lines.next() else {
+        return false;
+    };
+    if trim(first) == b"*" && lines.peek().is_none() {
         return true;
     }
     let ours = split_weak(etag.as_bytes()).opaque;
     let mut hit = false;
-    for tag in (TagList { rest: header }) {
-        match tag {
-            Ok(tag) => hit |= tag.opaque == ours,
-            Err(()) => return false,
+    for line in std::iter::once(first).chain(lines) {
+        for tag in (TagList { rest: trim(line) }) {
+            match tag {
+                Ok(tag) => hit |= tag.opaque == ours,
+                Err(()) => return false,
+            }
         }
     }
     hit
@@ -302,7 +312,7 @@ mod tests {
     }
 
     fn inm(h: &str) -> Condition {
-        evaluate(Some(h.as_bytes()), None, TAG, 1000)
+        evaluate([h.as_bytes()], None, TAG, 1000)
     }
 
     #[test]
@@ -320,15 +330,15 @@ mod tests {
         assert_eq!(inm("W/\"5f-0-3e8-1a\""), NotModified);
         assert_eq!(inm("\"x\", W/\"5f-0-3e8-1a\""), NotModified);
         assert_eq!(
-            evaluate(Some(b"\"v1\""), None, "W/\"v1\"", 0),
+            evaluate([&b"\"v1\""[..]], None, "W/\"v1\"", 0),
             Condition::NotModified
         );
         // Commas inside a tag belong to the tag.
         assert_eq!(
-            evaluate(Some(b"\"a,b\", \"c\""), None, "\"a,b\"", 0),
+            evaluate([&b"\"a,b\", \"c\""[..]], None, "\"a,b\"", 0),
             NotModified
         );
-        assert_eq!(evaluate(Some(b"\"a,b\""), None, "\"a\"", 0), Proceed);
+        assert_eq!(evaluate([&b"\"a,b\""[..]], None, "\"a\"", 0), Proceed);
         // The quotes are part of the tag.
         assert_eq!(inm("5f-0-3e8-1a"), Proceed);
         assert_eq!(inm("w/\"5f-0-3e8-1a\""), Proceed);
@@ -341,14 +351,30 @@ mod tests {
     }
 
     #[test]
+    fn if_none_match_field_lines_make_one_list() {
+        use Condition::*;
+        let lines = |l: &[&str]| evaluate(l.iter().map(|s| s.as_bytes()), None, TAG, 1000);
+        assert_eq!(lines(&["\"zz\"", TAG]), NotModified);
+        assert_eq!(
+            lines(&["\"a\", \"b\"", "\"c\", \"5f-0-3e8-1a\""]),
+            NotModified
+        );
+        assert_eq!(lines(&["\"a\"", "\"b\""]), Proceed);
+        // A malformed line spoils the whole list, and "*" must stand alone.
+        assert_eq!(lines(&[TAG, "bogus"]), Proceed);
+        assert_eq!(lines(&["*", TAG]), Proceed);
+        assert_eq!(lines(&["\"a\"", "*"]), Proceed);
+    }
+
+    #[test]
     fn if_none_match_wins_over_if_modified_since() {
         let later = b"Sun, 06 Nov 2094 08:49:37 GMT";
         assert_eq!(
-            evaluate(Some(b"\"other\""), Some(later), TAG, 1000),
+            evaluate([&b"\"other\""[..]], Some(later), TAG, 1000),
             Condition::Proceed
         );
         assert_eq!(
-            evaluate(Some(TAG.as_bytes()), Some(b"garbage"), TAG, 1000),
+            evaluate([TAG.as_bytes()], Some(b"garbage"), TAG, 1000),
             Condition::NotModified
         );
     }
@@ -357,16 +383,16 @@ mod tests {
     fn if_modified_since() {
         use Condition::*;
         let d = http_date(1_000_000);
-        let ims = |mtime| evaluate(None, Some(d.as_bytes()), TAG, mtime);
+        let ims = |mtime| evaluate([], Some(d.as_bytes()), TAG, mtime);
         assert_eq!(ims(1_000_000), NotModified);
         assert_eq!(ims(999_999), NotModified);
         assert_eq!(ims(1_000_001), Proceed);
-        assert_eq!(evaluate(None, Some(b"not a date"), TAG, 0), Proceed);
-        assert_eq!(evaluate(None, Some(b""), TAG, 0), Proceed);
-        assert_eq!(evaluate(None, None, TAG, 0), Proceed);
+        assert_eq!(evaluate([], Some(b"not a date"), TAG, 0), Proceed);
+        assert_eq!(evaluate([], Some(b""), TAG, 0), Proceed);
+        assert_eq!(evaluate([], None, TAG, 0), Proceed);
         assert_eq!(
             evaluate(
-                None,
+                [],
                 Some(b"Sunday, 06-Nov-94 08:49:37 GMT"),
                 TAG,
                 784_111_777

@@ -32,7 +32,7 @@ use super::conditional::{self, Condition};
 use super::date;
 use super::files::{self, Entry, Found};
 use super::parse::{parse_head, Head, HeadResult, Method, Version};
-use super::path::{is_hidden, normalize_target, PathError};
+use super::path::{is_hidden, normalize_target, push_percent_encoded, PathError};
 use super::range::{parse_range, RangeOutcome};
 use super::response::{
     push_content_length, push_end, push_error, push_header, push_status, push_u64, Persistence,
@@ -76,6 +76,8 @@ pub struct HttpConn {
     head_timer: bool,
     /// Parsing stopped because too much output is queued.
     stalled: bool,
+    /// Some bytes have arrived on this connection.
+    heard: bool,
 }
 
 thread_local! {
@@ -91,6 +93,7 @@ impl HttpConn {
             served: 0,
             head_timer: false,
             stalled: false,
+            heard: false,
         }
     }
 
@@ -123,7 +126,7 @@ impl HttpConn {
                         }
                     }
                     Err(e) => {
-                        self.fail(cx, out, e.status, input);
+                        self.fail(cx, out, e.status, input, false);
                         return;
                     }
                 },
@@ -132,9 +135,17 @@ impl HttpConn {
                         return;
                     }
                     if out.len() + queued > BACKLOG {
-                        self.stalled = true;
-                        cx.pause_read();
-                        return;
+                        // Hand the batch so far to the connection: what the socket takes is
+                        // no longer waiting. Only output the connection still holds counts
+                        // against the client, and only then does reading pause, because only
+                        // then will a drained queue (`on_drained`) resume it.
+                        flush(cx, out);
+                        queued = cx.output_len();
+                        if queued > BACKLOG {
+                            self.stalled = true;
+                            cx.pause_read();
+                            return;
+                        }
                     }
                     let limits = &self.site.settings.limits;
                     let (head, len) = match parse_head(input.as_slice(), limits) {
@@ -146,7 +157,7 @@ impl HttpConn {
                             return;
                         }
                         Err(e) => {
-                            self.fail(cx, out, e.status, input);
+                            self.fail(cx, out, e.status, input, true);
                             return;
                         }
                         Ok(HeadResult::Complete { head, len }) => (head, len),
@@ -158,7 +169,7 @@ impl HttpConn {
                     let decoder = match BodyDecoder::new(head.body, limits.max_body) {
                         Ok(d) => d,
                         Err(e) => {
-                            self.fail(cx, out, e.status, input);
+                            self.fail(cx, out, e.status, input, true);
                             return;
                         }
                     };
@@ -212,10 +223,29 @@ impl HttpConn {
     }
 
     /// Answers `status` and closes: the request cannot be framed (or must not be served), so
-    /// nothing after it on this connection can be trusted.
-    fn fail(&mut self, cx: &mut Ctx<'_>, out: &mut Vec<u8>, status: u16, input: &mut Buffer) {
+    /// nothing after it on this connection can be trusted. `at_head` says the refused request's
+    /// first line is at the start of `input` (a refused head), for the access log; otherwise
+    /// (a bad body, a timeout) the log shows the request as "-".
+    fn fail(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        out: &mut Vec<u8>,
+        status: u16,
+        input: &mut Buffer,
+        at_head: bool,
+    ) {
         push_error(out, status, Persistence::Close, false);
         cx.note(Note::Response(status));
+        if let Some(log) = &self.site.access_log {
+            let request = if at_head {
+                access_log::first_line(input.as_slice())
+            } else {
+                b"-"
+            };
+            let mut line = Vec::with_capacity(128);
+            access_log::format_refusal(cx.peer_addr(), request, status, &mut line);
+            log.write_line(&line);
+        }
         self.state = State::Closed;
         input.clear();
         flush(cx, out);
@@ -333,10 +363,13 @@ impl HttpConn {
             Ok(Found::File(entry)) => self.serve_file(head, &entry, out, p),
             Ok(Found::Dir(_)) => {
                 // "/docs" names a directory: its pages' relative links need "/docs/".
+                // The path was decoded to find the file: encode it again, or a name like
+                // "a?b" or "my dir" would come back as a query or a broken header.
                 push_status(out, 301);
-                let mut location = path.as_bytes().to_vec();
-                location.push(b'/');
-                push_header(out, b"Location", &location);
+                let mut location = String::with_capacity(path.len() + 8);
+                push_percent_encoded(&mut location, path, true);
+                location.push('/');
+                push_header(out, b"Location", location.as_bytes());
                 push_content_length(out, 0);
                 push_end(out, p);
                 (301, 0, None)
@@ -359,8 +392,12 @@ impl HttpConn {
             _ => (entry, false),
         };
         let vary = entry.gzip.is_some();
-        if conditional::evaluate(head.if_none_match, head.if_modified_since, &e.etag, e.mtime)
-            == Condition::NotModified
+        if conditional::evaluate(
+            head.if_none_match(),
+            head.if_modified_since,
+            &e.etag,
+            e.mtime,
+        ) == Condition::NotModified
         {
             push_status(out, 304);
             push_header(out, b"ETag", e.etag.as_bytes());
@@ -385,6 +422,10 @@ impl HttpConn {
                         let mut v = b"bytes */".to_vec();
                         push_u64(&mut v, e.size);
                         push_header(out, b"Content-Range", &v);
+                        if vary {
+                            // The size above is the encoding's the client chose.
+                            out.extend_from_slice(b"Vary: Accept-Encoding\r\n");
+                        }
                         push_content_length(out, 0);
                         push_end(out, p);
                         return (416, 0, None);
@@ -497,9 +538,15 @@ fn flush(cx: &mut Ctx<'_>, out: &mut Vec<u8>) {
 impl Handler for HttpConn {
     fn on_connect(&mut self, cx: &mut Ctx<'_>) {
         cx.set_idle_timeout(Some(self.site.settings.keepalive_timeout));
+        // The first head is due within the header timeout counted from the accept, as nginx's
+        // client_header_timeout: a connection that never speaks is not kept for the far longer
+        // keep-alive timeout (the cheapest slowloris of all).
+        self.head_timer = true;
+        cx.set_timer(self.site.settings.header_timeout, TAG_HEAD);
     }
 
     fn on_data(&mut self, cx: &mut Ctx<'_>, input: &mut Buffer) {
+        self.heard = true;
         // One clock reading for the whole batch (Date lines, cache freshness): the loop's own,
         // taken when it woke up.
         let now = cx.now();
@@ -537,6 +584,16 @@ impl Handler for HttpConn {
 
     fn on_timer(&mut self, cx: &mut Ctx<'_>, tag: u64) {
         let status = match (tag, &self.state) {
+            (TAG_HEAD, State::Head) if !self.heard => {
+                // Not a byte since the accept: there is no request to answer, so close
+                // quietly, as nginx does. (A 408 could reach a browser's pre-opened socket
+                // and be taken for the answer to the request it sends next.)
+                cx.note(Note::HeaderTimeout);
+                self.head_timer = false;
+                self.state = State::Closed;
+                cx.close();
+                return;
+            }
             (TAG_HEAD, State::Head) => {
                 cx.note(Note::HeaderTimeout);
                 408
@@ -550,7 +607,7 @@ impl Handler for HttpConn {
         self.head_timer = false;
         let mut out = Vec::new();
         let mut nothing = Buffer::new();
-        self.fail(cx, &mut out, status, &mut nothing);
+        self.fail(cx, &mut out, status, &mut nothing, false);
     }
 }
 

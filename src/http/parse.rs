@@ -103,7 +103,11 @@ pub struct Head<'b> {
     pub body: BodyKind,
     /// Only ever true for HTTP/1.1: RFC 9110 10.1.1 has a server ignore it from a 1.0 client.
     pub expect_continue: bool,
-    pub if_none_match: Option<&'b [u8]>,
+    /// If-None-Match as sent, for [`Head::if_none_match`]: the first line's value or, when
+    /// the field came on several lines, the bytes from the first line's value to the last's.
+    if_none_match: Option<&'b [u8]>,
+    /// How many If-None-Match lines there were (at most 255 counted; more reads as 255).
+    if_none_match_lines: u8,
     pub if_modified_since: Option<&'b [u8]>,
     pub range: Option<&'b [u8]>,
     pub if_range: Option<&'b [u8]>,
@@ -112,6 +116,72 @@ pub struct Head<'b> {
     pub referer: Option<&'b [u8]>,
 }
 
+impl<'b> Head<'b> {
+    /// The value of every If-None-Match field line, in order: a list field sent on several
+    /// lines is one list (RFC 9110 5.3). Empty when the field is absent.
+    pub fn if_none_match(&self) -> FieldValues<'b> {
+        FieldValues {
+            rest: self.if_none_match,
+            first: true,
+            several: self.if_none_match_lines > 1,
+            name: b"if-none-match",
+        }
+    }
+}
+
+/// The values of a field's lines. One line is kept as its value; several as the span of the
+/// head from the first value to the last, which this walks again line by line, keeping the
+/// lines of the field's own name (httparse has already checked every line's syntax). So a
+/// [`Head`] stays a fixed set of borrowed slices, however many lines a client sends, and a
+/// request with one line (nearly all) pays nothing for the rest.
+#[derive(Clone)]
+pub struct FieldValues<'b> {
+    rest: Option<&'b [u8]>,
+    first: bool,
+    several: bool,
+    name: &'static [u8],
+}
+
+impl<'b> Iterator for FieldValues<'b> {
+    type Item = &'b [u8];
+
+    fn next(&mut self) -> Option<&'b [u8]> {
+        loop {
+            let rest = self.rest?;
+            let (line, after) = match rest.iter().position(|&b| b == b'\n') {
+                Some(i) if self.several => (&rest[..i], Some(&rest[i + 1..])),
+                _ => (rest, None),
+            };
+            self.rest = after;
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if std::mem::take(&mut self.first) {
+                return Some(trim_ows(line));
+            }
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            if line[..colon].eq_ignore_ascii_case(self.name) {
+                return Some(trim_ows(&line[colon + 1..]));
+            }
+        }
+    }
+}
+
+/// The bytes of `buf` from the start of `first` to the end of `last`, both slices of it (the
+/// values of two header lines). Falls back to `last` if they are not.
+fn span<'b>(buf: &'b [u8], first: &[u8], last: &'b [u8]) -> &'b [u8] {
+    let base = buf.as_ptr() as usize;
+    let start = (first.as_ptr() as usize).checked_sub(base);
+    let end = (last.as_ptr() as usize + last.len()).checked_sub(base);
+    match (start, end) {
+        (Some(start), Some(end)) if start <= end => buf.get(start..end).unwrap_or(last),
+        _ => last,
+    }
+}
+
+// A head is a few hundred bytes of borrowed slices, returned once per request and matched at
+// once: boxing it to shrink `Partial` would cost an allocation per request for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum HeadResult<'b> {
     /// More bytes are needed; nothing seen so far breaks a rule or a limit.
@@ -222,7 +292,7 @@ pub fn parse_head<'b>(buf: &'b [u8], limits: &Limits) -> Result<HeadResult<'b>, 
             } else {
                 Version::Http11
             };
-            let head = interpret(method, target, version, req.headers)?;
+            let head = interpret(window, method, target, version, req.headers)?;
             Ok(HeadResult::Complete { head, len })
         }
         Ok(Status::Partial) => {
@@ -363,6 +433,7 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
 
 /// Walks the header fields once and decides framing, persistence and the refusals.
 fn interpret<'b>(
+    window: &'b [u8],
     method_str: &'b str,
     target: &'b str,
     version: Version,
@@ -378,6 +449,7 @@ fn interpret<'b>(
         body: BodyKind::None,
         expect_continue: false,
         if_none_match: None,
+        if_none_match_lines: 0,
         if_modified_since: None,
         range: None,
         if_range: None,
@@ -398,9 +470,13 @@ fn interpret<'b>(
         let v = h.value;
         match field {
             Field::Host => {
-                // RFC 9112 3.2: more than one Host is as bad as none.
+                // RFC 9112 3.2: more than one Host is as bad as none, and so is one that is
+                // not a host.
                 if head.host.replace(v).is_some() {
                     return Err(bad("more than one Host"));
+                }
+                if !valid_host(v) {
+                    return Err(bad("invalid Host"));
                 }
             }
             Field::ContentLength => {
@@ -434,7 +510,13 @@ fn interpret<'b>(
                 }
             }
             Field::AcceptEncoding => gzip.add(v),
-            Field::IfNoneMatch => first(&mut head.if_none_match, v),
+            Field::IfNoneMatch => {
+                head.if_none_match = Some(match head.if_none_match {
+                    None => v,
+                    Some(first) => span(window, first, v),
+                });
+                head.if_none_match_lines = head.if_none_match_lines.saturating_add(1);
+            }
             Field::IfModifiedSince => first(&mut head.if_modified_since, v),
             Field::Range => first(&mut head.range, v),
             Field::IfRange => first(&mut head.if_range, v),
@@ -455,6 +537,10 @@ fn interpret<'b>(
         if !te.last_is_chunked {
             return Err(bad("Transfer-Encoding not ending in chunked"));
         }
+        if te.unsupported {
+            // Framed by chunked, but coded with something keel cannot decode (RFC 9112 6.1).
+            return Err(HttpError::new(501, "unsupported transfer coding"));
+        }
         head.body = BodyKind::Chunked;
     } else if let Some(n) = content_length {
         head.body = BodyKind::Length(n);
@@ -469,6 +555,66 @@ fn interpret<'b>(
     };
     head.accept_gzip = gzip.accepted();
     Ok(head)
+}
+
+/// `uri-host [ ":" port ]` (RFC 9110 7.2, RFC 3986 3.2.2): a bracketed IP literal, or a
+/// reg-name / IPv4 address of unreserved, sub-delims and percent-encoded characters; then
+/// digits after a colon. Empty is allowed (a target without an authority). This refuses what a
+/// Host can never hold (spaces, '/', '@', '?', '#', control bytes), which is what a server
+/// behind a cache or a log reader needs; it does not judge whether the name exists.
+fn valid_host(v: &[u8]) -> bool {
+    /// Unreserved and sub-delims: the bytes a reg-name (or an IP literal, with ':') is made of.
+    const NAME: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            t[b] = c.is_ascii_alphanumeric()
+                || matches!(
+                    c,
+                    b'-' | b'.' | b'_' | b'~' // unreserved
+                        | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' // sub-delims
+                );
+            b += 1;
+        }
+        t
+    };
+    let name_byte = |b: u8| NAME[usize::from(b)];
+    let (host, port) = if let Some(rest) = v.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &rest[..end];
+        if literal.is_empty() || !literal.iter().all(|&b| name_byte(b) || b == b':') {
+            return false;
+        }
+        match &rest[end + 1..] {
+            [] => return true,
+            [b':', port @ ..] => (&[][..], port),
+            _ => return false,
+        }
+    } else {
+        match v.iter().position(|&b| b == b':') {
+            Some(i) => (&v[..i], &v[i + 1..]),
+            None => (v, &[][..]),
+        }
+    };
+    let mut i = 0;
+    while i < host.len() {
+        let b = host[i];
+        if name_byte(b) {
+            i += 1;
+        } else if b == b'%'
+            && host
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+        {
+            i += 3;
+        } else {
+            return false;
+        }
+    }
+    port.iter().all(u8::is_ascii_digit)
 }
 
 fn first<'b>(slot: &mut Option<&'b [u8]>, v: &'b [u8]) {
@@ -502,6 +648,8 @@ struct TransferCodings {
     seen: bool,
     chunked_seen: bool,
     last_is_chunked: bool,
+    /// A well-formed coding other than chunked (gzip, say): keel cannot undo it.
+    unsupported: bool,
 }
 
 impl TransferCodings {
@@ -512,7 +660,14 @@ impl TransferCodings {
                 continue;
             }
             if !coding.eq_ignore_ascii_case(b"chunked") {
-                return Err(bad("unsupported transfer coding"));
+                // Whether this is refused as a framing error (400) or as a coding keel does
+                // not implement (501) depends on what comes last, so it is judged at the end.
+                if !coding.iter().all(|&b| is_tchar(b)) {
+                    return Err(bad("malformed transfer coding"));
+                }
+                self.unsupported = true;
+                self.last_is_chunked = false;
+                continue;
             }
             // RFC 9112 7: chunked must not be applied more than once.
             if self.chunked_seen {
@@ -523,6 +678,28 @@ impl TransferCodings {
         }
         Ok(())
     }
+}
+
+/// A `token` character (RFC 9110 5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
 }
 
 /// Accept-Encoding as far as gzip is concerned (RFC 9110 12.5.3): an explicit `gzip` or
@@ -641,7 +818,7 @@ mod tests {
         assert_eq!(h.host, Some(&b"example.com:8080"[..]));
         assert_eq!(h.body, BodyKind::Length(5));
         assert!(h.expect_continue);
-        assert_eq!(h.if_none_match, Some(&b"\"abc\""[..]));
+        assert_eq!(h.if_none_match().collect::<Vec<_>>(), [&b"\"abc\""[..]]);
         assert_eq!(
             h.if_modified_since,
             Some(&b"Sat, 29 Oct 1994 19:43:31 GMT"[..])
@@ -659,7 +836,8 @@ mod tests {
         assert_eq!(h.method, Method::Get);
         assert_eq!(h.body, BodyKind::None);
         assert!(!h.expect_continue && !h.accept_gzip);
-        assert!(h.range.is_none() && h.if_none_match.is_none() && h.user_agent.is_none());
+        assert!(h.range.is_none() && h.user_agent.is_none());
+        assert_eq!(h.if_none_match().count(), 0);
     }
 
     #[test]
@@ -695,7 +873,7 @@ mod tests {
         assert!(h.accept_gzip);
         assert!(h.expect_continue);
         assert_eq!(h.range, Some(&b"bytes=1-"[..]));
-        assert_eq!(h.if_none_match, Some(&b"*"[..]));
+        assert_eq!(h.if_none_match().collect::<Vec<_>>(), [&b"*"[..]]);
         let h = head_of(b"POST / HTTP/1.1\r\nHOST: a\r\nTRANSFER-ENCODING: Chunked\r\n\r\n");
         assert_eq!(h.body, BodyKind::Chunked);
     }
@@ -861,8 +1039,9 @@ mod tests {
             "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
             "Transfer-Encoding: gzip\r\n",
             "Transfer-Encoding: chunked, gzip\r\n",
-            "Transfer-Encoding: gzip, chunked\r\n",
             "Transfer-Encoding: chunked, chunked\r\n",
+            "Transfer-Encoding: gzip, chunked, chunked\r\n",
+            "Transfer-Encoding: \"gzip\", chunked\r\n",
             "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
             "Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n",
             "Transfer-Encoding: chunked;a=b\r\n",
@@ -873,6 +1052,20 @@ mod tests {
         }
         assert_eq!(
             status(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            400
+        );
+        // Framed by chunked but coded with something keel cannot undo: 501 (RFC 9112 6.1).
+        for unknown in [
+            "Transfer-Encoding: gzip, chunked\r\n",
+            "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+        ] {
+            assert_eq!(status(&post(unknown)), 501, "{unknown:?}");
+        }
+        // ... but never beside Content-Length or in HTTP/1.0: those stay 400.
+        assert_eq!(
+            status(&post(
+                "Transfer-Encoding: gzip, chunked\r\nContent-Length: 5\r\n"
+            )),
             400
         );
         let e = parse_head(
@@ -1034,6 +1227,75 @@ mod tests {
         let h = head_of(&buf);
         assert_eq!(h.range, Some(&b"bytes=0-1"[..]));
         assert_eq!(h.user_agent, Some(&b"a"[..]));
+    }
+
+    #[test]
+    fn host_values() {
+        for ok in [
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1:7301",
+            "[::1]",
+            "[::1]:80",
+            "[v1.fe80::a+en1]",
+            "xn--bcher-kva.example",
+            "a%2Db",
+            "example.com:",
+            "",
+        ] {
+            let buf = format!("GET / HTTP/1.1\r\nHost: {ok}\r\n\r\n");
+            assert!(
+                matches!(
+                    parse_head(buf.as_bytes(), &limits()),
+                    Ok(HeadResult::Complete { .. })
+                ),
+                "{ok:?}"
+            );
+        }
+        for bad in [
+            "a b",
+            "a/b@c",
+            "user@example.com",
+            "example.com/path",
+            "example.com?q",
+            "example.com#f",
+            "example.com:80x",
+            "example.com:80:81",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "a%2",
+            "a%zz",
+            "\"quoted\"",
+        ] {
+            let buf = format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n");
+            assert_eq!(
+                parse_head(buf.as_bytes(), &limits()).map(|_| ()),
+                Err(HttpError::new(400, "invalid Host")),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn if_none_match_lines_make_one_list_however_many() {
+        let values = |extra: &str| {
+            let buf = req(extra);
+            let h = head_of(&buf);
+            h.if_none_match().map(|v| v.to_vec()).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            values("If-None-Match: \"a\"\r\nX-Other: \"no\"\r\nif-none-match:\t\"b\", \"c\" \r\n"),
+            [b"\"a\"".to_vec(), b"\"b\", \"c\"".to_vec()]
+        );
+        assert_eq!(values("If-None-Match: \r\n"), [b"".to_vec()]);
+        let many: String = (0..40)
+            .map(|i| format!("If-None-Match: \"{i}\"\r\nX-{i}: y\r\n"))
+            .collect();
+        let got = values(&many);
+        assert_eq!(got.len(), 40);
+        assert_eq!(got[39], b"\"39\"");
+        assert_eq!(values(""), Vec::<Vec<u8>>::new());
     }
 
     #[test]

@@ -155,6 +155,25 @@ fn percent_decode(raw: &[u8]) -> Result<Vec<u8>, PathError> {
     Ok(out)
 }
 
+/// Percent-encodes everything but RFC 3986 unreserved characters (and '/' when `keep_slash`):
+/// the inverse of the decoding above, for paths that go back to a client (a redirect's
+/// Location, a listing's links). It also covers every character that is special in HTML.
+pub fn push_percent_encoded(out: &mut String, s: &str, keep_slash: bool) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in s.as_bytes() {
+        if b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'_' | b'~')
+            || (keep_slash && b == b'/')
+        {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 15)] as char);
+        }
+    }
+}
+
 /// Any segment beginning with '.' (".git", ".env", ".htpasswd").
 pub fn is_hidden(path: &str) -> bool {
     path.split('/').any(|seg| seg.starts_with('.'))
@@ -207,13 +226,17 @@ fn climbs(path: &str) -> bool {
     path.split('/').any(|c| c == "..")
 }
 
+/// NONBLOCK because the file type is only checked after the open: opening a FIFO (or some
+/// devices) for reading would otherwise wait for a writer, holding the whole loop. It changes
+/// nothing for the regular files and directories that are served.
 fn file_flags() -> OFlags {
-    OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY
+    OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK
 }
 
 fn map_errno(e: Errno) -> PathError {
     match e {
-        Errno::NOENT | Errno::NOTDIR => PathError::NotFound,
+        // A component longer than the filesystem allows names no file that exists.
+        Errno::NOENT | Errno::NOTDIR | Errno::NAMETOOLONG => PathError::NotFound,
         _ => PathError::Forbidden,
     }
 }

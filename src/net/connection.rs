@@ -197,6 +197,21 @@ impl UserTimers {
         self.0.get_or_insert_default().push((tag, key));
     }
 
+    /// Removes `tag` if it is armed with exactly `key`.
+    fn remove_if(&mut self, tag: u64, key: TimerKey) -> bool {
+        let Some(v) = self.0.as_mut() else {
+            return false;
+        };
+        let Some(i) = v.iter().position(|&e| e == (tag, key)) else {
+            return false;
+        };
+        v.swap_remove(i);
+        if v.is_empty() {
+            self.0 = None;
+        }
+        true
+    }
+
     fn remove(&mut self, tag: u64) -> Option<TimerKey> {
         let v = self.0.as_mut()?;
         let i = v.iter().position(|&(t, _)| t == tag)?;
@@ -252,7 +267,7 @@ impl EventLoop {
         state: ConnState,
         handler: Box<dyn Handler>,
     ) -> io::Result<ConnId> {
-        let now = self.now_tick();
+        let now = self.fresh_tick();
         let mut conn = Conn::new(fd, state, handler, now);
         let edge = self.poller.trigger() == Trigger::Edge;
         conn.interest = match (edge, state) {
@@ -776,7 +791,7 @@ impl EventLoop {
     /// Sets or clears the idle timeout of one connection. The timer is not re-armed on every
     /// read: when it fires, the loop compares with the last activity and re-arms for the rest.
     pub fn set_idle_timeout(&mut self, id: ConnId, timeout: Option<Duration>) {
-        let now = self.now_tick();
+        let now = self.fresh_tick();
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
@@ -800,7 +815,7 @@ impl EventLoop {
     /// the same tag again re-arms it. The connection keeps the keys so its timers die with it.
     pub fn set_conn_timer(&mut self, id: ConnId, after: Duration, tag: u64) {
         self.cancel_conn_timer(id, tag);
-        let deadline = self.now_tick() + EventLoop::ms(after);
+        let deadline = self.deadline_after(after);
         if self.conn(id).is_none() {
             return;
         }
@@ -846,7 +861,7 @@ impl EventLoop {
     /// Enters the closing phase: input from now on is only drained to reach the peer's FIN,
     /// and one timer bounds the rest of the close (flush, FIN, waiting for the peer's FIN).
     fn start_linger(&mut self, id: ConnId) {
-        let deadline = self.now_tick() + EventLoop::ms(self.cfg.linger_timeout);
+        let deadline = self.deadline_after(self.cfg.linger_timeout);
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
@@ -873,18 +888,18 @@ impl EventLoop {
         }
     }
 
-    pub(crate) fn linger_timer_fired(&mut self, id: ConnId) {
-        if let Some(conn) = self.conn_mut(id) {
+    pub(crate) fn linger_timer_fired(&mut self, id: ConnId, key: TimerKey) {
+        if let Some(conn) = self.conn_mut(id).filter(|c| c.linger_timer == Some(key)) {
             conn.linger_timer = None;
             self.stats.linger_timeouts += 1;
             self.close_with(id, CloseReason::LingerTimeout);
         }
     }
 
-    pub(crate) fn idle_timer_fired(&mut self, id: ConnId) {
+    pub(crate) fn idle_timer_fired(&mut self, id: ConnId, key: TimerKey) {
         let now = self.now_tick();
-        let Some(conn) = self.conn_mut(id) else {
-            return;
+        let Some(conn) = self.conn_mut(id).filter(|c| c.idle_timer == Some(key)) else {
+            return; // gone, or its idle timer was reset after this one came due
         };
         conn.idle_timer = None;
         let Some(ms) = conn.idle_ms else { return };
@@ -916,11 +931,14 @@ impl EventLoop {
         self.call_handler(id, |h, cx| h.on_idle_timeout(cx));
     }
 
-    pub(crate) fn user_timer_fired(&mut self, id: ConnId, tag: u64) {
+    pub(crate) fn user_timer_fired(&mut self, id: ConnId, tag: u64, key: TimerKey) {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        conn.user_timers.remove(tag);
+        // Cancelled or set again after it came due: the handler no longer expects this one.
+        if !conn.user_timers.remove_if(tag, key) {
+            return;
+        }
         self.call_handler(id, |h, cx| h.on_timer(cx, tag));
     }
 

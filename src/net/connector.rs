@@ -14,6 +14,7 @@ use socket2::{Domain, SockRef, Socket, Type};
 use crate::net::connection::{CloseReason, ConnId, ConnState, ConnectError};
 use crate::net::handler::Handler;
 use crate::reactor::event_loop::{EventLoop, TimerEvent};
+use crate::reactor::timer_wheel::TimerKey;
 
 impl EventLoop {
     /// Starts connecting to `addr`; `handler.on_connect` runs once established, or
@@ -47,7 +48,7 @@ impl EventLoop {
             self.run_deferred();
             return Ok(id);
         }
-        let deadline = self.now_tick() + EventLoop::ms(timeout);
+        let deadline = self.deadline_after(timeout);
         let key = self.timers.insert(deadline, TimerEvent::Connect(id));
         if let Some(conn) = self.conn_mut(id) {
             conn.connect_timer = Some(key);
@@ -96,8 +97,8 @@ impl EventLoop {
         self.call_handler(id, |h, cx| h.on_connect(cx));
     }
 
-    pub(crate) fn connect_timer_fired(&mut self, id: ConnId) {
-        let Some(conn) = self.conn_mut(id) else {
+    pub(crate) fn connect_timer_fired(&mut self, id: ConnId, key: TimerKey) {
+        let Some(conn) = self.conn_mut(id).filter(|c| c.connect_timer == Some(key)) else {
             return;
         };
         conn.connect_timer = None;

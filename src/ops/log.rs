@@ -180,6 +180,26 @@ pub fn dropped_lines() -> u64 {
     DROPPED.load(Ordering::Relaxed)
 }
 
+/// Writer threads ended for a fork by [`park_for_fork`]; give it to [`unpark`] in the parent.
+#[must_use = "the writers stay without a thread until unparked"]
+pub struct Parked(Vec<Arc<Shared>>);
+
+/// Before a `fork`: writes out every writer's queue and ends its thread (waiting about a
+/// second at most), so that the process can be single-threaded when it forks, as a child that
+/// runs ordinary code needs (no lock held by a thread the child does not have). The writers
+/// stay usable: a line queued meanwhile waits for the next thread. In the parent, [`unpark`]
+/// starts the threads again; a child calls [`after_fork`], as it must anyway.
+pub fn park_for_fork() -> Parked {
+    Parked(registered().into_iter().filter(|w| w.park()).collect())
+}
+
+/// After a fork, in the parent: a new thread for each writer [`park_for_fork`] ended.
+pub fn unpark(parked: Parked) {
+    for w in parked.0 {
+        w.unpark();
+    }
+}
+
 /// To call in a forked child (prefork workers) before it logs: threads do not survive
 /// `fork`, so each writer gets a new thread in this process. Lines the parent had queued are
 /// the parent's to write, so the child forgets them instead of writing them a second time.
@@ -209,6 +229,8 @@ struct Shared {
     /// Wakes flushers: a batch was written, or the thread exited.
     progress: Condvar,
     dropped: AtomicU64,
+    /// This process's writer thread, joined by `park` so that it is gone before a fork.
+    thread: Mutex<Option<thread::JoinHandle<()>>>,
 }
 
 struct State {
@@ -225,6 +247,8 @@ struct State {
     exited: bool,
     /// Test hook: the thread takes no lines while set, to fill the queue deterministically.
     paused: bool,
+    /// Set by `park` (before a fork): the thread ends, leaving the queue to the next one.
+    parked: bool,
     /// The process whose writer thread drains this queue (after a fork, a child's is not
     /// running until `after_fork`).
     owner: u32,
@@ -234,6 +258,17 @@ struct State {
 }
 
 fn open_log_file(path: &Path) -> io::Result<File> {
+    if path == Path::new("/dev/stderr") {
+        // fd 2 itself, not a second open of it: a second open has an offset of its own, and
+        // where stderr is a file opened without O_APPEND (`keel http > log`) the two would
+        // write over each other's lines.
+        use std::os::fd::AsFd;
+        return io::stderr()
+            .as_fd()
+            .try_clone_to_owned()
+            .map(File::from)
+            .map_err(|e| io::Error::new(e.kind(), format!("log to stderr: {e}")));
+    }
     OpenOptions::new()
         .append(true)
         .create(true)
@@ -260,12 +295,14 @@ impl AsyncWriter {
                 stop: false,
                 exited: false,
                 paused: false,
+                parked: false,
                 owner: std::process::id(),
                 generation: 0,
             }),
             wake: Condvar::new(),
             progress: Condvar::new(),
             dropped: AtomicU64::new(0),
+            thread: Mutex::new(None),
         });
         spawn_writer(&shared, 0)?;
         lock(&REGISTRY).push(Arc::downgrade(&shared));
@@ -380,21 +417,21 @@ impl Shared {
     fn flush(&self, deadline: Instant) {
         let st = lock(&self.state);
         let target = st.queued;
-        self.wait_until(st, deadline, |st| st.done >= target || st.exited);
+        drop(self.wait_until(st, deadline, |st| st.done >= target || st.exited));
     }
 
     /// Waits on `progress` until `done(state)`, the deadline, or the writer thread belonging
     /// to another process (after fork nobody would ever signal this one).
-    fn wait_until(
-        &self,
-        mut st: MutexGuard<'_, State>,
+    fn wait_until<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
         deadline: Instant,
         done: impl Fn(&State) -> bool,
-    ) {
+    ) -> MutexGuard<'a, State> {
         while !done(&st) && st.owner == std::process::id() {
             let now = Instant::now();
             if now >= deadline {
-                return;
+                return st;
             }
             st = self
                 .progress
@@ -402,6 +439,7 @@ impl Shared {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+        st
     }
 
     /// Writes out what is queued, then ends the thread; both bounded by one deadline.
@@ -411,7 +449,51 @@ impl Shared {
         let mut st = lock(&self.state);
         st.stop = true;
         self.wake.notify_all();
-        self.wait_until(st, deadline, |st| st.exited);
+        drop(self.wait_until(st, deadline, |st| st.exited));
+    }
+
+    /// Ends this process's writer thread for a fork, once the queue is written. False if
+    /// there was no thread to end (stopped, or another process's), or it did not end in time
+    /// (it is then left running, and the fork will refuse for want of a single thread).
+    fn park(&self) -> bool {
+        let deadline = Instant::now() + FLUSH_WAIT;
+        self.flush(deadline);
+        let mut st = lock(&self.state);
+        if st.stop || st.exited || st.parked || st.owner != std::process::id() {
+            return false;
+        }
+        st.parked = true;
+        self.wake.notify_all();
+        let mut st = self.wait_until(st, deadline, |st| st.exited);
+        if !st.exited {
+            st.parked = false;
+            return false;
+        }
+        drop(st);
+        // It has left its loop; joining makes sure it is gone from the process too.
+        if let Some(t) = lock(&self.thread).take() {
+            let _ = t.join();
+        }
+        true
+    }
+
+    /// A new writer thread after `park`, in the process that parked it.
+    fn unpark(self: &Arc<Self>) {
+        let generation = {
+            let mut st = lock(&self.state);
+            if !st.parked {
+                return;
+            }
+            st.parked = false;
+            st.exited = false;
+            // `daemonize` forks and carries on in the grandchild: the queue is its now.
+            st.owner = std::process::id();
+            st.generation += 1;
+            st.generation
+        };
+        if let Err(e) = spawn_writer(self, generation) {
+            eprintln!("keel: log writer for {}: {e}", self.path.display());
+        }
     }
 
     fn restart_in_child(self: &Arc<Self>) {
@@ -426,6 +508,7 @@ impl Shared {
             st.lines = 0;
             st.done = st.queued;
             st.exited = false;
+            st.parked = false;
             st.generation += 1;
             st.generation
         };
@@ -439,10 +522,14 @@ impl Shared {
 
 fn spawn_writer(shared: &Arc<Shared>, generation: u64) -> io::Result<()> {
     let s = Arc::clone(shared);
-    thread::Builder::new()
+    let handle = thread::Builder::new()
         .name("keel-log".into())
-        .spawn(move || writer_thread(&s, generation))
-        .map(drop)
+        .spawn(move || writer_thread(&s, generation))?;
+    // A handle left from before a fork names a thread of the parent: never join or detach it.
+    if let Some(old) = lock(&shared.thread).replace(handle) {
+        std::mem::forget(old);
+    }
+    Ok(())
 }
 
 fn writer_thread(s: &Shared, generation: u64) {
@@ -452,6 +539,12 @@ fn writer_thread(s: &Shared, generation: u64) {
             let mut st = lock(&s.state);
             loop {
                 if st.generation != generation {
+                    return;
+                }
+                if st.parked {
+                    // Parked for a fork (the queue was written just before): end here.
+                    st.exited = true;
+                    s.progress.notify_all();
                     return;
                 }
                 let has_lines = st.lines > 0 && (!st.paused || st.stop);
@@ -734,6 +827,38 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode & !0o640, 0, "mode {mode:o} wider than 0640");
+    }
+
+    /// What a fork needs: after `park_for_fork` the writer's thread is gone (joined), lines
+    /// written meanwhile wait, and `unpark` brings a thread back that writes them.
+    #[test]
+    fn parked_for_a_fork_the_thread_is_gone_and_comes_back() {
+        let path = unique_temp_path("park");
+        let _clean = TempFile(vec![path.clone()]);
+        let w = AsyncWriter::open(&path, 64).unwrap();
+        w.write_line(b"before");
+        let alive = |w: &AsyncWriter| {
+            lock(&w.shared.thread)
+                .as_ref()
+                .is_some_and(|t| !t.is_finished())
+        };
+        assert!(alive(&w));
+        let parked = park_for_fork();
+        assert!(
+            parked.0.iter().any(|p| Arc::ptr_eq(p, &w.shared)),
+            "the writer was not parked"
+        );
+        assert!(!alive(&w), "the writer thread is still there");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "before\n");
+        assert!(w.write_line(b"while parked"));
+        unpark(parked);
+        assert!(alive(&w));
+        w.write_line(b"after");
+        w.flush();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "before\nwhile parked\nafter\n"
+        );
     }
 
     #[test]

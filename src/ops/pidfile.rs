@@ -31,9 +31,24 @@ impl PidFile {
             .create(true)
             .truncate(false)
             .mode(0o644)
-            .custom_flags(libc::O_CLOEXEC)
+            // Never through a symbolic link: a link planted where the pid file goes would
+            // have the server overwrite (and at exit remove) whatever it points to.
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(path)
-            .map_err(|e| io::Error::new(e.kind(), format!("pid file {}: {e}", path.display())))?;
+            .map_err(|e| {
+                let why = if e.raw_os_error() == Some(libc::ELOOP) {
+                    "is a symbolic link; refusing to follow it".to_string()
+                } else {
+                    e.to_string()
+                };
+                io::Error::new(e.kind(), format!("pid file {}: {why}", path.display()))
+            })?;
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("pid file {}: not a regular file", path.display()),
+            ));
+        }
         if let Err(e) = flock(&file, FlockOperation::NonBlockingLockExclusive) {
             if e == rustix::io::Errno::WOULDBLOCK {
                 let mut held = String::new();
@@ -75,10 +90,13 @@ impl PidFile {
     /// Writes the current pid again: after daemonizing, the server is another process than
     /// the one that took the lock (it inherited the locked descriptor).
     pub fn rewrite(&mut self) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
         self.pid = std::process::id();
-        self.file.set_len(0)?;
-        self.file.rewind()?;
-        writeln!(self.file, "{}", self.pid)?;
+        // Write over the old pid, then cut what is left of it: a reader never finds the file
+        // empty, as it could between a truncate and a write.
+        let line = format!("{}\n", self.pid);
+        self.file.write_all_at(line.as_bytes(), 0)?;
+        self.file.set_len(line.len() as u64)?;
         self.file.sync_data()
     }
 }
@@ -88,7 +106,13 @@ impl Drop for PidFile {
         // Only the process that wrote it removes it (a forked child never runs this, it leaves
         // through `_exit`, but be sure).
         if std::process::id() == self.pid {
-            let _ = std::fs::remove_file(&self.path);
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                // Typically: privileges were dropped and the directory is root's. Say so,
+                // or the next start would find a stale file with no hint why it is there.
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!("cannot remove pid file {}: {e}", self.path.display());
+                }
+            }
         }
         let _ = &self.file; // the lock goes with the descriptor
     }
@@ -97,6 +121,21 @@ impl Drop for PidFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_symbolic_link_is_not_followed() {
+        let dir = std::env::temp_dir().join(format!("keel-pid-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim.txt");
+        std::fs::write(&victim, "important data").unwrap();
+        let link = dir.join("link.pid");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let err = PidFile::acquire(&link).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "important data");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn a_second_holder_is_refused_with_the_pid_and_the_file_goes_on_drop() {

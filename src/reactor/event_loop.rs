@@ -158,6 +158,9 @@ pub struct EventLoop {
     next_generation: u32,
     pub(crate) timers: TimerWheel<TimerEvent>,
     fired: Vec<(TimerKey, u64, TimerEvent)>,
+    /// Inside `expire_timers`: task keys cancelled after they left the wheel, not to be run.
+    expiring: bool,
+    cancelled_while_expiring: Vec<TimerKey>,
     pub(crate) pool: BufferPool,
     /// The shared read buffer every connection of the loop reads through (see
     /// `EventLoop::conn_read`). `None` only while a read is using it.
@@ -202,6 +205,8 @@ impl EventLoop {
             next_generation: 1,
             timers: TimerWheel::new(0),
             fired: Vec::new(),
+            expiring: false,
+            cancelled_while_expiring: Vec::new(),
             pool,
             scratch: Some(Buffer::with_capacity(SCRATCH)),
             stats: LoopStats::new(cfg.engine),
@@ -273,12 +278,18 @@ impl EventLoop {
         self.now
     }
 
-    /// The wheel tick `after` from now.
-    fn deadline_after(&mut self, after: Duration) -> u64 {
+    /// The wheel tick now: this iteration's reading inside `run`; outside it (set-up before
+    /// `run`, which may take a while) a fresh one, so nothing is measured from a stale clock.
+    pub(crate) fn fresh_tick(&mut self) -> u64 {
         if !self.in_run {
             self.update_clock();
         }
-        self.now_tick + Self::ms(after)
+        self.now_tick
+    }
+
+    /// The wheel tick `after` from now.
+    pub(crate) fn deadline_after(&mut self, after: Duration) -> u64 {
+        self.fresh_tick().saturating_add(Self::ms(after))
     }
 
     pub(crate) fn ms(d: Duration) -> u64 {
@@ -351,8 +362,12 @@ impl EventLoop {
         self.timers.insert(deadline, TimerEvent::Task(Box::new(f)))
     }
 
+    /// Cancels a timer set with [`run_after`](Self::run_after). Also effective on a timer
+    /// that is due in the very batch now being run (it has left the wheel but not yet run).
     pub fn cancel_timer(&mut self, key: TimerKey) {
-        self.timers.cancel(key);
+        if self.timers.cancel(key).is_none() && self.expiring {
+            self.cancelled_while_expiring.push(key);
+        }
     }
 
     /// Delivers the given signals to `callback` as loop events. Must be called before any
@@ -551,17 +566,28 @@ impl EventLoop {
     fn expire_timers(&mut self) {
         let mut fired = std::mem::take(&mut self.fired);
         self.timers.advance(self.now_tick, &mut fired);
-        for (_, _, ev) in fired.drain(..) {
+        // Everything due leaves the wheel before the first callback runs, so a callback may
+        // cancel or re-arm a timer that is already in `fired`. Each kind is therefore run only
+        // if its key is still the one its owner holds (a connection's stored key, or a task
+        // key not cancelled since).
+        self.expiring = true;
+        for (key, _, ev) in fired.drain(..) {
             match ev {
-                TimerEvent::Idle(id) => self.idle_timer_fired(id),
-                TimerEvent::Linger(id) => self.linger_timer_fired(id),
-                TimerEvent::Connect(id) => self.connect_timer_fired(id),
-                TimerEvent::User(id, tag) => self.user_timer_fired(id, tag),
-                TimerEvent::Task(f) => f(self),
+                TimerEvent::Idle(id) => self.idle_timer_fired(id, key),
+                TimerEvent::Linger(id) => self.linger_timer_fired(id, key),
+                TimerEvent::Connect(id) => self.connect_timer_fired(id, key),
+                TimerEvent::User(id, tag) => self.user_timer_fired(id, tag, key),
+                TimerEvent::Task(f) => {
+                    if !self.cancelled_while_expiring.contains(&key) {
+                        f(self)
+                    }
+                }
                 TimerEvent::DrainDeadline => self.drain_deadline(),
             }
             self.run_deferred();
         }
+        self.expiring = false;
+        self.cancelled_while_expiring.clear();
         self.fired = fired;
     }
 

@@ -396,6 +396,16 @@ fn begin_stop<M: Master>(el: &mut EventLoop, m: &Shared<M>) {
     });
 }
 
+/// [`process::fork_child`] with the log writers' threads out of the way: they are ended
+/// before the fork, so the process has the single thread a safe fork needs, and started again
+/// after it: here in the parent, and in the child by [`child_main`] (`log::after_fork`).
+pub(super) fn fork(child: impl FnOnce(&mut Child) -> i32) -> io::Result<Pid> {
+    let parked = crate::ops::log::park_for_fork();
+    let forked = process::fork_child(child);
+    crate::ops::log::unpark(parked);
+    forked
+}
+
 /// In a child, right after the fork: asks for SIGTERM when the master dies (and exits at once
 /// if it already has), takes SIGCHLD back (the mask it inherited blocks what the master reads
 /// through a signalfd, and a child may start processes of its own), then runs `serve` and

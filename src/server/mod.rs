@@ -204,6 +204,14 @@ pub fn serve(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     if let Some(path) = &opts.pid_file {
         *pid_file() = Some(crate::ops::pidfile::PidFile::acquire(path)?);
     }
+    let result = serve_holding_pid_file(opts, service);
+    pid_file().take(); // removes the file (only in the process that wrote it)
+    result
+}
+
+/// Everything `serve` does once the pid file is held: whatever way this returns, the caller
+/// then lets the file go.
+fn serve_holding_pid_file(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     admin::bind(opts, service.name)?;
     let service = &reload::install(service, opts);
     tracing::info!(
@@ -214,16 +222,14 @@ pub fn serve(opts: &ServerOptions, service: &Service) -> io::Result<()> {
         opts.engine,
         opts.listen
     );
-    let result = match opts.model {
+    match opts.model {
         Model::MultiReactor => multi_reactor::run(opts, service),
         Model::Prefork => prefork::run(opts, service),
         Model::HalfSync => half_sync::run(opts, service),
         Model::LeaderFollowers => leader_followers::run(opts, service),
         Model::ThreadPerConn => thread_per_conn::run(opts, service),
         Model::ProcessPerConn => process_per_conn::run(opts, service),
-    };
-    pid_file().take(); // removes the file (only in the process that wrote it)
-    result
+    }
 }
 
 /// The server's pid file, held for its whole life. Process-wide because it is taken before
@@ -269,10 +275,17 @@ pub(crate) fn announce(opts: &ServerOptions, local: SocketAddr, udp: bool) -> io
         crate::ops::privileges::drop_to(opts.user.as_deref(), opts.group.as_deref())?;
     }
     if opts.daemon {
-        crate::sys::process::daemonize()?;
+        // The log writers' threads would keep the fork from being safe (and are not carried
+        // into the daemon): end them, fork, and start them again in the daemon.
+        let parked = crate::ops::log::park_for_fork();
+        let daemonized = crate::sys::process::daemonize();
+        crate::ops::log::unpark(parked);
+        let detached = daemonized?;
         if let Some(pf) = pid_file().as_mut() {
             pf.rewrite()?;
         }
+        // Only now may `keel --daemon` return: the pid file names the daemon.
+        detached.ready();
     }
     crate::ops::notify::ready();
     Ok(())

@@ -38,7 +38,7 @@ use super::forking::{self, Board, Children, Shared};
 use super::{ServerOptions, Service};
 use crate::net::listener::ConnectionLimit;
 use crate::reactor::{EventLoop, LoopConfig, Signal, TimerKey};
-use crate::sys::process::{self, Child};
+use crate::sys::process::Child;
 
 /// A worker that dies sooner than this after starting counts as a quick death (back-off).
 const QUICK_DEATH: Duration = Duration::from_secs(1);
@@ -76,7 +76,7 @@ impl Master {
             self.children.board.clone(),
             self.children.drain,
         );
-        let pid = process::fork_child(move |cx| {
+        let pid = forking::fork(move |cx| {
             forking::child_main(cx, "worker", |cx| {
                 serve_worker(cx, slot, listener, udp, cfg, &service, board, drain)
             })

@@ -32,7 +32,7 @@ use std::rc::Rc;
 use super::forking::{self, Children, Shared};
 use super::{ServerOptions, Service};
 use crate::reactor::{EventLoop, LoopStats, Token};
-use crate::sys::process::{self, Exit};
+use crate::sys::process::Exit;
 
 struct Master {
     /// The child serving each slot of the board, if any.
@@ -119,7 +119,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
                 let (cfg, factory, board) =
                     (cfg.clone(), factory.clone(), mm.children.board.clone());
                 // The closure owns `fd`: in the master it is dropped (closed) when fork returns.
-                let forked = process::fork_child(move |cx| {
+                let forked = forking::fork(move |cx| {
                     // The listening sockets stay open in the master; the child must not keep
                     // them alive.
                     cx.close_inherited(listen_fd);

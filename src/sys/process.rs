@@ -25,6 +25,18 @@ pub use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
 pub use nix::unistd::Pid;
 
+/// Set for good once this process has forked a child with [`fork_child`] (and so inherited
+/// by every child): from then on an open file may be held by several processes.
+static FORKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process's fds may be shared with another process (it forked children, or is
+/// one). An epoll registration lives as long as the open file, not the fd: once a file is
+/// shared, closing our fd no longer removes it from our epoll set, and it must be deleted
+/// explicitly (see `Poller::deregister_before_close`).
+pub fn fds_may_be_shared() -> bool {
+    FORKED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The number of threads of this process (from `/proc/self/stat`).
 pub fn thread_count() -> io::Result<usize> {
     let stat = std::fs::read_to_string("/proc/self/stat")?;
@@ -101,7 +113,8 @@ pub fn fork_child(child: impl FnOnce(&mut Child) -> i32) -> io::Result<Pid> {
         )));
     }
     let parent = nix::unistd::getpid();
-    // Anything still buffered would otherwise be written twice: by the parent and the child.
+    FORKED.store(true, std::sync::atomic::Ordering::Relaxed); // before: the child inherits it
+                                                              // Anything still buffered would otherwise be written twice: by the parent and the child.
     let _ = io::stdout().flush();
     // SAFETY: the process has a single thread (checked just above, and no thread can start
     // between the check and the fork since we are that thread), so the child inherits no lock
@@ -262,8 +275,9 @@ impl Drop for SharedCounters {
 /// returns), `setsid` to leave the terminal's session, fork again so the daemon is not a
 /// session leader and can never reacquire a terminal, then `chdir /`, `umask 027`, and
 /// stdin/stdout/stderr on /dev/null. Only this function's caller continues, in the grandchild;
-/// both parents leave with `_exit(0)` (their destructors belong to the process that goes on).
-pub fn daemonize() -> io::Result<()> {
+/// both parents leave with `_exit` (their destructors belong to the process that goes on): the
+/// middle one at once, the first when the daemon is ready or gone (see [`Detached`]).
+pub fn daemonize() -> io::Result<Detached> {
     let threads = thread_count()?;
     if threads != 1 {
         return Err(io::Error::other(format!(
@@ -272,11 +286,15 @@ pub fn daemonize() -> io::Result<()> {
     }
     let _ = io::stdout().flush();
     let _ = io::stderr().flush();
+    let (wait_end, tell_end) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     // SAFETY: single-threaded (checked above; we are the only thread, none can start between
-    // the check and the fork). The parent branch only calls `_exit`.
+    // the check and the fork). The parent branch only waits on a pipe and calls `_exit`.
     match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
-        nix::unistd::ForkResult::Parent { .. } => exit_now(0),
-        nix::unistd::ForkResult::Child => {}
+        nix::unistd::ForkResult::Parent { .. } => {
+            drop(tell_end);
+            exit_now(wait_for_ready(&wait_end))
+        }
+        nix::unistd::ForkResult::Child => drop(wait_end),
     }
     nix::unistd::setsid().map_err(io::Error::from)?;
     // SAFETY: still single-threaded (the child of a single-threaded process has one thread).
@@ -294,7 +312,38 @@ pub fn daemonize() -> io::Result<()> {
     rustix::stdio::dup2_stdin(&null)?;
     rustix::stdio::dup2_stdout(&null)?;
     rustix::stdio::dup2_stderr(&null)?;
-    Ok(())
+    Ok(Detached {
+        tell: Some(tell_end),
+    })
+}
+
+/// The daemon's side of the start-up handshake. The command the user ran waits until the
+/// daemon says [`ready`](Detached::ready) (it then exits 0) or drops this without saying it,
+/// by failing or dying (exit 1): so when `keel --daemon` has returned 0, the daemon is up and
+/// its pid file already names it.
+pub struct Detached {
+    tell: Option<OwnedFd>,
+}
+
+impl Detached {
+    pub fn ready(mut self) {
+        if let Some(fd) = self.tell.take() {
+            let _ = rustix::io::write(&fd, b"1");
+        }
+    }
+}
+
+/// In the command the user ran: 0 once the daemon said it is ready, 1 if it never will.
+fn wait_for_ready(pipe: &OwnedFd) -> i32 {
+    let mut byte = [0u8; 1];
+    loop {
+        match rustix::io::read(pipe, &mut byte) {
+            Ok(1) => return 0,
+            Err(rustix::io::Errno::INTR) => continue,
+            // EOF: every copy of the other end is closed without a word.
+            _ => return 1,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -126,11 +126,15 @@ impl Poller {
         }
     }
 
-    /// Called right before the fd is closed: select and poll must forget it explicitly, epoll
-    /// drops it by itself when the (never duplicated) fd closes.
+    /// Called right before the fd is closed: select and poll must forget it explicitly. epoll
+    /// drops it by itself when the open file behind the fd is released, which the close does
+    /// if no other process holds the file; that saves a syscall per connection. Once this
+    /// process has forked (prefork workers, process-per-connection children) another process
+    /// may hold it, and a registration left behind would be reported for ever under a token
+    /// nobody owns (in level-triggered mode, a loop spinning on it), so it is deleted first.
     pub fn deregister_before_close(&mut self, fd: BorrowedFd<'_>) {
         match self {
-            Poller::Epoll(p) => p.forget(),
+            Poller::Epoll(p) if !crate::sys::process::fds_may_be_shared() => p.forget(),
             _ => {
                 let _ = self.deregister(fd);
             }
