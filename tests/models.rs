@@ -456,6 +456,56 @@ fn process_per_conn_cap_refuses_fifth() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Every model: a stop answers what was sent before it
+// ---------------------------------------------------------------------------------------------
+
+/// Two clients send while the handler is busy (300 ms per call, one worker where the model
+/// queues work; A sends a second byte while its first is being handled), then SIGTERM: every
+/// byte comes back before the close, under every model. (Half-sync and leader/followers used to drop what waited behind the busy handler.)
+#[test]
+fn a_stop_answers_what_clients_had_sent() {
+    for model in util::MODELS {
+        let threads = if matches!(model, "thread-per-conn" | "process-per-conn") {
+            "4"
+        } else {
+            "1"
+        };
+        let srv = Opts::echo("epoll-et")
+            .arg("--model", model)
+            .arg("--threads", threads)
+            .arg("--work-ms", "300")
+            .spawn();
+        let mut a = connect(srv.tcp);
+        let mut b = connect(srv.tcp);
+        thread::sleep(Duration::from_millis(200));
+        a.write_all(b"a").unwrap();
+        thread::sleep(Duration::from_millis(50));
+        b.write_all(b"b").unwrap();
+        // More for A while its handler is still busy with the first byte.
+        a.write_all(b"c").unwrap();
+        thread::sleep(Duration::from_millis(50));
+        srv.signal(Signal::SIGTERM);
+        for (name, s, want) in [("A", &mut a, &b"ac"[..]), ("B", &mut b, &b"b"[..])] {
+            let mut got = Vec::new();
+            let end = read_until_end(s, &mut got, 1 << 16, Duration::from_secs(10));
+            assert_eq!(
+                (got.as_slice(), &end),
+                (want, &End::Eof),
+                "[{model}] client {name}\n{}",
+                srv.stderr_dump()
+            );
+            // Our FIN too, so the server's close need not wait out its linger timeout.
+            let _ = s.shutdown(Shutdown::Write);
+        }
+        let status = srv.wait_exit(Duration::from_secs(15));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "[{model}] exit after SIGTERM: {status:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // process-per-conn: no zombies, no fd leak
 // ---------------------------------------------------------------------------------------------
 

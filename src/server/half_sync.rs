@@ -27,9 +27,10 @@
 //!   read; it also stops being read once 64 KiB are waiting for its busy handler. The kernel's
 //!   receive window then pushes back on the clients: memory stays bounded by the number of
 //!   connections, whatever the clients send.
-//! - **Shutdown** (SIGINT/SIGTERM): no new job is started, the jobs under way finish and their
-//!   replies are written, then the reactor drains as every model does (`shutdown_gracefully`),
-//!   all within `--drain-timeout`. Each handler still gets its `on_close` (on a worker; a
+//! - **Shutdown** (SIGINT/SIGTERM): the listener closes; what clients have sent is still
+//!   handed to jobs, and once no job is under way the reactor drains as every model does
+//!   (`shutdown_gracefully`: what it reads then is no longer served), all within
+//!   `--drain-timeout`. Each handler still gets its `on_close` (on a worker; a
 //!   handler whose reply finds the reactor gone gets it where the reply is dropped).
 //!
 //! What it costs, as the notes say: each request crosses two queues (reactor → workers →
@@ -210,7 +211,7 @@ fn install_signals(el: &mut EventLoop, hub: Arc<Hub>, drain: Duration) -> io::Re
     })
 }
 
-/// Stop starting jobs; once those under way have replied, drain the reactor in the time left.
+/// Refuse new connections; once no job is under way, drain the reactor in the time left.
 fn begin_drain(el: &mut EventLoop, hub: &Hub, drain: Duration) {
     {
         let mut st = hub.state();
@@ -515,7 +516,9 @@ impl Handler for Shim {
 /// Starts the connection's next job if its handler is idle and has something to do; with
 /// the queue full, puts the connection in line.
 fn pump(el: &mut EventLoop, hub: &Arc<Hub>, id: ConnId, side: &Arc<Mutex<Side>>) {
-    let draining = hub.state().drain_deadline.is_some();
+    // Until the reactor itself drains, a stop still answers what clients have sent: jobs keep
+    // starting, and the reactor drains once none is left (or the drain timeout is up).
+    let draining = hub.state().shut_down;
     let mut s = lock(side);
     if s.busy || s.blocked || s.dead || s.handler.is_none() {
         return;

@@ -40,7 +40,7 @@ impl Worker<'_> {
 
     /// Reads until the socket is drained (a short read) or the read budget is spent; what is
     /// left is reported again after the re-arm.
-    fn read(&mut self, c: &mut LfConn, hup: bool) {
+    pub(super) fn read(&mut self, c: &mut LfConn, hup: bool) {
         let mut total = 0usize;
         loop {
             let core = &mut c.core;

@@ -6,8 +6,8 @@ use super::worker::Worker;
 use crate::net::CloseReason;
 
 impl Worker<'_> {
-    /// The first thread to see the draining flag: stop listening, close every connection
-    /// gracefully, and set the deadline after which the rest are reset.
+    /// The first thread to see the draining flag: stop listening, answer what each connection
+    /// has sent, close it gracefully, and set the deadline after which the rest are reset.
     pub(super) fn begin_drain(&mut self) {
         let sh = self.sh;
         drop(lock(&sh.listener).take()); // new connections are refused by the kernel
@@ -19,7 +19,12 @@ impl Worker<'_> {
         for conn in sh.snapshot() {
             let mut c = lock(&conn);
             if c.core.live() {
-                c.core.close(sh, self.now);
+                // What the client has sent is answered first, as under every model; only
+                // then does the close begin (its linger reads nothing more for the handler).
+                self.read(&mut c, false);
+                if c.core.live() {
+                    c.core.close(sh, self.now);
+                }
                 self.settle(&mut c, None);
             }
         }
