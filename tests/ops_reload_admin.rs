@@ -154,6 +154,32 @@ fn sighup_reload_takes_effect_for_new_connections_and_a_broken_one_changes_nothi
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A reload swaps the handlers' settings; a setting applied to loops, listeners or the
+/// process at start (here the idle timeout) cannot change under it, and the log says so
+/// instead of letting "reloaded" suggest it did.
+#[test]
+fn sighup_names_the_settings_that_need_a_restart() {
+    let dir = temp_dir("reload-fixed");
+    let conf = dir.join("keel.toml");
+    write_config(&conf, "[echo]\nidle_timeout = 100\n");
+    let srv = Opts::echo("epoll-et")
+        .arg("--config", conf.to_str().unwrap())
+        .arg("--threads", "1")
+        .spawn();
+    write_config(&conf, "[echo]\nidle_timeout = 1\n");
+    srv.signal(Signal::SIGHUP);
+    poll_until("the reload to be logged", Duration::from_secs(5), || {
+        srv.stderr_dump().contains("reloaded")
+    });
+    let dump = srv.stderr_dump();
+    assert!(
+        dump.contains("a new `idle_timeout` takes effect at the next restart"),
+        "{dump}"
+    );
+    assert!(!dump.contains("a new `threads`"), "{dump}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn sigusr1_reopens_the_access_log_after_rotation() {
     let dir = temp_dir("reopen");

@@ -29,7 +29,7 @@ use crate::reactor::event_loop::{EventLoop, Source};
 pub type HandlerFactory = Arc<dyn Fn() -> Box<dyn Handler> + Send + Sync>;
 
 /// How to open a listening socket.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListenOptions {
     /// Let several sockets (one per loop or per process) bind the same address; the kernel
     /// spreads incoming connections over them.

@@ -96,10 +96,33 @@ pub fn reload() -> bool {
             ),
         }
     }
+    // What a reload swaps is the service (its handlers and their settings) and, where the model
+    // can, the listener. Everything else was applied when the server started, into loops,
+    // listeners and the process itself: say so for each one that changed, rather than let a
+    // "reloaded" suggest it took effect.
+    let was = &live.running;
     let fixed = [
-        ("model", opts.model != live.running.model),
-        ("threads", opts.threads != live.running.threads),
-        ("engine", opts.engine != live.running.engine),
+        ("model", opts.model != was.model),
+        ("threads", opts.threads != was.threads),
+        ("engine", opts.engine != was.engine),
+        ("accept", opts.accept != was.accept),
+        ("idle_timeout", opts.idle_timeout != was.idle_timeout),
+        ("linger_timeout", opts.linger_timeout != was.linger_timeout),
+        ("drain_timeout", opts.drain_timeout != was.drain_timeout),
+        ("max_conns", opts.max_connections != was.max_connections),
+        ("keepalive", opts.keepalive != was.keepalive),
+        (
+            "backlog, reuseport or socket buffers",
+            opts.listen_opts != was.listen_opts,
+        ),
+        ("pid_file", opts.pid_file != was.pid_file),
+        ("rlimit_nofile", opts.rlimit_nofile != was.rlimit_nofile),
+        ("daemon", opts.daemon != was.daemon),
+        (
+            "user or group",
+            (&opts.user, &opts.group) != (&was.user, &was.group),
+        ),
+        ("admin", opts.admin != was.admin),
     ];
     for (what, changed) in fixed {
         if changed {
