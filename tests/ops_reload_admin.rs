@@ -180,6 +180,37 @@ fn sighup_names_the_settings_that_need_a_restart() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The control loop serves the admin pages (and, under some models, accepts connections and
+/// UDP): a scrape must not sit waiting for a loop that is busy in a handler. Its figures then
+/// come from what that loop last published, so the busy connection is still counted.
+#[test]
+fn a_scrape_does_not_wait_for_a_busy_handler() {
+    let srv = Opts::echo("epoll-et")
+        .arg("--model", "thread-per-conn")
+        .arg("--threads", "4")
+        .arg("--work-ms", "3000")
+        .arg("--admin", "127.0.0.1:0")
+        .spawn();
+    let admin = srv.admin_addr().expect("a `listening admin` line");
+    let mut busy = connect(srv.tcp);
+    busy.write_all(b"x").unwrap();
+    std::thread::sleep(Duration::from_millis(300)); // its handler is asleep now
+    let start = Instant::now();
+    let r = get(admin, "/metrics");
+    let took = start.elapsed();
+    assert_eq!(r.status, 200);
+    assert!(
+        took < Duration::from_millis(500),
+        "the scrape took {took:?} while a handler was busy"
+    );
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    // Open: the busy connection, and this scrape's own.
+    assert!(
+        text.lines().any(|l| l == "keel_connections_open 2"),
+        "the busy connection is not counted:\n{text}"
+    );
+}
+
 #[test]
 fn sigusr1_reopens_the_access_log_after_rotation() {
     let dir = temp_dir("reopen");

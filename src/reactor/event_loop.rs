@@ -151,6 +151,9 @@ pub(crate) enum Deferred {
 
 type SignalCallback = Box<dyn FnMut(&mut EventLoop, Signal)>;
 
+/// How often a turning loop publishes its counters for other threads (`/metrics`).
+const PUBLISH_EVERY_MS: u64 = 100;
+
 pub struct EventLoop {
     pub(crate) cfg: LoopConfig,
     pub(crate) poller: Poller,
@@ -161,6 +164,8 @@ pub struct EventLoop {
     /// Inside `expire_timers`: task keys cancelled after they left the wheel, not to be run.
     expiring: bool,
     cancelled_while_expiring: Vec<TimerKey>,
+    /// When the counters were last published for other threads.
+    published_at: u64,
     pub(crate) pool: BufferPool,
     /// The shared read buffer every connection of the loop reads through (see
     /// `EventLoop::conn_read`). `None` only while a read is using it.
@@ -207,6 +212,7 @@ impl EventLoop {
             fired: Vec::new(),
             expiring: false,
             cancelled_while_expiring: Vec::new(),
+            published_at: 0,
             pool,
             scratch: Some(Buffer::with_capacity(SCRATCH)),
             stats: LoopStats::new(cfg.engine),
@@ -462,6 +468,7 @@ impl EventLoop {
         self.renew_inherited_signals()?;
         self.update_clock(); // set-up may have taken a while since the loop was built
         self.in_run = true;
+        self.publish_stats(); // a loop busy from its first event is still seen as it began
         let result = self.run_iterations(&mut events);
         self.in_run = false;
         result
@@ -481,11 +488,25 @@ impl EventLoop {
             }
             self.run_ready_list();
             self.expire_timers();
+            if self.now_tick >= self.published_at.saturating_add(PUBLISH_EVERY_MS) {
+                self.publish_stats();
+            }
             if (self.draining || self.exit_when_empty) && self.stats.open == 0 {
                 self.quit = true;
             }
         }
         Ok(())
+    }
+
+    /// Copies the counters where other threads read them without asking the loop
+    /// ([`LoopHandle::published_stats`]).
+    fn publish_stats(&mut self) {
+        self.published_at = self.now_tick;
+        *self
+            .shared
+            .published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(self.stats.clone());
     }
 
     fn poll_timeout(&mut self) -> Option<Duration> {

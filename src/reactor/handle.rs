@@ -20,6 +20,9 @@ pub(crate) struct Shared {
     /// rings the eventfd once instead of once per task.
     notified: AtomicBool,
     pub(crate) waker: Waker,
+    /// The loop's counters as it last published them (a few times a second): what a reader
+    /// on another thread gets without waiting for the loop, which may be busy in a handler.
+    pub(crate) published: Mutex<Option<super::LoopStats>>,
 }
 
 impl Shared {
@@ -28,6 +31,7 @@ impl Shared {
             tasks: Mutex::new(Some(Vec::new())),
             notified: AtomicBool::new(false),
             waker,
+            published: Mutex::new(None),
         }
     }
 
@@ -61,6 +65,16 @@ pub struct LoopHandle {
 }
 
 impl LoopHandle {
+    /// The loop's counters as of its last publication (at most about 100 ms old while the loop
+    /// turns; older if a handler holds it up); `None` before the first.
+    pub fn published_stats(&self) -> Option<super::LoopStats> {
+        self.shared
+            .published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Runs `task` on the loop's thread at its next iteration. Returns false if the loop is
     /// gone (the task is dropped) or its waker could not be rung.
     pub fn post(&self, task: impl FnOnce(&mut EventLoop) + Send + 'static) -> bool {

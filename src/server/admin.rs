@@ -3,8 +3,10 @@
 //! The listener is bound with the server's own (before privileges are dropped or the process
 //! detaches, so a bind error reaches the terminal), and served by the control loop: the main
 //! thread, which handles signals and owns no client connection, so a scrape never waits
-//! behind client traffic and never slows it. Each page asks the model for its figures (the
-//! loops answer through their task queues).
+//! behind client traffic and never slows it. Each page asks the model for its figures: the
+//! loops answer through their task queues, and one that does not within 50 ms (a handler is
+//! holding it) is counted as it last published (loops publish a few times a second), so a
+//! busy handler never holds up the control loop.
 
 use std::io;
 use std::net::TcpListener;

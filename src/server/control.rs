@@ -25,6 +25,10 @@ pub struct Fleet {
     listeners: Mutex<Vec<OwnedFd>>,
 }
 
+/// How long a snapshot waits for the loops' own answers before it takes what they last
+/// published instead.
+const ANSWER_WAIT: Duration = Duration::from_millis(50);
+
 #[derive(Default)]
 struct FleetState {
     next_id: u64,
@@ -152,8 +156,7 @@ impl Fleet {
         }
     }
 
-    /// `own` plus the counters of every loop, live (asked through their queues, waiting at
-    /// most a second for the answers) or ended.
+    /// `own` plus the counters of every loop, live (asked through their queues) or ended.
     pub fn total(&self, own: &LoopStats) -> LoopStats {
         self.snapshot(own).0
     }
@@ -173,12 +176,31 @@ impl Fleet {
             });
         }
         drop(tx); // a task dropped unrun (its loop ended) then shows as a disconnect
+                  // The caller is a loop (the control loop, serving /metrics or a signal): it waits a
+                  // moment for fresh answers, never long. A loop held up in a handler (a blocking one
+                  // under thread-per-connection, say) is counted as it last published.
         let mut answers: Vec<(u64, LoopStats)> = Vec::with_capacity(asked.len());
-        let deadline = Instant::now() + Duration::from_secs(1);
+        let deadline = Instant::now() + ANSWER_WAIT;
         while answers.len() < asked.len() {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(a) => answers.push(a),
                 Err(_) => break,
+            }
+        }
+        let mut st = self.state();
+        // Each loop asked and silent: its final counters if it ended meanwhile, else what it
+        // last published.
+        for (id, h) in &asked {
+            if answers.iter().any(|(i, _)| i == id) {
+                continue;
+            }
+            let ended = st
+                .recent
+                .iter()
+                .find(|(i, _)| i == id)
+                .map(|(_, s)| s.clone());
+            if let Some(s) = ended.or_else(|| h.published_stats()) {
+                answers.push((*id, s));
             }
         }
         let mut total = own.clone();
@@ -187,14 +209,6 @@ impl Fleet {
         }
         for (_, s) in &answers {
             total.add(s);
-        }
-        let mut st = self.state();
-        for (id, s) in &st.recent {
-            let was_asked = asked.iter().any(|(i, _)| i == id);
-            let answered = answers.iter().any(|(i, _)| i == id);
-            if was_asked && !answered {
-                total.add(s);
-            }
         }
         st.watchers -= 1;
         if st.watchers == 0 {
