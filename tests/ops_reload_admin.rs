@@ -549,3 +549,53 @@ fn sighup_reload_moves_the_listener() {
     assert!(status.success(), "{status:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Echo's UDP side moves with its TCP side when a reload changes `listen`.
+#[test]
+fn sighup_reload_moves_echo_udp_too() {
+    use std::io::BufRead;
+    let dir = temp_dir("relisten-udp");
+    let conf = dir.join("keel.toml");
+    let (old_port, new_port) = (free_port(), free_port());
+    let config = |port: u16| format!("[echo]\nlisten = \"127.0.0.1:{port}\"\nthreads = 2\n");
+    write_config(&conf, &config(old_port));
+    let mut child = std::process::Command::new(util::keel_bin())
+        .args(["echo", "--config", conf.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    struct KillOnDrop(nix::unistd::Pid);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(self.0, Signal::SIGKILL);
+        }
+    }
+    let guard = KillOnDrop(pid);
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first.trim(), format!("listening tcp 127.0.0.1:{old_port}"));
+    let echoes = |port: u16| {
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        u.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        u.send_to(b"ping", ("127.0.0.1", port)).unwrap();
+        let mut buf = [0u8; 16];
+        matches!(u.recv_from(&mut buf), Ok((4, _)))
+    };
+    assert!(echoes(old_port), "no UDP echo before the reload");
+    write_config(&conf, &config(new_port));
+    nix::sys::signal::kill(pid, Signal::SIGHUP).unwrap();
+    poll_until("UDP on the new port", Duration::from_secs(5), || {
+        echoes(new_port)
+    });
+    assert!(!echoes(old_port), "UDP still answers on the old port");
+    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    std::mem::forget(guard);
+    assert!(status.success(), "{status:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

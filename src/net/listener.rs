@@ -205,6 +205,19 @@ impl EventLoop {
         }
     }
 
+    /// Closes every UDP socket of the loop (a reload that moves the address).
+    pub fn close_udp_sockets(&mut self) {
+        let tokens: Vec<Token> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| matches!(s.source, Source::Udp(_)))
+            .map(|(i, s)| Token(((s.generation as u64) << 32) | i as u64))
+            .collect();
+        for t in tokens {
+            self.close_listener(t);
+        }
+    }
+
     pub(crate) fn accept_ready(&mut self, token: Token) {
         let max = self.cfg.max_accepts_per_wakeup;
         for _ in 0..max {

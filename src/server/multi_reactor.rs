@@ -16,7 +16,7 @@ use std::sync::Arc;
 use super::control::{self, Fleet};
 use super::{announce, bind_and_announce, AcceptStrategy, ServerOptions, Service};
 use crate::net::{bind_tcp, ListenOptions};
-use crate::reactor::EventLoop;
+use crate::reactor::{EventLoop, LoopHandle};
 
 pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     let cfg = opts.loop_config();
@@ -46,7 +46,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
             }
             // Bound: announce (and daemonize) while still single-threaded.
             announce(opts, local, service.udp.is_some())?;
-            register_relisten(&fleet, &lopts, opts.threads, service);
+            register_relisten(&fleet, &lopts, opts.threads, service, control.handle());
             for (i, listener) in listeners.into_iter().enumerate() {
                 fleet.watch_listener(&listener)?;
                 let factory = service.factory.clone();
@@ -91,10 +91,19 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     Ok(())
 }
 
-/// SIGHUP with a new `listen`: bind a listener per loop at the new address (all or nothing),
-/// hand each loop its own, and close the old ones. Connections already accepted carry on.
-fn register_relisten(fleet: &Arc<Fleet>, lopts: &ListenOptions, threads: usize, service: &Service) {
+/// SIGHUP with a new `listen`: bind a listener per loop at the new address, and the UDP
+/// socket beside them if the service has one (all or nothing), hand each loop its own (UDP to
+/// the control loop, which serves it), and close the old ones. Connections already accepted
+/// carry on.
+fn register_relisten(
+    fleet: &Arc<Fleet>,
+    lopts: &ListenOptions,
+    threads: usize,
+    service: &Service,
+    control: LoopHandle,
+) {
     let (fleet, lopts, factory) = (fleet.clone(), lopts.clone(), service.factory.clone());
+    let udp = service.udp.clone();
     super::reload::set_relisten(Box::new(move |addr| {
         let first = bind_tcp(addr, &lopts).map_err(|e| e.to_string())?;
         let local = first.local_addr().map_err(|e| e.to_string())?;
@@ -102,6 +111,12 @@ fn register_relisten(fleet: &Arc<Fleet>, lopts: &ListenOptions, threads: usize, 
         for _ in 1..threads {
             listeners.push(bind_tcp(local, &lopts).map_err(|e| e.to_string())?);
         }
+        let udp_sock = match &udp {
+            Some(_) => {
+                Some(std::net::UdpSocket::bind(local).map_err(|e| format!("udp {local}: {e}"))?)
+            }
+            None => None,
+        };
         let handles = fleet.handles();
         if handles.len() != listeners.len() {
             return Err(format!(
@@ -121,6 +136,14 @@ fn register_relisten(fleet: &Arc<Fleet>, lopts: &ListenOptions, threads: usize, 
                 el.close_tcp_listeners();
                 if let Err(e) = el.add_listener(listener, factory) {
                     tracing::error!("reload: a loop cannot take its new listener: {e}");
+                }
+            });
+        }
+        if let (Some(sock), Some(udp)) = (udp_sock, udp.clone()) {
+            control.post(move |el| {
+                el.close_udp_sockets();
+                if let Err(e) = el.add_udp(sock, udp()) {
+                    tracing::error!("reload: cannot serve udp on the new address: {e}");
                 }
             });
         }
