@@ -3,10 +3,10 @@
 
 use std::io;
 
-use nix::unistd::{setgid, setgroups, setuid, Group, User};
+use nix::unistd::{initgroups, setgid, setgroups, setuid, Group, User};
 
 /// Switches to `user` (and its primary group, or `group` if given). Supplementary groups are
-/// cleared first, then the gid, then the uid: in the other order, a process no longer root could
+/// set first (the user's own, or none but `group`), then the gid, then the uid: in the other order, a process no longer root could
 /// not change its groups. Any failure is an error: a server told to drop root must not go on as
 /// root.
 pub fn drop_to(user: Option<&str>, group: Option<&str>) -> io::Result<()> {
@@ -35,7 +35,18 @@ pub fn drop_to(user: Option<&str>, group: Option<&str>) -> io::Result<()> {
         )
     };
     if let Some(gid) = gid {
-        setgroups(&[gid]).map_err(|e| refuse("setgroups", e))?;
+        // With a user, the groups the system gives that user (as login, nginx and Apache do:
+        // a file readable through a supplementary group stays readable); with only a group,
+        // that group alone.
+        match &pw {
+            Some(u) => {
+                let name = std::ffi::CString::new(u.name.as_bytes()).map_err(|_| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "user name holds a NUL byte")
+                })?;
+                initgroups(&name, gid).map_err(|e| refuse("initgroups", e))?;
+            }
+            None => setgroups(&[gid]).map_err(|e| refuse("setgroups", e))?,
+        }
         setgid(gid).map_err(|e| refuse("setgid", e))?;
     }
     if let Some(u) = pw {
