@@ -66,7 +66,7 @@ struct ServerArgs {
     model: Option<Model>,
     /// Loops / worker threads / worker processes (default: number of CPUs); for the
     /// per-connection models, the most connections served at once.
-    #[arg(long)]
+    #[arg(long, value_parser = config::parse_threads)]
     threads: Option<usize>,
     /// How multi-reactor spreads connections: reuseport (a listener per loop) or acceptor
     /// (one listener, round-robin hand-off) [default: reuseport].
@@ -101,11 +101,11 @@ struct ServerArgs {
     #[arg(long)]
     work_ms: Option<u64>,
     /// TCP keepalive: seconds of silence before the first probe (enables keepalive).
-    #[arg(long, value_parser = config::parse_secs)]
+    #[arg(long, value_parser = config::parse_keepalive_secs)]
     keepalive_idle: Option<Duration>,
     /// TCP keepalive: seconds between probes [default: 10]. Needs a keepalive idle time
     /// (here or in the file).
-    #[arg(long, value_parser = config::parse_secs)]
+    #[arg(long, value_parser = config::parse_keepalive_secs)]
     keepalive_interval: Option<Duration>,
     /// TCP keepalive: unanswered probes before the kernel drops the connection [default: 6].
     /// Needs a keepalive idle time (here or in the file).

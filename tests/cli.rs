@@ -56,6 +56,8 @@ fn bad_arguments_exit_2() {
         ][..],
         &["echo", "--listen", "127.0.0.1:0", "--idle-timeout", "soon"][..],
         &["echo", "--listen", "not-an-address"][..],
+        &["echo", "--listen", "127.0.0.1:0", "--threads", "0"][..],
+        &["echo", "--listen", "127.0.0.1:0", "--keepalive-idle", "0"][..],
         &["no-such-subcommand"][..],
     ] {
         let out = run(args);

@@ -525,6 +525,28 @@ pub fn parse_secs(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(v))
 }
 
+/// `--keepalive-idle` / `--keepalive-interval`: whole seconds from 1 to 32767, what Linux
+/// takes for TCP_KEEPIDLE and TCP_KEEPINTVL (and what the file accepts).
+pub fn parse_keepalive_secs(s: &str) -> Result<Duration, String> {
+    let (min, max, shown) = KEEPALIVE_SECS;
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !v.is_finite() || !(min..=max).contains(&v) {
+        return Err(format!("{s:?} is out of range ({shown} seconds)"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// `--threads`: at least one.
+pub fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a whole number")),
+    }
+}
+
 type Value<'i> = Spanned<DeValue<'i>>;
 
 /// Walks the parsed document, collecting errors (with their byte offset, to sort them).
