@@ -92,3 +92,41 @@ fn bind_error_exits_1_naming_the_address() {
         "bind error message does not name {addr}: {stderr:?}"
     );
 }
+
+/// The `listening` lines are for whoever started the server; if it stopped reading (closed
+/// the pipe), the server still serves rather than dying of EPIPE.
+#[test]
+fn a_closed_stdout_does_not_stop_the_server() {
+    let addr = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (read_end, write_end) = nix::unistd::pipe().unwrap();
+    drop(read_end); // every write to stdout now fails with EPIPE
+    let child = Command::new(util::keel_bin())
+        .args(["echo", "--listen", &addr.to_string(), "--threads", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write_end))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn keel");
+    let mut g = Guard(Some(child));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(
+            g.0.as_mut().unwrap().try_wait().unwrap().is_none(),
+            "keel exited with its stdout closed"
+        );
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            use std::io::{Read, Write};
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            s.write_all(b"hi").unwrap();
+            let mut got = [0u8; 2];
+            s.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"hi");
+            break;
+        }
+        assert!(Instant::now() < deadline, "keel never served on {addr}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}

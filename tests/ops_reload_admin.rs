@@ -586,7 +586,10 @@ fn sighup_reload_moves_echo_udp_too() {
         let mut buf = [0u8; 16];
         matches!(u.recv_from(&mut buf), Ok((4, _)))
     };
-    assert!(echoes(old_port), "no UDP echo before the reload");
+    // The control loop may not be turning yet right after the listening line.
+    poll_until("UDP on the first port", Duration::from_secs(5), || {
+        echoes(old_port)
+    });
     write_config(&conf, &config(new_port));
     nix::sys::signal::kill(pid, Signal::SIGHUP).unwrap();
     poll_until("UDP on the new port", Duration::from_secs(5), || {

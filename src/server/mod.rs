@@ -265,11 +265,20 @@ pub(crate) fn bind_and_announce(
 pub(crate) fn announce(opts: &ServerOptions, local: SocketAddr, udp: bool) -> io::Result<()> {
     {
         let mut out = io::stdout().lock();
-        writeln!(out, "listening tcp {local}")?;
-        if udp {
-            writeln!(out, "listening udp {local}")?;
+        let said = writeln!(out, "listening tcp {local}")
+            .and_then(|()| match udp {
+                true => writeln!(out, "listening udp {local}"),
+                false => Ok(()),
+            })
+            .and_then(|()| out.flush());
+        match said {
+            // Whoever started us stopped reading (it had the line it waited for, or it went
+            // away): the server still serves. Only an error of another kind is one.
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                tracing::debug!("the listening lines found no reader: {e}");
+            }
+            other => other?,
         }
-        out.flush()?;
     }
     if opts.user.is_some() || opts.group.is_some() {
         crate::ops::privileges::drop_to(opts.user.as_deref(), opts.group.as_deref())?;
