@@ -392,12 +392,13 @@ impl HttpConn {
             _ => (entry, false),
         };
         let vary = entry.gzip.is_some();
-        if conditional::evaluate(
-            head.if_none_match(),
-            head.if_modified_since,
-            &e.etag,
-            e.mtime,
-        ) == Condition::NotModified
+        if head.is_conditional()
+            && conditional::evaluate(
+                head.if_none_match(),
+                head.if_modified_since,
+                &e.etag,
+                e.mtime,
+            ) == Condition::NotModified
         {
             push_status(out, 304);
             push_header(out, b"ETag", e.etag.as_bytes());

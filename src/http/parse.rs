@@ -117,6 +117,11 @@ pub struct Head<'b> {
 }
 
 impl<'b> Head<'b> {
+    /// If-None-Match or If-Modified-Since is present: a 304 is possible.
+    pub fn is_conditional(&self) -> bool {
+        self.if_none_match.is_some() || self.if_modified_since.is_some()
+    }
+
     /// The value of every If-None-Match field line, in order: a list field sent on several
     /// lines is one list (RFC 9110 5.3). Empty when the field is absent.
     pub fn if_none_match(&self) -> FieldValues<'b> {
@@ -580,7 +585,7 @@ fn valid_host(v: &[u8]) -> bool {
         t
     };
     let name_byte = |b: u8| NAME[usize::from(b)];
-    let (host, port) = if let Some(rest) = v.strip_prefix(b"[") {
+    let port = if let Some(rest) = v.strip_prefix(b"[") {
         let Some(end) = rest.iter().position(|&b| b == b']') else {
             return false;
         };
@@ -588,33 +593,29 @@ fn valid_host(v: &[u8]) -> bool {
         if literal.is_empty() || !literal.iter().all(|&b| name_byte(b) || b == b':') {
             return false;
         }
-        match &rest[end + 1..] {
-            [] => return true,
-            [b':', port @ ..] => (&[][..], port),
-            _ => return false,
-        }
+        &rest[end + 1..]
     } else {
-        match v.iter().position(|&b| b == b':') {
-            Some(i) => (&v[..i], &v[i + 1..]),
-            None => (v, &[][..]),
+        // One pass over the name: it ends at the first byte that is not part of one.
+        let mut i = 0;
+        while let Some(&b) = v.get(i) {
+            if name_byte(b) {
+                i += 1;
+            } else if b == b'%'
+                && v.get(i + 1..i + 3)
+                    .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+            {
+                i += 3;
+            } else {
+                break;
+            }
         }
+        &v[i..]
     };
-    let mut i = 0;
-    while i < host.len() {
-        let b = host[i];
-        if name_byte(b) {
-            i += 1;
-        } else if b == b'%'
-            && host
-                .get(i + 1..i + 3)
-                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
-        {
-            i += 3;
-        } else {
-            return false;
-        }
+    match port {
+        [] => true,
+        [b':', digits @ ..] => digits.iter().all(u8::is_ascii_digit),
+        _ => false,
     }
-    port.iter().all(u8::is_ascii_digit)
 }
 
 fn first<'b>(slot: &mut Option<&'b [u8]>, v: &'b [u8]) {
