@@ -489,11 +489,53 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `keel SERVER --config FILE` as a plain child (its listen address comes from the file, which
+/// a reload may change), killed if a test fails before it stops the server itself.
+struct FromConfig {
+    child: std::process::Child,
+    pid: nix::unistd::Pid,
+}
+
+impl FromConfig {
+    /// Starts it and checks its first line: listening on `port`.
+    fn start(server: &str, conf: &Path, port: u16) -> FromConfig {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(util::keel_bin())
+            .args([server, "--config", conf.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let server = FromConfig { child, pid };
+        assert_eq!(first.trim(), format!("listening tcp 127.0.0.1:{port}"));
+        server
+    }
+
+    /// SIGTERM, then the exit status must be success.
+    fn stop(mut self) {
+        nix::sys::signal::kill(self.pid, Signal::SIGTERM).unwrap();
+        let status = self.child.wait().unwrap();
+        std::mem::forget(self); // reaped: its pid must not be signalled again
+        assert!(status.success(), "{status:?}");
+    }
+}
+
+impl Drop for FromConfig {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
 /// SIGHUP with a new `listen` moves the server: the new address serves, the old one refuses,
 /// and a keep-alive connection accepted on the old one carries on.
 #[test]
 fn sighup_reload_moves_the_listener() {
-    use std::io::BufRead;
     let dir = temp_dir("relisten");
     std::fs::write(dir.join("p.txt"), "here").unwrap();
     let conf = dir.join("keel.toml");
@@ -505,26 +547,8 @@ fn sighup_reload_moves_the_listener() {
         )
     };
     write_config(&conf, &config(old_port));
-    let mut child = std::process::Command::new(util::keel_bin())
-        .args(["http", "--config", conf.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    // Killed if the test fails before it stops the server itself.
-    struct KillOnDrop(nix::unistd::Pid);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = nix::sys::signal::kill(self.0, Signal::SIGKILL);
-        }
-    }
-    let guard = KillOnDrop(pid);
-    let mut first = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    assert_eq!(first.trim(), format!("listening tcp 127.0.0.1:{old_port}"));
+    let server = FromConfig::start("http", &conf, old_port);
+    let pid = server.pid;
     let old: SocketAddr = format!("127.0.0.1:{old_port}").parse().unwrap();
     let new: SocketAddr = format!("127.0.0.1:{new_port}").parse().unwrap();
     let mut kept = connect(old);
@@ -543,41 +567,20 @@ fn sighup_reload_moves_the_listener() {
     });
     assert_eq!(get_on(&mut kept, "/p.txt").body, b"here");
 
-    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
-    let status = child.wait().unwrap();
-    std::mem::forget(guard); // reaped: its pid must not be signalled again
-    assert!(status.success(), "{status:?}");
+    server.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Echo's UDP side moves with its TCP side when a reload changes `listen`.
 #[test]
 fn sighup_reload_moves_echo_udp_too() {
-    use std::io::BufRead;
     let dir = temp_dir("relisten-udp");
     let conf = dir.join("keel.toml");
     let (old_port, new_port) = (free_port(), free_port());
     let config = |port: u16| format!("[echo]\nlisten = \"127.0.0.1:{port}\"\nthreads = 2\n");
     write_config(&conf, &config(old_port));
-    let mut child = std::process::Command::new(util::keel_bin())
-        .args(["echo", "--config", conf.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    struct KillOnDrop(nix::unistd::Pid);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = nix::sys::signal::kill(self.0, Signal::SIGKILL);
-        }
-    }
-    let guard = KillOnDrop(pid);
-    let mut first = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    assert_eq!(first.trim(), format!("listening tcp 127.0.0.1:{old_port}"));
+    let server = FromConfig::start("echo", &conf, old_port);
+    let pid = server.pid;
     let echoes = |port: u16| {
         let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         u.set_read_timeout(Some(Duration::from_millis(300)))
@@ -596,9 +599,6 @@ fn sighup_reload_moves_echo_udp_too() {
         echoes(new_port)
     });
     assert!(!echoes(old_port), "UDP still answers on the old port");
-    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
-    let status = child.wait().unwrap();
-    std::mem::forget(guard);
-    assert!(status.success(), "{status:?}");
+    server.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }

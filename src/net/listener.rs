@@ -194,23 +194,19 @@ impl EventLoop {
     /// Closes every TCP listener of this loop (UDP sockets stay): used when a reload moves
     /// the server to a new address. Connections already accepted are not affected.
     pub fn close_tcp_listeners(&mut self) {
-        let tokens: Vec<Token> = self
-            .slots
-            .iter()
-            .filter(|(_, s)| matches!(s.source, Source::Listener(_)))
-            .map(|(i, s)| Token(((s.generation as u64) << 32) | i as u64))
-            .collect();
-        for t in tokens {
-            self.close_listener(t);
-        }
+        self.close_listeners_where(|s| matches!(s, Source::Listener(_)));
     }
 
     /// Closes every UDP socket of the loop (a reload that moves the address).
     pub fn close_udp_sockets(&mut self) {
+        self.close_listeners_where(|s| matches!(s, Source::Udp(_)));
+    }
+
+    fn close_listeners_where(&mut self, which: impl Fn(&Source) -> bool) {
         let tokens: Vec<Token> = self
             .slots
             .iter()
-            .filter(|(_, s)| matches!(s.source, Source::Udp(_)))
+            .filter(|(_, s)| which(&s.source))
             .map(|(i, s)| Token(((s.generation as u64) << 32) | i as u64))
             .collect();
         for t in tokens {
