@@ -1077,6 +1077,19 @@ fn is_combined_line(line: &str, bytes: usize, ua: &str) -> bool {
     ok_time && rest[pattern.len()..] == format!(" \"GET /x HTTP/1.1\" 200 {bytes} \"-\" \"{ua}\"")
 }
 
+/// The access log once it has `lines` lines (it is written by another thread), or as it is
+/// after 3 s.
+fn log_text(log: &std::path::Path, lines: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.lines().count() >= lines || Instant::now() >= deadline {
+            return text;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn access_log_combined_format() {
     let t = Tree::new("alog");
@@ -1087,14 +1100,7 @@ fn access_log_combined_format() {
         let r = get_h(&srv, "/x", &[("User-Agent", ua)]);
         assert_eq!(r.status, 200, "{}", r.show());
     }
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let text = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.lines().count() >= 3 || Instant::now() >= deadline {
-            break text;
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
+    let text = log_text(&log, 3);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 3, "access log after 3 requests:\n{text}");
     assert!(text.ends_with('\n'), "last line unterminated:\n{text}");
@@ -1121,14 +1127,7 @@ fn refused_requests_are_logged() {
     assert_eq!(r.status, 400, "{}", r.show());
     let r = exchange(srv.tcp, b"GET /\"q\" HTTP/1.1\r\nHost: a b\r\n\r\n");
     assert_eq!(r.status, 400, "{}", r.show());
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let text = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.lines().count() >= 2 || Instant::now() >= deadline {
-            break text;
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
+    let text = log_text(&log, 2);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "access log after 2 refusals:\n{text}");
     assert!(
