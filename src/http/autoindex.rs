@@ -63,7 +63,7 @@ pub fn read_entries(dir: BorrowedFd<'_>, show_hidden: bool) -> std::io::Result<V
 /// from ever being read as a scheme.
 pub fn render(url_path: &str, entries: &[Entry]) -> String {
     let mut base = String::with_capacity(url_path.len() + 1);
-    push_percent_encoded(&mut base, url_path, true);
+    push_percent_encoded(&mut base, url_path.as_bytes(), true);
     if !base.ends_with('/') {
         base.push('/');
     }
@@ -93,7 +93,7 @@ pub fn render(url_path: &str, entries: &[Entry]) -> String {
     for e in entries {
         out.push_str("<tr><td><a href=\"");
         out.push_str(&base);
-        push_percent_encoded(&mut out, &e.name, false);
+        push_percent_encoded(&mut out, e.name.as_bytes(), false);
         if e.is_dir {
             out.push('/');
         }

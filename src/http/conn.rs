@@ -31,7 +31,7 @@ use super::body::BodyDecoder;
 use super::conditional::{self, Condition};
 use super::date;
 use super::files::{self, Entry, Found};
-use super::parse::{parse_head, Head, HeadResult, Method, Version};
+use super::parse::{parse_head_into, Head, Method, Version};
 use super::path::{is_hidden, normalize_target, push_percent_encoded, PathError};
 use super::range::{parse_range, RangeOutcome};
 use super::response::{
@@ -148,8 +148,9 @@ impl HttpConn {
                         }
                     }
                     let limits = &self.site.settings.limits;
-                    let (head, len) = match parse_head(input.as_slice(), limits) {
-                        Ok(HeadResult::Partial) => {
+                    let mut slot = None;
+                    let (head, len) = match parse_head_into(input.as_slice(), limits, &mut slot) {
+                        Ok(None) => {
                             if !self.head_timer {
                                 self.head_timer = true;
                                 cx.set_timer(self.site.settings.header_timeout, TAG_HEAD);
@@ -160,7 +161,7 @@ impl HttpConn {
                             self.fail(cx, out, e.status, input, true);
                             return;
                         }
-                        Ok(HeadResult::Complete { head, len }) => (head, len),
+                        Ok(Some(read)) => read,
                     };
                     if self.head_timer {
                         self.head_timer = false;
@@ -174,7 +175,7 @@ impl HttpConn {
                         }
                     };
                     if decoder.is_done() {
-                        let answer = self.respond(cx, &head, out, now);
+                        let answer = self.respond(cx, head, out, now);
                         input.consume(len);
                         let queues_file = answer.file.is_some();
                         if !self.emit(cx, out, answer) {
@@ -191,7 +192,7 @@ impl HttpConn {
                             cx.note(Note::Response(100));
                         }
                         let start = out.len();
-                        let mut answer = self.respond(cx, &head, out, now);
+                        let mut answer = self.respond(cx, head, out, now);
                         answer.bytes = out.split_off(start);
                         input.consume(len);
                         self.state = State::Body(Box::new((decoder, answer)));
@@ -277,7 +278,7 @@ impl HttpConn {
                 &Exchange {
                     peer: cx.peer_addr(),
                     method: head.method_str,
-                    target: head.target.as_bytes(),
+                    target: head.target,
                     version: match head.version {
                         Version::Http10 => "HTTP/1.0",
                         Version::Http11 => "HTTP/1.1",
@@ -318,35 +319,35 @@ impl HttpConn {
         }
         let settings = &self.site.settings;
         let normalized;
-        let path: &str = match plain_path(head.target) {
+        let path: &[u8] = match plain_path(head.target) {
             Some(p) => p,
             None => {
-                normalized = match normalize_target(head.target.as_bytes()) {
+                normalized = match normalize_target(head.target) {
                     Ok(path) => path,
                     Err(e) => return error(out, e.status()),
                 };
                 if !settings.serve_hidden && is_hidden(&normalized) {
                     return error(out, 403);
                 }
-                &normalized
+                normalized.as_bytes()
             }
         };
         if self.site.root.is_none() {
-            return if path == "/" || path == "/index.html" {
+            return if path == b"/" || path == b"/index.html" {
                 with_no_file(welcome(out, p, head_only))
             } else {
                 error(out, 404)
             };
         }
-        if path.ends_with('/') {
-            let index = format!("{path}index.html");
+        if path.ends_with(b"/") {
+            let index = [path, b"index.html"].concat();
             return match files::lookup(&self.site, &index, now) {
                 Ok(Found::File(entry)) => self.serve_file(head, &entry, out, p),
                 Ok(Found::Dir(_)) => error(out, 403),
                 Err(PathError::NotFound) => match files::lookup(&self.site, path, now) {
                     Ok(Found::Dir(dir)) if settings.autoindex => with_no_file(listing(
                         &dir,
-                        path,
+                        &String::from_utf8_lossy(path),
                         settings.serve_hidden,
                         out,
                         p,
@@ -440,14 +441,18 @@ impl HttpConn {
         };
         if status == 200 && !gzip {
             // The common case: the head was encoded when the file was cached, and for a small
-            // file kept in memory, a keep-alive 1.1 GET is two copies: status and Date lines,
-            // then head, blank line and body.
-            push_status(out, 200);
-            if let (Some(whole), Persistence::KeepAlive11, false) = (e.whole_200(), p, head_only) {
-                out.extend_from_slice(whole);
-                return (status, len, None);
+            // file kept in memory, a keep-alive 1.1 GET is one copy of the whole response,
+            // Date line included.
+            if let (Persistence::KeepAlive11, false, Some(stamp)) =
+                (p, head_only, date::batch_stamp())
+            {
+                if let Some(whole) = e.whole_200(stamp) {
+                    out.extend_from_slice(&whole);
+                    return (status, len, None);
+                }
             }
-            out.extend_from_slice(e.head_200());
+            push_status(out, 200);
+            out.extend_from_slice(&e.head_200());
         } else {
             push_status(out, status);
             push_header(out, b"Content-Type", entry.content_type.as_bytes());
@@ -500,8 +505,8 @@ fn with_no_file((status, bytes): (u16, u64)) -> (u16, u64, Option<FileRange>) {
 /// The target itself when it is already a clean path: only unreserved characters and '/',
 /// no empty, "." or ".." segment, no segment starting with '.', no query. Most requests are
 /// like that and skip decoding, normalizing and allocating; anything else takes the full way.
-fn plain_path(target: &str) -> Option<&str> {
-    let bytes = target.as_bytes();
+fn plain_path(target: &[u8]) -> Option<&[u8]> {
+    let bytes = target;
     /// Unreserved characters and '/': the only bytes a plain path has.
     const PLAIN: [bool; 256] = {
         let mut t = [false; 256];

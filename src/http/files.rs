@@ -13,7 +13,7 @@
 //! never served stale for longer than that.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
+use std::cell::{Cell, Ref, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
@@ -25,6 +25,7 @@ use std::time::Instant;
 use rustix::fs::FileType;
 
 use super::conditional;
+use super::date;
 use super::mime;
 use super::path::{open_beneath, PathError};
 use super::response::{push_content_length, push_header};
@@ -39,12 +40,17 @@ pub struct Entry {
     pub etag: String,
     pub last_modified: String,
     pub content_type: Cow<'static, str>,
-    /// The 200 response after its status, Server and Date lines, laid out so that the common
-    /// answer (a keep-alive HTTP/1.1 GET of a small file) is one copy: the Content-Type,
+    /// The 200 response, laid out so that the common answer (a keep-alive HTTP/1.1 GET of a
+    /// small file) is one copy: the status, Server and Date lines, the Content-Type,
     /// Content-Length, Last-Modified, ETag and Accept-Ranges lines (and Vary when a gzip
-    /// sibling exists), the blank line, then the contents for files up to the small-file limit.
-    encoded_200: Box<[u8]>,
-    /// Where the header lines end (the blank line follows).
+    /// sibling exists), the blank line, then the contents for files up to the small-file
+    /// limit. The Date line is written when the entry is next served after the second
+    /// changes ([`Entry::whole_200`]); only that path reads it.
+    encoded_200: RefCell<Box<[u8]>>,
+    /// Which Date line `encoded_200` carries (0: none yet).
+    dated: Cell<u32>,
+    /// Where the header lines end (the blank line follows), from the start of the Content-Type
+    /// line.
     head_len: usize,
     /// Whether the contents follow the blank line.
     in_memory: bool,
@@ -54,22 +60,42 @@ pub struct Entry {
     fresh_until: Instant,
 }
 
+/// Where the header lines start in [`Entry`]'s encoded 200 response.
+const HEAD_AT: usize = date::STATUS_200_AND_DATE_LEN;
+
 impl Entry {
-    /// The header lines of the 200 response (no blank line).
-    pub fn head_200(&self) -> &[u8] {
-        &self.encoded_200[..self.head_len]
+    /// The header lines of the 200 response after the Date line (no blank line).
+    pub fn head_200(&self) -> Ref<'_, [u8]> {
+        Ref::map(self.encoded_200.borrow(), |e| {
+            &e[HEAD_AT..HEAD_AT + self.head_len]
+        })
     }
 
     /// The contents, for a small file kept in memory.
-    pub fn body(&self) -> Option<&[u8]> {
-        self.in_memory
-            .then(|| &self.encoded_200[self.head_len + 2..])
+    pub fn body(&self) -> Option<Ref<'_, [u8]>> {
+        self.in_memory.then(|| {
+            Ref::map(self.encoded_200.borrow(), |e| {
+                &e[HEAD_AT + self.head_len + 2..]
+            })
+        })
     }
 
-    /// The header lines, the blank line and the contents of the 200 response, for a small file
-    /// kept in memory: what follows the Date line when no Connection line is needed.
-    pub fn whole_200(&self) -> Option<&[u8]> {
-        self.in_memory.then_some(&*self.encoded_200)
+    /// The whole 200 response of a small file kept in memory, status line to contents, with
+    /// the Date line of `stamp` (the current batch's: [`date::batch_stamp`]). What a
+    /// keep-alive HTTP/1.1 GET gets: one copy, the Date line rewritten here once a second.
+    pub fn whole_200(&self, stamp: date::Stamp) -> Option<Ref<'_, [u8]>> {
+        if !self.in_memory {
+            return None;
+        }
+        if self.dated.get() != stamp.0 {
+            let mut e = self.encoded_200.borrow_mut();
+            let lines: &mut [u8; HEAD_AT] = (&mut e[..HEAD_AT]).try_into().expect("HEAD_AT bytes");
+            if date::write_status_200_and_date(lines) != Some(stamp) {
+                return None; // not inside that batch: the caller takes the general way
+            }
+            self.dated.set(stamp.0);
+        }
+        Some(Ref::map(self.encoded_200.borrow(), |e| &**e))
     }
 
     /// A file sent from disk (not from memory) is checked with one fstat on its open fd before
@@ -153,6 +179,11 @@ impl std::hash::Hasher for PathHash {
         // The length ends the key (the overlapping reads alone would let keys collide).
         self.add(n as u64);
     }
+    /// A slice key's length prefix (`Hash for [u8]` writes one): one step, not eight bytes.
+    #[inline]
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
     #[inline]
     fn write_u8(&mut self, b: u8) {
         self.add(u64::from(b));
@@ -167,13 +198,13 @@ impl std::hash::Hasher for PathHash {
 
 struct Cache {
     site: u64,
-    map: HashMap<Rc<str>, Rc<Entry>, BuildPathHash>,
+    map: HashMap<Rc<[u8]>, Rc<Entry>, BuildPathHash>,
     /// Insertion order, for oldest-first eviction.
-    order: VecDeque<Rc<str>>,
+    order: VecDeque<Rc<[u8]>>,
     bytes: u64,
     /// The last entry found, checked before the map: a page's requests, and a pipelined batch,
     /// often ask for one file several times in a row. Cleared whenever the map changes.
-    last: Option<(Rc<str>, Rc<Entry>)>,
+    last: Option<(Rc<[u8]>, Rc<Entry>)>,
 }
 
 thread_local! {
@@ -186,8 +217,10 @@ thread_local! {
     });
 }
 
-/// Looks `path` (normalized, beginning with '/') up beneath the site's root.
-pub fn lookup(site: &Site, path: &str, now: Instant) -> Result<Found, PathError> {
+/// Looks `path` (normalized, beginning with '/') up beneath the site's root. The path is
+/// bytes, as the request-target is: a cached file is found without ever checking it is UTF-8,
+/// which only opening a file (a cache miss) needs.
+pub fn lookup(site: &Site, path: &[u8], now: Instant) -> Result<Found, PathError> {
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         if c.site != site.id {
@@ -223,7 +256,12 @@ pub fn lookup(site: &Site, path: &str, now: Instant) -> Result<Found, PathError>
                 previous = Some(e.clone());
             }
         }
-        let fresh = load(site, path, now, previous);
+        let fresh = match std::str::from_utf8(path) {
+            Ok(text) => load(site, text, now, previous),
+            // Decoded paths are UTF-8 (`path::normalize_target` refuses the rest); nothing
+            // else can name a file here.
+            Err(_) => Err(PathError::NotFound),
+        };
         match fresh {
             Ok(Found::File(entry)) => {
                 c.insert(site, path, entry.clone());
@@ -238,10 +276,10 @@ pub fn lookup(site: &Site, path: &str, now: Instant) -> Result<Found, PathError>
 }
 
 impl Cache {
-    fn insert(&mut self, site: &Site, path: &str, entry: Rc<Entry>) {
+    fn insert(&mut self, site: &Site, path: &[u8], entry: Rc<Entry>) {
         self.last = None;
         let size = entry_bytes(&entry);
-        let key: Rc<str> = Rc::from(path);
+        let key: Rc<[u8]> = Rc::from(path);
         match self.map.insert(key.clone(), entry) {
             Some(old) => self.bytes -= entry_bytes(&old),
             None => self.order.push_back(key),
@@ -258,7 +296,7 @@ impl Cache {
         }
     }
 
-    fn remove(&mut self, path: &str) {
+    fn remove(&mut self, path: &[u8]) {
         self.last = None;
         if let Some(old) = self.map.remove(path) {
             self.bytes -= entry_bytes(&old);
@@ -327,6 +365,8 @@ fn load(
     let content_type = mime::content_type(path);
     let small = size <= site.settings.small_file_max;
     let mut encoded = Vec::with_capacity(256);
+    // Room for the status, Server and Date lines, written when first served whole.
+    encoded.resize(HEAD_AT, 0);
     push_header(&mut encoded, b"Content-Type", content_type.as_bytes());
     push_content_length(&mut encoded, size);
     push_header(&mut encoded, b"Last-Modified", last_modified.as_bytes());
@@ -335,7 +375,7 @@ fn load(
     if gzip.is_some() {
         encoded.extend_from_slice(b"Vary: Accept-Encoding\r\n");
     }
-    let head_len = encoded.len();
+    let head_len = encoded.len() - HEAD_AT;
     // Exactly what is needed, so that making it a boxed slice does not copy the body again.
     encoded.reserve_exact(2 + if small { size as usize } else { 0 });
     encoded.extend_from_slice(b"\r\n");
@@ -357,7 +397,8 @@ fn load(
         etag,
         last_modified,
         content_type,
-        encoded_200: encoded.into_boxed_slice(),
+        encoded_200: RefCell::new(encoded.into_boxed_slice()),
+        dated: Cell::new(0),
         head_len,
         in_memory,
         gzip,
@@ -389,6 +430,7 @@ fn clone_entry(e: &Entry) -> Entry {
         last_modified: e.last_modified.clone(),
         content_type: e.content_type.clone(),
         encoded_200: e.encoded_200.clone(),
+        dated: e.dated.clone(),
         head_len: e.head_len,
         in_memory: e.in_memory,
         gzip: e.gzip.clone(),
@@ -438,25 +480,75 @@ mod tests {
         })
         .unwrap();
         let now = Instant::now();
+        date::set_batch_time(Some(now));
+        let stamp = date::batch_stamp().expect("inside a batch");
         for _ in 0..3 {
             for (path, body) in [
                 ("/a.txt", &b"aaa"[..]),
                 ("/b.txt", b"bbbbb"),
                 ("/b.txt", b"bbbbb"),
             ] {
-                let Ok(Found::File(e)) = lookup(&site, path, now) else {
+                let Ok(Found::File(e)) = lookup(&site, path.as_bytes(), now) else {
                     panic!("{path} not found");
                 };
-                assert_eq!(e.body(), Some(body), "{path}");
+                assert_eq!(e.body().as_deref(), Some(body), "{path}");
                 assert_eq!(e.size, body.len() as u64);
-                let whole = e.whole_200().unwrap();
-                assert!(whole.ends_with(body) && whole.starts_with(e.head_200()));
+                let whole = e.whole_200(stamp).unwrap();
+                let mut expected = Vec::new();
+                date::push_status_200_and_date(&mut expected);
+                expected.extend_from_slice(&e.head_200());
+                expected.extend_from_slice(b"\r\n");
+                expected.extend_from_slice(body);
+                assert_eq!(&*whole, &expected[..], "{path}");
             }
         }
         assert!(matches!(
-            lookup(&site, "/missing.txt", now),
+            lookup(&site, b"/missing.txt", now),
             Err(PathError::NotFound)
         ));
+        date::set_batch_time(None);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_response_kept_whole_gets_the_date_line_of_each_second() {
+        let root = std::env::temp_dir().join(format!("keel-files-date-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("a.txt"), b"aaa").unwrap();
+        let site = Site::open(HttpSettings {
+            root: Some(root.clone()),
+            ..HttpSettings::default()
+        })
+        .unwrap();
+        let whole_now = || {
+            let now = Instant::now();
+            date::set_batch_time(Some(now));
+            let Ok(Found::File(e)) = lookup(&site, b"/a.txt", now) else {
+                panic!("a.txt not found");
+            };
+            let whole = e.whole_200(date::batch_stamp().unwrap()).unwrap().to_vec();
+            let mut lines = Vec::new();
+            date::push_status_200_and_date(&mut lines);
+            date::set_batch_time(None);
+            (whole, lines)
+        };
+        let (first, lines) = whole_now();
+        assert!(
+            first.starts_with(&lines),
+            "{:?}",
+            String::from_utf8_lossy(&first)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let (second, later_lines) = whole_now();
+        assert_ne!(lines, later_lines, "the second changed");
+        assert!(
+            second.starts_with(&later_lines),
+            "{:?}",
+            String::from_utf8_lossy(&second)
+        );
+        assert_eq!(first[lines.len()..], second[later_lines.len()..]);
+        // Outside a batch there is no stamp: the whole response is not offered.
+        assert_eq!(date::batch_stamp(), None);
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -15,6 +15,12 @@ use httparse::{Header, Request, Status};
 /// slots are never initialised, so their number costs stack space only, not time.
 const HEADER_SLOTS: usize = 256;
 
+/// Header slots for the common way ([`read_common`]): curl and load generators send two or
+/// three fields, browsers 10 to 20. httparse's header-only parser wants its slots initialised
+/// (each costs two stores per request), so these are few; a head with more fields takes the
+/// full way, whose slots cost nothing.
+const COMMON_SLOTS: usize = 16;
+
 /// Bounds on what a client may send before it is refused, so one connection cannot make the
 /// server buffer or scan without end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +70,22 @@ pub enum Method {
 }
 
 impl Method {
+    /// The method's name as sent, `None` for `Other` (whose spelling only the request has).
+    fn name(self) -> Option<&'static str> {
+        Some(match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Options => "OPTIONS",
+            Method::Patch => "PATCH",
+            Method::Trace => "TRACE",
+            Method::Connect => "CONNECT",
+            Method::Other => return None,
+        })
+    }
+
     fn from_bytes(m: &[u8]) -> Method {
         match m {
             b"GET" => Method::Get,
@@ -92,11 +114,15 @@ pub enum BodyKind {
 /// A parsed request head. Fields the server does not act on are not kept; the ones it does
 /// are the raw field values (first occurrence where a field is repeated), left for the modules
 /// that interpret them.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Head<'b> {
     pub method: Method,
     pub method_str: &'b str,
-    pub target: &'b str,
+    /// The request-target as sent: visible ASCII and, from clients that do not encode it,
+    /// bytes of 0x80 and above (httparse lets those through; [`crate::http::path`] refuses
+    /// any that are not UTF-8). Kept as bytes: nothing that reads it needs a `str`, and
+    /// checking it is UTF-8 would cost more than the rest of the request line.
+    pub target: &'b [u8],
     pub version: Version,
     pub keep_alive: bool,
     pub host: Option<&'b [u8]>,
@@ -272,8 +298,153 @@ const TOO_MANY_HEADERS: HttpError = HttpError::new(431, "too many header fields"
 /// head costs a bounded amount of work per call; callers re-parse from the start as more bytes
 /// arrive, which keeps this function stateless.
 pub fn parse_head<'b>(buf: &'b [u8], limits: &Limits) -> Result<HeadResult<'b>, HttpError> {
+    let mut slot = None;
+    Ok(match parse_head_into(buf, limits, &mut slot)? {
+        Some((head, len)) => HeadResult::Complete {
+            head: head.clone(),
+            len,
+        },
+        None => HeadResult::Partial,
+    })
+}
+
+/// [`parse_head`] for the hot path: the head is built in `slot`, which the caller owns, and
+/// lent back with its length (`None`: more bytes are needed). A head is a few hundred bytes,
+/// and returning it inside a `Result` cost a copy of it per request.
+pub fn parse_head_into<'b, 's>(
+    buf: &'b [u8],
+    limits: &Limits,
+    slot: &'s mut Option<Head<'b>>,
+) -> Result<Option<(&'s Head<'b>, usize)>, HttpError> {
     let window = &buf[..buf.len().min(limits.max_head)];
-    let mut slots = [const { MaybeUninit::<Header<'b>>::uninit() }; HEADER_SLOTS];
+    let mut common_slots = [httparse::EMPTY_HEADER; COMMON_SLOTS];
+    let mut full_slots = [const { MaybeUninit::<Header<'b>>::uninit() }; HEADER_SLOTS];
+    let (line, fields, len) = match read_common(window, limits, &mut common_slots) {
+        Some(read) => read,
+        None => match read_full(buf, window, limits, &mut full_slots)? {
+            Some(read) => read,
+            None => return Ok(None),
+        },
+    };
+    Ok(Some((interpret(window, line, fields, slot)?, len)))
+}
+
+/// A head as read, before its fields are interpreted: the request line, the header fields,
+/// and the bytes of the whole head.
+type Read<'b, 'h> = (RequestLine<'b>, &'h [Header<'b>], usize);
+
+/// The common way: a request line as nearly every client writes it (a token method, a target
+/// of visible ASCII, `HTTP/1.1` or `HTTP/1.0`, CRLF) is read here, and only the header fields
+/// go to httparse. httparse's own request-line path checks that the target is UTF-8 and
+/// dispatches to SIMD code meant for long targets: on `bench/instructions`' pipelined load
+/// that was about 300 of the 575 instructions httparse spent per request, a fifth of keel's.
+///
+/// `None` leaves the head to [`read_full`]: a request line of any other shape, a head still
+/// arriving, more fields than [`COMMON_SLOTS`], any error. So every refusal, limit and partial
+/// head is decided in one place, and what this accepts is a subset of what httparse accepts,
+/// read the same way (a property test holds the two ways to that).
+fn read_common<'b, 'h>(
+    window: &'b [u8],
+    limits: &Limits,
+    slots: &'h mut [Header<'b>; COMMON_SLOTS],
+) -> Option<Read<'b, 'h>> {
+    let (line, line_len) = common_request_line(window)?;
+    if line.target.len() > limits.max_uri {
+        return None;
+    }
+    let slots = &mut slots[..limits.max_headers.min(COMMON_SLOTS)];
+    match httparse::parse_headers(&window[line_len..], slots) {
+        Ok(Status::Complete((fields_len, fields))) => Some((line, fields, line_len + fields_len)),
+        _ => None,
+    }
+}
+
+struct RequestLine<'b> {
+    method: Method,
+    method_str: &'b str,
+    target: &'b [u8],
+    version: Version,
+}
+
+/// `method SP target SP HTTP/1.x CRLF` at the very start of `w`, with a token method and a
+/// target of visible ASCII (0x21-0x7E): the shape RFC 9112 3 defines, minus what httparse also
+/// tolerates (leading empty lines, a bare LF, obs-text in the target). `None` for anything
+/// else, including a line not complete yet. The line comes with its length, CRLF included.
+fn common_request_line(w: &[u8]) -> Option<(RequestLine<'_>, usize)> {
+    let (method, after) = match w {
+        [b'G', b'E', b'T', b' ', ..] => (Method::Get, 4),
+        _ => {
+            let n = w.iter().position(|&b| !is_tchar(b))?;
+            if n == 0 || w[n] != b' ' {
+                return None;
+            }
+            (Method::from_bytes(&w[..n]), n + 1)
+        }
+    };
+    let method_str = match method.name() {
+        Some(name) => name,
+        // A token is ASCII: this never fails.
+        None => std::str::from_utf8(&w[..after - 1]).ok()?,
+    };
+    let rest = &w[after..];
+    let n = visible_ascii_prefix(rest);
+    if n == 0 || rest.get(n) != Some(&b' ') {
+        return None;
+    }
+    const HTTP_1_1: u64 = u64::from_le_bytes(*b"HTTP/1.1");
+    const HTTP_1_0: u64 = u64::from_le_bytes(*b"HTTP/1.0");
+    let word = u64::from_le_bytes(rest.get(n + 1..n + 9)?.try_into().ok()?);
+    if rest.get(n + 9..n + 11)? != b"\r\n" {
+        return None;
+    }
+    let version = match word {
+        HTTP_1_1 => Version::Http11,
+        HTTP_1_0 => Version::Http10,
+        _ => return None,
+    };
+    let line = RequestLine {
+        method,
+        method_str,
+        target: &rest[..n],
+        version,
+    };
+    Some((line, after + n + 11))
+}
+
+/// How many bytes at the start of `s` are visible ASCII (0x21-0x7E), eight at a time: a
+/// target is read once here and never again byte by byte.
+fn visible_ascii_prefix(s: &[u8]) -> usize {
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut at = 0;
+    while let Some(chunk) = s.get(at..at + 8) {
+        let x = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        // A byte's high bit ends up set when it is below 0x21 (x + 0x5F stays under 0x80),
+        // above 0x7E (x + 1 reaches 0x80) or at or above 0x80 itself. Bytes are kept below
+        // 0x80 before the arithmetic, so no lane carries into its neighbour.
+        let low7 = x & !HIGH;
+        let below = low7.wrapping_add(LOW * (0x80 - 0x21)) ^ HIGH;
+        let above = low7.wrapping_add(LOW);
+        let bad = (below | above | x) & HIGH;
+        if bad != 0 {
+            return at + (bad.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    at + s[at..]
+        .iter()
+        .position(|&b| !(0x21..=0x7e).contains(&b))
+        .unwrap_or(s.len() - at)
+}
+
+/// The full way, through httparse's whole-request parser: every head [`read_common`] leaves.
+/// `Ok(None)` while the head is still arriving.
+fn read_full<'b, 'h>(
+    buf: &'b [u8],
+    window: &'b [u8],
+    limits: &Limits,
+    slots: &'h mut [MaybeUninit<Header<'b>>; HEADER_SLOTS],
+) -> Result<Option<Read<'b, 'h>>, HttpError> {
     let slots = &mut slots[..limits.max_headers.min(HEADER_SLOTS)];
     let mut req = Request::new(&mut []);
     let res = req.parse_with_uninit_headers(window, slots);
@@ -292,13 +463,17 @@ pub fn parse_head<'b>(buf: &'b [u8], limits: &Limits) -> Result<HeadResult<'b>, 
             else {
                 return Err(bad("malformed request line"));
             };
-            let version = if minor == 0 {
-                Version::Http10
-            } else {
-                Version::Http11
+            let line = RequestLine {
+                method: Method::from_bytes(method.as_bytes()),
+                method_str: method,
+                target: target.as_bytes(),
+                version: if minor == 0 {
+                    Version::Http10
+                } else {
+                    Version::Http11
+                },
             };
-            let head = interpret(window, method, target, version, req.headers)?;
-            Ok(HeadResult::Complete { head, len })
+            Ok(Some((line, req.headers, len)))
         }
         Ok(Status::Partial) => {
             if req.path.is_none() {
@@ -313,7 +488,7 @@ pub fn parse_head<'b>(buf: &'b [u8], limits: &Limits) -> Result<HeadResult<'b>, 
             if buf.len() > limits.max_head {
                 Err(over_head_limit(window))
             } else {
-                Ok(HeadResult::Partial)
+                Ok(None)
             }
         }
         Err(httparse::Error::TooManyHeaders) => Err(TOO_MANY_HEADERS),
@@ -402,21 +577,52 @@ enum Field {
 }
 
 fn classify(name: &str) -> Option<Field> {
-    let is = |lower: &str| name.eq_ignore_ascii_case(lower);
+    let is = |lower: &[u8]| is_named(name.as_bytes(), lower);
     match name.len() {
-        4 if is("host") => Some(Field::Host),
-        5 if is("range") => Some(Field::Range),
-        6 if is("expect") => Some(Field::Expect),
-        7 if is("referer") => Some(Field::Referer),
-        8 if is("if-range") => Some(Field::IfRange),
-        10 if is("connection") => Some(Field::Connection),
-        10 if is("user-agent") => Some(Field::UserAgent),
-        13 if is("if-none-match") => Some(Field::IfNoneMatch),
-        14 if is("content-length") => Some(Field::ContentLength),
-        15 if is("accept-encoding") => Some(Field::AcceptEncoding),
-        17 if is("transfer-encoding") => Some(Field::TransferEncoding),
-        17 if is("if-modified-since") => Some(Field::IfModifiedSince),
+        4 if is(b"host") => Some(Field::Host),
+        5 if is(b"range") => Some(Field::Range),
+        6 if is(b"expect") => Some(Field::Expect),
+        7 if is(b"referer") => Some(Field::Referer),
+        8 if is(b"if-range") => Some(Field::IfRange),
+        10 if is(b"connection") => Some(Field::Connection),
+        10 if is(b"user-agent") => Some(Field::UserAgent),
+        13 if is(b"if-none-match") => Some(Field::IfNoneMatch),
+        14 if is(b"content-length") => Some(Field::ContentLength),
+        15 if is(b"accept-encoding") => Some(Field::AcceptEncoding),
+        17 if is(b"transfer-encoding") => Some(Field::TransferEncoding),
+        17 if is(b"if-modified-since") => Some(Field::IfModifiedSince),
         _ => None,
+    }
+}
+
+/// `name` is `lower` (lowercase letters and '-') in any case, compared a word at a time.
+/// Field names are tokens (httparse has checked them), and the only token bytes that setting
+/// bit 0x20 turns into a lowercase letter are that letter in either case ('-' has the bit
+/// already and no other token byte becomes it), so one OR stands for a case-folding table.
+fn is_named(name: &[u8], lower: &[u8]) -> bool {
+    const FOLD: u64 = 0x2020_2020_2020_2020;
+    let n = name.len();
+    if n != lower.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8"));
+    let half =
+        |s: &[u8], at: usize| u64::from(u32::from_le_bytes(s[at..at + 4].try_into().expect("4")));
+    if n >= 8 {
+        // Whole words, then the last eight bytes (overlapping what was compared).
+        let mut at = 0;
+        while at + 8 < n {
+            if word(name, at) | FOLD != word(lower, at) {
+                return false;
+            }
+            at += 8;
+        }
+        word(name, n - 8) | FOLD == word(lower, n - 8)
+    } else if n >= 4 {
+        (half(name, 0) | half(name, n - 4) << 32) | FOLD
+            == half(lower, 0) | half(lower, n - 4) << 32
+    } else {
+        name.iter().zip(lower).all(|(&a, &b)| a | 0x20 == b)
     }
 }
 
@@ -437,17 +643,17 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
 }
 
 /// Walks the header fields once and decides framing, persistence and the refusals.
-fn interpret<'b>(
+fn interpret<'b, 's>(
     window: &'b [u8],
-    method_str: &'b str,
-    target: &'b str,
-    version: Version,
+    line: RequestLine<'b>,
     headers: &[Header<'b>],
-) -> Result<Head<'b>, HttpError> {
-    let mut head = Head {
-        method: Method::from_bytes(method_str.as_bytes()),
-        method_str,
-        target,
+    slot: &'s mut Option<Head<'b>>,
+) -> Result<&'s Head<'b>, HttpError> {
+    let version = line.version;
+    let head = slot.insert(Head {
+        method: line.method,
+        method_str: line.method_str,
+        target: line.target,
         version,
         keep_alive: false,
         host: None,
@@ -461,7 +667,7 @@ fn interpret<'b>(
         accept_gzip: false,
         user_agent: None,
         referer: None,
-    };
+    });
     let mut content_length: Option<u64> = None;
     let mut te = TransferCodings::default();
     let mut conn_close = false;
@@ -597,10 +803,12 @@ fn valid_host(v: &[u8]) -> bool {
     } else {
         // One pass over the name: it ends at the first byte that is not part of one.
         let mut i = 0;
-        while let Some(&b) = v.get(i) {
-            if name_byte(b) {
-                i += 1;
-            } else if b == b'%'
+        loop {
+            i += v[i..]
+                .iter()
+                .position(|&b| !name_byte(b))
+                .unwrap_or(v.len() - i);
+            if v.get(i) == Some(&b'%')
                 && v.get(i + 1..i + 3)
                     .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
             {
@@ -813,7 +1021,7 @@ mod tests {
         assert_eq!(len, FULL.len());
         assert_eq!(h.method, Method::Post);
         assert_eq!(h.method_str, "POST");
-        assert_eq!(h.target, "/upload?x=1");
+        assert_eq!(h.target, b"/upload?x=1");
         assert_eq!(h.version, Version::Http11);
         assert!(h.keep_alive);
         assert_eq!(h.host, Some(&b"example.com:8080"[..]));
@@ -902,7 +1110,7 @@ mod tests {
         let buf = b"\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n";
         let (h, len) = complete(buf);
         assert_eq!(len, buf.len());
-        assert_eq!(h.target, "/x");
+        assert_eq!(h.target, b"/x");
     }
 
     #[test]
@@ -915,7 +1123,7 @@ mod tests {
         let mut seen = Vec::new();
         while at < all.len() {
             let (h, len) = complete(&all[at..]);
-            seen.push((h.target.as_bytes().to_vec(), h.method, h.keep_alive));
+            seen.push((h.target.to_vec(), h.method, h.keep_alive));
             at += len;
         }
         assert_eq!(at, all.len());
@@ -1317,6 +1525,188 @@ mod tests {
         if let Ok(HeadResult::Complete { len, .. }) = parse_head(buf, limits) {
             assert!(len <= buf.len());
             assert!(len <= limits.max_head);
+        }
+    }
+
+    /// The common way's reading of `buf`, when it takes it, next to the full way's.
+    fn check_ways_agree(buf: &[u8], limits: &Limits) -> bool {
+        let window = &buf[..buf.len().min(limits.max_head)];
+        let mut common_slots = [httparse::EMPTY_HEADER; COMMON_SLOTS];
+        let Some((line, fields, len)) = read_common(window, limits, &mut common_slots) else {
+            return false;
+        };
+        let mut full_slots = [const { MaybeUninit::<Header<'_>>::uninit() }; HEADER_SLOTS];
+        let full = read_full(buf, window, limits, &mut full_slots);
+        let Ok(Some((full_line, full_fields, full_len))) = full else {
+            panic!(
+                "the common way took what the full way does not: {:?}",
+                String::from_utf8_lossy(buf)
+            );
+        };
+        assert_eq!(len, full_len);
+        assert_eq!(line.method, full_line.method);
+        assert_eq!(line.method_str, full_line.method_str);
+        assert_eq!(line.target, full_line.target);
+        assert_eq!(line.version, full_line.version);
+        let pairs = |f: &[Header<'_>]| -> Vec<(String, Vec<u8>)> {
+            f.iter()
+                .map(|h| (h.name.to_string(), h.value.to_vec()))
+                .collect()
+        };
+        assert_eq!(pairs(fields), pairs(full_fields));
+        true
+    }
+
+    #[test]
+    fn visible_ascii_prefix_stops_at_the_first_other_byte_in_every_lane() {
+        for len in [3, 8, 16, 21] {
+            for at in 0..len {
+                for byte in 0..=255u8 {
+                    let mut s = vec![b'a'; len];
+                    s[at] = byte;
+                    let visible = (0x21..=0x7e).contains(&byte);
+                    let expected = if visible { len } else { at };
+                    assert_eq!(
+                        visible_ascii_prefix(&s),
+                        expected,
+                        "len {len} at {at} byte {byte:#x}"
+                    );
+                }
+            }
+        }
+        assert_eq!(visible_ascii_prefix(b""), 0);
+    }
+
+    #[test]
+    fn common_requests_take_the_common_way() {
+        for buf in [
+            &b"GET /hello.txt HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"[..],
+            b"HEAD /a%20b?x=1 HTTP/1.0\r\nUser-Agent: curl/8.0\r\nAccept: */*\r\n\r\nGET",
+            b"M-SEARCH * HTTP/1.1\r\nHost: x\r\n\r\n",
+            FULL,
+        ] {
+            assert!(
+                check_ways_agree(buf, &limits()),
+                "{:?}",
+                String::from_utf8_lossy(buf)
+            );
+        }
+        // Left to the full way: leading empty lines, bare LF, obs-text in the target, a
+        // request line or head still arriving, more fields than the common slots.
+        let many = req(&"X-A: 1\r\n".repeat(COMMON_SLOTS));
+        for buf in [
+            &b"\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"GET / HTTP/1.1\nHost: x\n\n",
+            b"GET /\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\n",
+            b"GET / HTTP/1.",
+            &many,
+        ] {
+            assert!(
+                !check_ways_agree(buf, &limits()),
+                "{:?}",
+                String::from_utf8_lossy(buf)
+            );
+        }
+        assert_eq!(head_of(&many).target, b"/a");
+    }
+
+    const NAMES: [&str; 12] = [
+        "host",
+        "range",
+        "expect",
+        "referer",
+        "if-range",
+        "connection",
+        "user-agent",
+        "if-none-match",
+        "content-length",
+        "accept-encoding",
+        "transfer-encoding",
+        "if-modified-since",
+    ];
+
+    proptest! {
+        /// For any token, the word-wise comparison agrees with a case-insensitive one.
+        #[test]
+        fn is_named_is_a_case_insensitive_comparison_for_tokens(
+            which in 0..NAMES.len(),
+            flips in proptest::collection::vec(any::<bool>(), 17),
+            at in 0..17usize,
+            byte in any::<u8>(),
+            cut in 0..18usize,
+        ) {
+            let target = NAMES[which].as_bytes();
+            // The name in mixed case, then perhaps one byte changed and perhaps cut short.
+            let mut name: Vec<u8> = target
+                .iter()
+                .zip(&flips)
+                .map(|(&b, &up)| if up { b.to_ascii_uppercase() } else { b })
+                .collect();
+            if at < name.len() && is_tchar(byte) {
+                name[at] = byte;
+            }
+            name.truncate(cut.max(1));
+            for lower in NAMES {
+                prop_assert_eq!(
+                    is_named(&name, lower.as_bytes()),
+                    name.eq_ignore_ascii_case(lower.as_bytes()),
+                    "{:?} vs {}", String::from_utf8_lossy(&name), lower
+                );
+            }
+        }
+    }
+
+    proptest! {
+        // About one case in six is a request the common way takes; the rest check that it
+        // leaves what it should.
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// Whatever the common way accepts, the full way (httparse's own request parser)
+        /// accepts too, and reads the same way: method, target, version, fields and length.
+        #[test]
+        fn the_common_way_reads_as_httparse_does(
+            method in prop_oneof![
+                4 => Just("GET"), 1 => Just("HEAD"), 1 => Just("POST"), 1 => Just("get"),
+                1 => Just("M-SEARCH"), 1 => Just(""), 1 => Just("G T"), 1 => Just("GE\tT"),
+                1 => Just("\u{e9}"),
+            ],
+            target in proptest::collection::vec(
+                prop_oneof![
+                    300 => 0x21u8..0x7f, 1 => Just(b' '), 1 => Just(b'\t'), 1 => Just(0x7f),
+                    1 => 0x80u8..=0xff, 1 => Just(0),
+                ],
+                0..24,
+            ),
+            version in prop_oneof![
+                6 => Just("HTTP/1.1"), 3 => Just("HTTP/1.0"), 1 => Just("HTTP/2.0"),
+                1 => Just("HTTP/1.1 "), 1 => Just("http/1.1"), 1 => Just("HTTP/1.2"),
+                1 => Just(""),
+            ],
+            eol in prop_oneof![6 => Just("\r\n"), 1 => Just("\n"), 1 => Just("\r"), 1 => Just("")],
+            fields in proptest::collection::vec(
+                prop_oneof![
+                    40 => Just("Host: example.com\r\n"), 20 => Just("Content-Length: 5\r\n"),
+                    20 => Just("X: \r\n"), 4 => Just("LF: x\n"), 1 => Just("Bad Name: x\r\n"),
+                    1 => Just("Fold: a\r\n b\r\n"), 1 => Just("Colon : x\r\n"),
+                    1 => Just("NoColon\r\n"),
+                ],
+                0..12,
+            ),
+            end in prop_oneof![4 => Just("\r\n"), 1 => Just("\n"), 1 => Just("")],
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut buf = format!("{method} ").into_bytes();
+            buf.extend_from_slice(&target);
+            buf.extend_from_slice(format!(" {version}{eol}").as_bytes());
+            for f in &fields {
+                buf.extend_from_slice(f.as_bytes());
+            }
+            buf.extend_from_slice(end.as_bytes());
+            check_ways_agree(&buf, &limits());
+            check_ways_agree(&buf[..cut.index(buf.len() + 1)], &limits());
+            let small = Limits { max_head: 64, max_uri: 8, max_headers: 3, max_body: 0 };
+            check_ways_agree(&buf, &small);
         }
     }
 

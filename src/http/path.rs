@@ -158,9 +158,9 @@ fn percent_decode(raw: &[u8]) -> Result<Vec<u8>, PathError> {
 /// Percent-encodes everything but RFC 3986 unreserved characters (and '/' when `keep_slash`):
 /// the inverse of the decoding above, for paths that go back to a client (a redirect's
 /// Location, a listing's links). It also covers every character that is special in HTML.
-pub fn push_percent_encoded(out: &mut String, s: &str, keep_slash: bool) {
+pub fn push_percent_encoded(out: &mut String, s: &[u8], keep_slash: bool) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in s.as_bytes() {
+    for &b in s {
         if b.is_ascii_alphanumeric()
             || matches!(b, b'-' | b'.' | b'_' | b'~')
             || (keep_slash && b == b'/')
