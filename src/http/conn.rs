@@ -32,7 +32,7 @@ use super::conditional::{self, Condition};
 use super::date;
 use super::files::{self, Entry, Found};
 use super::parse::{parse_head_into, Head, Method, Version};
-use super::path::{is_hidden, normalize_target, push_percent_encoded, PathError};
+use super::path::{is_hidden, normalize_target, plain_path, push_percent_encoded, PathError};
 use super::range::{parse_range, RangeOutcome};
 use super::response::{
     push_content_length, push_end, push_error, push_header, push_status, push_u64, Persistence,
@@ -317,6 +317,11 @@ impl HttpConn {
         if !matches!(head.method, Method::Get | Method::Head) {
             return error(out, 405);
         }
+        // The file the cache found last, when this target names it byte for byte: most
+        // requests (and every one of a pipelined burst for one file) end here.
+        if let Some(entry) = files::recent(&self.site, head.target, now) {
+            return self.serve_file(head, &entry, out, p);
+        }
         let settings = &self.site.settings;
         let normalized;
         let path: &[u8] = match plain_path(head.target) {
@@ -500,38 +505,6 @@ impl HttpConn {
 
 fn with_no_file((status, bytes): (u16, u64)) -> (u16, u64, Option<FileRange>) {
     (status, bytes, None)
-}
-
-/// The target itself when it is already a clean path: only unreserved characters and '/',
-/// no empty, "." or ".." segment, no segment starting with '.', no query. Most requests are
-/// like that and skip decoding, normalizing and allocating; anything else takes the full way.
-fn plain_path(target: &[u8]) -> Option<&[u8]> {
-    let bytes = target;
-    /// Unreserved characters and '/': the only bytes a plain path has.
-    const PLAIN: [bool; 256] = {
-        let mut t = [false; 256];
-        let mut b = 0;
-        while b < 256 {
-            let c = b as u8;
-            t[b] = c.is_ascii_alphanumeric() || matches!(c, b'/' | b'-' | b'_' | b'.' | b'~');
-            b += 1;
-        }
-        t
-    };
-    if bytes.first() != Some(&b'/') {
-        return None;
-    }
-    // Without an early exit the loop has no data-dependent branch (paths are short; a long
-    // one is read once either way).
-    let mut plain = true;
-    let mut prev = b'/';
-    for &b in &bytes[1..] {
-        // After a '/', neither another '/' (an empty segment) nor a '.' (".", ".." or a
-        // hidden name) may follow.
-        plain &= PLAIN[b as usize] & !(prev == b'/' && (b == b'/' || b == b'.'));
-        prev = b;
-    }
-    plain.then_some(target)
 }
 
 fn flush(cx: &mut Ctx<'_>, out: &mut Vec<u8>) {

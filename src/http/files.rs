@@ -27,7 +27,7 @@ use rustix::fs::FileType;
 use super::conditional;
 use super::date;
 use super::mime;
-use super::path::{open_beneath, PathError};
+use super::path::{self, open_beneath, PathError};
 use super::response::{push_content_length, push_header};
 use super::site::Site;
 
@@ -204,7 +204,22 @@ struct Cache {
     bytes: u64,
     /// The last entry found, checked before the map: a page's requests, and a pipelined batch,
     /// often ask for one file several times in a row. Cleared whenever the map changes.
-    last: Option<(Rc<[u8]>, Rc<Entry>)>,
+    last: Option<Recent>,
+}
+
+/// [`Cache::last`]: an entry, its path, and whether that path is a plain one
+/// ([`path::plain_path`]), which a request-target equal to it byte for byte names as is.
+struct Recent {
+    path: Rc<[u8]>,
+    entry: Rc<Entry>,
+    plain: bool,
+}
+
+impl Recent {
+    fn new(path: Rc<[u8]>, entry: Rc<Entry>) -> Recent {
+        let plain = path::plain_path(&path).is_some();
+        Recent { path, entry, plain }
+    }
 }
 
 thread_local! {
@@ -215,6 +230,23 @@ thread_local! {
         bytes: 0,
         last: None,
     });
+}
+
+/// The entry [`lookup`] found last, when `target` (a request-target, not yet decoded) is its
+/// path byte for byte and that path is plain: such a target needs no decoding or normalizing,
+/// and names that file. `None` sends the caller the general way (check the target, then
+/// [`lookup`]). Freshness is checked as [`lookup`] checks it.
+pub fn recent(site: &Site, target: &[u8], now: Instant) -> Option<Rc<Entry>> {
+    CACHE.with(|c| {
+        let c = c.borrow();
+        let r = c.last.as_ref()?;
+        (c.site == site.id
+            && r.plain
+            && *r.path == *target
+            && now < r.entry.fresh_until
+            && r.entry.unchanged_in_place())
+        .then(|| r.entry.clone())
+    })
 }
 
 /// Looks `path` (normalized, beginning with '/') up beneath the site's root. The path is
@@ -236,7 +268,10 @@ pub fn lookup(site: &Site, path: &[u8], now: Instant) -> Result<Found, PathError
         // The entry on record for `path`, when it is stale or changed: `load` keeps its
         // contents if the file turns out to be the same one.
         let mut previous = None;
-        if let Some((p, e)) = &c.last {
+        if let Some(Recent {
+            path: p, entry: e, ..
+        }) = &c.last
+        {
             if **p == *path {
                 if now < e.fresh_until && e.unchanged_in_place() {
                     return Ok(Found::File(e.clone()));
@@ -249,9 +284,9 @@ pub fn lookup(site: &Site, path: &[u8], now: Instant) -> Result<Found, PathError
         if previous.is_none() {
             if let Some((p, e)) = c.map.get_key_value(path) {
                 if now < e.fresh_until && e.unchanged_in_place() {
-                    let found = (p.clone(), e.clone());
-                    c.last = Some(found.clone());
-                    return Ok(Found::File(found.1));
+                    let entry = e.clone();
+                    c.last = Some(Recent::new(p.clone(), entry.clone()));
+                    return Ok(Found::File(entry));
                 }
                 previous = Some(e.clone());
             }
@@ -507,6 +542,54 @@ mod tests {
             Err(PathError::NotFound)
         ));
         date::set_batch_time(None);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn recent_names_the_last_file_only_for_its_plain_path_verbatim() {
+        let root = std::env::temp_dir().join(format!("keel-files-recent-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("a.txt"), b"aaa").unwrap();
+        std::fs::write(root.join("a b.txt"), b"spaced").unwrap();
+        let site = Site::open(HttpSettings {
+            root: Some(root.clone()),
+            ..HttpSettings::default()
+        })
+        .unwrap();
+        let now = Instant::now();
+        // Nothing looked up yet; then the file that was.
+        assert!(recent(&site, b"/a.txt", now).is_none());
+        let Ok(Found::File(a)) = lookup(&site, b"/a.txt", now) else {
+            panic!("a.txt not found");
+        };
+        // The first lookup loads and inserts (which clears the memo); the next one finds it
+        // in the map and remembers it.
+        assert!(recent(&site, b"/a.txt", now).is_none());
+        assert!(matches!(lookup(&site, b"/a.txt", now), Ok(Found::File(_))));
+        let found = recent(&site, b"/a.txt", now).expect("the memo names a.txt");
+        assert!(Rc::ptr_eq(&found, &a));
+        // Only verbatim: another spelling of the path, or another path, goes the general way.
+        for other in [
+            &b"/a.txt?x"[..],
+            b"/./a.txt",
+            b"//a.txt",
+            b"/a.tx",
+            b"/a%2etxt",
+        ] {
+            assert!(recent(&site, other, now).is_none(), "{other:?}");
+        }
+        // Not after the entry's freshness ends.
+        let later = now + site.settings.cache_valid + std::time::Duration::from_secs(1);
+        assert!(recent(&site, b"/a.txt", later).is_none());
+        // A path that is not plain is never matched against a target: "/a b.txt" was decoded
+        // from "/a%20b.txt", and a target spelled "/a b.txt" is not even valid.
+        for _ in 0..2 {
+            assert!(matches!(
+                lookup(&site, b"/a b.txt", now),
+                Ok(Found::File(_))
+            ));
+        }
+        assert!(recent(&site, b"/a b.txt", now).is_none());
         std::fs::remove_dir_all(&root).unwrap();
     }
 

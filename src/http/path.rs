@@ -29,6 +29,38 @@ impl PathError {
     }
 }
 
+/// The target itself when it is already a clean path: only unreserved characters and '/',
+/// no empty, "." or ".." segment, no segment starting with '.', no query. Most requests are
+/// like that and skip decoding, normalizing and allocating; anything else takes the full way.
+pub fn plain_path(target: &[u8]) -> Option<&[u8]> {
+    let bytes = target;
+    /// Unreserved characters and '/': the only bytes a plain path has.
+    const PLAIN: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            t[b] = c.is_ascii_alphanumeric() || matches!(c, b'/' | b'-' | b'_' | b'.' | b'~');
+            b += 1;
+        }
+        t
+    };
+    if bytes.first() != Some(&b'/') {
+        return None;
+    }
+    // Without an early exit the loop has no data-dependent branch (paths are short; a long
+    // one is read once either way).
+    let mut plain = true;
+    let mut prev = b'/';
+    for &b in &bytes[1..] {
+        // After a '/', neither another '/' (an empty segment) nor a '.' (".", ".." or a
+        // hidden name) may follow.
+        plain &= PLAIN[b as usize] & !(prev == b'/' && (b == b'/' || b == b'.'));
+        prev = b;
+    }
+    plain.then_some(target)
+}
+
 /// Origin-form ("/a/b?q") and absolute-form ("http://host/a/b") targets; anything else (e.g. "*",
 /// "a/b") -> BadRequest.
 ///
