@@ -329,7 +329,9 @@ impl EventLoop {
                 return;
             }
         }
-        if ev.writable {
+        // An edge-triggered registration reports "writable" with nearly every event (the
+        // socket has room), so look before the call: only queued output has anything to do.
+        if ev.writable && self.conn(id).is_some_and(|c| !c.output.is_empty()) {
             self.conn_writable(id);
         }
         if ev.readable || ev.error {
