@@ -503,17 +503,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn lookups_alternating_between_files_get_each_its_own_entry() {
-        let root = std::env::temp_dir().join(format!("keel-files-test-{}", std::process::id()));
+    /// A site whose root is a fresh directory (named after `tag`) holding `files`.
+    fn site_with(tag: &str, files: &[(&str, &[u8])]) -> (std::path::PathBuf, Arc<Site>) {
+        let root = std::env::temp_dir().join(format!("keel-files-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&root).unwrap();
-        std::fs::write(root.join("a.txt"), b"aaa").unwrap();
-        std::fs::write(root.join("b.txt"), b"bbbbb").unwrap();
+        for (name, body) in files {
+            std::fs::write(root.join(name), body).unwrap();
+        }
         let site = Site::open(HttpSettings {
             root: Some(root.clone()),
             ..HttpSettings::default()
         })
         .unwrap();
+        (root, site)
+    }
+
+    #[test]
+    fn lookups_alternating_between_files_get_each_its_own_entry() {
+        let (root, site) = site_with("test", &[("a.txt", b"aaa"), ("b.txt", b"bbbbb")]);
         let now = Instant::now();
         date::set_batch_time(Some(now));
         let stamp = date::batch_stamp().expect("inside a batch");
@@ -547,15 +554,7 @@ mod tests {
 
     #[test]
     fn recent_names_the_last_file_only_for_its_plain_path_verbatim() {
-        let root = std::env::temp_dir().join(format!("keel-files-recent-{}", std::process::id()));
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::write(root.join("a.txt"), b"aaa").unwrap();
-        std::fs::write(root.join("a b.txt"), b"spaced").unwrap();
-        let site = Site::open(HttpSettings {
-            root: Some(root.clone()),
-            ..HttpSettings::default()
-        })
-        .unwrap();
+        let (root, site) = site_with("recent", &[("a.txt", b"aaa"), ("a b.txt", b"spaced")]);
         let now = Instant::now();
         // Nothing looked up yet; then the file that was.
         assert!(recent(&site, b"/a.txt", now).is_none());
@@ -595,14 +594,7 @@ mod tests {
 
     #[test]
     fn a_response_kept_whole_gets_the_date_line_of_each_second() {
-        let root = std::env::temp_dir().join(format!("keel-files-date-{}", std::process::id()));
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::write(root.join("a.txt"), b"aaa").unwrap();
-        let site = Site::open(HttpSettings {
-            root: Some(root.clone()),
-            ..HttpSettings::default()
-        })
-        .unwrap();
+        let (root, site) = site_with("date", &[("a.txt", b"aaa")]);
         let whole_now = || {
             let now = Instant::now();
             date::set_batch_time(Some(now));
