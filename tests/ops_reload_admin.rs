@@ -481,12 +481,18 @@ fn server_log_lines_go_to_the_log_file() {
 }
 
 /// A free port on 127.0.0.1 (bound, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Two distinct ports that were free a moment ago. Both are held while the second is chosen:
+/// picked one after the other, the kernel can hand out the same port twice (about once in
+/// 7,000 tries here), and a "move" from a port to itself never refuses on the old address.
+fn two_free_ports() -> (u16, u16) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (pa, pb) = (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    );
+    assert_ne!(pa, pb);
+    (pa, pb)
 }
 
 /// `keel SERVER --config FILE` as a plain child (its listen address comes from the file, which
@@ -539,7 +545,7 @@ fn sighup_reload_moves_the_listener() {
     let dir = temp_dir("relisten");
     std::fs::write(dir.join("p.txt"), "here").unwrap();
     let conf = dir.join("keel.toml");
-    let (old_port, new_port) = (free_port(), free_port());
+    let (old_port, new_port) = two_free_ports();
     let config = |port: u16| {
         format!(
             "[http]\nlisten = \"127.0.0.1:{port}\"\nroot = {:?}\naccess_log = \"off\"\nthreads = 2\n",
@@ -576,7 +582,7 @@ fn sighup_reload_moves_the_listener() {
 fn sighup_reload_moves_echo_udp_too() {
     let dir = temp_dir("relisten-udp");
     let conf = dir.join("keel.toml");
-    let (old_port, new_port) = (free_port(), free_port());
+    let (old_port, new_port) = two_free_ports();
     let config = |port: u16| format!("[echo]\nlisten = \"127.0.0.1:{port}\"\nthreads = 2\n");
     write_config(&conf, &config(old_port));
     let server = FromConfig::start("echo", &conf, old_port);

@@ -132,9 +132,6 @@ impl Fleet {
         Ok(())
     }
 
-    /// Stops every watched listener from accepting: `shutdown` on a listening socket takes it
-    /// out of the LISTEN state for every descriptor that refers to it (new connections are
-    /// refused), and its owner closes its own fd when it drains.
     /// After a reload moved the server: watch `new` instead, closing our copies of the old
     /// listening sockets (a copy kept open would keep the old port accepting into a queue no
     /// loop reads).
@@ -142,6 +139,9 @@ impl Fleet {
         *self.listeners.lock().unwrap_or_else(|e| e.into_inner()) = new;
     }
 
+    /// Stops every watched listener from accepting: `shutdown` on a listening socket takes it
+    /// out of the LISTEN state for every descriptor that refers to it (new connections are
+    /// refused), and its owner closes its own fd when it drains.
     pub fn stop_listening(&self) {
         for fd in std::mem::take(&mut *self.listeners.lock().unwrap_or_else(|e| e.into_inner())) {
             let _ = rustix::net::shutdown(&fd, rustix::net::Shutdown::Both);
