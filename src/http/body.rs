@@ -7,7 +7,7 @@
 //! lines are real field lines) and bounded everywhere, and it works on whatever slice of input
 //! has arrived, one byte or a megabyte, without buffering any of it.
 
-use crate::http::parse::{BodyKind, HttpError};
+use crate::http::parse::{is_tchar, BodyKind, HttpError};
 use crate::http::path::hex_value;
 
 /// Longest chunk-size line (digits and extensions), so extensions cannot be used to make the
@@ -277,11 +277,6 @@ impl BodyDecoder {
         }
         Ok(())
     }
-}
-
-/// token characters (RFC 9110 5.6.2).
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// What may appear inside a field value or a chunk extension: visible characters, obs-text,

@@ -1,25 +1,24 @@
 //! The request head: bytes in, a borrowed [`Head`] out (RFC 9110 and RFC 9112).
 //!
-//! httparse does the byte-level work (request line, field syntax, line endings); this module
+//! httparse does the byte-level work (request line, field syntax, line endings), except for
+//! heads in the shape nearly every client writes, which [`common`] reads in one pass; this module
 //! adds what a server facing the open internet must decide on top of it: the size limits, the
 //! fields that frame the body (with the request-smuggling refusals of RFC 9112 6.3), and the few
 //! fields the static-file server acts on. Nothing here allocates: every slice in a [`Head`]
-//! borrows from the caller's buffer, so a pipelined burst of requests costs one httparse pass
+//! borrows from the caller's buffer, so a pipelined burst of requests costs one pass
 //! and one walk over the fields each.
 
 use std::mem::MaybeUninit;
 
 use httparse::{Header, Request, Status};
 
+mod common;
+
+use common::{read_common, COMMON_SLOTS};
+
 /// How many header slots live on the stack. `Limits::max_headers` is honoured up to this; the
 /// slots are never initialised, so their number costs stack space only, not time.
 const HEADER_SLOTS: usize = 256;
-
-/// Header slots for the common way ([`read_common`]): curl and load generators send two or
-/// three fields, browsers 10 to 20. httparse's header-only parser wants its slots initialised
-/// (each costs two stores per request), so these are few; a head with more fields takes the
-/// full way, whose slots cost nothing.
-const COMMON_SLOTS: usize = 16;
 
 /// Bounds on what a client may send before it is refused, so one connection cannot make the
 /// server buffer or scan without end.
@@ -317,124 +316,31 @@ pub fn parse_head_into<'b, 's>(
     slot: &'s mut Option<Head<'b>>,
 ) -> Result<Option<(&'s Head<'b>, usize)>, HttpError> {
     let window = &buf[..buf.len().min(limits.max_head)];
-    let mut common_slots = [httparse::EMPTY_HEADER; COMMON_SLOTS];
+    let mut common_slots: [Field<'b>; COMMON_SLOTS] = [(&[], &[]); COMMON_SLOTS];
+    if let Some((line, fields, len)) = read_common(window, limits, &mut common_slots) {
+        let head = interpret(window, line, fields.iter().copied(), slot)?;
+        return Ok(Some((head, len)));
+    }
     let mut full_slots = [const { MaybeUninit::<Header<'b>>::uninit() }; HEADER_SLOTS];
-    let (line, fields, len) = match read_common(window, limits, &mut common_slots) {
-        Some(read) => read,
-        None => match read_full(buf, window, limits, &mut full_slots)? {
-            Some(read) => read,
-            None => return Ok(None),
-        },
+    let Some((line, fields, len)) = read_full(buf, window, limits, &mut full_slots)? else {
+        return Ok(None);
     };
+    let fields = fields.iter().map(|h| (h.name.as_bytes(), h.value));
     Ok(Some((interpret(window, line, fields, slot)?, len)))
 }
 
+/// A header field line as read: its name and its value, both slices of the head.
+type Field<'b> = (&'b [u8], &'b [u8]);
+
 /// A head as read, before its fields are interpreted: the request line, the header fields,
 /// and the bytes of the whole head.
-type Read<'b, 'h> = (RequestLine<'b>, &'h [Header<'b>], usize);
-
-/// The common way: a request line as nearly every client writes it (a token method, a target
-/// of visible ASCII, `HTTP/1.1` or `HTTP/1.0`, CRLF) is read here, and only the header fields
-/// go to httparse. httparse's own request-line path checks that the target is UTF-8 and
-/// dispatches to SIMD code meant for long targets: on `bench/instructions`' pipelined load
-/// that was about 300 of the 575 instructions httparse spent per request, a fifth of keel's.
-///
-/// `None` leaves the head to [`read_full`]: a request line of any other shape, a head still
-/// arriving, more fields than [`COMMON_SLOTS`], any error. So every refusal, limit and partial
-/// head is decided in one place, and what this accepts is a subset of what httparse accepts,
-/// read the same way (a property test holds the two ways to that).
-fn read_common<'b, 'h>(
-    window: &'b [u8],
-    limits: &Limits,
-    slots: &'h mut [Header<'b>; COMMON_SLOTS],
-) -> Option<Read<'b, 'h>> {
-    let (line, line_len) = common_request_line(window)?;
-    if line.target.len() > limits.max_uri {
-        return None;
-    }
-    let slots = &mut slots[..limits.max_headers.min(COMMON_SLOTS)];
-    match httparse::parse_headers(&window[line_len..], slots) {
-        Ok(Status::Complete((fields_len, fields))) => Some((line, fields, line_len + fields_len)),
-        _ => None,
-    }
-}
+type Read<'b, 'h, F> = (RequestLine<'b>, &'h [F], usize);
 
 struct RequestLine<'b> {
     method: Method,
     method_str: &'b str,
     target: &'b [u8],
     version: Version,
-}
-
-/// `method SP target SP HTTP/1.x CRLF` at the very start of `w`, with a token method and a
-/// target of visible ASCII (0x21-0x7E): the shape RFC 9112 3 defines, minus what httparse also
-/// tolerates (leading empty lines, a bare LF, obs-text in the target). `None` for anything
-/// else, including a line not complete yet. The line comes with its length, CRLF included.
-fn common_request_line(w: &[u8]) -> Option<(RequestLine<'_>, usize)> {
-    let (method, after) = match w {
-        [b'G', b'E', b'T', b' ', ..] => (Method::Get, 4),
-        _ => {
-            let n = w.iter().position(|&b| !is_tchar(b))?;
-            if n == 0 || w[n] != b' ' {
-                return None;
-            }
-            (Method::from_bytes(&w[..n]), n + 1)
-        }
-    };
-    let method_str = match method.name() {
-        Some(name) => name,
-        // A token is ASCII: this never fails.
-        None => std::str::from_utf8(&w[..after - 1]).ok()?,
-    };
-    let rest = &w[after..];
-    let n = visible_ascii_prefix(rest);
-    if n == 0 || rest.get(n) != Some(&b' ') {
-        return None;
-    }
-    const HTTP_1_1: u64 = u64::from_le_bytes(*b"HTTP/1.1");
-    const HTTP_1_0: u64 = u64::from_le_bytes(*b"HTTP/1.0");
-    let word = u64::from_le_bytes(rest.get(n + 1..n + 9)?.try_into().ok()?);
-    if rest.get(n + 9..n + 11)? != b"\r\n" {
-        return None;
-    }
-    let version = match word {
-        HTTP_1_1 => Version::Http11,
-        HTTP_1_0 => Version::Http10,
-        _ => return None,
-    };
-    let line = RequestLine {
-        method,
-        method_str,
-        target: &rest[..n],
-        version,
-    };
-    Some((line, after + n + 11))
-}
-
-/// How many bytes at the start of `s` are visible ASCII (0x21-0x7E), eight at a time: a
-/// target is read once here and never again byte by byte.
-fn visible_ascii_prefix(s: &[u8]) -> usize {
-    const LOW: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let mut at = 0;
-    while let Some(chunk) = s.get(at..at + 8) {
-        let x = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-        // A byte's high bit ends up set when it is below 0x21 (x + 0x5F stays under 0x80),
-        // above 0x7E (x + 1 reaches 0x80) or at or above 0x80 itself. Bytes are kept below
-        // 0x80 before the arithmetic, so no lane carries into its neighbour.
-        let low7 = x & !HIGH;
-        let below = low7.wrapping_add(LOW * (0x80 - 0x21)) ^ HIGH;
-        let above = low7.wrapping_add(LOW);
-        let bad = (below | above | x) & HIGH;
-        if bad != 0 {
-            return at + (bad.trailing_zeros() / 8) as usize;
-        }
-        at += 8;
-    }
-    at + s[at..]
-        .iter()
-        .position(|&b| !(0x21..=0x7e).contains(&b))
-        .unwrap_or(s.len() - at)
 }
 
 /// The full way, through httparse's whole-request parser: every head [`read_common`] leaves.
@@ -444,7 +350,7 @@ fn read_full<'b, 'h>(
     window: &'b [u8],
     limits: &Limits,
     slots: &'h mut [MaybeUninit<Header<'b>>; HEADER_SLOTS],
-) -> Result<Option<Read<'b, 'h>>, HttpError> {
+) -> Result<Option<Read<'b, 'h, Header<'b>>>, HttpError> {
     let slots = &mut slots[..limits.max_headers.min(HEADER_SLOTS)];
     let mut req = Request::new(&mut []);
     let res = req.parse_with_uninit_headers(window, slots);
@@ -561,7 +467,7 @@ fn looks_like_version(token: &[u8]) -> bool {
 /// The fields this module looks at, found by length first so that most names are dismissed
 /// with one comparison.
 #[derive(Clone, Copy)]
-enum Field {
+enum Known {
     Host,
     ContentLength,
     TransferEncoding,
@@ -576,21 +482,21 @@ enum Field {
     Referer,
 }
 
-fn classify(name: &str) -> Option<Field> {
-    let is = |lower: &[u8]| is_named(name.as_bytes(), lower);
+fn classify(name: &[u8]) -> Option<Known> {
+    let is = |lower: &[u8]| is_named(name, lower);
     match name.len() {
-        4 if is(b"host") => Some(Field::Host),
-        5 if is(b"range") => Some(Field::Range),
-        6 if is(b"expect") => Some(Field::Expect),
-        7 if is(b"referer") => Some(Field::Referer),
-        8 if is(b"if-range") => Some(Field::IfRange),
-        10 if is(b"connection") => Some(Field::Connection),
-        10 if is(b"user-agent") => Some(Field::UserAgent),
-        13 if is(b"if-none-match") => Some(Field::IfNoneMatch),
-        14 if is(b"content-length") => Some(Field::ContentLength),
-        15 if is(b"accept-encoding") => Some(Field::AcceptEncoding),
-        17 if is(b"transfer-encoding") => Some(Field::TransferEncoding),
-        17 if is(b"if-modified-since") => Some(Field::IfModifiedSince),
+        4 if is(b"host") => Some(Known::Host),
+        5 if is(b"range") => Some(Known::Range),
+        6 if is(b"expect") => Some(Known::Expect),
+        7 if is(b"referer") => Some(Known::Referer),
+        8 if is(b"if-range") => Some(Known::IfRange),
+        10 if is(b"connection") => Some(Known::Connection),
+        10 if is(b"user-agent") => Some(Known::UserAgent),
+        13 if is(b"if-none-match") => Some(Known::IfNoneMatch),
+        14 if is(b"content-length") => Some(Known::ContentLength),
+        15 if is(b"accept-encoding") => Some(Known::AcceptEncoding),
+        17 if is(b"transfer-encoding") => Some(Known::TransferEncoding),
+        17 if is(b"if-modified-since") => Some(Known::IfModifiedSince),
         _ => None,
     }
 }
@@ -646,7 +552,7 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
 fn interpret<'b, 's>(
     window: &'b [u8],
     line: RequestLine<'b>,
-    headers: &[Header<'b>],
+    fields: impl Iterator<Item = Field<'b>>,
     slot: &'s mut Option<Head<'b>>,
 ) -> Result<&'s Head<'b>, HttpError> {
     let version = line.version;
@@ -674,13 +580,12 @@ fn interpret<'b, 's>(
     let mut conn_keep_alive = false;
     let mut gzip = AcceptGzip::default();
 
-    for h in headers {
-        let Some(field) = classify(h.name) else {
+    for (name, v) in fields {
+        let Some(known) = classify(name) else {
             continue;
         };
-        let v = h.value;
-        match field {
-            Field::Host => {
+        match known {
+            Known::Host => {
                 // RFC 9112 3.2: more than one Host is as bad as none, and so is one that is
                 // not a host.
                 if head.host.replace(v).is_some() {
@@ -690,7 +595,7 @@ fn interpret<'b, 's>(
                     return Err(bad("invalid Host"));
                 }
             }
-            Field::ContentLength => {
+            Known::ContentLength => {
                 for member in list_members(v) {
                     let n = parse_decimal(member)?;
                     // RFC 9110 8.6: repeats of one value are one length; differing ones make
@@ -701,8 +606,8 @@ fn interpret<'b, 's>(
                     content_length = Some(n);
                 }
             }
-            Field::TransferEncoding => te.add(v)?,
-            Field::Connection => {
+            Known::TransferEncoding => te.add(v)?,
+            Known::Connection => {
                 for token in list_members(v) {
                     if token.eq_ignore_ascii_case(b"close") {
                         conn_close = true;
@@ -711,7 +616,7 @@ fn interpret<'b, 's>(
                     }
                 }
             }
-            Field::Expect => {
+            Known::Expect => {
                 for e in list_members(v) {
                     if e.eq_ignore_ascii_case(b"100-continue") {
                         head.expect_continue = version == Version::Http11;
@@ -720,19 +625,19 @@ fn interpret<'b, 's>(
                     }
                 }
             }
-            Field::AcceptEncoding => gzip.add(v),
-            Field::IfNoneMatch => {
+            Known::AcceptEncoding => gzip.add(v),
+            Known::IfNoneMatch => {
                 head.if_none_match = Some(match head.if_none_match {
                     None => v,
                     Some(first) => span(window, first, v),
                 });
                 head.if_none_match_lines = head.if_none_match_lines.saturating_add(1);
             }
-            Field::IfModifiedSince => first(&mut head.if_modified_since, v),
-            Field::Range => first(&mut head.range, v),
-            Field::IfRange => first(&mut head.if_range, v),
-            Field::UserAgent => first(&mut head.user_agent, v),
-            Field::Referer => first(&mut head.referer, v),
+            Known::IfModifiedSince => first(&mut head.if_modified_since, v),
+            Known::Range => first(&mut head.range, v),
+            Known::IfRange => first(&mut head.if_range, v),
+            Known::UserAgent => first(&mut head.user_agent, v),
+            Known::Referer => first(&mut head.referer, v),
         }
     }
 
@@ -914,27 +819,38 @@ impl TransferCodings {
     }
 }
 
-/// A `token` character (RFC 9110 5.6.2).
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'!' | b'#'
-                | b'$'
-                | b'%'
-                | b'&'
-                | b'\''
-                | b'*'
-                | b'+'
-                | b'-'
-                | b'.'
-                | b'^'
-                | b'_'
-                | b'`'
-                | b'|'
-                | b'~'
-        )
+/// A `token` character (RFC 9110 5.6.2): the bytes of a method, a field name, a coding.
+pub(crate) fn is_tchar(b: u8) -> bool {
+    TCHAR[b as usize]
 }
+
+/// One load per byte where the field names of a head are scanned.
+static TCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = (b as u8).is_ascii_alphanumeric()
+            || matches!(
+                b as u8,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    table
+};
 
 /// Accept-Encoding as far as gzip is concerned (RFC 9110 12.5.3): an explicit `gzip` or
 /// `x-gzip` member decides, otherwise `*` does, otherwise gzip is not wanted.
@@ -1556,7 +1472,7 @@ mod tests {
     /// The common way's reading of `buf`, when it takes it, next to the full way's.
     fn check_ways_agree(buf: &[u8], limits: &Limits) -> bool {
         let window = &buf[..buf.len().min(limits.max_head)];
-        let mut common_slots = [httparse::EMPTY_HEADER; COMMON_SLOTS];
+        let mut common_slots: [Field<'_>; COMMON_SLOTS] = [(&[], &[]); COMMON_SLOTS];
         let Some((line, fields, len)) = read_common(window, limits, &mut common_slots) else {
             return false;
         };
@@ -1573,33 +1489,48 @@ mod tests {
         assert_eq!(line.method_str, full_line.method_str);
         assert_eq!(line.target, full_line.target);
         assert_eq!(line.version, full_line.version);
-        let pairs = |f: &[Header<'_>]| -> Vec<(String, Vec<u8>)> {
-            f.iter()
-                .map(|h| (h.name.to_string(), h.value.to_vec()))
-                .collect()
+        // Values as the same slices of the buffer, not only the same bytes: a field sent on
+        // several lines is read back through the span between its values.
+        let base = buf.as_ptr() as usize;
+        let seen = |name: &[u8], value: &[u8]| {
+            let at = value.as_ptr() as usize - base;
+            (
+                String::from_utf8_lossy(name).into_owned(),
+                value.to_vec(),
+                at,
+            )
         };
-        assert_eq!(pairs(fields), pairs(full_fields));
+        let common: Vec<_> = fields.iter().map(|&(n, v)| seen(n, v)).collect();
+        let full: Vec<_> = full_fields
+            .iter()
+            .map(|h| seen(h.name.as_bytes(), h.value))
+            .collect();
+        assert_eq!(common, full);
         true
     }
 
     #[test]
-    fn visible_ascii_prefix_stops_at_the_first_other_byte_in_every_lane() {
-        for len in [3, 8, 16, 21] {
-            for at in 0..len {
-                for byte in 0..=255u8 {
-                    let mut s = vec![b'a'; len];
-                    s[at] = byte;
-                    let visible = (0x21..=0x7e).contains(&byte);
-                    let expected = if visible { len } else { at };
-                    assert_eq!(
-                        visible_ascii_prefix(&s),
-                        expected,
-                        "len {len} at {at} byte {byte:#x}"
-                    );
+    fn ascii_prefix_stops_at_the_first_other_byte_in_every_lane() {
+        fn check<const MIN: u8>() {
+            for len in [3, 8, 16, 21] {
+                for at in 0..len {
+                    for byte in 0..=255u8 {
+                        let mut s = vec![b'a'; len];
+                        s[at] = byte;
+                        let inside = (MIN..=0x7e).contains(&byte);
+                        let expected = if inside { len } else { at };
+                        assert_eq!(
+                            common::ascii_prefix::<MIN>(&s),
+                            expected,
+                            "min {MIN:#x} len {len} at {at} byte {byte:#x}"
+                        );
+                    }
                 }
             }
+            assert_eq!(common::ascii_prefix::<MIN>(b""), 0);
         }
-        assert_eq!(visible_ascii_prefix(b""), 0);
+        check::<0x21>();
+        check::<0x20>();
     }
 
     #[test]
@@ -1608,6 +1539,7 @@ mod tests {
             &b"GET /hello.txt HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"[..],
             b"HEAD /a%20b?x=1 HTTP/1.0\r\nUser-Agent: curl/8.0\r\nAccept: */*\r\n\r\nGET",
             b"M-SEARCH * HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost:x\r\nX-Empty:\r\nX-Spaces:   \r\nX-Trail: a b  \r\n\r\n",
             FULL,
         ] {
             assert!(
@@ -1626,6 +1558,17 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: x\r\n",
             b"GET / HTTP/1.",
             &many,
+            // Fields of a shape httparse also takes: a tab, obs-text, a bare LF.
+            b"GET / HTTP/1.1\r\nHost:\tx\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX: a\tb\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX: \xc3\xa9\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\nX: y\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\n",
+            // And shapes it refuses: a space before the colon, obs-fold, a control byte.
+            b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\x01\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\rY\r\n\r\n",
         ] {
             assert!(
                 !check_ways_agree(buf, &limits()),
@@ -1701,6 +1644,35 @@ mod tests {
         }
     }
 
+    /// A field line of mostly the common shape, with now and then a byte that is not: a name
+    /// of token bytes, spaces around the value, a value of printable ASCII.
+    fn field() -> impl Strategy<Value = Vec<u8>> {
+        let odd = || {
+            prop_oneof![
+                Just(b'\t'),
+                Just(b'\r'),
+                Just(b'\n'),
+                Just(0u8),
+                Just(0x7f),
+                0x80u8..
+            ]
+        };
+        let name = proptest::collection::vec(
+            prop_oneof![
+                40 => prop::sample::select(b"aZ09-_!~.".to_vec()),
+                1 => Just(b' '), 1 => Just(b':'), 1 => odd(),
+            ],
+            0..8,
+        );
+        let spaces =
+            proptest::collection::vec(prop_oneof![8 => Just(b' '), 1 => Just(b'\t')], 0..4);
+        let value = proptest::collection::vec(prop_oneof![40 => 0x20u8..0x7f, 1 => odd()], 0..20);
+        let eol = prop_oneof![8 => Just(&b"\r\n"[..]), 1 => Just(&b"\n"[..])];
+        (name, spaces.clone(), value, spaces, eol).prop_map(|(name, lead, value, trail, eol)| {
+            [&name[..], b":", &lead, &value, &trail, eol].concat()
+        })
+    }
+
     proptest! {
         // About one case in six is a request the common way takes; the rest check that it
         // leaves what it should.
@@ -1730,10 +1702,13 @@ mod tests {
             eol in prop_oneof![6 => Just("\r\n"), 1 => Just("\n"), 1 => Just("\r"), 1 => Just("")],
             fields in proptest::collection::vec(
                 prop_oneof![
-                    40 => Just("Host: example.com\r\n"), 20 => Just("Content-Length: 5\r\n"),
-                    20 => Just("X: \r\n"), 4 => Just("LF: x\n"), 1 => Just("Bad Name: x\r\n"),
-                    1 => Just("Fold: a\r\n b\r\n"), 1 => Just("Colon : x\r\n"),
-                    1 => Just("NoColon\r\n"),
+                    40 => Just(b"Host: example.com\r\n".to_vec()),
+                    20 => Just(b"Content-Length: 5\r\n".to_vec()),
+                    20 => Just(b"X: \r\n".to_vec()), 4 => Just(b"LF: x\n".to_vec()),
+                    1 => Just(b"Bad Name: x\r\n".to_vec()),
+                    1 => Just(b"Fold: a\r\n b\r\n".to_vec()),
+                    1 => Just(b"Colon : x\r\n".to_vec()), 1 => Just(b"NoColon\r\n".to_vec()),
+                    40 => field(),
                 ],
                 0..12,
             ),
@@ -1744,13 +1719,27 @@ mod tests {
             buf.extend_from_slice(&target);
             buf.extend_from_slice(format!(" {version}{eol}").as_bytes());
             for f in &fields {
-                buf.extend_from_slice(f.as_bytes());
+                buf.extend_from_slice(f);
             }
             buf.extend_from_slice(end.as_bytes());
             check_ways_agree(&buf, &limits());
             check_ways_agree(&buf[..cut.index(buf.len() + 1)], &limits());
             let small = Limits { max_head: 64, max_uri: 8, max_headers: 3, max_body: 0 };
             check_ways_agree(&buf, &small);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// The same, for the header fields alone, behind a request line of the common shape.
+        #[test]
+        fn common_fields_read_as_httparse_does(
+            fields in proptest::collection::vec(field(), 0..6),
+            end in prop_oneof![8 => Just(&b"\r\n"[..]), 1 => Just(&b"\n"[..])],
+        ) {
+            let buf = [&b"GET / HTTP/1.1\r\n"[..], &fields.concat(), end].concat();
+            check_ways_agree(&buf, &limits());
         }
     }
 
