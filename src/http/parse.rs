@@ -161,7 +161,7 @@ impl<'b> Head<'b> {
 
 /// The values of a field's lines. One line is kept as its value; several as the span of the
 /// head from the first value to the last, which this walks again line by line, keeping the
-/// lines of the field's own name (httparse has already checked every line's syntax). So a
+/// lines of the field's own name (the head was read as a whole before, so every line's syntax is checked). So a
 /// [`Head`] stays a fixed set of borrowed slices, however many lines a client sends, and a
 /// request with one line (nearly all) pays nothing for the rest.
 #[derive(Clone)]
@@ -502,7 +502,7 @@ fn classify(name: &[u8]) -> Option<Known> {
 }
 
 /// `name` is `lower` (lowercase letters and '-') in any case, compared a word at a time.
-/// Field names are tokens (httparse has checked them), and the only token bytes that setting
+/// Field names are tokens (both ways of reading a head check them), and the only token bytes that setting
 /// bit 0x20 turns into a lowercase letter are that letter in either case ('-' has the bit
 /// already and no other token byte becomes it), so one OR stands for a case-folding table.
 fn is_named(name: &[u8], lower: &[u8]) -> bool {

@@ -9,8 +9,11 @@
 //! of the buffer) and length. A property test in the parent module holds the two ways to that.
 //!
 //! Why it exists: on `bench/instructions`' pipelined load httparse spent about 575
-//! instructions on a one-field request, most of it on SIMD dispatch meant for long lines and
-//! on a UTF-8 check of the target; this takes about a fifth of that.
+//! instructions on a one-field request, much of it on SIMD dispatch meant for long lines and
+//! on UTF-8 checks of the target and the field names. Reading the request line here took keel
+//! from 1,605 to 1,113 instructions per response; reading the fields here too, to 1,100 (and a
+//! small file's response from 1,837 to 1,779). What is left of the parse is mostly the Host
+//! check and the per-byte name scan.
 
 use super::{is_tchar, Field, Limits, Method, Read, RequestLine, Version};
 
