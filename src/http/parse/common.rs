@@ -12,8 +12,9 @@
 //! instructions on a one-field request, much of it on SIMD dispatch meant for long lines and
 //! on UTF-8 checks of the target and the field names. Reading the request line here took keel
 //! from 1,605 to 1,113 instructions per response; reading the fields here too, to 1,100 (and a
-//! small file's response from 1,837 to 1,779). What is left of the parse is mostly the Host
-//! check and the per-byte name scan.
+//! small file's response from 1,837 to 1,779). The largest single cost left in the parse is
+//! the Host check: about 120 of 600 instructions for `Host: 127.0.0.1:8080`, counted with
+//! callgrind on the parser alone.
 
 use super::{is_tchar, Field, Limits, Method, Read, RequestLine, Version};
 
