@@ -14,7 +14,7 @@ use httparse::{Header, Request, Status};
 
 mod common;
 
-use common::{read_common, COMMON_SLOTS};
+use common::{read_common, Slots};
 
 /// How many header slots live on the stack. `Limits::max_headers` is honoured up to this; the
 /// slots are never initialised, so their number costs stack space only, not time.
@@ -316,9 +316,9 @@ pub fn parse_head_into<'b, 's>(
     slot: &'s mut Option<Head<'b>>,
 ) -> Result<Option<(&'s Head<'b>, usize)>, HttpError> {
     let window = &buf[..buf.len().min(limits.max_head)];
-    let mut common_slots: [Field<'b>; COMMON_SLOTS] = [(&[], &[]); COMMON_SLOTS];
+    let mut common_slots: Slots = Default::default();
     if let Some((line, fields, len)) = read_common(window, limits, &mut common_slots) {
-        let head = interpret(window, line, fields.iter().copied(), slot)?;
+        let head = interpret(window, line, fields, slot)?;
         return Ok(Some((head, len)));
     }
     let mut full_slots = [const { MaybeUninit::<Header<'b>>::uninit() }; HEADER_SLOTS];
@@ -700,23 +700,16 @@ fn valid_host(v: &[u8]) -> bool {
 }
 
 /// The Host nearly every client sends, `name[:port]` with a name of unreserved and
-/// sub-delim bytes only, checked without a branch per byte: a subset of what [`any_host`]
-/// accepts (a property test holds it to that), which takes everything else.
+/// sub-delim bytes only, checked without a branch per byte of the name: a subset of what
+/// [`any_host`] accepts (a property test holds it to that), which takes everything else.
+///
+/// It reads from the end: the port's digits, then at most one colon, then a name in which
+/// no colon is left. Digits are name bytes too, so a host with no port reads the same.
 fn simple_host(v: &[u8]) -> bool {
-    let (name, port) = match v.iter().rposition(|&b| b == b':') {
-        Some(colon) => (&v[..colon], &v[colon + 1..]),
-        None => (v, &[][..]),
-    };
-    let is = |b: u8| NAME[usize::from(b)];
-    let mut ok = true;
-    let mut quads = name.chunks_exact(4);
-    for q in &mut quads {
-        ok &= is(q[0]) & is(q[1]) & is(q[2]) & is(q[3]);
-    }
-    for &b in quads.remainder() {
-        ok &= is(b);
-    }
-    ok && port.iter().all(u8::is_ascii_digit)
+    let digits = common::trailing_digits(v);
+    let rest = &v[..v.len() - digits];
+    let name = rest.strip_suffix(b":").unwrap_or(rest);
+    common::all_in(&NAME, name)
 }
 
 fn any_host(v: &[u8]) -> bool {
@@ -1472,7 +1465,7 @@ mod tests {
     /// The common way's reading of `buf`, when it takes it, next to the full way's.
     fn check_ways_agree(buf: &[u8], limits: &Limits) -> bool {
         let window = &buf[..buf.len().min(limits.max_head)];
-        let mut common_slots: [Field<'_>; COMMON_SLOTS] = [(&[], &[]); COMMON_SLOTS];
+        let mut common_slots: Slots = Default::default();
         let Some((line, fields, len)) = read_common(window, limits, &mut common_slots) else {
             return false;
         };
@@ -1500,7 +1493,7 @@ mod tests {
                 at,
             )
         };
-        let common: Vec<_> = fields.iter().map(|&(n, v)| seen(n, v)).collect();
+        let common: Vec<_> = fields.map(|(n, v)| seen(n, v)).collect();
         let full: Vec<_> = full_fields
             .iter()
             .map(|h| seen(h.name.as_bytes(), h.value))
@@ -1534,6 +1527,33 @@ mod tests {
     }
 
     #[test]
+    fn word_scans_agree_with_byte_scans_in_every_lane() {
+        for len in [0, 1, 3, 7, 8, 9, 15, 16, 21] {
+            for at in 0..len {
+                for byte in 0..=255u8 {
+                    let mut digits = vec![b'7'; len];
+                    digits[at] = byte;
+                    let expected = digits
+                        .iter()
+                        .rev()
+                        .take_while(|b| b.is_ascii_digit())
+                        .count();
+                    assert_eq!(common::trailing_digits(&digits), expected, "{digits:?}");
+
+                    let mut name = vec![b'a'; len];
+                    name[at] = byte;
+                    let expected = name.iter().position(|&b| b == b':');
+                    assert_eq!(common::find_colon(&name), expected, "{name:?}");
+                    let expected = name.iter().all(|&b| is_tchar(b));
+                    assert_eq!(common::all_in(&TCHAR, &name), expected, "{name:?}");
+                }
+            }
+            assert_eq!(common::trailing_digits(&vec![b'0'; len]), len);
+            assert_eq!(common::find_colon(&vec![b':'; len]), (len > 0).then_some(0));
+        }
+    }
+
+    #[test]
     fn common_requests_take_the_common_way() {
         for buf in [
             &b"GET /hello.txt HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"[..],
@@ -1550,7 +1570,7 @@ mod tests {
         }
         // Left to the full way: leading empty lines, bare LF, obs-text in the target, a
         // request line or head still arriving, more fields than the common slots.
-        let many = req(&"X-A: 1\r\n".repeat(COMMON_SLOTS));
+        let many = req(&"X-A: 1\r\n".repeat(common::COMMON_SLOTS));
         for buf in [
             &b"\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
             b"GET / HTTP/1.1\nHost: x\n\n",
@@ -1577,6 +1597,36 @@ mod tests {
             );
         }
         assert_eq!(head_of(&many).target, b"/a");
+    }
+
+    /// Field spans are 16-bit offsets: with a head limit past 64 KiB, a long pipelined
+    /// backlog still takes the common way, and a head too long for a span the full one.
+    #[test]
+    fn spans_hold_past_sixty_four_kib() {
+        let big = Limits {
+            max_head: 1 << 20,
+            ..limits()
+        };
+        let one = b"GET /a HTTP/1.1\r\nHost: x\r\nX-B: y\r\n\r\n";
+        let backlog = one.repeat(3000);
+        assert!(backlog.len() > 100_000);
+        assert!(check_ways_agree(&backlog, &big));
+
+        let long = format!("X-Long: {}\r\n", "v".repeat(70_000));
+        let buf = [
+            &b"GET /a HTTP/1.1\r\nHost: x\r\n"[..],
+            long.as_bytes(),
+            b"\r\n",
+        ]
+        .concat();
+        assert!(!check_ways_agree(&buf, &big));
+        match parse_head(&buf, &big) {
+            Ok(HeadResult::Complete { head, len }) => {
+                assert_eq!(len, buf.len());
+                assert_eq!(head.host, Some(&b"x"[..]));
+            }
+            _ => panic!("a 70 KB head within a 1 MiB limit is read"),
+        }
     }
 
     proptest! {
