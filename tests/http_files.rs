@@ -1115,6 +1115,32 @@ fn access_log_combined_format() {
     assert_eq!((quoted, plain), (1, 2), "access log lines:\n{text}");
 }
 
+/// Keep-alive requests for a file answered from memory are logged too: four pipelined
+/// requests for one small file (the later ones find it as the file last served), four lines.
+#[test]
+fn access_log_has_every_keep_alive_request() {
+    let t = Tree::new("alog-ka");
+    t.put("x", b"0123456789");
+    let log = t.base.join("access.log");
+    let srv = serve(&t, &["--access-log", log.to_str().unwrap()]);
+    let mut s = connect(srv.tcp);
+    let ask = "GET /x HTTP/1.1\r\nHost: t\r\nUser-Agent: t/1\r\n";
+    let keep = format!("{ask}\r\n");
+    let last = format!("{ask}Connection: close\r\n\r\n");
+    s.write_all([keep.repeat(3), last].concat().as_bytes())
+        .unwrap();
+    let mut got = Vec::new();
+    let end = read_until_end(&mut s, &mut got, 1 << 20, Duration::from_secs(5));
+    assert!(matches!(end, End::Eof), "{end:?}");
+    let text = log_text(&log, 4);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "access log after 4 requests:\n{text}");
+    assert!(
+        lines.iter().all(|l| is_combined_line(l, 10, "t/1")),
+        "access log lines:\n{text}"
+    );
+}
+
 /// Requests refused before they were understood are logged too, with the request line as
 /// received (escaped), as nginx does: they are what an operator looks for.
 #[test]

