@@ -1170,6 +1170,38 @@ fn refused_requests_are_logged() {
     );
 }
 
+/// A request refused while its body arrives (a bad chunk, a body that stops coming) is
+/// logged with its request line, kept from its head, not as "-".
+#[test]
+fn body_refusals_are_logged_with_their_request() {
+    let t = Tree::new("alog-body");
+    t.put("x", b"0123456789");
+    let log = t.base.join("access.log");
+    let srv = serve(
+        &t,
+        &["--access-log", log.to_str().unwrap(), "--body-timeout", "1"],
+    );
+    let r = exchange(
+        srv.tcp,
+        b"POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    );
+    assert_eq!(r.status, 400, "{}", r.show());
+    let r = exchange(
+        srv.tcp,
+        b"PUT /y HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n012",
+    );
+    assert_eq!(r.status, 408, "{}", r.show());
+    let text = log_text(&log, 2);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "access log after 2 refusals:\n{text}");
+    for want in [
+        "\"POST /x HTTP/1.1\" 400 0 \"-\" \"-\"",
+        "\"PUT /y HTTP/1.1\" 408 0 \"-\" \"-\"",
+    ] {
+        assert!(lines.iter().any(|l| l.ends_with(want)), "{want}:\n{text}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Welcome page
 // ---------------------------------------------------------------------------------------------

@@ -52,9 +52,19 @@ enum State {
     Head,
     /// Reading (and dropping) a request's body; its answer leaves once the body is complete,
     /// so a body that turns out bad gets only the error, never two answers.
-    Body(Box<(BodyDecoder, Answer)>),
+    Body(Box<BodyWait>),
     /// A final response is queued; the connection closes once it is out.
     Closed,
+}
+
+/// A request whose body is being read: what reads it and the answer that waits for it.
+struct BodyWait {
+    decoder: BodyDecoder,
+    answer: Answer,
+    /// The request line as received, when there is an access log: a body that turns out bad
+    /// (or stops arriving) refuses the request after its head has left the input, and the
+    /// log line of that refusal still names the request.
+    request: Vec<u8>,
 }
 
 /// A decided response: its bytes are in the batch (or held here while the body arrives).
@@ -106,7 +116,7 @@ impl HttpConn {
                     input.clear();
                     return;
                 }
-                State::Body(body) => match body.0.feed(input.as_slice()) {
+                State::Body(wait) => match wait.decoder.feed(input.as_slice()) {
                     Ok(p) => {
                         input.consume(p.consumed);
                         if !p.done {
@@ -114,11 +124,11 @@ impl HttpConn {
                             return;
                         }
                         cx.cancel_timer(TAG_BODY);
-                        let State::Body(body) = std::mem::replace(&mut self.state, State::Head)
+                        let State::Body(wait) = std::mem::replace(&mut self.state, State::Head)
                         else {
                             unreachable!("matched above")
                         };
-                        let (_, answer) = *body;
+                        let answer = wait.answer;
                         out.extend_from_slice(&answer.bytes);
                         if !self.emit(cx, out, answer) {
                             input.clear();
@@ -196,8 +206,16 @@ impl HttpConn {
                         let start = out.len();
                         let mut answer = self.respond(cx, head, out, now);
                         answer.bytes = out.split_off(start);
+                        let request = match self.site.access_log {
+                            Some(_) => access_log::first_line(input.as_slice()).to_vec(),
+                            None => Vec::new(),
+                        };
                         input.consume(len);
-                        self.state = State::Body(Box::new((decoder, answer)));
+                        self.state = State::Body(Box::new(BodyWait {
+                            decoder,
+                            answer,
+                            request,
+                        }));
                     }
                 }
             }
@@ -268,7 +286,8 @@ impl HttpConn {
     /// Answers `status` and closes: the request cannot be framed (or must not be served), so
     /// nothing after it on this connection can be trusted. `at_head` says the refused request's
     /// first line is at the start of `input` (a refused head), for the access log; otherwise
-    /// (a bad body, a timeout) the log shows the request as "-".
+    /// the log names the request whose body was being read (a bad body, a body timeout), or
+    /// shows "-" (a head that timed out, which may not have a whole first line).
     fn fail(
         &mut self,
         cx: &mut Ctx<'_>,
@@ -280,10 +299,10 @@ impl HttpConn {
         push_error(out, status, Persistence::Close, false);
         cx.note(Note::Response(status));
         if let Some(log) = &self.site.access_log {
-            let request = if at_head {
-                access_log::first_line(input.as_slice())
-            } else {
-                b"-"
+            let request = match &self.state {
+                _ if at_head => access_log::first_line(input.as_slice()),
+                State::Body(wait) => &wait.request,
+                _ => b"-",
             };
             let mut line = Vec::with_capacity(128);
             access_log::format_refusal(cx.peer_addr(), request, status, &mut line);
