@@ -87,9 +87,9 @@ struct ServerArgs {
     /// Listen backlog [default: 4096].
     #[arg(long)]
     backlog: Option<i32>,
-    /// Set SO_REUSEPORT on the listener.
-    #[arg(long)]
-    reuseport: bool,
+    /// Set SO_REUSEPORT on the listener (`=false` undoes the file's `reuseport = true`).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", value_parser = config::parse_bool)]
+    reuseport: Option<bool>,
     /// SO_SNDBUF of accepted connections, in bytes (default: the kernel's autotuning).
     #[arg(long, value_name = "BYTES")]
     sndbuf: Option<usize>,
@@ -119,9 +119,10 @@ struct ServerArgs {
     #[arg(long, value_name = "N")]
     rlimit_nofile: Option<u64>,
     /// Detach from the terminal once listening: double fork, setsid, chdir /, umask 027,
-    /// standard streams on /dev/null (bind errors still reach the terminal).
-    #[arg(long)]
-    daemon: bool,
+    /// standard streams on /dev/null (bind errors still reach the terminal). `=false` undoes
+    /// the file's `daemon = true`.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", value_parser = config::parse_bool)]
+    daemon: Option<bool>,
     /// Run as this user once the listeners are bound (so a port below 1024 works when started
     /// as root); refuses to run on if the switch fails.
     #[arg(long, value_name = "NAME")]
@@ -152,15 +153,18 @@ struct HttpArgs {
     #[arg(long, value_name = "DIR")]
     root: Option<PathBuf>,
     /// List directories that have no index.html.
-    #[arg(long)]
-    autoindex: bool,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", value_parser = config::parse_bool)]
+    autoindex: Option<bool>,
     /// Follow symbolic links, even out of the root (default: any symlink is refused, 403).
-    #[arg(long)]
-    follow_symlinks: bool,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", value_parser = config::parse_bool)]
+    follow_symlinks: Option<bool>,
     /// Serve names beginning with '.' (default: 403).
-    #[arg(long)]
-    serve_hidden: bool,
-    /// Do not serve name.gz for name to clients that accept gzip.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", value_parser = config::parse_bool)]
+    serve_hidden: Option<bool>,
+    /// Serve name.gz for name to clients that accept gzip [default: true].
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", value_parser = config::parse_bool, conflicts_with = "no_gzip_static")]
+    gzip_static: Option<bool>,
+    /// Same as --gzip-static=false.
     #[arg(long)]
     no_gzip_static: bool,
     /// Close idle keep-alive connections after this many seconds [default: 75].
@@ -202,10 +206,10 @@ impl HttpArgs {
     fn http_settings(&self) -> HttpFileSettings {
         HttpFileSettings {
             root: self.root.clone(),
-            autoindex: self.autoindex.then_some(true),
-            follow_symlinks: self.follow_symlinks.then_some(true),
-            serve_hidden: self.serve_hidden.then_some(true),
-            gzip_static: self.no_gzip_static.then_some(false),
+            autoindex: self.autoindex,
+            follow_symlinks: self.follow_symlinks,
+            serve_hidden: self.serve_hidden,
+            gzip_static: self.gzip_static.or(self.no_gzip_static.then_some(false)),
             keepalive_timeout: self.keepalive_timeout,
             keepalive_requests: self.keepalive_requests,
             header_timeout: self.header_timeout,
@@ -260,7 +264,7 @@ impl ServerArgs {
             drain_timeout: self.drain_timeout,
             max_conns: self.max_conns,
             backlog: self.backlog,
-            reuseport: self.reuseport.then_some(true),
+            reuseport: self.reuseport,
             sndbuf: self.sndbuf,
             rcvbuf: self.rcvbuf,
             work_ms: self.work_ms,
@@ -269,7 +273,7 @@ impl ServerArgs {
             keepalive_count: self.keepalive_count,
             pid_file: self.pid_file.clone(),
             rlimit_nofile: self.rlimit_nofile,
-            daemon: self.daemon.then_some(true),
+            daemon: self.daemon,
             user: self.user.clone(),
             group: self.group.clone(),
             admin: self.admin,

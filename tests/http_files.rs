@@ -477,6 +477,37 @@ fn index_html_and_directory_redirect() {
     assert!(!contains(&r.raw, b"a.txt"), "{}", r.show());
 }
 
+/// A boolean the config file turns on, the command line turns off (`--autoindex=false`), and
+/// the other way round; a value other than true or false is refused before anything starts.
+#[test]
+fn boolean_flags_override_the_file_both_ways() {
+    let t = Tree::new("bool-flags");
+    t.put("plain/a.txt", b"a");
+    let on = t.base.join("on.toml");
+    std::fs::write(&on, "[http]\nautoindex = true\n").unwrap();
+    let off = t.base.join("off.toml");
+    std::fs::write(&off, "[http]\nautoindex = false\n").unwrap();
+    let listed = |config: &PathBuf, flags: &[&str]| {
+        let mut all = vec!["--config", config.to_str().unwrap()];
+        all.extend_from_slice(flags);
+        let srv = serve(&t, &all);
+        let r = get(&srv, "/plain/");
+        (r.status, contains(&r.raw, b"a.txt"))
+    };
+    assert_eq!(listed(&on, &[]), (200, true));
+    assert_eq!(listed(&on, &["--autoindex=false"]), (403, false));
+    assert_eq!(listed(&off, &["--autoindex"]), (200, true));
+    assert_eq!(listed(&off, &["--autoindex=true"]), (200, true));
+
+    let out = std::process::Command::new(util::keel_bin())
+        .args(["http", "--autoindex=maybe"])
+        .output()
+        .expect("run keel");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"maybe\" is not true or false"), "{err}");
+}
+
 /// The redirect to a directory's slash form carries the path encoded again: decoded, a name
 /// like "q?x" would come back as a path and a query, and "my dir" as a broken header.
 #[test]

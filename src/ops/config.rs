@@ -513,6 +513,16 @@ pub fn check(path: &Path) -> (String, bool) {
     }
 }
 
+/// A boolean option's value on the command line (`--autoindex=false`): the spelling the file
+/// uses, so a flag can undo what the file turned on.
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("{s:?} is not true or false")),
+    }
+}
+
 /// Parses seconds as the command line does: a non-negative number up to [`MAX_SECS`], fractions
 /// allowed.
 pub fn parse_secs(s: &str) -> Result<Duration, String> {
