@@ -405,13 +405,22 @@ fn main() -> ExitCode {
         Command::Discard(args) => {
             let (settings, opts) = resolve_or_exit(&args, Section::Discard);
             _log_guard = init_logging(&settings);
+            let build = |_: &ServerSettings| -> Result<HandlerFactory, String> {
+                Ok(Arc::new(|| Box::new(Discard) as Box<dyn Handler>))
+            };
+            let factory = build(&settings).expect("discard always builds");
             server::serve(
                 &opts,
                 &Service {
                     name: "discard",
-                    factory: Arc::new(|| Box::new(Discard) as Box<dyn Handler>),
+                    factory,
                     udp: None,
-                    reload: None,
+                    reload: reloader(
+                        args.config.clone(),
+                        Section::Discard,
+                        args.settings(),
+                        build,
+                    ),
                 },
             )
         }

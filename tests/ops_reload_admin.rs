@@ -577,6 +577,32 @@ fn sighup_reload_moves_the_listener() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Discard reloads too: a new `listen` moves it, and what it reads is still dropped.
+#[test]
+fn sighup_reload_moves_discard() {
+    let dir = temp_dir("relisten-discard");
+    let conf = dir.join("keel.toml");
+    let (old_port, new_port) = two_free_ports();
+    let config = |port: u16| format!("[discard]\nlisten = \"127.0.0.1:{port}\"\nthreads = 1\n");
+    write_config(&conf, &config(old_port));
+    let server = FromConfig::start("discard", &conf, old_port);
+    let pid = server.pid;
+    let old: SocketAddr = format!("127.0.0.1:{old_port}").parse().unwrap();
+    let new: SocketAddr = format!("127.0.0.1:{new_port}").parse().unwrap();
+    write_config(&conf, &config(new_port));
+    nix::sys::signal::kill(pid, Signal::SIGHUP).unwrap();
+    poll_until(
+        "the new address to take bytes",
+        Duration::from_secs(5),
+        || TcpStream::connect(new).is_ok_and(|mut s| s.write_all(&[7u8; 4096]).is_ok()),
+    );
+    poll_until("the old address to refuse", Duration::from_secs(5), || {
+        TcpStream::connect(old).is_err()
+    });
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Echo's UDP side moves with its TCP side when a reload changes `listen`.
 #[test]
 fn sighup_reload_moves_echo_udp_too() {
