@@ -124,6 +124,9 @@ pub(crate) struct Conn {
     pub(crate) output: OutputQueue,
     /// What the poller currently has registered for this fd.
     pub(crate) interest: Interest,
+    /// The fd is out of the poller altogether (see `park`): nothing is registered for it
+    /// until the handler resumes reading.
+    pub(crate) parked: bool,
     pub(crate) read_paused: bool,
     /// The peer's FIN arrived.
     pub(crate) read_eof: bool,
@@ -162,6 +165,7 @@ impl Conn {
             output: OutputQueue::default(),
             interest: Interest::NONE,
             read_paused: false,
+            parked: false,
             read_eof: false,
             hup_seen: false,
             draining: false,
@@ -355,9 +359,31 @@ impl EventLoop {
                 // A hang-up without error: both directions are finished.
                 if conn.read_eof {
                     self.close_with(id, CloseReason::Normal);
+                } else if conn.read_paused && self.poller.trigger() == Trigger::Level {
+                    self.park(id);
                 }
             }
         }
+    }
+
+    /// Takes a paused connection's fd out of the poller until reading resumes. A hang-up
+    /// (both FINs in, unread input still queued) is reported by `epoll` and `poll` whatever
+    /// interest is registered, and a level-triggered poller reports it on every wait: left
+    /// registered, the fd would wake the loop for nothing until the handler resumed, a busy
+    /// loop for as long as the backpressure lasts. Parked, it costs nothing; its idle and
+    /// user timers still run, and `update_interest` registers it again on resume, when the
+    /// input and the FIN behind it are read as usual.
+    fn park(&mut self, id: ConnId) {
+        let EventLoop { poller, slots, .. } = self;
+        let Some(Source::Conn(conn)) = slot_in(slots, id.0).map(|s| &s.source) else {
+            return;
+        };
+        if conn.parked || poller.deregister(conn.fd.as_fd()).is_err() {
+            return;
+        }
+        let conn = self.conn_mut(id).expect("looked up above");
+        conn.parked = true;
+        conn.interest = Interest::NONE;
     }
 
     /// Reads what the socket has: one read per wake-up for level-triggered engines (the
@@ -568,7 +594,12 @@ impl EventLoop {
             return;
         }
         conn.interest = want;
-        if self.reregister(id.0, want).is_err() {
+        let res = if std::mem::take(&mut conn.parked) {
+            self.register(id.0, want)
+        } else {
+            self.reregister(id.0, want)
+        };
+        if res.is_err() {
             self.close_with(id, CloseReason::Error(io::ErrorKind::Other));
         }
     }
@@ -969,7 +1000,9 @@ impl EventLoop {
         let Some(Source::Conn(mut conn)) = self.remove_source(id.0) else {
             return;
         };
-        self.poller.deregister_before_close(conn.fd.as_fd());
+        if !conn.parked {
+            self.poller.deregister_before_close(conn.fd.as_fd());
+        }
         for key in [conn.idle_timer, conn.linger_timer, conn.connect_timer]
             .into_iter()
             .flatten()
