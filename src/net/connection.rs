@@ -424,11 +424,7 @@ impl EventLoop {
             let (mut input, asked, res) = match pending {
                 None => {
                     let asked = scratch.writable();
-                    let res =
-                        rustix::io::read(&conn.fd, scratch.writable_mut()).map_err(io::Error::from);
-                    if let Ok(n) = res {
-                        scratch.commit(n);
-                    }
+                    let res = scratch.recv_from(&conn.fd);
                     (scratch, asked, res)
                 }
                 Some(mut buf) => {

@@ -57,10 +57,7 @@ impl Worker<'_> {
             let (mut input, asked, res) = match pending {
                 None => {
                     let asked = scratch.writable();
-                    let res = rustix::io::read(fd, scratch.writable_mut()).map_err(io::Error::from);
-                    if let Ok(n) = res {
-                        scratch.commit(n);
-                    }
+                    let res = scratch.recv_from(fd);
                     (scratch, asked, res)
                 }
                 Some(mut buf) => {
