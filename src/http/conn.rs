@@ -249,7 +249,7 @@ impl HttpConn {
         {
             return false;
         }
-        let Some(entry) = files::recent(&self.site, head.target, now) else {
+        let Some(entry) = files::recent_in_memory(&self.site, head.target, now) else {
             return false;
         };
         if head.accept_gzip && entry.gzip.is_some() {

@@ -237,11 +237,23 @@ thread_local! {
 /// and names that file. `None` sends the caller the general way (check the target, then
 /// [`lookup`]). Freshness is checked as [`lookup`] checks it.
 pub fn recent(site: &Site, target: &[u8], now: Instant) -> Option<Rc<Entry>> {
+    recent_where(site, target, now, false)
+}
+
+/// [`recent`], for an entry whose contents are in memory only: what the pre-encoded answer
+/// needs. Asked first, it must not cost the fstat that a file sent from disk is checked with,
+/// or every large-file request would pay two (this, then [`recent`] on the general way).
+pub fn recent_in_memory(site: &Site, target: &[u8], now: Instant) -> Option<Rc<Entry>> {
+    recent_where(site, target, now, true)
+}
+
+fn recent_where(site: &Site, target: &[u8], now: Instant, memory_only: bool) -> Option<Rc<Entry>> {
     CACHE.with(|c| {
         let c = c.borrow();
         let r = c.last.as_ref()?;
         (c.site == site.id
             && r.plain
+            && (r.entry.in_memory || !memory_only)
             && *r.path == *target
             && now < r.entry.fresh_until
             && r.entry.unchanged_in_place())
@@ -549,6 +561,24 @@ mod tests {
             Err(PathError::NotFound)
         ));
         date::set_batch_time(None);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn recent_in_memory_skips_files_sent_from_disk() {
+        let big = vec![b'x'; 64 * 1024];
+        let (root, site) = site_with("memory", &[("small.txt", b"tiny"), ("big.bin", &big)]);
+        let now = Instant::now();
+        for path in [&b"/small.txt"[..], b"/big.bin"] {
+            // Twice: the first lookup loads, the second sets the memo.
+            for _ in 0..2 {
+                assert!(matches!(lookup(&site, path, now), Ok(Found::File(_))));
+            }
+            let any = recent(&site, path, now).expect("the memo names it");
+            let in_memory = recent_in_memory(&site, path, now);
+            assert_eq!(in_memory.is_some(), any.in_memory, "{path:?}");
+            assert_eq!(any.in_memory, path == b"/small.txt", "{path:?}");
+        }
         std::fs::remove_dir_all(&root).unwrap();
     }
 
