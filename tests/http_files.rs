@@ -19,7 +19,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::{connect, per_engine, random_bytes, read_until_end, End, Opts, Server};
+use util::{browser, connect, per_engine, random_bytes, read_until_end, End, Opts, Server};
 
 /// The engine for the tests that are not about engines.
 const ENGINE: &str = "epoll-lt";
@@ -604,6 +604,40 @@ fn autoindex_escapes_names_and_links_work() {
     // index.html still wins over the listing.
     let r = get(&srv, "/dir/");
     assert_eq!(r.body_str(), "<h1>dir index</h1>", "{}", r.show());
+}
+
+/// A listing in a real browser: headless Chromium fetches it, and in the document it builds
+/// every name is text (the nasty name made no `<b>` or `<i>` element), every entry is a link
+/// whose text is the file's name, and following the nasty name's link gets that file.
+#[test]
+fn autoindex_listing_works_in_headless_chromium() {
+    let Some(chromium) = browser::chromium() else {
+        return;
+    };
+    let t = index_tree();
+    let srv = serve(&t, &["--autoindex"]);
+    let url = format!("http://{}/plain/", srv.tcp);
+    let dom = browser::dump_dom(chromium, &url);
+    assert!(
+        !dom.contains("<b>") && !dom.contains("<i>"),
+        "a name became markup:\n{dom}"
+    );
+    let links = browser::links(&dom);
+    let names: Vec<&str> = links.iter().map(|(_, text)| text.as_str()).collect();
+    for name in ["a.txt", NASTY_NAME] {
+        assert!(names.contains(&name), "no link reads {name:?}: {links:?}");
+    }
+    let (href, _) = links.iter().find(|(_, text)| text == NASTY_NAME).unwrap();
+    let target = match href {
+        h if h.starts_with("http://") => h.clone(),
+        h if h.starts_with('/') => format!("http://{}{h}", srv.tcp),
+        h => format!("{url}{h}"),
+    };
+    let file = browser::dump_dom(chromium, &target);
+    assert!(
+        file.contains("nasty contents"),
+        "following {href:?} ({target}) did not reach the file:\n{file}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1236,6 +1270,25 @@ fn body_refusals_are_logged_with_their_request() {
 // ---------------------------------------------------------------------------------------------
 // Welcome page
 // ---------------------------------------------------------------------------------------------
+
+/// The welcome page as a person first sees it: headless Chromium renders it (a screenshot with
+/// something on it) and parses it into the document written (its title and heading).
+#[test]
+fn welcome_page_renders_in_headless_chromium() {
+    let Some(chromium) = browser::chromium() else {
+        return;
+    };
+    let srv = Opts::http(ENGINE).spawn();
+    let url = format!("http://{}/", srv.tcp);
+    let dom = browser::dump_dom(chromium, &url);
+    assert!(
+        dom.contains("<title>Welcome to keel</title>") && dom.contains("<h1>Welcome to keel</h1>"),
+        "{dom}"
+    );
+    let t = Tree::new("welcome-shot");
+    let png = browser::screenshot(chromium, &url, &t.base.join("welcome.png"));
+    assert!(png.len() > 5_000, "a blank page? {} bytes", png.len());
+}
 
 #[test]
 fn welcome_page_without_root() {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use util::{Opts, MODELS};
+use util::{browser, Opts, MODELS};
 
 fn temp_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("keel-ops-{tag}-{}", std::process::id()));
@@ -390,16 +390,7 @@ fn metrics_under_every_model() {
 /// with the reason, where Chromium is not installed).
 #[test]
 fn status_page_renders_in_headless_chromium() {
-    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|b| {
-            std::process::Command::new("which")
-                .arg(b)
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-    else {
-        eprintln!("SKIPPED: no chromium on PATH (apt-get install chromium)");
+    let Some(chromium) = browser::chromium() else {
         return;
     };
     let srv = Opts::http("epoll-et")
@@ -408,33 +399,11 @@ fn status_page_renders_in_headless_chromium() {
         .spawn();
     let admin = srv.admin_addr().unwrap();
     let dir = temp_dir("chromium");
-    let shot = dir.join("status.png");
-    let out = std::process::Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--window-size=1000,800",
-            &format!("--screenshot={}", shot.display()),
-            &format!("http://{admin}/status"),
-        ])
-        .output()
-        .unwrap();
-    let png = std::fs::read(&shot).unwrap_or_else(|e| {
-        panic!(
-            "no screenshot ({e}); chromium said: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    let url = format!("http://{admin}/status");
+    let png = browser::screenshot(chromium, &url, &dir.join("status.png"));
     assert!(png.len() > 5_000, "a blank page? {} bytes", png.len());
     // The page also parses as a document with the figures in it.
-    let dom = std::process::Command::new(chromium)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"])
-        .arg(format!("http://{admin}/status"))
-        .output()
-        .unwrap();
-    let dom = String::from_utf8_lossy(&dom.stdout);
+    let dom = browser::dump_dom(chromium, &url);
     assert!(dom.contains("keel") && dom.contains("<table"), "{dom}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+pub mod browser;
 pub mod lib_server;
 
 /// The four readiness engines the contract names.
