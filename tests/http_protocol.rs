@@ -428,6 +428,69 @@ fn uri_over_8k_is_414() {
     expect_refusal(&srv, req.as_bytes(), 414, "URI over 8 KiB");
 }
 
+/// Heads sent a byte per write (TCP_NODELAY) read as they do in one piece: a head still
+/// arriving is parsed again only once a new line ends, and the limits, which are lengths, and
+/// a malformed line are still caught, with no further byte needed. A served head is followed
+/// by a second request in the same stream, which must be answered too.
+#[test]
+fn heads_that_arrive_a_byte_at_a_time() {
+    let root = Root::new("trickle");
+    let srv = serve(&root, &[]);
+    let pad = format!("X-Pad: {}\r\n", "a".repeat(60)).repeat(30);
+    let long_field = format!("X-Pad: {}", "a".repeat(9000));
+    let long_uri = format!("GET /{} HTTP/1.1\r\n", "a".repeat(9000));
+    let cases: [(String, u16); 6] = [
+        (
+            format!("GET /hello.txt HTTP/1.1\r\nHost: t\r\n{pad}\r\n"),
+            200,
+        ),
+        ("GET /hello.txt HTTP/1.1\nHost: t\n\n".to_string(), 200),
+        (
+            format!("\r\nGET /hello.txt HTTP/1.1\r\nHost: t\r\n{pad}\r\n"),
+            200,
+        ),
+        (
+            format!("GET /hello.txt HTTP/1.1\r\nHost: t\r\n{long_field}"),
+            431,
+        ),
+        (long_uri, 414),
+        (
+            "GET /hello.txt HTTP/1.1\r\nHost : t\r\n\r\n".to_string(),
+            400,
+        ),
+    ];
+    for (req, status) in cases {
+        let what = format!("{status} for {:?}...", &req[..req.len().min(40)]);
+        let mut c = Client::connect(srv.tcp);
+        c.s.set_nodelay(true).unwrap();
+        for byte in req.as_bytes().chunks(1) {
+            // A refused head is answered and closed before all of it is sent.
+            if c.s.write_all(byte).is_err() {
+                break;
+            }
+        }
+        // A refusal must come without more bytes: nothing else ends a line of the head.
+        if status == 200 {
+            c.send(b"GET /f0.txt HTTP/1.1\r\nHost: t\r\n\r\n");
+        }
+        let r = c.must(false, &what);
+        assert_eq!(r.status, status, "{what}: {}", r.show());
+        if status == 200 {
+            assert_eq!(r.body, HELLO, "{what}");
+            let next = c.must(false, &what);
+            assert_eq!(
+                next.status,
+                200,
+                "{what}: the request after it: {}",
+                next.show()
+            );
+            assert_eq!(next.body, small_file(0), "{what}");
+        } else {
+            assert!(r.says_close(), "{what}: {}", r.show());
+        }
+    }
+}
+
 #[test]
 fn too_many_headers_is_431() {
     let root = Root::new("n431");

@@ -31,7 +31,7 @@ use super::body::BodyDecoder;
 use super::conditional::{self, Condition};
 use super::date;
 use super::files::{self, Entry, Found};
-use super::parse::{parse_head_into, Head, Method, Version};
+use super::parse::{parse_head_into, Head, Limits, Method, Version};
 use super::path::{is_hidden, normalize_target, plain_path, push_percent_encoded, PathError};
 use super::range::{parse_range, RangeOutcome};
 use super::response::{
@@ -43,6 +43,20 @@ use crate::reactor::Note;
 
 /// Output waiting for the client above which no further pipelined request is answered.
 pub const BACKLOG: usize = 256 * 1024;
+
+/// Whether a head that read as incomplete at `seen` bytes can read otherwise now that `bytes`
+/// holds more. Parsing is stateless (each call reads the head from its first byte), so a head
+/// sent a byte at a time was read once per byte, quadratic work: 13 ms of user time for a
+/// 7.4 KiB head, 4 ms with this check (the kernel's work per segment, the same either way, is
+/// the rest of what such a client costs). Every way a head ends (CRLF CRLF, or bare LFs) ends
+/// in a line feed, so without a new one in the new bytes it cannot have completed; and every limit
+/// the parse enforces on a head still arriving is a length: the head over `max_head`, or a
+/// target over `max_uri`, which a head no longer than that cannot hold. A byte that makes the
+/// head malformed is found when its line ends, within the same `max_head` bound.
+fn worth_reparsing(bytes: &[u8], seen: usize, limits: &Limits) -> bool {
+    bytes.len() > limits.max_head.min(limits.max_uri)
+        || bytes.get(seen..).is_none_or(|new| new.contains(&b'\n'))
+}
 
 const TAG_HEAD: u64 = 1;
 const TAG_BODY: u64 = 2;
@@ -88,6 +102,11 @@ pub struct HttpConn {
     stalled: bool,
     /// Some bytes have arrived on this connection.
     heard: bool,
+    /// How many bytes of the input were read last time as a head still arriving (0: none).
+    /// The next piece is read only if it could change that verdict ([`worth_reparsing`]).
+    /// A u32: a head is at most `max_head`, and the connection's size is what decides how
+    /// many idle ones fit in a GiB.
+    partial_head: u32,
 }
 
 thread_local! {
@@ -104,6 +123,7 @@ impl HttpConn {
             head_timer: false,
             stalled: false,
             heard: false,
+            partial_head: 0,
         }
     }
 
@@ -158,8 +178,17 @@ impl HttpConn {
                         }
                     }
                     let limits = &self.site.settings.limits;
+                    let seen = self.partial_head as usize;
+                    if seen > 0 && !worth_reparsing(input.as_slice(), seen, limits) {
+                        return;
+                    }
                     let mut slot = None;
-                    let (head, len) = match parse_head_into(input.as_slice(), limits, &mut slot) {
+                    let parsed = parse_head_into(input.as_slice(), limits, &mut slot);
+                    self.partial_head = match parsed {
+                        Ok(None) => u32::try_from(input.len()).unwrap_or(0),
+                        _ => 0,
+                    };
+                    let (head, len) = match parsed {
                         Ok(None) => {
                             if !self.head_timer {
                                 self.head_timer = true;
@@ -695,4 +724,35 @@ fn listing(
         p,
         head_only,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_head_is_read_again_only_when_it_could_have_ended_or_hit_a_limit() {
+        let limits = Limits::default();
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: aaaa";
+        let seen = head.len() - 3;
+        // New bytes without a line feed: the head cannot have ended.
+        assert!(!worth_reparsing(head, seen, &limits));
+        // A line feed among the new bytes (any of them), however the line ends.
+        for tail in [&b"\r\n"[..], b"\n", b"a\nb"] {
+            let more = [&head[..], tail].concat();
+            assert!(worth_reparsing(&more, head.len(), &limits), "{tail:?}");
+        }
+        // A line feed only among the bytes already read does not count.
+        assert!(!worth_reparsing(b"GET / HTTP/1.1\r\nHo", 17, &limits));
+        // Past a length limit the parse must answer (431 or 414), line feed or not.
+        let long = vec![b'a'; limits.max_head.min(limits.max_uri) + 1];
+        assert!(worth_reparsing(&long, long.len() - 1, &limits));
+        let tight = Limits {
+            max_uri: 16,
+            ..Limits::default()
+        };
+        assert!(worth_reparsing(b"GET /aaaaaaaaaaaaaaaaaaaa", 20, &tight));
+        // Input that shrank (it never does while a head is pending) is simply read again.
+        assert!(worth_reparsing(b"GET", 10, &limits));
+    }
 }
