@@ -542,6 +542,54 @@ fn a_fifo_in_the_root_is_refused_without_blocking() {
 }
 
 /// A path segment longer than a file name can be names nothing: 404, not 403.
+/// Out of file descriptors, a file not open yet is answered 503, not 403 or 404 (it may well
+/// be there, and a cache would keep a 404), and the server's log says why; once descriptors
+/// free up the same request gets the file.
+#[test]
+fn out_of_fds_a_file_is_503_and_then_served() {
+    let t = Tree::new("emfile");
+    t.put("b.txt", b"bbb");
+    let srv = Opts::http(ENGINE)
+        .arg("--root", &t.root_str())
+        .arg("--threads", "1")
+        .nofile(64)
+        .spawn();
+    // Accepted first, while descriptors are free.
+    let mut victim = connect(srv.tcp);
+    thread::sleep(Duration::from_millis(200));
+    // More connections than the limit: the server holds what it can and closes the rest.
+    let flood: Vec<_> = (0..100)
+        .filter_map(|_| util::try_connect(srv.tcp).ok())
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    victim.write_all(&request("GET", "/b.txt", &[])).unwrap();
+    let mut raw = Vec::new();
+    read_until_end(&mut victim, &mut raw, 1 << 20, Duration::from_secs(10));
+    let r = parse_response(raw, false).unwrap_or_else(|e| panic!("{e}\n{}", srv.stderr_dump()));
+    assert_eq!(r.status, 503, "{}\n{}", r.show(), srv.stderr_dump());
+    let log = srv.stderr_dump();
+    assert!(
+        log.contains("cannot open /b.txt") && log.contains("Too many open files"),
+        "the log does not say why:\n{log}"
+    );
+    drop(flood);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = get(&srv, "/b.txt");
+        if r.status == 200 {
+            assert_eq!(r.body_str(), "bbb");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {} after the flood closed: {}",
+            r.status,
+            r.show()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn an_over_long_name_is_not_found() {
     let t = Tree::new("longname");

@@ -452,9 +452,15 @@ impl HttpConn {
                     )),
                     Ok(Found::Dir(_)) => error(out, 403),
                     Ok(Found::File(_)) => error(out, 404),
-                    Err(e) => error(out, e.status()),
+                    Err(e) => {
+                        e.log_if_ours(path);
+                        error(out, e.status())
+                    }
                 },
-                Err(e) => error(out, e.status()),
+                Err(e) => {
+                    e.log_if_ours(&index);
+                    error(out, e.status())
+                }
             };
         }
         match files::lookup(&self.site, path, now) {
@@ -472,7 +478,10 @@ impl HttpConn {
                 push_end(out, p);
                 (301, 0, None)
             }
-            Err(e) => error(out, e.status()),
+            Err(e) => {
+                e.log_if_ours(path);
+                error(out, e.status())
+            }
         }
     }
 

@@ -370,7 +370,7 @@ fn load(
     };
     let rel = path.trim_start_matches('/');
     let fd = open_beneath(root.as_fd(), rel, site.settings.follow_symlinks)?;
-    let st = rustix::fs::fstat(&fd).map_err(|_| PathError::Forbidden)?;
+    let st = rustix::fs::fstat(&fd).map_err(PathError::Failed)?;
     match FileType::from_raw_mode(st.st_mode) {
         FileType::Directory => return Ok(Found::Dir(fd)),
         FileType::RegularFile => {}

@@ -17,6 +17,11 @@ pub enum PathError {
     BadRequest(&'static str),
     Forbidden,
     NotFound,
+    /// The server could not look for now: out of file descriptors or memory. 503: the file
+    /// may well be there, and a 403 or 404 would tell clients and caches it is not.
+    Unavailable(Errno),
+    /// The filesystem failed (EIO, say) or answered what nothing here expects: 500.
+    Failed(Errno),
 }
 
 impl PathError {
@@ -25,6 +30,22 @@ impl PathError {
             PathError::BadRequest(_) => 400,
             PathError::Forbidden => 403,
             PathError::NotFound => 404,
+            PathError::Unavailable(_) => 503,
+            PathError::Failed(_) => 500,
+        }
+    }
+
+    /// Says in the server's log why `path` could not be opened when that is the server's
+    /// trouble (a 5xx), for the operator: the client is told only the status. A client's own
+    /// bad or missing path is the access log's business.
+    pub fn log_if_ours(&self, path: &[u8]) {
+        if let PathError::Unavailable(e) | PathError::Failed(e) = self {
+            tracing::warn!(
+                "cannot open {}: {} (answered {})",
+                String::from_utf8_lossy(path),
+                std::io::Error::from(*e),
+                self.status()
+            );
         }
     }
 }
@@ -221,7 +242,8 @@ pub fn is_hidden(path: &str) -> bool {
 /// path itself still may not climb (`..` is refused here too, on top of [`normalize_target`]).
 /// The string check in [`normalize_target`] cannot see symlinks; this is where they are fenced.
 ///
-/// Maps errors: ENOENT/ENOTDIR -> NotFound; ELOOP, EXDEV, EACCES, EPERM and the rest -> Forbidden.
+/// Maps errors as [`map_errno`] says: missing -> NotFound, fenced or not permitted -> Forbidden,
+/// out of fds or memory -> Unavailable, the rest -> Failed.
 /// When the kernel lacks openat2 (ENOSYS) falls back to a component-by-component walk that never
 /// lets the kernel follow a symlink or a "..", and so keeps the same guarantee.
 pub fn open_beneath(
@@ -248,6 +270,8 @@ pub fn open_beneath(
             Err(Errno::NOSYS) => return open_beneath_fallback(root, rel, follow_symlinks),
             Err(Errno::INTR) => continue,
             Err(Errno::AGAIN) if tries < 8 => tries += 1,
+            // Renames kept racing the walk: try again later.
+            Err(Errno::AGAIN) => return Err(PathError::Unavailable(Errno::AGAIN)),
             Err(e) => return Err(map_errno(e)),
         }
     }
@@ -265,11 +289,18 @@ fn file_flags() -> OFlags {
     OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK
 }
 
+/// What an open's errno means for the client (nginx draws the same lines).
 fn map_errno(e: Errno) -> PathError {
     match e {
         // A component longer than the filesystem allows names no file that exists.
         Errno::NOENT | Errno::NOTDIR | Errno::NAMETOOLONG => PathError::NotFound,
-        _ => PathError::Forbidden,
+        // Not ours to read, or behind a fence: a symlink (ELOOP under NO_SYMLINKS, or a loop),
+        // a magic link, a way out of the root (EXDEV under RESOLVE_BENEATH).
+        Errno::ACCESS | Errno::PERM | Errno::LOOP | Errno::XDEV => PathError::Forbidden,
+        // Not a file to serve: a socket, a device with nothing behind it.
+        Errno::NXIO | Errno::NODEV | Errno::OPNOTSUPP => PathError::Forbidden,
+        Errno::MFILE | Errno::NFILE | Errno::NOMEM | Errno::NOBUFS => PathError::Unavailable(e),
+        _ => PathError::Failed(e),
     }
 }
 
@@ -385,6 +416,28 @@ fn open_beneath_fallback(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_errors_map_to_statuses() {
+        let cases = [
+            (Errno::NOENT, 404),
+            (Errno::NOTDIR, 404),
+            (Errno::NAMETOOLONG, 404),
+            (Errno::ACCESS, 403),
+            (Errno::PERM, 403),
+            (Errno::LOOP, 403),
+            (Errno::XDEV, 403),
+            (Errno::NXIO, 403),
+            (Errno::MFILE, 503),
+            (Errno::NFILE, 503),
+            (Errno::NOMEM, 503),
+            (Errno::IO, 500),
+            (Errno::INVAL, 500),
+        ];
+        for (errno, status) in cases {
+            assert_eq!(map_errno(errno).status(), status, "{errno:?}");
+        }
+    }
     use std::io::Read;
 
     fn bad(t: &str) -> bool {
