@@ -541,7 +541,6 @@ fn a_fifo_in_the_root_is_refused_without_blocking() {
     assert_eq!(r.status, 200, "{}", r.show());
 }
 
-/// A path segment longer than a file name can be names nothing: 404, not 403.
 /// Out of file descriptors, a file not open yet is answered 503, not 403 or 404 (it may well
 /// be there, and a cache would keep a 404), and the server's log says why; once descriptors
 /// free up the same request gets the file.
@@ -567,11 +566,14 @@ fn out_of_fds_a_file_is_503_and_then_served() {
     read_until_end(&mut victim, &mut raw, 1 << 20, Duration::from_secs(10));
     let r = parse_response(raw, false).unwrap_or_else(|e| panic!("{e}\n{}", srv.stderr_dump()));
     assert_eq!(r.status, 503, "{}\n{}", r.show(), srv.stderr_dump());
+    // The log line travels through the server's log thread and our stderr reader.
+    let says_why = |log: &str| log.contains("cannot open /b.txt") && log.contains("Too many");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !says_why(&srv.stderr_dump()) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
     let log = srv.stderr_dump();
-    assert!(
-        log.contains("cannot open /b.txt") && log.contains("Too many open files"),
-        "the log does not say why:\n{log}"
-    );
+    assert!(says_why(&log), "the log does not say why:\n{log}");
     drop(flood);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -590,6 +592,7 @@ fn out_of_fds_a_file_is_503_and_then_served() {
     }
 }
 
+/// A path segment longer than a file name can be names nothing: 404, not 403.
 #[test]
 fn an_over_long_name_is_not_found() {
     let t = Tree::new("longname");

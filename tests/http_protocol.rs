@@ -439,7 +439,7 @@ fn heads_that_arrive_a_byte_at_a_time() {
     let pad = format!("X-Pad: {}\r\n", "a".repeat(60)).repeat(30);
     let long_field = format!("X-Pad: {}", "a".repeat(9000));
     let long_uri = format!("GET /{} HTTP/1.1\r\n", "a".repeat(9000));
-    let cases: [(String, u16); 6] = [
+    let cases: [(String, u16); 7] = [
         (
             format!("GET /hello.txt HTTP/1.1\r\nHost: t\r\n{pad}\r\n"),
             200,
@@ -458,6 +458,8 @@ fn heads_that_arrive_a_byte_at_a_time() {
             "GET /hello.txt HTTP/1.1\r\nHost : t\r\n\r\n".to_string(),
             400,
         ),
+        // Lines ended by a bare CR bring no line feed at all.
+        ("GET /hello.txt HTTP/1.1\rHost: t\r\r".to_string(), 400),
     ];
     for (req, status) in cases {
         let what = format!("{status} for {:?}...", &req[..req.len().min(40)]);

@@ -392,6 +392,9 @@ fn load(
             previous.as_ref().and_then(|p| p.gzip.clone()),
         ) {
             Ok(Found::File(g)) => Some(g),
+            // Could not look (out of fds, say): the answer would be cached without its
+            // sibling until revalidation, so the request fails instead, as the file's would.
+            Err(e @ (PathError::Unavailable(_) | PathError::Failed(_))) => return Err(e),
             _ => None,
         }
     } else {

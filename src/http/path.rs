@@ -270,8 +270,6 @@ pub fn open_beneath(
             Err(Errno::NOSYS) => return open_beneath_fallback(root, rel, follow_symlinks),
             Err(Errno::INTR) => continue,
             Err(Errno::AGAIN) if tries < 8 => tries += 1,
-            // Renames kept racing the walk: try again later.
-            Err(Errno::AGAIN) => return Err(PathError::Unavailable(Errno::AGAIN)),
             Err(e) => return Err(map_errno(e)),
         }
     }
@@ -300,6 +298,8 @@ fn map_errno(e: Errno) -> PathError {
         // Not a file to serve: a socket, a device with nothing behind it.
         Errno::NXIO | Errno::NODEV | Errno::OPNOTSUPP => PathError::Forbidden,
         Errno::MFILE | Errno::NFILE | Errno::NOMEM | Errno::NOBUFS => PathError::Unavailable(e),
+        // A walk that kept meeting renames, a lease being broken, a signal: worth a retry.
+        Errno::AGAIN | Errno::INTR => PathError::Unavailable(e),
         _ => PathError::Failed(e),
     }
 }
@@ -431,6 +431,7 @@ mod tests {
             (Errno::MFILE, 503),
             (Errno::NFILE, 503),
             (Errno::NOMEM, 503),
+            (Errno::AGAIN, 503),
             (Errno::IO, 500),
             (Errno::INVAL, 500),
         ];

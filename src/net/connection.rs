@@ -590,11 +590,18 @@ impl EventLoop {
             return;
         }
         conn.interest = want;
-        let res = if std::mem::take(&mut conn.parked) {
+        let parked = conn.parked;
+        let res = if parked {
             self.register(id.0, want)
         } else {
             self.reregister(id.0, want)
         };
+        if parked && res.is_ok() {
+            // Registered again: from now on a close must deregister it.
+            if let Some(conn) = self.conn_mut(id) {
+                conn.parked = false;
+            }
+        }
         if res.is_err() {
             self.close_with(id, CloseReason::Error(io::ErrorKind::Other));
         }

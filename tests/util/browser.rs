@@ -5,6 +5,7 @@
 //! Where no Chromium is installed, [`chromium`] prints why and returns `None`, and the test
 //! skips. Every run of the browser is bounded: it is killed by PID after [`BROWSER_TIMEOUT`].
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
@@ -31,9 +32,12 @@ pub fn chromium() -> Option<&'static str> {
     found
 }
 
-/// Runs `browser --headless ... ARGS`, killing it if it outlives [`BROWSER_TIMEOUT`].
+/// Runs `browser --headless ... ARGS`, killing it if it outlives [`BROWSER_TIMEOUT`]. It runs in
+/// a process group of its own, so that its helpers (zygote, renderer), which hold its output
+/// open, go with it.
 fn run(browser: &str, args: &[&str]) -> Output {
     let child = Command::new(browser)
+        .process_group(0)
         .args(["--headless", "--no-sandbox", "--disable-gpu"])
         .args(args)
         .stdin(Stdio::null())
@@ -49,9 +53,9 @@ fn run(browser: &str, args: &[&str]) -> Output {
     match rx.recv_timeout(BROWSER_TIMEOUT) {
         Ok(out) => out.expect("waiting for the browser"),
         Err(_) => {
-            // Ours, by PID.
+            // Ours, by its process group (the browser's PID).
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
+                nix::unistd::Pid::from_raw(-pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
             panic!("{browser} {args:?} still running after {BROWSER_TIMEOUT:?}");
