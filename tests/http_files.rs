@@ -542,19 +542,24 @@ fn a_fifo_in_the_root_is_refused_without_blocking() {
 }
 
 /// Out of file descriptors, a file not open yet is answered 503, not 403 or 404 (it may well
-/// be there, and a cache would keep a 404), and the server's log says why; once descriptors
-/// free up the same request gets the file.
+/// be there, and a cache would keep a 404), and so is a directory; the server's log says why.
+/// Once descriptors free up the same requests get the file and the listing.
 #[test]
 fn out_of_fds_a_file_is_503_and_then_served() {
     let t = Tree::new("emfile");
     t.put("b.txt", b"bbb");
-    let srv = Opts::http(ENGINE)
-        .arg("--root", &t.root_str())
-        .arg("--threads", "1")
-        .nofile(64)
-        .spawn();
+    t.put("d/c.txt", b"ccc");
+    let srv = flag(
+        Opts::http(ENGINE)
+            .arg("--root", &t.root_str())
+            .arg("--threads", "1")
+            .nofile(64),
+        "--autoindex",
+    )
+    .spawn();
     // Accepted first, while descriptors are free.
     let mut victim = connect(srv.tcp);
+    let mut lister = connect(srv.tcp);
     thread::sleep(Duration::from_millis(200));
     // More connections than the limit: the server holds what it can and closes the rest.
     let flood: Vec<_> = (0..100)
@@ -574,12 +579,21 @@ fn out_of_fds_a_file_is_503_and_then_served() {
     }
     let log = srv.stderr_dump();
     assert!(says_why(&log), "the log does not say why:\n{log}");
+    // A directory (its index.html looked for, then a listing) likewise.
+    lister.write_all(&request("GET", "/d/", &[])).unwrap();
+    let mut raw = Vec::new();
+    read_until_end(&mut lister, &mut raw, 1 << 20, Duration::from_secs(10));
+    let r = parse_response(raw, false).unwrap_or_else(|e| panic!("{e}\n{}", srv.stderr_dump()));
+    assert_eq!(r.status, 503, "/d/: {}", r.show());
     drop(flood);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let r = get(&srv, "/b.txt");
         if r.status == 200 {
             assert_eq!(r.body_str(), "bbb");
+            let r = get(&srv, "/d/");
+            assert_eq!(r.status, 200, "/d/: {}", r.show());
+            assert!(r.body_str().contains("c.txt"), "{}", r.show());
             break;
         }
         assert!(

@@ -32,7 +32,7 @@ use super::conditional::{self, Condition};
 use super::date;
 use super::files::{self, Entry, Found};
 use super::parse::{parse_head_into, Head, Limits, Method, Version};
-use super::path::{is_hidden, normalize_target, plain_path, push_percent_encoded, PathError};
+use super::path::{self, is_hidden, normalize_target, plain_path, push_percent_encoded, PathError};
 use super::range::{parse_range, RangeOutcome};
 use super::response::{
     push_content_length, push_end, push_error, push_header, push_status, push_u64, Persistence,
@@ -726,9 +726,12 @@ fn listing(
     use std::os::fd::AsFd;
     let entries = match autoindex::read_entries(dir.as_fd(), show_hidden) {
         Ok(e) => e,
-        Err(_) => {
-            push_error(out, 403, p, head_only);
-            return (403, 0);
+        Err(e) => {
+            // As for a file: out of fds or memory is 503, a failing disk 500.
+            let e = path::io_error(&e);
+            e.log_if_ours(path.as_bytes());
+            push_error(out, e.status(), p, head_only);
+            return (e.status(), 0);
         }
     };
     html_page(

@@ -287,6 +287,15 @@ fn file_flags() -> OFlags {
     OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK
 }
 
+/// What a failed open or read of something beneath the root means for the client, from its
+/// `io::Error` (a directory listing's reads come as those).
+pub fn io_error(e: &std::io::Error) -> PathError {
+    match e.raw_os_error() {
+        Some(n) => map_errno(Errno::from_raw_os_error(n)),
+        None => PathError::Failed(Errno::IO),
+    }
+}
+
 /// What an open's errno means for the client (nginx draws the same lines).
 fn map_errno(e: Errno) -> PathError {
     match e {
@@ -437,7 +446,11 @@ mod tests {
         ];
         for (errno, status) in cases {
             assert_eq!(map_errno(errno).status(), status, "{errno:?}");
+            let io = std::io::Error::from_raw_os_error(errno.raw_os_error());
+            assert_eq!(io_error(&io).status(), status, "{errno:?} as io::Error");
         }
+        let other = std::io::Error::other("not from the kernel");
+        assert_eq!(io_error(&other).status(), 500);
     }
     use std::io::Read;
 
