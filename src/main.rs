@@ -188,7 +188,8 @@ struct HttpArgs {
     /// Bytes of file contents cached in memory, per thread [default: 67108864].
     #[arg(long, value_name = "BYTES")]
     cache_bytes: Option<u64>,
-    /// Open files cached, per thread [default: 4096].
+    /// Files cached, per thread [default: 4096]; those sent from disk keep an fd, at most
+    /// RLIMIT_NOFILE / 4 across the threads.
     #[arg(long, value_name = "N")]
     cache_entries: Option<usize>,
     /// A cached file is checked against the disk again after this many seconds [default: 1].
@@ -445,7 +446,9 @@ fn main() -> ExitCode {
                 {
                     http.access_log = Some("off".to_string());
                 }
-                let site = keel::http::Site::open(http.to_settings()).map_err(|e| e.to_string())?;
+                let mut settings = http.to_settings();
+                settings.loops = s.threads.unwrap_or_else(server::default_threads);
+                let site = keel::http::Site::open(settings).map_err(|e| e.to_string())?;
                 Ok(keel::http::factory(site))
             };
             match build(&settings) {

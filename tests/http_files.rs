@@ -606,6 +606,84 @@ fn out_of_fds_a_file_is_503_and_then_served() {
     }
 }
 
+/// A site with more files than the fd limit: the file cache must not take the fds the
+/// connections need. Small files kept in memory hold no fd; files sent from disk hold at most
+/// a quarter of RLIMIT_NOFILE. Every file is served, twice round, each on a new connection,
+/// and the server's fd table stays well inside its limit. (Before, the cache kept an fd per
+/// file: past ~50 files here every request was 503 and new connections were refused.)
+#[test]
+fn more_files_than_fds_are_all_served() {
+    let t = Tree::new("manyfiles");
+    let small: Vec<String> = (0..200).map(|i| format!("s{i}.txt")).collect();
+    let large: Vec<String> = (0..40).map(|i| format!("l{i}.bin")).collect();
+    for (i, name) in small.iter().enumerate() {
+        t.put(name, format!("small file {i}").as_bytes());
+    }
+    let big = |i: usize| vec![b'a' + (i % 26) as u8; 20 * 1024];
+    for (i, name) in large.iter().enumerate() {
+        t.put(name, &big(i));
+    }
+    let srv = Opts::http(ENGINE)
+        .arg("--root", &t.root_str())
+        .arg("--threads", "1")
+        .nofile(64)
+        .spawn();
+    let mut most_fds = 0;
+    for round in 0..2 {
+        for (i, name) in small.iter().enumerate() {
+            let r = get(&srv, &format!("/{name}"));
+            assert_eq!(r.status, 200, "round {round} /{name}: {}", r.show());
+            assert_eq!(r.body_str(), format!("small file {i}"));
+        }
+        for (i, name) in large.iter().enumerate() {
+            let r = get(&srv, &format!("/{name}"));
+            assert_eq!(r.status, 200, "round {round} /{name}: {}", r.show());
+            assert!(r.body == big(i), "round {round} /{name}: wrong body");
+            most_fds = most_fds.max(srv.fd_count());
+        }
+    }
+    // 64 / 4 = 16 for the cache; the rest are the listener, the loop's and the log's own.
+    assert!(
+        most_fds <= 40,
+        "the server held {most_fds} fds of its 64: {:#?}",
+        srv.fd_listing()
+    );
+}
+
+/// Out of fds with files open in its cache, the server gives those back to open the file a
+/// request asks for: 200, where a cache that kept its fds would leave every new file 503
+/// until the connections went away.
+#[test]
+fn out_of_fds_the_file_cache_gives_its_own_back() {
+    let t = Tree::new("shedfds");
+    let big = |i: usize| vec![b'a' + (i % 26) as u8; 20 * 1024];
+    for i in 0..20 {
+        t.put(&format!("l{i}.bin"), &big(i));
+    }
+    let srv = Opts::http(ENGINE)
+        .arg("--root", &t.root_str())
+        .arg("--threads", "1")
+        .nofile(64)
+        .spawn();
+    // Files sent from disk: the cache keeps up to 16 of them (64 / 4) open.
+    for i in 0..16 {
+        assert_eq!(get(&srv, &format!("/l{i}.bin")).status, 200);
+    }
+    let mut victim = connect(srv.tcp);
+    thread::sleep(Duration::from_millis(200));
+    let flood: Vec<_> = (0..100)
+        .filter_map(|_| util::try_connect(srv.tcp).ok())
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    victim.write_all(&request("GET", "/l18.bin", &[])).unwrap();
+    let mut raw = Vec::new();
+    read_until_end(&mut victim, &mut raw, 1 << 20, Duration::from_secs(10));
+    let r = parse_response(raw, false).unwrap_or_else(|e| panic!("{e}\n{}", srv.stderr_dump()));
+    assert_eq!(r.status, 200, "{}\n{}", r.show(), srv.stderr_dump());
+    assert!(r.body == big(18), "wrong body");
+    drop(flood);
+}
+
 /// A path segment longer than a file name can be names nothing: 404, not 403.
 #[test]
 fn an_over_long_name_is_not_found() {

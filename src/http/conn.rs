@@ -590,21 +590,14 @@ impl HttpConn {
         if head_only || len == 0 {
             return (status, 0, None);
         }
-        match e.body() {
-            Some(body) => {
-                out.extend_from_slice(&body[offset as usize..(offset + len) as usize]);
-                (status, len, None)
-            }
-            None => (
-                status,
-                len,
-                Some(FileRange {
-                    file: e.file.clone(),
-                    offset,
-                    len,
-                }),
-            ),
+        if let Some(file) = e.disk() {
+            let file = file.clone();
+            return (status, len, Some(FileRange { file, offset, len }));
         }
+        if let Some(body) = e.body() {
+            out.extend_from_slice(&body[offset as usize..(offset + len) as usize]);
+        }
+        (status, len, None)
     }
 }
 

@@ -37,8 +37,11 @@ pub struct HttpSettings {
     pub small_file_max: u64,
     /// Bytes of file contents the in-memory cache may hold (per thread).
     pub cache_bytes: u64,
-    /// Open files (fds with their metadata) the cache may hold (per thread).
+    /// Files (with their metadata) the cache may hold (per thread).
     pub cache_entries: usize,
+    /// How many loops (threads) serve this site in one process, each with its own file
+    /// cache: together they keep at most a quarter of `RLIMIT_NOFILE` open.
+    pub loops: usize,
     /// A cached file is checked against the filesystem again after this long.
     pub cache_valid: Duration,
     /// Access log in the combined format; `None`: off.
@@ -61,6 +64,7 @@ impl Default for HttpSettings {
             small_file_max: 16 * 1024,
             cache_bytes: 64 << 20,
             cache_entries: 4096,
+            loops: 1,
             cache_valid: Duration::from_secs(1),
             access_log: None,
         }
