@@ -525,6 +525,11 @@ fn directory_redirect_location_is_percent_encoded() {
     let r = get(&srv, "/my%20dir");
     assert_eq!(r.status, 301, "{}", r.show());
     assert_eq!(r.header("Location"), Some("/my%20dir/"), "{}", r.show());
+    // The query goes along, as sent.
+    let r = get(&srv, "/my%20dir?page=2&q=a%20b");
+    assert_eq!(r.status, 301, "{}", r.show());
+    let want = Some("/my%20dir/?page=2&q=a%20b");
+    assert_eq!(r.header("Location"), want, "{}", r.show());
 }
 
 /// Opening a FIFO for reading waits for a writer; the server must neither wait (its loop would
@@ -887,6 +892,116 @@ fn validators_and_conditional_requests() {
     );
 }
 
+/// RFC 9110 13.2.2: If-Match and If-Unmodified-Since are evaluated before anything else, and
+/// a false one is 412 (a download resumed with If-Match and Range must not splice bytes of a
+/// new version onto the old). If-Match compares strongly.
+#[test]
+fn if_match_and_if_unmodified_since() {
+    let t = Tree::new("ifmatch");
+    t.put("v.txt", b"0123456789");
+    let srv = serve(&t, &[]);
+    let r = get(&srv, "/v.txt");
+    let etag = r.header("ETag").expect("ETag").to_string();
+    let lm = r.header("Last-Modified").expect("LM").to_string();
+    let status = |headers: &[(&str, &str)]| {
+        let r = get_h(&srv, "/v.txt", headers);
+        (r.status, r)
+    };
+    let other = "\"nope\"";
+    let weak = format!("W/{etag}");
+    let list = format!("{other}, {etag}");
+    let cases: Vec<(Vec<(&str, &str)>, u16, &str)> = vec![
+        (vec![("If-Match", &etag)], 200, "If-Match: the ETag"),
+        (vec![("If-Match", "*")], 200, "If-Match: *"),
+        (vec![("If-Match", &list)], 200, "If-Match: a list with it"),
+        (
+            vec![("If-Match", other), ("If-Match", &etag)],
+            200,
+            "on two lines",
+        ),
+        (vec![("If-Match", other)], 412, "If-Match: another tag"),
+        (
+            vec![("If-Match", &weak)],
+            412,
+            "If-Match: weak never matches",
+        ),
+        (vec![("If-Match", "nonsense")], 412, "If-Match: malformed"),
+        (
+            vec![("If-Match", other), ("Range", "bytes=0-1")],
+            412,
+            "before Range",
+        ),
+        (
+            vec![("If-Match", &etag), ("Range", "bytes=0-1")],
+            206,
+            "then Range",
+        ),
+        (
+            vec![("If-Match", other), ("If-None-Match", &etag)],
+            412,
+            "before INM",
+        ),
+        (
+            vec![("If-Unmodified-Since", &lm)],
+            200,
+            "IUS = Last-Modified",
+        ),
+        (
+            vec![("If-Unmodified-Since", "Sat, 01 Jan 2000 00:00:00 GMT")],
+            412,
+            "IUS older",
+        ),
+        (
+            vec![("If-Unmodified-Since", "garbage")],
+            200,
+            "IUS unparseable: ignored",
+        ),
+        (
+            vec![
+                ("If-Match", &etag),
+                ("If-Unmodified-Since", "Sat, 01 Jan 2000 00:00:00 GMT"),
+            ],
+            200,
+            "If-Match present: IUS ignored",
+        ),
+    ];
+    for (headers, want, what) in cases {
+        let (got, r) = status(&headers);
+        assert_eq!(got, want, "{what}: {}", r.show());
+        if got == 412 {
+            assert!(r.body_str().contains("412"), "{what}: {}", r.show());
+        }
+    }
+}
+
+/// RFC 9110 8.8.2.1: a file modified "in the future" (a clock set wrong, a copied archive)
+/// is sent with a Last-Modified no later than the response's Date.
+#[test]
+fn a_future_modification_time_is_sent_as_now() {
+    let t = Tree::new("future");
+    let path = t.put("f.txt", b"from the future");
+    let year_2100 = std::time::UNIX_EPOCH + Duration::from_secs(4_102_444_800);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(year_2100)
+        .unwrap();
+    let srv = serve(&t, &[]);
+    let r = get(&srv, "/f.txt");
+    assert_eq!(r.status, 200, "{}", r.show());
+    let lm = r.header("Last-Modified").expect("Last-Modified");
+    let date = r.header("Date").expect("Date");
+    let secs = |d: &str| httpdate::parse_http_date(d).expect(d);
+    assert!(
+        secs(lm) <= secs(date),
+        "Last-Modified {lm} after Date {date}"
+    );
+    // And it is a validator like any other: sent back, it gets 304.
+    let r = get_h(&srv, "/f.txt", &[("If-Modified-Since", lm)]);
+    assert_eq!(r.status, 304, "{}", r.show());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Ranges
 // ---------------------------------------------------------------------------------------------
@@ -960,6 +1075,22 @@ fn single_ranges_if_range_and_unsatisfiable() {
         let etag = r.header("ETag").expect("ETag").to_string();
         check_ranges(&srv, target, data, &etag);
     }
+}
+
+/// An empty file: a suffix range is the one satisfiable form (RFC 9110 14.1.1) and selects
+/// the whole, empty, file: 200. Any other range is 416.
+#[test]
+fn ranges_of_an_empty_file() {
+    let t = Tree::new("emptyrange");
+    t.put("empty.txt", b"");
+    let srv = serve(&t, &[]);
+    let r = get_h(&srv, "/empty.txt", &[("Range", "bytes=-5")]);
+    assert_eq!(r.status, 200, "{}", r.show());
+    assert_eq!(r.header("Content-Length"), Some("0"), "{}", r.show());
+    assert!(!r.has("Content-Range"), "{}", r.show());
+    let r = get_h(&srv, "/empty.txt", &[("Range", "bytes=0-")]);
+    assert_eq!(r.status, 416, "{}", r.show());
+    assert_eq!(r.header("Content-Range"), Some("bytes */0"), "{}", r.show());
 }
 
 /// Fetches `target` as 16 ranges from 16 threads at once and reassembles it.

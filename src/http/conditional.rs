@@ -112,7 +112,7 @@ pub fn evaluate<'a>(
 ) -> Condition {
     let mut lines = if_none_match.into_iter().peekable();
     if lines.peek().is_some() {
-        return if none_match_hits(lines, etag) {
+        return if match_hits(lines, etag, Comparison::Weak) {
             Condition::NotModified
         } else {
             Condition::Proceed
@@ -124,6 +124,29 @@ pub fn evaluate<'a>(
         }
     }
     Condition::Proceed
+}
+
+/// RFC 9110 13.2.2 steps 1 and 2, which come before any 304: If-Match present (its field
+/// lines, one list) -> true when the list is "*" or holds a tag that compares strongly with
+/// ours; absent, If-Unmodified-Since (unparseable -> ignored) -> true unless the file changed
+/// after that date. False is 412 Precondition Failed.
+///
+/// A malformed If-Match matches nothing: the client made its request conditional on a state
+/// it cannot have seen, and a 412 tells it so where a 200 would act on the wrong version.
+pub fn precondition_holds<'a>(
+    if_match: impl IntoIterator<Item = &'a [u8]>,
+    if_unmodified_since: Option<&[u8]>,
+    etag: &str,
+    mtime_secs: i64,
+) -> bool {
+    let mut lines = if_match.into_iter().peekable();
+    if lines.peek().is_some() {
+        return match_hits(lines, etag, Comparison::Strong);
+    }
+    match if_unmodified_since.and_then(parse_http_date) {
+        Some(date) => mtime_secs <= date,
+        None => true,
+    }
 }
 
 /// If-Range: an entity-tag compares strongly (a weak W/ tag never matches); an HTTP date must
@@ -142,11 +165,21 @@ pub fn if_range_allows(if_range: &[u8], etag: &str, mtime_secs: i64) -> bool {
     parse_http_date(v) == Some(mtime_secs)
 }
 
-/// Weak comparison of our ETag against an If-None-Match list, given as its field lines. "*"
-/// stands alone or not at all: beside anything else it makes the list malformed.
-fn none_match_hits<'a>(
+/// How two entity-tags are compared (RFC 9110 8.8.3.2): weakly (the opaque parts are equal)
+/// for If-None-Match, strongly (neither is weak as well) for If-Match.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Comparison {
+    Weak,
+    Strong,
+}
+
+/// Our ETag against an If-None-Match or If-Match list, given as its field lines. "*" stands
+/// alone or not at all: beside anything else it makes the list malformed, which matches
+/// nothing.
+fn match_hits<'a>(
     mut lines: std::iter::Peekable<impl Iterator<Item = &'a [u8]>>,
     etag: &str,
+    how: Comparison,
 ) -> bool {
     let Some(first) = lines.next() else {
         return false;
@@ -154,12 +187,15 @@ fn none_match_hits<'a>(
     if trim(first) == b"*" && lines.peek().is_none() {
         return true;
     }
-    let ours = split_weak(etag.as_bytes()).opaque;
+    let ours = split_weak(etag.as_bytes());
     let mut hit = false;
     for line in std::iter::once(first).chain(lines) {
         for tag in (TagList { rest: trim(line) }) {
             match tag {
-                Ok(tag) => hit |= tag.opaque == ours,
+                Ok(tag) => {
+                    let strong = !tag.weak && !ours.weak;
+                    hit |= tag.opaque == ours.opaque && (how == Comparison::Weak || strong);
+                }
                 Err(()) => return false,
             }
         }

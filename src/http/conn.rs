@@ -477,6 +477,17 @@ impl HttpConn {
                 let mut location = String::with_capacity(path.len() + 8);
                 push_percent_encoded(&mut location, path, true);
                 location.push('/');
+                // The query goes along as sent (still encoded), as nginx keeps it; bytes
+                // past ASCII, which a header must not carry raw, are encoded.
+                if let Some(q) = head.target.iter().position(|&b| b == b'?') {
+                    for &b in &head.target[q..] {
+                        if b.is_ascii() {
+                            location.push(char::from(b));
+                        } else {
+                            push_percent_encoded(&mut location, &[b], false);
+                        }
+                    }
+                }
                 push_header(out, b"Location", location.as_bytes());
                 push_content_length(out, 0);
                 push_end(out, p);
@@ -503,6 +514,17 @@ impl HttpConn {
             _ => (entry, false),
         };
         let vary = entry.gzip.is_some();
+        if head.is_conditional()
+            && !conditional::precondition_holds(
+                head.if_match(),
+                head.if_unmodified_since,
+                &e.etag,
+                e.mtime,
+            )
+        {
+            push_error(out, 412, p, head_only);
+            return (412, 0, None);
+        }
         if head.is_conditional()
             && conditional::evaluate(
                 head.if_none_match(),

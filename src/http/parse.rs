@@ -128,12 +128,12 @@ pub struct Head<'b> {
     pub body: BodyKind,
     /// Only ever true for HTTP/1.1: RFC 9110 10.1.1 has a server ignore it from a 1.0 client.
     pub expect_continue: bool,
-    /// If-None-Match as sent, for [`Head::if_none_match`]: the first line's value or, when
-    /// the field came on several lines, the bytes from the first line's value to the last's.
-    if_none_match: Option<&'b [u8]>,
-    /// How many If-None-Match lines there were (at most 255 counted; more reads as 255).
-    if_none_match_lines: u8,
+    /// If-None-Match as sent, for [`Head::if_none_match`].
+    if_none_match: ListLines<'b>,
     pub if_modified_since: Option<&'b [u8]>,
+    /// If-Match as sent, for [`Head::if_match`].
+    if_match: ListLines<'b>,
+    pub if_unmodified_since: Option<&'b [u8]>,
     pub range: Option<&'b [u8]>,
     pub if_range: Option<&'b [u8]>,
     pub accept_gzip: bool,
@@ -142,19 +142,52 @@ pub struct Head<'b> {
 }
 
 impl<'b> Head<'b> {
-    /// If-None-Match or If-Modified-Since is present: a 304 is possible.
+    /// A precondition is present (RFC 9110 13.1): the answer may be 304 or 412.
     pub fn is_conditional(&self) -> bool {
-        self.if_none_match.is_some() || self.if_modified_since.is_some()
+        self.if_none_match.value.is_some()
+            || self.if_modified_since.is_some()
+            || self.if_match.value.is_some()
+            || self.if_unmodified_since.is_some()
     }
 
     /// The value of every If-None-Match field line, in order: a list field sent on several
     /// lines is one list (RFC 9110 5.3). Empty when the field is absent.
     pub fn if_none_match(&self) -> FieldValues<'b> {
+        self.if_none_match.values(b"if-none-match")
+    }
+
+    /// The value of every If-Match field line, in order, as [`Head::if_none_match`].
+    pub fn if_match(&self) -> FieldValues<'b> {
+        self.if_match.values(b"if-match")
+    }
+}
+
+/// A list field's lines as read: the first line's value or, when the field came on several
+/// lines, the bytes from the first line's value to the last's; and how many lines there were
+/// (at most 255 counted; more reads as 255).
+#[derive(Clone, Copy, Debug, Default)]
+struct ListLines<'b> {
+    value: Option<&'b [u8]>,
+    lines: u8,
+}
+
+impl<'b> ListLines<'b> {
+    /// One more line of the field, with value `v`, in the head `window`.
+    fn add(&mut self, window: &'b [u8], v: &'b [u8]) {
+        self.value = Some(match self.value {
+            None => v,
+            Some(first) => span(window, first, v),
+        });
+        self.lines = self.lines.saturating_add(1);
+    }
+
+    /// The value of each line, for the field called `name` (lowercase).
+    fn values(&self, name: &'static [u8]) -> FieldValues<'b> {
         FieldValues {
-            rest: self.if_none_match,
+            rest: self.value,
             first: true,
-            several: self.if_none_match_lines > 1,
-            name: b"if-none-match",
+            several: self.lines > 1,
+            name,
         }
     }
 }
@@ -475,6 +508,8 @@ enum Known {
     Expect,
     IfNoneMatch,
     IfModifiedSince,
+    IfMatch,
+    IfUnmodifiedSince,
     Range,
     IfRange,
     AcceptEncoding,
@@ -490,6 +525,7 @@ fn classify(name: &[u8]) -> Option<Known> {
         6 if is(b"expect") => Some(Known::Expect),
         7 if is(b"referer") => Some(Known::Referer),
         8 if is(b"if-range") => Some(Known::IfRange),
+        8 if is(b"if-match") => Some(Known::IfMatch),
         10 if is(b"connection") => Some(Known::Connection),
         10 if is(b"user-agent") => Some(Known::UserAgent),
         13 if is(b"if-none-match") => Some(Known::IfNoneMatch),
@@ -497,6 +533,7 @@ fn classify(name: &[u8]) -> Option<Known> {
         15 if is(b"accept-encoding") => Some(Known::AcceptEncoding),
         17 if is(b"transfer-encoding") => Some(Known::TransferEncoding),
         17 if is(b"if-modified-since") => Some(Known::IfModifiedSince),
+        19 if is(b"if-unmodified-since") => Some(Known::IfUnmodifiedSince),
         _ => None,
     }
 }
@@ -565,9 +602,10 @@ fn interpret<'b, 's>(
         host: None,
         body: BodyKind::None,
         expect_continue: false,
-        if_none_match: None,
-        if_none_match_lines: 0,
+        if_none_match: ListLines::default(),
         if_modified_since: None,
+        if_match: ListLines::default(),
+        if_unmodified_since: None,
         range: None,
         if_range: None,
         accept_gzip: false,
@@ -626,14 +664,10 @@ fn interpret<'b, 's>(
                 }
             }
             Known::AcceptEncoding => gzip.add(v),
-            Known::IfNoneMatch => {
-                head.if_none_match = Some(match head.if_none_match {
-                    None => v,
-                    Some(first) => span(window, first, v),
-                });
-                head.if_none_match_lines = head.if_none_match_lines.saturating_add(1);
-            }
+            Known::IfNoneMatch => head.if_none_match.add(window, v),
             Known::IfModifiedSince => first(&mut head.if_modified_since, v),
+            Known::IfMatch => head.if_match.add(window, v),
+            Known::IfUnmodifiedSince => first(&mut head.if_unmodified_since, v),
             Known::Range => first(&mut head.range, v),
             Known::IfRange => first(&mut head.if_range, v),
             Known::UserAgent => first(&mut head.user_agent, v),

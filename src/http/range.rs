@@ -27,11 +27,20 @@ enum Spec {
 /// "bytes=a-b", "bytes=a-", "bytes=-n"; optional whitespace around tokens. An invalid header
 /// (other unit, syntax error, a > b, numbers too big for u64) is ignored -> Full, as RFC 9110 14.2
 /// requires. Several ranges -> Full if any is satisfiable, Unsatisfiable if none is. `end` is
-/// clipped to len-1; start >= len, "-0", or any range of an empty file -> Unsatisfiable.
+/// clipped to len-1; start >= len or "-0" -> Unsatisfiable. An empty file has no bytes to
+/// range over: a suffix range "-n" (n > 0), the one form RFC 9110 14.1.1 calls satisfiable
+/// there, gets the whole (empty) file -> Full; any other range -> Unsatisfiable.
 pub fn parse_range(header: &[u8], len: u64) -> RangeOutcome {
     let Some(specs) = parse_specs(header) else {
         return RangeOutcome::Full;
     };
+    if len == 0 {
+        return if specs.iter().any(|s| matches!(s, Spec::Suffix(n) if *n > 0)) {
+            RangeOutcome::Full
+        } else {
+            RangeOutcome::Unsatisfiable
+        };
+    }
     let mut satisfiable = specs.iter().filter_map(|s| resolve(*s, len));
     match (satisfiable.next(), specs.len()) {
         (None, _) => RangeOutcome::Unsatisfiable,
@@ -208,8 +217,16 @@ mod tests {
         assert_eq!(p("bytes=-0", 1000), Unsatisfiable);
         assert_eq!(p("bytes=0-0", 0), Unsatisfiable);
         assert_eq!(p("bytes=0-", 0), Unsatisfiable);
-        assert_eq!(p("bytes=-5", 0), Unsatisfiable);
+        assert_eq!(p("bytes=-0", 0), Unsatisfiable);
         assert_eq!(p("bytes=5-, -0", 5), Unsatisfiable);
+    }
+
+    /// RFC 9110 14.1.1: of an empty file only a suffix range with a length is satisfiable,
+    /// and what it selects is the whole, empty, file.
+    #[test]
+    fn a_suffix_of_an_empty_file_is_the_whole_file() {
+        assert_eq!(p("bytes=-5", 0), Full);
+        assert_eq!(p("bytes=0-0, -1", 0), Full);
     }
 
     #[test]
@@ -260,7 +277,11 @@ mod tests {
                         prop_assert!(start <= end && end < len, "{h} len={len} -> {start}-{end}");
                     }
                     Unsatisfiable => {}
-                    Full => prop_assert!(h.contains(&format!("{a}-{b}")) && a > b, "{h} len={len}"),
+                    Full => prop_assert!(
+                        (h.contains(&format!("{a}-{b}")) && a > b)
+                            || (len == 0 && h.starts_with("bytes=-") && b > 0),
+                        "{h} len={len}"
+                    ),
                 }
             }
         }
@@ -277,8 +298,10 @@ mod tests {
             };
             prop_assert_eq!(got, want);
             let got = p(&format!("bytes=-{b}"), len);
-            let want = if b == 0 || len == 0 {
+            let want = if b == 0 {
                 Unsatisfiable
+            } else if len == 0 {
+                Full
             } else {
                 Partial { start: len - b.min(len), end: len - 1 }
             };
