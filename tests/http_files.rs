@@ -910,7 +910,8 @@ fn if_match_and_if_unmodified_since() {
     let other = "\"nope\"";
     let weak = format!("W/{etag}");
     let list = format!("{other}, {etag}");
-    let cases: Vec<(Vec<(&str, &str)>, u16, &str)> = vec![
+    type Case<'a> = (Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (vec![("If-Match", &etag)], 200, "If-Match: the ETag"),
         (vec![("If-Match", "*")], 200, "If-Match: *"),
         (vec![("If-Match", &list)], 200, "If-Match: a list with it"),
