@@ -134,6 +134,8 @@ pub struct Head<'b> {
     /// If-Match as sent, for [`Head::if_match`].
     if_match: ListLines<'b>,
     pub if_unmodified_since: Option<&'b [u8]>,
+    /// One of the four precondition fields is present (one test on the hot path, not four).
+    conditional: bool,
     pub range: Option<&'b [u8]>,
     pub if_range: Option<&'b [u8]>,
     pub accept_gzip: bool,
@@ -144,10 +146,7 @@ pub struct Head<'b> {
 impl<'b> Head<'b> {
     /// A precondition is present (RFC 9110 13.1): the answer may be 304 or 412.
     pub fn is_conditional(&self) -> bool {
-        self.if_none_match.value.is_some()
-            || self.if_modified_since.is_some()
-            || self.if_match.value.is_some()
-            || self.if_unmodified_since.is_some()
+        self.conditional
     }
 
     /// The value of every If-None-Match field line, in order: a list field sent on several
@@ -606,6 +605,7 @@ fn interpret<'b, 's>(
         if_modified_since: None,
         if_match: ListLines::default(),
         if_unmodified_since: None,
+        conditional: false,
         range: None,
         if_range: None,
         accept_gzip: false,
@@ -664,10 +664,22 @@ fn interpret<'b, 's>(
                 }
             }
             Known::AcceptEncoding => gzip.add(v),
-            Known::IfNoneMatch => head.if_none_match.add(window, v),
-            Known::IfModifiedSince => first(&mut head.if_modified_since, v),
-            Known::IfMatch => head.if_match.add(window, v),
-            Known::IfUnmodifiedSince => first(&mut head.if_unmodified_since, v),
+            Known::IfNoneMatch => {
+                head.if_none_match.add(window, v);
+                head.conditional = true;
+            }
+            Known::IfModifiedSince => {
+                first(&mut head.if_modified_since, v);
+                head.conditional = true;
+            }
+            Known::IfMatch => {
+                head.if_match.add(window, v);
+                head.conditional = true;
+            }
+            Known::IfUnmodifiedSince => {
+                first(&mut head.if_unmodified_since, v);
+                head.conditional = true;
+            }
             Known::Range => first(&mut head.range, v),
             Known::IfRange => first(&mut head.if_range, v),
             Known::UserAgent => first(&mut head.user_agent, v),
