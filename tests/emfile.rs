@@ -207,3 +207,49 @@ fn max_conns(engine: &str) {
     );
 }
 per_engine!(max_conns);
+
+/// With two loops, the EMFILE dance of one can lose its reserve fd: another thread takes the
+/// number it frees before it can reopen it. The loop takes a reserve back as soon as it
+/// accepts again, so after each flood is gone the server holds as many reserves as it
+/// started with. (Before, they dwindled flood by flood, and a loop without one left the
+/// clients beyond the limit hanging in the accept queue.)
+fn reserves_lost_under_floods_are_taken_back(engine: &str) {
+    let srv = Opts::echo(engine)
+        .nofile(NOFILE)
+        .arg("--threads", "2")
+        .spawn();
+    let reserves = || {
+        srv.fd_listing()
+            .iter()
+            .filter(|l| l.ends_with("-> /dev/null"))
+            .count()
+    };
+    assert_eq!(
+        wait_served(srv.tcp, b"before", Duration::from_secs(5)),
+        Probe::Served
+    );
+    // Every loop up (the UDP one comes after the TCP line).
+    srv.baseline_fds();
+    let start = reserves();
+    let start_listing = srv.fd_listing();
+    assert!(start >= 2, "[{engine}] {start_listing:#?}");
+    for round in 0..4 {
+        drop(flood(srv.tcp, 150, &format!("flood {round}")));
+        // A few clients after the flood, one at a time, so each loop accepts again.
+        for i in 0..16 {
+            let p = wait_served(
+                srv.tcp,
+                format!("after {i}").as_bytes(),
+                Duration::from_secs(5),
+            );
+            assert_eq!(p, Probe::Served, "[{engine}] round {round}");
+        }
+        assert_eq!(
+            reserves(),
+            start,
+            "[{engine}] round {round}: fds {:?}, at the start {start_listing:?}",
+            srv.fd_listing()
+        );
+    }
+}
+per_engine!(reserves_lost_under_floods_are_taken_back);

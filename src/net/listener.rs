@@ -221,7 +221,15 @@ impl EventLoop {
                 return;
             };
             match rustix::net::accept_with(&l.fd, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
-                Ok(fd) => self.accepted(token, fd),
+                Ok(fd) => {
+                    if self.reserve_fd.is_none() {
+                        // Lost in an earlier dance (another thread took the freed fd before
+                        // it could be reopened): fds are to be had again, so hold one back
+                        // now, or the next EMFILE would leave clients hanging in the queue.
+                        self.reserve_fd = open_reserve_fd();
+                    }
+                    self.accepted(token, fd)
+                }
                 Err(rustix::io::Errno::AGAIN) => return,
                 // Linux reserves the new fd before looking at the queue, so EMFILE does not
                 // even say a connection is waiting: the reserve dance finds out.

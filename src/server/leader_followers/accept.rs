@@ -60,6 +60,14 @@ impl Worker<'_> {
                     }
                 }
             }
+            if !fds.is_empty() {
+                // fds are to be had: a reserve lost in an earlier dance (another thread took
+                // the freed fd first) is taken back now, before the next EMFILE needs it.
+                let mut reserve = lock(&sh.reserve);
+                if reserve.is_none() {
+                    *reserve = open_reserve_fd();
+                }
+            }
             if starved {
                 // Left disarmed (re-arming would report it again at once, a spin): a closing
                 // connection or the retry timer re-arms it.
