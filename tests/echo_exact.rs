@@ -2,6 +2,7 @@
 
 mod util;
 
+use std::io::{Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -125,3 +126,33 @@ fn concurrent_200(engine: &str) {
     );
 }
 per_engine!(concurrent_200);
+
+/// TCP urgent data: a read stops short at the urgent mark with more bytes queued behind it.
+/// An edge-triggered reader that took the short read for "drained" waited for an edge that
+/// never came, and the bytes after the mark sat in the socket until the client sent more.
+/// (Without SO_OOBINLINE the urgent byte itself leaves the stream: it is not echoed.)
+fn bytes_after_urgent_data(engine: &str) {
+    let srv = Opts::echo(engine).spawn();
+    let s = connect(srv.tcp);
+    let sock = socket2::SockRef::from(&s);
+    (&s).write_all(b"abc").unwrap();
+    sock.send_out_of_band(b"!").unwrap();
+    let tail = b"def".repeat(1000);
+    (&s).write_all(&tail).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    while got.len() < 3 + tail.len() {
+        match (&s).read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("[{engine}] after {} of 3003 bytes: {e}", got.len()),
+        }
+    }
+    assert_eq!(got.len(), 3 + tail.len(), "[{engine}]");
+    assert!(
+        got.starts_with(b"abc") && got.ends_with(&tail),
+        "[{engine}]"
+    );
+}
+per_engine!(bytes_after_urgent_data);

@@ -134,6 +134,9 @@ pub(crate) struct Conn {
     /// edge-triggered reader must then read on to the 0, since no new edge will announce it
     /// (it may have been reported while reading was paused).
     pub(crate) hup_seen: bool,
+    /// The poller has reported TCP urgent data: reads stop short at its mark, so an
+    /// edge-triggered reader reads on to `EAGAIN` until this is cleared there.
+    pub(crate) urgent_seen: bool,
     /// The server is stopping: close once idle (see `drain_conn`).
     pub(crate) draining: bool,
     /// Our FIN went out.
@@ -168,6 +171,7 @@ impl Conn {
             parked: false,
             read_eof: false,
             hup_seen: false,
+            urgent_seen: false,
             draining: false,
             write_shut: false,
             shutdown_after_flush: false,
@@ -322,6 +326,9 @@ impl EventLoop {
         if ev.hup {
             conn.hup_seen = true;
         }
+        if ev.urgent {
+            conn.urgent_seen = true;
+        }
         if conn.state == ConnState::Connecting {
             if !(ev.writable || ev.error) {
                 return;
@@ -461,9 +468,9 @@ impl EventLoop {
                     self.run_deferred();
                     // A short read emptied the socket: an edge poller will report new data
                     // (but not a FIN it already reported: then read on to the 0).
-                    let (hup, draining) = self
-                        .conn(id)
-                        .map_or((false, false), |c| (c.hup_seen, c.draining));
+                    let (hup, draining) = self.conn(id).map_or((false, false), |c| {
+                        (c.hup_seen || c.urgent_seen, c.draining)
+                    });
                     // Draining: read on to EAGAIN, which is how an idle connection is recognised.
                     if !draining && (!edge || (n < asked && !hup)) {
                         return;
@@ -477,6 +484,9 @@ impl EventLoop {
                     self.stash_input(id, input, direct);
                     match e.kind() {
                         io::ErrorKind::WouldBlock => {
+                            if let Some(c) = self.conn_mut(id) {
+                                c.urgent_seen = false;
+                            }
                             self.close_if_drained(id);
                             return;
                         }

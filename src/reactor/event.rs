@@ -59,4 +59,8 @@ pub struct Event {
     /// reader needs it: a short read then does not mean "drained", the FIN is still to be read
     /// and no new edge will announce it.
     pub hup: bool,
+    /// TCP urgent data is pending (edge-triggered epoll only; the other engines never ask).
+    /// A read stops short at the urgent mark with more bytes behind it, which no new edge
+    /// will announce: an edge-triggered reader must read on to `EAGAIN`.
+    pub urgent: bool,
 }

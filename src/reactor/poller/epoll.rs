@@ -48,6 +48,11 @@ impl EpollPoller {
             // RDHUP stays true once the FIN is in: asked for without read interest, a
             // level-triggered registration would report it on every wait.
             f |= epoll::EventFlags::IN | epoll::EventFlags::RDHUP;
+            if self.trigger == Trigger::Edge {
+                // Urgent data: reported once per edge, so it cannot keep a level-triggered
+                // wait busy the way POLLPRI would (see the poll engine's notes).
+                f |= epoll::EventFlags::PRI;
+            }
         } else if self.trigger == Trigger::Edge {
             f |= epoll::EventFlags::RDHUP;
         }
@@ -143,6 +148,7 @@ impl EpollPoller {
                 writable: flags.contains(epoll::EventFlags::OUT),
                 error: err,
                 hup: flags.intersects(epoll::EventFlags::RDHUP | epoll::EventFlags::HUP),
+                urgent: flags.contains(epoll::EventFlags::PRI),
             });
         }
         Ok(events.len())

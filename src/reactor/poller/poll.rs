@@ -136,6 +136,7 @@ impl PollPoller {
                 writable: r & POLLOUT != 0,
                 error: r & (POLLERR | POLLHUP | POLLNVAL) != 0,
                 hup: r & POLLHUP != 0,
+                urgent: false,
             });
         }
         Ok(events.len())
@@ -199,6 +200,7 @@ mod tests {
             writable,
             error: false,
             hup: false,
+            urgent: false,
         }
     }
 

@@ -169,6 +169,7 @@ impl SelectPoller {
                     writable,
                     error: false,
                     hup: false,
+                    urgent: false,
                 });
             }
         }
@@ -233,6 +234,7 @@ mod tests {
             writable,
             error: false,
             hup: false,
+            urgent: false,
         }
     }
 
