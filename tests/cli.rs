@@ -93,6 +93,44 @@ fn bind_error_exits_1_naming_the_address() {
     );
 }
 
+/// A port another keel already serves is refused too, though both would bind it with
+/// SO_REUSEPORT (each loop has its own listener): without `--reuseport=true` the second server
+/// must not silently take a share of the first one's connections. Discard has no UDP socket,
+/// whose bind would have refused it anyway.
+#[test]
+fn a_port_another_server_listens_on_is_refused_unless_shared() {
+    let first = util::Opts::discard("epoll-lt")
+        .arg("--threads", "2")
+        .spawn();
+    let addr = first.tcp.to_string();
+    for threads in ["1", "2"] {
+        let out = run(&["discard", "--listen", &addr, "--threads", threads]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "--threads {threads}: {stderr:?}"
+        );
+        assert!(
+            stderr.contains(&addr) && stderr.contains("--reuseport=true"),
+            "{stderr:?}"
+        );
+    }
+    // Asked for, the port is shared: the second server starts and keeps running.
+    let child = Command::new(util::keel_bin())
+        .args(["discard", "--listen", &addr, "--reuseport=true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn keel");
+    let mut second = Guard(Some(child));
+    thread::sleep(Duration::from_secs(1));
+    let c = second.0.as_mut().unwrap();
+    assert_eq!(c.try_wait().expect("try_wait"), None, "--reuseport=true");
+    assert!(first.is_running());
+}
+
 /// The `listening` lines are for whoever started the server; if it stopped reading (closed
 /// the pipe), the server still serves rather than dying of EPIPE.
 #[test]

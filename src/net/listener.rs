@@ -79,6 +79,44 @@ pub fn bind_tcp(addr: SocketAddr, opts: &ListenOptions) -> io::Result<TcpListene
     Ok(sock.into())
 }
 
+/// Binds `n` listeners to `addr` as one SO_REUSEPORT group, so that each loop has its own
+/// accept queue (the first fixes the port when `addr`'s is 0). SO_REUSEPORT would also let
+/// this group join another process's listeners on the port (same user) and silently take a
+/// share of their connections; unless `opts.reuse_port` asks for exactly that, the address
+/// must be free: a plain bind is tried first and fails if anything listens there.
+pub fn bind_tcp_group(
+    addr: SocketAddr,
+    opts: &ListenOptions,
+    n: usize,
+) -> io::Result<Vec<TcpListener>> {
+    if !opts.reuse_port && addr.port() != 0 {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
+        probe.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            probe.set_only_v6(true)?;
+        }
+        probe.bind(&addr.into()).map_err(|e| {
+            let hint = if e.kind() == io::ErrorKind::AddrInUse {
+                " (another server listens there; --reuseport=true shares the port with it)"
+            } else {
+                ""
+            };
+            io::Error::new(e.kind(), format!("cannot bind {addr}: {e}{hint}"))
+        })?;
+    }
+    let group = ListenOptions {
+        reuse_port: true,
+        ..opts.clone()
+    };
+    let first = bind_tcp(addr, &group)?;
+    let local = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..n {
+        listeners.push(bind_tcp(local, &group)?);
+    }
+    Ok(listeners)
+}
+
 /// A server's connection limit, shared by all its loops: each takes a permit per accepted
 /// connection and gives it back when the connection closes.
 #[derive(Debug)]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use super::control::{self, Fleet};
 use super::{announce, bind_and_announce, AcceptStrategy, ServerOptions, Service};
-use crate::net::{bind_tcp, ListenOptions};
+use crate::net::{bind_tcp_group, ListenOptions};
 use crate::reactor::{EventLoop, LoopHandle};
 
 pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
@@ -27,17 +27,9 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
 
     match opts.accept {
         AcceptStrategy::ReusePort => {
-            let lopts = ListenOptions {
-                reuse_port: true,
-                ..opts.listen_opts.clone()
-            };
-            // The first bind fixes the port (port 0 picks one); the others join it.
-            let first = bind_tcp(opts.listen, &lopts)?;
-            let local = first.local_addr()?;
-            let mut listeners = vec![first];
-            for _ in 1..opts.threads {
-                listeners.push(bind_tcp(local, &lopts)?);
-            }
+            let lopts = opts.listen_opts.clone();
+            let listeners = bind_tcp_group(opts.listen, &lopts, opts.threads)?;
+            let local = listeners[0].local_addr()?;
             if let Some(udp) = &service.udp {
                 let sock = std::net::UdpSocket::bind(local).map_err(|e| {
                     io::Error::new(e.kind(), format!("cannot bind udp {local}: {e}"))
@@ -105,12 +97,8 @@ fn register_relisten(
     let (fleet, lopts, factory) = (fleet.clone(), lopts.clone(), service.factory.clone());
     let udp = service.udp.clone();
     super::reload::set_relisten(Box::new(move |addr| {
-        let first = bind_tcp(addr, &lopts).map_err(|e| e.to_string())?;
-        let local = first.local_addr().map_err(|e| e.to_string())?;
-        let mut listeners = vec![first];
-        for _ in 1..threads {
-            listeners.push(bind_tcp(local, &lopts).map_err(|e| e.to_string())?);
-        }
+        let listeners = bind_tcp_group(addr, &lopts, threads).map_err(|e| e.to_string())?;
+        let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
         let udp_sock = match &udp {
             Some(_) => {
                 Some(std::net::UdpSocket::bind(local).map_err(|e| format!("udp {local}: {e}"))?)
