@@ -66,14 +66,14 @@ struct ServerArgs {
     model: Option<Model>,
     /// Loops / worker threads / worker processes (default: number of CPUs); for the
     /// per-connection models, the most connections served at once.
-    #[arg(long, value_parser = config::parse_threads)]
+    #[arg(long, value_parser = config::parse_count)]
     threads: Option<usize>,
     /// How multi-reactor spreads connections: reuseport (a listener per loop) or acceptor
     /// (one listener, round-robin hand-off) [default: reuseport].
     #[arg(long)]
     accept: Option<AcceptStrategy>,
     /// Close connections idle for this many seconds.
-    #[arg(long, value_parser = config::parse_secs)]
+    #[arg(long, value_parser = config::parse_positive_secs)]
     idle_timeout: Option<Duration>,
     /// After our FIN, wait this long for the peer's before closing with RST [default: 5].
     #[arg(long, value_parser = config::parse_secs)]
@@ -82,19 +82,19 @@ struct ServerArgs {
     #[arg(long, value_parser = config::parse_secs)]
     drain_timeout: Option<Duration>,
     /// Refuse connections beyond this many (clean close, counted).
-    #[arg(long)]
+    #[arg(long, value_parser = config::parse_count)]
     max_conns: Option<usize>,
     /// Listen backlog [default: 4096].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(i32).range(0..))]
     backlog: Option<i32>,
     /// Set SO_REUSEPORT on the listener (`=false` undoes the file's `reuseport = true`).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", value_parser = config::parse_bool)]
     reuseport: Option<bool>,
     /// SO_SNDBUF of accepted connections, in bytes (default: the kernel's autotuning).
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", value_parser = config::parse_buffer_bytes)]
     sndbuf: Option<usize>,
     /// SO_RCVBUF of accepted connections, in bytes (default: the kernel's autotuning).
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", value_parser = config::parse_buffer_bytes)]
     rcvbuf: Option<usize>,
     /// Echo only: sleep this many milliseconds in the handler per read, simulating blocking
     /// work (to compare how the concurrency models cope with it).
@@ -109,7 +109,7 @@ struct ServerArgs {
     keepalive_interval: Option<Duration>,
     /// TCP keepalive: unanswered probes before the kernel drops the connection [default: 6].
     /// Needs a keepalive idle time (here or in the file).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=127))]
     keepalive_count: Option<u32>,
     /// Lock this pid file (a second instance is refused, naming the running pid; a stale file
     /// is taken over) and remove it at exit.
@@ -168,29 +168,29 @@ struct HttpArgs {
     #[arg(long)]
     no_gzip_static: bool,
     /// Close idle keep-alive connections after this many seconds [default: 75].
-    #[arg(long, value_parser = config::parse_secs)]
+    #[arg(long, value_parser = config::parse_positive_secs)]
     keepalive_timeout: Option<Duration>,
     /// Requests per connection before it is closed [default: 100000].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     keepalive_requests: Option<u64>,
     /// Seconds a whole request head may take to arrive (slowloris guard) [default: 10].
-    #[arg(long, value_parser = config::parse_secs)]
+    #[arg(long, value_parser = config::parse_positive_secs)]
     header_timeout: Option<Duration>,
     /// Longest silence while a request body arrives, in seconds [default: 30].
-    #[arg(long, value_parser = config::parse_secs)]
+    #[arg(long, value_parser = config::parse_positive_secs)]
     body_timeout: Option<Duration>,
     /// Largest request body accepted, in bytes (over it: 413) [default: 1048576].
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(0..=1 << 53))]
     max_body: Option<u64>,
     /// Files up to this many bytes are cached in memory [default: 16384].
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(0..=1 << 53))]
     small_file_max: Option<u64>,
     /// Bytes of file contents cached in memory, per thread [default: 67108864].
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(0..=1 << 53))]
     cache_bytes: Option<u64>,
     /// Files cached, per thread [default: 4096]; those sent from disk keep an fd, at most
     /// RLIMIT_NOFILE / 4 across the threads.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = config::parse_count)]
     cache_entries: Option<usize>,
     /// A cached file is checked against the disk again after this many seconds [default: 1].
     #[arg(long, value_parser = config::parse_secs)]

@@ -58,6 +58,24 @@ fn bad_arguments_exit_2() {
         &["echo", "--listen", "not-an-address"][..],
         &["echo", "--listen", "127.0.0.1:0", "--threads", "0"][..],
         &["echo", "--listen", "127.0.0.1:0", "--keepalive-idle", "0"][..],
+        // Values the file refuses are refused here too, not truncated or ignored.
+        &["echo", "--listen", "127.0.0.1:0", "--sndbuf", "4294967296"][..],
+        &["echo", "--listen", "127.0.0.1:0", "--rcvbuf", "0"][..],
+        &["echo", "--keepalive-idle", "5", "--keepalive-count", "1000"][..],
+        &["echo", "--keepalive-idle", "5", "--keepalive-count", "0"][..],
+        &["echo", "--listen", "127.0.0.1:0", "--backlog=-1"][..],
+        &["echo", "--listen", "127.0.0.1:0", "--max-conns", "0"][..],
+        // At 0 every connection would be closed before it could say anything.
+        &["echo", "--listen", "127.0.0.1:0", "--idle-timeout", "0"][..],
+        &["http", "--listen", "127.0.0.1:0", "--header-timeout", "0"][..],
+        &[
+            "http",
+            "--listen",
+            "127.0.0.1:0",
+            "--keepalive-requests",
+            "0",
+        ][..],
+        &["http", "--listen", "127.0.0.1:0", "--cache-entries", "0"][..],
         &["no-such-subcommand"][..],
     ] {
         let out = run(args);

@@ -312,7 +312,7 @@ backlog = 1979-05-27
 "#,
         &[
             "2: key `echo.threads`: expected an integer of at least 1, got string \"4\"",
-            "3: key `echo.idle_timeout`: expected a number of seconds from 0 to 1e9, got string \
+            "3: key `echo.idle_timeout`: expected a number of seconds from 0.001 to 1e9, got string \
              \"30s\"",
             "4: key `echo.reuseport`: expected true or false, got integer 1",
             "5: key `echo.listen`: expected a string IP:PORT (e.g. \"127.0.0.1:7007\", \
@@ -393,10 +393,10 @@ fn negative_or_non_finite_timeout() {
         "[echo]\nidle_timeout = -1\nlinger_timeout = inf\ndrain_timeout = nan\n\
          [discard]\nidle_timeout = 1e10\n",
         &[
-            "2: key `echo.idle_timeout`: expected a number of seconds from 0 to 1e9, got -1",
+            "2: key `echo.idle_timeout`: expected a number of seconds from 0.001 to 1e9, got -1",
             "3: key `echo.linger_timeout`: expected a number of seconds from 0 to 1e9, got inf",
             "4: key `echo.drain_timeout`: expected a number of seconds from 0 to 1e9, got nan",
-            "6: key `discard.idle_timeout`: expected a number of seconds from 0 to 1e9, got 1e10",
+            "6: key `discard.idle_timeout`: expected a number of seconds from 0.001 to 1e9, got 1e10",
         ],
     );
 }
@@ -422,6 +422,19 @@ fn bad_backlog_and_work_ms() {
         &[
             "2: key `echo.backlog`: expected an integer from 0 to 2147483647, got 4294967296",
             "3: key `echo.work_ms`: expected a whole number of milliseconds, got -5",
+        ],
+    );
+}
+
+/// A timeout a connection must be given some time by cannot be 0.
+#[test]
+fn zero_idle_and_request_timeouts() {
+    assert_errors(
+        "zero-timeouts",
+        "[echo]\nidle_timeout = 0\n\n[http]\nheader_timeout = 0\nlinger_timeout = 0\n",
+        &[
+            "2: key `echo.idle_timeout`: expected a number of seconds from 0.001 to 1e9, got 0",
+            "5: key `http.header_timeout`: expected a number of seconds from 0.001 to 1e9, got 0",
         ],
     );
 }

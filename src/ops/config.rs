@@ -73,8 +73,11 @@ const MAX_KEEPALIVE_COUNT: i128 = 127;
 
 /// A range of seconds: lowest, highest, and how messages write the range.
 type SecsRange = (f64, f64, &'static str);
-/// Timeouts: as on the command line.
+/// Timeouts where 0 means "at once" (linger, drain, cache revalidation).
 const TIMEOUT: SecsRange = (0.0, MAX_SECS, "from 0 to 1e9");
+/// Timeouts a connection must be given some time by (idle, keep-alive, head, body): at 0
+/// every connection would be closed before it could say anything.
+const POSITIVE_TIMEOUT: SecsRange = (0.001, MAX_SECS, "from 0.001 to 1e9");
 /// TCP_KEEPIDLE and TCP_KEEPINTVL: Linux takes whole seconds from 1 to 32767.
 const KEEPALIVE_SECS: SecsRange = (1.0, 32767.0, "from 1 to 32767");
 
@@ -526,19 +529,22 @@ pub fn parse_bool(s: &str) -> Result<bool, String> {
 /// Parses seconds as the command line does: a non-negative number up to [`MAX_SECS`], fractions
 /// allowed.
 pub fn parse_secs(s: &str) -> Result<Duration, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if !v.is_finite() || !(0.0..=MAX_SECS).contains(&v) {
-        return Err(format!("{s:?} is out of range (0 to 1e9 seconds)"));
-    }
-    Ok(Duration::from_secs_f64(v))
+    parse_secs_in(s, TIMEOUT)
+}
+
+/// `--idle-timeout`, `--keepalive-timeout`, `--header-timeout`, `--body-timeout`: above 0,
+/// as in the file.
+pub fn parse_positive_secs(s: &str) -> Result<Duration, String> {
+    parse_secs_in(s, POSITIVE_TIMEOUT)
 }
 
 /// `--keepalive-idle` / `--keepalive-interval`: whole seconds from 1 to 32767, what Linux
 /// takes for TCP_KEEPIDLE and TCP_KEEPINTVL (and what the file accepts).
 pub fn parse_keepalive_secs(s: &str) -> Result<Duration, String> {
-    let (min, max, shown) = KEEPALIVE_SECS;
+    parse_secs_in(s, KEEPALIVE_SECS)
+}
+
+fn parse_secs_in(s: &str, (min, max, shown): SecsRange) -> Result<Duration, String> {
     let v: f64 = s
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds"))?;
@@ -548,12 +554,23 @@ pub fn parse_keepalive_secs(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(v))
 }
 
-/// `--threads`: at least one.
-pub fn parse_threads(s: &str) -> Result<usize, String> {
+/// `--threads`, `--max-conns`, `--cache-entries`: a whole number, at least one (as in the
+/// file).
+pub fn parse_count(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".to_string()),
         Ok(n) => Ok(n),
         Err(_) => Err(format!("{s:?} is not a whole number")),
+    }
+}
+
+/// `--sndbuf` / `--rcvbuf`: bytes from 1 to 2^30, as in the file (the kernel takes an int,
+/// so a larger number would silently wrap to its minimum).
+pub fn parse_buffer_bytes(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1 << 30).contains(&n) => Ok(n),
+        Ok(_) => Err(format!("{s:?} is out of range (1 to 1073741824 bytes)")),
+        Err(_) => Err(format!("{s:?} is not a whole number of bytes")),
     }
 }
 
@@ -637,7 +654,7 @@ impl Checker<'_> {
                 "accept" => s.accept = self.choice(&key, value, &ACCEPT_NAMES),
                 "threads" => s.threads = self.count(&key, value),
                 "max_conns" => s.max_conns = self.count(&key, value),
-                "idle_timeout" => s.idle_timeout = self.secs(&key, value, TIMEOUT),
+                "idle_timeout" => s.idle_timeout = self.secs(&key, value, POSITIVE_TIMEOUT),
                 "linger_timeout" => s.linger_timeout = self.secs(&key, value, TIMEOUT),
                 "drain_timeout" => s.drain_timeout = self.secs(&key, value, TIMEOUT),
                 "backlog" => {
@@ -769,9 +786,11 @@ impl Checker<'_> {
             "follow_symlinks" => h.follow_symlinks = self.boolean(key, value),
             "serve_hidden" => h.serve_hidden = self.boolean(key, value),
             "gzip_static" => h.gzip_static = self.boolean(key, value),
-            "keepalive_timeout" => h.keepalive_timeout = self.secs(key, value, TIMEOUT),
-            "header_timeout" => h.header_timeout = self.secs(key, value, TIMEOUT),
-            "body_timeout" => h.body_timeout = self.secs(key, value, TIMEOUT),
+            "keepalive_timeout" => {
+                h.keepalive_timeout = self.secs(key, value, POSITIVE_TIMEOUT);
+            }
+            "header_timeout" => h.header_timeout = self.secs(key, value, POSITIVE_TIMEOUT),
+            "body_timeout" => h.body_timeout = self.secs(key, value, POSITIVE_TIMEOUT),
             "cache_valid" => h.cache_valid = self.secs(key, value, TIMEOUT),
             "keepalive_requests" => {
                 h.keepalive_requests = self.count(key, value).map(|v| v as u64);
