@@ -326,23 +326,15 @@ impl EventLoop {
         };
         self.set_socket_options(&fd);
         self.stats.accepted += 1;
-        if let Err(e) = self.adopt_incoming(fd, &*factory) {
-            // Registration failed (select at FD_SETSIZE): the fd was closed, so the client
-            // sees a clean close. Counted as a limit refusal, and said once, loudly.
-            self.stats.refused_limit += 1;
-            if !self.warned_register {
-                self.warned_register = true;
-                tracing::warn!(
-                    "refusing connections the {} engine cannot watch: {e}",
-                    self.cfg.engine
-                );
-            }
-        }
+        // A refusal is counted (and said) there.
+        let _ = self.adopt_incoming(fd, &*factory);
     }
 
     /// Serves an accepted socket on this loop within the server's connection limit (shared by
     /// all its loops): beyond it, the socket is closed at once, a clean close for the client,
-    /// and counted. Used by this loop's listeners and by an acceptor loop's hand-off.
+    /// and counted. So is a socket the engine cannot watch (select at FD_SETSIZE), and that is
+    /// also said once, loudly. Used by this loop's listeners and by an acceptor loop's
+    /// hand-off.
     pub fn adopt_incoming(
         &mut self,
         fd: OwnedFd,
@@ -369,6 +361,15 @@ impl EventLoop {
             Err(e) => {
                 if limited {
                     self.release_permit();
+                }
+                // The fd was closed: the client sees a clean close.
+                self.stats.refused_limit += 1;
+                if !self.warned_register {
+                    self.warned_register = true;
+                    tracing::warn!(
+                        "refusing connections the {} engine cannot watch: {e}",
+                        self.cfg.engine
+                    );
                 }
                 Err(e)
             }

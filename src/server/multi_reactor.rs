@@ -67,7 +67,8 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
                     next = next.wrapping_add(1);
                     let factory = Arc::clone(&factory);
                     target.post(move |el| {
-                        // A failed registration closes the socket: the client sees a clean close.
+                        // A refusal closes the socket (a clean close for the client) and is
+                        // counted and said there.
                         let _ = el.adopt_incoming(fd, &*factory);
                     });
                 }),
