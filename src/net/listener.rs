@@ -176,6 +176,21 @@ pub(crate) struct Listener {
     on_accept: OnAccept,
 }
 
+/// Closes a connection the server refuses (over a limit, out of fds) so the client sees a
+/// clean close: what it already sent is read and dropped first, since closing a socket with
+/// unread bytes sends RST instead of FIN (and a client that wrote before reading would get
+/// ECONNRESET rather than EOF). Bounded: at most 64 KiB, never waiting.
+pub fn close_refused(fd: OwnedFd) {
+    let mut scratch = [0u8; 4096];
+    for _ in 0..16 {
+        match rustix::net::recv(&fd, &mut scratch, rustix::net::RecvFlags::DONTWAIT) {
+            Ok((n, _)) if n == scratch.len() => continue,
+            _ => break,
+        }
+    }
+    drop(fd);
+}
+
 /// The fd held back for EMFILE. /dev/null is cheap and always there.
 pub(crate) fn open_reserve_fd() -> Option<OwnedFd> {
     rustix::fs::open(
@@ -343,7 +358,7 @@ impl EventLoop {
         let limited = match &self.cfg.connection_limit {
             Some(limit) if !limit.try_acquire() => {
                 self.stats.refused_limit += 1;
-                drop(fd); // the client reads EOF
+                close_refused(fd); // the client reads EOF
                 return Ok(());
             }
             Some(_) => true,
@@ -442,7 +457,7 @@ impl EventLoop {
         let refusal = match accepted {
             // Closed at once: the client sees a clean close instead of a hang.
             Ok(fd) => {
-                drop(fd);
+                close_refused(fd);
                 Refusal::Refused
             }
             Err(rustix::io::Errno::AGAIN) => Refusal::QueueEmpty,
@@ -450,5 +465,42 @@ impl EventLoop {
         };
         self.reserve_fd = open_reserve_fd();
         refusal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    /// A refused client that wrote before it read gets EOF, not ECONNRESET.
+    #[test]
+    fn a_refused_client_that_spoke_first_sees_eof() {
+        for drain in [true, false] {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            client.write_all(&[b'x'; 10_000]).unwrap();
+            let (server, _) = listener.accept().unwrap();
+            // The bytes are in the server's receive queue before it refuses.
+            std::thread::sleep(Duration::from_millis(50));
+            if drain {
+                close_refused(OwnedFd::from(server));
+            } else {
+                drop(server);
+            }
+            client
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let got = client.read(&mut [0u8; 16]);
+            if drain {
+                assert_eq!(got.unwrap(), 0, "EOF");
+            } else {
+                // What a plain close does, which is why close_refused exists.
+                let e = got.expect_err("a plain close with unread bytes resets");
+                assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
+            }
+        }
     }
 }

@@ -13,6 +13,8 @@ pub use buffer::Buffer;
 pub use buffer_pool::BufferPool;
 pub use connection::{CloseReason, ConnId, ConnectError};
 pub use handler::{Ctx, Handler};
-pub use listener::{bind_tcp, bind_tcp_group, AcceptHook, HandlerFactory, ListenOptions};
+pub use listener::{
+    bind_tcp, bind_tcp_group, close_refused, AcceptHook, HandlerFactory, ListenOptions,
+};
 pub use output::FileRange;
 pub use udp::{DatagramHandler, DatagramOut};

@@ -31,6 +31,7 @@ use std::rc::Rc;
 
 use super::forking::{self, Children, Shared};
 use super::{ServerOptions, Service};
+use crate::net::close_refused;
 use crate::reactor::{EventLoop, LoopStats, Token};
 use crate::sys::process::Exit;
 
@@ -113,7 +114,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
                 }
                 let Some(slot) = free else {
                     el.stats.refused_limit += 1;
-                    drop(fd); // the client reads EOF
+                    close_refused(fd); // the client reads EOF
                     return;
                 };
                 let (cfg, factory, board) =

@@ -11,6 +11,7 @@ use std::io;
 
 use super::control::{self, Fleet};
 use super::{bind_and_announce, ServerOptions, Service};
+use crate::net::close_refused;
 use crate::reactor::EventLoop;
 
 pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
@@ -33,7 +34,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
         Box::new(move |el, fd| {
             if threads.live() >= cap {
                 el.stats.refused_limit += 1;
-                drop(fd); // the client reads EOF
+                close_refused(fd); // the client reads EOF
                 return;
             }
             spawned += 1;

@@ -14,7 +14,7 @@ use super::settings::ms;
 use super::shared::lock;
 use super::timers::TimerEvent;
 use super::worker::Worker;
-use crate::net::listener::open_reserve_fd;
+use crate::net::listener::{close_refused, open_reserve_fd};
 
 /// How long a listener that could not accept (no fd even for the EMFILE dance) stays parked
 /// if no connection closes first.
@@ -95,7 +95,7 @@ impl Worker<'_> {
         drop(fd);
         let refusal = match rustix::net::accept_with(lfd, SocketFlags::CLOEXEC) {
             Ok(conn) => {
-                drop(conn);
+                close_refused(conn);
                 Refusal::Refused
             }
             Err(rustix::io::Errno::AGAIN) => Refusal::QueueEmpty,
@@ -129,7 +129,8 @@ impl Worker<'_> {
                     .is_ok();
                 if !acquired {
                     bump(&self.stats.refused_limit, 1);
-                    return; // `fd` drops: the client reads EOF
+                    close_refused(fd); // the client reads EOF
+                    return;
                 }
                 true
             }
