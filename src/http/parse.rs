@@ -448,10 +448,10 @@ fn leading_empty_lines(window: &[u8]) -> usize {
 
 /// Picks between 414 and 431 for a head that did not fit: if even the request line did not fit
 /// (its target was already checked against `max_uri`), the long target is what the client
-/// should shorten.
+/// should shorten. Nothing but empty lines is a head too large, not a target.
 fn over_head_limit(window: &[u8]) -> HttpError {
     let line = &window[leading_empty_lines(window)..];
-    if line.contains(&b'\n') {
+    if line.is_empty() || line.contains(&b'\n') {
         HEAD_TOO_LARGE
     } else {
         URI_TOO_LONG
@@ -1091,6 +1091,14 @@ mod tests {
         let (h, len) = complete(buf);
         assert_eq!(len, buf.len());
         assert_eq!(h.target, b"/x");
+    }
+
+    /// More empty lines than a head may hold: the head is too large (431); there is no
+    /// target to call too long (414).
+    #[test]
+    fn a_head_of_nothing_but_empty_lines_is_too_large() {
+        assert_eq!(status(&b"\r\n".repeat(5000)), 431);
+        assert_eq!(status(&b"\n".repeat(9000)), 431);
     }
 
     #[test]
