@@ -836,6 +836,8 @@ impl EventLoop {
 
     /// Sets or clears the idle timeout of one connection. The timer is not re-armed on every
     /// read: when it fires, the loop compares with the last activity and re-arms for the rest.
+    /// It is kept in milliseconds in a u32 (4 bytes per connection, not 8), so a longer
+    /// timeout than 49.7 days acts as 49.7 days.
     pub fn set_idle_timeout(&mut self, id: ConnId, timeout: Option<Duration>) {
         let now = self.fresh_tick();
         let Some(conn) = self.conn_mut(id) else {
