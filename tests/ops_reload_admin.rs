@@ -546,6 +546,42 @@ fn sighup_reload_moves_the_listener() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A reload to another address on the port the server holds (127.0.0.1:P to 0.0.0.0:P): the
+/// new listeners bind beside the server's own, which must not be taken for another server's.
+#[test]
+fn sighup_reload_to_all_addresses_on_the_same_port() {
+    let dir = temp_dir("relisten-same-port");
+    let conf = dir.join("keel.toml");
+    let (port, _) = two_free_ports();
+    let config = |ip: &str| format!("[discard]\nlisten = \"{ip}:{port}\"\nthreads = 2\n");
+    write_config(&conf, &config("127.0.0.1"));
+    let server = FromConfig::start("discard", &conf, port);
+    // A listening socket on 0.0.0.0:P in /proc/net/tcp (state 0A).
+    let wildcard = format!("00000000:{port:04X}");
+    let listens_on_all = || {
+        std::fs::read_to_string("/proc/net/tcp").is_ok_and(|t| {
+            t.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 3 && f[1] == wildcard && f[3] == "0A"
+            })
+        })
+    };
+    assert!(!listens_on_all());
+    write_config(&conf, &config("0.0.0.0"));
+    nix::sys::signal::kill(server.pid, Signal::SIGHUP).unwrap();
+    poll_until(
+        "listeners on 0.0.0.0",
+        Duration::from_secs(5),
+        listens_on_all,
+    );
+    let local: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    poll_until("the port to take bytes", Duration::from_secs(5), || {
+        TcpStream::connect(local).is_ok_and(|mut s| s.write_all(&[7u8; 4096]).is_ok())
+    });
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Discard reloads too: a new `listen` moves it, and what it reads is still dropped.
 #[test]
 fn sighup_reload_moves_discard() {

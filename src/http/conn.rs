@@ -514,12 +514,15 @@ impl HttpConn {
             _ => (entry, false),
         };
         let vary = entry.gzip.is_some();
+        // A file with no modification date to offer (one dated in the future) has the date
+        // conditions ignored (RFC 9110 13.1.3, 13.1.4); If-Range's date then never matches.
+        let mtime = e.mtime.unwrap_or(i64::MIN);
         if head.is_conditional()
             && !conditional::precondition_holds(
                 head.if_match(),
-                head.if_unmodified_since,
+                e.mtime.and(head.if_unmodified_since),
                 &e.etag,
-                e.mtime,
+                mtime,
             )
         {
             push_error(out, 412, p, head_only);
@@ -528,14 +531,16 @@ impl HttpConn {
         if head.is_conditional()
             && conditional::evaluate(
                 head.if_none_match(),
-                head.if_modified_since,
+                e.mtime.and(head.if_modified_since),
                 &e.etag,
-                e.mtime,
+                mtime,
             ) == Condition::NotModified
         {
             push_status(out, 304);
             push_header(out, b"ETag", e.etag.as_bytes());
-            push_header(out, b"Last-Modified", e.last_modified.as_bytes());
+            if let Some(lm) = &e.last_modified {
+                push_header(out, b"Last-Modified", lm.as_bytes());
+            }
             if vary {
                 out.extend_from_slice(b"Vary: Accept-Encoding\r\n");
             }
@@ -546,7 +551,7 @@ impl HttpConn {
         if let Some(r) = head.range {
             let applies = head
                 .if_range
-                .is_none_or(|ir| conditional::if_range_allows(ir, &e.etag, e.mtime));
+                .is_none_or(|ir| conditional::if_range_allows(ir, &e.etag, mtime));
             if applies {
                 match parse_range(r, e.size) {
                     RangeOutcome::Full => {}
@@ -589,7 +594,9 @@ impl HttpConn {
             push_status(out, status);
             push_header(out, b"Content-Type", entry.content_type.as_bytes());
             push_content_length(out, len);
-            push_header(out, b"Last-Modified", e.last_modified.as_bytes());
+            if let Some(lm) = &e.last_modified {
+                push_header(out, b"Last-Modified", lm.as_bytes());
+            }
             push_header(out, b"ETag", e.etag.as_bytes());
             out.extend_from_slice(b"Accept-Ranges: bytes\r\n");
             if gzip {

@@ -46,10 +46,14 @@ pub struct Entry {
     /// 200 response below holds them), so that such an entry costs no fd.
     disk: Option<Arc<File>>,
     pub size: u64,
-    pub mtime: i64,
+    /// The modification time, `None` when it lies in the future (a clock set wrong, an
+    /// archive from elsewhere): RFC 9110 8.8.2.1 forbids a Last-Modified later than Date, and
+    /// clamping it to "now" would give each loop, and each reload, a different date for the
+    /// same file. Such a file gets no Last-Modified, and date conditions are ignored for it.
+    pub mtime: Option<i64>,
     identity: (u64, u64, i64, i64, u64),
     pub etag: String,
-    pub last_modified: String,
+    pub last_modified: Option<String>,
     pub content_type: Cow<'static, str>,
     /// The 200 response, laid out so that the common answer (a keep-alive HTTP/1.1 GET of a
     /// small file) is one copy: the status, Server and Date lines, the Content-Type,
@@ -379,7 +383,13 @@ impl Cache {
                 break;
             }
         }
-        let cap = fd_cap(site);
+        // The cap is never below 8: below that it is not worth a getrlimit per insert (each
+        // revalidation is one).
+        let cap = if self.fds > FD_CAP_FLOOR {
+            fd_cap(site)
+        } else {
+            FD_CAP_FLOOR
+        };
         while self.fds > cap {
             // Only entries that hold an fd give one back: the oldest of those goes.
             let Some(i) = self.order.iter().position(|p| self.holds_fds(p)) else {
@@ -476,8 +486,13 @@ fn fd_cap(site: &Site) -> usize {
         .current
         .unwrap_or(u64::MAX);
     let share = limit / 4 / site.settings.loops.max(1) as u64;
-    usize::try_from(share).unwrap_or(usize::MAX).max(8)
+    usize::try_from(share)
+        .unwrap_or(usize::MAX)
+        .max(FD_CAP_FLOOR)
 }
+
+/// The fewest open files a loop's cache may keep, whatever the fd limit.
+const FD_CAP_FLOOR: usize = 8;
 
 /// Opens and stats `path`; keeps `previous` (and its cached contents) when the file is the
 /// same one, unchanged.
@@ -533,9 +548,8 @@ fn load(
     let size = st.st_size as u64;
     let file = File::from(fd);
     let etag = conditional::etag(size, st.st_mtime, st.st_mtime_nsec as u32, st.st_ino);
-    // RFC 9110 8.8.2.1: a modification time in the future is sent (and compared) as now.
-    let mtime = st.st_mtime.min(unix_now());
-    let last_modified = conditional::http_date(mtime);
+    let mtime = (st.st_mtime <= unix_now()).then_some(st.st_mtime);
+    let last_modified = mtime.map(conditional::http_date);
     let content_type = mime::content_type(path);
     let small = size <= site.settings.small_file_max;
     let mut encoded = Vec::with_capacity(256);
@@ -543,7 +557,9 @@ fn load(
     encoded.resize(HEAD_AT, 0);
     push_header(&mut encoded, b"Content-Type", content_type.as_bytes());
     push_content_length(&mut encoded, size);
-    push_header(&mut encoded, b"Last-Modified", last_modified.as_bytes());
+    if let Some(lm) = &last_modified {
+        push_header(&mut encoded, b"Last-Modified", lm.as_bytes());
+    }
     push_header(&mut encoded, b"ETag", etag.as_bytes());
     encoded.extend_from_slice(b"Accept-Ranges: bytes\r\n");
     if gzip.is_some() {

@@ -83,7 +83,9 @@ pub fn bind_tcp(addr: SocketAddr, opts: &ListenOptions) -> io::Result<TcpListene
 /// accept queue (the first fixes the port when `addr`'s is 0). SO_REUSEPORT would also let
 /// this group join another process's listeners on the port (same user) and silently take a
 /// share of their connections; unless `opts.reuse_port` asks for exactly that, the address
-/// must be free: a plain bind is tried first and fails if anything listens there.
+/// must be free: a plain bind is tried first and fails if anything listens there. (Best
+/// effort: a server that binds the port between that probe and the group's own binds is
+/// still joined; the probe cannot stay bound, since the group's `listen` would then fail.)
 pub fn bind_tcp_group(
     addr: SocketAddr,
     opts: &ListenOptions,

@@ -135,6 +135,13 @@ impl Fleet {
     /// After a reload moved the server: watch `new` instead, closing our copies of the old
     /// listening sockets (a copy kept open would keep the old port accepting into a queue no
     /// loop reads).
+    /// The port the watched listeners are bound to, if any.
+    pub fn listening_port(&self) -> Option<u16> {
+        let listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        let addr = rustix::net::getsockname(listeners.first()?).ok()?;
+        std::net::SocketAddr::try_from(addr).ok().map(|a| a.port())
+    }
+
     pub fn replace_listeners(&self, new: Vec<OwnedFd>) {
         *self.listeners.lock().unwrap_or_else(|e| e.into_inner()) = new;
     }

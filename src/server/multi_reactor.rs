@@ -98,6 +98,14 @@ fn register_relisten(
     let (fleet, lopts, factory) = (fleet.clone(), lopts.clone(), service.factory.clone());
     let udp = service.udp.clone();
     super::reload::set_relisten(Box::new(move |addr| {
+        // Moving to another address on the port this server holds (127.0.0.1:P to
+        // 0.0.0.0:P, say): the new group binds beside our own listeners, which the probe for
+        // another server would take for one.
+        let ours = fleet.listening_port() == Some(addr.port());
+        let lopts = ListenOptions {
+            reuse_port: lopts.reuse_port || ours,
+            ..lopts.clone()
+        };
         let listeners = bind_tcp_group(addr, &lopts, threads).map_err(|e| e.to_string())?;
         let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
         let udp_sock = match &udp {
