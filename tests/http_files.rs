@@ -12,7 +12,7 @@
 mod util;
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Barrier};
@@ -546,6 +546,26 @@ fn a_fifo_in_the_root_is_refused_without_blocking() {
     assert_eq!(r.status, 200, "{}", r.show());
 }
 
+/// Opens `kept` connections while fds are free, then floods the server past its fd limit (it
+/// holds what it can and closes the rest): (the kept ones, the flood), both still open.
+fn flood_past_the_fd_limit(srv: &Server, kept: usize) -> (Vec<TcpStream>, Vec<TcpStream>) {
+    let kept: Vec<_> = (0..kept).map(|_| connect(srv.tcp)).collect();
+    thread::sleep(Duration::from_millis(200));
+    let flood: Vec<_> = (0..100)
+        .filter_map(|_| util::try_connect(srv.tcp).ok())
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    (kept, flood)
+}
+
+/// GET `target` on an open connection (Connection: close), read to the end.
+fn ask_on(srv: &Server, s: &mut TcpStream, target: &str) -> Resp {
+    s.write_all(&request("GET", target, &[])).unwrap();
+    let mut raw = Vec::new();
+    read_until_end(s, &mut raw, 1 << 20, Duration::from_secs(10));
+    parse_response(raw, false).unwrap_or_else(|e| panic!("{e}\n{}", srv.stderr_dump()))
+}
+
 /// Out of file descriptors, a file not open yet is answered 503, not 403 or 404 (it may well
 /// be there, and a cache would keep a 404), and so is a directory; the server's log says why.
 /// Once descriptors free up the same requests get the file and the listing.
@@ -562,19 +582,9 @@ fn out_of_fds_a_file_is_503_and_then_served() {
         "--autoindex",
     )
     .spawn();
-    // Accepted first, while descriptors are free.
-    let mut victim = connect(srv.tcp);
-    let mut lister = connect(srv.tcp);
-    thread::sleep(Duration::from_millis(200));
-    // More connections than the limit: the server holds what it can and closes the rest.
-    let flood: Vec<_> = (0..100)
-        .filter_map(|_| util::try_connect(srv.tcp).ok())
-        .collect();
-    thread::sleep(Duration::from_millis(500));
-    victim.write_all(&request("GET", "/b.txt", &[])).unwrap();
-    let mut raw = Vec::new();
-    read_until_end(&mut victim, &mut raw, 1 << 20, Duration::from_secs(10));
-    let r = parse_response(raw, false).unwrap_or_else(|e| panic!("{e}\n{}", srv.stderr_dump()));
+    // Two connections accepted first, while descriptors are free.
+    let (mut kept, flood) = flood_past_the_fd_limit(&srv, 2);
+    let r = ask_on(&srv, &mut kept[0], "/b.txt");
     assert_eq!(r.status, 503, "{}\n{}", r.show(), srv.stderr_dump());
     // The log line travels through the server's log thread and our stderr reader.
     let says_why = |log: &str| log.contains("cannot open /b.txt") && log.contains("Too many");
@@ -585,10 +595,7 @@ fn out_of_fds_a_file_is_503_and_then_served() {
     let log = srv.stderr_dump();
     assert!(says_why(&log), "the log does not say why:\n{log}");
     // A directory (its index.html looked for, then a listing) likewise.
-    lister.write_all(&request("GET", "/d/", &[])).unwrap();
-    let mut raw = Vec::new();
-    read_until_end(&mut lister, &mut raw, 1 << 20, Duration::from_secs(10));
-    let r = parse_response(raw, false).unwrap_or_else(|e| panic!("{e}\n{}", srv.stderr_dump()));
+    let r = ask_on(&srv, &mut kept[1], "/d/");
     assert_eq!(r.status, 503, "/d/: {}", r.show());
     drop(flood);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -674,16 +681,8 @@ fn out_of_fds_the_file_cache_gives_its_own_back() {
     for i in 0..16 {
         assert_eq!(get(&srv, &format!("/l{i}.bin")).status, 200);
     }
-    let mut victim = connect(srv.tcp);
-    thread::sleep(Duration::from_millis(200));
-    let flood: Vec<_> = (0..100)
-        .filter_map(|_| util::try_connect(srv.tcp).ok())
-        .collect();
-    thread::sleep(Duration::from_millis(500));
-    victim.write_all(&request("GET", "/l18.bin", &[])).unwrap();
-    let mut raw = Vec::new();
-    read_until_end(&mut victim, &mut raw, 1 << 20, Duration::from_secs(10));
-    let r = parse_response(raw, false).unwrap_or_else(|e| panic!("{e}\n{}", srv.stderr_dump()));
+    let (mut kept, flood) = flood_past_the_fd_limit(&srv, 1);
+    let r = ask_on(&srv, &mut kept[0], "/l18.bin");
     assert_eq!(r.status, 200, "{}\n{}", r.show(), srv.stderr_dump());
     assert!(r.body == big(18), "wrong body");
     drop(flood);
