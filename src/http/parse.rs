@@ -622,6 +622,10 @@ fn interpret<'b, 's>(
         let Some(known) = classify(name) else {
             continue;
         };
+        head.conditional |= matches!(
+            known,
+            Known::IfNoneMatch | Known::IfModifiedSince | Known::IfMatch | Known::IfUnmodifiedSince
+        );
         match known {
             Known::Host => {
                 // RFC 9112 3.2: more than one Host is as bad as none, and so is one that is
@@ -664,22 +668,10 @@ fn interpret<'b, 's>(
                 }
             }
             Known::AcceptEncoding => gzip.add(v),
-            Known::IfNoneMatch => {
-                head.if_none_match.add(window, v);
-                head.conditional = true;
-            }
-            Known::IfModifiedSince => {
-                first(&mut head.if_modified_since, v);
-                head.conditional = true;
-            }
-            Known::IfMatch => {
-                head.if_match.add(window, v);
-                head.conditional = true;
-            }
-            Known::IfUnmodifiedSince => {
-                first(&mut head.if_unmodified_since, v);
-                head.conditional = true;
-            }
+            Known::IfNoneMatch => head.if_none_match.add(window, v),
+            Known::IfModifiedSince => first(&mut head.if_modified_since, v),
+            Known::IfMatch => head.if_match.add(window, v),
+            Known::IfUnmodifiedSince => first(&mut head.if_unmodified_since, v),
             Known::Range => first(&mut head.range, v),
             Known::IfRange => first(&mut head.if_range, v),
             Known::UserAgent => first(&mut head.user_agent, v),
