@@ -760,6 +760,30 @@ fn connection_close_is_honoured() {
         .unwrap_or_else(|e| panic!("after Connection: close: {e}"));
 }
 
+/// RFC 9110 2.5 and 6.2: HTTP/1.2 is read as 1.1 (kept alive, answered as 1.1); another
+/// major version is 505.
+#[test]
+fn a_later_minor_version_is_served_as_http11() {
+    let root = Root::new("v12");
+    let srv = serve(&root, &[]);
+    let mut c = Client::connect(srv.tcp);
+    for version in ["HTTP/1.2", "HTTP/1.9"] {
+        // A tab in a field: not the common shape, so the full way reads this one.
+        c.send(format!("GET /hello.txt {version}\r\nHost: t\r\nX-Tab:\ta\r\n\r\n").as_bytes());
+        let r = c.must(false, version);
+        assert_eq!(r.status, 200, "{version}: {}", r.show());
+        assert_eq!(r.body, HELLO);
+        assert!(
+            !r.says_close(),
+            "{version} answered with close:\n{}",
+            r.head
+        );
+    }
+    c.send(b"GET /hello.txt HTTP/2.0\r\nHost: t\r\n\r\n");
+    let r = c.must(false, "HTTP/2.0");
+    assert_eq!(r.status, 505, "{}", r.show());
+}
+
 #[test]
 fn http10_closes_by_default() {
     let root = Root::new("c10");

@@ -354,7 +354,15 @@ pub fn parse_head_into<'b, 's>(
         return Ok(Some((head, len)));
     }
     let mut full_slots = [const { MaybeUninit::<Header<'b>>::uninit() }; HEADER_SLOTS];
-    let Some((line, fields, len)) = read_full(buf, window, limits, &mut full_slots)? else {
+    let mut later_slots;
+    let read = match read_full(buf, window, limits, &mut full_slots) {
+        Err(LATER_MINOR) => {
+            later_slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
+            read_later_minor(buf, window, limits, &mut later_slots)?
+        }
+        read => read?,
+    };
+    let Some((line, fields, len)) = read else {
         return Ok(None);
     };
     let fields = fields.iter().map(|h| (h.name.as_bytes(), h.value));
@@ -429,13 +437,94 @@ fn read_full<'b, 'h>(
                 Ok(None)
             }
         }
-        Err(httparse::Error::TooManyHeaders) => Err(TOO_MANY_HEADERS),
         Err(httparse::Error::Version) => Err(version_error(window, req.method, req.path)),
-        Err(httparse::Error::HeaderName) => Err(bad("invalid header field name")),
-        Err(httparse::Error::HeaderValue) => Err(bad("invalid header field value")),
-        Err(httparse::Error::NewLine) => Err(bad("invalid line ending")),
-        Err(httparse::Error::Token) => Err(bad("malformed request line")),
-        Err(_) => Err(bad("malformed request head")),
+        Err(e) => Err(refusal(e)),
+    }
+}
+
+/// What a head httparse refuses is answered with (a wrong version aside: [`version_error`]).
+fn refusal(e: httparse::Error) -> HttpError {
+    match e {
+        httparse::Error::TooManyHeaders => TOO_MANY_HEADERS,
+        httparse::Error::HeaderName => bad("invalid header field name"),
+        httparse::Error::HeaderValue => bad("invalid header field value"),
+        httparse::Error::NewLine => bad("invalid line ending"),
+        httparse::Error::Token => bad("malformed request line"),
+        _ => bad("malformed request head"),
+    }
+}
+
+/// [`version_error`]'s word for `HTTP/1.2` to `HTTP/1.9`: not an answer but a way to go,
+/// [`read_later_minor`]. Should it ever reach a client, it is the 505 it would have been.
+const LATER_MINOR: HttpError = HttpError::new(505, "later HTTP/1 minor version");
+
+/// A head whose request line names a later minor version of HTTP/1 (`HTTP/1.2` to
+/// `HTTP/1.9`), read as HTTP/1.1: RFC 9110 2.5 has a recipient process such a message as if
+/// it were in the highest minor version it implements, and the response is 1.1's (6.2), as
+/// nginx does. httparse refuses these versions outright, so the request line is read here,
+/// in the shapes httparse reads (leading empty lines skipped, a bare LF as a line end, a
+/// target of any byte above a space but DEL), and the fields by httparse.
+fn read_later_minor<'b, 'h>(
+    buf: &'b [u8],
+    window: &'b [u8],
+    limits: &Limits,
+    slots: &'h mut [Header<'b>; HEADER_SLOTS],
+) -> Result<Option<Read<'b, 'h, Header<'b>>>, HttpError> {
+    let start = leading_empty_lines(window);
+    let line = &window[start..];
+    let Some(lf) = line.iter().position(|&b| b == b'\n') else {
+        return if buf.len() > limits.max_head {
+            Err(over_head_limit(window))
+        } else {
+            Ok(None)
+        };
+    };
+    let text = line[..lf].strip_suffix(b"\r").unwrap_or(&line[..lf]);
+    let malformed = || bad("malformed request line");
+    let method_len = text
+        .iter()
+        .position(|&b| !is_tchar(b))
+        .ok_or_else(malformed)?;
+    let rest = text[method_len..]
+        .strip_prefix(b" ")
+        .ok_or_else(malformed)?;
+    let target_len = rest
+        .iter()
+        .position(|&b| b <= b' ' || b == 0x7f)
+        .ok_or_else(malformed)?;
+    let version = rest[target_len..]
+        .strip_prefix(b" ")
+        .ok_or_else(malformed)?;
+    if method_len == 0 || target_len == 0 || later_minor(version).is_none() {
+        return Err(malformed());
+    }
+    if target_len > limits.max_uri {
+        return Err(URI_TOO_LONG);
+    }
+    let method = &text[..method_len];
+    let line_end = start + lf + 1;
+    let slots = &mut slots[..limits.max_headers.min(HEADER_SLOTS)];
+    let (fields_len, fields) = match httparse::parse_headers(&window[line_end..], slots) {
+        Ok(Status::Complete(read)) => read,
+        Ok(Status::Partial) if buf.len() > limits.max_head => return Err(HEAD_TOO_LARGE),
+        Ok(Status::Partial) => return Ok(None),
+        Err(e) => return Err(refusal(e)),
+    };
+    let line = RequestLine {
+        method: Method::from_bytes(method),
+        // A token is ASCII: this never fails.
+        method_str: std::str::from_utf8(method).map_err(|_| malformed())?,
+        target: &rest[..target_len],
+        version: Version::Http11,
+    };
+    Ok(Some((line, fields, line_end + fields_len)))
+}
+
+/// The minor digit of `HTTP/1.2` to `HTTP/1.9`, exactly those bytes.
+fn later_minor(version: &[u8]) -> Option<u8> {
+    match version {
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', d @ b'2'..=b'9'] => Some(*d),
+        _ => None,
     }
 }
 
@@ -472,7 +561,9 @@ fn version_error(window: &[u8], method: Option<&str>, path: Option<&str>) -> Htt
         Some(i) => &rest[..i],
         None => rest,
     };
-    if looks_like_version(token) {
+    if later_minor(token).is_some() {
+        LATER_MINOR
+    } else if looks_like_version(token) {
         HttpError::new(505, "HTTP version not supported")
     } else {
         bad("malformed HTTP version")
@@ -1372,15 +1463,99 @@ mod tests {
 
     #[test]
     fn versions() {
-        for v in ["HTTP/2.0", "HTTP/1.2", "HTTP/3", "HTTP/0.9", "HTTP/1.9"] {
+        for v in ["HTTP/2.0", "HTTP/3", "HTTP/0.9", "HTTP/10.1", "HTTP/1.23"] {
             let buf = format!("GET / {v}\r\nHost: a\r\n\r\n");
             assert_eq!(status(buf.as_bytes()), 505, "{v}");
         }
         // Known as soon as the major version is seen.
         assert_eq!(status(b"GET / HTTP/2"), 505);
-        for v in ["HTTP/x.1", "HTTPS/1.1", "HTTP/1.1x", "HTTP/", "FOO"] {
+        for v in [
+            "HTTP/x.1",
+            "HTTPS/1.1",
+            "HTTP/1.1x",
+            "HTTP/",
+            "FOO",
+            "HTTP/1.2x",
+        ] {
             let buf = format!("GET / {v}\r\nHost: a\r\n\r\n");
             assert_eq!(status(buf.as_bytes()), 400, "{v}");
+        }
+    }
+
+    /// RFC 9110 2.5: HTTP/1.2 to 1.9 are read as 1.1, whatever the shape of their fields.
+    #[test]
+    fn later_minor_versions_are_read_as_http_1_1() {
+        fn complete(buf: &[u8]) -> (Head<'_>, usize) {
+            match parse_head(buf, &limits()) {
+                Ok(HeadResult::Complete { head, len }) => (head, len),
+                other => panic!("{:?}: {other:?}", String::from_utf8_lossy(buf)),
+            }
+        }
+        for v in ["HTTP/1.2", "HTTP/1.9"] {
+            let one = format!("GET /a?b {v}\r\nHost: h\r\nX:\tt\r\nConnection: close\r\n\r\n");
+            let (head, len) = complete(one.as_bytes());
+            assert_eq!(len, one.len());
+            assert_eq!((head.method, head.method_str), (Method::Get, "GET"));
+            assert_eq!(head.target, b"/a?b");
+            assert_eq!(head.version, Version::Http11);
+            assert_eq!(head.host, Some(&b"h"[..]));
+            assert!(!head.keep_alive, "Connection: close still counts");
+            // Pipelined: the length is this head's, not the buffer's.
+            let two = [one.as_bytes(), b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"].concat();
+            assert_eq!(complete(&two).1, one.len());
+        }
+        // Leading empty lines and bare LFs, as httparse reads them for 1.1.
+        let (head, len) = complete(b"\r\nHEAD /x HTTP/1.5\nHost: h\n\n");
+        assert_eq!(
+            (head.method, head.target, len),
+            (Method::Head, &b"/x"[..], 28)
+        );
+        // Still arriving: wait, at every cut.
+        let full = b"GET / HTTP/1.2\r\nHost: h\r\n\r\n";
+        for cut in 1..full.len() {
+            assert!(
+                matches!(parse_head(&full[..cut], &limits()), Ok(HeadResult::Partial)),
+                "{:?}",
+                String::from_utf8_lossy(&full[..cut])
+            );
+        }
+        // The rules of 1.1 hold: Host, the limits, the field syntax.
+        assert_eq!(status(b"GET / HTTP/1.2\r\n\r\n"), 400);
+        assert_eq!(
+            status(b"GET / HTTP/1.2\r\nHost: h\r\nBad Name: x\r\n\r\n"),
+            400
+        );
+        assert_eq!(status(b"GET / HTTP/1.2\r\nHost: h\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"), 400);
+        let small = Limits {
+            max_head: 64,
+            max_uri: 8,
+            max_headers: 2,
+            max_body: 0,
+        };
+        assert_eq!(
+            status_with(b"GET /123456789 HTTP/1.2\r\nHost: h\r\n\r\n", &small),
+            414
+        );
+        assert_eq!(
+            status_with(b"GET / HTTP/1.2\r\nHost: h\r\nA: 1\r\nB: 2\r\n\r\n", &small),
+            431
+        );
+        let long = [
+            &b"GET / HTTP/1.2\r\nHost: h\r\nA: "[..],
+            &[b'x'; 80],
+            b"\r\n",
+        ]
+        .concat();
+        assert_eq!(status_with(&long, &small), 431);
+        // Two spaces, no target, a space in the target: a malformed line, as for 1.1.
+        for line in [
+            "GET  / HTTP/1.2",
+            "GET HTTP/1.2",
+            "GET /a b HTTP/1.2",
+            " GET / HTTP/1.2",
+        ] {
+            let buf = format!("{line}\r\nHost: h\r\n\r\n");
+            assert_eq!(status(buf.as_bytes()), 400, "{line}");
         }
     }
 
