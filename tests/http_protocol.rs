@@ -1095,6 +1095,33 @@ fn pipelined_mixed_requests_in_one_write() {
     pipeline_mixed(&srv, "pipelined");
 }
 
+/// Runs of one file and then another in one pipelined write: the answer from memory holds the
+/// file it found for the rest of the batch, and must let go of it when the target changes.
+#[test]
+fn pipelined_runs_of_two_files_each_get_their_own() {
+    let root = Root::new("runs");
+    let srv = serve(&root, &[]);
+    let order = [1, 1, 1, 2, 2, 1, 2, 2, 2, 1];
+    let mut c = Client::connect(srv.tcp);
+    // Twice: the first batch fills the cache, the second is answered from memory.
+    for round in 0..2 {
+        let req: Vec<u8> = order
+            .iter()
+            .flat_map(|f| format!("GET /f{f}.txt HTTP/1.1\r\nHost: t\r\n\r\n").into_bytes())
+            .collect();
+        c.send(&req);
+        for (i, f) in order.iter().enumerate() {
+            let r = c.must(false, &format!("round {round}, request {i}"));
+            assert_eq!(r.status, 200, "{}", r.show());
+            assert!(
+                r.body == small_file(*f),
+                "round {round}, request {i} (/f{f}.txt) got another file's body:\n{}",
+                r.show()
+            );
+        }
+    }
+}
+
 fn core(engine: &str, model: &str) {
     let root = Root::new(&format!("core-{model}"));
     // For the per-connection models --threads is the cap on connections at once; a finished

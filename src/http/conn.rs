@@ -134,6 +134,8 @@ impl HttpConn {
     fn process(&mut self, cx: &mut Ctx<'_>, input: &mut Buffer, out: &mut Vec<u8>, now: Instant) {
         // Output already queued on the connection; it only grows when a file is queued.
         let mut queued = cx.output_len();
+        // The file the last request of this batch was answered from memory with.
+        let mut held = None;
         loop {
             match &mut self.state {
                 State::Closed => {
@@ -218,7 +220,7 @@ impl HttpConn {
                         }
                     };
                     if decoder.is_done() {
-                        if self.answer_from_memory(cx, head, out, now) {
+                        if self.answer_from_memory(cx, head, out, now, &mut held) {
                             input.consume(len);
                             continue;
                         }
@@ -271,6 +273,7 @@ impl HttpConn {
         head: &Head<'_>,
         out: &mut Vec<u8>,
         now: Instant,
+        held: &mut Option<files::Held>,
     ) -> bool {
         if head.method != Method::Get
             || head.version != Version::Http11
@@ -282,7 +285,10 @@ impl HttpConn {
         {
             return false;
         }
-        let Some(entry) = files::recent_in_memory(&self.site, head.target, now) else {
+        if !held.as_ref().is_some_and(|h| h.names(head.target)) {
+            *held = files::Held::find(&self.site, head.target, now);
+        }
+        let Some(entry) = held.as_ref().map(files::Held::entry) else {
             return false;
         };
         if head.accept_gzip && entry.gzip.is_some() {
