@@ -75,7 +75,9 @@ struct ServerArgs {
     /// Close connections idle for this many seconds.
     #[arg(long, value_parser = config::parse_positive_secs)]
     idle_timeout: Option<Duration>,
-    /// After our FIN, wait this long for the peer's before closing with RST [default: 5].
+    /// After our FIN, wait this long for the peer's before closing with RST; before our FIN,
+    /// while a closing connection's output is still being sent, the longest the peer may go
+    /// without taking a byte of it [default: 5].
     #[arg(long, value_parser = config::parse_secs)]
     linger_timeout: Option<Duration>,
     /// On SIGTERM, give connections this long to finish [default: 10].

@@ -1721,6 +1721,71 @@ fn small_receive_buffer_slow_download() {
     eprintln!("4 MiB through SO_RCVBUF 4096 in {:?}", t.elapsed());
 }
 
+/// A client reading slower than the linger timeout still gets the whole of the last response
+/// on a connection (Connection: close, HTTP/1.0, the last of `--keepalive-requests`): before
+/// our FIN the linger timeout counts from the last bytes the peer took, not from the close.
+/// It used to reset every such download that took longer than the timeout (5 s by default).
+#[test]
+fn a_slow_reader_gets_all_of_the_last_response() {
+    let root = Root::new("slowclose");
+    let big = random_bytes(6, 2 << 20);
+    root.write("big.bin", &big);
+    for model in ["multi-reactor", "leader-followers", "thread-per-conn"] {
+        let srv = serve(
+            &root,
+            &[
+                "--model",
+                model,
+                "--threads",
+                "2",
+                "--linger-timeout",
+                "0.3",
+                "--sndbuf",
+                "16384",
+            ],
+        );
+        for (what, req) in [
+            (
+                "Connection: close",
+                &b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"[..],
+            ),
+            ("HTTP/1.0", b"GET /big.bin HTTP/1.0\r\n\r\n"),
+        ] {
+            let sock = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )
+            .expect("socket");
+            sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+            sock.connect_timeout(&srv.tcp.into(), Duration::from_secs(5))
+                .expect("connect");
+            let mut c = Client::from_stream(sock.into());
+            c.chunk = 4096;
+            c.pause = Duration::from_millis(2);
+            c.send(req);
+            let t = Instant::now();
+            let r = c
+                .response_within(false, Duration::from_secs(60))
+                .unwrap_or_else(|e| panic!("{model}, {what}: after {:?}: {e}", t.elapsed()));
+            let took = t.elapsed();
+            assert_eq!(r.status, 200, "{model}, {what}: {}", r.head);
+            assert!(
+                r.body == big,
+                "{model}, {what}: {} of {} bytes in {took:?}",
+                r.body.len(),
+                big.len()
+            );
+            assert!(
+                took > Duration::from_millis(600),
+                "{model}, {what}: read in {took:?}: not slow enough to outlast the 0.3 s timeout"
+            );
+            c.closed_within(Duration::from_secs(3))
+                .unwrap_or_else(|e| panic!("{model}, {what}: after the response: {e}"));
+        }
+    }
+}
+
 #[test]
 fn fifty_pipelined_64k_responses_read_slowly() {
     let root = Root::new("pipe64k");

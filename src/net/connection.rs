@@ -452,8 +452,12 @@ impl EventLoop {
                     total += n;
                     let now = self.now_tick();
                     let conn = self.conn_mut(id).expect("still here");
-                    conn.last_active = now;
                     let lingering = conn.state == ConnState::Linger;
+                    if !lingering {
+                        // Closing, only output moving counts as activity: see
+                        // `linger_timer_fired`.
+                        conn.last_active = now;
+                    }
                     // Deferred work (a flush, a redelivery after `resume_read`, a close) waits
                     // until what the handler left of the input is stashed back in place.
                     self.deferred_depth += 1;
@@ -792,7 +796,8 @@ impl EventLoop {
             self.shutdown_write(id);
         }
         // The linger timer bounds the whole close, flushing included: a peer that stopped
-        // reading cannot hold the connection and its queued output forever.
+        // reading cannot hold the connection and its queued output forever. While output is
+        // still queued it counts from the last bytes the peer took (`linger_timer_fired`).
         self.start_linger(id);
     }
 
@@ -902,6 +907,11 @@ impl EventLoop {
         } else if read_eof {
             self.close_with(id, CloseReason::Normal);
         } else if full_close {
+            // The wait for the peer's FIN gets a whole linger timeout from our FIN, however
+            // long the flush before it took.
+            if let Some(key) = self.conn_mut(id).and_then(|c| c.linger_timer.take()) {
+                self.timers.cancel(key);
+            }
             self.start_linger(id);
         }
     }
@@ -936,12 +946,27 @@ impl EventLoop {
         }
     }
 
+    /// Before our FIN, while queued output still waits for the peer to read it, the linger
+    /// timeout is a send timeout: it counts from the last bytes the peer took, so a slow
+    /// reader gets the whole of a long response and only a stalled one is cut off (as
+    /// nginx's `send_timeout`). After our FIN it is a plain bound on the wait for the peer's.
     pub(crate) fn linger_timer_fired(&mut self, id: ConnId, key: TimerKey) {
-        if let Some(conn) = self.conn_mut(id).filter(|c| c.linger_timer == Some(key)) {
-            conn.linger_timer = None;
-            self.stats.linger_timeouts += 1;
-            self.close_with(id, CloseReason::LingerTimeout);
+        let now = self.now_tick();
+        let linger = EventLoop::ms(self.cfg.linger_timeout);
+        let Some(conn) = self.conn_mut(id).filter(|c| c.linger_timer == Some(key)) else {
+            return;
+        };
+        conn.linger_timer = None;
+        let due = conn.last_active.saturating_add(linger);
+        if !conn.write_shut && conn.output_len() > 0 && now < due {
+            let key = self.timers.insert(due, TimerEvent::Linger(id));
+            if let Some(conn) = self.conn_mut(id) {
+                conn.linger_timer = Some(key);
+            }
+            return;
         }
+        self.stats.linger_timeouts += 1;
+        self.close_with(id, CloseReason::LingerTimeout);
     }
 
     pub(crate) fn idle_timer_fired(&mut self, id: ConnId, key: TimerKey) {

@@ -47,7 +47,9 @@ pub struct LoopConfig {
     pub engine: Engine,
     /// Close a connection that moved no byte for this long.
     pub idle_timeout: Option<Duration>,
-    /// After our FIN, how long to wait for the peer's before closing with RST.
+    /// After our FIN, how long to wait for the peer's before closing with RST. Before it,
+    /// while a closing connection's output is still queued, the longest the peer may go
+    /// without taking a byte of it (a send timeout, as nginx's `send_timeout`).
     pub linger_timeout: Duration,
     /// Refuse (accept, then close) incoming connections beyond this limit, which may be
     /// shared by several loops (one server's limit).

@@ -187,12 +187,14 @@ impl Core {
         } else if self.read_eof {
             self.close_with(CloseReason::Normal);
         } else if self.close_after_shutdown {
+            // The wait for the peer's FIN gets a whole linger timeout from our FIN.
+            sh.replace_timer(self.linger_timer.take(), None);
             self.start_linger(sh, now);
         }
     }
 
     /// Graceful close: flush, FIN, wait for the peer's FIN up to the linger timeout (which
-    /// bounds the flush too).
+    /// bounds the flush too, counted from the last bytes the peer took: `timers.rs`).
     pub(super) fn close(&mut self, sh: &Shared, now: u64) {
         if !self.live() {
             return;

@@ -76,10 +76,12 @@ impl Worker<'_> {
                 Ok(n) => {
                     bump(&self.stats.bytes_in, n as u64);
                     total += n;
-                    c.core.last_active = self.now;
                     if c.core.lingering {
-                        input.clear(); // closing: read only to reach the peer's FIN
+                        // Closing: read only to reach the peer's FIN. Only output moving
+                        // counts as activity now (the linger timer, `timers.rs`).
+                        input.clear();
                     } else {
+                        c.core.last_active = self.now;
                         self.call(c, |h, cx| h.on_data(cx, &mut input));
                     }
                     self.stash(c, input, direct);

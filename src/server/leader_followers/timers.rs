@@ -51,9 +51,18 @@ impl Worker<'_> {
             match what {
                 TimerEvent::Idle(_) if c.core.idle_timer == Some(key) => self.idle_fired(&mut c),
                 TimerEvent::Linger(_) if c.core.linger_timer == Some(key) => {
-                    c.core.linger_timer = None;
-                    bump(&self.stats.linger_timeouts, 1);
-                    c.core.close_with(CloseReason::LingerTimeout);
+                    let core = &mut c.core;
+                    core.linger_timer = None;
+                    // Still flushing before our FIN: a send timeout, counted from the last
+                    // bytes the peer took (as the event loop's `linger_timer_fired`).
+                    let due = core.last_active.saturating_add(self.sh.cfg.linger_ms);
+                    if !core.write_shut && core.output_len() > 0 && self.now < due {
+                        core.linger_timer =
+                            Some(self.sh.add_timer(due, TimerEvent::Linger(core.id)));
+                    } else {
+                        bump(&self.stats.linger_timeouts, 1);
+                        core.close_with(CloseReason::LingerTimeout);
+                    }
                 }
                 TimerEvent::User(_, tag) => {
                     let Some(i) = c
