@@ -760,6 +760,51 @@ fn connection_close_is_honoured() {
         .unwrap_or_else(|e| panic!("after Connection: close: {e}"));
 }
 
+/// RFC 9110 9.1: a method keel does not know is 501 (methods are case-sensitive), a
+/// standard one a static file does not allow is 405 with Allow; either way the connection
+/// stays usable.
+#[test]
+fn unknown_methods_are_501_and_known_ones_405() {
+    let root = Root::new("methods");
+    let srv = serve(&root, &[]);
+    let mut c = Client::connect(srv.tcp);
+    for (method, status) in [("FOO", 501), ("get", 501), ("PATCH", 405), ("OPTIONS", 405)] {
+        c.send(format!("{method} /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        let r = c.must(false, method);
+        assert_eq!(r.status, status, "{method}: {}", r.show());
+        let allow = if status == 405 {
+            Some("GET, HEAD")
+        } else {
+            None
+        };
+        assert_eq!(r.header("Allow"), allow, "{method}: {}", r.head);
+        assert!(!r.says_close(), "{method} closes:\n{}", r.head);
+    }
+    c.still_serves("/hello.txt", HELLO, "after the refused methods");
+}
+
+/// RFC 9110 4.2.1 and 4.2.4: an absolute-form target with an empty host, or with userinfo,
+/// is refused; with a host it names the file its path names.
+#[test]
+fn absolute_form_targets_need_a_host_and_no_userinfo() {
+    let root = Root::new("absform");
+    let srv = serve(&root, &[]);
+    for target in [
+        "http:///hello.txt",
+        "http://user@t/hello.txt",
+        "http://:80/hello.txt",
+    ] {
+        let mut c = Client::connect(srv.tcp);
+        c.send(format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        let r = c.must(false, target);
+        assert_eq!(r.status, 400, "{target}: {}", r.show());
+    }
+    let mut c = Client::connect(srv.tcp);
+    c.send(b"GET http://t:1/hello.txt HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = c.must(false, "absolute-form");
+    assert_eq!((r.status, &r.body[..]), (200, HELLO), "{}", r.show());
+}
+
 /// RFC 9110 2.5 and 6.2: HTTP/1.2 is read as 1.1 (kept alive, answered as 1.1); another
 /// major version is 505.
 #[test]

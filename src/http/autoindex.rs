@@ -21,20 +21,30 @@ pub struct Entry {
 }
 
 /// Entries of an open directory fd, sorted: directories first, then by name; hidden entries
-/// (leading '.') skipped unless show_hidden.
+/// (leading '.') skipped unless `show_hidden`, symlinks skipped unless `show_symlinks` (the
+/// server follows them: `--follow-symlinks`).
 ///
-/// Names that are not UTF-8 are left out: no request target can name them (normalize_target
-/// refuses non-UTF-8), so a link to them could only fail. Symlinks are described as themselves
-/// (lstat), not by their targets, so the listing never reveals anything about files they point
-/// at, which may lie outside the root. An entry that vanishes between readdir and stat is
-/// skipped.
-pub fn read_entries(dir: BorrowedFd<'_>, show_hidden: bool) -> std::io::Result<Vec<Entry>> {
+/// Only names a request can reach are listed, so that no link on the page leads to a refusal:
+/// names that are not UTF-8 (normalize_target refuses non-UTF-8), names with a control
+/// character (refused as well), and symlinks the server would answer with 403. Symlinks are
+/// described as themselves (lstat), not by their targets, so the listing never reveals anything
+/// about files they point at, which may lie outside the root. An entry that vanishes between
+/// readdir and stat is skipped.
+pub fn read_entries(
+    dir: BorrowedFd<'_>,
+    show_hidden: bool,
+    show_symlinks: bool,
+) -> std::io::Result<Vec<Entry>> {
     let mut entries = Vec::new();
     for item in Dir::read_from(dir)? {
         let item = item?;
         let raw = item.file_name();
         let Ok(name) = raw.to_str() else { continue };
-        if name == "." || name == ".." || (!show_hidden && name.starts_with('.')) {
+        if name == "."
+            || name == ".."
+            || (!show_hidden && name.starts_with('.'))
+            || name.bytes().any(|b| b.is_ascii_control())
+        {
             continue;
         }
         let st = match rustix::fs::statat(dir, raw, AtFlags::SYMLINK_NOFOLLOW) {
@@ -42,7 +52,11 @@ pub fn read_entries(dir: BorrowedFd<'_>, show_hidden: bool) -> std::io::Result<V
             Err(rustix::io::Errno::NOENT) => continue,
             Err(e) => return Err(e.into()),
         };
-        let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+        let kind = FileType::from_raw_mode(st.st_mode);
+        if kind == FileType::Symlink && !show_symlinks {
+            continue;
+        }
+        let is_dir = kind == FileType::Directory;
         entries.push(Entry {
             name: name.to_owned(),
             is_dir,
@@ -167,7 +181,7 @@ mod tests {
     #[test]
     fn reads_sorted_entries() {
         let (_t, dir) = nasty_dir();
-        let entries = read_entries(dir.as_fd(), false).unwrap();
+        let entries = read_entries(dir.as_fd(), false, true).unwrap();
         let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(&names[..2], &["adir", "zdir"]);
         assert!(entries[..2].iter().all(|e| e.is_dir));
@@ -184,17 +198,36 @@ mod tests {
         // The symlink is described as itself, not as the /etc it points to.
         assert!(!entries.iter().find(|e| e.name == "link").unwrap().is_dir);
 
-        let all = read_entries(dir.as_fd(), true).unwrap();
+        let all = read_entries(dir.as_fd(), true, true).unwrap();
         assert!(all.iter().any(|e| e.name == ".hidden"));
         assert_eq!(all.len(), entries.len() + 1);
         // Reading twice from the same fd works: the listing does not consume its position.
-        assert_eq!(read_entries(dir.as_fd(), false).unwrap(), entries);
+        assert_eq!(read_entries(dir.as_fd(), false, true).unwrap(), entries);
+        // Without --follow-symlinks a symlink would be refused (403): it is not listed.
+        let no_links = read_entries(dir.as_fd(), false, false).unwrap();
+        assert!(!no_links.iter().any(|e| e.name == "link"));
+        assert_eq!(no_links.len(), entries.len() - 1);
+    }
+
+    #[test]
+    fn names_no_request_can_reach_are_not_listed() {
+        let t = TempDir::new("unreachable");
+        for name in ["nl\nname", "tab\tname", "del\u{7f}", "plain"] {
+            std::fs::write(t.0.join(name), b"x").unwrap();
+        }
+        let dir = std::fs::File::open(&t.0).unwrap();
+        let names: Vec<String> = read_entries(dir.as_fd(), false, false)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, ["plain"]);
     }
 
     #[test]
     fn nasty_names_are_escaped() {
         let (_t, dir) = nasty_dir();
-        let mut entries = read_entries(dir.as_fd(), false).unwrap();
+        let mut entries = read_entries(dir.as_fd(), false, true).unwrap();
         entries.push(Entry {
             name: "<script>alert(1)</script>".into(),
             is_dir: false,

@@ -416,6 +416,12 @@ impl HttpConn {
             push_error(out, status, p, head_only);
             (status, 0, None)
         };
+        // RFC 9110 9.1 and 15.6.2: a method keel does not know at all is 501; a standard
+        // one that a static file does not allow is 405, with Allow. Methods are
+        // case-sensitive: `get` is not GET.
+        if head.method == Method::Other {
+            return error(out, 501);
+        }
         if !matches!(head.method, Method::Get | Method::Head) {
             return error(out, 405);
         }
@@ -455,7 +461,7 @@ impl HttpConn {
                     Ok(Found::Dir(dir)) if settings.autoindex => with_no_file(listing(
                         &dir,
                         &String::from_utf8_lossy(path),
-                        settings.serve_hidden,
+                        (settings.serve_hidden, settings.follow_symlinks),
                         out,
                         p,
                         head_only,
@@ -746,13 +752,13 @@ fn html_page(out: &mut Vec<u8>, page: &[u8], p: Persistence, head_only: bool) ->
 fn listing(
     dir: &std::os::fd::OwnedFd,
     path: &str,
-    show_hidden: bool,
+    (show_hidden, show_symlinks): (bool, bool),
     out: &mut Vec<u8>,
     p: Persistence,
     head_only: bool,
 ) -> (u16, u64) {
     use std::os::fd::AsFd;
-    let entries = match autoindex::read_entries(dir.as_fd(), show_hidden) {
+    let entries = match autoindex::read_entries(dir.as_fd(), show_hidden, show_symlinks) {
         Ok(e) => e,
         Err(e) => {
             // As for a file: out of fds or memory is 503, a failing disk 500.

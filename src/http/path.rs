@@ -140,10 +140,19 @@ fn split_path(target: &[u8]) -> Result<&[u8], PathError> {
         target
     } else if let Some(after_scheme) = strip_scheme(target) {
         // The authority runs to the first '/', '?' or '#'; an absent path means "/".
-        match after_scheme
+        let end = after_scheme
             .iter()
-            .position(|&b| matches!(b, b'/' | b'?' | b'#'))
-        {
+            .position(|&b| matches!(b, b'/' | b'?' | b'#'));
+        let authority = &after_scheme[..end.unwrap_or(after_scheme.len())];
+        // RFC 9110 4.2.1: an http(s) URI with an empty host is invalid (a recipient MUST
+        // reject it); 4.2.4: userinfo in one is to be treated as an error.
+        if authority.is_empty() || authority.starts_with(b":") {
+            return Err(PathError::BadRequest("absolute-form target without a host"));
+        }
+        if authority.contains(&b'@') {
+            return Err(PathError::BadRequest("userinfo in an absolute-form target"));
+        }
+        match end {
             Some(i) if after_scheme[i] == b'/' => &after_scheme[i..],
             _ => return Ok(b"/"),
         }
@@ -620,6 +629,22 @@ mod tests {
 
     #[test]
     fn absolute_form() {
+        for target in [
+            "http:///etc/passwd",
+            "http://:80/a",
+            "https://",
+            "http://?x",
+            "http://u@h/a",
+            "http://u:p@h/",
+        ] {
+            assert!(
+                matches!(
+                    normalize_target(target.as_bytes()),
+                    Err(PathError::BadRequest(_))
+                ),
+                "{target}"
+            );
+        }
         let ok = |t: &str| normalize_target(t.as_bytes()).unwrap();
         assert_eq!(ok("http://example.com/a/b"), "/a/b");
         assert_eq!(ok("http://example.com:8080/a/./b/"), "/a/b/");
