@@ -1831,6 +1831,58 @@ fn a_slow_reader_gets_all_of_the_last_response() {
     }
 }
 
+/// Requests pipelined behind a response too large for the socket buffers are all answered,
+/// under every model, whether the client keeps its side open or half-closes it after the
+/// batch. Under half-sync they were left unanswered: the handler pauses reading while its
+/// output drains, and on resume the input it had already seen was never offered again.
+#[test]
+fn requests_behind_a_large_response_are_answered_under_every_model() {
+    let root = Root::new("behindbig");
+    let big = random_bytes(8, 300 * 1024);
+    root.write("big.bin", &big);
+    let models = [
+        "multi-reactor",
+        "half-sync",
+        "leader-followers",
+        "thread-per-conn",
+        "prefork",
+        "process-per-conn",
+    ];
+    for model in models {
+        let srv = serve(
+            &root,
+            &["--model", model, "--threads", "2", "--sndbuf", "16384"],
+        );
+        for half_close in [false, true] {
+            let what = format!("{model}, half-close {half_close}");
+            let mut c = Client::connect(srv.tcp);
+            let one = b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\nGET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n";
+            c.send(&one.repeat(3));
+            if half_close {
+                c.s.shutdown(std::net::Shutdown::Write).unwrap();
+            }
+            for i in 0..6 {
+                let r = c
+                    .response_within(false, Duration::from_secs(10))
+                    .unwrap_or_else(|e| panic!("{what}: response {i} of 6: {e}"));
+                assert_eq!(r.status, 200, "{what}: response {i}: {}", r.head);
+                let want = if i % 2 == 0 { &big[..] } else { HELLO };
+                assert!(
+                    r.body == want,
+                    "{what}: response {i}: wrong body\n{}",
+                    r.head
+                );
+            }
+            if half_close {
+                c.closed_within(Duration::from_secs(5))
+                    .unwrap_or_else(|e| panic!("{what}: after the batch: {e}"));
+            } else {
+                c.still_serves("/hello.txt", HELLO, &what);
+            }
+        }
+    }
+}
+
 #[test]
 fn fifty_pipelined_64k_responses_read_slowly() {
     let root = Root::new("pipe64k");

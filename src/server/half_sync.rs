@@ -398,7 +398,9 @@ impl Side {
             return self.input.take().map(Call::Data);
         }
         match self.events.front() {
-            Some(Call::PeerShutdown) if unseen => None,
+            // The FIN follows every byte before it: it waits for input not yet given, and
+            // for input a paused handler left (it is given again on resume, as the loop does).
+            Some(Call::PeerShutdown) if unseen || self.handler_paused => None,
             Some(_) => self.events.pop_front(),
             None => None,
         }
@@ -878,6 +880,12 @@ fn apply(el: &mut EventLoop, id: ConnId, side: &Mutex<Side>, ops: Vec<Op>) {
     }
     let mut s = lock(side);
     if let Some(p) = paused {
+        if s.handler_paused && !p {
+            // Resumed: what the handler left unconsumed when it paused is offered again, as
+            // the loop's `resume_read` does, since no new bytes may ever come to announce it
+            // (pipelined requests behind a large response, say).
+            s.seen = 0;
+        }
         s.handler_paused = p;
     }
     s.write_shut |= write_shut || closing;
@@ -1036,6 +1044,29 @@ mod tests {
         assert_eq!(kind(&s.next_call(false)), "drained");
         assert_eq!(kind(&s.next_call(false)), "none");
         s.handler_paused = false;
+        assert_eq!(kind(&s.next_call(false)), "data");
+        assert_eq!(kind(&s.next_call(false)), "fin");
+    }
+
+    /// A handler that paused with input it had seen (requests behind a large response) gets
+    /// that input again when it resumes, and the peer's FIN only after it.
+    #[test]
+    fn input_a_paused_handler_left_is_given_again_on_resume() {
+        let mut s = Side::new(Box::new(Nop));
+        s.handler_paused = true;
+        s.input = Some(bytes(b"GET / HTTP/1.1"));
+        s.seen = 14;
+        s.events.push_back(Call::PeerShutdown);
+        assert_eq!(
+            kind(&s.next_call(false)),
+            "none",
+            "the FIN waits while paused"
+        );
+        let s = Mutex::new(s);
+        let el = &mut EventLoop::new(LoopConfig::default()).unwrap();
+        apply(el, ConnId(Token(0)), &s, vec![Op::ResumeRead]);
+        let mut s = s.into_inner().unwrap();
+        assert_eq!(s.unseen(), 14);
         assert_eq!(kind(&s.next_call(false)), "data");
         assert_eq!(kind(&s.next_call(false)), "fin");
     }
