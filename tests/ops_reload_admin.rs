@@ -386,6 +386,45 @@ fn metrics_under_every_model() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The admin listener is outside `--max-conns`: with the site full, /metrics and /status
+/// still answer, and their connections are not counted as the site's refusals.
+#[test]
+fn the_admin_listener_answers_when_the_site_is_full() {
+    let dir = temp_dir("admin-full");
+    std::fs::write(dir.join("ok.txt"), "fine").unwrap();
+    for model in MODELS {
+        let srv = Opts::http("epoll-lt")
+            .arg("--root", dir.to_str().unwrap())
+            .arg("--admin", "127.0.0.1:0")
+            .arg("--access-log", "off")
+            .arg("--model", model)
+            .arg("--threads", "2")
+            .arg("--max-conns", "1")
+            .spawn();
+        let admin = srv.admin_addr().expect("a `listening admin` line");
+        // The site's one connection, served and held open.
+        let mut held = connect(srv.tcp);
+        assert_eq!(get_on(&mut held, "/ok.txt").status, 200, "{model}");
+        for path in ["/metrics", "/status", "/metrics"] {
+            assert_eq!(
+                get(admin, path).status,
+                200,
+                "{model}: {path} with the site full"
+            );
+        }
+        let text = String::from_utf8(get(admin, "/metrics").body).unwrap();
+        let m = parse_prometheus(&text);
+        assert_eq!(
+            m.get("keel_connections_refused_total{reason=\"limit\"}")
+                .copied(),
+            Some(0.0),
+            "{model}: admin connections counted as refusals:\n{text}"
+        );
+        drop(held);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// /status in a real browser: headless Chromium renders it and takes a screenshot (skipped,
 /// with the reason, where Chromium is not installed).
 #[test]

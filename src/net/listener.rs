@@ -167,8 +167,12 @@ pub type AcceptHook = Box<dyn FnMut(&mut EventLoop, OwnedFd)>;
 
 /// What a listener does with a new connection.
 enum OnAccept {
-    /// Serve it on this loop with a handler from the factory.
+    /// Serve it on this loop with a handler from the factory, within the server's connection
+    /// limit.
     Serve(HandlerFactory),
+    /// The same, outside that limit: the admin listener, which must answer when the server is
+    /// full, since that is when its figures are wanted.
+    ServeUnlimited(HandlerFactory),
     /// Give it away (`None` only while the hook runs).
     Hand(Option<AcceptHook>),
 }
@@ -211,6 +215,18 @@ impl EventLoop {
         factory: HandlerFactory,
     ) -> io::Result<Token> {
         self.insert_listener(listener, OnAccept::Serve(factory))
+    }
+
+    /// [`EventLoop::add_listener`] for connections that neither count against the server's
+    /// connection limit (`--max-conns`) nor are refused by it: the admin listener's
+    /// (/metrics, /status), whose scrapes must get through when the site is saturated. Meant
+    /// for a listener on a trusted address.
+    pub fn add_listener_outside_limit(
+        &mut self,
+        listener: TcpListener,
+        factory: HandlerFactory,
+    ) -> io::Result<Token> {
+        self.insert_listener(listener, OnAccept::ServeUnlimited(factory))
     }
 
     /// Listens on this loop but hands every accepted socket to `hook` (socket options already
@@ -317,11 +333,15 @@ impl EventLoop {
     }
 
     fn accepted(&mut self, token: Token, fd: OwnedFd) {
-        let factory = match self.slot_mut(token).map(|s| &mut s.source) {
+        let (factory, limited) = match self.slot_mut(token).map(|s| &mut s.source) {
             Some(Source::Listener(Listener {
                 on_accept: OnAccept::Serve(f),
                 ..
-            })) => f.clone(),
+            })) => (f.clone(), true),
+            Some(Source::Listener(Listener {
+                on_accept: OnAccept::ServeUnlimited(f),
+                ..
+            })) => (f.clone(), false),
             Some(Source::Listener(Listener {
                 on_accept: OnAccept::Hand(hook),
                 ..
@@ -344,7 +364,7 @@ impl EventLoop {
         self.set_socket_options(&fd);
         self.stats.accepted += 1;
         // A refusal is counted (and said) there.
-        let _ = self.adopt_incoming(fd, &*factory);
+        let _ = self.adopt_within(fd, &*factory, limited);
     }
 
     /// Serves an accepted socket on this loop within the server's connection limit (shared by
@@ -357,7 +377,19 @@ impl EventLoop {
         fd: OwnedFd,
         factory: &(dyn Fn() -> Box<dyn Handler> + Send + Sync),
     ) -> io::Result<()> {
-        let limited = match &self.cfg.connection_limit {
+        self.adopt_within(fd, factory, true)
+    }
+
+    /// [`EventLoop::adopt_incoming`], within the connection limit or (`limited` false)
+    /// outside it.
+    fn adopt_within(
+        &mut self,
+        fd: OwnedFd,
+        factory: &(dyn Fn() -> Box<dyn Handler> + Send + Sync),
+        limited: bool,
+    ) -> io::Result<()> {
+        let limit = self.cfg.connection_limit.as_ref().filter(|_| limited);
+        let limited = match limit {
             Some(limit) if !limit.try_acquire() => {
                 self.stats.refused_limit += 1;
                 close_refused(fd); // the client reads EOF

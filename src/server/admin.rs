@@ -83,7 +83,7 @@ pub(crate) fn attach(
             loops,
         }
     });
-    el.add_listener(
+    el.add_listener_outside_limit(
         listener,
         Arc::new(move || Box::new(AdminHandler::new(view.clone())) as Box<dyn Handler>),
     )?;
