@@ -433,8 +433,8 @@ pub(super) fn child_main(
     }
 }
 
-/// In a child: runs a loop (given its work by `setup`) that drains on SIGTERM/SIGINT, ignores
-/// SIGHUP, and publishes its counters into `slot` now, every [`PUBLISH_EVERY`], on SIGUSR2
+/// In a child: runs a loop (given its work by `setup`) that drains on SIGTERM/SIGINT, reloads
+/// quietly on SIGHUP (the master reloads too and logs the outcome once), and publishes its counters into `slot` now, every [`PUBLISH_EVERY`], on SIGUSR2
 /// and at exit.
 pub(super) fn serve_child(
     cfg: LoopConfig,
@@ -448,7 +448,8 @@ pub(super) fn serve_child(
     el.add_signals(&super::control::SERVER_SIGNALS, move |el, sig| match sig {
         Signal::SIGUSR2 => b.publish(slot, el.stats()),
         Signal::SIGHUP => {
-            super::reload::reload();
+            // The master reloads too and says how it went.
+            super::reload::reload_in_worker();
         }
         Signal::SIGUSR1 => crate::ops::log::reopen_all(),
         _ => el.shutdown_gracefully(drain),

@@ -64,6 +64,17 @@ pub fn install(service: &Service, running: &ServerOptions) -> Service {
 
 /// SIGHUP in this process: reload, swap on success, log either way. True if swapped.
 pub fn reload() -> bool {
+    reload_and_say(true)
+}
+
+/// [`reload`] in a worker process whose master reloads the same file and says how it went:
+/// the outcome is logged at debug level only, so one SIGHUP gives one line, not one per
+/// process.
+pub fn reload_in_worker() -> bool {
+    reload_and_say(false)
+}
+
+fn reload_and_say(loud: bool) -> bool {
     let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
     let Some(live) = live.as_mut() else {
         tracing::info!("SIGHUP: this server has nothing to reload");
@@ -71,13 +82,21 @@ pub fn reload() -> bool {
     };
     let (factory, opts) = match (live.reloader)() {
         Ok(new) => new,
-        Err(e) => {
+        Err(e) if loud => {
             tracing::error!("reload failed, still serving the previous configuration: {e}");
+            return false;
+        }
+        Err(e) => {
+            tracing::debug!("reload failed in this worker: {e}");
             return false;
         }
     };
     *live.slot.write().unwrap_or_else(|e| e.into_inner()) = factory;
-    tracing::info!("configuration reloaded; new connections use it");
+    if loud {
+        tracing::info!("configuration reloaded; new connections use it");
+    } else {
+        tracing::debug!("configuration reloaded in this worker");
+    }
     if opts.listen != live.running.listen {
         match &live.relisten {
             Some(relisten) => match relisten(opts.listen) {
