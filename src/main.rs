@@ -1,9 +1,10 @@
 //! The `keel` command: every server and tool of the project behind one binary.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -300,12 +301,13 @@ impl ServerArgs {
         cli: ServerSettings,
     ) -> Result<(ServerSettings, ServerOptions), Vec<String>> {
         let file = match &self.config {
-            Some(path) => config::load(path)
+            Some(path) => config::load(&start_dir().join(path))
                 .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?
                 .settings(section),
             None => ServerSettings::default(),
         };
         let mut settings = cli.or(&file);
+        settings.anchor_paths(start_dir());
         if section == Section::Http && settings.listen.is_none() {
             settings.listen = Some(config::DEFAULT_HTTP_LISTEN);
         }
@@ -350,8 +352,8 @@ fn reloader(
 ) -> Option<server::reload::Reloader> {
     config.as_ref()?;
     Some(Arc::new(move || {
-        let path = config.as_ref().expect("checked above");
-        let file = config::load(path)
+        let path = start_dir().join(config.as_ref().expect("checked above"));
+        let file = config::load(&path)
             .map_err(|errors| {
                 errors
                     .iter()
@@ -361,6 +363,7 @@ fn reloader(
             })?
             .settings(section);
         let mut settings = cli.clone().or(&file);
+        settings.anchor_paths(start_dir());
         if section == Section::Http && settings.listen.is_none() {
             settings.listen = Some(config::DEFAULT_HTTP_LISTEN);
         }
@@ -369,11 +372,20 @@ fn reloader(
     }))
 }
 
+/// The directory keel was started in. Relative paths (the config file, pid file, logs, the
+/// document root) are taken from it, also after a daemon's `chdir /` and at a reload
+/// ([`config::ServerSettings::anchor_paths`]).
+fn start_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Servers take their signals from a signalfd: block them before any thread starts (the
-    // log writer is the first), so every thread inherits the mask. Tools keep the defaults
-    // (Ctrl-C stops `keel bench pingpong`).
+    start_dir(); // before anything can change it
+                 // Servers take their signals from a signalfd: block them before any thread starts (the
+                 // log writer is the first), so every thread inherits the mask. Tools keep the defaults
+                 // (Ctrl-C stops `keel bench pingpong`).
     if matches!(
         cli.command,
         Command::Echo(_) | Command::Discard(_) | Command::Http(_)

@@ -301,3 +301,66 @@ fn systemd_hears_ready_and_stopping() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Relative paths name files in the directory the daemon was started from, also after it
+/// `chdir`s to `/`: the pid file it removes at exit, the config file a SIGHUP rereads, the log
+/// file a SIGUSR1 reopens. They used to resolve under `/` once detached.
+#[test]
+fn a_daemon_keeps_its_relative_paths() {
+    let dir = temp_dir("daemon-relative");
+    std::fs::create_dir_all(dir.join("run")).unwrap();
+    std::fs::write(dir.join("keel.toml"), "[echo]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    let status = Command::new(keel_bin())
+        .current_dir(&dir)
+        .args([
+            "echo",
+            "--daemon",
+            "--config",
+            "keel.toml",
+            "--pid-file",
+            "run/k.pid",
+        ])
+        .args(["--log-target", "file", "--log-file", "k.log"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let pid: i32 = std::fs::read_to_string(dir.join("run/k.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let log_has = |file: &str, text: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+            if log.contains(text) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{file} never said {text:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    log_has("k.log", "echo server starting");
+    kill(Pid::from_raw(pid), Signal::SIGHUP).unwrap();
+    log_has("k.log", "configuration reloaded");
+    std::fs::rename(dir.join("k.log"), dir.join("k.log.1")).unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGUSR1).unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    log_has("k.log", "SIGTERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "the daemon did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !dir.join("run/k.pid").exists(),
+        "the pid file was left behind at a clean exit"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

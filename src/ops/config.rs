@@ -196,6 +196,31 @@ pub struct ServerSettings {
     pub http: HttpFileSettings,
 }
 
+impl ServerSettings {
+    /// Makes every relative path (pid file, log file, document root, access log) relative to
+    /// `dir`, the directory the server was started in. A daemon `chdir`s to `/` once it is
+    /// listening, and later uses of these paths (removing the pid file at exit, reopening
+    /// the log, a reload) must still name the files the operator meant, not files under `/`.
+    pub fn anchor_paths(&mut self, dir: &Path) {
+        let anchor = |p: &mut Option<PathBuf>| {
+            if let Some(path) = p.as_mut().filter(|p| p.is_relative()) {
+                *path = dir.join(&*path);
+            }
+        };
+        anchor(&mut self.pid_file);
+        anchor(&mut self.log_file);
+        anchor(&mut self.http.root);
+        if let Some(log) = self
+            .http
+            .access_log
+            .as_mut()
+            .filter(|l| !matches!(l.as_str(), "stderr" | "off") && Path::new(l).is_relative())
+        {
+            *log = dir.join(&*log).to_string_lossy().into_owned();
+        }
+    }
+}
+
 /// The HTTP server's own options, each optional like the rest (see [`HttpFileSettings::apply`]).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct HttpFileSettings {
