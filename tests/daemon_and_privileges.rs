@@ -364,3 +364,47 @@ fn a_daemon_keeps_its_relative_paths() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// After `--user` drops root, the pid file's directory may no longer be writable: the file
+/// cannot be removed at exit, and is emptied instead, so no dead pid is left in it.
+#[test]
+fn a_pid_file_that_cannot_be_removed_is_emptied() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: dropping privileges needs the test to run as root");
+        return;
+    }
+    let dir = temp_dir("pid-user");
+    let pid_file = dir.join("k.pid");
+    let mut child = Command::new(keel_bin())
+        .args([
+            "echo",
+            "--listen",
+            "127.0.0.1:0",
+            "--user",
+            "nobody",
+            "--pid-file",
+        ])
+        .arg(&pid_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The listening line comes once the pid file is written.
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("listening"), "{line:?}");
+    let pid = child.id() as i32;
+    let written = std::fs::read_to_string(&pid_file).unwrap();
+    assert_eq!(written.trim(), pid.to_string());
+    kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let left = std::fs::read_to_string(&pid_file).unwrap_or_default();
+    assert!(
+        left.trim().is_empty(),
+        "the pid file still names the stopped server: {left:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -109,8 +109,17 @@ impl Drop for PidFile {
             if let Err(e) = std::fs::remove_file(&self.path) {
                 // Typically: privileges were dropped and the directory is root's. Say so,
                 // or the next start would find a stale file with no hint why it is there.
+                // The file is emptied through the descriptor still open on it (opened before
+                // the drop, so still writable): no later reader takes a dead pid for ours.
                 if e.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!("cannot remove pid file {}: {e}", self.path.display());
+                    let emptied = match self.file.set_len(0) {
+                        Ok(()) => "emptied it instead",
+                        Err(_) => "it still holds our pid",
+                    };
+                    tracing::warn!(
+                        "cannot remove pid file {}: {e}; {emptied}",
+                        self.path.display()
+                    );
                 }
             }
         }
