@@ -239,6 +239,32 @@ fn sigusr1_reopens_the_access_log_after_rotation() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A reopen that fails (the log's directory was moved away) is said in the log still being
+/// written, not only on stderr, which a daemon has put on /dev/null.
+#[test]
+fn a_failed_reopen_is_said_in_the_old_log() {
+    let dir = temp_dir("reopen-fails");
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    let log = dir.join("logs/keel.log");
+    let srv = Opts::echo("epoll-et")
+        .arg("--log-target", "file")
+        .arg("--log-file", log.to_str().unwrap())
+        .spawn();
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    poll_until("the start line", Duration::from_secs(3), || {
+        read(&log).contains("echo server starting")
+    });
+    std::fs::rename(dir.join("logs"), dir.join("moved")).unwrap();
+    srv.signal(Signal::SIGUSR1);
+    let old = dir.join("moved/keel.log");
+    poll_until(
+        "the failed reopen in the old log",
+        Duration::from_secs(5),
+        || read(&old).contains("still writing to the old file"),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A small Prometheus text-format reader: `name{labels} value` samples, keyed by the series
 /// as written; every sample's family must have been declared with `# TYPE` before it.
 fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {

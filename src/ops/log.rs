@@ -575,7 +575,10 @@ fn writer_thread(s: &Shared, generation: u64) {
                     f
                 }
                 Err(e) => {
-                    eprintln!("keel: reopening {e}; still writing to the old file");
+                    // Through the server log, which may be this very writer: the line is only
+                    // queued (never waited for), and lands in the old file it keeps writing.
+                    // Under --daemon stderr is /dev/null, so stderr alone would say nothing.
+                    tracing::warn!("reopening {e}; still writing to the old file");
                     file
                 }
             }
