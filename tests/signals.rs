@@ -115,3 +115,37 @@ fn sigint(engine: &str) {
     drains_on(engine, Signal::SIGINT)
 }
 per_engine!(sigint);
+
+/// `--drain-timeout` bounds the whole stop even while a handler is blocked (here for 6 s per
+/// read, `--work-ms`): a loop cannot act on its deadline inside a callback, so the process
+/// ends itself a second past it, exit 0. It used to wait for the handler, however long.
+#[test]
+fn a_blocked_handler_does_not_hold_the_stop_past_the_drain_timeout() {
+    for model in [
+        "multi-reactor",
+        "half-sync",
+        "leader-followers",
+        "thread-per-conn",
+    ] {
+        let srv = Opts::echo("epoll-lt")
+            .arg("--model", model)
+            .arg("--threads", "2")
+            .arg("--work-ms", "6000")
+            .arg("--drain-timeout", "1")
+            .spawn();
+        let mut s = connect(srv.tcp);
+        s.write_all(b"x").unwrap();
+        thread::sleep(Duration::from_millis(300)); // the handler is now asleep in its read
+        let start = Instant::now();
+        srv.signal(Signal::SIGTERM);
+        let status = srv
+            .wait_exit(Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("{model}: still running 5 s after SIGTERM (drain 1 s)"));
+        assert!(status.success(), "{model}: {status:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(4),
+            "{model}: the stop took {:?}",
+            start.elapsed()
+        );
+    }
+}

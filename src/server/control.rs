@@ -276,6 +276,7 @@ pub fn install_signals(el: &mut EventLoop, fleet: Arc<Fleet>, drain: Duration) -
         _ => {
             tracing::info!("{sig:?}: stopping; draining connections for up to {drain:?}");
             crate::ops::notify::stopping();
+            super::arm_stop_watchdog(drain);
             fleet.stop_listening();
             fleet.broadcast(move |el| el.shutdown_gracefully(drain));
             el.shutdown_gracefully(drain);

@@ -207,7 +207,11 @@ fn install_signals(el: &mut EventLoop, hub: Arc<Hub>, drain: Duration) -> io::Re
             super::reload::reload();
         }
         Signal::SIGUSR1 => crate::ops::log::reopen_all(),
-        _ => begin_drain(el, &hub, drain),
+        _ => {
+            tracing::info!("{sig:?}: stopping; draining connections for up to {drain:?}");
+            super::arm_stop_watchdog(drain);
+            begin_drain(el, &hub, drain)
+        }
     })
 }
 

@@ -232,6 +232,39 @@ fn serve_holding_pid_file(opts: &ServerOptions, service: &Service) -> io::Result
     }
 }
 
+/// How long past the drain deadline a stop may still take before [`arm_stop_watchdog`] ends
+/// the process.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// The last resort of a stop (SIGTERM, SIGINT), for the models that serve in this process.
+/// `--drain-timeout` bounds the whole stop, but a loop acts on its drain deadline only
+/// between callbacks, and a handler blocked for longer (a stuck disk, `--work-ms`) would hold
+/// the process past it, until a supervisor's SIGKILL. This thread waits out the deadline and
+/// a grace second, then ends the process itself, exit 0 as a drained stop: the kernel closes
+/// what is still open, the log is flushed and the pid file removed first. A stop that ends
+/// in time never hears from it. Armed once.
+pub(crate) fn arm_stop_watchdog(drain: Duration) {
+    static ARMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if ARMED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("keel-stop".into())
+        .spawn(move || {
+            std::thread::sleep(drain + STOP_GRACE);
+            tracing::error!(
+                "still stopping {STOP_GRACE:?} after the drain deadline: a handler is blocked; \
+                 exiting now (no final stats line)"
+            );
+            pid_file().take();
+            crate::ops::log::flush_all();
+            std::process::exit(0);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("no stop watchdog ({e}): a blocked handler can hold the stop");
+    }
+}
+
 /// The server's pid file, held for its whole life. Process-wide because it is taken before
 /// the model runs and rewritten after daemonizing, deep inside the model's start-up.
 fn pid_file() -> std::sync::MutexGuard<'static, Option<crate::ops::pidfile::PidFile>> {

@@ -79,6 +79,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     }
     let mut control = EventLoop::new(opts.loop_config())?;
     let sh = start(opts, service.factory.clone(), Some(control.handle()))?;
+    let drain = opts.drain_timeout;
 
     // Signals are blocked here, before any thread exists (threads inherit the mask).
     let udp_token = std::rc::Rc::new(std::cell::Cell::new(None));
@@ -92,7 +93,9 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
             }
             Signal::SIGUSR1 => crate::ops::log::reopen_all(),
             _ => {
+                tracing::info!("{sig:?}: stopping; draining connections for up to {drain:?}");
                 crate::ops::notify::stopping();
+                super::arm_stop_watchdog(drain);
                 if let Some(token) = udp_token.take() {
                     el.close_listener(token);
                 }
