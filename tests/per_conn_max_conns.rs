@@ -50,3 +50,77 @@ fn process_per_conn_honours_max_conns_control() {
         );
     });
 }
+
+/// Under prefork the workers share one limit (it used to be divided: `--max-conns 1` with two
+/// workers served two clients, `--max-conns 4` refused clients while fewer than 4 were open).
+/// Exactly `max` clients are served at once, whichever workers take them; a closed one frees
+/// its permit; and a worker killed while holding permits gives them back when it is reaped.
+#[test]
+fn prefork_workers_share_one_limit() {
+    for max in [1usize, 3, 4] {
+        let srv = Opts::echo("epoll-et")
+            .arg("--model", "prefork")
+            .arg("--threads", "2")
+            .arg("--max-conns", &max.to_string())
+            .spawn();
+        let mut held = Vec::new();
+        for i in 0..max {
+            let mut c = connect(srv.tcp);
+            let p = probe(&mut c, b"x", Duration::from_secs(3));
+            assert_eq!(p, Probe::Served, "max {max}: client {i} of {max}");
+            held.push(c);
+        }
+        let mut extra = connect(srv.tcp);
+        let p = probe(&mut extra, b"y", Duration::from_secs(3));
+        assert!(
+            matches!(p, Probe::Closed(_)),
+            "max {max}: client {max} got {p:?}"
+        );
+        // One leaves: its permit is free for the next (after the server saw it close).
+        drop(held.pop());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut c = connect(srv.tcp);
+            if probe(&mut c, b"z", Duration::from_secs(3)) == Probe::Served {
+                held.push(c);
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "max {max}: the freed permit never came back"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Both workers killed with every permit held: the master gives the permits back as it
+        // reaps them, so the restarted workers serve `max` clients again.
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", srv.pid))
+            .unwrap_or_default();
+        let workers: Vec<i32> = children
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        assert_eq!(workers.len(), 2, "max {max}: workers {workers:?}");
+        for w in workers {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(w),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        drop(held);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut again = Vec::new();
+        while again.len() < max {
+            let mut c = connect(srv.tcp);
+            if probe(&mut c, b"w", Duration::from_secs(3)) == Probe::Served {
+                again.push(c);
+                continue;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "max {max}: after the workers were killed only {} clients are served",
+                again.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

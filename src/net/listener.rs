@@ -23,6 +23,7 @@ use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
 use crate::net::handler::Handler;
 use crate::reactor::event::{Interest, Token, Trigger};
 use crate::reactor::event_loop::{EventLoop, Source};
+use crate::sys::process::SharedCounters;
 
 /// Makes a handler for each accepted connection. Shared (`Arc`, `Sync`) so one listener's
 /// factory can serve every loop of a multi-loop server.
@@ -121,30 +122,105 @@ pub fn bind_tcp_group(
 
 /// A server's connection limit, shared by all its loops: each takes a permit per accepted
 /// connection and gives it back when the connection closes.
-#[derive(Debug)]
 pub struct ConnectionLimit {
     max: usize,
-    open: AtomicUsize,
+    open: Permits,
+}
+
+/// Where the permits are counted.
+enum Permits {
+    /// In this process (the loops of one process share it).
+    Local(AtomicUsize),
+    /// Across worker processes (prefork), in a mapping shared by them and their master:
+    /// word 0 counts the server's open connections, word 1 + `slot` those of the worker in
+    /// `slot`, so that the master can give back what a worker that died held
+    /// ([`ConnectionLimit::reclaim`]).
+    Shared {
+        words: Arc<SharedCounters>,
+        slot: usize,
+    },
+}
+
+impl std::fmt::Debug for ConnectionLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionLimit")
+            .field("max", &self.max)
+            .field("open", &self.open())
+            .finish()
+    }
 }
 
 impl ConnectionLimit {
     pub fn new(max: usize) -> Arc<ConnectionLimit> {
         Arc::new(ConnectionLimit {
             max,
-            open: AtomicUsize::new(0),
+            open: Permits::Local(AtomicUsize::new(0)),
         })
     }
 
+    /// The words a limit shared by `workers` processes counts in; make them before forking.
+    pub fn shared_words(workers: usize) -> io::Result<Arc<SharedCounters>> {
+        SharedCounters::new(1 + workers).map(Arc::new)
+    }
+
+    /// The worker in `slot`'s view of a limit of `max` connections shared through `words`.
+    pub fn shared(max: usize, words: Arc<SharedCounters>, slot: usize) -> Arc<ConnectionLimit> {
+        Arc::new(ConnectionLimit {
+            max,
+            open: Permits::Shared { words, slot },
+        })
+    }
+
+    /// In the master, once the worker in `slot` is dead (and before its slot is reused):
+    /// gives back the permits it held, which it can no longer release.
+    pub fn reclaim(words: &SharedCounters, slot: usize) {
+        let held = words.get(1 + slot).swap(0, Ordering::AcqRel);
+        words.get(0).fetch_sub(held, Ordering::AcqRel);
+    }
+
+    /// Connections holding a permit now.
+    pub fn open(&self) -> usize {
+        match &self.open {
+            Permits::Local(n) => n.load(Ordering::Acquire),
+            Permits::Shared { words, .. } => words.get(0).load(Ordering::Acquire) as usize,
+        }
+    }
+
     fn try_acquire(&self) -> bool {
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max).then_some(n + 1)
-            })
-            .is_ok()
+        match &self.open {
+            Permits::Local(n) => n
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < self.max).then_some(n + 1)
+                })
+                .is_ok(),
+            Permits::Shared { words, slot } => {
+                let max = self.max as u64;
+                let taken = words
+                    .get(0)
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        (n < max).then_some(n + 1)
+                    })
+                    .is_ok();
+                if taken {
+                    // A worker killed between these two steps leaves one permit taken for
+                    // good: the safe side (the other order could make the total wrap).
+                    words.get(1 + slot).fetch_add(1, Ordering::AcqRel);
+                }
+                taken
+            }
+        }
     }
 
     fn release(&self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
+        match &self.open {
+            Permits::Local(n) => {
+                n.fetch_sub(1, Ordering::AcqRel);
+            }
+            Permits::Shared { words, slot } => {
+                words.get(1 + slot).fetch_sub(1, Ordering::AcqRel);
+                words.get(0).fetch_sub(1, Ordering::AcqRel);
+            }
+        }
     }
 
     pub fn max(&self) -> usize {

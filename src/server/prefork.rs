@@ -21,10 +21,10 @@
 //! - **Counters** live in each worker; each publishes them every 100 ms, on SIGUSR2 and at exit
 //!   into its slot of a [`Board`] (an anonymous shared mapping made before forking). The master
 //!   sums the slots, plus what dead workers had published.
-//! - **`--max-conns` is divided**: a worker's limit is `max / workers` (at least 1), since a
-//!   `ConnectionLimit` counts within one process. The server never holds more than `--max-conns`
-//!   (unless it is below the worker count), but a worker at its share refuses even when another
-//!   has room.
+//! - **`--max-conns` is one limit for all workers**: the permits are counted in a mapping
+//!   shared by the workers and the master (`ConnectionLimit::shared`), so the server holds at
+//!   most `--max-conns` and a worker refuses only when the server is full. What a worker that
+//!   died held is given back by the master when it reaps it (`ConnectionLimit::reclaim`).
 
 use std::cell::RefCell;
 use std::io;
@@ -38,7 +38,7 @@ use super::forking::{self, Board, Children, Shared};
 use super::{ServerOptions, Service};
 use crate::net::listener::ConnectionLimit;
 use crate::reactor::{EventLoop, LoopConfig, Signal, TimerKey};
-use crate::sys::process::Child;
+use crate::sys::process::{Child, SharedCounters};
 
 /// A worker that dies sooner than this after starting counts as a quick death (back-off).
 const QUICK_DEATH: Duration = Duration::from_secs(1);
@@ -55,6 +55,8 @@ struct Worker {
 
 struct Master {
     cfg: LoopConfig,
+    /// `--max-conns` and the words its permits are counted in, shared with the workers.
+    limit: Option<(usize, Arc<SharedCounters>)>,
     service: Service,
     /// The master's copies of the sockets, kept to hand to replacement workers.
     listener: Option<OwnedFd>,
@@ -70,8 +72,13 @@ impl Master {
             return Ok(()); // stopping
         };
         let udp = self.udp.as_ref().map(|u| u.as_raw_fd());
+        let mut cfg = self.cfg.clone();
+        if let Some((max, words)) = &self.limit {
+            // What a previous worker in this slot held was given back when it was reaped.
+            cfg.connection_limit = Some(ConnectionLimit::shared(*max, words.clone(), slot));
+        }
         let (cfg, service, board, drain) = (
-            self.cfg.clone(),
+            cfg,
             self.service.clone(),
             self.children.board.clone(),
             self.children.drain,
@@ -146,12 +153,14 @@ fn serve_worker(
 pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     let workers = opts.threads;
     forking::run(opts, service, |_, listener, udp| {
-        let mut cfg = opts.loop_config();
-        cfg.connection_limit = opts
-            .max_connections
-            .map(|max| ConnectionLimit::new((max / workers).max(1)));
+        let cfg = opts.loop_config();
+        let limit = match opts.max_connections {
+            Some(max) => Some((max, ConnectionLimit::shared_words(workers)?)),
+            None => None,
+        };
         let m: Shared<Master> = Rc::new(RefCell::new(Master {
             cfg,
+            limit,
             service: service.clone(),
             listener: Some(listener.into()),
             udp: udp.map(OwnedFd::from),
@@ -185,6 +194,9 @@ fn reap_workers(el: &mut EventLoop, m: &Shared<Master>) {
             break;
         };
         let mut mm = m.borrow_mut();
+        if let Some((_, words)) = &mm.limit {
+            ConnectionLimit::reclaim(words, slot);
+        }
         if mm.children.stopping {
             continue;
         }
