@@ -238,9 +238,9 @@ enum BenchCommand {
     Pingpong {
         #[arg(long)]
         addr: SocketAddr,
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 100, value_parser = config::parse_count)]
         conns: usize,
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 64, value_parser = config::parse_count)]
         size: usize,
         /// Seconds.
         #[arg(long, value_parser = config::parse_secs, default_value = "10")]
@@ -249,7 +249,7 @@ enum BenchCommand {
         #[arg(long, default_value_t = 0)]
         idle: usize,
         /// Load threads (each a loop with its share of the connections).
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = config::parse_count)]
         threads: usize,
     },
 }

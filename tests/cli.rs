@@ -76,6 +76,10 @@ fn bad_arguments_exit_2() {
             "0",
         ][..],
         &["http", "--listen", "127.0.0.1:0", "--cache-entries", "0"][..],
+        // A model the engine cannot run (one epoll instance shared by threads).
+        &["echo", "--model", "leader-followers", "--engine", "poll"][..],
+        &["bench", "pingpong", "--addr", "127.0.0.1:9", "--conns", "0"][..],
+        &["bench", "pingpong", "--addr", "127.0.0.1:9", "--size", "0"][..],
         &["no-such-subcommand"][..],
     ] {
         let out = run(args);

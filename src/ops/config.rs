@@ -375,10 +375,21 @@ impl ServerSettings {
             }
             None => None,
         };
+        let (engine, model) = (
+            self.engine.unwrap_or_default(),
+            self.model.unwrap_or_default(),
+        );
+        if model == Model::LeaderFollowers && !matches!(engine, Engine::EpollLt | Engine::EpollEt) {
+            // Refused here, with the other bad arguments (exit 2), not once the server starts.
+            return Err(format!(
+                "the leader-followers model shares one epoll instance between its threads \
+                 (EPOLLONESHOT): --engine {engine} cannot do that; use epoll-lt or epoll-et"
+            ));
+        }
         Ok(ServerOptions {
             listen: self.listen.unwrap_or(DEFAULT_LISTEN),
-            engine: self.engine.unwrap_or_default(),
-            model: self.model.unwrap_or_default(),
+            engine,
+            model,
             threads: self.threads.unwrap_or_else(server::default_threads),
             accept: self.accept.unwrap_or_default(),
             idle_timeout: self.idle_timeout,
