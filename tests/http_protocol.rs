@@ -1725,6 +1725,21 @@ fn fnv1a(data: &[u8]) -> u64 {
     h
 }
 
+/// A connection whose receive buffer is set before connecting (so the window it offers is
+/// small from the start): the server's writes then go partial.
+fn connect_with_rcvbuf(addr: SocketAddr, bytes: usize) -> TcpStream {
+    let sock = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .expect("socket");
+    sock.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+    sock.connect_timeout(&addr.into(), Duration::from_secs(5))
+        .expect("connect");
+    sock.into()
+}
+
 #[test]
 fn small_receive_buffer_slow_download() {
     let root = Root::new("rcvbuf");
@@ -1732,16 +1747,7 @@ fn small_receive_buffer_slow_download() {
     root.write("big.bin", &big);
     let srv = serve(&root, &[]);
 
-    let sock = socket2::Socket::new(
-        socket2::Domain::IPV4,
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )
-    .expect("socket");
-    sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    sock.connect_timeout(&srv.tcp.into(), Duration::from_secs(5))
-        .expect("connect");
-    let s: TcpStream = sock.into();
+    let s = connect_with_rcvbuf(srv.tcp, 4096);
     s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
     let mut c = Client::from_stream(s);
     c.chunk = 4096;
@@ -1796,16 +1802,7 @@ fn a_slow_reader_gets_all_of_the_last_response() {
             ),
             ("HTTP/1.0", b"GET /big.bin HTTP/1.0\r\n\r\n"),
         ] {
-            let sock = socket2::Socket::new(
-                socket2::Domain::IPV4,
-                socket2::Type::STREAM,
-                Some(socket2::Protocol::TCP),
-            )
-            .expect("socket");
-            sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-            sock.connect_timeout(&srv.tcp.into(), Duration::from_secs(5))
-                .expect("connect");
-            let mut c = Client::from_stream(sock.into());
+            let mut c = Client::from_stream(connect_with_rcvbuf(srv.tcp, 4096));
             c.chunk = 4096;
             c.pause = Duration::from_millis(2);
             c.send(req);
