@@ -301,7 +301,7 @@ impl ServerArgs {
         cli: ServerSettings,
     ) -> Result<(ServerSettings, ServerOptions), Vec<String>> {
         let file = match &self.config {
-            Some(path) => config::load(&start_dir().join(path))
+            Some(path) => config::load(&from_start(path))
                 .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?
                 .settings(section),
             None => ServerSettings::default(),
@@ -352,7 +352,7 @@ fn reloader(
 ) -> Option<server::reload::Reloader> {
     config.as_ref()?;
     Some(Arc::new(move || {
-        let path = start_dir().join(config.as_ref().expect("checked above"));
+        let path = from_start(config.as_ref().expect("checked above"));
         let file = config::load(&path)
             .map_err(|errors| {
                 errors
@@ -380,12 +380,23 @@ fn start_dir() -> &'static Path {
     DIR.get_or_init(|| std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")))
 }
 
+/// `path` as the operator named it, taken from [`start_dir`]: unchanged while the working
+/// directory is still that one (so messages name the file as it was typed), anchored to it
+/// once a daemon has moved to `/`.
+fn from_start(path: &Path) -> PathBuf {
+    match std::env::current_dir() {
+        Ok(cwd) if cwd == start_dir() => path.to_path_buf(),
+        _ => start_dir().join(path),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    start_dir(); // before anything can change it
-                 // Servers take their signals from a signalfd: block them before any thread starts (the
-                 // log writer is the first), so every thread inherits the mask. Tools keep the defaults
-                 // (Ctrl-C stops `keel bench pingpong`).
+    // Before anything can change the working directory.
+    start_dir();
+    // Servers take their signals from a signalfd: block them before any thread starts (the
+    // log writer is the first), so every thread inherits the mask. Tools keep the defaults
+    // (Ctrl-C stops `keel bench pingpong`).
     if matches!(
         cli.command,
         Command::Echo(_) | Command::Discard(_) | Command::Http(_)

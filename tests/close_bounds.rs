@@ -1,6 +1,7 @@
 //! Every way a connection can end is bounded in time, through the library API on loopback: a
 //! connection that keeps writing is not idle, and a graceful close whose output the peer never
-//! reads ends within the linger timeout (the timer covers the flush too).
+//! reads ends within the linger timeout (the timer covers the flush too, counted from the last
+//! byte the peer took: a slow reader that keeps reading is not cut off).
 
 mod util;
 

@@ -1880,6 +1880,49 @@ fn requests_behind_a_large_response_are_answered_under_every_model() {
     }
 }
 
+/// The other side of the same rule: a client that stops reading the last response is cut off
+/// once the linger timeout passes with no byte taken, under the event loop and under
+/// leader-followers' own connection code.
+#[test]
+fn a_stalled_reader_of_the_last_response_is_cut_off() {
+    let root = Root::new("stalledclose");
+    let big = random_bytes(7, 2 << 20);
+    root.write("big.bin", &big);
+    for model in ["multi-reactor", "leader-followers"] {
+        let srv = serve(
+            &root,
+            &[
+                "--model",
+                model,
+                "--threads",
+                "2",
+                "--linger-timeout",
+                "0.3",
+                "--sndbuf",
+                "16384",
+            ],
+        );
+        let mut s = connect_with_rcvbuf(srv.tcp, 4096);
+        s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500)); // reads nothing for 5 linger periods
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = 0usize;
+        let mut buf = [0u8; 65536];
+        let end = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break "EOF".to_string(),
+                Ok(n) => got += n,
+                Err(e) => break e.to_string(),
+            }
+        };
+        assert!(
+            got < big.len(),
+            "{model}: a reader stalled for 1.5 s (linger 0.3 s) still got {got} bytes, then {end}"
+        );
+    }
+}
+
 #[test]
 fn fifty_pipelined_64k_responses_read_slowly() {
     let root = Root::new("pipe64k");

@@ -217,6 +217,8 @@ impl ConnectionLimit {
                 n.fetch_sub(1, Ordering::AcqRel);
             }
             Permits::Shared { words, slot } => {
+                // The worker's count first, as in `try_acquire`: killed between the two, it
+                // leaks one permit rather than making the total wrap.
                 words.get(1 + slot).fetch_sub(1, Ordering::AcqRel);
                 words.get(0).fetch_sub(1, Ordering::AcqRel);
             }

@@ -210,11 +210,10 @@ impl ServerSettings {
         anchor(&mut self.pid_file);
         anchor(&mut self.log_file);
         anchor(&mut self.http.root);
-        if let Some(log) = self
-            .http
-            .access_log
-            .as_mut()
-            .filter(|l| !matches!(l.as_str(), "stderr" | "off") && Path::new(l).is_relative())
+        if let Some(log) =
+            self.http.access_log.as_mut().filter(|l| {
+                !matches!(l.as_str(), "" | "stderr" | "off") && Path::new(l).is_relative()
+            })
         {
             *log = dir.join(&*log).to_string_lossy().into_owned();
         }

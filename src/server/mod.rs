@@ -256,7 +256,10 @@ pub(crate) fn arm_stop_watchdog(drain: Duration) {
                 "still stopping {STOP_GRACE:?} after the drain deadline: a handler is blocked; \
                  exiting now (no final stats line)"
             );
-            pid_file().take();
+            // Not waiting on the pid file's lock: the thread stuck may be the one holding it.
+            if let Ok(mut held) = PID_FILE.try_lock() {
+                held.take();
+            }
             crate::ops::log::flush_all();
             std::process::exit(0);
         });
@@ -268,10 +271,11 @@ pub(crate) fn arm_stop_watchdog(drain: Duration) {
 /// The server's pid file, held for its whole life. Process-wide because it is taken before
 /// the model runs and rewritten after daemonizing, deep inside the model's start-up.
 fn pid_file() -> std::sync::MutexGuard<'static, Option<crate::ops::pidfile::PidFile>> {
-    static PID_FILE: std::sync::Mutex<Option<crate::ops::pidfile::PidFile>> =
-        std::sync::Mutex::new(None);
     PID_FILE.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+static PID_FILE: std::sync::Mutex<Option<crate::ops::pidfile::PidFile>> =
+    std::sync::Mutex::new(None);
 
 /// Binds the TCP listener (and, for a service with a UDP side, the UDP socket on the same
 /// port) and prints the `listening` lines scripts wait for (docs/cli-contract.md).

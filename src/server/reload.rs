@@ -87,7 +87,8 @@ fn reload_and_say(loud: bool) -> bool {
             return false;
         }
         Err(e) => {
-            tracing::debug!("reload failed in this worker: {e}");
+            // The master may have read the file fine: a worker that could not is worth a word.
+            tracing::warn!("reload failed in worker {}: {e}", std::process::id());
             return false;
         }
     };
