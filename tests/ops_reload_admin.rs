@@ -265,6 +265,39 @@ fn a_failed_reopen_is_said_in_the_old_log() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A connection process forked by the process-per-conn master holds one socket, its own
+/// connection: not the master's admin listener (which it used to inherit, keeping the admin
+/// port bound after the master died), nor anything else of the master's loop.
+#[test]
+fn a_forked_child_holds_none_of_the_masters_sockets() {
+    let srv = Opts::echo("epoll-et")
+        .arg("--model", "process-per-conn")
+        .arg("--threads", "4")
+        .arg("--admin", "127.0.0.1:0")
+        .spawn();
+    let admin = srv.admin_addr().expect("a `listening admin` line");
+    assert_eq!(get(admin, "/metrics").status, 200);
+    let mut c = connect(srv.tcp);
+    c.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    c.read_exact(&mut buf).unwrap();
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", srv.pid)).unwrap();
+    let child: i32 = children
+        .split_whitespace()
+        .next()
+        .expect("a child")
+        .parse()
+        .unwrap();
+    let sockets: Vec<String> = std::fs::read_dir(format!("/proc/{child}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .filter(|l| l.starts_with("socket:"))
+        .collect();
+    assert_eq!(sockets.len(), 1, "the child's sockets: {sockets:?}");
+}
+
 /// A small Prometheus text-format reader: `name{labels} value` samples, keyed by the series
 /// as written; every sample's family must have been declared with `# TYPE` before it.
 fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {

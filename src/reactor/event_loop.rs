@@ -651,6 +651,32 @@ impl EventLoop {
     }
 }
 
+impl EventLoop {
+    /// Every fd this loop holds: its poller (epoll), waker, signalfd, EMFILE reserve, and each
+    /// listener, UDP socket and connection. A process that forks children while it runs a loop
+    /// (prefork, process-per-conn) has each child close these: a child that inherited the
+    /// master's admin listener would keep its port bound after the master died, and one that
+    /// held the master's admin connections would keep them open.
+    pub fn raw_fds(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        let mut fds = Vec::new();
+        if let Poller::Epoll(p) = &self.poller {
+            fds.push(p.as_fd().as_raw_fd());
+        }
+        fds.push(self.shared.waker.as_fd().as_raw_fd());
+        if let Some(r) = &self.reserve_fd {
+            fds.push(r.as_raw_fd());
+        }
+        for (_, slot) in self.slots.iter() {
+            match &slot.source {
+                Source::Signals(Some(s)) => fds.push(s.as_fd().as_raw_fd()),
+                other => fds.extend(other.fd().map(|fd| fd.as_raw_fd())),
+            }
+        }
+        fds
+    }
+}
+
 impl Drop for EventLoop {
     fn drop(&mut self) {
         self.shared.close();

@@ -399,9 +399,15 @@ fn begin_stop<M: Master>(el: &mut EventLoop, m: &Shared<M>) {
 /// [`process::fork_child`] with the log writers' threads out of the way: they are ended
 /// before the fork, so the process has the single thread a safe fork needs, and started again
 /// after it: here in the parent, and in the child by [`child_main`] (`log::after_fork`).
-pub(super) fn fork(child: impl FnOnce(&mut Child) -> i32) -> io::Result<Pid> {
+pub(super) fn fork(parent: &EventLoop, child: impl FnOnce(&mut Child) -> i32) -> io::Result<Pid> {
+    // The master's loop is none of the child's business: its epoll, waker and signalfd, the
+    // admin listener and connections. The child closes them before anything else.
+    let fds = parent.raw_fds();
     let parked = crate::ops::log::park_for_fork();
-    let forked = process::fork_child(child);
+    let forked = process::fork_child(move |cx| {
+        cx.close_all_inherited(&fds);
+        child(cx)
+    });
     crate::ops::log::unpark(parked);
     forked
 }
@@ -434,8 +440,8 @@ pub(super) fn child_main(
 }
 
 /// In a child: runs a loop (given its work by `setup`) that drains on SIGTERM/SIGINT, reloads
-/// quietly on SIGHUP (the master reloads too and logs the outcome once), and publishes its counters into `slot` now, every [`PUBLISH_EVERY`], on SIGUSR2
-/// and at exit.
+/// quietly on SIGHUP (the master reloads too and logs the outcome once), and publishes its
+/// counters into `slot` now, every [`PUBLISH_EVERY`], on SIGUSR2 and at exit.
 pub(super) fn serve_child(
     cfg: LoopConfig,
     board: Arc<Board>,

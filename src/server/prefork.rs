@@ -67,7 +67,7 @@ struct Master {
 
 impl Master {
     /// Forks worker `slot`.
-    fn spawn(&mut self, slot: usize) -> io::Result<()> {
+    fn spawn(&mut self, el: &EventLoop, slot: usize) -> io::Result<()> {
         let Some(listener) = self.listener.as_ref().map(|l| l.as_raw_fd()) else {
             return Ok(()); // stopping
         };
@@ -83,7 +83,7 @@ impl Master {
             self.children.board.clone(),
             self.children.drain,
         );
-        let pid = forking::fork(move |cx| {
+        let pid = forking::fork(el, move |cx| {
             forking::child_main(cx, "worker", |cx| {
                 serve_worker(cx, slot, listener, udp, cfg, &service, board, drain)
             })
@@ -152,7 +152,7 @@ fn serve_worker(
 
 pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     let workers = opts.threads;
-    forking::run(opts, service, |_, listener, udp| {
+    forking::run(opts, service, |control, listener, udp| {
         let cfg = opts.loop_config();
         let limit = match opts.max_connections {
             Some(max) => Some((max, ConnectionLimit::shared_words(workers)?)),
@@ -174,7 +174,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
             children: Children::new(workers, opts, "worker")?,
         }));
         for slot in 0..workers {
-            let spawned = m.borrow_mut().spawn(slot);
+            let spawned = m.borrow_mut().spawn(control, slot);
             if let Err(e) = spawned {
                 // Take down the ones already started before giving up.
                 m.borrow_mut().children.kill_all();
@@ -246,7 +246,7 @@ fn restart(el: &mut EventLoop, m: &Shared<Master>, slot: usize) {
     if mm.children.stopping || mm.children.pid(slot).is_some() {
         return;
     }
-    if let Err(e) = mm.spawn(slot) {
+    if let Err(e) = mm.spawn(el, slot) {
         let w = &mut mm.workers[slot];
         w.quick_deaths += 1;
         let delay = backoff(w.quick_deaths).max(FIRST_BACKOFF);

@@ -58,6 +58,8 @@ pub fn thread_count() -> io::Result<usize> {
 pub struct Child {
     parent: Pid,
     claimed: Vec<RawFd>,
+    /// The claimed fds that were closed (not handed out).
+    closed: Vec<RawFd>,
 }
 
 impl Child {
@@ -82,9 +84,29 @@ impl Child {
         unsafe { OwnedFd::from_raw_fd(fd) }
     }
 
-    /// Closes `fd`, inherited from the parent, which the child does not need.
+    /// Closes `fd`, inherited from the parent, which the child does not need. Closing one
+    /// this `Child` closed already does nothing (the parent's loop fds are closed wholesale,
+    /// [`Child::close_all_inherited`], and a caller may name one of them again).
+    ///
+    /// # Panics
+    ///
+    /// If `fd` was taken (not closed) through this `Child`, or is 0, 1 or 2.
     pub fn close_inherited(&mut self, fd: RawFd) {
+        if self.closed.contains(&fd) {
+            return;
+        }
         drop(self.take_inherited(fd));
+        self.closed.push(fd);
+    }
+
+    /// Closes each of `fds` (the parent's event loop, [`crate::reactor::EventLoop::raw_fds`])
+    /// that this `Child` has not taken; standard streams are left alone.
+    pub fn close_all_inherited(&mut self, fds: &[RawFd]) {
+        for &fd in fds {
+            if fd > 2 && !self.claimed.contains(&fd) {
+                self.close_inherited(fd);
+            }
+        }
     }
 
     /// Asks the kernel to send `sig` to this child when its parent dies, so that workers do
@@ -125,6 +147,7 @@ pub fn fork_child(child: impl FnOnce(&mut Child) -> i32) -> io::Result<Pid> {
             let mut cx = Child {
                 parent,
                 claimed: Vec::new(),
+                closed: Vec::new(),
             };
             let code = std::panic::catch_unwind(AssertUnwindSafe(|| child(&mut cx))).unwrap_or(101);
             exit_now(code)

@@ -27,6 +27,12 @@ pub struct EpollPoller {
 /// Events fetched per wait. Larger batches amortise the syscall; 1024 is plenty for one loop.
 const BATCH: usize = 1024;
 
+impl AsFd for EpollPoller {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.epfd.as_fd()
+    }
+}
+
 impl EpollPoller {
     pub fn new(trigger: Trigger) -> io::Result<Self> {
         let epfd = epoll::create(epoll::CreateFlags::CLOEXEC)?;
