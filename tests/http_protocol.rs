@@ -1772,6 +1772,20 @@ fn small_receive_buffer_slow_download() {
     eprintln!("4 MiB through SO_RCVBUF 4096 in {:?}", t.elapsed());
 }
 
+/// `model` with a linger timeout of 0.3 s and a 16 KiB send buffer: a large response to a
+/// client reading slowly, or not at all, outlasts the timeout many times over.
+fn serve_lingering_briefly(root: &Root, model: &str) -> Server {
+    let args = [
+        "--model",
+        model,
+        "--threads",
+        "2",
+        "--linger-timeout",
+        "0.3",
+    ];
+    serve(root, &[&args[..], &["--sndbuf", "16384"]].concat())
+}
+
 /// A client reading slower than the linger timeout still gets the whole of the last response
 /// on a connection (Connection: close, HTTP/1.0, the last of `--keepalive-requests`): before
 /// our FIN the linger timeout counts from the last bytes the peer took, not from the close.
@@ -1782,19 +1796,7 @@ fn a_slow_reader_gets_all_of_the_last_response() {
     let big = random_bytes(6, 2 << 20);
     root.write("big.bin", &big);
     for model in ["multi-reactor", "leader-followers", "thread-per-conn"] {
-        let srv = serve(
-            &root,
-            &[
-                "--model",
-                model,
-                "--threads",
-                "2",
-                "--linger-timeout",
-                "0.3",
-                "--sndbuf",
-                "16384",
-            ],
-        );
+        let srv = serve_lingering_briefly(&root, model);
         for (what, req) in [
             (
                 "Connection: close",
@@ -1889,19 +1891,7 @@ fn a_stalled_reader_of_the_last_response_is_cut_off() {
     let big = random_bytes(7, 2 << 20);
     root.write("big.bin", &big);
     for model in ["multi-reactor", "leader-followers"] {
-        let srv = serve(
-            &root,
-            &[
-                "--model",
-                model,
-                "--threads",
-                "2",
-                "--linger-timeout",
-                "0.3",
-                "--sndbuf",
-                "16384",
-            ],
-        );
+        let srv = serve_lingering_briefly(&root, model);
         let mut s = connect_with_rcvbuf(srv.tcp, 4096);
         s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
             .unwrap();
