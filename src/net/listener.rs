@@ -245,12 +245,13 @@ pub type AcceptHook = Box<dyn FnMut(&mut EventLoop, OwnedFd)>;
 
 /// What a listener does with a new connection.
 enum OnAccept {
-    /// Serve it on this loop with a handler from the factory, within the server's connection
-    /// limit.
-    Serve(HandlerFactory),
-    /// The same, outside that limit: the admin listener, which must answer when the server is
-    /// full, since that is when its figures are wanted.
-    ServeUnlimited(HandlerFactory),
+    /// Serve it on this loop with a handler from the factory: within the server's connection
+    /// limit when `limited`, outside it otherwise (the admin listener, which must answer when
+    /// the server is full, since that is when its figures are wanted).
+    Serve {
+        factory: HandlerFactory,
+        limited: bool,
+    },
     /// Give it away (`None` only while the hook runs).
     Hand(Option<AcceptHook>),
 }
@@ -292,7 +293,8 @@ impl EventLoop {
         listener: TcpListener,
         factory: HandlerFactory,
     ) -> io::Result<Token> {
-        self.insert_listener(listener, OnAccept::Serve(factory))
+        let limited = true;
+        self.insert_listener(listener, OnAccept::Serve { factory, limited })
     }
 
     /// [`EventLoop::add_listener`] for connections that neither count against the server's
@@ -304,7 +306,8 @@ impl EventLoop {
         listener: TcpListener,
         factory: HandlerFactory,
     ) -> io::Result<Token> {
-        self.insert_listener(listener, OnAccept::ServeUnlimited(factory))
+        let limited = false;
+        self.insert_listener(listener, OnAccept::Serve { factory, limited })
     }
 
     /// Listens on this loop but hands every accepted socket to `hook` (socket options already
@@ -413,13 +416,9 @@ impl EventLoop {
     fn accepted(&mut self, token: Token, fd: OwnedFd) {
         let (factory, limited) = match self.slot_mut(token).map(|s| &mut s.source) {
             Some(Source::Listener(Listener {
-                on_accept: OnAccept::Serve(f),
+                on_accept: OnAccept::Serve { factory, limited },
                 ..
-            })) => (f.clone(), true),
-            Some(Source::Listener(Listener {
-                on_accept: OnAccept::ServeUnlimited(f),
-                ..
-            })) => (f.clone(), false),
+            })) => (factory.clone(), *limited),
             Some(Source::Listener(Listener {
                 on_accept: OnAccept::Hand(hook),
                 ..
