@@ -514,7 +514,23 @@ fn main() -> ExitCode {
             idle,
             threads,
         })
-        .map(|report| println!("{report}")),
+        .and_then(|report| {
+            println!("{report}");
+            let Some(first) = &report.first_error else {
+                return Ok(());
+            };
+            let failed = format!(
+                "{} connection(s) to {addr} failed; the first: {first}",
+                report.errors
+            );
+            if report.measured_nothing() {
+                return Err(std::io::Error::other(format!(
+                    "pingpong measured nothing: {failed}"
+                )));
+            }
+            eprintln!("pingpong: {failed}");
+            Ok(())
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

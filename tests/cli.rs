@@ -78,6 +78,9 @@ fn bad_arguments_exit_2() {
         &["http", "--listen", "127.0.0.1:0", "--cache-entries", "0"][..],
         // A model the engine cannot run (one epoll instance shared by threads).
         &["echo", "--model", "leader-followers", "--engine", "poll"][..],
+        // A setting the model would ignore.
+        &["echo", "--model", "prefork", "--accept", "acceptor"][..],
+        &["http", "--model", "half-sync", "--accept", "acceptor"][..],
         &["bench", "pingpong", "--addr", "127.0.0.1:9", "--conns", "0"][..],
         &["bench", "pingpong", "--addr", "127.0.0.1:9", "--size", "0"][..],
         &["no-such-subcommand"][..],
@@ -95,6 +98,69 @@ fn bad_arguments_exit_2() {
             "keel {args:?}: exit 2 without a message on stderr"
         );
     }
+}
+
+/// A load generator that reached no server measured nothing: it fails (exit 1) and says why,
+/// rather than report a rate of zero as a result.
+#[test]
+fn pingpong_against_a_closed_port_fails_saying_why() {
+    let closed = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let out = run(&[
+        "bench",
+        "pingpong",
+        "--addr",
+        &addr,
+        "--conns",
+        "3",
+        "--duration",
+        "0.2",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "pingpong to closed {addr}: exit {:?}, stderr {stderr:?}",
+        out.status
+    );
+    assert!(
+        stderr.contains("refused") && stderr.contains(&addr),
+        "the error names neither the address nor the refusal: {stderr:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("errors=3"),
+        "stdout: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// An fd limit too low for the start itself (epoll, waker, listeners, the EMFILE reserve) is
+/// said as such, with the limit, not as a bare "Too many open files".
+#[test]
+fn an_fd_limit_too_low_to_start_is_explained() {
+    let out = run(&[
+        "echo",
+        "--listen",
+        "127.0.0.1:0",
+        "--threads",
+        "2",
+        "--rlimit-nofile",
+        "12",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "exit {:?}, stderr {stderr:?}",
+        out.status
+    );
+    assert!(
+        stderr.contains("out of file descriptors while starting")
+            && stderr.contains("is 12")
+            && stderr.contains("--rlimit-nofile"),
+        "stderr: {stderr:?}"
+    );
 }
 
 #[test]

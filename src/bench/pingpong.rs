@@ -5,7 +5,7 @@
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::net::{Buffer, CloseReason, Ctx, Handler};
@@ -31,6 +31,16 @@ pub struct PingpongReport {
     pub messages: u64,
     pub errors: u64,
     pub idle_opened: usize,
+    /// What went wrong with the first connection that failed, in words.
+    pub first_error: Option<String>,
+}
+
+impl PingpongReport {
+    /// Nothing was measured: every busy connection failed before a single echo came back.
+    /// The load generator then fails too, rather than report a rate of zero as a result.
+    pub fn measured_nothing(&self) -> bool {
+        self.messages == 0 && self.errors > 0
+    }
 }
 
 impl std::fmt::Display for PingpongReport {
@@ -55,6 +65,17 @@ impl std::fmt::Display for PingpongReport {
 struct Counters {
     messages: AtomicU64,
     errors: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl Counters {
+    fn failed(&self, what: impl FnOnce() -> String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
+        if first.is_none() {
+            *first = Some(what());
+        }
+    }
 }
 
 struct PingClient {
@@ -82,8 +103,11 @@ impl Handler for PingClient {
     }
 
     fn on_close(&mut self, _cx: &mut Ctx<'_>, reason: CloseReason) {
-        if !matches!(reason, CloseReason::Normal | CloseReason::Aborted) {
-            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        match reason {
+            CloseReason::Normal | CloseReason::Aborted => {}
+            CloseReason::ConnectFailed(e) => self.counters.failed(|| e.to_string()),
+            CloseReason::Error(kind) => self.counters.failed(|| kind.to_string()),
+            other => self.counters.failed(|| format!("closed: {other:?}")),
         }
     }
 }
@@ -111,7 +135,7 @@ pub fn run(opts: &PingpongOptions) -> io::Result<PingpongReport> {
                     "pingpong: stopped opening idle connections at {}: {e}",
                     idle.len()
                 );
-                counters.errors.fetch_add(1, Ordering::Relaxed);
+                counters.failed(|| format!("idle connection: {e}"));
                 break;
             }
         }
@@ -152,6 +176,11 @@ pub fn run(opts: &PingpongOptions) -> io::Result<PingpongReport> {
             .map_err(|_| io::Error::other("a load thread panicked"))??;
     }
     let secs = start.elapsed().as_secs_f64();
+    let first_error = counters
+        .first_error
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
     Ok(PingpongReport {
         conns: opts.conns,
         size: opts.size,
@@ -159,5 +188,6 @@ pub fn run(opts: &PingpongOptions) -> io::Result<PingpongReport> {
         messages: counters.messages.load(Ordering::Relaxed),
         errors: counters.errors.load(Ordering::Relaxed),
         idle_opened: idle.len(),
+        first_error,
     })
 }

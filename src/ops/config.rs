@@ -385,6 +385,15 @@ impl ServerSettings {
                  (EPOLLONESHOT): --engine {engine} cannot do that; use epoll-lt or epoll-et"
             ));
         }
+        if self.accept == Some(AcceptStrategy::Acceptor) && model != Model::MultiReactor {
+            // Only multi-reactor hands connections from one acceptor to its loops; the other
+            // models accept their own way, so the setting would be silently ignored.
+            return Err(format!(
+                "--accept acceptor (`accept` in the file) is how the multi-reactor model hands \
+                 connections to its loops; the {model} model accepts its own way: drop it or \
+                 use --model multi-reactor"
+            ));
+        }
         Ok(ServerOptions {
             listen: self.listen.unwrap_or(DEFAULT_LISTEN),
             engine,

@@ -204,9 +204,29 @@ pub fn serve(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     if let Some(path) = &opts.pid_file {
         *pid_file() = Some(crate::ops::pidfile::PidFile::acquire(path)?);
     }
-    let result = serve_holding_pid_file(opts, service);
+    let result = serve_holding_pid_file(opts, service).map_err(explain_fd_exhaustion);
     pid_file().take(); // removes the file (only in the process that wrote it)
     result
+}
+
+/// `serve` returns an error only when the server cannot start (at run time EMFILE is the
+/// listener's to absorb, see `net::listener`). EMFILE then means the fd limit is too low for
+/// what a start opens (per loop: an epoll, a waker, a listener, the EMFILE reserve): said
+/// with the limit and the way to raise it, not as a bare "Too many open files".
+fn explain_fd_exhaustion(e: io::Error) -> io::Error {
+    if e.raw_os_error() != Some(libc::EMFILE) {
+        return e;
+    }
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .map_or_else(|| "unlimited".to_string(), |n| n.to_string());
+    io::Error::new(
+        e.kind(),
+        format!(
+            "out of file descriptors while starting (the limit in force is {limit}): \
+             raise it with --rlimit-nofile, or run fewer --threads"
+        ),
+    )
 }
 
 /// Everything `serve` does once the pid file is held: whatever way this returns, the caller
@@ -215,10 +235,11 @@ fn serve_holding_pid_file(opts: &ServerOptions, service: &Service) -> io::Result
     admin::bind(opts, service.name)?;
     let service = &reload::install(service, opts);
     tracing::info!(
-        "{} server starting: {} model, {} threads, {} engine, on {}",
+        "{} server starting: {} model, {} thread{}, {} engine, on {}",
         service.name,
         opts.model,
         opts.threads,
+        if opts.threads == 1 { "" } else { "s" },
         opts.engine,
         opts.listen
     );
