@@ -516,6 +516,13 @@ fn main() -> ExitCode {
         })
         .and_then(|report| {
             println!("{report}");
+            if report.secs + 0.1 < duration.as_secs_f64() {
+                eprintln!(
+                    "pingpong: every connection had closed after {:.2} s of the {:.2} asked",
+                    report.secs,
+                    duration.as_secs_f64()
+                );
+            }
             let Some(first) = &report.first_error else {
                 return Ok(());
             };

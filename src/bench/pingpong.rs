@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -82,7 +82,10 @@ struct PingClient {
     message: Arc<[u8]>,
     received: usize,
     counters: Arc<Counters>,
-    stopping: bool,
+    /// Busy connections still open on this loop: when none is left (a refused port, a server
+    /// that went away) there is nothing more to measure, and the loop stops at once rather
+    /// than sit out `--duration`.
+    live: Arc<AtomicUsize>,
 }
 
 impl Handler for PingClient {
@@ -96,13 +99,16 @@ impl Handler for PingClient {
         while self.received >= self.message.len() {
             self.received -= self.message.len();
             self.counters.messages.fetch_add(1, Ordering::Relaxed);
-            if !self.stopping {
-                cx.write(&self.message);
-            }
+            cx.write(&self.message);
         }
     }
 
-    fn on_close(&mut self, _cx: &mut Ctx<'_>, reason: CloseReason) {
+    fn on_close(&mut self, cx: &mut Ctx<'_>, reason: CloseReason) {
+        if self.live.fetch_sub(1, Ordering::Relaxed) == 1 {
+            if let Some(el) = cx.event_loop() {
+                el.stop();
+            }
+        }
         match reason {
             CloseReason::Normal | CloseReason::Aborted => {}
             CloseReason::ConnectFailed(e) => self.counters.failed(|| e.to_string()),
@@ -157,12 +163,13 @@ pub fn run(opts: &PingpongOptions) -> io::Result<PingpongReport> {
                     engine: Engine::EpollEt,
                     ..LoopConfig::default()
                 })?;
+                let live = Arc::new(AtomicUsize::new(share));
                 for _ in 0..share {
                     let client = PingClient {
                         message: message.clone(),
                         received: 0,
                         counters: counters.clone(),
-                        stopping: false,
+                        live: live.clone(),
                     };
                     el.connect(addr, Duration::from_secs(5), Box::new(client))?;
                 }
