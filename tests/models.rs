@@ -550,6 +550,42 @@ fn process_per_conn_master_stays_idle_after_closing_a_connection_a_child_inherit
     drop(c);
 }
 
+/// With a log file, the master parks the log's writer thread before each fork; the thread just
+/// joined could still be counted in /proc/self/stat, and the fork was refused for want of a
+/// single thread (a client in every few thousand closed unanswered, counted `refused_limit`).
+/// Sequential clients never come near the cap of 16, so none may be refused.
+#[test]
+fn process_per_conn_with_a_log_file_serves_every_sequential_client() {
+    let log = std::env::temp_dir().join(format!("keel-ppc-log-{}.log", std::process::id()));
+    let srv = Opts::echo("epoll-lt")
+        .arg("--model", "process-per-conn")
+        .arg("--threads", "16")
+        .arg("--log-file", log.to_str().unwrap())
+        .spawn();
+    let mut unanswered = 0;
+    for _ in 0..3000 {
+        let mut c = connect(srv.tcp);
+        c.write_all(b"x").unwrap();
+        if read_expect(&mut c, b"x", Duration::from_secs(10)).is_err() {
+            unanswered += 1;
+        }
+    }
+    srv.signal(Signal::SIGTERM);
+    let status = srv.wait_exit(Duration::from_secs(10));
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        matches!(status, Some(st) if st.code() == Some(0)),
+        "exit {status:?}"
+    );
+    let stats = srv.final_stats().expect("a final stats line");
+    assert_eq!(
+        (unanswered, stats.get("refused_limit")),
+        (0, 0),
+        "sequential clients unanswered / refused\n{}",
+        srv.stderr_dump()
+    );
+}
+
 /// 500 sequential connections (each echoes, then closes): afterwards no child of the server is
 /// a zombie and the server's own fd count is back at its baseline.
 #[test]

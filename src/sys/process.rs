@@ -52,6 +52,24 @@ pub fn thread_count() -> io::Result<usize> {
         .ok_or_else(|| io::Error::other("unexpected /proc/self/stat"))
 }
 
+/// The thread count, once it has settled at one (or after a short wait, the count then).
+///
+/// A thread just joined may still be counted: `pthread_join` returns when the kernel clears
+/// the thread's tid, early in its exit, and the task leaves the thread group's count a little
+/// later. Read at once after the log writer is parked for a fork, the count said 2 often
+/// enough to refuse a connection in every few hundred under process-per-conn. A thread that
+/// is really alive still keeps the count above one, and the caller refuses to fork.
+fn settled_thread_count() -> io::Result<usize> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(100);
+    loop {
+        let n = thread_count()?;
+        if n == 1 || std::time::Instant::now() >= deadline {
+            return Ok(n);
+        }
+        std::thread::sleep(std::time::Duration::from_micros(50));
+    }
+}
+
 /// What a child may do with what it inherited from its parent. Only [`fork_child`] makes one,
 /// in the child, whose parent-side objects are never used or dropped (the child ends with
 /// `_exit`): that is what makes taking or closing their fds sound.
@@ -128,7 +146,7 @@ impl Child {
 /// The closure is dropped in the parent, so what it owns (an accepted socket meant for the
 /// child) is closed there right after the fork.
 pub fn fork_child(child: impl FnOnce(&mut Child) -> i32) -> io::Result<Pid> {
-    let threads = thread_count()?;
+    let threads = settled_thread_count()?;
     if threads != 1 {
         return Err(io::Error::other(format!(
             "cannot fork: the process has {threads} threads (fork is only safe with one)"
@@ -301,7 +319,7 @@ impl Drop for SharedCounters {
 /// both parents leave with `_exit` (their destructors belong to the process that goes on): the
 /// middle one at once, the first when the daemon is ready or gone (see [`Detached`]).
 pub fn daemonize() -> io::Result<Detached> {
-    let threads = thread_count()?;
+    let threads = settled_thread_count()?;
     if threads != 1 {
         return Err(io::Error::other(format!(
             "cannot daemonize: the process has {threads} threads (fork is only safe with one)"
