@@ -1509,6 +1509,9 @@ fn refused_requests_are_logged() {
     let srv = serve(&t, &["--access-log", log.to_str().unwrap()]);
     let r = exchange(srv.tcp, b"GET /x HTTP/1.1\r\nUser-Agent: t\r\n\r\n");
     assert_eq!(r.status, 400, "{}", r.show());
+    // The bytes field is the error page's length, as sent (nginx logs it too).
+    let sent = r.body.len();
+    assert!(sent > 0, "{}", r.show());
     let r = exchange(srv.tcp, b"GET /\"q\" HTTP/1.1\r\nHost: a b\r\n\r\n");
     assert_eq!(r.status, 400, "{}", r.show());
     let text = log_text(&log, 2);
@@ -1517,15 +1520,44 @@ fn refused_requests_are_logged() {
     assert!(
         lines
             .iter()
-            .any(|l| l.ends_with("\"GET /x HTTP/1.1\" 400 0 \"-\" \"-\"")),
+            .any(|l| l.ends_with(&format!("\"GET /x HTTP/1.1\" 400 {sent} \"-\" \"-\""))),
         "{text}"
     );
     assert!(
-        lines
-            .iter()
-            .any(|l| l.ends_with("\"GET /\\x22q\\x22 HTTP/1.1\" 400 0 \"-\" \"-\"")),
+        lines.iter().any(|l| l.ends_with(&format!(
+            "\"GET /\\x22q\\x22 HTTP/1.1\" 400 {sent} \"-\" \"-\""
+        ))),
         "{text}"
     );
+}
+
+/// An error page is logged with the body bytes it sent (the combined format's bytes field),
+/// a HEAD with none.
+#[test]
+fn error_pages_are_logged_with_their_length() {
+    let t = Tree::new("alog-404");
+    t.put("x", b"0123456789");
+    let log = t.base.join("access.log");
+    let srv = serve(&t, &["--access-log", log.to_str().unwrap()]);
+    let r = exchange(
+        srv.tcp,
+        b"GET /nope HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 404, "{}", r.show());
+    let sent = r.body.len();
+    assert!(sent > 0, "{}", r.show());
+    let r = exchange(
+        srv.tcp,
+        b"HEAD /nope HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 404, "{}", r.show());
+    let text = log_text(&log, 2);
+    for want in [
+        format!("\"GET /nope HTTP/1.1\" 404 {sent} \"-\" \"-\""),
+        "\"HEAD /nope HTTP/1.1\" 404 0 \"-\" \"-\"".to_string(),
+    ] {
+        assert!(text.lines().any(|l| l.ends_with(&want)), "{want}:\n{text}");
+    }
 }
 
 /// A request refused while its body arrives (a bad chunk, a body that stops coming) is
@@ -1544,19 +1576,21 @@ fn body_refusals_are_logged_with_their_request() {
         b"POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     );
     assert_eq!(r.status, 400, "{}", r.show());
+    let sent_400 = r.body.len();
     let r = exchange(
         srv.tcp,
         b"PUT /y HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n012",
     );
     assert_eq!(r.status, 408, "{}", r.show());
+    let sent_408 = r.body.len();
     let text = log_text(&log, 2);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "access log after 2 refusals:\n{text}");
     for want in [
-        "\"POST /x HTTP/1.1\" 400 0 \"-\" \"-\"",
-        "\"PUT /y HTTP/1.1\" 408 0 \"-\" \"-\"",
+        format!("\"POST /x HTTP/1.1\" 400 {sent_400} \"-\" \"-\""),
+        format!("\"PUT /y HTTP/1.1\" 408 {sent_408} \"-\" \"-\""),
     ] {
-        assert!(lines.iter().any(|l| l.ends_with(want)), "{want}:\n{text}");
+        assert!(lines.iter().any(|l| l.ends_with(&want)), "{want}:\n{text}");
     }
 }
 

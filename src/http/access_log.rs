@@ -42,10 +42,16 @@ pub fn format_line(x: &Exchange<'_>, out: &mut Vec<u8>) {
 /// The line for a request refused before it was understood (a bad head, a bad body, a
 /// timeout): `request` is its first line as received, or "-". nginx logs these too, and they
 /// are what an operator looks for when clients report errors.
-pub fn format_refusal(peer: Option<SocketAddr>, request: &[u8], status: u16, out: &mut Vec<u8>) {
+pub fn format_refusal(
+    peer: Option<SocketAddr>,
+    request: &[u8],
+    status: u16,
+    body_bytes: u64,
+    out: &mut Vec<u8>,
+) {
     push_start(out, peer);
     escape(out, request);
-    push_end(out, status, 0, None, None);
+    push_end(out, status, body_bytes, None, None);
 }
 
 /// The request line at the start of `input`, without its line ending, at most 1 KiB of it
@@ -188,7 +194,7 @@ mod tests {
         assert_eq!(first_line(b"GET /partial"), b"GET /partial");
         assert_eq!(first_line(&[b'a'; 5000]).len(), 1024);
         let mut out = Vec::new();
-        format_refusal(None, first_line(b"GET /\"x\" HTTP/9\r\n"), 505, &mut out);
+        format_refusal(None, first_line(b"GET /\"x\" HTTP/9\r\n"), 505, 0, &mut out);
         let line = String::from_utf8(out).unwrap();
         assert!(line.starts_with("- - - ["), "{line}");
         assert!(

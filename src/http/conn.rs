@@ -337,7 +337,7 @@ impl HttpConn {
         input: &mut Buffer,
         at_head: bool,
     ) {
-        push_error(out, status, Persistence::Close, false);
+        let body_bytes = push_error(out, status, Persistence::Close, false);
         cx.note(Note::Response(status));
         if let Some(log) = &self.site.access_log {
             let request = match &self.state {
@@ -346,7 +346,7 @@ impl HttpConn {
                 _ => b"-",
             };
             let mut line = Vec::with_capacity(128);
-            access_log::format_refusal(cx.peer_addr(), request, status, &mut line);
+            access_log::format_refusal(cx.peer_addr(), request, status, body_bytes, &mut line);
             log.write_line(&line);
         }
         self.state = State::Closed;
@@ -412,10 +412,8 @@ impl HttpConn {
         now: Instant,
     ) -> (u16, u64, Option<FileRange>) {
         let head_only = head.method == Method::Head;
-        let error = |out: &mut Vec<u8>, status: u16| {
-            push_error(out, status, p, head_only);
-            (status, 0, None)
-        };
+        let error =
+            |out: &mut Vec<u8>, status: u16| (status, push_error(out, status, p, head_only), None);
         // RFC 9110 9.1 and 15.6.2: a method keel does not know at all is 501; a standard
         // one that a static file does not allow is 405, with Allow. Methods are
         // case-sensitive: `get` is not GET.
@@ -537,8 +535,7 @@ impl HttpConn {
                 mtime,
             )
         {
-            push_error(out, 412, p, head_only);
-            return (412, 0, None);
+            return (412, push_error(out, 412, p, head_only), None);
         }
         if head.is_conditional()
             && conditional::evaluate(
@@ -764,8 +761,7 @@ fn listing(
             // As for a file: out of fds or memory is 503, a failing disk 500.
             let e = path::io_error(&e);
             e.log_if_ours(path.as_bytes());
-            push_error(out, e.status(), p, head_only);
-            return (e.status(), 0);
+            return (e.status(), push_error(out, e.status(), p, head_only));
         }
     };
     html_page(

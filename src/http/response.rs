@@ -83,7 +83,13 @@ pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
 
 /// A complete small response whose body is a short HTML page naming the status; the body
 /// never repeats anything from the request (no path, no header values).
-pub fn push_error(out: &mut Vec<u8>, status: u16, persistence: Persistence, head_only: bool) {
+/// Returns the body bytes written (none for HEAD), which is what the access log records.
+pub fn push_error(
+    out: &mut Vec<u8>,
+    status: u16,
+    persistence: Persistence,
+    head_only: bool,
+) -> u64 {
     push_status(out, status);
     let text = status_text(status);
     let body_len =
@@ -102,7 +108,9 @@ pub fn push_error(out: &mut Vec<u8>, status: u16, persistence: Persistence, head
         push_status_words(out, status, text);
         out.extend_from_slice(ERROR_SUFFIX);
         debug_assert_eq!(out.len() - start, body_len);
+        return body_len as u64;
     }
+    0
 }
 
 const ERROR_PREFIX: &[u8] = b"<!doctype html>\n<html><head><title>";
