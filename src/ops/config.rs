@@ -417,6 +417,11 @@ impl ServerSettings {
             user: self.user.clone(),
             group: self.group.clone(),
             admin: self.admin,
+            log: (
+                self.log_filter.clone(),
+                self.log_file.clone(),
+                self.log_target.clone(),
+            ),
         })
     }
 }

@@ -150,6 +150,9 @@ pub struct ServerOptions {
     pub group: Option<String>,
     /// The admin listener (/metrics, /status).
     pub admin: Option<SocketAddr>,
+    /// The log's settings as given (filter, file, target): set up once at start, compared
+    /// only so that a reload that changes them says it cannot apply them.
+    pub log: (Option<String>, Option<PathBuf>, Option<String>),
 }
 
 impl ServerOptions {

@@ -77,7 +77,9 @@ pub fn reload_in_worker() -> bool {
 fn reload_and_say(loud: bool) -> bool {
     let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
     let Some(live) = live.as_mut() else {
-        tracing::info!("SIGHUP: this server has nothing to reload");
+        if loud {
+            tracing::info!("SIGHUP: this server has nothing to reload");
+        }
         return false;
     };
     let (factory, opts) = match (live.reloader)() {
@@ -111,9 +113,10 @@ fn reload_and_say(loud: bool) -> bool {
                     live.running.listen
                 ),
             },
-            None => tracing::warn!(
+            None if loud => tracing::warn!(
                 "reload: a new `listen` takes effect at the next restart under this model"
             ),
+            None => {}
         }
     }
     // What a reload swaps is the service (its handlers and their settings) and, where the model
@@ -143,9 +146,11 @@ fn reload_and_say(loud: bool) -> bool {
             (&opts.user, &opts.group) != (&was.user, &was.group),
         ),
         ("admin", opts.admin != was.admin),
+        ("log_filter, log_file or log_target", opts.log != was.log),
     ];
+    // Said once per SIGHUP: by the master, not again by each worker it passes the signal to.
     for (what, changed) in fixed {
-        if changed {
+        if changed && loud {
             tracing::warn!("reload: a new `{what}` takes effect at the next restart");
         }
     }

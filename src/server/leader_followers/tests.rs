@@ -33,6 +33,7 @@ fn opts(threads: usize) -> ServerOptions {
         listen_opts: ListenOptions::default(),
         pid_file: None,
         rlimit_nofile: None,
+        log: Default::default(),
         daemon: false,
         user: None,
         group: None,
