@@ -1882,6 +1882,49 @@ fn requests_behind_a_large_response_are_answered_under_every_model() {
     }
 }
 
+/// Pipelined answers from memory past the backlog limit (256 KiB), which the socket takes as
+/// fast as they are written: every request is answered under every model. Under half-sync
+/// the handler paused at the limit, counting what its writes had recorded, while the socket
+/// had taken it all; the loop, which never queued a byte, reported no drain, and the
+/// connection hung for good after 17 of 40 answers.
+#[test]
+fn a_pipelined_backlog_the_socket_takes_at_once_is_answered_under_every_model() {
+    let root = Root::new("backlogatonce");
+    let file = random_bytes(9, 16_000); // under the 16 KiB in-memory limit
+    root.write("16k.bin", &file);
+    for model in [
+        "multi-reactor",
+        "half-sync",
+        "leader-followers",
+        "thread-per-conn",
+        "prefork",
+        "process-per-conn",
+    ] {
+        let srv = serve(&root, &["--model", model, "--threads", "2"]);
+        for half_close in [false, true] {
+            let what = format!("{model}, half-close {half_close}");
+            let mut c = Client::connect(srv.tcp);
+            c.send(&b"GET /16k.bin HTTP/1.1\r\nHost: t\r\n\r\n".repeat(40));
+            if half_close {
+                c.s.shutdown(std::net::Shutdown::Write).unwrap();
+            }
+            for i in 0..40 {
+                let r = c
+                    .response_within(false, Duration::from_secs(10))
+                    .unwrap_or_else(|e| panic!("{what}: response {i} of 40: {e}"));
+                assert_eq!(r.status, 200, "{what}: response {i}: {}", r.head);
+                assert!(r.body == file, "{what}: response {i}: wrong body");
+            }
+            if half_close {
+                c.closed_within(Duration::from_secs(5))
+                    .unwrap_or_else(|e| panic!("{what}: after the batch: {e}"));
+            } else {
+                c.still_serves("/hello.txt", HELLO, &what);
+            }
+        }
+    }
+}
+
 /// The other side of the same rule: a client that stops reading the last response is cut off
 /// once the linger timeout passes with no byte taken, under the event loop and under
 /// leader-followers' own connection code.

@@ -891,6 +891,14 @@ fn apply(el: &mut EventLoop, id: ConnId, side: &Mutex<Side>, ops: Vec<Op>) {
             s.seen = 0;
         }
         s.handler_paused = p;
+        if p && !closing && el.is_open(id) && el.output_len(id) == 0 {
+            // A handler that pauses until its output drains (HTTP behind a pipelined backlog)
+            // judged from the recorder's count, which grows with every write; the socket may
+            // have taken all of it at once, and then the loop, which never queued a byte, has
+            // no drain to report. The drain is reported here instead, or reading would stay
+            // paused for good.
+            s.events.push_back(Call::Drained);
+        }
     }
     s.write_shut |= write_shut || closing;
     if closing {
