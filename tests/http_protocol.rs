@@ -1882,7 +1882,7 @@ fn requests_behind_a_large_response_are_answered_under_every_model() {
     }
 }
 
-/// Pipelined answers from memory past the backlog limit (256 KiB), which the socket takes as
+/// Pipelined answers from memory past the backlog limit (64 KiB), which the socket takes as
 /// fast as they are written: every request is answered under every model. Under half-sync
 /// the handler paused at the limit, counting what its writes had recorded, while the socket
 /// had taken it all; the loop, which never queued a byte, reported no drain, and the
@@ -1983,7 +1983,7 @@ fn fifty_pipelined_64k_responses_read_slowly() {
     c.still_serves("/hello.txt", HELLO, "after 50 pipelined 64 KiB responses");
 }
 
-/// More pipelined answers than the output backlog (256 KiB) in one batch, to a client that
+/// More pipelined answers than the output backlog (64 KiB) in one batch, to a client that
 /// reads all the while: the socket takes them as they are made, so nothing waits in the
 /// connection's queue and reading must carry on without waiting for a drain that never comes.
 #[test]
