@@ -198,10 +198,49 @@ fn unreadable_file_a_directory() {
     assert_eq!(
         msgs,
         [format!(
-            "{}: cannot read: Is a directory (os error 21)",
+            "{}: cannot read: not a regular file",
             dir.display()
         )]
     );
+}
+
+/// Only a regular file is read: a FIFO is refused at once (reading it would wait for a writer,
+/// holding `check-config` or a reload), and `/dev/zero` too (it would fill memory).
+#[test]
+fn a_fifo_or_a_device_is_refused_at_once() {
+    let fifo = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("keel-config-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    for path in [fifo.as_path(), std::path::Path::new("/dev/zero")] {
+        let started = std::time::Instant::now();
+        let msgs: Vec<String> = config::load(path)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            msgs,
+            [format!(
+                "{}: cannot read: not a regular file",
+                path.display()
+            )]
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    }
+    let _ = std::fs::remove_file(&fifo);
+}
+
+#[test]
+fn bytes_that_are_not_utf8_are_placed_on_their_line() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("keel-config");
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    let path = dir.join("latin1.toml");
+    std::fs::write(&path, b"[http]\nthreads = 2\n# caf\xe9\n").expect("write");
+    let errors = config::load(&path).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].line, Some(3), "{}", errors[0]);
+    assert!(errors[0].to_string().contains("UTF-8"), "{}", errors[0]);
 }
 
 #[test]

@@ -489,15 +489,55 @@ impl std::error::Error for ConfigError {}
 /// Reads and checks the file at `path`; every error found, in file order, if any.
 pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
     let file = path.display().to_string();
-    match std::fs::read_to_string(path) {
+    match read_text(path) {
         Ok(text) => parse(&file, &text),
-        Err(e) => Err(vec![ConfigError {
+        Err((line, message)) => Err(vec![ConfigError {
             file,
-            line: None,
+            line,
             key: None,
-            message: format!("cannot read: {e}"),
+            message,
         }]),
     }
+}
+
+/// The largest configuration file read. Real ones are a few KiB; the cap is there so that a
+/// path naming something endless (`/dev/zero`) is an error, not all of memory.
+const MAX_FILE: u64 = 16 << 20;
+
+/// The file's text, or (the line, if it is about one) why it cannot be had. Only a regular
+/// file is read: it is opened without blocking, so a FIFO is refused at once instead of
+/// hanging `check-config` or a reload (which runs on the control loop) until a writer comes.
+fn read_text(path: &Path) -> Result<String, (Option<usize>, String)> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let cannot = |e: std::io::Error| (None, format!("cannot read: {e}"));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(cannot)?;
+    let meta = f.metadata().map_err(cannot)?;
+    if !meta.is_file() {
+        return Err((None, "cannot read: not a regular file".to_string()));
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err((
+            None,
+            format!("cannot read: larger than {} MiB", MAX_FILE >> 20),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+        (
+            Some(line),
+            "not valid UTF-8 (TOML files are UTF-8)".to_string(),
+        )
+    })
 }
 
 /// Checks `text`, the contents of the file named `file` (used only in messages).
