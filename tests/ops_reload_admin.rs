@@ -262,6 +262,12 @@ fn a_failed_reopen_is_said_in_the_old_log() {
         Duration::from_secs(5),
         || read(&old).contains("still writing to the old file"),
     );
+    // And on stderr, for when the old file is gone too (its directory removed).
+    poll_until(
+        "the failed reopen on stderr",
+        Duration::from_secs(5),
+        || srv.stderr_dump().contains("still writing to the old file"),
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

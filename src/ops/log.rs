@@ -577,8 +577,11 @@ fn writer_thread(s: &Shared, generation: u64) {
                 Err(e) => {
                     // Through the server log, which may be this very writer: the line is only
                     // queued (never waited for), and lands in the old file it keeps writing.
-                    // Under --daemon stderr is /dev/null, so stderr alone would say nothing.
+                    // Under --daemon stderr is /dev/null, so stderr alone would say nothing;
+                    // and the old file may be gone (its directory removed), so the line goes
+                    // to stderr too, where a supervisor collects it.
                     tracing::warn!("reopening {e}; still writing to the old file");
+                    eprintln!("keel: reopening {e}; still writing to the old file");
                     file
                 }
             }
