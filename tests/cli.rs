@@ -78,6 +78,21 @@ fn bad_arguments_exit_2() {
         &["http", "--listen", "127.0.0.1:0", "--cache-entries", "0"][..],
         // A model the engine cannot run (one epoll instance shared by threads).
         &["echo", "--model", "leader-followers", "--engine", "poll"][..],
+        // The admin listener on the site's own port.
+        &[
+            "echo",
+            "--listen",
+            "127.0.0.1:7999",
+            "--admin",
+            "127.0.0.1:7999",
+        ][..],
+        &[
+            "http",
+            "--listen",
+            "0.0.0.0:7998",
+            "--admin",
+            "127.0.0.1:7998",
+        ][..],
         // A setting the model would ignore.
         &["echo", "--model", "prefork", "--accept", "acceptor"][..],
         &["http", "--model", "half-sync", "--accept", "acceptor"][..],

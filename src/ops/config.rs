@@ -385,6 +385,21 @@ impl ServerSettings {
                  (EPOLLONESHOT): --engine {engine} cannot do that; use epoll-lt or epoll-et"
             ));
         }
+        let listen = self.listen.unwrap_or(DEFAULT_LISTEN);
+        if let Some(admin) = self
+            .admin
+            .filter(|a| a.port() != 0 && a.port() == listen.port())
+        {
+            if admin.ip() == listen.ip()
+                || admin.ip().is_unspecified()
+                || listen.ip().is_unspecified()
+            {
+                return Err(format!(
+                    "--admin {admin} and --listen {listen} would share a port: the admin \
+                     listener needs one of its own"
+                ));
+            }
+        }
         if self.accept == Some(AcceptStrategy::Acceptor) && model != Model::MultiReactor {
             // Only multi-reactor hands connections from one acceptor to its loops; the other
             // models accept their own way, so the setting would be silently ignored.
@@ -395,7 +410,7 @@ impl ServerSettings {
             ));
         }
         Ok(ServerOptions {
-            listen: self.listen.unwrap_or(DEFAULT_LISTEN),
+            listen,
             engine,
             model,
             threads: self.threads.unwrap_or_else(server::default_threads),
