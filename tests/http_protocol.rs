@@ -1925,6 +1925,65 @@ fn a_pipelined_backlog_the_socket_takes_at_once_is_answered_under_every_model() 
     }
 }
 
+/// A second SIGINT while a stop drains (Ctrl-C twice) ends the server at once, under every
+/// model, instead of leaving the operator to wait out `--drain-timeout` behind a client that
+/// stopped reading. The first one only starts the drain.
+#[test]
+fn a_second_sigint_ends_a_draining_server_at_once() {
+    let root = Root::new("secondsigint");
+    root.write("big.bin", &random_bytes(10, 2 << 20));
+    for model in [
+        "multi-reactor",
+        "half-sync",
+        "leader-followers",
+        "thread-per-conn",
+        "prefork",
+        "process-per-conn",
+    ] {
+        let srv = serve(
+            &root,
+            &[
+                "--model",
+                model,
+                "--threads",
+                "2",
+                "--sndbuf",
+                "16384",
+                "--drain-timeout",
+                "30",
+                "--linger-timeout",
+                "30",
+            ],
+        );
+        let mut s = connect_with_rcvbuf(srv.tcp, 4096);
+        s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300)); // the response stalls: nothing is read
+        srv.signal(nix::sys::signal::Signal::SIGINT);
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            srv.is_running(),
+            "{model}: gone after one SIGINT with a response under way\n{}",
+            srv.stderr_dump()
+        );
+        let t = Instant::now();
+        srv.signal(nix::sys::signal::Signal::SIGINT);
+        let status = srv.wait_exit(Duration::from_secs(5));
+        assert!(
+            matches!(status, Some(st) if st.code() == Some(0)),
+            "{model}: after a second SIGINT: {status:?} in {:?}\n{}",
+            t.elapsed(),
+            srv.stderr_dump()
+        );
+        assert!(
+            srv.stderr_dump().contains("again while stopping"),
+            "{model}: the second SIGINT is not said\n{}",
+            srv.stderr_dump()
+        );
+        drop(s);
+    }
+}
+
 /// The other side of the same rule: a client that stops reading the last response is cut off
 /// once the linger timeout passes with no byte taken, under the event loop and under
 /// leader-followers' own connection code.

@@ -198,6 +198,8 @@ pub struct EventLoop {
     in_run: bool,
     quit: bool,
     draining: bool,
+    /// A drained loop stays up while held (see [`hold_drain`](Self::hold_drain)).
+    drain_held: bool,
     exit_when_empty: bool,
 }
 
@@ -235,6 +237,7 @@ impl EventLoop {
             in_run: false,
             quit: false,
             draining: false,
+            drain_held: false,
             exit_when_empty: false,
             cfg,
         };
@@ -459,6 +462,17 @@ impl EventLoop {
         self.exit_when_empty = on;
     }
 
+    /// Keeps a draining loop running once its own connections are gone, until
+    /// [`release_drain`](Self::release_drain): a control loop is the thread that reads the
+    /// signals, and must still be there to hear a second SIGINT while its worker loops drain.
+    pub fn hold_drain(&mut self) {
+        self.drain_held = true;
+    }
+
+    pub fn release_drain(&mut self) {
+        self.drain_held = false;
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining
     }
@@ -493,7 +507,8 @@ impl EventLoop {
             if self.now_tick >= self.published_at.saturating_add(PUBLISH_EVERY_MS) {
                 self.publish_stats();
             }
-            if (self.draining || self.exit_when_empty) && self.stats.open == 0 {
+            if ((self.draining && !self.drain_held) || self.exit_when_empty) && self.stats.open == 0
+            {
                 self.quit = true;
             }
         }

@@ -274,14 +274,34 @@ pub fn install_signals(el: &mut EventLoop, fleet: Arc<Fleet>, drain: Duration) -
         }
         Signal::SIGUSR1 => crate::ops::log::reopen_all(),
         _ => {
+            if !super::first_stop_signal(sig) {
+                return;
+            }
             tracing::info!("{sig:?}: stopping; draining connections for up to {drain:?}");
             crate::ops::notify::stopping();
             super::arm_stop_watchdog(drain);
             fleet.stop_listening();
             fleet.broadcast(move |el| el.shutdown_gracefully(drain));
             el.shutdown_gracefully(drain);
+            // Up until the worker loops are done, so that a second SIGINT is still heard
+            // (signals are read here only); the stop watchdog bounds the wait.
+            el.hold_drain();
+            release_when_fleet_done(el, fleet.clone());
         }
     })
+}
+
+/// How often a stopping control loop looks whether its worker loops have all ended.
+const FLEET_POLL: Duration = Duration::from_millis(20);
+
+fn release_when_fleet_done(el: &mut EventLoop, fleet: Arc<Fleet>) {
+    el.run_after(FLEET_POLL, move |el| {
+        if fleet.live() == 0 {
+            el.release_drain();
+        } else {
+            release_when_fleet_done(el, fleet);
+        }
+    });
 }
 
 /// Serves `--admin` (if given) on the control loop with the fleet's figures: the control

@@ -314,7 +314,7 @@ fn on_signal<M: Master>(el: &mut EventLoop, m: &Shared<M>, sig: Signal) {
             crate::ops::log::reopen_all();
             m.borrow().pass_on(Signal::SIGUSR1);
         }
-        _ => begin_stop(el, m),
+        _ => begin_stop(el, m, sig),
     }
 }
 
@@ -371,9 +371,13 @@ fn poll_published(
 
 /// SIGTERM/SIGINT: the model closes its sockets, the children get SIGTERM and drain; those
 /// still running after the drain timeout plus [`KILL_MARGIN`] get SIGKILL.
-fn begin_stop<M: Master>(el: &mut EventLoop, m: &Shared<M>) {
+/// A second one while they drain is the operator insisting (Ctrl-C twice): the loop ends at
+/// once and [`run`] kills the children still there.
+fn begin_stop<M: Master>(el: &mut EventLoop, m: &Shared<M>, sig: Signal) {
     let mut mm = m.borrow_mut();
     if mm.children().stopping {
+        tracing::warn!("{sig:?} again while stopping: ending every child now");
+        el.stop();
         return;
     }
     mm.children_mut().stopping = true;

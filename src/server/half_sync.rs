@@ -208,6 +208,9 @@ fn install_signals(el: &mut EventLoop, hub: Arc<Hub>, drain: Duration) -> io::Re
         }
         Signal::SIGUSR1 => crate::ops::log::reopen_all(),
         _ => {
+            if !super::first_stop_signal(sig) {
+                return;
+            }
             tracing::info!("{sig:?}: stopping; draining connections for up to {drain:?}");
             super::arm_stop_watchdog(drain);
             begin_drain(el, &hub, drain)

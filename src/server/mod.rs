@@ -256,6 +256,30 @@ fn serve_holding_pid_file(opts: &ServerOptions, service: &Service) -> io::Result
     }
 }
 
+/// Ends the process at once, exit 0 as a drained stop: the kernel closes what is still open,
+/// but the pid file is removed and the log flushed first.
+fn exit_now() -> ! {
+    // Not waiting on the pid file's lock: a thread stuck in a handler may be holding it.
+    if let Ok(mut held) = PID_FILE.try_lock() {
+        held.take();
+    }
+    crate::ops::log::flush_all();
+    std::process::exit(0)
+}
+
+/// True for the SIGINT or SIGTERM that starts a stop. Another one while that stop drains is
+/// the operator insisting (Ctrl-C twice): it is said, and the process ends at once rather
+/// than make them wait out `--drain-timeout` or reach for SIGKILL. For the models that serve
+/// in this process; the forking masters do the same with their children (`forking`).
+pub(crate) fn first_stop_signal(sig: nix::sys::signal::Signal) -> bool {
+    static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !STOPPING.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return true;
+    }
+    tracing::warn!("{sig:?} again while stopping: exiting now, without waiting for the drain");
+    exit_now()
+}
+
 /// How long past the drain deadline a stop may still take before [`arm_stop_watchdog`] ends
 /// the process.
 const STOP_GRACE: Duration = Duration::from_secs(1);
@@ -280,12 +304,7 @@ pub(crate) fn arm_stop_watchdog(drain: Duration) {
                 "still stopping {STOP_GRACE:?} after the drain deadline: a handler is blocked; \
                  exiting now (no final stats line)"
             );
-            // Not waiting on the pid file's lock: the thread stuck may be the one holding it.
-            if let Ok(mut held) = PID_FILE.try_lock() {
-                held.take();
-            }
-            crate::ops::log::flush_all();
-            std::process::exit(0);
+            exit_now();
         });
     if let Err(e) = spawned {
         tracing::warn!("no stop watchdog ({e}): a blocked handler can hold the stop");

@@ -93,6 +93,9 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
             }
             Signal::SIGUSR1 => crate::ops::log::reopen_all(),
             _ => {
+                if !super::first_stop_signal(sig) {
+                    return;
+                }
                 tracing::info!("{sig:?}: stopping; draining connections for up to {drain:?}");
                 crate::ops::notify::stopping();
                 super::arm_stop_watchdog(drain);
