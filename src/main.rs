@@ -524,6 +524,12 @@ fn main() -> ExitCode {
                 );
             }
             let Some(first) = &report.first_error else {
+                if report.measured_nothing() {
+                    return Err(std::io::Error::other(format!(
+                        "pingpong measured nothing: {addr} closed every connection before an \
+                         echo came back"
+                    )));
+                }
                 return Ok(());
             };
             let failed = format!(

@@ -156,6 +156,39 @@ fn pingpong_against_a_closed_port_fails_saying_why() {
     );
 }
 
+/// A server that accepts and closes every connection without an echo: no connection failed,
+/// but nothing was measured either, and the load generator says so (exit 1).
+#[test]
+fn pingpong_against_a_server_that_only_closes_fails_saying_why() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().unwrap().to_string();
+    let closer = thread::spawn(move || {
+        for c in listener.incoming().take(3) {
+            // Take the message (so the close is a FIN, not a reset), answer nothing.
+            let mut c = c.unwrap();
+            let mut msg = [0u8; 64];
+            let _ = std::io::Read::read_exact(&mut c, &mut msg);
+        }
+    });
+    let out = run(&[
+        "bench",
+        "pingpong",
+        "--addr",
+        &addr,
+        "--conns",
+        "3",
+        "--duration",
+        "30",
+    ]);
+    closer.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr {stderr:?}");
+    assert!(
+        stderr.contains("measured nothing") && stderr.contains("closed every connection"),
+        "{stderr:?}"
+    );
+}
+
 /// An fd limit too low for the start itself (epoll, waker, listeners, the EMFILE reserve) is
 /// said as such, with the limit, not as a bare "Too many open files".
 #[test]
@@ -179,7 +212,8 @@ fn an_fd_limit_too_low_to_start_is_explained() {
     assert!(
         stderr.contains("out of file descriptors while starting")
             && stderr.contains("is 12")
-            && stderr.contains("--rlimit-nofile"),
+            && stderr.contains("--rlimit-nofile")
+            && stderr.contains("Too many open files"),
         "stderr: {stderr:?}"
     );
 }

@@ -198,7 +198,7 @@ fn unreadable_file_a_directory() {
     assert_eq!(
         msgs,
         [format!(
-            "{}: cannot read: not a regular file",
+            "{}: cannot read: a directory, not a regular file",
             dir.display()
         )]
     );
@@ -212,7 +212,10 @@ fn a_fifo_or_a_device_is_refused_at_once() {
         .join(format!("keel-config-fifo-{}", std::process::id()));
     let _ = std::fs::remove_file(&fifo);
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
-    for path in [fifo.as_path(), std::path::Path::new("/dev/zero")] {
+    for (path, what) in [
+        (fifo.as_path(), "a FIFO"),
+        (std::path::Path::new("/dev/zero"), "a device"),
+    ] {
         let started = std::time::Instant::now();
         let msgs: Vec<String> = config::load(path)
             .unwrap_err()
@@ -222,13 +225,34 @@ fn a_fifo_or_a_device_is_refused_at_once() {
         assert_eq!(
             msgs,
             [format!(
-                "{}: cannot read: not a regular file",
+                "{}: cannot read: {what}, not a regular file",
                 path.display()
             )]
         );
         assert!(started.elapsed() < std::time::Duration::from_secs(2));
     }
     let _ = std::fs::remove_file(&fifo);
+}
+
+/// `check-config` reads a pipe, as in `keel check-config <(generate-config)`: waiting for its
+/// writer is what was asked for there (a server's reload would not wait).
+#[test]
+fn check_config_reads_a_pipe() {
+    let mut child = std::process::Command::new(util::keel_bin())
+        .args(["check-config", "/dev/stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn keel");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"[http]\nthreads = 2\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("ok (http)"), "{stdout}");
 }
 
 #[test]
@@ -1040,4 +1064,41 @@ log_filter = "warn,keel::http=debug"
         log.target,
         keel::ops::log::LogTarget::File("/var/log/keel.log".into())
     );
+}
+
+/// The admin listener may not share the site's port; IPv6 listeners are V6ONLY, so an IPv4
+/// and an IPv6 address on one port do not clash, and neither do two addresses of one family
+/// that differ (and are both specified).
+#[test]
+fn the_admin_port_clashes_only_within_one_address_family() {
+    let with = |listen: &str, admin: &str| {
+        ServerSettings {
+            listen: Some(listen.parse().unwrap()),
+            admin: Some(admin.parse().unwrap()),
+            ..ServerSettings::default()
+        }
+        .to_options()
+    };
+    for (listen, admin) in [
+        ("127.0.0.1:18081", "127.0.0.1:18081"),
+        ("0.0.0.0:18081", "127.0.0.1:18081"),
+        ("127.0.0.1:18081", "0.0.0.0:18081"),
+        ("[::]:18081", "[::1]:18081"),
+    ] {
+        let e = with(listen, admin).expect_err(&format!("{listen} with admin {admin}"));
+        assert!(e.contains("would share a port"), "{e}");
+    }
+    for (listen, admin) in [
+        ("[::]:18081", "127.0.0.1:18081"),
+        ("0.0.0.0:18081", "[::1]:18081"),
+        ("127.0.0.1:18081", "127.0.0.2:18081"),
+        ("127.0.0.1:18081", "127.0.0.1:18082"),
+        ("127.0.0.1:0", "127.0.0.1:0"),
+    ] {
+        assert!(
+            with(listen, admin).is_ok(),
+            "{listen} with admin {admin}: {:?}",
+            with(listen, admin).err()
+        );
+    }
 }

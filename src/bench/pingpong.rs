@@ -36,10 +36,11 @@ pub struct PingpongReport {
 }
 
 impl PingpongReport {
-    /// Nothing was measured: every busy connection failed before a single echo came back.
-    /// The load generator then fails too, rather than report a rate of zero as a result.
+    /// Nothing was measured: no echo came back at all (every connection failed, or the
+    /// server closed them first). The load generator then fails too, rather than report a
+    /// rate of zero as a result.
     pub fn measured_nothing(&self) -> bool {
-        self.messages == 0 && self.errors > 0
+        self.messages == 0
     }
 }
 
@@ -172,6 +173,9 @@ pub fn run(opts: &PingpongOptions) -> io::Result<PingpongReport> {
                         live: live.clone(),
                     };
                     el.connect(addr, Duration::from_secs(5), Box::new(client))?;
+                }
+                if live.load(Ordering::Relaxed) == 0 {
+                    return Ok(()); // every connect failed at once (unreachable, no port left)
                 }
                 el.run_after(duration, |el| el.stop());
                 el.run()

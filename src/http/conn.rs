@@ -44,10 +44,11 @@ use crate::reactor::Note;
 /// Output waiting for the client above which no further pipelined request is answered.
 ///
 /// It is what a client that pipelines and never reads can make a connection hold, beyond the
-/// kernel's send buffer: with a 4 KiB send buffer, 2,000 such clients held 570 MB at 256 KiB
-/// (about 285 KB each). A reader that keeps up never comes near it (the socket takes each
-/// batch as it is written), so a lower bound costs a well-behaved client nothing; one
-/// in-memory response (16 KiB at most by default) past it is the most it can overshoot.
+/// kernel's send buffer: with a 4 KiB send buffer, 500 such clients held 213 KiB each at
+/// 256 KiB and 97 KiB each at 64 KiB (what they had sent and was read counts too). A reader
+/// that keeps up never comes near it (the socket takes each batch as it is written), so a
+/// lower bound costs a well-behaved client nothing. It can be overshot by one response held
+/// in memory: a small file (16 KiB at most by default) or a directory listing.
 pub const BACKLOG: usize = 64 * 1024;
 
 /// Whether a head that read as incomplete at `seen` bytes can read otherwise now that `bytes`

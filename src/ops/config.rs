@@ -386,10 +386,10 @@ impl ServerSettings {
             ));
         }
         let listen = self.listen.unwrap_or(DEFAULT_LISTEN);
-        if let Some(admin) = self
-            .admin
-            .filter(|a| a.port() != 0 && a.port() == listen.port())
-        {
+        // IPv6 listeners are V6ONLY (`net::bind_tcp`): only the same family can clash.
+        if let Some(admin) = self.admin.filter(|a| {
+            a.port() != 0 && a.port() == listen.port() && a.is_ipv4() == listen.is_ipv4()
+        }) {
             if admin.ip() == listen.ip()
                 || admin.ip().is_unspecified()
                 || listen.ip().is_unspecified()
@@ -432,11 +432,7 @@ impl ServerSettings {
             user: self.user.clone(),
             group: self.group.clone(),
             admin: self.admin,
-            log: (
-                self.log_filter.clone(),
-                self.log_file.clone(),
-                self.log_target.clone(),
-            ),
+            log: self.log_settings().ok().map(|l| (l.filter, l.target)),
         })
     }
 }
@@ -503,8 +499,14 @@ impl std::error::Error for ConfigError {}
 
 /// Reads and checks the file at `path`; every error found, in file order, if any.
 pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+    load_from(path, false)
+}
+
+/// [`load`], and with `pipes` a pipe is read as well (`check-config <(...)`: there, waiting
+/// for its writer is what the user asked for).
+fn load_from(path: &Path, pipes: bool) -> Result<Config, Vec<ConfigError>> {
     let file = path.display().to_string();
-    match read_text(path) {
+    match read_text(path, pipes) {
         Ok(text) => parse(&file, &text),
         Err((line, message)) => Err(vec![ConfigError {
             file,
@@ -519,21 +521,31 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
 /// path naming something endless (`/dev/zero`) is an error, not all of memory.
 const MAX_FILE: u64 = 16 << 20;
 
-/// The file's text, or (the line, if it is about one) why it cannot be had. Only a regular
-/// file is read: it is opened without blocking, so a FIFO is refused at once instead of
-/// hanging `check-config` or a reload (which runs on the control loop) until a writer comes.
-fn read_text(path: &Path) -> Result<String, (Option<usize>, String)> {
+/// The file's text, or (the line, if it is about one) why it cannot be had. A server reads
+/// only a regular file, opened without blocking, so a FIFO is refused at once instead of
+/// hanging a reload (which runs on the control loop) until a writer comes; with `pipes`, a
+/// pipe is read too.
+fn read_text(path: &Path, pipes: bool) -> Result<String, (Option<usize>, String)> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let cannot = |e: std::io::Error| (None, format!("cannot read: {e}"));
     let f = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK)
+        .custom_flags(if pipes { 0 } else { libc::O_NONBLOCK })
         .open(path)
         .map_err(cannot)?;
-    let meta = f.metadata().map_err(cannot)?;
-    if !meta.is_file() {
-        return Err((None, "cannot read: not a regular file".to_string()));
+    let kind = f.metadata().map_err(cannot)?.file_type();
+    if !(kind.is_file() || (pipes && kind.is_fifo())) {
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else {
+            "not a file"
+        };
+        return Err((None, format!("cannot read: {what}, not a regular file")));
     }
     let mut bytes = Vec::new();
     f.take(MAX_FILE + 1)
@@ -592,7 +604,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<ConfigError>> {
 /// `FILE: ok (echo, discard)`. Invalid: one line per error, then `FILE: N error(s)`.
 pub fn check(path: &Path) -> (String, bool) {
     let file = path.display();
-    match load(path) {
+    match load_from(path, true) {
         Ok(config) => {
             let sections: Vec<&str> = Section::ALL
                 .into_iter()

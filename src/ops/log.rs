@@ -492,7 +492,11 @@ impl Shared {
             st.generation
         };
         if let Err(e) = spawn_writer(self, generation) {
-            eprintln!("keel: log writer for {}: {e}", self.path.display());
+            let _ = writeln!(
+                io::stderr(),
+                "keel: log writer for {}: {e}",
+                self.path.display()
+            );
         }
     }
 
@@ -515,7 +519,11 @@ impl Shared {
         self.wake.notify_all();
         if let Err(e) = spawn_writer(self, generation) {
             // Logging is down in this child: nothing to log it to but stderr.
-            eprintln!("keel: log writer for {}: {e}", self.path.display());
+            let _ = writeln!(
+                io::stderr(),
+                "keel: log writer for {}: {e}",
+                self.path.display()
+            );
         }
     }
 }
@@ -581,7 +589,11 @@ fn writer_thread(s: &Shared, generation: u64) {
                     // and the old file may be gone (its directory removed), so the line goes
                     // to stderr too, where a supervisor collects it.
                     tracing::warn!("reopening {e}; still writing to the old file");
-                    eprintln!("keel: reopening {e}; still writing to the old file");
+                    // Not eprintln!: it panics on a closed stderr, which would end this thread.
+                    let _ = writeln!(
+                        io::stderr(),
+                        "keel: reopening {e}; still writing to the old file"
+                    );
                     file
                 }
             }

@@ -854,6 +854,9 @@ impl Drop for Reply {
 
 /// Does what a handler asked for, with the loop's own methods.
 fn apply(el: &mut EventLoop, id: ConnId, side: &Mutex<Side>, ops: Vec<Op>) {
+    let wrote = ops
+        .iter()
+        .any(|op| matches!(op, Op::Write(_) | Op::SendFile(..)));
     let mut paused = None;
     let mut closing = false;
     let mut write_shut = false;
@@ -894,12 +897,14 @@ fn apply(el: &mut EventLoop, id: ConnId, side: &Mutex<Side>, ops: Vec<Op>) {
             s.seen = 0;
         }
         s.handler_paused = p;
-        if p && !closing && el.is_open(id) && el.output_len(id) == 0 {
-            // A handler that pauses until its output drains (HTTP behind a pipelined backlog)
-            // judged from the recorder's count, which grows with every write; the socket may
-            // have taken all of it at once, and then the loop, which never queued a byte, has
-            // no drain to report. The drain is reported here instead, or reading would stay
-            // paused for good.
+        let drain_due = s.events.iter().any(|c| matches!(c, Call::Drained));
+        if p && wrote && !drain_due && !closing && el.is_open(id) && el.output_len(id) == 0 {
+            // A handler that wrote and paused until its output drains (HTTP behind a pipelined
+            // backlog) judged from the recorder's count, which grows with every write; the
+            // socket may have taken all of it at once, and then the loop, which never queued
+            // a byte, has no drain to report. The drain is reported here instead, or reading
+            // would stay paused for good. A handler that paused without writing waits for
+            // something else, and gets no drain, as under the loop.
             s.events.push_back(Call::Drained);
         }
     }
@@ -1084,6 +1089,38 @@ mod tests {
         assert_eq!(s.unseen(), 14);
         assert_eq!(kind(&s.next_call(false)), "data");
         assert_eq!(kind(&s.next_call(false)), "fin");
+    }
+
+    /// The drain reported for a handler that wrote and paused while the loop queued nothing
+    /// (the socket took it all): once, and not for a handler that paused without writing.
+    #[test]
+    fn a_drain_is_reported_only_for_a_pause_after_writes_the_socket_took() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let el = &mut EventLoop::new(LoopConfig::default()).unwrap();
+        let id = el.adopt(server.into(), Box::new(Nop)).unwrap();
+        let drains = |s: &Mutex<Side>| {
+            lock(s)
+                .events
+                .iter()
+                .filter(|c| matches!(c, Call::Drained))
+                .count()
+        };
+        let s = Mutex::new(Side::new(Box::new(Nop)));
+        apply(el, id, &s, vec![Op::PauseRead]);
+        assert_eq!(drains(&s), 0, "paused without writing: no drain");
+        apply(el, id, &s, vec![Op::ResumeRead]);
+        apply(el, id, &s, vec![Op::Write(b"x".to_vec()), Op::PauseRead]);
+        assert_eq!(el.output_len(id), 0, "the socket took the byte");
+        assert_eq!(
+            drains(&s),
+            1,
+            "wrote and paused with nothing queued: a drain"
+        );
+        apply(el, id, &s, vec![Op::ResumeRead]);
+        apply(el, id, &s, vec![Op::Write(b"y".to_vec()), Op::PauseRead]);
+        assert_eq!(drains(&s), 1, "one drain already due: not a second");
     }
 
     #[test]

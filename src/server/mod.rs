@@ -150,9 +150,9 @@ pub struct ServerOptions {
     pub group: Option<String>,
     /// The admin listener (/metrics, /status).
     pub admin: Option<SocketAddr>,
-    /// The log's settings as given (filter, file, target): set up once at start, compared
-    /// only so that a reload that changes them says it cannot apply them.
-    pub log: (Option<String>, Option<PathBuf>, Option<String>),
+    /// The log's filter and target, defaults filled in: set up once at start, compared only so
+    /// that a reload that changes them says it cannot apply them.
+    pub log: Option<(String, crate::ops::log::LogTarget)>,
 }
 
 impl ServerOptions {
@@ -226,8 +226,8 @@ fn explain_fd_exhaustion(e: io::Error) -> io::Error {
     io::Error::new(
         e.kind(),
         format!(
-            "out of file descriptors while starting (the limit in force is {limit}): \
-             raise it with --rlimit-nofile, or run fewer --threads"
+            "out of file descriptors while starting (the limit in force is {limit}; raise it \
+             with --rlimit-nofile): {e}"
         ),
     )
 }

@@ -57,7 +57,7 @@ pub fn thread_count() -> io::Result<usize> {
 /// A thread just joined may still be counted: `pthread_join` returns when the kernel clears
 /// the thread's tid, early in its exit, and the task leaves the thread group's count a little
 /// later. Read at once after the log writer is parked for a fork, the count said 2 often
-/// enough to refuse a connection in every few hundred under process-per-conn. A thread that
+/// enough to refuse a connection in every few thousand under process-per-conn. A thread that
 /// is really alive still keeps the count above one, and the caller refuses to fork.
 fn settled_thread_count() -> io::Result<usize> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(100);
