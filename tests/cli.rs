@@ -115,6 +115,21 @@ fn bad_arguments_exit_2() {
     }
 }
 
+/// `keel bench pingpong` with 3 connections to `addr` for up to 30 s: a run that ends early
+/// has ended by itself.
+fn pingpong_three(addr: &str) -> Output {
+    run(&[
+        "bench",
+        "pingpong",
+        "--addr",
+        addr,
+        "--conns",
+        "3",
+        "--duration",
+        "30",
+    ])
+}
+
 /// A load generator that reached no server measured nothing: it fails (exit 1) and says why,
 /// rather than report a rate of zero as a result.
 #[test]
@@ -123,16 +138,7 @@ fn pingpong_against_a_closed_port_fails_saying_why() {
     let addr = closed.local_addr().unwrap().to_string();
     drop(closed);
     let started = Instant::now();
-    let out = run(&[
-        "bench",
-        "pingpong",
-        "--addr",
-        &addr,
-        "--conns",
-        "3",
-        "--duration",
-        "30",
-    ]);
+    let out = pingpong_three(&addr);
     // With no connection left there is nothing to wait for.
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -170,16 +176,7 @@ fn pingpong_against_a_server_that_only_closes_fails_saying_why() {
             let _ = std::io::Read::read_exact(&mut c, &mut msg);
         }
     });
-    let out = run(&[
-        "bench",
-        "pingpong",
-        "--addr",
-        &addr,
-        "--conns",
-        "3",
-        "--duration",
-        "30",
-    ]);
+    let out = pingpong_three(&addr);
     closer.join().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr {stderr:?}");

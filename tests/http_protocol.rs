@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use util::{random_bytes, Opts, Server, IO_TIMEOUT};
+use util::{random_bytes, Opts, Server, IO_TIMEOUT, MODELS};
 
 const ENGINE: &str = "epoll-et";
 
@@ -1839,15 +1839,7 @@ fn requests_behind_a_large_response_are_answered_under_every_model() {
     let root = Root::new("behindbig");
     let big = random_bytes(8, 300 * 1024);
     root.write("big.bin", &big);
-    let models = [
-        "multi-reactor",
-        "half-sync",
-        "leader-followers",
-        "thread-per-conn",
-        "prefork",
-        "process-per-conn",
-    ];
-    for model in models {
+    for model in MODELS {
         let srv = serve(
             &root,
             &["--model", model, "--threads", "2", "--sndbuf", "16384"],
@@ -1892,14 +1884,7 @@ fn a_pipelined_backlog_the_socket_takes_at_once_is_answered_under_every_model() 
     let root = Root::new("backlogatonce");
     let file = random_bytes(9, 16_000); // under the 16 KiB in-memory limit
     root.write("16k.bin", &file);
-    for model in [
-        "multi-reactor",
-        "half-sync",
-        "leader-followers",
-        "thread-per-conn",
-        "prefork",
-        "process-per-conn",
-    ] {
+    for model in MODELS {
         let srv = serve(&root, &["--model", model, "--threads", "2"]);
         for half_close in [false, true] {
             let what = format!("{model}, half-close {half_close}");
@@ -1932,14 +1917,7 @@ fn a_pipelined_backlog_the_socket_takes_at_once_is_answered_under_every_model() 
 fn a_second_sigint_ends_a_draining_server_at_once() {
     let root = Root::new("secondsigint");
     root.write("big.bin", &random_bytes(10, 2 << 20));
-    for model in [
-        "multi-reactor",
-        "half-sync",
-        "leader-followers",
-        "thread-per-conn",
-        "prefork",
-        "process-per-conn",
-    ] {
+    for model in MODELS {
         let srv = serve(
             &root,
             &[
