@@ -573,12 +573,12 @@ fn two_free_ports() -> (u16, u16) {
 struct FromConfig {
     child: std::process::Child,
     pid: nix::unistd::Pid,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
 }
 
 impl FromConfig {
     /// Starts it and checks its first line: listening on `port`.
     fn start(server: &str, conf: &Path, port: u16) -> FromConfig {
-        use std::io::BufRead;
         let mut child = std::process::Command::new(util::keel_bin())
             .args([server, "--config", conf.to_str().unwrap()])
             .stdout(std::process::Stdio::piped())
@@ -586,13 +586,25 @@ impl FromConfig {
             .spawn()
             .unwrap();
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
         let mut first = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        let server = FromConfig { child, pid };
+        std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+        let server = FromConfig { child, pid, stdout };
         assert_eq!(first.trim(), format!("listening tcp 127.0.0.1:{port}"));
         server
+    }
+
+    /// SIGTERM; the exit status must be success. Returns what it wrote to stdout after the
+    /// first line (read to the end, so a missing line cannot hang the test).
+    fn stop_with_output(mut self) -> String {
+        use std::io::Read;
+        nix::sys::signal::kill(self.pid, Signal::SIGTERM).unwrap();
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).unwrap();
+        let status = self.child.wait().unwrap();
+        std::mem::forget(self); // reaped: its pid must not be signalled again
+        assert!(status.success(), "{status:?}");
+        rest
     }
 
     /// SIGTERM, then the exit status must be success.
@@ -646,7 +658,12 @@ fn sighup_reload_moves_the_listener() {
     });
     assert_eq!(get_on(&mut kept, "/p.txt").body, b"here");
 
-    server.stop();
+    // stdout says where, as at start (a port 0 is known only from this line).
+    let rest = server.stop_with_output();
+    assert!(
+        rest.lines().any(|l| l == format!("listening tcp {new}")),
+        "stdout after the reload: {rest:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -9,7 +9,7 @@
 //! - `acceptor`: one listener on the main thread's loop accepts, and hands each socket to the
 //!   next loop round-robin through that loop's task queue (`adopt`).
 
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
@@ -136,6 +136,7 @@ fn register_relisten(
                 }
             });
         }
+        let moved_udp = udp_sock.is_some();
         if let (Some(sock), Some(udp)) = (udp_sock, udp.clone()) {
             control.post(move |el| {
                 el.close_udp_sockets();
@@ -144,6 +145,15 @@ fn register_relisten(
                 }
             });
         }
+        // The same lines as at start, for whoever reads stdout to learn the address (a port
+        // 0 is only known now); a reader gone is no error here either.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening tcp {local}")
+            .and_then(|()| match moved_udp {
+                true => writeln!(out, "listening udp {local}"),
+                false => Ok(()),
+            })
+            .and_then(|()| out.flush());
         Ok(local)
     }));
 }
