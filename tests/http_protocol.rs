@@ -1839,27 +1839,45 @@ fn requests_behind_a_large_response_are_answered_under_every_model() {
     let root = Root::new("behindbig");
     let big = random_bytes(8, 300 * 1024);
     root.write("big.bin", &big);
+    let one = b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\nGET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n";
+    every_pipelined_request_is_answered(&root, &["--sndbuf", "16384"], &one.repeat(3), 6, |i| {
+        if i % 2 == 0 {
+            &big[..]
+        } else {
+            HELLO
+        }
+    });
+}
+
+/// Under every model (two threads, plus `args`), `batch` sent at once gets its `n` answers,
+/// 200 with the body `want(i)`, whether the client keeps its side open (then the connection
+/// still serves) or half-closes it after the batch (then the server closes too).
+fn every_pipelined_request_is_answered<'a>(
+    root: &Root,
+    args: &[&str],
+    batch: &[u8],
+    n: usize,
+    want: impl Fn(usize) -> &'a [u8],
+) {
     for model in MODELS {
         let srv = serve(
-            &root,
-            &["--model", model, "--threads", "2", "--sndbuf", "16384"],
+            root,
+            &[&["--model", model, "--threads", "2"], args].concat(),
         );
         for half_close in [false, true] {
             let what = format!("{model}, half-close {half_close}");
             let mut c = Client::connect(srv.tcp);
-            let one = b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\nGET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n";
-            c.send(&one.repeat(3));
+            c.send(batch);
             if half_close {
                 c.s.shutdown(std::net::Shutdown::Write).unwrap();
             }
-            for i in 0..6 {
+            for i in 0..n {
                 let r = c
                     .response_within(false, Duration::from_secs(10))
-                    .unwrap_or_else(|e| panic!("{what}: response {i} of 6: {e}"));
+                    .unwrap_or_else(|e| panic!("{what}: response {i} of {n}: {e}"));
                 assert_eq!(r.status, 200, "{what}: response {i}: {}", r.head);
-                let want = if i % 2 == 0 { &big[..] } else { HELLO };
                 assert!(
-                    r.body == want,
+                    r.body == want(i),
                     "{what}: response {i}: wrong body\n{}",
                     r.head
                 );
@@ -1884,30 +1902,8 @@ fn a_pipelined_backlog_the_socket_takes_at_once_is_answered_under_every_model() 
     let root = Root::new("backlogatonce");
     let file = random_bytes(9, 16_000); // under the 16 KiB in-memory limit
     root.write("16k.bin", &file);
-    for model in MODELS {
-        let srv = serve(&root, &["--model", model, "--threads", "2"]);
-        for half_close in [false, true] {
-            let what = format!("{model}, half-close {half_close}");
-            let mut c = Client::connect(srv.tcp);
-            c.send(&b"GET /16k.bin HTTP/1.1\r\nHost: t\r\n\r\n".repeat(40));
-            if half_close {
-                c.s.shutdown(std::net::Shutdown::Write).unwrap();
-            }
-            for i in 0..40 {
-                let r = c
-                    .response_within(false, Duration::from_secs(10))
-                    .unwrap_or_else(|e| panic!("{what}: response {i} of 40: {e}"));
-                assert_eq!(r.status, 200, "{what}: response {i}: {}", r.head);
-                assert!(r.body == file, "{what}: response {i}: wrong body");
-            }
-            if half_close {
-                c.closed_within(Duration::from_secs(5))
-                    .unwrap_or_else(|e| panic!("{what}: after the batch: {e}"));
-            } else {
-                c.still_serves("/hello.txt", HELLO, &what);
-            }
-        }
-    }
+    let batch = b"GET /16k.bin HTTP/1.1\r\nHost: t\r\n\r\n".repeat(40);
+    every_pipelined_request_is_answered(&root, &[], &batch, 40, |_| &file[..]);
 }
 
 /// A second SIGINT while a stop drains (Ctrl-C twice) ends the server at once, under every
