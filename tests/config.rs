@@ -8,7 +8,7 @@ mod util;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -187,10 +187,9 @@ fn missing_file_names_the_file_and_the_os_error() {
     assert_eq!(errors[0].line, None);
 }
 
-#[test]
-fn unreadable_file_a_directory() {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let msgs: Vec<String> = config::load(&dir)
+/// Loading `path` fails with the one error `PATH: cannot read: WHAT, not a regular file`.
+fn assert_not_a_regular_file(path: &Path, what: &str) {
+    let msgs: Vec<String> = config::load(path)
         .unwrap_err()
         .iter()
         .map(ToString::to_string)
@@ -198,10 +197,15 @@ fn unreadable_file_a_directory() {
     assert_eq!(
         msgs,
         [format!(
-            "{}: cannot read: a directory, not a regular file",
-            dir.display()
+            "{}: cannot read: {what}, not a regular file",
+            path.display()
         )]
     );
+}
+
+#[test]
+fn unreadable_file_a_directory() {
+    assert_not_a_regular_file(Path::new(env!("CARGO_TARGET_TMPDIR")), "a directory");
 }
 
 /// Only a regular file is read: a FIFO is refused at once (reading it would wait for a writer,
@@ -214,21 +218,10 @@ fn a_fifo_or_a_device_is_refused_at_once() {
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
     for (path, what) in [
         (fifo.as_path(), "a FIFO"),
-        (std::path::Path::new("/dev/zero"), "a device"),
+        (Path::new("/dev/zero"), "a device"),
     ] {
         let started = std::time::Instant::now();
-        let msgs: Vec<String> = config::load(path)
-            .unwrap_err()
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(
-            msgs,
-            [format!(
-                "{}: cannot read: {what}, not a regular file",
-                path.display()
-            )]
-        );
+        assert_not_a_regular_file(path, what);
         assert!(started.elapsed() < std::time::Duration::from_secs(2));
     }
     let _ = std::fs::remove_file(&fifo);
