@@ -24,6 +24,21 @@ pub struct EpollPoller {
     registered: usize,
 }
 
+/// The longest single wait, about 24.8 days: `i32::MAX` milliseconds, what `epoll_pwait`
+/// takes. A longer timeout would make rustix switch to `epoll_pwait2` (Linux 5.11, and refused
+/// with EPERM by older seccomp profiles) or overflow `tv_sec`; the loop only wakes up early
+/// and waits again, as the select and poll engines do with their own limits.
+pub const MAX_WAIT: Duration = Duration::from_millis(i32::MAX as u64);
+
+/// `timeout` as the timespec `epoll::wait` takes, clamped to [`MAX_WAIT`].
+pub fn wait_timespec(timeout: Duration) -> rustix::event::Timespec {
+    let d = timeout.min(MAX_WAIT);
+    rustix::event::Timespec {
+        tv_sec: d.as_secs() as i64,
+        tv_nsec: d.subsec_nanos() as _,
+    }
+}
+
 /// Events fetched per wait. Larger batches amortise the syscall; 1024 is plenty for one loop.
 const BATCH: usize = 1024;
 
@@ -129,10 +144,7 @@ impl EpollPoller {
     ) -> io::Result<usize> {
         events.clear();
         self.buf.clear();
-        let ts = timeout.map(|d| rustix::event::Timespec {
-            tv_sec: d.as_secs() as i64,
-            tv_nsec: d.subsec_nanos() as _,
-        });
+        let ts = timeout.map(wait_timespec);
         match epoll::wait(
             self.epfd.as_fd(),
             rustix::buffer::spare_capacity(&mut self.buf),
@@ -158,5 +170,31 @@ impl EpollPoller {
             });
         }
         Ok(events.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn a_wait_longer_than_epoll_takes_is_clamped_not_refused() {
+        assert_eq!(wait_timespec(Duration::MAX).tv_sec, i32::MAX as i64 / 1000);
+        let short = wait_timespec(Duration::from_millis(1_500));
+        assert_eq!((short.tv_sec, short.tv_nsec), (1, 500_000_000));
+
+        // The kernel takes the clamped wait: a ready fd is reported, where an unclamped
+        // `Duration::MAX` made a negative `tv_sec` and failed the wait with EINVAL.
+        let (a, mut b) = UnixStream::pair().unwrap();
+        b.write_all(b"x").unwrap();
+        for trigger in [Trigger::Level, Trigger::Edge] {
+            let mut p = EpollPoller::new(trigger).unwrap();
+            p.register(a.as_fd(), Token(1), Interest::READABLE).unwrap();
+            let mut events = Vec::new();
+            assert_eq!(p.wait(&mut events, Some(Duration::MAX)).unwrap(), 1);
+            assert_eq!(events[0].token, Token(1));
+        }
     }
 }

@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use self::epoll::EpollPoller;
+pub use self::epoll::{wait_timespec, EpollPoller};
 pub use self::poll::PollPoller;
 pub use self::select::SelectPoller;
 use crate::reactor::event::{Event, Interest, Token, Trigger};

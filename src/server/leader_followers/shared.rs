@@ -2,10 +2,11 @@
 //! table, the leader lock, the timers and the counters.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustix::event::epoll::{self, EventData, EventFlags};
 use slab::Slab;
@@ -16,6 +17,7 @@ use super::settings::Settings;
 use super::timers::{TimerEvent, Timers};
 use crate::net::listener::HandlerFactory;
 use crate::net::ConnId;
+use crate::reactor::poller::wait_timespec;
 use crate::reactor::{LoopHandle, LoopStats, TimerKey, Token};
 
 /// Tokens with generation 0 name the shared sources; connections always have generation >= 1.
@@ -154,22 +156,20 @@ impl Shared {
     }
 
     /// Waits for one event; `None` on timeout or EINTR.
+    ///
+    /// The buffer has room for exactly one event: every registration is ONESHOT, so an event
+    /// fetched and not handled would leave its fd disarmed for good.
     pub(super) fn wait_one(
         &self,
-        buf: &mut Vec<epoll::Event>,
         timeout_ms: Option<u64>,
     ) -> io::Result<Option<(u64, EventFlags)>> {
-        buf.clear();
-        let ts = timeout_ms.map(|ms| rustix::event::Timespec {
-            tv_sec: (ms / 1000) as i64,
-            tv_nsec: ((ms % 1000) * 1_000_000) as _,
-        });
-        match epoll::wait(&self.epfd, rustix::buffer::spare_capacity(buf), ts.as_ref()) {
-            Ok(_) => {}
-            Err(rustix::io::Errno::INTR) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let ts = timeout_ms.map(|ms| wait_timespec(Duration::from_millis(ms)));
+        let mut one = [MaybeUninit::<epoll::Event>::uninit(); 1];
+        match epoll::wait(&self.epfd, &mut one, ts.as_ref()) {
+            Ok((got, _)) => Ok(got.first().map(|ev| (ev.data.u64(), ev.flags))),
+            Err(rustix::io::Errno::INTR) => Ok(None),
+            Err(e) => Err(e.into()),
         }
-        Ok(buf.first().map(|ev| (ev.data.u64(), ev.flags)))
     }
 
     /// Re-arms the (ONESHOT) listener, if it is still open.

@@ -4,7 +4,7 @@
 use std::io;
 use std::sync::atomic::Ordering;
 
-use rustix::event::epoll::{self, EventFlags};
+use rustix::event::epoll::EventFlags;
 
 use super::conn::LfConn;
 use super::counters::{bump, Counters};
@@ -46,7 +46,6 @@ pub(super) struct Worker<'a> {
     /// unconsumed is copied into a buffer of its own.
     pub(super) scratch: Option<Buffer>,
     pub(super) fired: Vec<(TimerKey, u64, TimerEvent)>,
-    events: Vec<epoll::Event>,
     /// The clock as of the event being handled (one read per event).
     pub(super) now: u64,
 }
@@ -58,7 +57,6 @@ impl<'a> Worker<'a> {
             stats: &sh.counters[index],
             scratch: Some(Buffer::with_capacity(SCRATCH)),
             fired: Vec::new(),
-            events: Vec::with_capacity(1),
             now: 0,
         }
     }
@@ -93,7 +91,7 @@ impl<'a> Worker<'a> {
                 self.run_timers();
                 continue;
             }
-            let got = sh.wait_one(&mut self.events, timeout);
+            let got = sh.wait_one(timeout);
             sh.waiting_until.store(0, Ordering::Relaxed);
             bump(&self.stats.wakeups, 1);
             let Some((token, flags)) = got? else { continue };
