@@ -672,20 +672,19 @@ impl EventLoop {
     /// (prefork, process-per-conn) has each child close these: a child that inherited the
     /// master's admin listener would keep its port bound after the master died, and one that
     /// held the master's admin connections would keep them open.
-    pub fn raw_fds(&self) -> Vec<std::os::fd::RawFd> {
-        use std::os::fd::AsRawFd;
+    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
         let mut fds = Vec::new();
         if let Poller::Epoll(p) = &self.poller {
-            fds.push(p.as_fd().as_raw_fd());
+            fds.push(p.as_fd());
         }
-        fds.push(self.shared.waker.as_fd().as_raw_fd());
+        fds.push(self.shared.waker.as_fd());
         if let Some(r) = &self.reserve_fd {
-            fds.push(r.as_raw_fd());
+            fds.push(r.as_fd());
         }
         for (_, slot) in self.slots.iter() {
             match &slot.source {
-                Source::Signals(Some(s)) => fds.push(s.as_fd().as_raw_fd()),
-                other => fds.extend(other.fd().map(|fd| fd.as_raw_fd())),
+                Source::Signals(Some(s)) => fds.push(s.as_fd()),
+                other => fds.extend(other.fd()),
             }
         }
         fds

@@ -18,6 +18,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::net::{TcpListener, UdpSocket};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -403,12 +404,21 @@ fn begin_stop<M: Master>(el: &mut EventLoop, m: &Shared<M>, sig: Signal) {
 /// [`process::fork_child`] with the log writers' threads out of the way: they are ended
 /// before the fork, so the process has the single thread a safe fork needs, and started again
 /// after it: here in the parent, and in the child by [`child_main`] (`log::after_fork`).
-pub(super) fn fork(parent: &EventLoop, child: impl FnOnce(&mut Child) -> i32) -> io::Result<Pid> {
+///
+/// The child may take over `lend` (the master's own copy of a listener) and the fds of the
+/// master's loop.
+pub(super) fn fork(
+    parent: &EventLoop,
+    lend: &[BorrowedFd<'_>],
+    child: impl FnOnce(&mut Child) -> i32 + 'static,
+) -> io::Result<Pid> {
     // The master's loop is none of the child's business: its epoll, waker and signalfd, the
     // admin listener and connections. The child closes them before anything else.
-    let fds = parent.raw_fds();
+    let mut inherited = parent.fds();
+    let fds: Vec<RawFd> = inherited.iter().map(|fd| fd.as_raw_fd()).collect();
+    inherited.extend_from_slice(lend);
     let parked = crate::ops::log::park_for_fork();
-    let forked = process::fork_child(move |cx| {
+    let forked = process::fork_child(&inherited, move |cx| {
         cx.close_all_inherited(&fds);
         child(cx)
     });

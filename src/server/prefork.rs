@@ -29,7 +29,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::net::{TcpListener, UdpSocket};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,10 +68,12 @@ struct Master {
 impl Master {
     /// Forks worker `slot`.
     fn spawn(&mut self, el: &EventLoop, slot: usize) -> io::Result<()> {
-        let Some(listener) = self.listener.as_ref().map(|l| l.as_raw_fd()) else {
+        let Some(listener_fd) = self.listener.as_ref().map(|l| l.as_fd()) else {
             return Ok(()); // stopping
         };
-        let udp = self.udp.as_ref().map(|u| u.as_raw_fd());
+        let udp_fd = self.udp.as_ref().map(|u| u.as_fd());
+        let lend: Vec<BorrowedFd> = std::iter::once(listener_fd).chain(udp_fd).collect();
+        let (listener, udp) = (listener_fd.as_raw_fd(), udp_fd.map(|u| u.as_raw_fd()));
         let mut cfg = self.cfg.clone();
         if let Some((max, words)) = &self.limit {
             // What a previous worker in this slot held was given back when it was reaped.
@@ -83,7 +85,7 @@ impl Master {
             self.children.board.clone(),
             self.children.drain,
         );
-        let pid = forking::fork(el, move |cx| {
+        let pid = forking::fork(el, &lend, move |cx| {
             forking::child_main(cx, "worker", |cx| {
                 serve_worker(cx, slot, listener, udp, cfg, &service, board, drain)
             })

@@ -120,7 +120,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
                 let (cfg, factory, board) =
                     (cfg.clone(), factory.clone(), mm.children.board.clone());
                 // The closure owns `fd`: in the master it is dropped (closed) when fork returns.
-                let forked = forking::fork(el, move |cx| {
+                let forked = forking::fork(el, &[], move |cx| {
                     // The listening sockets stay open in the master; the child must not keep
                     // them alive.
                     cx.close_inherited(listen_fd);

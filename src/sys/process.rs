@@ -12,11 +12,13 @@
 //!   drop the parent's objects: close its fds, flush its buffers). [`fork_child`] runs the
 //!   child's closure and then ends the process with `_exit`, which runs no destructor: the
 //!   parent's copies are never used again, so the child may take ownership of (or close) fds
-//!   that a parent object owns, through [`Child`].
+//!   that a parent object owns, through [`Child`]. Only the fds the parent lent to
+//!   [`fork_child`] (borrowed from their owners at the fork) can be claimed: not one the child's
+//!   closure owns, nor one the child opened after the fork, whose owners are alive in the child.
 
 use std::fmt;
 use std::io::{self, Write};
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::AssertUnwindSafe;
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU64;
@@ -75,6 +77,8 @@ fn settled_thread_count() -> io::Result<usize> {
 /// `_exit`): that is what makes taking or closing their fds sound.
 pub struct Child {
     parent: Pid,
+    /// The fds the parent lent to [`fork_child`]: the only ones that may be claimed.
+    inherited: Vec<RawFd>,
     claimed: Vec<RawFd>,
     /// The claimed fds that were closed (not handed out).
     closed: Vec<RawFd>,
@@ -83,8 +87,8 @@ pub struct Child {
 impl Child {
     fn claim(&mut self, fd: RawFd) {
         assert!(
-            fd > 2 && !self.claimed.contains(&fd),
-            "inherited fd {fd} claimed twice (or a standard stream)"
+            fd > 2 && self.inherited.contains(&fd) && !self.claimed.contains(&fd),
+            "fd {fd} was not lent to fork_child, was claimed twice, or is a standard stream"
         );
         self.claimed.push(fd);
     }
@@ -93,12 +97,16 @@ impl Child {
     ///
     /// # Panics
     ///
-    /// If `fd` was taken or closed already through this `Child`, or is 0, 1 or 2.
+    /// If `fd` was not lent to [`fork_child`], was taken or closed already through this
+    /// `Child`, or is 0, 1 or 2.
     pub fn take_inherited(&mut self, fd: RawFd) -> OwnedFd {
         self.claim(fd);
-        // SAFETY: `fd` is open (inherited: fork copies the fd table) and the only other owner
-        // is an object in the parent's copied memory, which the child never uses nor drops
-        // (it ends with `_exit`). `claim` makes sure this `Child` hands it out only once.
+        // SAFETY: `claim` checked that `fd` is one the parent lent to `fork_child` as a
+        // `BorrowedFd`, so it was open at the fork (which copies the fd table) and its owner is
+        // an object of the parent, not of the child's closure (which could not own it while it
+        // was borrowed) nor one the child opened since. That object lives on only in the
+        // parent's copied memory, which the child never uses nor drops (it ends with `_exit`),
+        // and `claim` hands each fd out once.
         unsafe { OwnedFd::from_raw_fd(fd) }
     }
 
@@ -108,7 +116,8 @@ impl Child {
     ///
     /// # Panics
     ///
-    /// If `fd` was taken (not closed) through this `Child`, or is 0, 1 or 2.
+    /// If `fd` was not lent to [`fork_child`], was taken (not closed) through this `Child`, or
+    /// is 0, 1 or 2.
     pub fn close_inherited(&mut self, fd: RawFd) {
         if self.closed.contains(&fd) {
             return;
@@ -117,7 +126,7 @@ impl Child {
         self.closed.push(fd);
     }
 
-    /// Closes each of `fds` (the parent's event loop, [`crate::reactor::EventLoop::raw_fds`])
+    /// Closes each of `fds` (the parent's event loop, [`crate::reactor::EventLoop::fds`])
     /// that this `Child` has not taken; standard streams are left alone.
     pub fn close_all_inherited(&mut self, fds: &[RawFd]) {
         for &fd in fds {
@@ -142,10 +151,16 @@ impl Child {
 /// panicked), flushing stdout first; in the parent, returns the child's pid. The child never
 /// returns from this call, so it never runs the parent's code path nor its destructors.
 ///
+/// `inherited` are the parent's fds the child may take over or close through [`Child`]; their
+/// owners stay with the parent (the closure is `'static`, so it cannot reach them either).
+///
 /// Refused (with an error) if the process has more than one thread: see the module doc.
 /// The closure is dropped in the parent, so what it owns (an accepted socket meant for the
 /// child) is closed there right after the fork.
-pub fn fork_child(child: impl FnOnce(&mut Child) -> i32) -> io::Result<Pid> {
+pub fn fork_child(
+    inherited: &[BorrowedFd<'_>],
+    child: impl FnOnce(&mut Child) -> i32 + 'static,
+) -> io::Result<Pid> {
     let threads = settled_thread_count()?;
     if threads != 1 {
         return Err(io::Error::other(format!(
@@ -158,12 +173,15 @@ pub fn fork_child(child: impl FnOnce(&mut Child) -> i32) -> io::Result<Pid> {
     let _ = io::stdout().flush();
     // SAFETY: the process has a single thread (checked just above, and no thread can start
     // between the check and the fork since we are that thread), so the child inherits no lock
-    // held by another thread and may run any code. The child branch below never returns.
+    // held by another thread. A lock this thread holds now would stay held in the child: the
+    // callers fork from their event loop holding none (stdout is flushed, not locked, above).
+    // The child branch below never returns.
     match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
         nix::unistd::ForkResult::Parent { child: pid } => Ok(pid),
         nix::unistd::ForkResult::Child => {
             let mut cx = Child {
                 parent,
+                inherited: inherited.iter().map(|fd| fd.as_raw_fd()).collect(),
                 claimed: Vec::new(),
                 closed: Vec::new(),
             };
@@ -414,11 +432,36 @@ mod tests {
     }
 
     #[test]
+    fn a_child_claims_only_the_fds_its_parent_lent() {
+        let lent = std::fs::File::open("/dev/null").unwrap();
+        let not_lent = std::fs::File::open("/dev/null").unwrap();
+        let mut cx = Child {
+            parent: nix::unistd::getpid(),
+            inherited: vec![lent.as_raw_fd()],
+            claimed: Vec::new(),
+            closed: Vec::new(),
+        };
+        // An fd with a live owner of the child's own (the closure's, or opened after the
+        // fork) is refused, and stays open for that owner.
+        let refused = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            cx.close_inherited(not_lent.as_raw_fd())
+        }));
+        assert!(refused.is_err());
+        assert!(not_lent.metadata().is_ok(), "still open");
+        // A lent one is handed out once.
+        let taken = cx.take_inherited(lent.as_raw_fd());
+        std::mem::forget(lent); // the parent's copy, never dropped in a real child
+        let again =
+            std::panic::catch_unwind(AssertUnwindSafe(|| cx.take_inherited(taken.as_raw_fd())));
+        assert!(again.is_err());
+    }
+
+    #[test]
     fn fork_refused_with_threads() {
         // The test harness runs tests on threads of their own: the process is multi-threaded.
         let _other =
             std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(200)));
-        let err = fork_child(|_| 0).unwrap_err();
+        let err = fork_child(&[], |_| 0).unwrap_err();
         assert!(err.to_string().contains("threads"), "{err}");
     }
 

@@ -230,7 +230,7 @@ impl Worker<'_> {
         if reason != CloseReason::Normal {
             let _ = SockRef::from(&fd).set_linger(Some(Duration::ZERO));
         }
-        drop(fd); // close(2); also leaves the epoll set
+        drop(fd); // close(2); also leaves the epoll set (leader/followers never forks or dups)
         core.input = None;
         core.output.clear(drop);
         let left = sh.remove(core.id);
