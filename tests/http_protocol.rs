@@ -1906,6 +1906,45 @@ fn a_pipelined_backlog_the_socket_takes_at_once_is_answered_under_every_model() 
     every_pipelined_request_is_answered(&root, &[], &batch, 40, |_| &file[..]);
 }
 
+/// SIGTERM answers what clients have sent, under every model: pipelined requests a handler
+/// holds while paused behind its own output (the client reads slowly) are answered before
+/// the connection closes. half-sync handed no job out once its reactor drained (and reset the
+/// connection at the drain timeout); leader-followers closed after one read (and dropped the
+/// held requests).
+#[test]
+fn a_stop_answers_the_pipelined_requests_a_paused_handler_holds() {
+    let root = Root::new("drainpipelined");
+    let file = random_bytes(11, 100_000);
+    root.write("m.bin", &file);
+    let n = 100;
+    let batch = b"GET /m.bin HTTP/1.1\r\nHost: t\r\n\r\n".repeat(n);
+    for model in MODELS {
+        let srv = serve(&root, &["--model", model, "--threads", "2"]);
+        let mut c = Client::connect(srv.tcp);
+        c.send(&batch);
+        std::thread::sleep(Duration::from_millis(200)); // the socket buffers fill: paused
+        srv.signal(nix::sys::signal::Signal::SIGTERM);
+        for i in 0..n {
+            let r = c
+                .response_within(false, Duration::from_secs(5))
+                .unwrap_or_else(|e| {
+                    panic!("{model}: response {i} of {n}: {e}\n{}", srv.stderr_dump())
+                });
+            assert_eq!(r.status, 200, "{model}: response {i}: {}", r.head);
+            assert!(r.body == file, "{model}: response {i}: wrong body");
+        }
+        c.closed_within(Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{model}: after the last answer: {e}"));
+        drop(c); // the server lingers for our FIN
+        let status = srv.wait_exit(Duration::from_secs(5));
+        assert!(
+            matches!(status, Some(st) if st.code() == Some(0)),
+            "{model}: {status:?}\n{}",
+            srv.stderr_dump()
+        );
+    }
+}
+
 /// A second SIGINT while a stop drains (Ctrl-C twice) ends the server at once, under every
 /// model, instead of leaving the operator to wait out `--drain-timeout` behind a client that
 /// stopped reading. The first one only starts the drain.

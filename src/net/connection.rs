@@ -817,20 +817,26 @@ impl EventLoop {
     }
 
     pub fn resume_read(&mut self, id: ConnId) {
-        if let Some(conn) = self.conn_mut(id) {
-            if conn.read_paused {
-                conn.read_paused = false;
-                // Input the handler left unconsumed (it paused mid-stream, say for backpressure)
-                // is offered again: no new bytes may ever come to announce it.
-                if conn.input.as_ref().is_some_and(|b| !b.is_empty()) {
-                    self.deferred.push(Deferred::Redeliver(id));
-                }
-                self.update_interest(id);
-                // An edge poller will not report data that arrived while paused.
-                if self.poller.trigger() == Trigger::Edge {
-                    self.ready.push(id.0);
-                }
-            }
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if !conn.read_paused {
+            return;
+        }
+        conn.read_paused = false;
+        // Input the handler left unconsumed (it paused mid-stream, say for backpressure) is
+        // offered again: no new bytes may ever come to announce it.
+        let redeliver = conn.input.as_ref().is_some_and(|b| !b.is_empty());
+        let draining = conn.draining;
+        if redeliver {
+            self.deferred.push(Deferred::Redeliver(id));
+        }
+        self.update_interest(id);
+        // An edge poller will not report data that arrived while paused; and a draining
+        // connection needs a read attempt to be found idle (`drain_conn`), which no event may
+        // ever prompt.
+        if draining || self.poller.trigger() == Trigger::Edge {
+            self.ready.push(id.0);
         }
     }
 

@@ -29,8 +29,11 @@
 //!   connections, whatever the clients send.
 //! - **Shutdown** (SIGINT/SIGTERM): the listener closes; what clients have sent is still
 //!   handed to jobs, and once no job is under way the reactor drains as every model does
-//!   (`shutdown_gracefully`: what it reads then is no longer served), all within
-//!   `--drain-timeout`. Each handler still gets its `on_close` (on a worker; a
+//!   (`shutdown_gracefully`: each connection closes once it is idle), all within
+//!   `--drain-timeout`. Jobs keep being handed out while it drains: a handler paused behind
+//!   its own output still answers the pipelined requests it holds once the output drains, and
+//!   while a connection's handler has work the shim keeps its reads paused, so the reactor
+//!   never takes it for idle. Each handler still gets its `on_close` (on a worker; a
 //!   handler whose reply finds the reactor gone gets it where the reply is dropped).
 //!
 //! What it costs, as the notes say: each request crosses two queues (reactor → workers →
@@ -389,10 +392,7 @@ impl Side {
     /// (they do not depend on the input: a high-water mark must not wait behind a stream of
     /// data); then new input, unless the handler paused reading; then the FIN, which must
     /// follow every byte before it; the close comes last.
-    fn next_call(&mut self, draining: bool) -> Option<Call> {
-        if draining && !self.closed {
-            return None; // shutting down: only `on_close` is still delivered
-        }
+    fn next_call(&mut self) -> Option<Call> {
         if let Some(i) = self
             .events
             .iter()
@@ -446,6 +446,7 @@ impl Shim {
             s.events.push_back(call);
         }
         pump(reactor(cx), &self.hub, id, &self.side);
+        sync_read(reactor(cx), id, &self.side);
     }
 }
 
@@ -525,14 +526,13 @@ impl Handler for Shim {
 /// Starts the connection's next job if its handler is idle and has something to do; with
 /// the queue full, puts the connection in line.
 fn pump(el: &mut EventLoop, hub: &Arc<Hub>, id: ConnId, side: &Arc<Mutex<Side>>) {
-    // Until the reactor itself drains, a stop still answers what clients have sent: jobs keep
-    // starting, and the reactor drains once none is left (or the drain timeout is up).
-    let draining = hub.state().shut_down;
+    // A stop still answers what clients have sent: jobs keep starting while the reactor
+    // drains (see `sync_read`), until the drain timeout closes what is left.
     let mut s = lock(side);
     if s.busy || s.blocked || s.dead || s.handler.is_none() {
         return;
     }
-    let Some(call) = s.next_call(draining) else {
+    let Some(call) = s.next_call() else {
         s.backlog_paused = false;
         return;
     };
@@ -581,10 +581,21 @@ fn pump(el: &mut EventLoop, hub: &Arc<Hub>, id: ConnId, side: &Arc<Mutex<Side>>)
 }
 
 /// Tells the loop to read or not, from the handler's wish and the shim's backlog.
+///
+/// While the reactor drains it closes a connection it finds idle (nothing queued, nothing to
+/// read); one whose handler still has work here (a job under way or waiting for a slot,
+/// input not yet handled, a callback due) is kept from looking idle by pausing its reads.
 fn sync_read(el: &mut EventLoop, id: ConnId, side: &Mutex<Side>) {
+    let draining = el.is_draining();
     let change = {
         let mut s = lock(side);
-        let want = !s.closing && !s.closed && (s.handler_paused || s.backlog_paused);
+        let has_work = s.busy
+            || s.blocked
+            || s.unseen() > 0
+            || s.events.iter().any(|c| !matches!(c, Call::Close(_)));
+        let want = !s.closing
+            && !s.closed
+            && (s.handler_paused || s.backlog_paused || (draining && has_work));
         if want == s.read_paused {
             None
         } else {
@@ -1036,11 +1047,11 @@ mod tests {
         s.input = Some(bytes(b"hello"));
         s.events.push_back(Call::PeerShutdown);
         s.events.push_back(Call::HighWater(1));
-        assert_eq!(kind(&s.next_call(false)), "connect");
-        assert_eq!(kind(&s.next_call(false)), "high-water");
-        assert_eq!(kind(&s.next_call(false)), "data");
-        assert_eq!(kind(&s.next_call(false)), "fin");
-        assert_eq!(kind(&s.next_call(false)), "none");
+        assert_eq!(kind(&s.next_call()), "connect");
+        assert_eq!(kind(&s.next_call()), "high-water");
+        assert_eq!(kind(&s.next_call()), "data");
+        assert_eq!(kind(&s.next_call()), "fin");
+        assert_eq!(kind(&s.next_call()), "none");
     }
 
     #[test]
@@ -1050,8 +1061,8 @@ mod tests {
         s.seen = 7;
         s.events.push_back(Call::PeerShutdown);
         // Nothing new: the FIN may go, the handler keeps waiting for the rest of its frame.
-        assert_eq!(kind(&s.next_call(false)), "fin");
-        assert_eq!(kind(&s.next_call(false)), "none");
+        assert_eq!(kind(&s.next_call()), "fin");
+        assert_eq!(kind(&s.next_call()), "none");
     }
 
     #[test]
@@ -1061,11 +1072,11 @@ mod tests {
         s.input = Some(bytes(b"more"));
         s.events.push_back(Call::PeerShutdown);
         s.events.push_back(Call::Drained);
-        assert_eq!(kind(&s.next_call(false)), "drained");
-        assert_eq!(kind(&s.next_call(false)), "none");
+        assert_eq!(kind(&s.next_call()), "drained");
+        assert_eq!(kind(&s.next_call()), "none");
         s.handler_paused = false;
-        assert_eq!(kind(&s.next_call(false)), "data");
-        assert_eq!(kind(&s.next_call(false)), "fin");
+        assert_eq!(kind(&s.next_call()), "data");
+        assert_eq!(kind(&s.next_call()), "fin");
     }
 
     /// A handler that paused with input it had seen (requests behind a large response) gets
@@ -1077,18 +1088,14 @@ mod tests {
         s.input = Some(bytes(b"GET / HTTP/1.1"));
         s.seen = 14;
         s.events.push_back(Call::PeerShutdown);
-        assert_eq!(
-            kind(&s.next_call(false)),
-            "none",
-            "the FIN waits while paused"
-        );
+        assert_eq!(kind(&s.next_call()), "none", "the FIN waits while paused");
         let s = Mutex::new(s);
         let el = &mut EventLoop::new(LoopConfig::default()).unwrap();
         apply(el, ConnId(Token(0)), &s, vec![Op::ResumeRead]);
         let mut s = s.into_inner().unwrap();
         assert_eq!(s.unseen(), 14);
-        assert_eq!(kind(&s.next_call(false)), "data");
-        assert_eq!(kind(&s.next_call(false)), "fin");
+        assert_eq!(kind(&s.next_call()), "data");
+        assert_eq!(kind(&s.next_call()), "fin");
     }
 
     /// The drain reported for a handler that wrote and paused while the loop queued nothing
@@ -1124,30 +1131,17 @@ mod tests {
     }
 
     #[test]
-    fn draining_holds_everything_but_the_close() {
-        let mut s = Side::new(Box::new(Nop));
-        s.input = Some(bytes(b"x"));
-        s.events.push_back(Call::Timer(3));
-        assert_eq!(kind(&s.next_call(true)), "none");
-        s.closed = true;
-        s.input = None;
-        s.events.clear();
-        s.events.push_back(Call::Close(CloseReason::Normal));
-        assert_eq!(kind(&s.next_call(true)), "close");
-    }
-
-    #[test]
     fn put_back_restores_the_order() {
         let mut s = Side::new(Box::new(Nop));
         s.events.push_back(Call::Drained);
         s.events.push_back(Call::Timer(1));
-        let c = s.next_call(false).unwrap();
+        let c = s.next_call().unwrap();
         s.put_back(c);
-        assert_eq!(kind(&s.next_call(false)), "drained");
+        assert_eq!(kind(&s.next_call()), "drained");
         s.input = Some(bytes(b"abc"));
-        let c = s.next_call(false);
+        let c = s.next_call();
         assert_eq!(kind(&c), "timer");
-        let c = s.next_call(false).unwrap();
+        let c = s.next_call().unwrap();
         s.put_back(c);
         assert_eq!(s.unseen(), 3);
     }

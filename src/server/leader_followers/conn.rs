@@ -58,6 +58,8 @@ pub(super) struct Core {
     pub(super) holds_permit: bool,
     /// Set when the connection must close; it is destroyed once the current callback returns.
     pub(super) closing: Option<CloseReason>,
+    /// The server is stopping: close once idle (see `Worker::close_if_drained`).
+    pub(super) draining: bool,
 }
 
 impl Core {
@@ -85,6 +87,7 @@ impl Core {
             user_timers: Vec::new(),
             holds_permit: false,
             closing: None,
+            draining: false,
         }
     }
 

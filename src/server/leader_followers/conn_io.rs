@@ -33,19 +33,23 @@ impl Worker<'_> {
                 Ok(None) if c.core.read_eof => c.core.close_with(CloseReason::Normal),
                 Ok(None) => {}
             }
-        } else {
-            self.read(c, ev.hup);
+        } else if self.read(c, ev.hup) {
+            self.close_if_drained(c);
         }
     }
 
     /// Reads until the socket is drained (a short read) or the read budget is spent; what is
-    /// left is reported again after the re-arm.
-    pub(super) fn read(&mut self, c: &mut LfConn, hup: bool) {
+    /// left is reported again after the re-arm. True when it read on to EAGAIN or the
+    /// peer's FIN, which is how a draining connection is found idle.
+    pub(super) fn read(&mut self, c: &mut LfConn, hup: bool) -> bool {
         let mut total = 0usize;
         loop {
             let core = &mut c.core;
-            if core.read_paused || core.read_eof || !core.live() {
-                return;
+            if core.read_paused || !core.live() {
+                return false;
+            }
+            if core.read_eof {
+                return true;
             }
             let fd = core.fd.as_ref().expect("live");
             let pending = core.input.take();
@@ -71,7 +75,7 @@ impl Worker<'_> {
                 Ok(0) => {
                     self.stash(c, input, direct);
                     self.peer_eof(c);
-                    return;
+                    return true;
                 }
                 Ok(n) => {
                     bump(&self.stats.bytes_in, n as u64);
@@ -86,18 +90,20 @@ impl Worker<'_> {
                     }
                     self.stash(c, input, direct);
                     // A short read drained the socket, unless a FIN is known to wait behind.
-                    if (n < asked && !hup) || total >= self.sh.cfg.read_budget {
-                        return;
+                    // Draining: read on to EAGAIN, which is how an idle connection is found.
+                    let short = n < asked && !hup && !c.core.draining;
+                    if short || total >= self.sh.cfg.read_budget {
+                        return false;
                     }
                 }
                 Err(e) => {
                     self.stash(c, input, direct);
                     match e.kind() {
-                        io::ErrorKind::WouldBlock => return,
+                        io::ErrorKind::WouldBlock => return true,
                         io::ErrorKind::Interrupted => {}
                         kind => {
                             c.core.close_with(CloseReason::Error(kind));
-                            return;
+                            return false;
                         }
                     }
                 }
@@ -160,6 +166,10 @@ impl Worker<'_> {
                     core.shutdown_now(self.sh, self.now);
                 } else {
                     self.call(c, |h, cx| h.on_drained(cx));
+                    // Draining, its answer is out: see whether another request is waiting.
+                    if c.core.draining && self.read(c, false) {
+                        self.close_if_drained(c);
+                    }
                 }
             }
             Err(e) => core.close_with(CloseReason::Error(e.kind())),

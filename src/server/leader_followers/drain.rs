@@ -1,13 +1,16 @@
 //! The graceful stop: closing every connection, then the deadline that resets the rest.
 
+use super::conn::LfConn;
 use super::shared::lock;
 use super::timers::TimerEvent;
 use super::worker::Worker;
 use crate::net::CloseReason;
 
 impl Worker<'_> {
-    /// The first thread to see the draining flag: stop listening, answer what each connection
-    /// has sent, close it gracefully, and set the deadline after which the rest are reset.
+    /// The first thread to see the draining flag: stop listening, and set the deadline after
+    /// which the rest are reset. Each connection answers what its client has sent and closes
+    /// gracefully once idle, as under every model: now, or after its handler, paused behind
+    /// its own output, has answered the pipelined requests it holds.
     pub(super) fn begin_drain(&mut self) {
         let sh = self.sh;
         drop(lock(&sh.listener).take()); // new connections are refused by the kernel
@@ -19,17 +22,30 @@ impl Worker<'_> {
         for conn in sh.snapshot() {
             let mut c = lock(&conn);
             if c.core.live() {
-                // What the client has sent is answered first, as under every model; only
-                // then does the close begin (its linger reads nothing more for the handler).
-                self.read(&mut c, false);
-                if c.core.live() {
-                    c.core.close(sh, self.now);
+                c.core.draining = true;
+                if self.read(&mut c, false) {
+                    self.close_if_drained(&mut c);
                 }
                 self.settle(&mut c, None);
             }
         }
         if sh.is_empty() {
             sh.wake();
+        }
+    }
+
+    /// A draining connection whose read found nothing more (EAGAIN or the FIN), with nothing
+    /// queued and its handler not paused with requests in hand, is idle: it closes gracefully
+    /// (its linger reads nothing more for the handler).
+    pub(super) fn close_if_drained(&mut self, c: &mut LfConn) {
+        let core = &mut c.core;
+        if core.draining
+            && core.live()
+            && !core.lingering
+            && !core.read_paused
+            && core.output_len() == 0
+        {
+            core.close(self.sh, self.now);
         }
     }
 
