@@ -283,3 +283,51 @@ fn connections_select_cannot_watch_are_counted_both_ways() {
         drop(clients);
     }
 }
+
+/// thread-per-conn out of fds: each connection thread needs a loop of its own (epoll, eventfd),
+/// so under a flood the thread cannot start for want of fds. Those clients see a clean close,
+/// the refusals are counted as `refused_emfile`, the log says so once for the whole run of
+/// failures (it said it once per client: thousands of lines a second), and service comes back.
+#[test]
+fn thread_per_conn_out_of_fds_refuses_cleanly_and_says_so_once() {
+    let srv = Opts::echo("epoll-lt")
+        .nofile(NOFILE)
+        .arg("--model", "thread-per-conn")
+        .arg("--threads", "1000")
+        .spawn();
+    assert_eq!(
+        wait_served(srv.tcp, b"before", Duration::from_secs(5)),
+        Probe::Served
+    );
+    let results = flood(srv.tcp, 100, "flood");
+    let t = tally(&results);
+    assert!(
+        t.hang == 0 && t.odd == 0 && t.served >= 1 && t.closed >= 1,
+        "served {}, closed {}, hung {}, odd {}\n{}",
+        t.served,
+        t.closed,
+        t.hang,
+        t.odd,
+        srv.stderr_dump()
+    );
+    let st = srv.stats();
+    eprintln!("served {}, closed {}: {}", t.served, t.closed, st.line);
+    assert!(st.get("refused_emfile") >= 1, "{}", st.line);
+    let said = srv
+        .stderr_dump()
+        .matches("cannot start a connection thread")
+        .count();
+    assert!(
+        (1..=2).contains(&said),
+        "said {said} times for {} refusals\n{}",
+        t.closed,
+        srv.stderr_dump()
+    );
+    drop(results);
+    assert_eq!(
+        wait_served(srv.tcp, b"after the flood", Duration::from_secs(5)),
+        Probe::Served,
+        "{}",
+        srv.stderr_dump()
+    );
+}

@@ -29,6 +29,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     let factory = service.factory.clone();
     let threads = fleet.clone();
     let mut spawned = 0u64;
+    let mut warned = false;
     control.add_acceptor(
         listener,
         Box::new(move |el, fd| {
@@ -46,9 +47,25 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
                 threads.spawn_loop(format!("keel-conn-{spawned}"), conn_cfg, true, move |el| {
                     el.adopt(fd, factory()).map(drop)
                 });
-            if let Err(e) = started {
-                el.stats.refused_limit += 1;
-                tracing::warn!("cannot start a connection thread: {e}");
+            match started {
+                Ok(_) => warned = false,
+                Err(e) => {
+                    // Out of fds (the thread's loop needs its own) is counted as such; the
+                    // client sees its connection closed either way.
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                        el.stats.refused_emfile += 1;
+                    } else {
+                        el.stats.refused_limit += 1;
+                    }
+                    // Once per run of failures: a flood would otherwise log a line per client.
+                    if !warned {
+                        warned = true;
+                        tracing::warn!(
+                            "cannot start a connection thread (refusing connections until one \
+                             starts again): {e}"
+                        );
+                    }
+                }
             }
         }),
     )?;
