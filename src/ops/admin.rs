@@ -26,6 +26,10 @@ pub struct MetricsView {
     pub total: Option<LoopStats>,
     /// Per loop, for the labelled wakeup and event series (`loop="0"`..).
     pub loops: Vec<LoopStats>,
+    /// The loops come and go with the connections (thread- and process-per-connection): the
+    /// page lists the live ones, but /metrics has no per-loop series, whose `loop` label would
+    /// name another loop from one scrape to the next (a counter that jumps down and up).
+    pub loops_per_connection: bool,
     /// HTTP responses by status class 1xx..5xx (zeros for servers that are not HTTP).
     pub requests_by_class: [u64; 5],
     /// Timeouts by kind beyond the loops' own idle and linger ones, e.g.
@@ -216,31 +220,33 @@ pub fn render_prometheus(v: &MetricsView) -> String {
         "Accepts that failed with EMFILE or ENFILE (the process or system ran out of fds).",
         t.refused_emfile,
     );
-    p.family(
-        "keel_loop_wakeups_total",
-        "counter",
-        "Returns from the poller's wait, per event loop.",
-    );
-    for (i, l) in v.loops.iter().enumerate() {
-        let i = i.to_string();
-        p.sample(
+    if !v.loops_per_connection {
+        p.family(
             "keel_loop_wakeups_total",
-            &[("loop", &i)],
-            &l.wakeups.to_string(),
+            "counter",
+            "Returns from the poller's wait, per event loop.",
         );
-    }
-    p.family(
-        "keel_loop_events_total",
-        "counter",
-        "Readiness events handled, per event loop.",
-    );
-    for (i, l) in v.loops.iter().enumerate() {
-        let i = i.to_string();
-        p.sample(
+        for (i, l) in v.loops.iter().enumerate() {
+            let i = i.to_string();
+            p.sample(
+                "keel_loop_wakeups_total",
+                &[("loop", &i)],
+                &l.wakeups.to_string(),
+            );
+        }
+        p.family(
             "keel_loop_events_total",
-            &[("loop", &i)],
-            &l.events.to_string(),
+            "counter",
+            "Readiness events handled, per event loop.",
         );
+        for (i, l) in v.loops.iter().enumerate() {
+            let i = i.to_string();
+            p.sample(
+                "keel_loop_events_total",
+                &[("loop", &i)],
+                &l.events.to_string(),
+            );
+        }
     }
     p.single(
         "keel_connect_failures_total",
@@ -827,6 +833,7 @@ mod tests {
             requests_by_class: [11, 22000, 33, 44, 55],
             timeouts: vec![("request_head", 7), ("request_body", 8), ("idle", 1000)],
             log_dropped: 99,
+            loops_per_connection: false,
         }
     }
 
@@ -989,6 +996,19 @@ mod tests {
             assert!(parse_prometheus(b).is_err(), "accepted {b:?}");
         }
         assert!(parse_prometheus("# TYPE a gauge\na{x=\"q\\\"\\\\\\n\"} +Inf 123\n").is_ok());
+    }
+
+    #[test]
+    fn loops_that_come_and_go_with_connections_have_no_series_of_their_own() {
+        let mut v = known_view();
+        assert!(render_prometheus(&v).contains("keel_loop_wakeups_total{loop=\"2\"}"));
+        v.loops_per_connection = true;
+        let text = render_prometheus(&v);
+        parse_prometheus(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(!text.contains("keel_loop_"), "{text}");
+        // The totals stay, and the page still lists the live loops.
+        assert!(text.contains("keel_connections_accepted_total"));
+        assert!(render_status_html(&v, 7).contains("<h2>Event loops</h2>"));
     }
 
     #[test]

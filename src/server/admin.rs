@@ -13,7 +13,7 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::ServerOptions;
+use super::{Model, ServerOptions};
 use crate::net::{bind_tcp, Handler, ListenOptions};
 use crate::ops::admin::{AdminHandler, MetricsSource, MetricsView};
 use crate::reactor::{EventLoop, LoopStats};
@@ -47,11 +47,7 @@ pub(crate) fn bind(opts: &ServerOptions, server: &'static str) -> io::Result<()>
 }
 
 /// Serves the bound admin listener (if any) on `el`, with `source` for the figures.
-pub(crate) fn attach(
-    el: &mut EventLoop,
-    model: &'static str,
-    source: StatsSource,
-) -> io::Result<()> {
+pub(crate) fn attach(el: &mut EventLoop, model: Model, source: StatsSource) -> io::Result<()> {
     let Some(bound) = BOUND.lock().unwrap_or_else(|e| e.into_inner()).take() else {
         return Ok(());
     };
@@ -64,7 +60,8 @@ pub(crate) fn attach(
         let (total, loops) = source(own);
         MetricsView {
             server: server.to_string(),
-            model: model.to_string(),
+            model: model.name().to_string(),
+            loops_per_connection: matches!(model, Model::ThreadPerConn | Model::ProcessPerConn),
             pid: std::process::id(),
             uptime_secs: started.elapsed().as_secs_f64(),
             requests_by_class: [

@@ -310,12 +310,11 @@ pub fn serve_admin(
     el: &mut EventLoop,
     fleet: &Arc<Fleet>,
     opts: &super::ServerOptions,
-    model: &'static str,
 ) -> io::Result<()> {
     let (fleet, engine) = (fleet.clone(), opts.engine);
     super::admin::attach(
         el,
-        model,
+        opts.model,
         Arc::new(move |own: Option<&LoopStats>| {
             let own = own.cloned().unwrap_or_else(|| LoopStats::new(engine));
             fleet.snapshot(&own)

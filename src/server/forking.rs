@@ -289,7 +289,7 @@ pub(super) fn run<M: Master>(
     let m = start(&mut control, listener, udp)?;
     *shared.borrow_mut() = Some(m.clone());
     let source = m.borrow().children().stats_source();
-    super::admin::attach(&mut control, opts.model.name(), source)?;
+    super::admin::attach(&mut control, opts.model, source)?;
 
     control.run()?;
 

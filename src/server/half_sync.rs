@@ -77,7 +77,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     let engine = opts.engine;
     super::admin::attach(
         &mut reactor,
-        "half-sync",
+        opts.model,
         Arc::new(move |own: Option<&crate::reactor::LoopStats>| {
             let own = own
                 .cloned()

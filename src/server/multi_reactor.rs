@@ -23,7 +23,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     let mut control = EventLoop::new(cfg.clone())?;
     let fleet = Fleet::new();
     control::install_signals(&mut control, fleet.clone(), opts.drain_timeout)?;
-    control::serve_admin(&mut control, &fleet, opts, "multi-reactor")?;
+    control::serve_admin(&mut control, &fleet, opts)?;
 
     match opts.accept {
         AcceptStrategy::ReusePort => {

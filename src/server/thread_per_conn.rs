@@ -19,7 +19,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     let mut control = EventLoop::new(cfg.clone())?;
     let fleet = Fleet::new();
     control::install_signals(&mut control, fleet.clone(), opts.drain_timeout)?;
-    control::serve_admin(&mut control, &fleet, opts, "thread-per-conn")?;
+    control::serve_admin(&mut control, &fleet, opts)?;
     let (listener, udp) = bind_and_announce(opts, service)?;
 
     // `--threads` caps the connection threads; `--max-conns`, if lower, caps them too.

@@ -111,7 +111,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
         let (sh, engine) = (sh.clone(), opts.engine);
         super::admin::attach(
             &mut control,
-            "leader-followers",
+            opts.model,
             std::sync::Arc::new(move |own: Option<&crate::reactor::LoopStats>| {
                 let own = own
                     .cloned()
