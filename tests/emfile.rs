@@ -254,6 +254,50 @@ fn reserves_lost_under_floods_are_taken_back(engine: &str) {
 }
 per_engine!(reserves_lost_under_floods_are_taken_back);
 
+/// The same flood on two loops (reuseport: each has its own accept queue): every client past
+/// the limit still sees a clean close, and both loops keep their reserves. A sibling's accept
+/// used to take the fd a dance had just freed; with both reserves gone, the clients queued on
+/// a loop hung until some connection closed (five runs in six).
+fn emfile_flood_on_two_loops(engine: &str) {
+    let srv = Opts::echo(engine)
+        .nofile(NOFILE)
+        .arg("--threads", "2")
+        .spawn();
+    let reserves = || {
+        srv.fd_listing()
+            .iter()
+            .filter(|l| l.ends_with("-> /dev/null"))
+            .count()
+    };
+    assert_eq!(
+        wait_served(srv.tcp, b"before", Duration::from_secs(5)),
+        Probe::Served
+    );
+    srv.baseline_fds(); // every loop up
+    let start = reserves();
+    for round in 0..3 {
+        let results = flood(srv.tcp, FLOOD, &format!("flood {round}"));
+        let t = tally(&results);
+        assert!(
+            t.hang == 0 && t.odd == 0,
+            "[{engine}] round {round}: served {}, cleanly closed {}, HUNG {}, odd {}; \
+             reserves {} of {start}\n{}",
+            t.served,
+            t.closed,
+            t.hang,
+            t.odd,
+            reserves(),
+            srv.stderr_dump()
+        );
+        assert_eq!(
+            reserves(),
+            start,
+            "[{engine}] round {round}: a reserve was lost"
+        );
+    }
+}
+per_engine!(emfile_flood_on_two_loops);
+
 /// select cannot watch an fd at or above FD_SETSIZE (1024): such a connection is closed at
 /// once, counted as `refused_limit` and said in the log, whether this loop accepted it or an
 /// acceptor loop handed it over. (The hand-off used to drop it without a count or a word.)

@@ -14,7 +14,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use rustix::net::SocketFlags;
@@ -372,7 +372,11 @@ impl EventLoop {
             let Some(Source::Listener(l)) = self.slot(token).map(|s| &s.source) else {
                 return;
             };
-            match rustix::net::accept_with(&l.fd, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
+            let accepted = {
+                let _shared = FD_TABLE.read().unwrap_or_else(PoisonError::into_inner);
+                rustix::net::accept_with(&l.fd, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)
+            };
+            match accepted {
                 Ok(fd) => {
                     if self.reserve_fd.is_none() {
                         // Lost in an earlier dance (another thread took the freed fd before
@@ -555,7 +559,9 @@ impl EventLoop {
     }
 
     /// The EMFILE dance: free the reserve, accept and close one pending connection, reopen.
+    /// No other loop of the process accepts meanwhile (see [`FD_TABLE`]).
     fn refuse_with_reserve(&mut self, token: Token) -> Refusal {
+        let _exclusive = FD_TABLE.write().unwrap_or_else(PoisonError::into_inner);
         let reserve = self.reserve_fd.take().or_else(open_reserve_fd);
         let Some(reserve) = reserve else {
             return Refusal::NoReserve;
@@ -578,6 +584,16 @@ impl EventLoop {
         refusal
     }
 }
+
+/// The fd table is the process's, not a loop's: while one loop has freed its reserve to
+/// accept and refuse a client (the EMFILE dance), a sibling loop's accept would take the freed
+/// number, hold a connection in the reserve's place, and leave the dancer with no reserve,
+/// its clients beyond the limit hanging in its queue (with reuseport, each loop has its own).
+/// So every accept of the process holds this shared, and the dance holds it alone. An accept
+/// takes it uncontended but for a dance, which happens only at the fd limit. Other fd
+/// allocations (an HTTP handler opening a file, say) are not covered: they are rare at the
+/// limit, and a reserve they take is taken back at the loop's next accept.
+static FD_TABLE: RwLock<()> = RwLock::new(());
 
 #[cfg(test)]
 mod tests {
