@@ -516,7 +516,8 @@ fn main() -> ExitCode {
         })
         .and_then(|report| {
             println!("{report}");
-            if report.secs + 0.1 < duration.as_secs_f64() {
+            let closed_early = report.secs + 0.1 < duration.as_secs_f64();
+            if closed_early {
                 eprintln!(
                     "pingpong: every connection had closed after {:.2} s of the {:.2} asked",
                     report.secs,
@@ -525,9 +526,17 @@ fn main() -> ExitCode {
             }
             let Some(first) = &report.first_error else {
                 if report.measured_nothing() {
+                    let why = if closed_early {
+                        format!("{addr} closed every connection before an echo came back")
+                    } else {
+                        format!(
+                            "no echo came back from {addr} in {:.2} s, though the connections \
+                             stayed open (is it an echo server?)",
+                            report.secs
+                        )
+                    };
                     return Err(std::io::Error::other(format!(
-                        "pingpong measured nothing: {addr} closed every connection before an \
-                         echo came back"
+                        "pingpong measured nothing: {why}"
                     )));
                 }
                 return Ok(());

@@ -186,6 +186,30 @@ fn pingpong_against_a_server_that_only_closes_fails_saying_why() {
     );
 }
 
+/// A server that takes the messages and never answers (discard) keeps the connections open:
+/// the load generator measured nothing and says that no echo came, not that it was closed.
+#[test]
+fn pingpong_against_a_server_that_never_answers_says_so() {
+    let srv = util::Opts::discard("epoll-lt").spawn();
+    let addr = srv.tcp.to_string();
+    let out = run(&[
+        "bench",
+        "pingpong",
+        "--addr",
+        &addr,
+        "--conns",
+        "3",
+        "--duration",
+        "1",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr {stderr:?}");
+    assert!(
+        stderr.contains("no echo came back") && !stderr.contains("closed every connection"),
+        "{stderr:?}"
+    );
+}
+
 /// An fd limit too low for the start itself (epoll, waker, listeners, the EMFILE reserve) is
 /// said as such, with the limit, not as a bare "Too many open files".
 #[test]
