@@ -889,6 +889,24 @@ fn validators_and_conditional_requests() {
         &[("If-Modified-Since", "garbage")],
         "unparseable IMS is ignored",
     );
+    full(
+        &[
+            ("If-Modified-Since", &lm),
+            ("If-Modified-Since", "Sat, 01 Jan 2000 00:00:00 GMT"),
+        ],
+        "IMS on two lines is ignored (RFC 9110 13.1.3), not the first taken",
+    );
+    full(
+        &[
+            ("If-Unmodified-Since", "Sat, 01 Jan 2000 00:00:00 GMT"),
+            ("If-Unmodified-Since", &lm),
+        ],
+        "IUS on two lines is ignored (13.1.4), not a 412",
+    );
+    full(
+        &[("Range", "bytes=0-1"), ("Range", "bytes=5-6")],
+        "Range on two lines is ignored",
+    );
 }
 
 /// RFC 9110 13.2.2: If-Match and If-Unmodified-Since are evaluated before anything else, and
@@ -1059,6 +1077,16 @@ fn check_ranges(srv: &Server, target: &str, data: &[u8], etag: &str) {
     let r = get_h(srv, target, &[("Range", "bytes=0-9"), ("If-Range", etag)]);
     assert_eq!(r.status, 206, "{target} If-Range current: {}", r.show());
     assert!(r.body == data[..10]);
+    // A date is no strong validator, even the file's own Last-Modified (a file rewritten
+    // within that second keeps it): the whole file.
+    let lm = get_h(srv, target, &[])
+        .header("Last-Modified")
+        .map(String::from);
+    if let Some(lm) = lm {
+        let r = get_h(srv, target, &[("Range", "bytes=0-9"), ("If-Range", &lm)]);
+        assert_eq!(r.status, 200, "{target} If-Range {lm}: {}", r.show());
+        assert!(r.body == data, "{target} If-Range date: not the whole file");
+    }
     let r = get_h(
         srv,
         target,

@@ -567,7 +567,7 @@ impl HttpConn {
         if let Some(r) = head.range {
             let applies = head
                 .if_range
-                .is_none_or(|ir| conditional::if_range_allows(ir, &e.etag, mtime));
+                .is_none_or(|ir| conditional::if_range_allows(ir, &e.etag));
             if applies {
                 match parse_range(r, e.size) {
                     RangeOutcome::Full => {}

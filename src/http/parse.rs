@@ -760,11 +760,11 @@ fn interpret<'b, 's>(
             }
             Known::AcceptEncoding => gzip.add(v),
             Known::IfNoneMatch => head.if_none_match.add(window, v),
-            Known::IfModifiedSince => first(&mut head.if_modified_since, v),
+            Known::IfModifiedSince => single(&mut head.if_modified_since, v),
             Known::IfMatch => head.if_match.add(window, v),
-            Known::IfUnmodifiedSince => first(&mut head.if_unmodified_since, v),
-            Known::Range => first(&mut head.range, v),
-            Known::IfRange => first(&mut head.if_range, v),
+            Known::IfUnmodifiedSince => single(&mut head.if_unmodified_since, v),
+            Known::Range => single(&mut head.range, v),
+            Known::IfRange => single(&mut head.if_range, v),
             Known::UserAgent => first(&mut head.user_agent, v),
             Known::Referer => first(&mut head.referer, v),
         }
@@ -945,6 +945,14 @@ fn first<'b>(slot: &mut Option<&'b [u8]>, v: &'b [u8]) {
     if slot.is_none() {
         *slot = Some(v);
     }
+}
+
+/// A field that takes one value (a date, a range), given on more than one line, is ignored
+/// (RFC 9110 13.1.3, 13.1.4: "more than one member"): its value becomes empty, which every
+/// reader takes as invalid (no date, no range, an If-Range that never holds). Taking the first
+/// line would disagree with an intermediary that takes the last.
+fn single<'b>(slot: &mut Option<&'b [u8]>, v: &'b [u8]) {
+    *slot = Some(if slot.is_none() { v } else { b"" });
 }
 
 /// 1*DIGIT and nothing else: no sign, no inner space, no overflow (RFC 9110 8.6).
@@ -1649,10 +1657,15 @@ mod tests {
     }
 
     #[test]
-    fn first_occurrence_of_repeated_fields_wins() {
-        let buf = req("Range: bytes=0-1\r\nRange: bytes=5-6\r\nUser-Agent: a\r\nUser-Agent: b\r\n");
+    fn repeated_single_value_fields_are_void_and_the_first_user_agent_wins() {
+        let buf = req(
+            "Range: bytes=0-1\r\nRange: bytes=5-6\r\nUser-Agent: a\r\nUser-Agent: b\r\n\
+                       If-Modified-Since: x\r\nIf-Modified-Since: x\r\nIf-Range: \"e\"\r\n",
+        );
         let h = head_of(&buf);
-        assert_eq!(h.range, Some(&b"bytes=0-1"[..]));
+        assert_eq!(h.range, Some(&b""[..]));
+        assert_eq!(h.if_modified_since, Some(&b""[..]));
+        assert_eq!(h.if_range, Some(&b"\"e\""[..]), "given once");
         assert_eq!(h.user_agent, Some(&b"a"[..]));
     }
 
