@@ -992,6 +992,29 @@ fn if_match_and_if_unmodified_since() {
     }
 }
 
+/// A file stamped a moment ahead (a clock running ahead on another host) gets its
+/// Last-Modified once that moment has passed. The cached entry used to be kept as it was at
+/// the first look (the file itself had not changed), so it never got one.
+#[test]
+fn a_future_modification_time_is_sent_once_it_has_passed() {
+    let t = Tree::new("soon");
+    let path = t.put("f.txt", b"from a clock ahead");
+    let soon = std::time::SystemTime::now() + Duration::from_secs(2);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(soon)
+        .unwrap();
+    let srv = serve(&t, &["--threads", "1", "--cache-valid", "1"]);
+    let r = get(&srv, "/f.txt");
+    assert!(!r.has("Last-Modified"), "{}", r.show());
+    std::thread::sleep(Duration::from_millis(3_200)); // past the stamp and the cache's check
+    let r = get(&srv, "/f.txt");
+    assert_eq!(r.status, 200, "{}", r.show());
+    assert!(r.has("Last-Modified"), "{}", r.show());
+}
+
 /// RFC 9110 8.8.2.1: a file modified "in the future" (a clock set wrong, an archive from
 /// elsewhere) must not be sent with a Last-Modified later than Date. It is sent with none
 /// (clamping it to "now" would give each loop a different date for one file), its ETag still

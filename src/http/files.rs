@@ -570,7 +570,10 @@ fn load(
         None
     };
     if let Some(prev) = previous {
-        if prev.identity == identity && same_gzip(&prev.gzip, &gzip) {
+        // A file stamped in the future got no Last-Modified; once that time has come, it is
+        // built again with one (the file itself is unchanged, so its identity is too).
+        let dated_now = prev.mtime.is_none() && st.st_mtime <= unix_now();
+        if prev.identity == identity && same_gzip(&prev.gzip, &gzip) && !dated_now {
             let mut kept = Rc::try_unwrap(prev).unwrap_or_else(|shared| clone_entry(&shared));
             kept.fresh_until = fresh_until(site, now);
             kept.gzip = gzip;
