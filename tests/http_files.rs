@@ -477,6 +477,25 @@ fn index_html_and_directory_redirect() {
     assert!(!contains(&r.raw, b"a.txt"), "{}", r.show());
 }
 
+/// A listing is built per request and has no validator, so only "*" can satisfy a
+/// precondition (RFC 9110 13.1.1, 13.1.2, 13.2.1): If-Match with a tag is 412, If-None-Match
+/// "*" is 304, If-Match "*" lists. They used to be ignored (200 every time).
+#[test]
+fn a_listing_evaluates_preconditions() {
+    let t = index_tree();
+    let srv = serve(&t, &["--autoindex"]);
+    let r = get_h(&srv, "/plain/", &[("If-Match", "\"nope\"")]);
+    assert_eq!(r.status, 412, "{}", r.show());
+    let r = get_h(&srv, "/plain/", &[("If-None-Match", "*")]);
+    assert_eq!(r.status, 304, "{}", r.show());
+    assert!(r.body.is_empty(), "{}", r.show());
+    let r = get_h(&srv, "/plain/", &[("If-Match", "*")]);
+    assert_eq!(r.status, 200, "{}", r.show());
+    assert!(contains(&r.raw, b"a.txt"), "{}", r.show());
+    let r = get_h(&srv, "/plain/", &[("If-None-Match", "\"nope\"")]);
+    assert_eq!(r.status, 200, "{}", r.show());
+}
+
 /// A boolean the config file turns on, the command line turns off (`--autoindex=false`), and
 /// the other way round; a value other than true or false is refused before anything starts.
 #[test]

@@ -149,6 +149,26 @@ pub fn precondition_holds<'a>(
     }
 }
 
+/// RFC 9110 13.2.2 for a page built per request (a directory listing, the welcome page), which
+/// has no validator, so that only "*" can match: If-Match other than "*" -> 412 (no current
+/// representation has the tag asked for); If-None-Match "*" -> 304 (one exists). The date
+/// conditions have no date to compare and are ignored. `None`: answer with the page.
+pub fn generated_page_status<'a>(
+    if_match: impl IntoIterator<Item = &'a [u8]>,
+    if_none_match: impl IntoIterator<Item = &'a [u8]>,
+) -> Option<u16> {
+    let mut if_match = if_match.into_iter().peekable();
+    if if_match.peek().is_some() && !is_star(if_match) {
+        return Some(412);
+    }
+    is_star(if_none_match.into_iter().peekable()).then_some(304)
+}
+
+/// The list is "*" alone (on one line).
+fn is_star<'a>(mut lines: std::iter::Peekable<impl Iterator<Item = &'a [u8]>>) -> bool {
+    lines.next().is_some_and(|first| trim(first) == b"*") && lines.peek().is_none()
+}
+
 /// If-Range: an entity-tag compares strongly (a weak W/ tag never matches). Anything else
 /// -> false: the range is ignored and the whole file is sent, which is always a correct answer.
 ///
@@ -439,6 +459,30 @@ mod tests {
                 784_111_777
             ),
             NotModified
+        );
+    }
+
+    #[test]
+    fn a_generated_page_matches_only_star() {
+        let lines = |l: &'static [&'static str]| l.iter().map(|s| s.as_bytes());
+        assert_eq!(generated_page_status(lines(&[]), lines(&[])), None);
+        assert_eq!(generated_page_status(lines(&["*"]), lines(&[])), None);
+        assert_eq!(
+            generated_page_status(lines(&["\"x\""]), lines(&[])),
+            Some(412)
+        );
+        assert_eq!(
+            generated_page_status(lines(&["*", "*"]), lines(&[])),
+            Some(412)
+        );
+        assert_eq!(
+            generated_page_status(lines(&[]), lines(&[" * "])),
+            Some(304)
+        );
+        assert_eq!(generated_page_status(lines(&[]), lines(&["\"x\""])), None);
+        assert_eq!(
+            generated_page_status(lines(&["\"x\""]), lines(&["*"])),
+            Some(412)
         );
     }
 

@@ -450,9 +450,25 @@ impl HttpConn {
                 normalized.as_bytes()
             }
         };
+        // A page built here has no validator: only "*" can satisfy a precondition.
+        let generated = |out: &mut Vec<u8>, page: &dyn Fn(&mut Vec<u8>) -> (u16, u64)| {
+            let status = head
+                .is_conditional()
+                .then(|| conditional::generated_page_status(head.if_match(), head.if_none_match()))
+                .flatten();
+            match status {
+                Some(304) => {
+                    push_status(out, 304);
+                    push_end(out, p);
+                    (304, 0, None)
+                }
+                Some(status) => error(out, status),
+                None => with_no_file(page(out)),
+            }
+        };
         if self.site.root.is_none() {
             return if path == b"/" || path == b"/index.html" {
-                with_no_file(welcome(out, p, head_only))
+                generated(out, &|out| welcome(out, p, head_only))
             } else {
                 error(out, 404)
             };
@@ -463,14 +479,16 @@ impl HttpConn {
                 Ok(Found::File(entry)) => self.serve_file(head, &entry, out, p),
                 Ok(Found::Dir(_)) => error(out, 403),
                 Err(PathError::NotFound) => match files::lookup(&self.site, path, now) {
-                    Ok(Found::Dir(dir)) if settings.autoindex => with_no_file(listing(
-                        &dir,
-                        &String::from_utf8_lossy(path),
-                        (settings.serve_hidden, settings.follow_symlinks),
-                        out,
-                        p,
-                        head_only,
-                    )),
+                    Ok(Found::Dir(dir)) if settings.autoindex => generated(out, &|out| {
+                        listing(
+                            &dir,
+                            &String::from_utf8_lossy(path),
+                            (settings.serve_hidden, settings.follow_symlinks),
+                            out,
+                            p,
+                            head_only,
+                        )
+                    }),
                     Ok(Found::Dir(_)) => error(out, 403),
                     Ok(Found::File(_)) => error(out, 404),
                     Err(e) => {
