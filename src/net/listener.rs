@@ -374,18 +374,18 @@ impl EventLoop {
             };
             let accepted = {
                 let _shared = FD_TABLE.read().unwrap_or_else(PoisonError::into_inner);
-                rustix::net::accept_with(&l.fd, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)
+                let res =
+                    rustix::net::accept_with(&l.fd, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC);
+                if res.is_ok() && self.reserve_fd.is_none() {
+                    // Lost earlier (an fd opened elsewhere took the number a dance freed):
+                    // fds are to be had again, so hold one back now, or the next EMFILE would
+                    // leave clients hanging in the queue. Under the lock, like the accept.
+                    self.reserve_fd = open_reserve_fd();
+                }
+                res
             };
             match accepted {
-                Ok(fd) => {
-                    if self.reserve_fd.is_none() {
-                        // Lost in an earlier dance (another thread took the freed fd before
-                        // it could be reopened): fds are to be had again, so hold one back
-                        // now, or the next EMFILE would leave clients hanging in the queue.
-                        self.reserve_fd = open_reserve_fd();
-                    }
-                    self.accepted(token, fd)
-                }
+                Ok(fd) => self.accepted(token, fd),
                 Err(rustix::io::Errno::AGAIN) => return,
                 // Linux reserves the new fd before looking at the queue, so EMFILE does not
                 // even say a connection is waiting: the reserve dance finds out.

@@ -105,7 +105,7 @@ impl Worker<'_> {
         refusal
     }
 
-    fn serve_new(&mut self, fd: OwnedFd) {
+    pub(super) fn serve_new(&mut self, fd: OwnedFd) {
         let sh = self.sh;
         let sock = SockRef::from(&fd);
         if sh.cfg.nodelay {
@@ -150,8 +150,10 @@ impl Worker<'_> {
         }
         self.call(&mut c, |h, cx| h.on_connect(cx));
         if sh.draining.load(Ordering::SeqCst) {
-            // Accepted just as the drain started, after its sweep: close it like the rest.
-            c.core.close(sh, self.now);
+            // Accepted just as the drain started: it drains like the rest, answering what its
+            // client has sent already.
+            c.core.draining = true;
+            self.recheck_drain(&mut c);
         }
         self.settle(&mut c, None);
     }

@@ -167,9 +167,7 @@ impl Worker<'_> {
                 } else {
                     self.call(c, |h, cx| h.on_drained(cx));
                     // Draining, its answer is out: see whether another request is waiting.
-                    if c.core.draining && self.read(c, false) {
-                        self.close_if_drained(c);
-                    }
+                    self.recheck_drain(c);
                 }
             }
             Err(e) => core.close_with(CloseReason::Error(e.kind())),

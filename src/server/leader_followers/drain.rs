@@ -23,14 +23,22 @@ impl Worker<'_> {
             let mut c = lock(&conn);
             if c.core.live() {
                 c.core.draining = true;
-                if self.read(&mut c, false) {
-                    self.close_if_drained(&mut c);
-                }
+                self.recheck_drain(&mut c);
                 self.settle(&mut c, None);
             }
         }
         if sh.is_empty() {
             sh.wake();
+        }
+    }
+
+    /// A draining connection after something other than its readable event (the drain's
+    /// start, its output drained, a timer, its accept): read what its client sent, and close
+    /// it if that finds it idle. A handler that resumed reading there would otherwise wait for
+    /// an event that may never come, and be reset at the drain deadline.
+    pub(super) fn recheck_drain(&mut self, c: &mut LfConn) {
+        if c.core.draining && self.read(c, false) {
+            self.close_if_drained(c);
         }
     }
 

@@ -44,7 +44,8 @@
 //! Signals are blocked before any thread starts and arrive on the main thread's control loop
 //! (which also serves a service's UDP side). SIGINT/SIGTERM set the shared *draining* flag and
 //! ring an eventfd registered (without ONESHOT) in the shared epoll: the leader wakes, the first
-//! thread to see the flag closes the listener and closes every connection gracefully, and each
+//! thread to see the flag closes the listener and marks every connection draining (it answers
+//! what its client has sent, then closes gracefully once idle, as under every model), and each
 //! thread leaves when no connection is left or when the drain deadline has aborted the rest. The
 //! last one out stops the control loop, which prints the final `stats` line.
 

@@ -112,3 +112,67 @@ fn idle_timeout_closes_and_drain_ends_open_connections() {
     assert_eq!(stats.idle_timeouts, 1);
     assert_eq!(stats.open, 0);
 }
+
+/// Answers on a timer, resuming reading there (not in `on_drained`).
+struct Later;
+impl Handler for Later {
+    fn on_data(&mut self, cx: &mut Ctx<'_>, input: &mut Buffer) {
+        input.clear();
+        cx.pause_read();
+        cx.set_timer(Duration::from_millis(300), 1);
+    }
+    fn on_timer(&mut self, cx: &mut Ctx<'_>, _tag: u64) {
+        cx.write(b"late");
+        cx.resume_read();
+    }
+}
+
+/// A stop while a handler holds a request for a timer: the answer goes out and the connection
+/// closes right after it. It used to wait for an event that never came and be reset at the
+/// drain deadline (2 s here).
+#[test]
+fn a_drain_closes_a_connection_resumed_by_a_timer_once_answered() {
+    let o = opts(2);
+    let sh = start(&o, Arc::new(|| Box::new(Later) as Box<dyn Handler>), None).unwrap();
+    let listener = crate::net::bind_tcp(o.listen, &o.listen_opts).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let threads = spawn_threads(&sh, listener).unwrap();
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(b"x").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let t0 = Instant::now();
+    stop(&sh);
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 4];
+    c.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"late");
+    let r = c.read(&mut [0u8; 1]);
+    let after = t0.elapsed();
+    drop(c);
+    finish(&sh, threads);
+    assert!(
+        matches!(r, Ok(0)) && after < Duration::from_secs(1),
+        "{r:?} after {after:?}"
+    );
+}
+
+/// A connection accepted just as the drain starts, its request already in the socket, is
+/// answered before it closes, as the connections the drain found are. It was closed unread.
+#[test]
+fn a_connection_accepted_as_the_drain_starts_is_answered() {
+    let o = opts(1);
+    let sh = start(&o, Arc::new(|| Box::new(Echo) as Box<dyn Handler>), None).unwrap();
+    let listener = crate::net::bind_tcp(o.listen, &o.listen_opts).unwrap();
+    let mut c = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    c.write_all(b"ping").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let (server_side, _) = listener.accept().unwrap();
+    server_side.set_nonblocking(true).unwrap();
+    sh.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut w = super::worker::Worker::new(&sh, 0);
+    w.serve_new(std::os::fd::OwnedFd::from(server_side));
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 8];
+    let n = c.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"ping");
+}

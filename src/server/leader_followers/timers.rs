@@ -78,6 +78,7 @@ impl Worker<'_> {
                 }
                 _ => continue, // re-armed or cancelled since it fired
             }
+            self.recheck_drain(&mut c);
             self.settle(&mut c, None);
         }
         self.fired = fired;
