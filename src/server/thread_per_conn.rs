@@ -8,11 +8,15 @@
 //! for the client) and counted as `refused_limit`, rather than spawning without bound.
 
 use std::io;
+use std::time::{Duration, Instant};
 
 use super::control::{self, Fleet};
 use super::{bind_and_announce, ServerOptions, Service};
 use crate::net::close_refused;
 use crate::reactor::EventLoop;
+
+/// A connection thread that cannot start is said at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     let cfg = opts.loop_config();
@@ -29,7 +33,8 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     let factory = service.factory.clone();
     let threads = fleet.clone();
     let mut spawned = 0u64;
-    let mut warned = false;
+    // When the failure was last said, and how many have happened since.
+    let mut warned: Option<(Instant, u64)> = None;
     control.add_acceptor(
         listener,
         Box::new(move |el, fd| {
@@ -47,23 +52,24 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
                 threads.spawn_loop(format!("keel-conn-{spawned}"), conn_cfg, true, move |el| {
                     el.adopt(fd, factory()).map(drop)
                 });
-            match started {
-                Ok(_) => warned = false,
-                Err(e) => {
-                    // Out of fds (the thread's loop needs its own) is counted as such; the
-                    // client sees its connection closed either way.
-                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
-                        el.stats.refused_emfile += 1;
-                    } else {
-                        el.stats.refused_limit += 1;
-                    }
-                    // Once per run of failures: a flood would otherwise log a line per client.
-                    if !warned {
-                        warned = true;
+            if let Err(e) = started {
+                // Out of fds (the thread's loop needs its own) is counted as such; the
+                // client sees its connection closed either way.
+                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                    el.stats.refused_emfile += 1;
+                } else {
+                    el.stats.refused_limit += 1;
+                }
+                // At most once per WARN_EVERY: a flood would otherwise log a line per client.
+                match &mut warned {
+                    Some((at, since)) if at.elapsed() < WARN_EVERY => *since += 1,
+                    _ => {
+                        let more = warned.map_or(0, |(_, since)| since);
                         tracing::warn!(
-                            "cannot start a connection thread (refusing connections until one \
-                             starts again): {e}"
+                            "cannot start a connection thread, refusing the connection \
+                                 ({more} more since the last warning): {e}"
                         );
+                        warned = Some((Instant::now(), 0));
                     }
                 }
             }
