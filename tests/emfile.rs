@@ -330,8 +330,9 @@ fn connections_select_cannot_watch_are_counted_both_ways() {
 
 /// thread-per-conn out of fds: each connection thread needs a loop of its own (epoll, eventfd),
 /// so under a flood the thread cannot start for want of fds. Those clients see a clean close,
-/// the refusals are counted as `refused_emfile`, the log says so at most once every 10 s (here once for the whole
-/// flood; it said it once per client: thousands of lines a second), and service comes back.
+/// the refusals are counted as `refused_emfile`, the log says so at most once every 10 s (here
+/// once for the whole flood; it said it once per client: thousands of lines a second), and
+/// service comes back.
 #[test]
 fn thread_per_conn_out_of_fds_refuses_cleanly_and_says_so_once() {
     let srv = Opts::echo("epoll-lt")
