@@ -494,6 +494,20 @@ fn a_listing_evaluates_preconditions() {
     assert!(contains(&r.raw, b"a.txt"), "{}", r.show());
     let r = get_h(&srv, "/plain/", &[("If-None-Match", "\"nope\"")]);
     assert_eq!(r.status, 200, "{}", r.show());
+    let r = exchange(
+        srv.tcp,
+        &request("HEAD", "/plain/", &[("If-None-Match", "*")]),
+    );
+    assert_eq!(r.status, 304, "HEAD: {}", r.show());
+    assert!(r.body.is_empty(), "{}", r.show());
+    // The welcome page (no root) is built per request too.
+    let welcome = Opts::http(ENGINE).spawn();
+    let r = get_h(&welcome, "/", &[("If-Match", "\"x\"")]);
+    assert_eq!(r.status, 412, "welcome: {}", r.show());
+    let r = get_h(&welcome, "/", &[("If-None-Match", "*")]);
+    assert_eq!(r.status, 304, "welcome: {}", r.show());
+    let r = get_h(&welcome, "/", &[("If-Match", "*")]);
+    assert_eq!(r.status, 200, "welcome: {}", r.show());
 }
 
 /// A boolean the config file turns on, the command line turns off (`--autoindex=false`), and
@@ -926,6 +940,14 @@ fn validators_and_conditional_requests() {
         &[("Range", "bytes=0-1"), ("Range", "bytes=5-6")],
         "Range on two lines is ignored",
     );
+    full(
+        &[
+            ("Range", "bytes=0-1"),
+            ("If-Range", &etag),
+            ("If-Range", &etag),
+        ],
+        "If-Range on two lines never holds: the whole file",
+    );
 }
 
 /// RFC 9110 13.2.2: If-Match and If-Unmodified-Since are evaluated before anything else, and
@@ -1018,7 +1040,13 @@ fn if_match_and_if_unmodified_since() {
 fn a_future_modification_time_is_sent_once_it_has_passed() {
     let t = Tree::new("soon");
     let path = t.put("f.txt", b"from a clock ahead");
-    let soon = std::time::SystemTime::now() + Duration::from_secs(2);
+    // Last-Modified is in whole seconds: stamped at the start of the second 3 s ahead, the
+    // file gets one between 2 and 3 s from now.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let soon = std::time::UNIX_EPOCH + Duration::from_secs(now + 3);
     std::fs::File::options()
         .write(true)
         .open(&path)
@@ -1028,7 +1056,9 @@ fn a_future_modification_time_is_sent_once_it_has_passed() {
     let srv = serve(&t, &["--threads", "1", "--cache-valid", "1"]);
     let r = get(&srv, "/f.txt");
     assert!(!r.has("Last-Modified"), "{}", r.show());
-    std::thread::sleep(Duration::from_millis(3_200)); // past the stamp and the cache's check
+    while std::time::SystemTime::now() < soon + Duration::from_millis(1_200) {
+        std::thread::sleep(Duration::from_millis(100)); // past the stamp and the cache's check
+    }
     let r = get(&srv, "/f.txt");
     assert_eq!(r.status, 200, "{}", r.show());
     assert!(r.has("Last-Modified"), "{}", r.show());

@@ -550,7 +550,7 @@ impl HttpConn {
         };
         let vary = entry.gzip.is_some();
         // A file with no modification date to offer (one dated in the future) has the date
-        // conditions ignored (RFC 9110 13.1.3, 13.1.4); If-Range's date then never matches.
+        // conditions ignored (RFC 9110 13.1.3, 13.1.4).
         let mtime = e.mtime.unwrap_or(i64::MIN);
         if head.is_conditional()
             && !conditional::precondition_holds(

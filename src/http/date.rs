@@ -34,13 +34,15 @@ struct Cached {
     until: Option<Instant>,
     /// Which line `lines` holds.
     stamp: u32,
+    /// The second the line shows.
+    secs: i64,
     /// [`STATUS_200`], then the Date line.
     lines: [u8; STATUS_200_AND_DATE_LEN],
 }
 
 thread_local! {
     static CACHE: RefCell<Cached> = const {
-        RefCell::new(Cached { until: None, stamp: 0, lines: [0; STATUS_200_AND_DATE_LEN] })
+        RefCell::new(Cached { until: None, stamp: 0, secs: 0, lines: [0; STATUS_200_AND_DATE_LEN] })
     };
     static BATCH_NOW: Cell<Option<Instant>> = const { Cell::new(None) };
     /// The stamp of the line every response of the current batch carries; 0 outside a batch
@@ -87,6 +89,21 @@ pub fn write_status_200_and_date(dst: &mut [u8; STATUS_200_AND_DATE_LEN]) -> Opt
     let stamp = batch_stamp()?;
     CACHE.with(|c| dst.copy_from_slice(&c.borrow().lines));
     Some(stamp)
+}
+
+/// The second the Date line of the current batch shows (the clock's outside a batch): what a
+/// Last-Modified sent with it must not pass (RFC 9110 8.8.2.1). The wall clock may already be
+/// a second ahead of a line formatted earlier in the batch.
+pub fn date_secs() -> i64 {
+    let now = BATCH_NOW.with(Cell::get).unwrap_or_else(Instant::now);
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if refresh(&mut c, now) {
+            c.secs
+        } else {
+            unix_now()
+        }
+    })
 }
 
 /// Appends the Date line.
@@ -139,6 +156,7 @@ fn refresh(c: &mut Cached, now: Instant) -> bool {
     c.lines[..STATUS_200.len()].copy_from_slice(STATUS_200);
     c.lines[STATUS_200.len()..].copy_from_slice(&line);
     c.stamp = c.stamp.checked_add(1).unwrap_or(1);
+    c.secs = wall.as_secs() as i64;
     // Until the next second boundary: the line is right for the rest of this second.
     let to_next_second = Duration::from_secs(1) - Duration::from_nanos(wall.subsec_nanos().into());
     c.until = Some(Instant::now() + to_next_second);

@@ -28,7 +28,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use rustix::fs::FileType;
 use rustix::io::Errno;
@@ -572,7 +572,7 @@ fn load(
     if let Some(prev) = previous {
         // A file stamped in the future got no Last-Modified; once that time has come, it is
         // built again with one (the file itself is unchanged, so its identity is too).
-        let dated_now = prev.mtime.is_none() && st.st_mtime <= unix_now();
+        let dated_now = prev.mtime.is_none() && st.st_mtime <= date::date_secs();
         if prev.identity == identity && same_gzip(&prev.gzip, &gzip) && !dated_now {
             let mut kept = Rc::try_unwrap(prev).unwrap_or_else(|shared| clone_entry(&shared));
             kept.fresh_until = fresh_until(site, now);
@@ -583,7 +583,8 @@ fn load(
     let size = st.st_size as u64;
     let file = File::from(fd);
     let etag = conditional::etag(size, st.st_mtime, st.st_mtime_nsec as u32, st.st_ino);
-    let mtime = (st.st_mtime <= unix_now()).then_some(st.st_mtime);
+    // Never later than the Date it is sent with (the batch's, which may lag the clock).
+    let mtime = (st.st_mtime <= date::date_secs()).then_some(st.st_mtime);
     let last_modified = mtime.map(conditional::http_date);
     let content_type = mime::content_type(path);
     let small = size <= site.settings.small_file_max;
@@ -630,12 +631,6 @@ fn load(
         gzip,
         fresh_until: fresh_until(site, now),
     })))
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// When an entry checked at `now` must be checked again.

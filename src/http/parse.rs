@@ -111,8 +111,10 @@ pub enum BodyKind {
 }
 
 /// A parsed request head. Fields the server does not act on are not kept; the ones it does
-/// are the raw field values (first occurrence where a field is repeated), left for the modules
-/// that interpret them.
+/// are the raw field values, left for the modules that interpret them. Where a field is
+/// repeated: list fields (If-None-Match, If-Match) keep every line; the single-value ones
+/// (If-Modified-Since, If-Unmodified-Since, Range, If-Range) become empty, so invalid and
+/// ignored (see `single`); User-Agent and Referer keep the first.
 #[derive(Clone, Debug)]
 pub struct Head<'b> {
     pub method: Method,

@@ -373,7 +373,7 @@ impl EventLoop {
                 return;
             };
             let accepted = {
-                let _shared = FD_TABLE.read().unwrap_or_else(PoisonError::into_inner);
+                let _shared = fd_table_shared();
                 let res =
                     rustix::net::accept_with(&l.fd, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC);
                 if res.is_ok() && self.reserve_fd.is_none() {
@@ -561,7 +561,7 @@ impl EventLoop {
     /// The EMFILE dance: free the reserve, accept and close one pending connection, reopen.
     /// No other loop of the process accepts meanwhile (see [`FD_TABLE`]).
     fn refuse_with_reserve(&mut self, token: Token) -> Refusal {
-        let _exclusive = FD_TABLE.write().unwrap_or_else(PoisonError::into_inner);
+        let _exclusive = fd_table_exclusive();
         let reserve = self.reserve_fd.take().or_else(open_reserve_fd);
         let Some(reserve) = reserve else {
             return Refusal::NoReserve;
@@ -594,6 +594,16 @@ impl EventLoop {
 /// allocations (an HTTP handler opening a file, say) are not covered: they are rare at the
 /// limit, and a reserve they take is taken back at the loop's next accept.
 static FD_TABLE: RwLock<()> = RwLock::new(());
+
+/// Held around an accept (see [`FD_TABLE`]); leader/followers' own accept takes it too.
+pub(crate) fn fd_table_shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    FD_TABLE.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Held around the EMFILE dance (see [`FD_TABLE`]).
+pub(crate) fn fd_table_exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    FD_TABLE.write().unwrap_or_else(PoisonError::into_inner)
+}
 
 #[cfg(test)]
 mod tests {

@@ -64,10 +64,12 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
                 match &mut warned {
                     Some((at, since)) if at.elapsed() < WARN_EVERY => *since += 1,
                     _ => {
-                        let more = warned.map_or(0, |(_, since)| since);
+                        let more = match warned {
+                            Some((_, n)) if n > 0 => format!(" ({n} more since the last warning)"),
+                            _ => String::new(),
+                        };
                         tracing::warn!(
-                            "cannot start a connection thread, refusing the connection \
-                                 ({more} more since the last warning): {e}"
+                            "cannot start a connection thread, refusing the connection{more}: {e}"
                         );
                         warned = Some((Instant::now(), 0));
                     }

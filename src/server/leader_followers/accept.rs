@@ -14,7 +14,7 @@ use super::settings::ms;
 use super::shared::lock;
 use super::timers::TimerEvent;
 use super::worker::Worker;
-use crate::net::listener::{close_refused, open_reserve_fd};
+use crate::net::listener::{close_refused, fd_table_exclusive, fd_table_shared, open_reserve_fd};
 
 /// How long a listener that could not accept (no fd even for the EMFILE dance) stays parked
 /// if no connection closes first.
@@ -37,7 +37,13 @@ impl Worker<'_> {
             let Some(lfd) = listener.as_ref() else { return };
             let mut starved = false;
             for _ in 0..sh.cfg.max_accepts {
-                match rustix::net::accept_with(lfd, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
+                // Shared with every accept of the process (an admin listener's loop, say), as
+                // the dance below is exclusive: see `net::listener::FD_TABLE`.
+                let accepted = {
+                    let _shared = fd_table_shared();
+                    rustix::net::accept_with(lfd, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)
+                };
+                match accepted {
                     Ok(fd) => fds.push(fd),
                     Err(rustix::io::Errno::AGAIN) => break,
                     Err(rustix::io::Errno::MFILE) | Err(rustix::io::Errno::NFILE) => {
@@ -88,6 +94,7 @@ impl Worker<'_> {
     /// The EMFILE dance: free the reserve, accept and close one pending connection (a clean
     /// close for the client), reopen the reserve.
     fn refuse_with_reserve(&self, lfd: &OwnedFd) -> Refusal {
+        let _exclusive = fd_table_exclusive();
         let mut reserve = lock(&self.sh.reserve);
         let Some(fd) = reserve.take().or_else(open_reserve_fd) else {
             return Refusal::NoReserve;
