@@ -1033,6 +1033,32 @@ fn if_match_and_if_unmodified_since() {
     }
 }
 
+/// A small file (kept in memory) rewritten in place with the same size and its old mtime
+/// set back (`touch -d`, `rsync --times`) is seen at the next revalidation: the change time
+/// tells it. It used to be served stale for good, whatever `--cache-valid`.
+#[test]
+fn a_rewrite_that_keeps_size_and_mtime_is_seen() {
+    let t = Tree::new("samestamp");
+    let path = t.put("s.txt", &[b'A'; 1000]);
+    let stamp = std::time::UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+    let set_stamp = || {
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(stamp)
+            .unwrap()
+    };
+    set_stamp();
+    let srv = serve(&t, &["--threads", "1", "--cache-valid", "0"]);
+    assert!(get(&srv, "/s.txt").body == [b'A'; 1000]);
+    std::fs::write(&path, [b'B'; 1000]).unwrap();
+    set_stamp();
+    let r = get(&srv, "/s.txt");
+    assert_eq!(r.status, 200, "{}", r.show());
+    assert!(r.body == [b'B'; 1000], "stale: {}", r.show());
+}
+
 /// A file stamped a moment ahead (a clock running ahead on another host) gets its
 /// Last-Modified once that moment has passed. The cached entry used to be kept as it was at
 /// the first look (the file itself had not changed), so it never got one.

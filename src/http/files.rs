@@ -51,7 +51,7 @@ pub struct Entry {
     /// clamping it to "now" would give each loop, and each reload, a different date for the
     /// same file. Such a file gets no Last-Modified, and date conditions are ignored for it.
     pub mtime: Option<i64>,
-    identity: (u64, u64, i64, i64, u64),
+    identity: Identity,
     pub etag: String,
     pub last_modified: Option<String>,
     pub content_type: Cow<'static, str>,
@@ -130,11 +130,34 @@ impl Entry {
             return true; // the bytes in memory are one consistent version
         };
         match rustix::fs::fstat(&**file) {
-            Ok(st) => {
-                (st.st_mtime, st.st_mtime_nsec as i64, st.st_size as u64)
-                    == (self.identity.2, self.identity.3, self.identity.4)
-            }
+            Ok(st) => Identity::of(&st) == self.identity,
             Err(_) => false,
+        }
+    }
+}
+
+/// What tells one version of a file from another: where it is (device, inode), its size, and
+/// its modification and status-change times. The change time matters: a rewrite in place that
+/// keeps the size and sets the mtime back (`touch -d`, `rsync --times`) changes the ctime,
+/// which no call can set back; without it a file cached in memory would be served stale for
+/// good.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Identity {
+    fn of(st: &rustix::fs::Stat) -> Identity {
+        Identity {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size as u64,
+            mtime: (st.st_mtime, st.st_mtime_nsec as i64),
+            ctime: (st.st_ctime, st.st_ctime_nsec as i64),
         }
     }
 }
@@ -545,13 +568,7 @@ fn load(
         FileType::RegularFile => {}
         _ => return Err(PathError::Forbidden),
     }
-    let identity = (
-        st.st_dev,
-        st.st_ino,
-        st.st_mtime,
-        st.st_mtime_nsec as i64,
-        st.st_size as u64,
-    );
+    let identity = Identity::of(&st);
     let gzip = if site.settings.gzip_static && !path.ends_with(".gz") {
         let gz_path = format!("{path}.gz");
         match load(
