@@ -342,27 +342,32 @@ fn init_logging(settings: &ServerSettings) -> Option<keel::ops::log::LogGuard> {
 }
 
 /// What SIGHUP does for a server: resolve the configuration again (the same command line
-/// over the file as it is now) and build a factory from it; the server compares the new
-/// options with the running ones (`server::reload`).
+/// over the file as it is now, or the command line alone without `--config`) and build a
+/// factory from it; the server compares the new options with the running ones
+/// (`server::reload`). Building opens the document root and the logs afresh, which is how a
+/// server without a file picks up a root directory swapped by a deploy.
 fn reloader(
     config: Option<PathBuf>,
     section: Section,
     cli: ServerSettings,
     build: impl Fn(&ServerSettings) -> Result<HandlerFactory, String> + Send + Sync + 'static,
 ) -> Option<server::reload::Reloader> {
-    config.as_ref()?;
     Some(Arc::new(move || {
-        let path = from_start(config.as_ref().expect("checked above"));
-        let file = config::load(&path)
-            .map_err(|errors| {
-                errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })?
-            .settings(section);
-        let mut settings = cli.clone().or(&file);
+        let mut settings = match &config {
+            None => cli.clone(),
+            Some(config) => {
+                let file = config::load(&from_start(config))
+                    .map_err(|errors| {
+                        errors
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    })?
+                    .settings(section);
+                cli.clone().or(&file)
+            }
+        };
         settings.anchor_paths(start_dir());
         if section == Section::Http && settings.listen.is_none() {
             settings.listen = Some(config::DEFAULT_HTTP_LISTEN);

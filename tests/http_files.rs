@@ -1033,6 +1033,50 @@ fn if_match_and_if_unmodified_since() {
     }
 }
 
+/// The root is opened once and held, so a deploy that swaps it (a `current` symlink pointed at
+/// a new release, or a rename) is taken up at SIGHUP, also without `--config`: a reload builds
+/// the same command line again and opens the root afresh. Without a file, SIGHUP used to do
+/// nothing, and the old release was served until a restart.
+#[test]
+fn sighup_without_a_config_takes_up_a_swapped_root() {
+    let t = Tree::new("swap");
+    for (release, body) in [("r1", "one"), ("r2", "two")] {
+        let dir = t.base.join(release);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("v.txt"), body).unwrap();
+    }
+    let current = t.base.join("current");
+    std::os::unix::fs::symlink(t.base.join("r1"), &current).unwrap();
+    let srv = Opts::http(ENGINE)
+        .arg("--root", current.to_str().unwrap())
+        .arg("--threads", "2")
+        .spawn();
+    assert_eq!(get(&srv, "/v.txt").body_str(), "one");
+    // Swap the link atomically, as deploy tools do.
+    let next = t.base.join("current.next");
+    std::os::unix::fs::symlink(t.base.join("r2"), &next).unwrap();
+    std::fs::rename(&next, &current).unwrap();
+    srv.signal(nix::sys::signal::Signal::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let body = get(&srv, "/v.txt").body_str().to_string();
+        if body == "two" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {body:?} after SIGHUP\n{}",
+            srv.stderr_dump()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        srv.stderr_dump().contains("configuration reloaded"),
+        "{}",
+        srv.stderr_dump()
+    );
+}
+
 /// A small file (kept in memory) rewritten in place with the same size and its old mtime
 /// set back (`touch -d`, `rsync --times`) is seen at the next revalidation: the change time
 /// tells it. It used to be served stale for good, whatever `--cache-valid`.

@@ -96,7 +96,7 @@ fn reload_and_say(loud: bool) -> bool {
     };
     *live.slot.write().unwrap_or_else(|e| e.into_inner()) = factory;
     if loud {
-        tracing::info!("configuration reloaded; new connections use it");
+        tracing::info!("SIGHUP: configuration reloaded; new connections use it");
     } else {
         tracing::debug!("configuration reloaded in this worker");
     }
