@@ -8,7 +8,9 @@
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
+use std::cell::Cell;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 /// Why a target could not be mapped to a file; each maps to one response status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,16 +40,46 @@ impl PathError {
     /// Says in the server's log why `path` could not be opened when that is the server's
     /// trouble (a 5xx), for the operator: the client is told only the status. A client's own
     /// bad or missing path is the access log's business.
+    ///
+    /// At most one line a second per thread, with the count of those left out: out of fds,
+    /// every request fails the same way, and a line each would flood the log.
     pub fn log_if_ours(&self, path: &[u8]) {
         if let PathError::Unavailable(e) | PathError::Failed(e) = self {
+            let Some(left_out) = take_log_turn(Instant::now()) else {
+                return;
+            };
+            let more = if left_out > 0 {
+                format!("; {left_out} more like it since the last line")
+            } else {
+                String::new()
+            };
             tracing::warn!(
-                "cannot open {}: {} (answered {})",
+                "cannot open {}: {} (answered {}){more}",
                 String::from_utf8_lossy(path),
                 std::io::Error::from(*e),
                 self.status()
             );
         }
     }
+}
+
+thread_local! {
+    /// When this thread last logged a failed open, and how many it has left out since.
+    static LAST_LOGGED: Cell<Option<(Instant, u64)>> = const { Cell::new(None) };
+}
+
+/// `Some(left out since the last line)` when a line may be logged now, else counts one more.
+fn take_log_turn(now: Instant) -> Option<u64> {
+    LAST_LOGGED.with(|last| match last.get() {
+        Some((at, n)) if now.duration_since(at) < Duration::from_secs(1) => {
+            last.set(Some((at, n + 1)));
+            None
+        }
+        before => {
+            last.set(Some((now, 0)));
+            Some(before.map_or(0, |(_, n)| n))
+        }
+    })
 }
 
 /// The target itself when it is already a clean path: only unreserved characters and '/',
@@ -434,6 +466,16 @@ fn open_beneath_fallback(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_opens_are_logged_at_most_once_a_second_with_the_count_left_out() {
+        let t0 = Instant::now();
+        assert_eq!(take_log_turn(t0), Some(0));
+        assert_eq!(take_log_turn(t0 + Duration::from_millis(10)), None);
+        assert_eq!(take_log_turn(t0 + Duration::from_millis(999)), None);
+        assert_eq!(take_log_turn(t0 + Duration::from_millis(1_000)), Some(2));
+        assert_eq!(take_log_turn(t0 + Duration::from_millis(3_000)), Some(0));
+    }
 
     #[test]
     fn open_errors_map_to_statuses() {
