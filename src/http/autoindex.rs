@@ -30,13 +30,21 @@ pub struct Entry {
 /// described as themselves (lstat), not by their targets, so the listing never reveals anything
 /// about files they point at, which may lie outside the root. An entry that vanishes between
 /// readdir and stat is skipped.
+///
+/// At most [`MAX_ENTRIES`] are listed (the first the directory gives, then sorted), and the walk
+/// stops after eight times as many names: a listing is built whole on the loop, and a huge
+/// directory would otherwise cost every client of the loop a pause and each connection that
+/// does not read its answer tens of MB.
 pub fn read_entries(
     dir: BorrowedFd<'_>,
     show_hidden: bool,
     show_symlinks: bool,
 ) -> std::io::Result<Vec<Entry>> {
     let mut entries = Vec::new();
-    for item in Dir::read_from(dir)? {
+    for item in Dir::read_from(dir)?.take(8 * MAX_ENTRIES) {
+        if entries.len() == MAX_ENTRIES {
+            break;
+        }
         let item = item?;
         let raw = item.file_name();
         let Ok(name) = raw.to_str() else { continue };
@@ -67,6 +75,9 @@ pub fn read_entries(
     entries.sort_by(|a, b| b.is_dir.cmp(&a.is_dir).then_with(|| a.name.cmp(&b.name)));
     Ok(entries)
 }
+
+/// The most entries a listing shows (about 1.7 MB of page).
+pub const MAX_ENTRIES: usize = 10_000;
 
 /// A small valid HTML5 page: title "Index of <url_path>", a parent link unless url_path is "/",
 /// a table of name/size/mtime. Names are HTML-escaped (& < > " ') in text and percent-encoded in
@@ -126,7 +137,14 @@ pub fn render(url_path: &str, entries: &[Entry]) -> String {
         out.push_str(&http_date(e.mtime_secs));
         out.push_str("</td></tr>\n");
     }
-    out.push_str("</tbody>\n</table>\n</body>\n</html>\n");
+    out.push_str("</tbody>\n</table>\n");
+    if entries.len() >= MAX_ENTRIES {
+        let _ = writeln!(
+            out,
+            "<p>Listings stop at {MAX_ENTRIES} entries: this directory may hold more.</p>"
+        );
+    }
+    out.push_str("</body>\n</html>\n");
     out
 }
 
@@ -176,6 +194,19 @@ mod tests {
         std::os::unix::fs::symlink("/etc", t.0.join("link")).unwrap();
         let f = std::fs::File::open(&t.0).unwrap();
         (t, f)
+    }
+
+    #[test]
+    fn a_huge_directory_is_listed_up_to_the_cap_and_says_so() {
+        let t = TempDir::new("huge");
+        for i in 0..MAX_ENTRIES + 5 {
+            std::fs::File::create(t.0.join(format!("f{i}"))).unwrap();
+        }
+        let dir = std::fs::File::open(&t.0).unwrap();
+        let entries = read_entries(dir.as_fd(), false, true).unwrap();
+        assert_eq!(entries.len(), MAX_ENTRIES);
+        assert!(render("/big/", &entries).contains("Listings stop at 10000 entries"));
+        assert!(!render("/big/", &entries[..10]).contains("Listings stop"));
     }
 
     #[test]
