@@ -342,16 +342,20 @@ fn init_logging(settings: &ServerSettings) -> Option<keel::ops::log::LogGuard> {
 }
 
 /// What SIGHUP does for a server: resolve the configuration again (the same command line
-/// over the file as it is now, or the command line alone without `--config`) and build a
-/// factory from it; the server compares the new options with the running ones
-/// (`server::reload`). Building opens the document root and the logs afresh, which is how a
-/// server without a file picks up a root directory swapped by a deploy.
+/// over the file as it is now) and build a factory from it; the server compares the new
+/// options with the running ones (`server::reload`). Without `--config` there is nothing to
+/// re-read, unless `opens_paths`: the HTTP server builds the command line again, which opens
+/// the document root and the access log afresh (how a root swapped by a deploy is taken up).
 fn reloader(
     config: Option<PathBuf>,
     section: Section,
     cli: ServerSettings,
+    opens_paths: bool,
     build: impl Fn(&ServerSettings) -> Result<HandlerFactory, String> + Send + Sync + 'static,
 ) -> Option<server::reload::Reloader> {
+    if config.is_none() && !opens_paths {
+        return None;
+    }
     Some(Arc::new(move || {
         let mut settings = match &config {
             None => cli.clone(),
@@ -429,7 +433,13 @@ fn main() -> ExitCode {
                     name: "echo",
                     factory,
                     udp: Some(Arc::new(|| Box::new(UdpEcho))),
-                    reload: reloader(args.config.clone(), Section::Echo, args.settings(), build),
+                    reload: reloader(
+                        args.config.clone(),
+                        Section::Echo,
+                        args.settings(),
+                        false,
+                        build,
+                    ),
                 },
             )
         }
@@ -450,6 +460,7 @@ fn main() -> ExitCode {
                         args.config.clone(),
                         Section::Discard,
                         args.settings(),
+                        false,
                         build,
                     ),
                 },
@@ -488,7 +499,13 @@ fn main() -> ExitCode {
                         name: "http",
                         factory,
                         udp: None,
-                        reload: reloader(args.server.config.clone(), Section::Http, cli, build),
+                        reload: reloader(
+                            args.server.config.clone(),
+                            Section::Http,
+                            cli,
+                            true,
+                            build,
+                        ),
                     },
                 ),
                 Err(e) => Err(std::io::Error::other(e)),

@@ -152,7 +152,7 @@ fn daemon_detaches_under_every_model() {
             Probe::Served,
             "[{model}] the daemon serves"
         );
-        // Something the daemon logs after it detached (it has nothing to reload).
+        // Something the daemon logs after it detached (echo without a file has nothing to reload).
         kill(Pid::from_raw(d.pid), Signal::SIGHUP).unwrap();
         let start = Instant::now();
         let text = loop {

@@ -1078,8 +1078,9 @@ fn sighup_without_a_config_takes_up_a_swapped_root() {
 }
 
 /// A small file (kept in memory) rewritten in place with the same size and its old mtime
-/// set back (`touch -d`, `rsync --times`) is seen at the next revalidation: the change time
-/// tells it. It used to be served stale for good, whatever `--cache-valid`.
+/// set back (`touch -d`, `rsync --times`) is seen at the next revalidation, with a new ETag:
+/// the change time tells it. It used to be served stale for good, whatever `--cache-valid`,
+/// and its ETag still validated the old bytes.
 #[test]
 fn a_rewrite_that_keeps_size_and_mtime_is_seen() {
     let t = Tree::new("samestamp");
@@ -1095,12 +1096,25 @@ fn a_rewrite_that_keeps_size_and_mtime_is_seen() {
     };
     set_stamp();
     let srv = serve(&t, &["--threads", "1", "--cache-valid", "0"]);
-    assert!(get(&srv, "/s.txt").body == [b'A'; 1000]);
+    let r = get(&srv, "/s.txt");
+    assert!(r.body == [b'A'; 1000]);
+    let old_tag = r.header("ETag").expect("ETag").to_string();
     std::fs::write(&path, [b'B'; 1000]).unwrap();
     set_stamp();
     let r = get(&srv, "/s.txt");
     assert_eq!(r.status, 200, "{}", r.show());
     assert!(r.body == [b'B'; 1000], "stale: {}", r.show());
+    // The old ETag no longer validates: a cache revalidating gets the new bytes, not a 304,
+    // and a resumed download gets the whole file, not new bytes after old ones.
+    let r = get_h(&srv, "/s.txt", &[("If-None-Match", &old_tag)]);
+    assert_eq!(r.status, 200, "{}", r.show());
+    assert!(r.body == [b'B'; 1000]);
+    let r = get_h(
+        &srv,
+        "/s.txt",
+        &[("Range", "bytes=500-"), ("If-Range", &old_tag)],
+    );
+    assert_eq!(r.status, 200, "{}", r.show());
 }
 
 /// A file stamped a moment ahead (a clock running ahead on another host) gets its

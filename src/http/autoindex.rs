@@ -39,10 +39,16 @@ pub fn read_entries(
     dir: BorrowedFd<'_>,
     show_hidden: bool,
     show_symlinks: bool,
-) -> std::io::Result<Vec<Entry>> {
+) -> std::io::Result<Listing> {
     let mut entries = Vec::new();
-    for item in Dir::read_from(dir)?.take(8 * MAX_ENTRIES) {
-        if entries.len() == MAX_ENTRIES {
+    let mut names = Dir::read_from(dir)?;
+    let mut complete = false;
+    for visited in 0.. {
+        let Some(item) = names.next() else {
+            complete = true;
+            break;
+        };
+        if entries.len() == MAX_ENTRIES || visited == 8 * MAX_ENTRIES {
             break;
         }
         let item = item?;
@@ -73,7 +79,14 @@ pub fn read_entries(
         });
     }
     entries.sort_by(|a, b| b.is_dir.cmp(&a.is_dir).then_with(|| a.name.cmp(&b.name)));
-    Ok(entries)
+    Ok(Listing { entries, complete })
+}
+
+/// A directory's entries as [`read_entries`] found them.
+pub struct Listing {
+    pub entries: Vec<Entry>,
+    /// Every name was looked at: false when the walk stopped at its limits.
+    pub complete: bool,
 }
 
 /// The most entries a listing shows (about 1.7 MB of page).
@@ -86,7 +99,7 @@ pub const MAX_ENTRIES: usize = 10_000;
 /// Links are absolute (built from `url_path`), so they resolve the same whether or not the
 /// requested URL ended in '/'; percent-encoding ':' as well keeps a name like "javascript:x"
 /// from ever being read as a scheme.
-pub fn render(url_path: &str, entries: &[Entry]) -> String {
+pub fn render(url_path: &str, entries: &[Entry], complete: bool) -> String {
     let mut base = String::with_capacity(url_path.len() + 1);
     push_percent_encoded(&mut base, url_path.as_bytes(), true);
     if !base.ends_with('/') {
@@ -138,7 +151,7 @@ pub fn render(url_path: &str, entries: &[Entry]) -> String {
         out.push_str("</td></tr>\n");
     }
     out.push_str("</tbody>\n</table>\n");
-    if entries.len() >= MAX_ENTRIES {
+    if !complete {
         let _ = writeln!(
             out,
             "<p>Listings stop at {MAX_ENTRIES} entries: this directory may hold more.</p>"
@@ -204,15 +217,17 @@ mod tests {
         }
         let dir = std::fs::File::open(&t.0).unwrap();
         let entries = read_entries(dir.as_fd(), false, true).unwrap();
+        assert!(!entries.complete);
+        let entries = entries.entries;
         assert_eq!(entries.len(), MAX_ENTRIES);
-        assert!(render("/big/", &entries).contains("Listings stop at 10000 entries"));
-        assert!(!render("/big/", &entries[..10]).contains("Listings stop"));
+        assert!(render("/big/", &entries, false).contains("Listings stop at 10000 entries"));
+        assert!(!render("/big/", &entries[..10], true).contains("Listings stop"));
     }
 
     #[test]
     fn reads_sorted_entries() {
         let (_t, dir) = nasty_dir();
-        let entries = read_entries(dir.as_fd(), false, true).unwrap();
+        let entries = read_entries(dir.as_fd(), false, true).unwrap().entries;
         let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(&names[..2], &["adir", "zdir"]);
         assert!(entries[..2].iter().all(|e| e.is_dir));
@@ -229,13 +244,16 @@ mod tests {
         // The symlink is described as itself, not as the /etc it points to.
         assert!(!entries.iter().find(|e| e.name == "link").unwrap().is_dir);
 
-        let all = read_entries(dir.as_fd(), true, true).unwrap();
+        let all = read_entries(dir.as_fd(), true, true).unwrap().entries;
         assert!(all.iter().any(|e| e.name == ".hidden"));
         assert_eq!(all.len(), entries.len() + 1);
         // Reading twice from the same fd works: the listing does not consume its position.
-        assert_eq!(read_entries(dir.as_fd(), false, true).unwrap(), entries);
+        assert_eq!(
+            read_entries(dir.as_fd(), false, true).unwrap().entries,
+            entries
+        );
         // Without --follow-symlinks a symlink would be refused (403): it is not listed.
-        let no_links = read_entries(dir.as_fd(), false, false).unwrap();
+        let no_links = read_entries(dir.as_fd(), false, false).unwrap().entries;
         assert!(!no_links.iter().any(|e| e.name == "link"));
         assert_eq!(no_links.len(), entries.len() - 1);
     }
@@ -249,6 +267,7 @@ mod tests {
         let dir = std::fs::File::open(&t.0).unwrap();
         let names: Vec<String> = read_entries(dir.as_fd(), false, false)
             .unwrap()
+            .entries
             .into_iter()
             .map(|e| e.name)
             .collect();
@@ -258,14 +277,14 @@ mod tests {
     #[test]
     fn nasty_names_are_escaped() {
         let (_t, dir) = nasty_dir();
-        let mut entries = read_entries(dir.as_fd(), false, true).unwrap();
+        let mut entries = read_entries(dir.as_fd(), false, true).unwrap().entries;
         entries.push(Entry {
             name: "<script>alert(1)</script>".into(),
             is_dir: false,
             size: 1,
             mtime_secs: 0,
         });
-        let page = render("/up<load>s/", &entries);
+        let page = render("/up<load>s/", &entries, true);
         assert!(!page.contains("<script>"), "{page}");
         assert!(!page.contains("<load>"));
         assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
@@ -320,7 +339,7 @@ mod tests {
                 mtime_secs: 784_111_777,
             },
         ];
-        let page = render("/a/b/", &entries);
+        let page = render("/a/b/", &entries, true);
         assert!(page.starts_with("<!DOCTYPE html>"));
         assert!(page.contains("<meta charset=\"utf-8\">"));
         assert!(page.contains("<title>Index of /a/b/</title>"));
@@ -331,14 +350,14 @@ mod tests {
         assert!(page.trim_end().ends_with("</html>"));
         assert_eq!(page.matches("<tr>").count(), 1 + 1 + 2);
 
-        let root = render("/", &entries);
+        let root = render("/", &entries, true);
         assert!(!root.contains("../"));
         assert!(root.contains("<a href=\"/sub/\">"));
         // A directory URL without its trailing slash still links correctly.
-        let noslash = render("/a/b", &entries);
+        let noslash = render("/a/b", &entries, true);
         assert!(noslash.contains("<a href=\"/a/b/f.txt\">"));
         assert!(noslash.contains("<a href=\"/a/\">../</a>"));
-        assert!(render("/a/", &[]).contains("<a href=\"/\">../</a>"));
-        assert!(render("/a", &[]).contains("<a href=\"/\">../</a>"));
+        assert!(render("/a/", &[], true).contains("<a href=\"/\">../</a>"));
+        assert!(render("/a", &[], true).contains("<a href=\"/\">../</a>"));
     }
 }

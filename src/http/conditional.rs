@@ -1,16 +1,21 @@
 //! Validators and conditional requests (RFC 9110 8.8 and 13) for static files.
 //!
-//! The ETag is derived from the file's identity (mtime, size, inode) rather than its content, so
-//! it costs one fstat and no read; a replaced or rewritten file changes at least one of those.
+//! The ETag is derived from the file's identity (mtime, size, inode, ctime) rather than its
+//! content, so it costs one fstat and no read; a replaced or rewritten file changes at least one
+//! of those (the ctime even when a rewrite keeps the size and sets the mtime back).
 
 use std::time::{Duration, SystemTime};
 
-/// Strong ETag from file identity: `"<mtime secs hex>-<mtime nsec hex>-<size hex>-<inode hex>"`.
+/// Strong ETag from file identity:
+/// `"<mtime secs>-<mtime nsec>-<size>-<inode>-<ctime secs>-<ctime nsec>"`, in hex.
 ///
-/// Strong because two different contents of one inode cannot share all of mtime (to the
-/// nanosecond) and size in practice; If-Range needs a strong validator to be usable at all.
-pub fn etag(size: u64, mtime_secs: i64, mtime_nsec: u32, ino: u64) -> String {
-    format!("\"{mtime_secs:x}-{mtime_nsec:x}-{size:x}-{ino:x}\"")
+/// Strong because two different contents of one inode cannot share all of these: the mtime
+/// and size can be kept across a rewrite (`touch -d`, `rsync --times`), but the status-change
+/// time cannot be set back. If-Range needs a strong validator to be usable at all. (A chmod
+/// changes the ctime too: it costs a client one full download.)
+pub fn etag(size: u64, mtime_secs: i64, mtime_nsec: u32, ino: u64, ctime: (i64, u32)) -> String {
+    let (ctime_secs, ctime_nsec) = ctime;
+    format!("\"{mtime_secs:x}-{mtime_nsec:x}-{size:x}-{ino:x}-{ctime_secs:x}-{ctime_nsec:x}\"")
 }
 
 /// The largest time IMF-fixdate's four-digit year can carry: 9999-12-31 23:59:59 UTC.
@@ -315,18 +320,26 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const TAG: &str = "\"5f-0-3e8-1a\"";
+    const TAG: &str = "\"5f-0-3e8-1a-0-0\"";
 
     #[test]
     fn etag_shape() {
-        assert_eq!(etag(1000, 95, 0, 26), TAG);
-        let t = etag(u64::MAX, 1_700_000_000, 999_999_999, 12345);
+        let c = (0, 0);
+        assert_eq!(etag(1000, 95, 0, 26, c), TAG);
+        let t = etag(
+            u64::MAX,
+            1_700_000_000,
+            999_999_999,
+            12345,
+            (-1, 999_999_999),
+        );
         assert!(t.starts_with('"') && t.ends_with('"'));
         assert!(!t.starts_with("W/"));
-        assert_ne!(etag(1, 2, 3, 4), etag(1, 2, 4, 4));
-        assert_ne!(etag(1, 2, 3, 4), etag(2, 2, 3, 4));
-        assert_ne!(etag(1, 2, 3, 4), etag(1, 2, 3, 5));
-        assert_eq!(etag(1, 2, 3, 4), etag(1, 2, 3, 4));
+        assert_ne!(etag(1, 2, 3, 4, c), etag(1, 2, 4, 4, c));
+        assert_ne!(etag(1, 2, 3, 4, c), etag(2, 2, 3, 4, c));
+        assert_ne!(etag(1, 2, 3, 4, c), etag(1, 2, 3, 5, c));
+        assert_ne!(etag(1, 2, 3, 4, c), etag(1, 2, 3, 4, (0, 1)));
+        assert_eq!(etag(1, 2, 3, 4, c), etag(1, 2, 3, 4, c));
         // Usable as a header value and in If-None-Match lists.
         assert!(t[1..t.len() - 1]
             .bytes()
@@ -383,13 +396,13 @@ mod tests {
         assert_eq!(inm("*"), NotModified);
         assert_eq!(inm("  *  "), NotModified);
         assert_eq!(inm("\"other\""), Proceed);
-        assert_eq!(inm("\"a\", \"5f-0-3e8-1a\""), NotModified);
-        assert_eq!(inm("\"a\",\"5f-0-3e8-1a\",\"b\""), NotModified);
-        assert_eq!(inm(" ,, \"a\" ,\t\"5f-0-3e8-1a\" , "), NotModified);
+        assert_eq!(inm("\"a\", \"5f-0-3e8-1a-0-0\""), NotModified);
+        assert_eq!(inm("\"a\",\"5f-0-3e8-1a-0-0\",\"b\""), NotModified);
+        assert_eq!(inm(" ,, \"a\" ,\t\"5f-0-3e8-1a-0-0\" , "), NotModified);
         assert_eq!(inm("\"a\", \"b\""), Proceed);
         // Weak comparison: W/ on either side still matches.
-        assert_eq!(inm("W/\"5f-0-3e8-1a\""), NotModified);
-        assert_eq!(inm("\"x\", W/\"5f-0-3e8-1a\""), NotModified);
+        assert_eq!(inm("W/\"5f-0-3e8-1a-0-0\""), NotModified);
+        assert_eq!(inm("\"x\", W/\"5f-0-3e8-1a-0-0\""), NotModified);
         assert_eq!(
             evaluate([&b"\"v1\""[..]], None, "W/\"v1\"", 0),
             Condition::NotModified
@@ -401,13 +414,13 @@ mod tests {
         );
         assert_eq!(evaluate([&b"\"a,b\""[..]], None, "\"a\"", 0), Proceed);
         // The quotes are part of the tag.
-        assert_eq!(inm("5f-0-3e8-1a"), Proceed);
-        assert_eq!(inm("w/\"5f-0-3e8-1a\""), Proceed);
-        assert_eq!(inm("\"5f-0-3e8-1a"), Proceed);
-        assert_eq!(inm("\"5f-0-3e8-1a\"x"), Proceed);
-        assert_eq!(inm("\"a b\", \"5f-0-3e8-1a\""), Proceed);
+        assert_eq!(inm("5f-0-3e8-1a-0-0"), Proceed);
+        assert_eq!(inm("w/\"5f-0-3e8-1a-0-0\""), Proceed);
+        assert_eq!(inm("\"5f-0-3e8-1a-0-0"), Proceed);
+        assert_eq!(inm("\"5f-0-3e8-1a-0-0\"x"), Proceed);
+        assert_eq!(inm("\"a b\", \"5f-0-3e8-1a-0-0\""), Proceed);
         assert_eq!(inm("**"), Proceed);
-        assert_eq!(inm("*, \"5f-0-3e8-1a\""), Proceed);
+        assert_eq!(inm("*, \"5f-0-3e8-1a-0-0\""), Proceed);
         assert_eq!(inm(""), Proceed);
     }
 
@@ -417,7 +430,7 @@ mod tests {
         let lines = |l: &[&str]| evaluate(l.iter().map(|s| s.as_bytes()), None, TAG, 1000);
         assert_eq!(lines(&["\"zz\"", TAG]), NotModified);
         assert_eq!(
-            lines(&["\"a\", \"b\"", "\"c\", \"5f-0-3e8-1a\""]),
+            lines(&["\"a\", \"b\"", "\"c\", \"5f-0-3e8-1a-0-0\""]),
             NotModified
         );
         assert_eq!(lines(&["\"a\"", "\"b\""]), Proceed);
@@ -489,12 +502,18 @@ mod tests {
     #[test]
     fn if_range() {
         assert!(if_range_allows(TAG.as_bytes(), TAG));
-        assert!(if_range_allows(b"  \"5f-0-3e8-1a\" ", TAG));
-        assert!(!if_range_allows(b"W/\"5f-0-3e8-1a\"", TAG));
-        assert!(!if_range_allows(b"\"5f-0-3e8-1a\"", "W/\"5f-0-3e8-1a\""));
+        assert!(if_range_allows(b"  \"5f-0-3e8-1a-0-0\" ", TAG));
+        assert!(!if_range_allows(b"W/\"5f-0-3e8-1a-0-0\"", TAG));
+        assert!(!if_range_allows(
+            b"\"5f-0-3e8-1a-0-0\"",
+            "W/\"5f-0-3e8-1a-0-0\""
+        ));
         assert!(!if_range_allows(b"\"other\"", TAG));
-        assert!(!if_range_allows(b"\"5f-0-3e8-1a\", \"5f-0-3e8-1a\"", TAG));
-        assert!(!if_range_allows(b"\"5f-0-3e8-1a", TAG));
+        assert!(!if_range_allows(
+            b"\"5f-0-3e8-1a-0-0\", \"5f-0-3e8-1a-0-0\"",
+            TAG
+        ));
+        assert!(!if_range_allows(b"\"5f-0-3e8-1a-0-0", TAG));
         assert!(!if_range_allows(b"*", TAG));
         assert!(!if_range_allows(b"", TAG));
         // A date, even the file's own Last-Modified, is not a strong validator.

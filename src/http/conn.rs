@@ -791,7 +791,7 @@ fn listing(
     };
     html_page(
         out,
-        autoindex::render(path, &entries).as_bytes(),
+        autoindex::render(path, &entries.entries, entries.complete).as_bytes(),
         p,
         head_only,
     )

@@ -599,7 +599,13 @@ fn load(
     }
     let size = st.st_size as u64;
     let file = File::from(fd);
-    let etag = conditional::etag(size, st.st_mtime, st.st_mtime_nsec as u32, st.st_ino);
+    let etag = conditional::etag(
+        size,
+        st.st_mtime,
+        st.st_mtime_nsec as u32,
+        st.st_ino,
+        (st.st_ctime, st.st_ctime_nsec as u32),
+    );
     // Never later than the Date it is sent with (the batch's, which may lag the clock).
     let mtime = (st.st_mtime <= date::date_secs()).then_some(st.st_mtime);
     let last_modified = mtime.map(conditional::http_date);

@@ -8,9 +8,8 @@
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
-use std::cell::Cell;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// Why a target could not be mapped to a file; each maps to one response status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,11 +40,11 @@ impl PathError {
     /// trouble (a 5xx), for the operator: the client is told only the status. A client's own
     /// bad or missing path is the access log's business.
     ///
-    /// At most one line a second per thread, with the count of those left out: out of fds,
+    /// At most one line a second per process, with the count of those left out: out of fds,
     /// every request fails the same way, and a line each would flood the log.
     pub fn log_if_ours(&self, path: &[u8]) {
         if let PathError::Unavailable(e) | PathError::Failed(e) = self {
-            let Some(left_out) = take_log_turn(Instant::now()) else {
+            let Some(left_out) = take_log_turn(&LOG_TURN, crate::http::date::unix_now()) else {
                 return;
             };
             let more = if left_out > 0 {
@@ -63,23 +62,27 @@ impl PathError {
     }
 }
 
-thread_local! {
-    /// When this thread last logged a failed open, and how many it has left out since.
-    static LAST_LOGGED: Cell<Option<(Instant, u64)>> = const { Cell::new(None) };
+/// When a failed open was last logged, and how many have been left out since. Process-wide:
+/// under thread- and process-per-connection each connection has a thread of its own.
+struct LogTurn {
+    /// The second of the last line (unix time), 0 before any.
+    second: AtomicI64,
+    left_out: AtomicU64,
 }
 
-/// `Some(left out since the last line)` when a line may be logged now, else counts one more.
-fn take_log_turn(now: Instant) -> Option<u64> {
-    LAST_LOGGED.with(|last| match last.get() {
-        Some((at, n)) if now.duration_since(at) < Duration::from_secs(1) => {
-            last.set(Some((at, n + 1)));
-            None
-        }
-        before => {
-            last.set(Some((now, 0)));
-            Some(before.map_or(0, |(_, n)| n))
-        }
-    })
+static LOG_TURN: LogTurn = LogTurn {
+    second: AtomicI64::new(0),
+    left_out: AtomicU64::new(0),
+};
+
+/// `Some(left out since the last line)` when a line may be logged in second `now`, else counts
+/// one more left out. Racing threads may both log in a new second: harmless.
+fn take_log_turn(turn: &LogTurn, now: i64) -> Option<u64> {
+    if turn.second.swap(now, Ordering::Relaxed) == now {
+        turn.left_out.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    Some(turn.left_out.swap(0, Ordering::Relaxed))
 }
 
 /// The target itself when it is already a clean path: only unreserved characters and '/',
@@ -469,12 +472,15 @@ mod tests {
 
     #[test]
     fn failed_opens_are_logged_at_most_once_a_second_with_the_count_left_out() {
-        let t0 = Instant::now();
-        assert_eq!(take_log_turn(t0), Some(0));
-        assert_eq!(take_log_turn(t0 + Duration::from_millis(10)), None);
-        assert_eq!(take_log_turn(t0 + Duration::from_millis(999)), None);
-        assert_eq!(take_log_turn(t0 + Duration::from_millis(1_000)), Some(2));
-        assert_eq!(take_log_turn(t0 + Duration::from_millis(3_000)), Some(0));
+        let turn = LogTurn {
+            second: AtomicI64::new(0),
+            left_out: AtomicU64::new(0),
+        };
+        assert_eq!(take_log_turn(&turn, 100), Some(0));
+        assert_eq!(take_log_turn(&turn, 100), None);
+        assert_eq!(take_log_turn(&turn, 100), None);
+        assert_eq!(take_log_turn(&turn, 101), Some(2));
+        assert_eq!(take_log_turn(&turn, 103), Some(0));
     }
 
     #[test]
