@@ -408,3 +408,51 @@ fn a_pid_file_that_cannot_be_removed_is_emptied() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With `--user`, a reload runs as that user, who cannot open the access log root created at
+/// start (0640, root's): the reload keeps the running writer (asking it to reopen, which fails
+/// and is logged) instead of failing whole. So SIGHUP without `--config` still takes up a
+/// swapped document root.
+#[test]
+fn a_reload_after_user_keeps_the_access_log_it_cannot_open() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: dropping privileges needs the test to run as root");
+        return;
+    }
+    let dir = temp_dir("reload-user");
+    std::fs::create_dir_all(dir.join("www")).unwrap();
+    std::fs::write(dir.join("www/v.txt"), "v").unwrap();
+    let log = dir.join("access.log");
+    let srv = Opts::http("epoll-et")
+        .arg("--root", dir.join("www").to_str().unwrap())
+        .arg("--access-log", log.to_str().unwrap())
+        .arg("--user", "nobody")
+        .spawn();
+    let get = || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(srv.tcp).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /v.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    assert!(get().starts_with("HTTP/1.1 200"));
+    srv.signal(Signal::SIGHUP);
+    let start = Instant::now();
+    let said = loop {
+        let err = srv.stderr_dump();
+        if err.contains("configuration reloaded") || err.contains("reload failed") {
+            break err;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "nothing said:\n{err}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(said.contains("configuration reloaded"), "{said}");
+    assert!(get().starts_with("HTTP/1.1 200"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -3,9 +3,9 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use super::parse::Limits;
@@ -85,6 +85,29 @@ pub struct Site {
 
 static NEXT_SITE: AtomicU64 = AtomicU64::new(1);
 
+/// Access logs open in this process, by path. A reload that keeps the path keeps the writer
+/// (its thread and queue) and only asks it to reopen the file, as SIGUSR1 does: opening anew
+/// would fail after `--user` dropped privileges (root created the file at start), failing the
+/// whole reload, and would start one more writer thread per SIGHUP. A reopen that fails is
+/// logged and the writer keeps the file it has.
+static ACCESS_LOGS: Mutex<Vec<(PathBuf, Weak<AsyncWriter>)>> = Mutex::new(Vec::new());
+
+fn open_access_log(path: &Path) -> io::Result<Arc<AsyncWriter>> {
+    let mut logs = ACCESS_LOGS.lock().unwrap_or_else(|e| e.into_inner());
+    logs.retain(|(_, w)| w.strong_count() > 0);
+    let open = logs
+        .iter()
+        .find(|(p, _)| p == path)
+        .and_then(|(_, w)| w.upgrade());
+    if let Some(writer) = open {
+        writer.reopen();
+        return Ok(writer);
+    }
+    let writer = AsyncWriter::open(path, 65536)?;
+    logs.push((path.to_path_buf(), Arc::downgrade(&writer)));
+    Ok(writer)
+}
+
 impl Site {
     /// Opens the root directory and the access log; errors name the path.
     pub fn open(settings: HttpSettings) -> io::Result<Arc<Site>> {
@@ -105,7 +128,7 @@ impl Site {
         };
         let access_log = match &settings.access_log {
             None => None,
-            Some(path) => Some(AsyncWriter::open(path, 65536).map_err(|e| {
+            Some(path) => Some(open_access_log(path).map_err(|e| {
                 io::Error::new(e.kind(), format!("access log {}: {e}", path.display()))
             })?),
         };
