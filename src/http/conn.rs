@@ -654,8 +654,8 @@ impl HttpConn {
             return (status, 0, None);
         }
         if let Some(file) = e.disk() {
-            let file = file.clone();
-            return (status, len, Some(FileRange { file, offset, len }));
+            let range = FileRange::checked(file.clone(), offset, len, e.version());
+            return (status, len, Some(range));
         }
         if let Some(body) = e.body() {
             out.extend_from_slice(&body[offset as usize..(offset + len) as usize]);

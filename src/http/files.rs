@@ -39,6 +39,7 @@ use super::mime;
 use super::path::{self, open_beneath, PathError};
 use super::response::{push_content_length, push_header};
 use super::site::Site;
+use crate::net::FileVersion;
 
 /// One file as the cache knows it.
 pub struct Entry {
@@ -125,6 +126,14 @@ impl Entry {
     /// each use: a file rewritten in place (same inode, new size or mtime) would otherwise be
     /// sent with the old length, a mix of two versions or a short body. A file replaced by a
     /// rename is caught by the periodic revalidation, which opens the path again.
+    /// The file as this entry was built from (for `FileRange::checked`).
+    pub fn version(&self) -> FileVersion {
+        FileVersion {
+            size: self.identity.size,
+            ctime: self.identity.ctime,
+        }
+    }
+
     fn unchanged_in_place(&self) -> bool {
         let Some(file) = &self.disk else {
             return true; // the bytes in memory are one consistent version

@@ -16,5 +16,5 @@ pub use handler::{Ctx, Handler};
 pub use listener::{
     bind_tcp, bind_tcp_group, close_refused, AcceptHook, HandlerFactory, ListenOptions,
 };
-pub use output::FileRange;
+pub use output::{FileRange, FileVersion};
 pub use udp::{DatagramHandler, DatagramOut};

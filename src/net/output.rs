@@ -28,6 +28,52 @@ pub struct FileRange {
     pub file: Arc<File>,
     pub offset: u64,
     pub len: u64,
+    /// The file as it was when the response was built. A long range is sent over many calls;
+    /// before each but the first the file is checked against it, and one rewritten in place
+    /// meanwhile ends the connection, rather than send old bytes then new under one response
+    /// (the client sees a short body). `None`: not checked.
+    pub version: Option<FileVersion>,
+    /// Some of the range has left: the next call checks `version`. (The first is not: the
+    /// response was built from a check made just before.)
+    started: bool,
+}
+
+/// What tells whether a file was written to: its size and its status-change time (which every
+/// write moves and nothing can set back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileVersion {
+    pub size: u64,
+    pub ctime: (i64, i64),
+}
+
+impl FileVersion {
+    pub fn of(st: &rustix::fs::Stat) -> FileVersion {
+        FileVersion {
+            size: st.st_size as u64,
+            ctime: (st.st_ctime, st.st_ctime_nsec as i64),
+        }
+    }
+}
+
+impl FileRange {
+    /// A range sent as the file is, unchecked.
+    pub fn new(file: Arc<File>, offset: u64, len: u64) -> FileRange {
+        FileRange {
+            file,
+            offset,
+            len,
+            version: None,
+            started: false,
+        }
+    }
+
+    /// A range of a file that must still be `version` whenever more of it leaves.
+    pub fn checked(file: Arc<File>, offset: u64, len: u64, version: FileVersion) -> FileRange {
+        FileRange {
+            version: Some(version),
+            ..FileRange::new(file, offset, len)
+        }
+    }
 }
 
 enum Segment {
@@ -187,6 +233,13 @@ impl Queued {
                         // Best effort: uncorked, the body still leaves, in a few more packets.
                         self.corked = rustix::net::sockopt::set_tcp_cork(fd, true).is_ok();
                     }
+                    if let Some(version) = range.version.filter(|_| range.started) {
+                        let now =
+                            rustix::fs::fstat(range.file.as_fd()).map(|st| FileVersion::of(&st));
+                        if now.ok() != Some(version) {
+                            return Err(io::Error::other("file changed while being sent"));
+                        }
+                    }
                     let asked = range.len.min(SENDFILE_CHUNK);
                     let mut offset = range.offset;
                     let n = loop {
@@ -215,6 +268,7 @@ impl Queued {
                     }
                     range.offset += n;
                     range.len -= n;
+                    range.started = true;
                     written += n;
                     self.len -= n;
                     // A short sendfile may mean a full socket or a file that ended early: ask
@@ -287,18 +341,10 @@ mod tests {
         let file = temp_file(b"0123456789");
         let mut q = OutputQueue::default();
         q.push_bytes(b"head1|", Buffer::new);
-        q.push_file(FileRange {
-            file: file.clone(),
-            offset: 2,
-            len: 5,
-        });
+        q.push_file(FileRange::new(file.clone(), 2, 5));
         q.push_bytes(b"|head2|", Buffer::new);
         q.push_bytes(b"more|", Buffer::new);
-        q.push_file(FileRange {
-            file,
-            offset: 0,
-            len: 10,
-        });
+        q.push_file(FileRange::new(file, 0, 10));
         assert_eq!(q.len(), 6 + 5 + 7 + 5 + 10);
         let f = q.flush(a.as_fd(), drop).unwrap();
         assert!(f.done);
@@ -314,12 +360,41 @@ mod tests {
     fn head_and_file(data: &[u8]) -> OutputQueue {
         let mut q = OutputQueue::default();
         q.push_bytes(b"H", Buffer::new);
-        q.push_file(FileRange {
-            file: temp_file(data),
-            offset: 0,
-            len: data.len() as u64,
-        });
+        q.push_file(FileRange::new(temp_file(data), 0, data.len() as u64));
         q
+    }
+
+    /// Reads what the socket holds now.
+    fn drain(b: &mut UnixStream) {
+        b.set_nonblocking(true).unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        while b.read(&mut buf).is_ok_and(|n| n > 0) {}
+    }
+
+    #[test]
+    fn a_file_written_to_while_it_leaves_ends_the_range() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let big = vec![b'A'; 4 << 20];
+        let file = temp_file(&big);
+        let version = FileVersion::of(&rustix::fs::fstat(file.as_fd()).unwrap());
+        let mut q = OutputQueue::default();
+        q.push_file(FileRange::checked(
+            file.clone(),
+            0,
+            big.len() as u64,
+            version,
+        ));
+        assert!(!q.flush(a.as_fd(), drop).unwrap().done, "4 MiB at once");
+        drain(&mut b);
+        // Unchanged: more leaves.
+        assert!(q.flush(a.as_fd(), drop).unwrap().written > 0);
+        drain(&mut b);
+        // Written to in place (same size; past a timestamp tick): the next call refuses.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::os::unix::fs::FileExt::write_all_at(&*file, b"B", 3 << 20).unwrap();
+        let err = q.flush(a.as_fd(), drop).unwrap_err();
+        assert!(err.to_string().contains("changed"), "{err}");
     }
 
     #[test]
@@ -383,11 +458,7 @@ mod tests {
 
         // A short range is sent without the cork.
         let small = temp_file(&[7u8; 1000]);
-        q.push_file(FileRange {
-            file: small,
-            offset: 0,
-            len: 1000,
-        });
+        q.push_file(FileRange::new(small, 0, 1000));
         assert!(q.flush(a.as_fd(), drop).unwrap().done);
         assert!(!get_tcp_cork(&a).unwrap());
     }
@@ -397,11 +468,7 @@ mod tests {
         let (a, _b) = UnixStream::pair().unwrap();
         let file = temp_file(b"short");
         let mut q = OutputQueue::default();
-        q.push_file(FileRange {
-            file,
-            offset: 0,
-            len: 100,
-        });
+        q.push_file(FileRange::new(file, 0, 100));
         let err = q.flush(a.as_fd(), drop).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
