@@ -33,8 +33,8 @@ pub struct FileRange {
     /// meanwhile ends the connection (the client sees a short body) rather than send the rest
     /// of the new version under the old response. It bounds the mix, it cannot prevent it:
     /// what sendfile queued refers to the page cache, so the bytes still in the socket buffers
-    /// are read as the file is then (1.6 MB of a 100 MB download in a test, where the whole
-    /// remaining 60 MB used to be the new version). `None`: not checked.
+    /// are read as the file is then (in a test, 1.6 MB of a 100 MB download, where 61.6 MB of
+    /// the new version used to follow, the response ending as if whole). `None`: not checked.
     pub version: Option<FileVersion>,
     /// Some of the range has left: the next call checks `version`. (The first is not: the
     /// response was built from a check made just before.)
