@@ -22,6 +22,15 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Dropping privileges needs root: says so and false otherwise (the test is then skipped).
+fn running_as_root() -> bool {
+    let root = nix::unistd::Uid::effective().is_root();
+    if !root {
+        eprintln!("skipped: dropping privileges needs the test to run as root");
+    }
+    root
+}
+
 fn alive(pid: i32) -> bool {
     // A zombie is not alive for our purposes (the daemon's parent is init, which reaps it).
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -215,8 +224,7 @@ fn a_second_daemon_is_refused_before_it_detaches() {
 
 #[test]
 fn user_drops_root_after_binding() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: dropping privileges needs the test to run as root");
+    if !running_as_root() {
         return;
     }
     let srv = Opts::echo("epoll-et").arg("--user", "nobody").spawn();
@@ -369,8 +377,7 @@ fn a_daemon_keeps_its_relative_paths() {
 /// cannot be removed at exit, and is emptied instead, so no dead pid is left in it.
 #[test]
 fn a_pid_file_that_cannot_be_removed_is_emptied() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: dropping privileges needs the test to run as root");
+    if !running_as_root() {
         return;
     }
     let dir = temp_dir("pid-user");
@@ -415,8 +422,7 @@ fn a_pid_file_that_cannot_be_removed_is_emptied() {
 /// swapped document root.
 #[test]
 fn a_reload_after_user_keeps_the_access_log_it_cannot_open() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: dropping privileges needs the test to run as root");
+    if !running_as_root() {
         return;
     }
     let dir = temp_dir("reload-user");
