@@ -9,7 +9,8 @@
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use crate::net::log_throttle::{left_out_note, LogThrottle};
 
 /// Why a target could not be mapped to a file; each maps to one response status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,14 +45,10 @@ impl PathError {
     /// every request fails the same way, and a line each would flood the log.
     pub fn log_if_ours(&self, path: &[u8]) {
         if let PathError::Unavailable(e) | PathError::Failed(e) = self {
-            let Some(left_out) = take_log_turn(&LOG_TURN, crate::http::date::unix_now()) else {
+            let Some(left_out) = OPEN_FAILURES.turn() else {
                 return;
             };
-            let more = if left_out > 0 {
-                format!("; {left_out} more like it since the last line")
-            } else {
-                String::new()
-            };
+            let more = left_out_note(left_out);
             tracing::warn!(
                 "cannot open {}: {} (answered {}){more}",
                 String::from_utf8_lossy(path),
@@ -62,28 +59,8 @@ impl PathError {
     }
 }
 
-/// When a failed open was last logged, and how many have been left out since. Process-wide:
-/// under thread- and process-per-connection each connection has a thread of its own.
-struct LogTurn {
-    /// The second of the last line (unix time), 0 before any.
-    second: AtomicI64,
-    left_out: AtomicU64,
-}
-
-static LOG_TURN: LogTurn = LogTurn {
-    second: AtomicI64::new(0),
-    left_out: AtomicU64::new(0),
-};
-
-/// `Some(left out since the last line)` when a line may be logged in second `now`, else counts
-/// one more left out. Racing threads may both log in a new second: harmless.
-fn take_log_turn(turn: &LogTurn, now: i64) -> Option<u64> {
-    if turn.second.swap(now, Ordering::Relaxed) == now {
-        turn.left_out.fetch_add(1, Ordering::Relaxed);
-        return None;
-    }
-    Some(turn.left_out.swap(0, Ordering::Relaxed))
-}
+/// Failed opens are said at most once a second.
+static OPEN_FAILURES: LogThrottle = LogThrottle::new(1);
 
 /// The target itself when it is already a clean path: only unreserved characters and '/',
 /// no empty, "." or ".." segment, no segment starting with '.', no query. Most requests are
@@ -469,19 +446,6 @@ fn open_beneath_fallback(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn failed_opens_are_logged_at_most_once_a_second_with_the_count_left_out() {
-        let turn = LogTurn {
-            second: AtomicI64::new(0),
-            left_out: AtomicU64::new(0),
-        };
-        assert_eq!(take_log_turn(&turn, 100), Some(0));
-        assert_eq!(take_log_turn(&turn, 100), None);
-        assert_eq!(take_log_turn(&turn, 100), None);
-        assert_eq!(take_log_turn(&turn, 101), Some(2));
-        assert_eq!(take_log_turn(&turn, 103), Some(0));
-    }
 
     #[test]
     fn open_errors_map_to_statuses() {

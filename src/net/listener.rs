@@ -21,6 +21,7 @@ use rustix::net::SocketFlags;
 use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
 
 use crate::net::handler::Handler;
+use crate::net::log_throttle::{left_out_note, LogThrottle};
 use crate::reactor::event::{Interest, Token, Trigger};
 use crate::reactor::event_loop::{EventLoop, Source};
 use crate::sys::process::SharedCounters;
@@ -233,6 +234,25 @@ impl ConnectionLimit {
 /// How long a starved listener waits before trying again if no connection closes first.
 const STARVED_RETRY: Duration = Duration::from_millis(100);
 
+/// Out of fds is said at most this often (seconds).
+const OUT_OF_FDS_EVERY: i64 = 10;
+
+static OUT_OF_FDS: LogThrottle = LogThrottle::new(OUT_OF_FDS_EVERY);
+
+/// Says that connections are being refused for want of fds. It is the operator's to fix,
+/// so it goes to the log, but a flood refuses thousands a second: once every
+/// [`OUT_OF_FDS_EVERY`] seconds per process, with the count left out. `what` is the call
+/// that failed.
+pub fn say_out_of_fds(what: &str, e: io::Error) {
+    if let Some(left_out) = OUT_OF_FDS.turn() {
+        tracing::warn!(
+            "out of file descriptors, refusing connections ({what}: {e}){}; \
+             raise --rlimit-nofile or lower --max-conns",
+            left_out_note(left_out)
+        );
+    }
+}
+
 enum Refusal {
     Refused,
     QueueEmpty,
@@ -389,9 +409,12 @@ impl EventLoop {
                 Err(rustix::io::Errno::AGAIN) => return,
                 // Linux reserves the new fd before looking at the queue, so EMFILE does not
                 // even say a connection is waiting: the reserve dance finds out.
-                Err(rustix::io::Errno::MFILE) | Err(rustix::io::Errno::NFILE) => {
+                Err(e @ (rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)) => {
                     match self.refuse_with_reserve(token) {
-                        Refusal::Refused => self.stats.refused_emfile += 1,
+                        Refusal::Refused => {
+                            self.stats.refused_emfile += 1;
+                            say_out_of_fds("accept", e.into());
+                        }
                         Refusal::QueueEmpty => return,
                         Refusal::NoReserve => {
                             self.starve_listener(token);

@@ -6,6 +6,7 @@ pub mod connection;
 pub mod connector;
 pub mod handler;
 pub mod listener;
+pub mod log_throttle;
 pub mod output;
 pub mod udp;
 

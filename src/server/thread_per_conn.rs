@@ -8,15 +8,17 @@
 //! for the client) and counted as `refused_limit`, rather than spawning without bound.
 
 use std::io;
-use std::time::{Duration, Instant};
 
 use super::control::{self, Fleet};
 use super::{bind_and_announce, ServerOptions, Service};
 use crate::net::close_refused;
+use crate::net::listener::say_out_of_fds;
+use crate::net::log_throttle::{left_out_note, LogThrottle};
 use crate::reactor::EventLoop;
 
-/// A connection thread that cannot start is said at most this often.
-const WARN_EVERY: Duration = Duration::from_secs(10);
+/// A connection thread that cannot start for another reason than fds (the kernel's thread
+/// limit, memory) is said at most once in this many seconds.
+static SPAWN_FAILURES: LogThrottle = LogThrottle::new(10);
 
 pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     let cfg = opts.loop_config();
@@ -33,8 +35,6 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     let factory = service.factory.clone();
     let threads = fleet.clone();
     let mut spawned = 0u64;
-    // When the failure was last said, and how many have happened since.
-    let mut warned: Option<(Instant, u64)> = None;
     control.add_acceptor(
         listener,
         Box::new(move |el, fd| {
@@ -53,25 +53,18 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
                     el.adopt(fd, factory()).map(drop)
                 });
             if let Err(e) = started {
-                // Out of fds (the thread's loop needs its own) is counted as such; the
-                // client sees its connection closed either way.
+                // The client sees its connection closed either way. Out of fds (the thread's
+                // loop needs its own) is counted and said as at accept.
                 if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
                     el.stats.refused_emfile += 1;
+                    say_out_of_fds("a connection thread's event loop", e);
                 } else {
                     el.stats.refused_limit += 1;
-                }
-                // At most once per WARN_EVERY: a flood would otherwise log a line per client.
-                match &mut warned {
-                    Some((at, since)) if at.elapsed() < WARN_EVERY => *since += 1,
-                    _ => {
-                        let more = match warned {
-                            Some((_, n)) if n > 0 => format!(" ({n} more since the last warning)"),
-                            _ => String::new(),
-                        };
+                    if let Some(left_out) = SPAWN_FAILURES.turn() {
                         tracing::warn!(
-                            "cannot start a connection thread, refusing the connection{more}: {e}"
+                            "cannot start a connection thread, refusing the connection: {e}{}",
+                            left_out_note(left_out)
                         );
-                        warned = Some((Instant::now(), 0));
                     }
                 }
             }

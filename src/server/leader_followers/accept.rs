@@ -14,7 +14,9 @@ use super::settings::ms;
 use super::shared::lock;
 use super::timers::TimerEvent;
 use super::worker::Worker;
-use crate::net::listener::{close_refused, fd_table_exclusive, fd_table_shared, open_reserve_fd};
+use crate::net::listener::{
+    close_refused, fd_table_exclusive, fd_table_shared, open_reserve_fd, say_out_of_fds,
+};
 
 /// How long a listener that could not accept (no fd even for the EMFILE dance) stays parked
 /// if no connection closes first.
@@ -46,9 +48,12 @@ impl Worker<'_> {
                 match accepted {
                     Ok(fd) => fds.push(fd),
                     Err(rustix::io::Errno::AGAIN) => break,
-                    Err(rustix::io::Errno::MFILE) | Err(rustix::io::Errno::NFILE) => {
+                    Err(e @ (rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)) => {
                         match self.refuse_with_reserve(lfd) {
-                            Refusal::Refused => bump(&self.stats.refused_emfile, 1),
+                            Refusal::Refused => {
+                                bump(&self.stats.refused_emfile, 1);
+                                say_out_of_fds("accept", e.into());
+                            }
                             Refusal::QueueEmpty => break,
                             Refusal::NoReserve => {
                                 starved = true;
