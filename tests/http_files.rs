@@ -1280,6 +1280,58 @@ fn single_ranges_if_range_and_unsatisfiable() {
     }
 }
 
+/// Range is defined for GET only: a HEAD's Range is ignored (RFC 9110 14.2, a MUST), so HEAD
+/// answers what a whole GET would, for a file from memory and one from disk, satisfiable
+/// range or not. (It used to answer 206, or 416.)
+#[test]
+fn a_head_ignores_range() {
+    let t = Tree::new("headrange");
+    t.put("small.bin", &random_bytes(3, 1000));
+    t.put("large.bin", &random_bytes(4, 100 * 1024));
+    let srv = serve(&t, &[]);
+    for (target, len) in [("/small.bin", "1000"), ("/large.bin", "102400")] {
+        for range in ["bytes=0-9", "bytes=200000-"] {
+            let r = exchange(srv.tcp, &request("HEAD", target, &[("Range", range)]));
+            assert_eq!(r.status, 200, "HEAD {target} {range}: {}", r.show());
+            assert_eq!(r.header("Content-Length"), Some(len), "{}", r.show());
+            assert!(!r.has("Content-Range"), "{}", r.show());
+        }
+        let r = get_h(&srv, target, &[("Range", "bytes=0-9")]);
+        assert_eq!(r.status, 206, "GET {target}: {}", r.show());
+    }
+}
+
+/// A file dated before 1970 has no Last-Modified: an HTTP-date cannot carry it, and clamped
+/// to the epoch it would compare equal with any older time, so a rewrite still dated before
+/// 1970 would get a 304 for an If-Modified-Since of the epoch. (It used to.) Its date
+/// conditions are ignored; its ETag still validates.
+#[test]
+fn a_modification_time_before_1970_is_not_sent() {
+    let t = Tree::new("before1970");
+    let path = t.put("old.txt", b"v1");
+    let set_date = |secs_before_epoch: u64| {
+        let when = std::time::UNIX_EPOCH - Duration::from_secs(secs_before_epoch);
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(when).unwrap();
+    };
+    set_date(315_532_800); // 1960
+    let srv = serve(&t, &["--cache-valid", "0"]);
+    let r = get(&srv, "/old.txt");
+    assert_eq!(r.status, 200, "{}", r.show());
+    assert!(!r.has("Last-Modified"), "{}", r.show());
+    let epoch = "Thu, 01 Jan 1970 00:00:00 GMT";
+    let r = get_h(&srv, "/old.txt", &[("If-Modified-Since", epoch)]);
+    assert_eq!(r.status, 200, "IMS ignored: {}", r.show());
+    std::fs::write(&path, b"v2").unwrap();
+    set_date(157_766_400); // 1965
+    let r = get_h(&srv, "/old.txt", &[("If-Modified-Since", epoch)]);
+    assert_eq!(r.status, 200, "{}", r.show());
+    assert_eq!(r.body, b"v2", "{}", r.show());
+    let etag = r.header("ETag").expect("ETag").to_string();
+    let r = get_h(&srv, "/old.txt", &[("If-None-Match", &etag)]);
+    assert_eq!(r.status, 304, "{}", r.show());
+}
+
 /// An empty file: a suffix range is the one satisfiable form (RFC 9110 14.1.1) and selects
 /// the whole, empty, file: 200. Any other range is 416.
 #[test]

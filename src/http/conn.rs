@@ -549,7 +549,7 @@ impl HttpConn {
             _ => (entry, false),
         };
         let vary = entry.gzip.is_some();
-        // A file with no modification date to offer (one dated in the future) has the date
+        // A file with no modification date to offer (dated in the future or before 1970) has the date
         // conditions ignored (RFC 9110 13.1.3, 13.1.4).
         let mtime = e.mtime.unwrap_or(i64::MIN);
         if head.is_conditional()
@@ -582,7 +582,9 @@ impl HttpConn {
             return (304, 0, None);
         }
         let mut range = None;
-        if let Some(r) = head.range {
+        // GET is the only method range handling is defined for: a HEAD's Range is ignored
+        // (RFC 9110 14.2, a MUST), so it sees the headers a whole GET would.
+        if let Some(r) = head.range.filter(|_| head.method == Method::Get) {
             let applies = head
                 .if_range
                 .is_none_or(|ir| conditional::if_range_allows(ir, &e.etag));

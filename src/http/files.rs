@@ -598,7 +598,7 @@ fn load(
     if let Some(prev) = previous {
         // A file stamped in the future got no Last-Modified; once that time has come, it is
         // built again with one (the file itself is unchanged, so its identity is too).
-        let dated_now = prev.mtime.is_none() && st.st_mtime <= date::date_secs();
+        let dated_now = prev.mtime.is_none() && (0..=date::date_secs()).contains(&st.st_mtime);
         if prev.identity == identity && same_gzip(&prev.gzip, &gzip) && !dated_now {
             let mut kept = Rc::try_unwrap(prev).unwrap_or_else(|shared| clone_entry(&shared));
             kept.fresh_until = fresh_until(site, now);
@@ -615,8 +615,12 @@ fn load(
         st.st_ino,
         (st.st_ctime, st.st_ctime_nsec as u32),
     );
-    // Never later than the Date it is sent with (the batch's, which may lag the clock).
-    let mtime = (st.st_mtime <= date::date_secs()).then_some(st.st_mtime);
+    // Never later than the Date it is sent with (the batch's, which may lag the clock), and
+    // never before 1970, which an HTTP-date cannot carry: clamped to the epoch it would
+    // compare equal with every older time, and a rewrite dated 1965 would get a 304.
+    let mtime = (0..=date::date_secs())
+        .contains(&st.st_mtime)
+        .then_some(st.st_mtime);
     let last_modified = mtime.map(conditional::http_date);
     let content_type = mime::content_type(path);
     let small = size <= site.settings.small_file_max;
