@@ -672,6 +672,55 @@ fn sighup_reload_moves_the_listener() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A SIGHUP while the server drains after SIGTERM is ignored: a new `listen` in the file
+/// must not open a listener and take new clients into a server on its way out. (It did:
+/// "now listening on NEW", and the new port echoed.)
+#[test]
+fn a_sighup_while_stopping_opens_no_listener() {
+    let dir = temp_dir("relisten-stopping");
+    let conf = dir.join("keel.toml");
+    let (old_port, new_port) = two_free_ports();
+    let config = |port: u16| {
+        format!(
+            "[echo]\nlisten = \"127.0.0.1:{port}\"\nthreads = 2\ndrain_timeout = 3\n\
+             linger_timeout = 10\n"
+        )
+    };
+    write_config(&conf, &config(old_port));
+    let server = FromConfig::start("echo", &conf, old_port);
+    let old: SocketAddr = format!("127.0.0.1:{old_port}").parse().unwrap();
+    let new: SocketAddr = format!("127.0.0.1:{new_port}").parse().unwrap();
+    // Held open and never closed: both loops keep draining until the drain timeout.
+    let held: Vec<TcpStream> = (0..8).map(|_| connect(old)).collect();
+    nix::sys::signal::kill(server.pid, Signal::SIGTERM).unwrap();
+    poll_until("the old address to refuse", Duration::from_secs(2), || {
+        TcpStream::connect(old).is_err()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    write_config(&conf, &config(new_port));
+    nix::sys::signal::kill(server.pid, Signal::SIGHUP).unwrap();
+    let until = Instant::now() + Duration::from_millis(1000);
+    while Instant::now() < until {
+        assert!(
+            TcpStream::connect(new).is_err(),
+            "a stopping server listens on the address a SIGHUP gave it"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut server = server;
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut server.stdout, &mut rest).unwrap();
+    let status = server.child.wait().unwrap();
+    std::mem::forget(server); // reaped: its pid must not be signalled again
+    assert!(status.success(), "{status:?}");
+    assert!(
+        !rest.contains(&format!("127.0.0.1:{new_port}")),
+        "stdout while stopping: {rest:?}"
+    );
+    drop(held);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A reload to another address on the port the server holds (127.0.0.1:P to 0.0.0.0:P): the
 /// new listeners bind beside the server's own, which must not be taken for another server's.
 #[test]

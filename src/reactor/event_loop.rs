@@ -431,6 +431,13 @@ impl EventLoop {
     /// Graceful stop: listeners close at once (new connections are refused), every connection
     /// is closed gracefully, and `run` returns when the last one is gone or after `drain`.
     pub fn shutdown_gracefully(&mut self, drain: Duration) {
+        self.shutdown_gracefully_until(Instant::now() + drain);
+    }
+
+    /// [`shutdown_gracefully`](Self::shutdown_gracefully) with the drain ending at `deadline`,
+    /// however late this loop gets to it: a stop posted to many loops is due when the signal
+    /// came, not when a loop busy in a long callback gets round to the task.
+    pub fn shutdown_gracefully_until(&mut self, deadline: Instant) {
         if self.draining {
             return;
         }
@@ -451,8 +458,8 @@ impl EventLoop {
         for id in conns {
             self.drain_conn(id);
         }
-        let deadline = self.deadline_after(drain);
-        self.timers.insert(deadline, TimerEvent::DrainDeadline);
+        let due = self.deadline_after(deadline.saturating_duration_since(Instant::now()));
+        self.timers.insert(due, TimerEvent::DrainDeadline);
         self.run_deferred();
     }
 

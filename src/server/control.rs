@@ -281,8 +281,10 @@ pub fn install_signals(el: &mut EventLoop, fleet: Arc<Fleet>, drain: Duration) -
             crate::ops::notify::stopping();
             super::arm_stop_watchdog(drain);
             fleet.stop_listening();
-            fleet.broadcast(move |el| el.shutdown_gracefully(drain));
-            el.shutdown_gracefully(drain);
+            // One deadline for every loop, counted from the signal.
+            let until = Instant::now() + drain;
+            fleet.broadcast(move |el| el.shutdown_gracefully_until(until));
+            el.shutdown_gracefully_until(until);
             // Up until the worker loops are done, so that a second SIGINT is still heard
             // (signals are read here only); the stop watchdog bounds the wait.
             el.hold_drain();

@@ -310,6 +310,10 @@ fn on_signal<M: Master>(el: &mut EventLoop, m: &Shared<M>, sig: Signal) {
             }
         }
         Signal::SIGUSR2 => report(el, m),
+        // A stopping master neither reloads nor passes it on (see `server::stopping`).
+        Signal::SIGHUP if m.borrow().children().stopping => {
+            tracing::info!("SIGHUP while stopping: ignored");
+        }
         Signal::SIGHUP => m.borrow().hang_up(),
         Signal::SIGUSR1 => {
             crate::ops::log::reopen_all();
@@ -382,13 +386,15 @@ fn begin_stop<M: Master>(el: &mut EventLoop, m: &Shared<M>, sig: Signal) {
         return;
     }
     mm.children_mut().stopping = true;
+    super::mark_stopping();
+    let (what, drain) = (mm.children().what, mm.children().drain);
+    tracing::info!("{sig:?}: stopping; every {what} drains its connections for up to {drain:?}");
     crate::ops::notify::stopping();
     mm.close(el);
     if mm.children().signal_all(Signal::SIGTERM) == 0 {
         el.stop();
         return;
     }
-    let what = mm.children().what;
     let m2 = m.clone();
     el.run_after(mm.children().drain + KILL_MARGIN, move |el| {
         let stragglers: Vec<Pid> = m2.borrow().children().live().map(|(_, p)| p).collect();
@@ -472,7 +478,10 @@ pub(super) fn serve_child(
             super::reload::reload_in_worker();
         }
         Signal::SIGUSR1 => crate::ops::log::reopen_all(),
-        _ => el.shutdown_gracefully(drain),
+        _ => {
+            super::mark_stopping();
+            el.shutdown_gracefully(drain);
+        }
     })?;
     setup(&mut el)?;
     publish_periodically(&mut el, board.clone(), slot);

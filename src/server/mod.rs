@@ -267,13 +267,26 @@ fn exit_now() -> ! {
     std::process::exit(0)
 }
 
+/// Set once this process begins to stop (SIGTERM, SIGINT), whatever its model.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks this process as stopping; true the first time.
+pub(crate) fn mark_stopping() -> bool {
+    !STOPPING.swap(true, std::sync::atomic::Ordering::SeqCst)
+}
+
+/// The process is stopping: a SIGHUP now must not reload, since a reload could open
+/// listeners again and take new clients into a server on its way out.
+pub(crate) fn stopping() -> bool {
+    STOPPING.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// True for the SIGINT or SIGTERM that starts a stop. Another one while that stop drains is
 /// the operator insisting (Ctrl-C twice): it is said, and the process ends at once rather
 /// than make them wait out `--drain-timeout` or reach for SIGKILL. For the models that serve
 /// in this process; the forking masters do the same with their children (`forking`).
 pub(crate) fn first_stop_signal(sig: nix::sys::signal::Signal) -> bool {
-    static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if !STOPPING.swap(true, std::sync::atomic::Ordering::SeqCst) {
+    if mark_stopping() {
         return true;
     }
     tracing::warn!("{sig:?} again while stopping: exiting now, without waiting for the drain");

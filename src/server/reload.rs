@@ -75,6 +75,12 @@ pub fn reload_in_worker() -> bool {
 }
 
 fn reload_and_say(loud: bool) -> bool {
+    if super::stopping() {
+        if loud {
+            tracing::info!("SIGHUP while stopping: ignored");
+        }
+        return false;
+    }
     let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
     let Some(live) = live.as_mut() else {
         if loud {
