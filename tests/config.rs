@@ -99,7 +99,7 @@ fn every_key_is_read() {
 [echo]
 listen = "127.0.0.1:7070"
 engine = "epoll-lt"
-model = "half-sync"
+model = "multi-reactor"
 threads = 3
 accept = "acceptor"
 idle_timeout = 30.5
@@ -125,7 +125,7 @@ engine = "select"
         Some(ServerSettings {
             listen: Some("127.0.0.1:7070".parse().unwrap()),
             engine: Some(Engine::EpollLt),
-            model: Some(Model::HalfSync),
+            model: Some(Model::MultiReactor),
             threads: Some(3),
             accept: Some(AcceptStrategy::Acceptor),
             idle_timeout: Some(Duration::from_millis(30_500)),
@@ -1015,6 +1015,54 @@ work_ms = 3
             "8: key `http.autoindex`: expected true or false, got string \"yes\"",
             "9: key `http.work_ms`: only [echo] takes work_ms; http has no handler work to delay",
         ],
+    );
+}
+
+/// Keys valid one by one that cannot go together are the file's errors too, with the line of
+/// the key blamed: `check-config` said "ok" for these and the server then refused to start
+/// (exit 2) with a message naming command-line flags.
+#[test]
+fn keys_that_cannot_go_together_are_errors_with_their_line() {
+    assert_errors(
+        "conflicts",
+        r#"[echo]
+listen = "127.0.0.1:9000"
+admin = "0.0.0.0:9000"
+
+[discard]
+model = "leader-followers"
+engine = "poll"
+
+[http]
+model = "prefork"
+accept = "acceptor"
+"#,
+        &[
+            "3: key `echo.admin`: admin 0.0.0.0:9000 and listen 127.0.0.1:9000 would share a \
+             port: the admin listener needs one of its own",
+            "7: key `discard.engine`: the leader-followers model shares one epoll instance \
+             between its threads (EPOLLONESHOT): engine poll cannot do that; use epoll-lt or \
+             epoll-et",
+            "11: key `http.accept`: accept = acceptor is how the multi-reactor model hands \
+             connections to its loops; the prefork model accepts its own way: drop it or use \
+             model multi-reactor",
+        ],
+    );
+    assert_errors(
+        "log-conflicts",
+        "[echo]\nlog_target = \"file\"\n\n[http]\nlog_file = \"/tmp/k.log\"\nlog_target = \"stderr\"\n",
+        &[
+            "2: key `echo.log_target`: log target `file` needs a log file (log_file, --log-file \
+             PATH)",
+            "6: key `http.log_target`: log target `stderr` writes no file, but a log file is set \
+             (/tmp/k.log): drop one of them",
+        ],
+    );
+    // A key already wrong on its own is said once, not again as a conflict of its default.
+    assert_errors(
+        "conflict-after-error",
+        "[echo]\nmodel = \"leader-followers\"\nengine = \"kqueue\"\n",
+        &["3: key `echo.engine`: expected one of select, poll, epoll-lt, epoll-et, got \"kqueue\""],
     );
 }
 

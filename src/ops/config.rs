@@ -332,6 +332,59 @@ impl ServerSettings {
         }
     }
 
+    /// Settings each valid alone that cannot go together: the key to blame (as in the file)
+    /// and why. `keel check-config` and a reload report them with the file and line; the
+    /// command line refuses them (exit 2) before the server starts.
+    pub fn conflict(&self) -> Option<(&'static str, String)> {
+        let (engine, model) = (
+            self.engine.unwrap_or_default(),
+            self.model.unwrap_or_default(),
+        );
+        if model == Model::LeaderFollowers && !matches!(engine, Engine::EpollLt | Engine::EpollEt) {
+            return Some((
+                "engine",
+                format!(
+                    "the leader-followers model shares one epoll instance between its threads \
+                     (EPOLLONESHOT): engine {engine} cannot do that; use epoll-lt or epoll-et"
+                ),
+            ));
+        }
+        let listen = self.listen.unwrap_or(DEFAULT_LISTEN);
+        // IPv6 listeners are V6ONLY (`net::bind_tcp`): only the same family can clash.
+        if let Some(admin) = self.admin.filter(|a| {
+            a.port() != 0 && a.port() == listen.port() && a.is_ipv4() == listen.is_ipv4()
+        }) {
+            if admin.ip() == listen.ip()
+                || admin.ip().is_unspecified()
+                || listen.ip().is_unspecified()
+            {
+                return Some((
+                    "admin",
+                    format!(
+                        "admin {admin} and listen {listen} would share a port: the admin \
+                         listener needs one of its own"
+                    ),
+                ));
+            }
+        }
+        if self.accept == Some(AcceptStrategy::Acceptor) && model != Model::MultiReactor {
+            // Only multi-reactor hands connections from one acceptor to its loops; the other
+            // models accept their own way, so the setting would be silently ignored.
+            return Some((
+                "accept",
+                format!(
+                    "accept = acceptor is how the multi-reactor model hands connections to its \
+                     loops; the {model} model accepts its own way: drop it or use model \
+                     multi-reactor"
+                ),
+            ));
+        }
+        if let Err(e) = self.log_settings() {
+            return Some(("log_target", e));
+        }
+        None
+    }
+
     /// Logging as configured: `log_file` implies the file target.
     pub fn log_settings(&self) -> Result<crate::ops::log::LogSettings, String> {
         use crate::ops::log::{LogSettings, LogTarget};
@@ -342,10 +395,21 @@ impl ServerSettings {
         s.target = match (self.log_target.as_deref(), &self.log_file) {
             (None | Some("file"), Some(path)) => LogTarget::File(path.clone()),
             (Some("file"), None) => {
-                return Err("log target `file` needs a log file (--log-file PATH)".to_string())
+                return Err(
+                    "log target `file` needs a log file (log_file, --log-file PATH)".to_string(),
+                )
             }
-            (Some("syslog"), _) => LogTarget::Syslog,
-            (None | Some("stderr"), _) => LogTarget::Stderr,
+            (Some(target @ ("stderr" | "syslog")), Some(path)) => {
+                // Silently logging elsewhere than the file named would lose what the operator
+                // will look for there.
+                return Err(format!(
+                    "log target `{target}` writes no file, but a log file is set ({}): drop \
+                     one of them",
+                    path.display()
+                ));
+            }
+            (Some("syslog"), None) => LogTarget::Syslog,
+            (None | Some("stderr"), None) => LogTarget::Stderr,
             (Some(other), _) => {
                 return Err(format!(
                     "log target {other:?}: expected one of {}",
@@ -374,41 +438,15 @@ impl ServerSettings {
             }
             None => None,
         };
+        if let Some((_, message)) = self.conflict() {
+            // Refused here, with the other bad arguments (exit 2), not once the server starts.
+            return Err(message);
+        }
         let (engine, model) = (
             self.engine.unwrap_or_default(),
             self.model.unwrap_or_default(),
         );
-        if model == Model::LeaderFollowers && !matches!(engine, Engine::EpollLt | Engine::EpollEt) {
-            // Refused here, with the other bad arguments (exit 2), not once the server starts.
-            return Err(format!(
-                "the leader-followers model shares one epoll instance between its threads \
-                 (EPOLLONESHOT): --engine {engine} cannot do that; use epoll-lt or epoll-et"
-            ));
-        }
         let listen = self.listen.unwrap_or(DEFAULT_LISTEN);
-        // IPv6 listeners are V6ONLY (`net::bind_tcp`): only the same family can clash.
-        if let Some(admin) = self.admin.filter(|a| {
-            a.port() != 0 && a.port() == listen.port() && a.is_ipv4() == listen.is_ipv4()
-        }) {
-            if admin.ip() == listen.ip()
-                || admin.ip().is_unspecified()
-                || listen.ip().is_unspecified()
-            {
-                return Err(format!(
-                    "--admin {admin} and --listen {listen} would share a port: the admin \
-                     listener needs one of its own"
-                ));
-            }
-        }
-        if self.accept == Some(AcceptStrategy::Acceptor) && model != Model::MultiReactor {
-            // Only multi-reactor hands connections from one acceptor to its loops; the other
-            // models accept their own way, so the setting would be silently ignored.
-            return Err(format!(
-                "--accept acceptor (`accept` in the file) is how the multi-reactor model hands \
-                 connections to its loops; the {model} model accepts its own way: drop it or \
-                 use --model multi-reactor"
-            ));
-        }
         Ok(ServerOptions {
             listen,
             engine,
@@ -731,7 +769,8 @@ impl Checker<'_> {
                 .find(|s| s.name() == name.get_ref());
             match (section, value.get_ref()) {
                 (Some(section), DeValue::Table(table)) => {
-                    *config.section_mut(section) = Some(self.server(section, table));
+                    let settings = self.server(section, name.span(), table);
+                    *config.section_mut(section) = Some(settings);
                 }
                 (Some(section), _) => self.bad(
                     section.name(),
@@ -757,7 +796,13 @@ impl Checker<'_> {
         config
     }
 
-    fn server(&mut self, section: Section, table: &DeTable<'_>) -> ServerSettings {
+    fn server(
+        &mut self,
+        section: Section,
+        header: Range<usize>,
+        table: &DeTable<'_>,
+    ) -> ServerSettings {
+        let errors_before = self.errors.len();
         let mut s = ServerSettings::default();
         for (name, value) in table {
             let key = format!("{section}.{}", name.get_ref());
@@ -888,6 +933,17 @@ impl Checker<'_> {
                         format!("unknown key; expected one of {}", expected.join(", ")),
                     );
                 }
+            }
+        }
+        // Keys each valid alone that cannot go together, blamed on the line of the key named
+        // (once the keys are valid one by one: a bad value would be taken for the default).
+        if self.errors.len() == errors_before {
+            if let Some((blamed, message)) = s.conflict() {
+                let at = table
+                    .iter()
+                    .find(|(n, _)| n.get_ref() == blamed)
+                    .map_or(header, |(n, _)| n.span());
+                self.error(at, Some(format!("{section}.{blamed}")), message);
             }
         }
         s
