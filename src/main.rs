@@ -51,11 +51,12 @@ enum Command {
 /// (`keel::ops::config::ServerSettings::to_options`).
 #[derive(Args)]
 struct ServerArgs {
-    /// TOML configuration file; its section for this server ([echo], [discard]) sets the
-    /// defaults, options given on the command line override it.
+    /// TOML configuration file; its section for this server ([echo], [discard], [http]) sets
+    /// the defaults, options given on the command line override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Address to listen on (IP:PORT; port 0 picks a free one) [default: 127.0.0.1:7007].
+    /// Address to listen on (IP:PORT; port 0 picks a free one) [default: 127.0.0.1:7007;
+    /// http: 127.0.0.1:8080].
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// Readiness engine: select, poll, epoll-lt, epoll-et [default: epoll-et].
@@ -119,7 +120,7 @@ struct ServerArgs {
     #[arg(long, value_name = "FILE")]
     pid_file: Option<PathBuf>,
     /// Raise RLIMIT_NOFILE to this many fds at start (if refused, the limit in force is said).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
     rlimit_nofile: Option<u64>,
     /// Detach from the terminal once listening: double fork, setsid, chdir /, umask 027,
     /// standard streams on /dev/null (bind errors still reach the terminal). `=false` undoes

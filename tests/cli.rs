@@ -96,6 +96,8 @@ fn bad_arguments_exit_2() {
         // A setting the model would ignore.
         &["echo", "--model", "prefork", "--accept", "acceptor"][..],
         &["http", "--model", "half-sync", "--accept", "acceptor"][..],
+        // Refused by the file too ("from 1 to 1073741824").
+        &["echo", "--rlimit-nofile", "0"][..],
         &["bench", "pingpong", "--addr", "127.0.0.1:9", "--conns", "0"][..],
         &["bench", "pingpong", "--addr", "127.0.0.1:9", "--size", "0"][..],
         &["no-such-subcommand"][..],

@@ -1058,6 +1058,16 @@ accept = "acceptor"
              (/tmp/k.log): drop one of them",
         ],
     );
+    // `keel http` listens on 8080 unless told otherwise, the others on 7007.
+    assert_errors(
+        "http-admin-on-default-port",
+        "[http]\nadmin = \"127.0.0.1:8080\"\n",
+        &[
+            "2: key `http.admin`: admin 127.0.0.1:8080 and listen 127.0.0.1:8080 would share a \
+           port: the admin listener needs one of its own",
+        ],
+    );
+    load_ok("http-admin-on-7007", "[http]\nadmin = \"127.0.0.1:7007\"\n");
     // A key already wrong on its own is said once, not again as a conflict of its default.
     assert_errors(
         "conflict-after-error",

@@ -256,6 +256,64 @@ fn user_drops_root_after_binding() {
     util::assert_serves(&srv, "after dropping to nobody");
 }
 
+/// Started as the user it is told to become (a unit file's `--user nobody` run by nobody), it
+/// runs: there is nothing to switch. It used to fail on initgroups' EPERM, after the
+/// listening lines. Told to become someone else without root, it says why and exits 1.
+#[test]
+fn user_as_that_user_without_root_runs_and_another_is_refused() {
+    if !running_as_root() {
+        return; // the test needs root to start keel as nobody
+    }
+    use std::io::{BufRead, Read, Write};
+    use std::os::unix::process::CommandExt;
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let as_nobody = |user: &str| {
+        let mut c = Command::new(keel_bin());
+        c.args(["echo", "--listen", "127.0.0.1:0", "--user", user])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .uid(nobody.uid.as_raw())
+            .gid(nobody.gid.as_raw());
+        // (std drops the supplementary groups of a root parent when it sets the uid.)
+        c.spawn().unwrap()
+    };
+    let mut child = as_nobody("nobody");
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let addr: SocketAddr = first
+        .trim()
+        .strip_prefix("listening tcp ")
+        .unwrap_or_else(|| panic!("first line {first:?}"))
+        .parse()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200)); // past the drop (a no-op here)
+    assert_eq!(
+        child.try_wait().unwrap(),
+        None,
+        "keel --user nobody as nobody exited"
+    );
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"as nobody").unwrap();
+    let mut got = [0u8; 9];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"as nobody");
+    drop(s);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(child.wait().unwrap().success());
+
+    let out = as_nobody("root").wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot switch to user \"root\"") && err.contains("not as root"),
+        "{err}"
+    );
+}
+
 #[test]
 fn an_unknown_user_is_refused() {
     let out = Command::new(keel_bin())

@@ -211,6 +211,33 @@ fn a_scrape_does_not_wait_for_a_busy_handler() {
     );
 }
 
+/// Scrapes one after another while a loop is stuck in a handler: the control loop waits for
+/// that loop's answer (up to 50 ms) once, then takes what it last published without waiting
+/// for a second. Each scrape used to wait the whole 50 ms: 100 concurrent scrapes queued for
+/// 5 s on the control loop.
+#[test]
+fn scrapes_in_a_row_wait_for_a_stuck_loop_once() {
+    let srv = Opts::echo("epoll-et")
+        .arg("--threads", "1")
+        .arg("--work-ms", "3000")
+        .arg("--admin", "127.0.0.1:0")
+        .spawn();
+    let admin = srv.admin_addr().expect("a `listening admin` line");
+    let mut busy = connect(srv.tcp);
+    busy.write_all(b"x").unwrap();
+    std::thread::sleep(Duration::from_millis(300)); // its handler is asleep now
+    let start = Instant::now();
+    for _ in 0..30 {
+        let r = get(admin, "/metrics");
+        assert_eq!(r.status, 200);
+    }
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_millis(800),
+        "30 scrapes took {took:?} while a loop was stuck (50 ms each would be 1.5 s)"
+    );
+}
+
 #[test]
 fn sigusr1_reopens_the_access_log_after_rotation() {
     let dir = temp_dir("reopen");

@@ -128,9 +128,11 @@ impl Site {
         };
         let access_log = match &settings.access_log {
             None => None,
-            Some(path) => Some(open_access_log(path).map_err(|e| {
-                io::Error::new(e.kind(), format!("access log {}: {e}", path.display()))
-            })?),
+            // The error names the path already ("log file PATH: ...").
+            Some(path) => Some(
+                open_access_log(path)
+                    .map_err(|e| io::Error::new(e.kind(), format!("access log: {e}")))?,
+            ),
         };
         Ok(Arc::new(Site {
             settings,

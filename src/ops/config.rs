@@ -938,7 +938,12 @@ impl Checker<'_> {
         // Keys each valid alone that cannot go together, blamed on the line of the key named
         // (once the keys are valid one by one: a bad value would be taken for the default).
         if self.errors.len() == errors_before {
-            if let Some((blamed, message)) = s.conflict() {
+            // As the server would run it: `keel http` listens on its own default port.
+            let mut effective = s.clone();
+            if section == Section::Http {
+                effective.listen = effective.listen.or(Some(DEFAULT_HTTP_LISTEN));
+            }
+            if let Some((blamed, message)) = effective.conflict() {
                 let at = table
                     .iter()
                     .find(|(n, _)| n.get_ref() == blamed)

@@ -28,6 +28,9 @@ pub fn drop_to(user: Option<&str>, group: Option<&str>) -> io::Result<()> {
         ),
         None => pw.as_ref().map(|u| u.gid),
     };
+    if !nix::unistd::geteuid().is_root() {
+        return already_there(pw.as_ref(), gid, user, group);
+    }
     let refuse = |what: &str, e: nix::Error| {
         io::Error::new(
             io::ErrorKind::PermissionDenied,
@@ -60,4 +63,36 @@ pub fn drop_to(user: Option<&str>, group: Option<&str>) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Not root: nothing can be switched, so the process must already be what it was told to
+/// become (a unit file's `--user www` run by `www` itself is fine, as nginx takes it);
+/// anything else is refused, saying why, rather than failing on EPERM halfway.
+fn already_there(
+    pw: Option<&User>,
+    gid: Option<nix::unistd::Gid>,
+    user: Option<&str>,
+    group: Option<&str>,
+) -> io::Result<()> {
+    use nix::unistd::{getegid, geteuid, getgid, getuid};
+    let same_user = pw.is_none_or(|u| u.uid == getuid() && u.uid == geteuid());
+    let same_group = gid.is_none_or(|g| g == getgid() && g == getegid());
+    if same_user && same_group {
+        return Ok(());
+    }
+    let wanted = match (user, group) {
+        (Some(u), Some(g)) => format!("user {u:?} and group {g:?}"),
+        (Some(u), None) => format!("user {u:?}"),
+        (None, Some(g)) => format!("group {g:?}"),
+        (None, None) => unreachable!("nothing to switch to is the same user and group"),
+    };
+    Err(io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!(
+            "cannot switch to {wanted}: keel runs as uid {} gid {}, not as root; start it as \
+             root, or as that user without --user/--group",
+            getuid(),
+            getgid()
+        ),
+    ))
 }

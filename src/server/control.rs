@@ -29,6 +29,9 @@ pub struct Fleet {
 /// published instead.
 const ANSWER_WAIT: Duration = Duration::from_millis(50);
 
+/// How long a loop that missed [`ANSWER_WAIT`] is not waited for.
+const SLOW_FOR: Duration = Duration::from_secs(1);
+
 #[derive(Default)]
 struct FleetState {
     next_id: u64,
@@ -40,6 +43,11 @@ struct FleetState {
     /// between being asked and answering is neither lost nor counted twice.
     watchers: usize,
     recent: Vec<(u64, LoopStats)>,
+    /// Loops that missed a snapshot's [`ANSWER_WAIT`], and when: for [`SLOW_FOR`] after, a
+    /// snapshot takes what they last published without waiting for them, so that scrapes
+    /// coming one after another do not each hold the control loop for a loop stuck in a
+    /// handler.
+    slow: Vec<(u64, Instant)>,
 }
 
 impl Fleet {
@@ -170,10 +178,17 @@ impl Fleet {
 
     /// The total, and each live loop's counters as it answered (for per-loop series).
     pub fn snapshot(&self, own: &LoopStats) -> (LoopStats, Vec<LoopStats>) {
-        let (asked, base) = {
+        let (asked, base, awaited) = {
             let mut st = self.state();
             st.watchers += 1;
-            (st.loops.clone(), st.finished.clone())
+            st.slow.retain(|(_, since)| since.elapsed() < SLOW_FOR);
+            let awaited: Vec<u64> = st
+                .loops
+                .iter()
+                .map(|(id, _)| *id)
+                .filter(|id| !st.slow.iter().any(|(s, _)| s == id))
+                .collect();
+            (st.loops.clone(), st.finished.clone(), awaited)
         };
         let (tx, rx) = mpsc::channel();
         for (id, h) in &asked {
@@ -188,18 +203,30 @@ impl Fleet {
                   // under thread-per-connection, say) is counted as it last published.
         let mut answers: Vec<(u64, LoopStats)> = Vec::with_capacity(asked.len());
         let deadline = Instant::now() + ANSWER_WAIT;
-        while answers.len() < asked.len() {
+        let mut waiting_for = awaited.len();
+        while waiting_for > 0 {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(a) => answers.push(a),
+                Ok(a) => {
+                    if awaited.contains(&a.0) {
+                        waiting_for -= 1;
+                    }
+                    answers.push(a);
+                }
                 Err(_) => break,
             }
         }
+        // Whatever else came in meanwhile, without waiting.
+        answers.extend(rx.try_iter());
         let mut st = self.state();
         // Each loop asked and silent: its final counters if it ended meanwhile, else what it
         // last published.
         for (id, h) in &asked {
             if answers.iter().any(|(i, _)| i == id) {
+                st.slow.retain(|(s, _)| s != id);
                 continue;
+            }
+            if !st.slow.iter().any(|(s, _)| s == id) {
+                st.slow.push((*id, Instant::now()));
             }
             let ended = st
                 .recent
