@@ -87,6 +87,21 @@ def require_binaries(paths: Iterable[Path]) -> None:
         )
 
 
+def compile_c(src: Path, out: Path) -> Path:
+    """gcc -O2 SRC -o OUT (a floor program); a clear error when gcc is missing or fails."""
+    import shutil
+    gcc = shutil.which("gcc")
+    if not gcc:
+        raise BenchError("gcc not found on PATH: install it with `apt-get install gcc`")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [gcc, "-O2", "-o", str(out), str(src)]
+    log("building: " + " ".join(cmd))
+    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+    if r.returncode != 0:
+        raise BenchError(f"gcc failed on {src.name}:\n" + r.stderr.decode(errors="replace"))
+    return out
+
+
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
