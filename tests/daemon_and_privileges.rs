@@ -330,6 +330,9 @@ fn an_unknown_user_is_refused() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no such user \"no-such-user-keel\""), "{err}");
+    // Found out before binding: no `listening` line for a script to take for a start.
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.contains("listening"), "stdout: {out:?}");
 }
 
 #[test]

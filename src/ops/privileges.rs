@@ -10,24 +10,7 @@ use nix::unistd::{initgroups, setgid, setgroups, setuid, Group, User};
 /// not change its groups. Any failure is an error: a server told to drop root must not go on as
 /// root.
 pub fn drop_to(user: Option<&str>, group: Option<&str>) -> io::Result<()> {
-    let pw =
-        match user {
-            Some(name) => Some(User::from_name(name).map_err(io::Error::from)?.ok_or_else(
-                || io::Error::new(io::ErrorKind::NotFound, format!("no such user {name:?}")),
-            )?),
-            None => None,
-        };
-    let gid = match group {
-        Some(name) => Some(
-            Group::from_name(name)
-                .map_err(io::Error::from)?
-                .ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::NotFound, format!("no such group {name:?}"))
-                })?
-                .gid,
-        ),
-        None => pw.as_ref().map(|u| u.gid),
-    };
+    let (pw, gid) = look_up(user, group)?;
     if !nix::unistd::geteuid().is_root() {
         return already_there(pw.as_ref(), gid, user, group);
     }
@@ -63,6 +46,34 @@ pub fn drop_to(user: Option<&str>, group: Option<&str>) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The user's entry and the gid to switch to (`group`'s, else the user's primary group);
+/// an unknown name is an error. Called before binding too, so that a typo fails the start
+/// before the `listening` lines.
+pub fn look_up(
+    user: Option<&str>,
+    group: Option<&str>,
+) -> io::Result<(Option<User>, Option<nix::unistd::Gid>)> {
+    let pw =
+        match user {
+            Some(name) => Some(User::from_name(name).map_err(io::Error::from)?.ok_or_else(
+                || io::Error::new(io::ErrorKind::NotFound, format!("no such user {name:?}")),
+            )?),
+            None => None,
+        };
+    let gid = match group {
+        Some(name) => Some(
+            Group::from_name(name)
+                .map_err(io::Error::from)?
+                .ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, format!("no such group {name:?}"))
+                })?
+                .gid,
+        ),
+        None => pw.as_ref().map(|u| u.gid),
+    };
+    Ok((pw, gid))
 }
 
 /// Not root: nothing can be switched, so the process must already be what it was told to

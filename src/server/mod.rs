@@ -202,6 +202,11 @@ pub fn serve(opts: &ServerOptions, service: &Service) -> io::Result<()> {
             eprintln!("keel: {why}; the fd limit in force is {now}");
         }
     }
+    // Before binding and before the `listening` lines: a script waiting for them must not
+    // take a server that is about to exit for want of its user for a started one.
+    if opts.user.is_some() || opts.group.is_some() {
+        crate::ops::privileges::look_up(opts.user.as_deref(), opts.group.as_deref())?;
+    }
     // Before binding: a second instance is refused with the running one's pid, not with a
     // less telling "address in use". Held (and removed at the end) for the server's life.
     if let Some(path) = &opts.pid_file {
