@@ -24,7 +24,8 @@
 //! - **Backpressure**: the queue is bounded (16 jobs per worker, at least 64). When it is full,
 //!   a connection with work waits its turn in a FIFO list served as jobs complete (every
 //!   completion frees a slot and comes back to the reactor), and the connection stops being
-//!   read; it also stops being read once 64 KiB are waiting for its busy handler. The kernel's
+//!   read; it also stops being read once 64 KiB are waiting for its busy handler (the job's
+//!   own input and what a paused handler left count too: [`Side::waiting`]). The kernel's
 //!   receive window then pushes back on the clients: memory stays bounded by the number of
 //!   connections, whatever the clients send.
 //! - **Shutdown** (SIGINT/SIGTERM): the listener closes; what clients have sent is still
@@ -63,7 +64,8 @@ use crate::reactor::{EventLoop, LoopHandle, Note, Signal};
 const QUEUE_PER_WORKER: usize = 16;
 /// The smallest request queue.
 const MIN_QUEUE: usize = 64;
-/// Input waiting for a busy handler beyond which the connection stops being read.
+/// Input waiting for a busy handler beyond which the connection stops being read (see
+/// [`Side::waiting`]).
 const MAX_BACKLOG: usize = 64 * 1024;
 
 pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
@@ -351,6 +353,8 @@ struct Side {
     /// given (it left them unconsumed, waiting for more).
     input: Option<Buffer>,
     seen: usize,
+    /// The input handed to the job under way, if it is an `on_data` (0 otherwise).
+    in_job: usize,
     /// Callbacks other than `on_data`, in the order the loop made them.
     events: VecDeque<Call>,
     /// Reading paused by the handler (`pause_read`), by the shim (backlog), and what the loop
@@ -373,6 +377,7 @@ impl Side {
             write_shut: false,
             input: None,
             seen: 0,
+            in_job: 0,
             events: VecDeque::new(),
             handler_paused: false,
             backlog_paused: false,
@@ -386,6 +391,16 @@ impl Side {
             .as_ref()
             .map_or(0, |b| b.len())
             .saturating_sub(self.seen)
+    }
+
+    /// Input waiting for the handler, what the backlog rule ([`MAX_BACKLOG`]) counts: bytes
+    /// no job has had yet, those of the job under way (they may come back unconsumed), and
+    /// those a handler left when it paused (it does not want them now; it gets them again
+    /// when it resumes). Left out: what a handler that did not pause left unconsumed, since
+    /// it is waiting for more (a frame longer than what came), and must get it.
+    fn waiting(&self) -> usize {
+        let left_paused = if self.handler_paused { self.seen } else { 0 };
+        self.unseen() + self.in_job + left_paused
     }
 
     /// The next callback to run. Events other than the peer's FIN and the close go first
@@ -475,8 +490,7 @@ impl Handler for Shim {
             // Input the handler cannot take now: stop reading when the queue is full or the
             // busy handler has enough waiting (the kernel's window then stops the peer).
             let mut s = lock(&self.side);
-            let unseen = s.unseen();
-            if (s.blocked && unseen > 0) || unseen >= MAX_BACKLOG {
+            if (s.blocked && s.unseen() > 0) || s.waiting() >= MAX_BACKLOG {
                 s.backlog_paused = true;
             }
         }
@@ -533,7 +547,7 @@ fn pump(el: &mut EventLoop, hub: &Arc<Hub>, id: ConnId, side: &Arc<Mutex<Side>>)
         return;
     }
     let Some(call) = s.next_call() else {
-        s.backlog_paused = false;
+        s.backlog_paused = s.waiting() >= MAX_BACKLOG;
         return;
     };
     if !hub.has_room() {
@@ -553,17 +567,20 @@ fn pump(el: &mut EventLoop, hub: &Arc<Hub>, id: ConnId, side: &Arc<Mutex<Side>>)
         side: side.clone(),
         hub: hub.clone(),
     };
-    let data = matches!(work.call, Call::Data(_));
+    let data = match &work.call {
+        Call::Data(b) => Some(b.len()),
+        _ => None,
+    };
     hub.queued.fetch_add(1, Ordering::SeqCst);
     match hub.tx.try_send(Job::Run(work)) {
         Ok(()) => {
             s.busy = true;
-            if data {
+            if let Some(len) = data {
                 s.seen = 0; // all of it went; what arrives now is new
+                s.in_job = len;
             }
-            if s.unseen() < MAX_BACKLOG {
-                s.backlog_paused = false;
-            }
+            // The job's input still counts: it may all come back, to a handler that paused.
+            s.backlog_paused = s.waiting() >= MAX_BACKLOG;
             hub.state().in_flight += 1;
         }
         Err(TrySendError::Full(job)) | Err(TrySendError::Disconnected(job)) => {
@@ -818,6 +835,7 @@ impl Reply {
         {
             let mut s = lock(&side);
             s.busy = false;
+            s.in_job = 0;
             match self.handler.take() {
                 Some(h) => s.handler = Some(h),
                 None => s.dead = true,
@@ -1096,6 +1114,26 @@ mod tests {
         assert_eq!(s.unseen(), 14);
         assert_eq!(kind(&s.next_call()), "data");
         assert_eq!(kind(&s.next_call()), "fin");
+    }
+
+    /// The backlog counts input a handler will get again (a job's, one left by a paused
+    /// handler), not input a handler left because it waits for more: a frame longer than
+    /// [`MAX_BACKLOG`] must still be read to the end.
+    #[test]
+    fn the_backlog_counts_what_a_handler_will_get_again() {
+        let mut s = Side::new(Box::new(Nop));
+        let big = vec![b'x'; MAX_BACKLOG + 10];
+        s.input = Some(bytes(&big));
+        s.seen = MAX_BACKLOG + 10; // left unconsumed: the frame is longer still
+        assert_eq!(s.waiting(), 0, "a handler waiting for more is read on");
+        s.handler_paused = true;
+        assert_eq!(s.waiting(), MAX_BACKLOG + 10, "a paused handler's leftover waits");
+        s.handler_paused = false;
+        s.seen = 0;
+        let call = s.next_call();
+        assert_eq!(kind(&call), "data");
+        s.in_job = MAX_BACKLOG + 10;
+        assert!(s.waiting() >= MAX_BACKLOG, "a job's input may all come back");
     }
 
     /// The drain reported for a handler that wrote and paused while the loop queued nothing
