@@ -841,3 +841,69 @@ fn sighup_reload_moves_echo_udp_too() {
     server.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// stderr a reader stopped reading (a full pipe): the log lines that find no room are dropped
+/// and counted, so a loop that logs is not frozen and a stop still ends within its drain.
+/// It used to block in write(2) on fd 2: the control thread on its "stopping" line, before
+/// the watchdog that bounds a stop was armed, for good (one instance sat 20 minutes).
+#[test]
+fn a_stderr_nobody_reads_neither_freezes_the_server_nor_holds_its_stop() {
+    use std::io::BufRead;
+    let dir = temp_dir("stuck-stderr");
+    std::fs::write(dir.join("x.txt"), "x").unwrap();
+    let mut child = std::process::Command::new(util::keel_bin())
+        .args(["http", "--listen", "127.0.0.1:0", "--threads", "1"])
+        .args(["--drain-timeout", "1", "--access-log", "/dev/stderr"])
+        .arg("--root")
+        .arg(&dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped()) // held, never read
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let addr: SocketAddr = first
+        .trim()
+        .strip_prefix("listening tcp ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    // 5,000 access log lines: far more than a pipe holds.
+    let mut s = connect(addr);
+    let req = b"GET /x.txt HTTP/1.1\r\nHost: t\r\n\r\n";
+    s.write_all(&req.repeat(5000)).unwrap();
+    let mut got = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    while got < 5000 {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed after {got} responses");
+        got += buf[..n]
+            .windows(12)
+            .filter(|w| w == b"HTTP/1.1 200")
+            .count();
+    }
+    drop(s);
+    // Logging still works around it: a SIGUSR1 (logged) and a new request on the loop.
+    nix::sys::signal::kill(pid, Signal::SIGUSR1).unwrap();
+    let r = get(addr, "/x.txt");
+    assert_eq!(r.status, 200);
+    let start = Instant::now();
+    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > Duration::from_secs(6) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running 6 s after SIGTERM with a full stderr");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -60,8 +60,10 @@ const FLUSH_WAIT: Duration = Duration::from_secs(1);
 /// (logs end up in files and journals, not only terminals), each event as
 /// `TIMESTAMP LEVEL target: message` with an RFC 3339 UTC timestamp.
 ///
-/// Stderr is written synchronously: it is a terminal or journald's pipe, and a daemon's stderr
-/// is /dev/null. A file goes through an [`AsyncWriter`]. Syslog sends one RFC 3164 datagram
+/// Stderr is written from the thread that logs (it is a terminal or journald's socket, and a
+/// daemon's stderr is /dev/null), but never waits on it for long: a reader that stopped
+/// reading costs a line 50 ms once, then lines are dropped and counted until it reads again
+/// (`ops::stderr`). A file goes through an [`AsyncWriter`]. Syslog sends one RFC 3164 datagram
 /// per event to `/dev/log` (facility daemon, severity from the level, no timestamp: the
 /// daemon adds its own).
 ///
@@ -71,7 +73,7 @@ pub fn init(settings: &LogSettings) -> io::Result<LogGuard> {
     let filter = parse_filter(&settings.filter)?;
     match &settings.target {
         LogTarget::Stderr => {
-            install(filter, io::stderr, true)?;
+            install(filter, crate::ops::stderr::BoundedStderr, true)?;
             Ok(LogGuard { writer: None })
         }
         LogTarget::File(path) => {
@@ -379,6 +381,11 @@ impl<'a> MakeWriter<'a> for AsyncWriter {
     fn make_writer(&'a self) -> Self::Writer {
         self
     }
+}
+
+/// Counts lines dropped outside a writer (stderr that stayed full: `ops::stderr`).
+pub(crate) fn count_dropped_lines(n: u64) {
+    DROPPED.fetch_add(n, Ordering::Relaxed);
 }
 
 fn count_dropped(own: &AtomicU64, n: u64) {

@@ -6,6 +6,7 @@
 //! - [`privileges`]: dropping root after binding (`--user`, `--group`).
 //! - [`notify`]: systemd's READY=1 / STOPPING=1.
 //! - [`log`]: logging (tracing) to stderr, a file or syslog, and the asynchronous line writer.
+//! - [`stderr`]: writing to stderr without hanging on a reader that stopped reading.
 //! - [`admin`]: the admin listener's `/metrics` and `/status`.
 //! - `--daemon` itself is `sys::process::daemonize`, run by `server::announce` once bound.
 
@@ -16,3 +17,4 @@ pub mod notify;
 pub mod pidfile;
 pub mod privileges;
 pub mod rlimit;
+pub mod stderr;

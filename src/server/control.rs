@@ -295,7 +295,7 @@ pub fn block_server_signals() -> io::Result<()> {
 /// configuration, SIGUSR1 reopens log files. Call before spawning threads.
 pub fn install_signals(el: &mut EventLoop, fleet: Arc<Fleet>, drain: Duration) -> io::Result<()> {
     el.add_signals(&SERVER_SIGNALS, move |el, sig| match sig {
-        Signal::SIGUSR2 => eprintln!("{}", fleet.total(el.stats())),
+        Signal::SIGUSR2 => crate::ops::stderr::say(&fleet.total(el.stats()).to_string()),
         Signal::SIGHUP => {
             super::reload::reload();
         }
@@ -354,5 +354,5 @@ pub fn serve_admin(
 /// After the control loop returned: waits for the worker loops, prints the final totals.
 pub fn finish(el: &EventLoop, fleet: &Fleet) {
     fleet.join();
-    eprintln!("{}", fleet.total(el.stats()));
+    crate::ops::stderr::say(&fleet.total(el.stats()).to_string());
 }

@@ -296,7 +296,7 @@ pub(super) fn run<M: Master>(
     // Normally every child has been reaped by now; make sure (the loop may have given up).
     let mut mm = m.borrow_mut();
     mm.children_mut().kill_all();
-    eprintln!("{}", mm.total(control.stats()));
+    crate::ops::stderr::say(&mm.total(control.stats()).to_string());
     Ok(())
 }
 
@@ -342,7 +342,7 @@ fn report<M: Master>(el: &mut EventLoop, m: &Shared<M>) {
         el,
         board,
         asked,
-        Box::new(move |el| eprintln!("{}", m.borrow().total(el.stats()))),
+        Box::new(move |el| crate::ops::stderr::say(&m.borrow().total(el.stats()).to_string())),
     );
 }
 

@@ -105,7 +105,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     stop_workers(&hub, workers);
     close_leftovers(&hub);
     result?;
-    eprintln!("{stats}");
+    crate::ops::stderr::say(&stats.to_string());
     Ok(())
 }
 
@@ -207,7 +207,7 @@ fn close_handler(mut h: Box<dyn Handler>, id: ConnId, reason: CloseReason, handl
 
 fn install_signals(el: &mut EventLoop, hub: Arc<Hub>, drain: Duration) -> io::Result<()> {
     el.add_signals(&super::control::SERVER_SIGNALS, move |el, sig| match sig {
-        Signal::SIGUSR2 => eprintln!("{}", el.stats()),
+        Signal::SIGUSR2 => crate::ops::stderr::say(&el.stats().to_string()),
         Signal::SIGHUP => {
             super::reload::reload();
         }
@@ -1127,13 +1127,20 @@ mod tests {
         s.seen = MAX_BACKLOG + 10; // left unconsumed: the frame is longer still
         assert_eq!(s.waiting(), 0, "a handler waiting for more is read on");
         s.handler_paused = true;
-        assert_eq!(s.waiting(), MAX_BACKLOG + 10, "a paused handler's leftover waits");
+        assert_eq!(
+            s.waiting(),
+            MAX_BACKLOG + 10,
+            "a paused handler's leftover waits"
+        );
         s.handler_paused = false;
         s.seen = 0;
         let call = s.next_call();
         assert_eq!(kind(&call), "data");
         s.in_job = MAX_BACKLOG + 10;
-        assert!(s.waiting() >= MAX_BACKLOG, "a job's input may all come back");
+        assert!(
+            s.waiting() >= MAX_BACKLOG,
+            "a job's input may all come back"
+        );
     }
 
     /// The drain reported for a handler that wrote and paused while the loop queued nothing

@@ -88,7 +88,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
         let sh = sh.clone();
         let udp_token = udp_token.clone();
         control.add_signals(&super::control::SERVER_SIGNALS, move |el, sig| match sig {
-            Signal::SIGUSR2 => eprintln!("{}", sh.total(el.stats())),
+            Signal::SIGUSR2 => crate::ops::stderr::say(&sh.total(el.stats()).to_string()),
             Signal::SIGHUP => {
                 super::reload::reload();
             }
@@ -134,7 +134,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     for t in threads {
         let _ = t.join();
     }
-    eprintln!("{}", sh.total(control.stats()));
+    crate::ops::stderr::say(&sh.total(control.stats()).to_string());
     res
 }
 
