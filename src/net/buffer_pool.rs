@@ -10,9 +10,12 @@
 //!
 //! The pool belongs to one event loop and is used from that loop's thread
 //! only: it is a plain `Vec` behind `&mut self`, with no locks and no atomics.
-//! Buffers that grew large while holding a big message are shrunk back on the
-//! way in, and the pool keeps at most `max_pooled` buffers, so an idle pool
-//! holds at most about `max_pooled * (buffer_size + Buffer::PREPEND)` bytes.
+//! Buffers that grew beyond four times a fresh one while holding a big message
+//! are shrunk back on the way in (one that grew less is kept as it is, so that
+//! a connection that regularly needs a little more does not pay a reallocation
+//! each time), and the pool keeps at most `max_pooled` buffers: an idle pool
+//! holds at most about `4 * max_pooled * (buffer_size + Buffer::PREPEND)`
+//! bytes, and about a quarter of that after ordinary traffic.
 
 use std::fmt;
 
