@@ -334,7 +334,15 @@ fn init_logging(settings: &ServerSettings) -> Option<keel::ops::log::LogGuard> {
         std::process::exit(2)
     });
     match keel::ops::log::init(&log) {
-        Ok(guard) => Some(guard),
+        Ok(guard) => {
+            if let Some((target, file)) = settings.ignored_log_file() {
+                tracing::warn!(
+                    "log file {} is not used: the log target is {target}",
+                    file.display()
+                );
+            }
+            Some(guard)
+        }
         Err(e) => {
             eprintln!("keel: {e}");
             std::process::exit(2)

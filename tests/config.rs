@@ -1050,29 +1050,74 @@ accept = "acceptor"
     );
     assert_errors(
         "log-conflicts",
-        "[echo]\nlog_target = \"file\"\n\n[http]\nlog_file = \"/tmp/k.log\"\nlog_target = \"stderr\"\n",
+        "[echo]\nlog_target = \"file\"\n",
         &[
             "2: key `echo.log_target`: log target `file` needs a log file (log_file, --log-file \
-             PATH)",
-            "6: key `http.log_target`: log target `stderr` writes no file, but a log file is set \
-             (/tmp/k.log): drop one of them",
+           PATH)",
         ],
     );
-    // `keel http` listens on 8080 unless told otherwise, the others on 7007.
-    assert_errors(
-        "http-admin-on-default-port",
+    // A conflict with a key the section leaves to the command line (or the default) is not
+    // the file's: `--listen` may move the site off the admin port, `--engine` may give
+    // leader-followers an epoll. And a log file beside another target loads (it is not
+    // used, and the server says so).
+    load_ok(
+        "admin-without-listen",
+        "[echo]\nadmin = \"127.0.0.1:7007\"\n",
+    );
+    load_ok(
+        "http-admin-without-listen",
         "[http]\nadmin = \"127.0.0.1:8080\"\n",
-        &[
-            "2: key `http.admin`: admin 127.0.0.1:8080 and listen 127.0.0.1:8080 would share a \
-           port: the admin listener needs one of its own",
-        ],
     );
-    load_ok("http-admin-on-7007", "[http]\nadmin = \"127.0.0.1:7007\"\n");
+    load_ok(
+        "lf-without-engine",
+        "[echo]\nmodel = \"leader-followers\"\n",
+    );
+    load_ok(
+        "stderr-and-file",
+        "[http]\nlog_file = \"/tmp/k.log\"\nlog_target = \"stderr\"\n",
+    );
     // A key already wrong on its own is said once, not again as a conflict of its default.
     assert_errors(
         "conflict-after-error",
         "[echo]\nmodel = \"leader-followers\"\nengine = \"kqueue\"\n",
         &["3: key `echo.engine`: expected one of select, poll, epoll-lt, epoll-et, got \"kqueue\""],
+    );
+}
+
+/// The log target and file go together across the command line and the file: a target that
+/// writes no file sets the file's `log_file` aside, a file the file's other target.
+#[test]
+fn the_command_line_log_target_and_file_override_the_file_as_a_pair() {
+    use keel::ops::log::LogTarget;
+    let file = |target: Option<&str>, path: Option<&str>| ServerSettings {
+        log_target: target.map(str::to_string),
+        log_file: path.map(std::path::PathBuf::from),
+        ..ServerSettings::default()
+    };
+    let target = |cli: ServerSettings, f: ServerSettings| cli.or(&f).log_settings().unwrap().target;
+    let from_file = || file(None, Some("/var/log/keel.log"));
+    assert_eq!(
+        target(file(Some("stderr"), None), from_file()),
+        LogTarget::Stderr
+    );
+    assert_eq!(
+        target(file(Some("file"), None), from_file()),
+        LogTarget::File("/var/log/keel.log".into())
+    );
+    assert_eq!(
+        target(file(None, Some("/tmp/x.log")), file(Some("syslog"), None)),
+        LogTarget::File("/tmp/x.log".into())
+    );
+    assert_eq!(
+        target(
+            file(None, Some("/tmp/x.log")),
+            file(Some("file"), Some("/var/log/k.log"))
+        ),
+        LogTarget::File("/tmp/x.log".into())
+    );
+    assert_eq!(
+        target(file(None, None), from_file()),
+        LogTarget::File("/var/log/keel.log".into())
     );
 }
 

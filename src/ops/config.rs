@@ -156,6 +156,17 @@ const LOG_TARGETS: [&str; 3] = ["stderr", "file", "syslog"];
 const KEEPALIVE_KEYS: [&str; 3] = ["idle", "interval", "count"];
 const ACCEPT_NAMES: [&str; 2] = ["reuseport", "acceptor"];
 
+/// Settings each valid alone that cannot go together ([`ServerSettings::conflict`]).
+#[derive(Debug)]
+pub struct Conflict {
+    /// The key to blame, as in the file.
+    pub blamed: &'static str,
+    /// Every key the conflict involves: a file section that leaves one of them to the
+    /// command line (or the default) is not in conflict on its own.
+    pub keys: &'static [&'static str],
+    pub message: String,
+}
+
 /// One server's settings, from a file section or from the command line. `None`: not set here
 /// (the next source, or the built-in default, decides).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -301,6 +312,21 @@ impl ServerSettings {
     /// Field by field: this value where set, else `fallback`'s. Call it as
     /// `command_line.or(&file_section)` so that flags override the file.
     pub fn or(self, fallback: &ServerSettings) -> ServerSettings {
+        // The log target and file go together: a target here that writes no file sets the
+        // fallback's file aside (`--log-target stderr` over a file's `log_file`), and a file
+        // here the fallback's other target (`--log-file` over `log_target = "syslog"`).
+        let log = match (self.log_target.clone(), self.log_file.clone()) {
+            (None, None) => (fallback.log_target.clone(), fallback.log_file.clone()),
+            (Some(target), None) => {
+                let file = fallback.log_file.clone().filter(|_| target == "file");
+                (Some(target), file)
+            }
+            (None, Some(file)) => {
+                let target = fallback.log_target.clone().filter(|t| t == "file");
+                (target, Some(file))
+            }
+            both => both,
+        };
         ServerSettings {
             listen: self.listen.or(fallback.listen),
             engine: self.engine.or(fallback.engine),
@@ -325,8 +351,8 @@ impl ServerSettings {
             user: self.user.or_else(|| fallback.user.clone()),
             group: self.group.or_else(|| fallback.group.clone()),
             admin: self.admin.or(fallback.admin),
-            log_target: self.log_target.or_else(|| fallback.log_target.clone()),
-            log_file: self.log_file.or_else(|| fallback.log_file.clone()),
+            log_target: log.0,
+            log_file: log.1,
             log_filter: self.log_filter.or_else(|| fallback.log_filter.clone()),
             http: self.http.or(&fallback.http),
         }
@@ -335,19 +361,20 @@ impl ServerSettings {
     /// Settings each valid alone that cannot go together: the key to blame (as in the file)
     /// and why. `keel check-config` and a reload report them with the file and line; the
     /// command line refuses them (exit 2) before the server starts.
-    pub fn conflict(&self) -> Option<(&'static str, String)> {
+    pub fn conflict(&self) -> Option<Conflict> {
         let (engine, model) = (
             self.engine.unwrap_or_default(),
             self.model.unwrap_or_default(),
         );
         if model == Model::LeaderFollowers && !matches!(engine, Engine::EpollLt | Engine::EpollEt) {
-            return Some((
-                "engine",
-                format!(
+            return Some(Conflict {
+                blamed: "engine",
+                keys: &["model", "engine"],
+                message: format!(
                     "the leader-followers model shares one epoll instance between its threads \
                      (EPOLLONESHOT): engine {engine} cannot do that; use epoll-lt or epoll-et"
                 ),
-            ));
+            });
         }
         let listen = self.listen.unwrap_or(DEFAULT_LISTEN);
         // IPv6 listeners are V6ONLY (`net::bind_tcp`): only the same family can clash.
@@ -358,31 +385,48 @@ impl ServerSettings {
                 || admin.ip().is_unspecified()
                 || listen.ip().is_unspecified()
             {
-                return Some((
-                    "admin",
-                    format!(
+                return Some(Conflict {
+                    blamed: "admin",
+                    keys: &["admin", "listen"],
+                    message: format!(
                         "admin {admin} and listen {listen} would share a port: the admin \
                          listener needs one of its own"
                     ),
-                ));
+                });
             }
         }
         if self.accept == Some(AcceptStrategy::Acceptor) && model != Model::MultiReactor {
             // Only multi-reactor hands connections from one acceptor to its loops; the other
             // models accept their own way, so the setting would be silently ignored.
-            return Some((
-                "accept",
-                format!(
+            return Some(Conflict {
+                blamed: "accept",
+                keys: &["accept", "model"],
+                message: format!(
                     "accept = acceptor is how the multi-reactor model hands connections to its \
                      loops; the {model} model accepts its own way: drop it or use model \
                      multi-reactor"
                 ),
-            ));
+            });
         }
-        if let Err(e) = self.log_settings() {
-            return Some(("log_target", e));
+        if let Err(message) = self.log_settings() {
+            return Some(Conflict {
+                blamed: "log_target",
+                keys: &["log_target"],
+                message,
+            });
         }
         None
+    }
+
+    /// A log file set beside a target that writes none (`stderr`, `syslog`): it is not
+    /// used, which the server says at start rather than refuse (files that set both
+    /// loaded before, and `--log-target stderr` is how one looks at a server in the
+    /// foreground without editing its file).
+    pub fn ignored_log_file(&self) -> Option<(&str, &Path)> {
+        match (self.log_target.as_deref(), &self.log_file) {
+            (Some(target @ ("stderr" | "syslog")), Some(path)) => Some((target, path)),
+            _ => None,
+        }
     }
 
     /// Logging as configured: `log_file` implies the file target.
@@ -399,17 +443,9 @@ impl ServerSettings {
                     "log target `file` needs a log file (log_file, --log-file PATH)".to_string(),
                 )
             }
-            (Some(target @ ("stderr" | "syslog")), Some(path)) => {
-                // Silently logging elsewhere than the file named would lose what the operator
-                // will look for there.
-                return Err(format!(
-                    "log target `{target}` writes no file, but a log file is set ({}): drop \
-                     one of them",
-                    path.display()
-                ));
-            }
-            (Some("syslog"), None) => LogTarget::Syslog,
-            (None | Some("stderr"), None) => LogTarget::Stderr,
+            // A log file beside another target is not used: `ignored_log_file` says so.
+            (Some("syslog"), _) => LogTarget::Syslog,
+            (None | Some("stderr"), _) => LogTarget::Stderr,
             (Some(other), _) => {
                 return Err(format!(
                     "log target {other:?}: expected one of {}",
@@ -438,9 +474,9 @@ impl ServerSettings {
             }
             None => None,
         };
-        if let Some((_, message)) = self.conflict() {
+        if let Some(c) = self.conflict() {
             // Refused here, with the other bad arguments (exit 2), not once the server starts.
-            return Err(message);
+            return Err(c.message);
         }
         let (engine, model) = (
             self.engine.unwrap_or_default(),
@@ -937,18 +973,16 @@ impl Checker<'_> {
         }
         // Keys each valid alone that cannot go together, blamed on the line of the key named
         // (once the keys are valid one by one: a bad value would be taken for the default).
+        // Only a conflict among keys the section sets itself: the file gives the defaults of
+        // a command line that may set the others.
         if self.errors.len() == errors_before {
-            // As the server would run it: `keel http` listens on its own default port.
-            let mut effective = s.clone();
-            if section == Section::Http {
-                effective.listen = effective.listen.or(Some(DEFAULT_HTTP_LISTEN));
-            }
-            if let Some((blamed, message)) = effective.conflict() {
+            let set = |key: &str| table.iter().any(|(n, _)| n.get_ref() == key);
+            if let Some(c) = s.conflict().filter(|c| c.keys.iter().all(|k| set(k))) {
                 let at = table
                     .iter()
-                    .find(|(n, _)| n.get_ref() == blamed)
+                    .find(|(n, _)| n.get_ref() == c.blamed)
                     .map_or(header, |(n, _)| n.span());
-                self.error(at, Some(format!("{section}.{blamed}")), message);
+                self.error(at, Some(format!("{section}.{}", c.blamed)), c.message);
             }
         }
         s
