@@ -157,7 +157,14 @@ fn a_blocked_handler_does_not_hold_the_stop_past_the_drain_timeout() {
 /// past a deadline the loop had pushed back. (It used to: "a handler is blocked; exiting now".)
 #[test]
 fn the_drain_deadline_counts_from_the_signal() {
-    for model in ["multi-reactor", "thread-per-conn"] {
+    for model in [
+        "multi-reactor",
+        "thread-per-conn",
+        "half-sync",
+        "leader-followers",
+        "prefork",
+        "process-per-conn",
+    ] {
         let srv = Opts::echo("epoll-lt")
             .arg("--model", model)
             .arg("--threads", "1")
@@ -177,7 +184,9 @@ fn the_drain_deadline_counts_from_the_signal() {
         assert!(status.success(), "{model}: {status:?}");
         let log = srv.stderr_dump();
         assert!(
-            !log.contains("a handler is blocked") && log.contains("stats engine="),
+            !log.contains("a handler is blocked")
+                && !log.contains("killing it")
+                && log.contains("stats engine="),
             "{model}: stopped after {took:?}, not cleanly\n{log}"
         );
         assert!(

@@ -20,7 +20,7 @@ use std::io;
 use std::net::{TcpListener, UdpSocket};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +37,14 @@ const REPORT_WAIT: Duration = Duration::from_secs(1);
 
 /// The counters of LoopStats, in board order.
 const COUNTERS: usize = crate::reactor::stats::COUNTERS;
+/// CLOCK_MONOTONIC in nanoseconds: the clock `Instant` reads, and the same in every process.
+fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as u64)
+}
+
 /// A slot: a publish sequence number, then the counters.
 const WIDTH: usize = COUNTERS + 1;
 
@@ -59,9 +67,31 @@ pub(super) struct Board {
 impl Board {
     fn new(slots: usize, engine: Engine) -> io::Result<Board> {
         Ok(Board {
-            words: SharedCounters::new(slots * WIDTH)?,
+            // The slots, then one word: when a stop's drain ends (see `set_drain_due`).
+            words: SharedCounters::new(slots * WIDTH + 1)?,
             engine,
         })
+    }
+
+    fn drain_word(&self) -> &AtomicU64 {
+        self.words.get(self.words.len() - 1)
+    }
+
+    /// Written by the master as a stop begins, before it signals the children: the drain
+    /// ends `drain` from now (CLOCK_MONOTONIC, one clock for every process), not from
+    /// whenever a child busy in a handler gets to read its SIGTERM. The master kills what is
+    /// left a little after that same instant.
+    fn set_drain_due(&self, drain: Duration) {
+        let due = monotonic_ns().saturating_add(drain.as_nanos() as u64);
+        self.drain_word().store(due, Ordering::Release);
+    }
+
+    /// What is left of the drain the master set, or `fallback` if it set none.
+    fn drain_left(&self, fallback: Duration) -> Duration {
+        match self.drain_word().load(Ordering::Acquire) {
+            0 => fallback,
+            due => Duration::from_nanos(due.saturating_sub(monotonic_ns())),
+        }
     }
 
     /// Copies `stats` into `slot` and bumps its sequence number.
@@ -391,6 +421,7 @@ fn begin_stop<M: Master>(el: &mut EventLoop, m: &Shared<M>, sig: Signal) {
     tracing::info!("{sig:?}: stopping; every {what} drains its connections for up to {drain:?}");
     crate::ops::notify::stopping();
     mm.close(el);
+    mm.children().board.set_drain_due(drain);
     if mm.children().signal_all(Signal::SIGTERM) == 0 {
         el.stop();
         return;
@@ -480,7 +511,7 @@ pub(super) fn serve_child(
         Signal::SIGUSR1 => crate::ops::log::reopen_all(),
         _ => {
             super::mark_stopping();
-            el.shutdown_gracefully(drain);
+            el.shutdown_gracefully(b.drain_left(drain));
         }
     })?;
     setup(&mut el)?;

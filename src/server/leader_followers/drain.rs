@@ -15,10 +15,12 @@ impl Worker<'_> {
         let sh = self.sh;
         drop(lock(&sh.listener).take()); // new connections are refused by the kernel
         self.now = sh.now();
-        sh.add_timer(
-            self.now.saturating_add(sh.cfg.drain_ms),
-            TimerEvent::DrainDeadline,
-        );
+        // Counted from the signal (`thread_set::stop`), however late this thread saw it.
+        let due = match sh.drain_due.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => self.now.saturating_add(sh.cfg.drain_ms),
+            due => due,
+        };
+        sh.add_timer(due, TimerEvent::DrainDeadline);
         for conn in sh.snapshot() {
             let mut c = lock(&conn);
             if c.core.live() {

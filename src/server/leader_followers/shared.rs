@@ -60,6 +60,9 @@ pub(super) struct Shared {
     pub(super) waiting_until: AtomicU64,
     pub(super) counters: Vec<Counters>,
     pub(super) draining: AtomicBool,
+    /// When the drain ends (`now()` ms), set with `draining` at the signal: a thread busy in
+    /// a handler when the stop came must not start a whole drain of its own when it sees it.
+    pub(super) drain_due: AtomicU64,
     pub(super) drain_started: AtomicBool,
     pub(super) live_threads: AtomicUsize,
     /// Connections holding a permit of `--max-conns`.

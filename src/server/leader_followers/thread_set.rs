@@ -61,6 +61,7 @@ pub(super) fn start(
         waiting_until: AtomicU64::new(0),
         counters: (0..opts.threads).map(|_| Counters::default()).collect(),
         draining: AtomicBool::new(false),
+        drain_due: AtomicU64::new(0),
         drain_started: AtomicBool::new(false),
         live_threads: AtomicUsize::new(0),
         permits: AtomicUsize::new(0),
@@ -116,6 +117,8 @@ pub(super) fn spawn_threads(
 
 /// Starts the graceful stop (what SIGINT/SIGTERM do).
 pub(super) fn stop(sh: &Shared) {
+    sh.drain_due
+        .store(sh.now().saturating_add(sh.cfg.drain_ms), Ordering::SeqCst);
     sh.draining.store(true, Ordering::SeqCst);
     // New connections are refused from now on, even before a thread notices the flag (one
     // may be busy in a long batch): a listening socket shut down leaves the LISTEN state.
