@@ -212,9 +212,9 @@ fn a_scrape_does_not_wait_for_a_busy_handler() {
 }
 
 /// Scrapes one after another while a loop is stuck in a handler: the control loop waits for
-/// that loop's answer (up to 50 ms) once, then takes what it last published without waiting
-/// for a second. Each scrape used to wait the whole 50 ms: 100 concurrent scrapes queued for
-/// 5 s on the control loop.
+/// that loop's answer (up to 50 ms) once; while that question is unanswered, later scrapes
+/// take what the loop last published without waiting. Each scrape used to wait the whole
+/// 50 ms: 100 concurrent scrapes queued for 5 s on the control loop.
 #[test]
 fn scrapes_in_a_row_wait_for_a_stuck_loop_once() {
     let srv = Opts::echo("epoll-et")

@@ -5,9 +5,11 @@
 //! mask), so SIGTERM reaches only the control loop's signalfd. The control loop then tells every
 //! worker loop, through its task queue, to drain: no thread ever touches another's connections.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -29,25 +31,27 @@ pub struct Fleet {
 /// published instead.
 const ANSWER_WAIT: Duration = Duration::from_millis(50);
 
-/// How long a loop that missed [`ANSWER_WAIT`] is not waited for.
-const SLOW_FOR: Duration = Duration::from_secs(1);
-
 #[derive(Default)]
 struct FleetState {
     next_id: u64,
     /// Live loops, by a unique id.
-    loops: Vec<(u64, LoopHandle)>,
+    loops: Vec<LiveLoop>,
     /// Counters of loops that have ended (so totals survive per-connection threads).
     finished: Option<LoopStats>,
     /// While a [`Fleet::total`] is collecting: loops that ended meanwhile, so a loop that ends
     /// between being asked and answering is neither lost nor counted twice.
     watchers: usize,
     recent: Vec<(u64, LoopStats)>,
-    /// Loops that missed a snapshot's [`ANSWER_WAIT`], and when: for [`SLOW_FOR`] after, a
-    /// snapshot takes what they last published without waiting for them, so that scrapes
-    /// coming one after another do not each hold the control loop for a loop stuck in a
-    /// handler.
-    slow: Vec<(u64, Instant)>,
+}
+
+#[derive(Clone)]
+struct LiveLoop {
+    id: u64,
+    handle: LoopHandle,
+    /// A snapshot's question is still in the loop's queue, unanswered (the loop is stuck in
+    /// a handler): the next snapshot neither waits for it nor asks again, so that scrapes
+    /// one after another do not each hold the control loop [`ANSWER_WAIT`] for it.
+    asked: Arc<AtomicBool>,
 }
 
 impl Fleet {
@@ -104,13 +108,17 @@ impl Fleet {
         let mut st = self.state();
         st.next_id += 1;
         let id = st.next_id;
-        st.loops.push((id, handle));
+        st.loops.push(LiveLoop {
+            id,
+            handle,
+            asked: Arc::new(AtomicBool::new(false)),
+        });
         id
     }
 
     fn retire(&self, id: u64, stats: &LoopStats) {
         let mut st = self.state();
-        st.loops.retain(|(i, _)| *i != id);
+        st.loops.retain(|l| l.id != id);
         match st.finished.as_mut() {
             Some(total) => total.add(stats),
             None => st.finished = Some(stats.clone()),
@@ -127,7 +135,7 @@ impl Fleet {
 
     /// Live loop handles.
     pub fn handles(&self) -> Vec<LoopHandle> {
-        self.state().loops.iter().map(|(_, h)| h.clone()).collect()
+        self.state().loops.iter().map(|l| l.handle.clone()).collect()
     }
 
     /// Keeps a duplicate of a listener a worker loop owns, to shut it at SIGTERM.
@@ -178,78 +186,68 @@ impl Fleet {
 
     /// The total, and each live loop's counters as it answered (for per-loop series).
     pub fn snapshot(&self, own: &LoopStats) -> (LoopStats, Vec<LoopStats>) {
-        let (asked, base, awaited) = {
+        let (live, base) = {
             let mut st = self.state();
             st.watchers += 1;
-            st.slow.retain(|(_, since)| since.elapsed() < SLOW_FOR);
-            let awaited: Vec<u64> = st
-                .loops
-                .iter()
-                .map(|(id, _)| *id)
-                .filter(|id| !st.slow.iter().any(|(s, _)| s == id))
-                .collect();
-            (st.loops.clone(), st.finished.clone(), awaited)
+            (st.loops.clone(), st.finished.clone())
         };
         let (tx, rx) = mpsc::channel();
-        for (id, h) in &asked {
-            let (tx, id) = (tx.clone(), *id);
-            h.post(move |el| {
+        let mut awaited = 0;
+        for l in &live {
+            if l.asked.swap(true, Ordering::AcqRel) {
+                continue; // the last question is still waiting in that loop's queue
+            }
+            awaited += 1;
+            let (tx, id, asked) = (tx.clone(), l.id, l.asked.clone());
+            l.handle.post(move |el| {
+                asked.store(false, Ordering::Release);
                 let _ = tx.send((id, el.stats().clone()));
             });
         }
         drop(tx); // a task dropped unrun (its loop ended) then shows as a disconnect
-                  // The caller is a loop (the control loop, serving /metrics or a signal): it waits a
-                  // moment for fresh answers, never long. A loop held up in a handler (a blocking one
-                  // under thread-per-connection, say) is counted as it last published.
-        let mut answers: Vec<(u64, LoopStats)> = Vec::with_capacity(asked.len());
+        // The caller is a loop (the control loop, serving /metrics or a signal): it waits a
+        // moment for fresh answers, never long. A loop held up in a handler (a blocking one
+        // under thread-per-connection, say) is counted as it last published.
+        let mut answers: HashMap<u64, LoopStats> = HashMap::with_capacity(live.len());
         let deadline = Instant::now() + ANSWER_WAIT;
-        let mut waiting_for = awaited.len();
-        while waiting_for > 0 {
+        while answers.len() < awaited {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(a) => {
-                    if awaited.contains(&a.0) {
-                        waiting_for -= 1;
-                    }
-                    answers.push(a);
+                Ok((id, stats)) => {
+                    answers.insert(id, stats);
                 }
                 Err(_) => break,
             }
         }
-        // Whatever else came in meanwhile, without waiting.
-        answers.extend(rx.try_iter());
         let mut st = self.state();
-        // Each loop asked and silent: its final counters if it ended meanwhile, else what it
-        // last published.
-        for (id, h) in &asked {
-            if answers.iter().any(|(i, _)| i == id) {
-                st.slow.retain(|(s, _)| s != id);
+        // Each loop silent: its final counters if it ended meanwhile, else what it last
+        // published.
+        for l in &live {
+            if answers.contains_key(&l.id) {
                 continue;
-            }
-            if !st.slow.iter().any(|(s, _)| s == id) {
-                st.slow.push((*id, Instant::now()));
             }
             let ended = st
                 .recent
                 .iter()
-                .find(|(i, _)| i == id)
+                .find(|(i, _)| *i == l.id)
                 .map(|(_, s)| s.clone());
-            if let Some(s) = ended.or_else(|| h.published_stats()) {
-                answers.push((*id, s));
+            if let Some(s) = ended.or_else(|| l.handle.published_stats()) {
+                answers.insert(l.id, s);
             }
         }
         let mut total = own.clone();
         if let Some(b) = &base {
             total.add(b);
         }
-        for (_, s) in &answers {
+        for s in answers.values() {
             total.add(s);
         }
         st.watchers -= 1;
         if st.watchers == 0 {
             st.recent.clear();
         }
-        answers.sort_by_key(|(id, _)| *id);
-        (total, answers.into_iter().map(|(_, s)| s).collect())
+        let mut per_loop: Vec<(u64, LoopStats)> = answers.into_iter().collect();
+        per_loop.sort_by_key(|(id, _)| *id);
+        (total, per_loop.into_iter().map(|(_, s)| s).collect())
     }
 
     /// Waits for every loop thread to end.
