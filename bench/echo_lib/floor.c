@@ -90,7 +90,8 @@ int main(int argc, char **argv) {
       }
       for (;;) {
         ssize_t r = recv(c->fd, buf, BUF, 0);
-        if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) { drop(c); break; }
+        if (r < 0 && errno == EINTR) continue; // edge-triggered: stopping here would stall it
+        if (r == 0 || (r < 0 && errno != EAGAIN)) { drop(c); break; }
         if (r < 0) break;
         ssize_t w = send(c->fd, buf, (size_t)r, MSG_NOSIGNAL);
         if (w < 0 && errno != EAGAIN) { drop(c); break; }

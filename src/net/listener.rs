@@ -417,6 +417,11 @@ impl EventLoop {
                         }
                         Refusal::QueueEmpty => return,
                         Refusal::NoReserve => {
+                            // Worse than a refusal: clients wait in the queue until fds free.
+                            say_out_of_fds(
+                                "accept, with no fd in reserve to refuse with",
+                                e.into(),
+                            );
                             self.starve_listener(token);
                             return;
                         }

@@ -12,8 +12,23 @@ use nix::unistd::{initgroups, setgid, setgroups, setuid, Group, User};
 pub fn drop_to(user: Option<&str>, group: Option<&str>) -> io::Result<()> {
     let (pw, gid) = look_up(user, group)?;
     if !nix::unistd::geteuid().is_root() {
-        return already_there(pw.as_ref(), gid, user, group);
+        // Nothing to switch if it already runs as them. Otherwise it may still hold
+        // CAP_SETUID/CAP_SETGID (systemd's AmbientCapabilities=): try, and if refused say why
+        // in words rather than with the EPERM of the first call that failed.
+        let there = already_there(pw.as_ref(), gid, user, group);
+        if there.is_ok() {
+            return there;
+        }
+        return switch(pw, gid).map_err(|e| match e.kind() {
+            io::ErrorKind::PermissionDenied => there.unwrap_err(),
+            _ => e,
+        });
     }
+    switch(pw, gid)
+}
+
+/// Sets the groups, the gid, then the uid, and checks root cannot be regained.
+fn switch(pw: Option<User>, gid: Option<nix::unistd::Gid>) -> io::Result<()> {
     let refuse = |what: &str, e: nix::Error| {
         io::Error::new(
             io::ErrorKind::PermissionDenied,

@@ -431,7 +431,7 @@ impl EventLoop {
     /// Graceful stop: listeners close at once (new connections are refused), every connection
     /// is closed gracefully, and `run` returns when the last one is gone or after `drain`.
     pub fn shutdown_gracefully(&mut self, drain: Duration) {
-        self.shutdown_gracefully_until(Instant::now() + drain);
+        self.shutdown_gracefully_until(instant_after(drain));
     }
 
     /// [`shutdown_gracefully`](Self::shutdown_gracefully) with the drain ending at `deadline`,
@@ -715,5 +715,28 @@ mod footprint {
         assert!(slot <= 128, "a connection slot grew to {slot} bytes");
         assert!(http <= 48, "the HTTP handler grew to {http} bytes");
         assert!(std::mem::size_of::<crate::net::output::OutputQueue>() <= 8);
+    }
+}
+
+/// `drain` from now, or about a century from now where that is past what `Instant` holds
+/// (`Duration::MAX`: a drain without end).
+pub(crate) fn instant_after(drain: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(drain)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
+}
+
+#[cfg(test)]
+mod drain_tests {
+    use super::*;
+
+    /// A drain without end (`Duration::MAX`, from a library caller) is a far deadline, not an
+    /// overflow panic.
+    #[test]
+    fn an_endless_drain_does_not_overflow() {
+        let mut el = EventLoop::new(LoopConfig::default()).unwrap();
+        el.shutdown_gracefully(Duration::MAX);
+        assert!(instant_after(Duration::MAX) > Instant::now() + Duration::from_secs(86_400));
     }
 }

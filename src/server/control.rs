@@ -135,7 +135,11 @@ impl Fleet {
 
     /// Live loop handles.
     pub fn handles(&self) -> Vec<LoopHandle> {
-        self.state().loops.iter().map(|l| l.handle.clone()).collect()
+        self.state()
+            .loops
+            .iter()
+            .map(|l| l.handle.clone())
+            .collect()
     }
 
     /// Keeps a duplicate of a listener a worker loop owns, to shut it at SIGTERM.
@@ -205,9 +209,9 @@ impl Fleet {
             });
         }
         drop(tx); // a task dropped unrun (its loop ended) then shows as a disconnect
-        // The caller is a loop (the control loop, serving /metrics or a signal): it waits a
-        // moment for fresh answers, never long. A loop held up in a handler (a blocking one
-        // under thread-per-connection, say) is counted as it last published.
+                  // The caller is a loop (the control loop, serving /metrics or a signal): it waits a
+                  // moment for fresh answers, never long. A loop held up in a handler (a blocking one
+                  // under thread-per-connection, say) is counted as it last published.
         let mut answers: HashMap<u64, LoopStats> = HashMap::with_capacity(live.len());
         let deadline = Instant::now() + ANSWER_WAIT;
         while answers.len() < awaited {
@@ -307,7 +311,7 @@ pub fn install_signals(el: &mut EventLoop, fleet: Arc<Fleet>, drain: Duration) -
             super::arm_stop_watchdog(drain);
             fleet.stop_listening();
             // One deadline for every loop, counted from the signal.
-            let until = Instant::now() + drain;
+            let until = crate::reactor::event_loop::instant_after(drain);
             fleet.broadcast(move |el| el.shutdown_gracefully_until(until));
             el.shutdown_gracefully_until(until);
             // Up until the worker loops are done, so that a second SIGINT is still heard

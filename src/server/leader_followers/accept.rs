@@ -56,6 +56,10 @@ impl Worker<'_> {
                             }
                             Refusal::QueueEmpty => break,
                             Refusal::NoReserve => {
+                                say_out_of_fds(
+                                    "accept, with no fd in reserve to refuse with",
+                                    e.into(),
+                                );
                                 starved = true;
                                 break;
                             }
