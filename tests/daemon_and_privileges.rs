@@ -264,7 +264,7 @@ fn user_as_that_user_without_root_runs_and_another_is_refused() {
     if !running_as_root() {
         return; // the test needs root to start keel as nobody
     }
-    use std::io::{BufRead, Read, Write};
+    use std::io::{Read, Write};
     use std::os::unix::process::CommandExt;
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
     let as_nobody = |user: &str| {
@@ -286,16 +286,7 @@ fn user_as_that_user_without_root_runs_and_another_is_refused() {
         }
         Err(e) => panic!("spawn as nobody: {e}"),
     };
-    let mut first = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let addr: SocketAddr = first
-        .trim()
-        .strip_prefix("listening tcp ")
-        .unwrap_or_else(|| panic!("first line {first:?}"))
-        .parse()
-        .unwrap();
+    let addr = util::first_listening_addr(&mut child);
     std::thread::sleep(Duration::from_millis(200)); // past the drop (a no-op here)
     assert_eq!(
         child.try_wait().unwrap(),

@@ -848,7 +848,6 @@ fn sighup_reload_moves_echo_udp_too() {
 /// the watchdog that bounds a stop was armed, for good (one instance sat 20 minutes).
 #[test]
 fn a_stderr_nobody_reads_neither_freezes_the_server_nor_holds_its_stop() {
-    use std::io::BufRead;
     let dir = temp_dir("stuck-stderr");
     std::fs::write(dir.join("x.txt"), "x").unwrap();
     let mut child = std::process::Command::new(util::keel_bin())
@@ -862,16 +861,7 @@ fn a_stderr_nobody_reads_neither_freezes_the_server_nor_holds_its_stop() {
         .spawn()
         .unwrap();
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let mut first = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let addr: SocketAddr = first
-        .trim()
-        .strip_prefix("listening tcp ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = util::first_listening_addr(&mut child);
     // 5,000 access log lines: far more than a pipe holds.
     let mut s = connect(addr);
     let req = b"GET /x.txt HTTP/1.1\r\nHost: t\r\n\r\n";

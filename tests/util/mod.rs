@@ -743,6 +743,21 @@ pub fn try_connect(addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(s)
 }
 
+/// The address of a child's first stdout line, `listening tcp ADDR` (its stdout piped and
+/// not yet taken).
+pub fn first_listening_addr(child: &mut std::process::Child) -> SocketAddr {
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout piped"))
+        .read_line(&mut first)
+        .unwrap();
+    first
+        .trim()
+        .strip_prefix("listening tcp ")
+        .unwrap_or_else(|| panic!("first line {first:?}"))
+        .parse()
+        .unwrap()
+}
+
 pub fn connect(addr: SocketAddr) -> TcpStream {
     try_connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"))
 }
