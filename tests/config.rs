@@ -1076,6 +1076,16 @@ accept = "acceptor"
         "stderr-and-file",
         "[http]\nlog_file = \"/tmp/k.log\"\nlog_target = \"stderr\"\n",
     );
+    // A conflict left to the command line does not hide one the section sets in full.
+    assert_errors(
+        "masked-conflict",
+        "[echo]\nadmin = \"127.0.0.1:7007\"\nmodel = \"half-sync\"\naccept = \"acceptor\"\n",
+        &[
+            "4: key `echo.accept`: accept = acceptor is how the multi-reactor model hands \
+           connections to its loops; the half-sync model accepts its own way: drop it or use \
+           model multi-reactor",
+        ],
+    );
     // A key already wrong on its own is said once, not again as a conflict of its default.
     assert_errors(
         "conflict-after-error",

@@ -362,12 +362,24 @@ impl ServerSettings {
     /// and why. `keel check-config` and a reload report them with the file and line; the
     /// command line refuses them (exit 2) before the server starts.
     pub fn conflict(&self) -> Option<Conflict> {
+        self.conflict_among(|_| true)
+    }
+
+    /// The first conflict whose keys all satisfy `set` (the file checker: keys its section
+    /// sets), so that one left to the command line does not hide another that is not.
+    pub fn conflict_among(&self, set: impl Fn(&[&str]) -> bool) -> Option<Conflict> {
+        self.conflicts().into_iter().find(|c| set(c.keys))
+    }
+
+    /// Every conflict, in the order they are checked.
+    fn conflicts(&self) -> Vec<Conflict> {
+        let mut found = Vec::new();
         let (engine, model) = (
             self.engine.unwrap_or_default(),
             self.model.unwrap_or_default(),
         );
         if model == Model::LeaderFollowers && !matches!(engine, Engine::EpollLt | Engine::EpollEt) {
-            return Some(Conflict {
+            found.push(Conflict {
                 blamed: "engine",
                 keys: &["model", "engine"],
                 message: format!(
@@ -385,7 +397,7 @@ impl ServerSettings {
                 || admin.ip().is_unspecified()
                 || listen.ip().is_unspecified()
             {
-                return Some(Conflict {
+                found.push(Conflict {
                     blamed: "admin",
                     keys: &["admin", "listen"],
                     message: format!(
@@ -398,7 +410,7 @@ impl ServerSettings {
         if self.accept == Some(AcceptStrategy::Acceptor) && model != Model::MultiReactor {
             // Only multi-reactor hands connections from one acceptor to its loops; the other
             // models accept their own way, so the setting would be silently ignored.
-            return Some(Conflict {
+            found.push(Conflict {
                 blamed: "accept",
                 keys: &["accept", "model"],
                 message: format!(
@@ -409,13 +421,13 @@ impl ServerSettings {
             });
         }
         if let Err(message) = self.log_settings() {
-            return Some(Conflict {
+            found.push(Conflict {
                 blamed: "log_target",
                 keys: &["log_target"],
                 message,
             });
         }
-        None
+        found
     }
 
     /// A log file set beside a target that writes none (`stderr`, `syslog`): it is not
@@ -977,7 +989,7 @@ impl Checker<'_> {
         // a command line that may set the others.
         if self.errors.len() == errors_before {
             let set = |key: &str| table.iter().any(|(n, _)| n.get_ref() == key);
-            if let Some(c) = s.conflict().filter(|c| c.keys.iter().all(|k| set(k))) {
+            if let Some(c) = s.conflict_among(|keys| keys.iter().all(|k| set(k))) {
                 let at = table
                     .iter()
                     .find(|(n, _)| n.get_ref() == c.blamed)

@@ -12,17 +12,10 @@ use nix::unistd::{initgroups, setgid, setgroups, setuid, Group, User};
 pub fn drop_to(user: Option<&str>, group: Option<&str>) -> io::Result<()> {
     let (pw, gid) = look_up(user, group)?;
     if !nix::unistd::geteuid().is_root() {
-        // Nothing to switch if it already runs as them. Otherwise it may still hold
-        // CAP_SETUID/CAP_SETGID (systemd's AmbientCapabilities=): try, and if refused say why
-        // in words rather than with the EPERM of the first call that failed.
-        let there = already_there(pw.as_ref(), gid, user, group);
-        if there.is_ok() {
-            return there;
-        }
-        return switch(pw, gid).map_err(|e| match e.kind() {
-            io::ErrorKind::PermissionDenied => there.unwrap_err(),
-            _ => e,
-        });
+        // Nothing to switch if it already runs as them; anything else needs root. (A process
+        // holding CAP_SETUID keeps it across setuid, so the check that root cannot be regained
+        // would fail anyway: capability-based set-ups are not supported.)
+        return already_there(pw.as_ref(), gid, user, group);
     }
     switch(pw, gid)
 }

@@ -82,7 +82,8 @@ impl Board {
     /// whenever a child busy in a handler gets to read its SIGTERM. The master kills what is
     /// left a little after that same instant.
     fn set_drain_due(&self, drain: Duration) {
-        let due = monotonic_ns().saturating_add(drain.as_nanos() as u64);
+        let drain_ns = u64::try_from(drain.as_nanos()).unwrap_or(u64::MAX);
+        let due = monotonic_ns().saturating_add(drain_ns);
         self.drain_word().store(due, Ordering::Release);
     }
 

@@ -117,8 +117,11 @@ pub(super) fn spawn_threads(
 
 /// Starts the graceful stop (what SIGINT/SIGTERM do).
 pub(super) fn stop(sh: &Shared) {
-    sh.drain_due
-        .store(sh.now().saturating_add(sh.cfg.drain_ms), Ordering::SeqCst);
+    // Set once: a second call (the control loop failing after a stop) must not move it.
+    let due = sh.now().saturating_add(sh.cfg.drain_ms).max(1);
+    let _ = sh
+        .drain_due
+        .compare_exchange(0, due, Ordering::SeqCst, Ordering::SeqCst);
     sh.draining.store(true, Ordering::SeqCst);
     // New connections are refused from now on, even before a thread notices the flag (one
     // may be busy in a long batch): a listening socket shut down leaves the LISTEN state.
