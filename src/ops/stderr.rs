@@ -11,11 +11,17 @@
 //! threads nothing more than a `poll` per line.
 //!
 //! fd 2 stays a blocking descriptor: it is shared with the parent (a terminal's file
-//! description), and O_NONBLOCK on it would change the shell's too.
+//! description), and O_NONBLOCK on it would change the shell's too. So the threads of the
+//! process write one at a time, at most a page (PIPE_BUF) per write, which a pipe that
+//! reported room takes at once; a socket (journald's) is written with MSG_DONTWAIT. Left:
+//! the processes of prefork and process-per-connection share the pipe, and two of them told
+//! there was room for one page may still race, the second then blocking until the reader
+//! reads again.
 
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
@@ -48,6 +54,15 @@ fn write_bounded(bytes: &[u8], wait: Duration) {
 }
 
 fn write_bounded_to(fd: BorrowedFd<'_>, mut bytes: &[u8], wait: Duration, stalled: &AtomicBool) {
+    // One writer at a time in this process, a page at most per write: with POLLOUT a pipe has
+    // a free page, and a write of at most a page then fits at once; two threads each told
+    // there was room could otherwise both write, and the second block in write(2).
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // A socket (journald's) is written with MSG_DONTWAIT: never blocks, whoever else writes.
+    let socket = rustix::fs::fstat(fd).is_ok_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket
+    });
     let deadline = Instant::now() + wait;
     while !bytes.is_empty() {
         let left = if stalled.load(Ordering::Relaxed) {
@@ -73,18 +88,29 @@ fn write_bounded_to(fd: BorrowedFd<'_>, mut bytes: &[u8], wait: Duration, stalle
             Err(rustix::io::Errno::INTR) => continue,
             Err(_) => return,
         }
-        // Room for at least a page (a pipe) or some bytes (a socket, a terminal): a line
-        // fits, or most of it; the rest waits its turn in the loop.
-        match rustix::io::write(fd, bytes) {
+        let chunk = &bytes[..bytes.len().min(PAGE)];
+        let written = if socket {
+            rustix::net::send(
+                fd,
+                chunk,
+                rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
+            )
+        } else {
+            rustix::io::write(fd, chunk)
+        };
+        match written {
             Ok(n) => {
                 stalled.store(false, Ordering::Relaxed);
                 bytes = &bytes[n..];
             }
-            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
             Err(_) => return,
         }
     }
 }
+
+/// The most written at once (PIPE_BUF): what a pipe reported writable takes without blocking.
+const PAGE: usize = 4096;
 
 /// The tracing writer for `--log-target stderr`: each event is written with
 /// [`write_bounded`], waiting at most [`LINE_WAIT`].
