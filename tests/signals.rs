@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use util::{connect, per_engine, read_expect, read_until_end, End, Opts};
+use util::{connect, per_engine, read_expect, read_until_end, End, Opts, Server};
 
 /// Reads `expect` then waits for EOF (10 s bound); the stream is dropped (FIN) right after.
 fn read_then_eof(mut s: TcpStream, expect: Vec<u8>) -> (End, Vec<u8>, Instant) {
@@ -116,6 +116,18 @@ fn sigint(engine: &str) {
 }
 per_engine!(sigint);
 
+/// Starts `opts`, sends one byte so that a handler falls asleep in its read (`--work-ms`),
+/// then SIGTERM: the server, the client's connection (kept open) and when the signal went.
+fn stop_while_a_handler_sleeps(opts: Opts) -> (Server, TcpStream, Instant) {
+    let srv = opts.spawn();
+    let mut s = connect(srv.tcp);
+    s.write_all(b"x").unwrap();
+    thread::sleep(Duration::from_millis(300)); // the handler is now asleep in its read
+    let start = Instant::now();
+    srv.signal(Signal::SIGTERM);
+    (srv, s, start)
+}
+
 /// `--drain-timeout` bounds the whole stop even while a handler is blocked (here for 6 s per
 /// read, `--work-ms`): a loop cannot act on its deadline inside a callback, so the process
 /// ends itself a second past it, exit 0. It used to wait for the handler, however long.
@@ -127,17 +139,13 @@ fn a_blocked_handler_does_not_hold_the_stop_past_the_drain_timeout() {
         "leader-followers",
         "thread-per-conn",
     ] {
-        let srv = Opts::echo("epoll-lt")
-            .arg("--model", model)
-            .arg("--threads", "2")
-            .arg("--work-ms", "6000")
-            .arg("--drain-timeout", "1")
-            .spawn();
-        let mut s = connect(srv.tcp);
-        s.write_all(b"x").unwrap();
-        thread::sleep(Duration::from_millis(300)); // the handler is now asleep in its read
-        let start = Instant::now();
-        srv.signal(Signal::SIGTERM);
+        let (srv, _s, start) = stop_while_a_handler_sleeps(
+            Opts::echo("epoll-lt")
+                .arg("--model", model)
+                .arg("--threads", "2")
+                .arg("--work-ms", "6000")
+                .arg("--drain-timeout", "1"),
+        );
         let status = srv
             .wait_exit(Duration::from_secs(5))
             .unwrap_or_else(|| panic!("{model}: still running 5 s after SIGTERM (drain 1 s)"));
@@ -165,18 +173,14 @@ fn the_drain_deadline_counts_from_the_signal() {
         "prefork",
         "process-per-conn",
     ] {
-        let srv = Opts::echo("epoll-lt")
-            .arg("--model", model)
-            .arg("--threads", "1")
-            .arg("--work-ms", "1500")
-            .arg("--drain-timeout", "2")
-            .arg("--linger-timeout", "30")
-            .spawn();
-        let mut s = connect(srv.tcp);
-        s.write_all(b"x").unwrap();
-        thread::sleep(Duration::from_millis(300)); // the handler is now asleep in its read
-        let start = Instant::now();
-        srv.signal(Signal::SIGTERM);
+        let (srv, s, start) = stop_while_a_handler_sleeps(
+            Opts::echo("epoll-lt")
+                .arg("--model", model)
+                .arg("--threads", "1")
+                .arg("--work-ms", "1500")
+                .arg("--drain-timeout", "2")
+                .arg("--linger-timeout", "30"),
+        );
         let status = srv
             .wait_exit(Duration::from_secs(6))
             .unwrap_or_else(|| panic!("{model}: still running 6 s after SIGTERM (drain 2 s)"));
