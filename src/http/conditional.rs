@@ -95,12 +95,56 @@ fn civil_from_days(days: i64) -> (u32, u32, u32) {
 
 /// Parses any of the three HTTP date formats (IMF-fixdate, RFC 850, asctime) into unix seconds.
 pub fn parse_http_date(v: &[u8]) -> Option<i64> {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    parse_http_date_at(v, i64::try_from(now).ok()?)
+}
+
+/// [`parse_http_date`] as seen at `now` (unix seconds).
+///
+/// An RFC 850 date ("Sunday, 06-Nov-94 08:49:37 GMT") has a two-digit year, which RFC 9110
+/// 5.6.7 reads as the latest year with those digits not more than 50 years after `now`. The
+/// `httpdate` parser fixes the century at 1970..=2069 instead, and then checks the weekday
+/// against that year, so from 2020 on it misreads or refuses some of them (in 2026 "-76" is
+/// 2076, a Wednesday on January 1st). Such a date is rewritten as the IMF-fixdate it means.
+fn parse_http_date_at(v: &[u8], now: i64) -> Option<i64> {
     let s = std::str::from_utf8(trim(v)).ok()?;
+    let imf;
+    let s = match rfc850_parts(s) {
+        Some((weekday, day_month, yy, rest)) => {
+            let (this_year, ..) = civil_from_days(now.div_euclid(86_400));
+            let latest = i64::from(this_year) + 50;
+            let year = latest - (latest - yy).rem_euclid(100);
+            imf = format!(
+                "{}, {} {year} {rest}",
+                &weekday[..3],
+                day_month.replace('-', " ")
+            );
+            imf.as_str()
+        }
+        None => s,
+    };
     let t = httpdate::parse_http_date(s).ok()?;
     let d = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or(Duration::ZERO);
     i64::try_from(d.as_secs()).ok()
+}
+
+/// An RFC 850 date split as (weekday, "DD-Mon", two-digit year, "HH:MM:SS GMT"), or None for
+/// any other shape.
+fn rfc850_parts(s: &str) -> Option<(&str, &str, i64, &str)> {
+    let (weekday, rest) = s.split_once(", ")?;
+    let b = rest.as_bytes();
+    if weekday.len() < 6 || !weekday.is_ascii() || b.len() < 10 || b[2] != b'-' || b[6] != b'-' {
+        return None;
+    }
+    let yy = rest.get(7..9)?;
+    if !yy.bytes().all(|c| c.is_ascii_digit()) || b[9] != b' ' {
+        return None;
+    }
+    Some((weekday, &rest[..6], yy.parse().ok()?, &rest[10..]))
 }
 
 /// What a GET or HEAD should answer after its preconditions.
@@ -395,6 +439,49 @@ mod tests {
         assert_eq!(parse_http_date(b"Sun, 06 Nov 1994 08:49:37"), None);
         assert_eq!(parse_http_date(b"Sun, 06 Nov 1994 25:49:37 GMT"), None);
         assert_eq!(parse_http_date(b"\xff\xfe"), None);
+    }
+
+    #[test]
+    fn a_two_digit_year_is_read_within_50_years_of_now() {
+        let y2026 = 1_794_960_000; // 2026-11-18
+        let y2031 = 1_924_992_000; // 2031-01-01
+        let day = |s: &[u8], now| parse_http_date_at(s, now).map(|t| civil_from_days(t / 86_400));
+        // 2076 is 50 years after 2026: the latest year ending in 76 not more than 50 ahead.
+        assert_eq!(
+            day(b"Wednesday, 01-Jan-76 00:00:00 GMT", y2026),
+            Some((2076, 1, 1))
+        );
+        assert_eq!(
+            day(b"Saturday, 01-Jan-77 00:00:00 GMT", y2026),
+            Some((1977, 1, 1))
+        );
+        assert_eq!(
+            day(b"Sunday, 06-Nov-94 08:49:37 GMT", y2026),
+            Some((1994, 11, 6))
+        );
+        assert_eq!(
+            day(b"Monday, 29-Feb-72 00:00:00 GMT", y2026),
+            Some((2072, 2, 29))
+        );
+        assert_eq!(
+            day(b"Monday, 01-Jan-80 00:00:00 GMT", y2031),
+            Some((2080, 1, 1))
+        );
+        // A weekday that does not fit the date is refused, as in the other formats.
+        assert_eq!(day(b"Thursday, 01-Jan-76 00:00:00 GMT", y2026), None);
+        assert_eq!(
+            day(b"Tuesday, 01-Jan-69 00:00:00 GMT", y2026),
+            Some((2069, 1, 1))
+        );
+        // The four-digit formats are taken as written.
+        assert_eq!(
+            day(b"Wed, 06 Nov 2075 08:49:37 GMT", y2026),
+            Some((2075, 11, 6))
+        );
+        assert_eq!(
+            day(b"Thu, 06 Nov 1975 08:49:37 GMT", y2026),
+            Some((1975, 11, 6))
+        );
     }
 
     fn inm(h: &str) -> Condition {

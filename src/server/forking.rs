@@ -428,7 +428,7 @@ fn begin_stop<M: Master>(el: &mut EventLoop, m: &Shared<M>, sig: Signal) {
         return;
     }
     let m2 = m.clone();
-    el.run_after(mm.children().drain + KILL_MARGIN, move |el| {
+    el.run_after(mm.children().drain.saturating_add(KILL_MARGIN), move |el| {
         let stragglers: Vec<Pid> = m2.borrow().children().live().map(|(_, p)| p).collect();
         for pid in stragglers {
             tracing::warn!("{what} {pid} still running after the drain timeout; killing it");
