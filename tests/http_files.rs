@@ -1117,6 +1117,66 @@ fn a_rewrite_that_keeps_size_and_mtime_is_seen() {
     assert_eq!(r.status, 200, "{}", r.show());
 }
 
+/// A download in flight outlives the changes that leave the open file's bytes alone: a
+/// chmod, a hard link, and a new version renamed over the path (the usual deploy). Each moves
+/// the file's ctime, and the check that stops a response from a file written in place used to
+/// reset the connection on all of them. A write in place still ends it.
+#[test]
+fn a_download_outlives_a_chmod_a_link_and_a_rename_over_it() {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let t = Tree::new("deploy");
+    let body: Vec<u8> = (0..32u32 << 20).map(|i| (i % 251) as u8).collect();
+    let path = t.put("big.bin", &body);
+    let srv = serve(&t, &["--threads", "1"]);
+    let start = |path: &str| {
+        let mut s = connect(srv.tcp);
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut first = vec![0u8; 1 << 20];
+        s.read_exact(&mut first).unwrap();
+        (s, first)
+    };
+    let (mut s, mut got) = start("/big.bin");
+    // The server is now blocked on a full socket, partway through the file.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::fs::hard_link(&path, t.root().join("big-link.bin")).unwrap();
+    let next = t.put("big.bin.new", b"the next version");
+    std::fs::rename(&next, &path).unwrap();
+    s.read_to_end(&mut got)
+        .expect("the rest of the response, then the close");
+    let at = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{:?}", &got[..at]);
+    assert_eq!(got.len() - at, body.len(), "the whole body");
+    assert!(
+        got[at..] == body[..],
+        "the bytes of the version the response began with"
+    );
+
+    // Written in place (past a timestamp tick): what is left would be another version.
+    let (mut s, mut got) = start("/big-link.bin");
+    std::thread::sleep(Duration::from_millis(20));
+    let f = std::fs::File::options()
+        .write(true)
+        .open(t.root().join("big-link.bin"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"X", 30 << 20).unwrap();
+    let _ = s.read_to_end(&mut got); // a reset, or an early close
+    assert!(
+        got.len() < body.len(),
+        "a response that mixes two versions: {} bytes",
+        got.len()
+    );
+}
+
 /// A file stamped a moment ahead (a clock running ahead on another host) gets its
 /// Last-Modified once that moment has passed. The cached entry used to be kept as it was at
 /// the first look (the file itself had not changed), so it never got one.

@@ -53,6 +53,8 @@ pub struct Entry {
     /// same file. Such a file gets no Last-Modified, and date conditions are ignored for it.
     pub mtime: Option<i64>,
     identity: Identity,
+    /// What a response sent from disk checks the open file against as it leaves.
+    version: FileVersion,
     pub etag: String,
     pub last_modified: Option<String>,
     pub content_type: Cow<'static, str>,
@@ -128,10 +130,7 @@ impl Entry {
     /// rename is caught by the periodic revalidation, which opens the path again.
     /// The file as this entry was built from (for `FileRange::checked`).
     pub fn version(&self) -> FileVersion {
-        FileVersion {
-            size: self.identity.size,
-            ctime: self.identity.ctime,
-        }
+        self.version
     }
 
     fn unchanged_in_place(&self) -> bool {
@@ -658,6 +657,7 @@ fn load(
         size,
         mtime,
         identity,
+        version: FileVersion::of(&st),
         etag,
         last_modified,
         content_type,
@@ -689,6 +689,7 @@ fn clone_entry(e: &Entry) -> Entry {
         size: e.size,
         mtime: e.mtime,
         identity: e.identity,
+        version: e.version,
         etag: e.etag.clone(),
         last_modified: e.last_modified.clone(),
         content_type: e.content_type.clone(),

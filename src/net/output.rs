@@ -41,20 +41,37 @@ pub struct FileRange {
     started: bool,
 }
 
-/// What tells whether a file was written to: its size and its status-change time (which every
-/// write moves and nothing can set back).
+/// What tells whether a file was written to while a response from it leaves: its size, its
+/// modification time, and its status-change time, which every write moves and nothing can set
+/// back. The ctime also moves on a chmod, chown, link or unlink (a new version renamed over
+/// it, the usual deploy), none of which changes a byte the open fd reads: a ctime that moved
+/// along with the mode, owner or link count is taken for one of those.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FileVersion {
     pub size: u64,
+    pub mtime: (i64, i64),
     pub ctime: (i64, i64),
+    /// Link count, mode, owner and group.
+    pub meta: (u64, u32, u32, u32),
 }
 
 impl FileVersion {
     pub fn of(st: &rustix::fs::Stat) -> FileVersion {
         FileVersion {
             size: st.st_size as u64,
+            mtime: (st.st_mtime, st.st_mtime_nsec as i64),
             ctime: (st.st_ctime, st.st_ctime_nsec as i64),
+            meta: (st.st_nlink as u64, st.st_mode, st.st_uid, st.st_gid),
         }
+    }
+
+    /// Whether the bytes may differ from `self`'s: a new size or mtime, or a ctime that moved
+    /// with nothing else to explain it (a write whose mtime was set back). A `touch` moves the
+    /// mtime and cannot be told from a write.
+    pub fn written_since(&self, now: &FileVersion) -> bool {
+        self.size != now.size
+            || self.mtime != now.mtime
+            || (self.ctime != now.ctime && self.meta == now.meta)
     }
 }
 
@@ -237,11 +254,14 @@ impl Queued {
                         self.corked = rustix::net::sockopt::set_tcp_cork(fd, true).is_ok();
                     }
                     if let Some(version) = range.version.filter(|_| range.started) {
-                        let now =
-                            rustix::fs::fstat(range.file.as_fd()).map(|st| FileVersion::of(&st));
-                        if now.ok() != Some(version) {
+                        let now = rustix::fs::fstat(range.file.as_fd())
+                            .map(|st| FileVersion::of(&st))
+                            .map_err(io::Error::from)?;
+                        if version.written_since(&now) {
                             return Err(io::Error::other("file changed while being sent"));
                         }
+                        // A change of mode, owner or links: what follows is compared with it.
+                        range.version = Some(now);
                     }
                     let asked = range.len.min(SENDFILE_CHUNK);
                     let mut offset = range.offset;
