@@ -56,6 +56,8 @@ pub struct FileVersion {
 }
 
 impl FileVersion {
+    // st_nlink is u64 on x86_64 and u32 on aarch64.
+    #[allow(clippy::unnecessary_cast)]
     pub fn of(st: &rustix::fs::Stat) -> FileVersion {
         FileVersion {
             size: st.st_size as u64,
