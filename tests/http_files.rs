@@ -563,6 +563,11 @@ fn directory_redirect_location_is_percent_encoded() {
     assert_eq!(r.status, 301, "{}", r.show());
     let want = Some("/my%20dir/?page=2&q=a%20b");
     assert_eq!(r.header("Location"), want, "{}", r.show());
+    // Bytes a URI's query cannot hold are encoded; a fragment does not go along.
+    let r = get(&srv, "/my%20dir?q=\"x\"{|}^`<>\\&r=:@/?!$'()*+,;=#frag");
+    assert_eq!(r.status, 301, "{}", r.show());
+    let want = Some("/my%20dir/?q=%22x%22%7B%7C%7D%5E%60%3C%3E%5C&r=:@/?!$'()*+,;=");
+    assert_eq!(r.header("Location"), want, "{}", r.show());
 }
 
 /// Opening a FIFO for reading waits for a writer; the server must neither wait (its loop would

@@ -67,8 +67,12 @@ pub fn read_entries(
             Err(e) => return Err(e.into()),
         };
         let kind = FileType::from_raw_mode(st.st_mode);
-        if kind == FileType::Symlink && !show_symlinks {
-            continue;
+        // Only what a request can reach: a FIFO, socket or device gets 403, so it is not
+        // listed; a symlink only when symlinks are followed.
+        match kind {
+            FileType::RegularFile | FileType::Directory => {}
+            FileType::Symlink if show_symlinks => {}
+            _ => continue,
         }
         let is_dir = kind == FileType::Directory;
         entries.push(Entry {
@@ -205,6 +209,10 @@ mod tests {
         std::fs::create_dir(t.0.join("adir")).unwrap();
         std::fs::write(t.0.join(".hidden"), b"").unwrap();
         std::os::unix::fs::symlink("/etc", t.0.join("link")).unwrap();
+        // Neither can be served (403), so neither is listed.
+        let fifo = t.0.join("fifo");
+        rustix::fs::mknodat(rustix::fs::CWD, &fifo, FileType::Fifo, 0o600.into(), 0).unwrap();
+        std::os::unix::net::UnixListener::bind(t.0.join("sock")).unwrap();
         let f = std::fs::File::open(&t.0).unwrap();
         (t, f)
     }
@@ -237,6 +245,7 @@ mod tests {
         assert_eq!(rest, &names[2..]);
         assert_eq!(names.len(), 2 + NASTY.len() + 1);
         assert!(!names.contains(&".hidden"));
+        assert!(!names.contains(&"fifo") && !names.contains(&"sock"));
         assert!(!names.contains(&".") && !names.contains(&".."));
         let file = entries.iter().find(|e| e.name == "a&b").unwrap();
         assert_eq!(file.size, 5);

@@ -512,11 +512,15 @@ impl HttpConn {
                 let mut location = String::with_capacity(path.len() + 8);
                 push_percent_encoded(&mut location, path, true);
                 location.push('/');
-                // The query goes along as sent (still encoded), as nginx keeps it; bytes
-                // past ASCII, which a header must not carry raw, are encoded.
+                // The query goes along as sent (still encoded), as nginx keeps it, without a
+                // fragment (which a client must not send). A byte a URI's query cannot hold
+                // (RFC 3986 3.4: a space, '"', '<', '{', bytes past ASCII) is encoded, or the
+                // Location would not be a URI.
                 if let Some(q) = head.target.iter().position(|&b| b == b'?') {
-                    for &b in &head.target[q..] {
-                        if b.is_ascii() {
+                    let query = &head.target[q..];
+                    let end = query.iter().position(|&b| b == b'#').unwrap_or(query.len());
+                    for &b in &query[..end] {
+                        if is_query_char(b) {
                             location.push(char::from(b));
                         } else {
                             push_percent_encoded(&mut location, &[b], false);
@@ -664,6 +668,12 @@ impl HttpConn {
         }
         (status, len, None)
     }
+}
+
+/// What a URI's query may hold as it is (RFC 3986 3.4): unreserved and sub-delims characters,
+/// ':', '@', '/', '?', and '%' for what is already percent-encoded.
+fn is_query_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)
 }
 
 fn with_no_file((status, bytes): (u16, u64)) -> (u16, u64, Option<FileRange>) {

@@ -1070,9 +1070,11 @@ impl AcceptGzip {
                 };
             let mut wanted = true;
             for param in parts {
-                let param = trim_ows(param);
-                if let [b'q' | b'Q', b'=', q @ ..] = param {
-                    wanted = !is_zero_qvalue(q);
+                let Some(eq) = param.iter().position(|&b| b == b'=') else {
+                    continue;
+                };
+                if let [b'q' | b'Q'] = trim_ows(&param[..eq]) {
+                    wanted = is_positive_qvalue(trim_ows(&param[eq + 1..]));
                 }
             }
             // A zero anywhere wins: "gzip, gzip;q=0" is not a request for gzip.
@@ -1085,11 +1087,19 @@ impl AcceptGzip {
     }
 }
 
-/// qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] ); only the zero matters here.
-fn is_zero_qvalue(q: &[u8]) -> bool {
+/// qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] ), above zero. A weight that
+/// is not a qvalue (`q=-1`, `q=0.0000`, `q=`) makes its member not acceptable: the identity
+/// coding is always there to fall back on, and reading a garbled weight as 1 could send gzip
+/// to a client that tried to refuse it.
+fn is_positive_qvalue(q: &[u8]) -> bool {
     match q {
-        [b'0'] => true,
-        [b'0', b'.', frac @ ..] => frac.len() <= 3 && frac.iter().all(|&b| b == b'0'),
+        [b'1'] => true,
+        [b'1', b'.', frac @ ..] => frac.len() <= 3 && frac.iter().all(|&b| b == b'0'),
+        [b'0', b'.', frac @ ..] => {
+            frac.len() <= 3
+                && frac.iter().all(u8::is_ascii_digit)
+                && frac.iter().any(|&b| b != b'0')
+        }
         _ => false,
     }
 }
@@ -1321,6 +1331,14 @@ mod tests {
         assert!(gz("*"));
         assert!(gz("br;q=1, *;q=0.1"));
         assert!(!gz("gzip;q=0"));
+        // A weight that is not a qvalue does not count as 1.
+        for bad in ["0.0000", "00", "-1", "\"0\"", "", "1.5", "2", "0.5x"] {
+            assert!(!gz(&format!("gzip;q={bad}")), "q={bad}");
+        }
+        assert!(!gz("gzip ; q = 0"));
+        assert!(gz("gzip ; q = 0.5"));
+        assert!(gz("gzip;q=1.000"));
+        assert!(gz("gzip;q=0.5;level=9"));
         assert!(!gz("gzip; q=0.000"));
         assert!(!gz("gzip;Q=0.0, br"));
         assert!(!gz("*;q=0"));

@@ -130,6 +130,9 @@ fn parse_spec(elem: &[u8]) -> Option<Spec> {
 }
 
 /// 1*DIGIT, nothing else (no sign, no inner spaces); overflow is a syntax error.
+/// Digits, saturating: a position past u64 is past the end of any file, which is what it
+/// means (a last-pos that large is "to the end", a first-pos that large unsatisfiable), rather
+/// than a syntax error that would drop the whole Range.
 fn parse_u64(s: &[u8]) -> Option<u64> {
     if s.is_empty() {
         return None;
@@ -138,7 +141,7 @@ fn parse_u64(s: &[u8]) -> Option<u64> {
         if !b.is_ascii_digit() {
             return None;
         }
-        acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        Some(acc.saturating_mul(10).saturating_add(u64::from(b - b'0')))
     })
 }
 
@@ -190,6 +193,17 @@ mod tests {
     #[test]
     fn clipping() {
         assert_eq!(p("bytes=0-5000", 1000), Partial { start: 0, end: 999 });
+        let huge = "99999999999999999999999";
+        assert_eq!(
+            p(&format!("bytes=0-{huge}"), 1000),
+            Partial { start: 0, end: 999 }
+        );
+        assert_eq!(p(&format!("bytes={huge}-"), 1000), Unsatisfiable);
+        assert_eq!(p("bytes=18446744073709551616-", 1000), Unsatisfiable);
+        assert_eq!(
+            p(&format!("bytes=-{huge}"), 1000),
+            Partial { start: 0, end: 999 }
+        );
         assert_eq!(p("bytes=-5000", 1000), Partial { start: 0, end: 999 });
         assert_eq!(
             p("bytes=10-18446744073709551615", 100),
@@ -247,10 +261,6 @@ mod tests {
             "bytes=--1",
             "items=0-1",
             "bytes0-1",
-            "bytes=18446744073709551616-",
-            "bytes=0-18446744073709551616",
-            "bytes=-18446744073709551616",
-            "bytes=99999999999999999999999-",
             "bytes=0-1,zz",
             "bytes=0-1;x",
         ] {
