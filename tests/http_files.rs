@@ -1800,6 +1800,70 @@ fn access_log_has_every_keep_alive_request() {
     );
 }
 
+/// The bytes field is what left, as nginx's `$body_bytes_sent`: a download the client cut
+/// short is logged with the part that went, not the length the head promised, and the lines
+/// keep the order of the responses. Under every model, since each ends a connection its own
+/// way.
+#[test]
+fn access_log_counts_the_bytes_that_left() {
+    use std::io::Read;
+    const BIG: usize = 32 << 20;
+    let t = Tree::new("alog-sent");
+    t.put("big", &vec![b'b'; BIG]);
+    t.put("x", b"0123456789");
+    for model in [
+        "multi-reactor",
+        "leader-followers",
+        "half-sync",
+        "thread-per-conn",
+        "prefork",
+        "process-per-conn",
+    ] {
+        let log = t.base.join(format!("access-{model}.log"));
+        let srv = serve(
+            &t,
+            &["--model", model, "--access-log", log.to_str().unwrap()],
+        );
+        // Whole: a small file, the big one, a small one, pipelined.
+        let mut s = connect(srv.tcp);
+        let ask = |path: &str, last: bool| {
+            let close = if last { "Connection: close\r\n" } else { "" };
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\n{close}\r\n")
+        };
+        let asks = [ask("/x", false), ask("/big", false), ask("/x", true)].concat();
+        s.write_all(asks.as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let end = read_until_end(&mut s, &mut got, 2 * BIG, Duration::from_secs(20));
+        assert!(matches!(end, End::Eof), "{model}: {end:?}");
+        let text = log_text(&log, 3);
+        let sizes: Vec<&str> = text
+            .lines()
+            .map(|l| l.split(' ').nth(9).unwrap_or("?"))
+            .collect();
+        assert_eq!(sizes, ["10", &BIG.to_string(), "10"], "{model}:\n{text}");
+        // Cut short: 1 MiB read, then a reset.
+        let mut s = connect(srv.tcp);
+        s.write_all(ask("/big", false).as_bytes()).unwrap();
+        let mut first = vec![0u8; 1 << 20];
+        s.read_exact(&mut first).unwrap();
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(s);
+        let text = log_text(&log, 4);
+        let last = text.lines().nth(3).unwrap_or_default();
+        let sent: usize = last
+            .split(' ')
+            .nth(9)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            (1 << 20..BIG).contains(&sent),
+            "{model}: a download reset after 1 MiB is logged with {sent} bytes:\n{text}"
+        );
+    }
+}
+
 /// Requests refused before they were understood are logged too, with the request line as
 /// received (escaped), as nginx does: they are what an operator looks for.
 #[test]

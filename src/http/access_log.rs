@@ -6,10 +6,13 @@
 //! than stalling every connection of the loop behind a slow disk.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::ops::Range;
 
 use super::date::unix_now;
 use super::response::push_u64;
+use crate::ops::log::AsyncWriter;
 
 /// What the log needs to know about one exchange.
 pub struct Exchange<'a> {
@@ -28,15 +31,99 @@ thread_local! {
     static TIME: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
 }
 
-/// Formats one line (without the newline).
-pub fn format_line(x: &Exchange<'_>, out: &mut Vec<u8>) {
+/// Formats one line (without the newline); returns where its bytes field is in `out`.
+pub fn format_line(x: &Exchange<'_>, out: &mut Vec<u8>) -> Range<usize> {
     push_start(out, x.peer);
     escape(out, x.method.as_bytes());
     out.push(b' ');
     escape(out, x.target);
     out.push(b' ');
     out.extend_from_slice(x.version.as_bytes());
-    push_end(out, x.status, x.body_bytes, x.referer, x.user_agent);
+    push_end(out, x.status, x.body_bytes, x.referer, x.user_agent)
+}
+
+/// A formatted line whose bytes field can still be set to what was really sent.
+pub struct Line {
+    text: Vec<u8>,
+    bytes_at: Range<usize>,
+}
+
+impl Line {
+    /// `text` with its bytes field at `bytes_at` (an empty range: a line left as it is).
+    pub fn new(text: Vec<u8>, bytes_at: Range<usize>) -> Line {
+        Line { text, bytes_at }
+    }
+
+    /// The line, its bytes field set to `bytes` if given.
+    pub fn with_bytes(mut self, bytes: Option<u64>) -> Vec<u8> {
+        if let Some(n) = bytes.filter(|_| !self.bytes_at.is_empty()) {
+            let mut digits = Vec::with_capacity(20);
+            push_u64(&mut digits, n);
+            self.text.splice(self.bytes_at, digits);
+        }
+        self.text
+    }
+}
+
+/// Access-log lines held back while a body sent from a file leaves, so that the bytes field
+/// says what the kernel took, as nginx's `$body_bytes_sent` does, not what the head
+/// promised: a download cut short shows in the log. Lines after such a one wait behind it, so
+/// the log keeps the order of the responses.
+///
+/// Positions count the bytes handed to the connection since the first line was held
+/// (starting from what it had queued then); what was sent is that count less what the
+/// connection still holds ([`Ctx::output_len`](crate::net::Ctx::output_len), which in
+/// `on_close` is what was never sent).
+pub struct Held {
+    handed: u64,
+    lines: VecDeque<(Line, Option<FileBody>)>,
+}
+
+/// Where a body sent from a file ends among the handed bytes, and its length.
+#[derive(Clone, Copy)]
+struct FileBody {
+    end: u64,
+    len: u64,
+}
+
+impl Held {
+    /// Starts holding on a connection that has `queued` bytes queued.
+    pub fn new(queued: usize) -> Held {
+        Held {
+            handed: queued as u64,
+            lines: VecDeque::new(),
+        }
+    }
+
+    /// `n` more bytes were handed to the connection.
+    pub fn handed(&mut self, n: u64) {
+        self.handed += n;
+    }
+
+    /// Holds `line`; `file_body`: the length of the body the bytes just handed end with.
+    pub fn hold(&mut self, line: Line, file_body: Option<u64>) {
+        let body = file_body.map(|len| FileBody {
+            end: self.handed,
+            len,
+        });
+        self.lines.push_back((line, body));
+    }
+
+    /// Writes the lines whose bodies have left, given that the connection still holds
+    /// `unsent` bytes; all of them when the connection has `ended`. True when none is left.
+    pub fn release(&mut self, unsent: usize, ended: bool, log: &AsyncWriter) -> bool {
+        let sent = self.handed.saturating_sub(unsent as u64);
+        while let Some((_, body)) = self.lines.front() {
+            let bytes = match body {
+                Some(b) if sent < b.end && !ended => break,
+                Some(b) => Some(b.len.saturating_sub(b.end.saturating_sub(sent))),
+                None => None,
+            };
+            let (line, _) = self.lines.pop_front().expect("looked at above");
+            log.write_line(&line.with_bytes(bytes));
+        }
+        self.lines.is_empty()
+    }
 }
 
 /// The line for a request refused before it was understood (a bad head, a bad body, a
@@ -83,18 +170,20 @@ fn push_start(out: &mut Vec<u8>, peer: Option<SocketAddr>) {
     out.extend_from_slice(b" \"");
 }
 
-/// `" status bytes "referer" "user-agent"`
+/// `" status bytes "referer" "user-agent"`; returns where the bytes field is.
 fn push_end(
     out: &mut Vec<u8>,
     status: u16,
     body_bytes: u64,
     referer: Option<&[u8]>,
     user_agent: Option<&[u8]>,
-) {
+) -> Range<usize> {
     out.extend_from_slice(b"\" ");
     push_u64(out, u64::from(status));
     out.push(b' ');
+    let start = out.len();
     push_u64(out, body_bytes);
+    let bytes_at = start..out.len();
     for field in [referer, user_agent] {
         out.extend_from_slice(b" \"");
         match field {
@@ -103,6 +192,7 @@ fn push_end(
         }
         out.push(b'"');
     }
+    bytes_at
 }
 
 /// Client-supplied bytes are escaped as nginx does (`\xHH` for quotes, backslashes and

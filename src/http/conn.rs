@@ -38,7 +38,7 @@ use super::response::{
     push_content_length, push_end, push_error, push_header, push_status, push_u64, Persistence,
 };
 use super::site::Site;
-use crate::net::{Buffer, Ctx, FileRange, Handler};
+use crate::net::{Buffer, CloseReason, Ctx, FileRange, Handler};
 use crate::reactor::Note;
 
 /// Output waiting for the client above which no further pipelined request is answered.
@@ -100,8 +100,8 @@ struct Answer {
     bytes: Vec<u8>,
     /// A body that leaves with sendfile, after `bytes`.
     file: Option<FileRange>,
-    /// The access log line, written when the answer leaves.
-    log: Option<Vec<u8>>,
+    /// The access log line, written when the answer leaves (a file's body: once it has left).
+    log: Option<access_log::Line>,
 }
 
 pub struct HttpConn {
@@ -118,6 +118,8 @@ pub struct HttpConn {
     /// A u32: a head is at most `max_head`, and the connection's size is what decides how
     /// many idle ones fit in a GiB.
     partial_head: u32,
+    /// Access-log lines waiting for a file's body to leave; `None` (no memory) otherwise.
+    held: Option<Box<access_log::Held>>,
 }
 
 thread_local! {
@@ -135,6 +137,7 @@ impl HttpConn {
             stalled: false,
             heard: false,
             partial_head: 0,
+            held: None,
         }
     }
 
@@ -182,7 +185,7 @@ impl HttpConn {
                         // no longer waiting. Only output the connection still holds counts
                         // against the client, and only then does reading pause, because only
                         // then will a drained queue (`on_drained`) resume it.
-                        flush(cx, out);
+                        self.flush(cx, out);
                         queued = cx.output_len();
                         if queued > BACKLOG {
                             self.stalled = true;
@@ -314,21 +317,70 @@ impl HttpConn {
     /// ends the connection (which is then closing).
     fn emit(&mut self, cx: &mut Ctx<'_>, out: &mut Vec<u8>, answer: Answer) -> bool {
         cx.note(Note::Response(answer.status));
-        if let (Some(log), Some(line)) = (&self.site.access_log, &answer.log) {
-            log.write_line(line);
-        }
+        let mut file_body = None;
         if let Some(range) = answer.file {
+            if answer.log.is_some() && self.held.is_none() {
+                self.held = Some(Box::new(access_log::Held::new(cx.output_len())));
+            }
             // The batch so far becomes the head of a sendfile.
-            cx.send_file(out, range);
+            let (handed, len) = (out.len() as u64 + range.len, range.len);
+            if cx.send_file(out, range) {
+                file_body = Some(len);
+                self.handed(handed);
+            }
             out.clear();
+        }
+        if let Some(line) = answer.log {
+            self.log(line, file_body);
         }
         if answer.persistence.keeps_alive() {
             return true;
         }
         self.state = State::Closed;
-        flush(cx, out);
+        self.flush(cx, out);
         cx.close();
         false
+    }
+
+    /// Hands the batch so far to the connection.
+    fn flush(&mut self, cx: &mut Ctx<'_>, out: &mut Vec<u8>) {
+        if !out.is_empty() {
+            if cx.write(out) {
+                self.handed(out.len() as u64);
+            }
+            out.clear();
+        }
+    }
+
+    /// Counts bytes handed to the connection while access-log lines are held.
+    fn handed(&mut self, n: u64) {
+        if let Some(held) = &mut self.held {
+            held.handed(n);
+        }
+    }
+
+    /// Logs `line` now, or holds it: behind a file's body (`file_body`, its length, just
+    /// handed) until that has left, or behind lines already held.
+    fn log(&mut self, line: access_log::Line, file_body: Option<u64>) {
+        let Some(log) = &self.site.access_log else {
+            return;
+        };
+        match &mut self.held {
+            Some(held) => held.hold(line, file_body),
+            None => {
+                log.write_line(&line.with_bytes(None));
+            }
+        }
+    }
+
+    /// Writes the held lines whose bodies have left (all of them once the connection has
+    /// `ended`).
+    fn release_log(&mut self, cx: &Ctx<'_>, ended: bool) {
+        if let (Some(held), Some(log)) = (&mut self.held, &self.site.access_log) {
+            if held.release(cx.output_len(), ended, log) {
+                self.held = None;
+            }
+        }
     }
 
     /// Answers `status` and closes: the request cannot be framed (or must not be served), so
@@ -346,7 +398,7 @@ impl HttpConn {
     ) {
         let body_bytes = push_error(out, status, Persistence::Close, false);
         cx.note(Note::Response(status));
-        if let Some(log) = &self.site.access_log {
+        if self.site.access_log.is_some() {
             let request = match &self.state {
                 _ if at_head => access_log::first_line(input.as_slice()),
                 State::Body(wait) => &wait.request,
@@ -354,11 +406,11 @@ impl HttpConn {
             };
             let mut line = Vec::with_capacity(128);
             access_log::format_refusal(cx.peer_addr(), request, status, body_bytes, &mut line);
-            log.write_line(&line);
+            self.log(access_log::Line::new(line, 0..0), None);
         }
         self.state = State::Closed;
         input.clear();
-        flush(cx, out);
+        self.flush(cx, out);
         cx.close();
     }
 
@@ -383,7 +435,7 @@ impl HttpConn {
         let (status, body_bytes, file) = self.answer(head, out, persistence, now);
         let log = self.site.access_log.as_ref().map(|_| {
             let mut line = Vec::with_capacity(200);
-            access_log::format_line(
+            let bytes_at = access_log::format_line(
                 &Exchange {
                     peer: cx.peer_addr(),
                     method: head.method_str,
@@ -399,7 +451,7 @@ impl HttpConn {
                 },
                 &mut line,
             );
-            line
+            access_log::Line::new(line, bytes_at)
         });
         Answer {
             status,
@@ -680,13 +732,6 @@ fn with_no_file((status, bytes): (u16, u64)) -> (u16, u64, Option<FileRange>) {
     (status, bytes, None)
 }
 
-fn flush(cx: &mut Ctx<'_>, out: &mut Vec<u8>) {
-    if !out.is_empty() {
-        cx.write(out);
-        out.clear();
-    }
-}
-
 impl Handler for HttpConn {
     fn on_connect(&mut self, cx: &mut Ctx<'_>) {
         cx.set_idle_timeout(Some(self.site.settings.keepalive_timeout));
@@ -710,8 +755,10 @@ impl Handler for HttpConn {
                 .try_borrow_mut()
                 .map(|mut o| std::mem::take(&mut *o))
                 .unwrap_or_default();
+            self.release_log(cx, false);
             self.process(cx, input, &mut out, now);
-            flush(cx, &mut out);
+            self.flush(cx, &mut out);
+            self.release_log(cx, false);
             if let Ok(mut o) = cell.try_borrow_mut() {
                 if out.capacity() <= 1 << 20 {
                     *o = out;
@@ -722,6 +769,7 @@ impl Handler for HttpConn {
     }
 
     fn on_drained(&mut self, cx: &mut Ctx<'_>) {
+        self.release_log(cx, false);
         if self.stalled {
             self.stalled = false;
             cx.resume_read(); // offers the unanswered requests again
@@ -760,6 +808,10 @@ impl Handler for HttpConn {
         let mut out = Vec::new();
         let mut nothing = Buffer::new();
         self.fail(cx, &mut out, status, &mut nothing, false);
+    }
+
+    fn on_close(&mut self, cx: &mut Ctx<'_>, _reason: CloseReason) {
+        self.release_log(cx, true);
     }
 }
 

@@ -759,7 +759,11 @@ impl EventLoop {
 
     /// Bytes queued on `id` and not yet accepted by the kernel.
     pub fn output_len(&self, id: ConnId) -> usize {
-        self.conn(id).map_or(0, |c| c.output_len())
+        match (self.conn(id), self.unsent_at_close) {
+            (Some(c), _) => c.output_len(),
+            (None, Some((closing, unsent))) if closing == id => unsent,
+            (None, _) => 0,
+        }
     }
 
     pub fn is_open(&self, id: ConnId) -> bool {
@@ -1059,6 +1063,7 @@ impl EventLoop {
         if let Some(buf) = conn.input.take().map(|b| *b) {
             self.pool.put(buf);
         }
+        let unsent = conn.output.len() as usize;
         let pool = &mut self.pool;
         conn.output.clear(|b| pool.put(b));
         let reason = conn.closing_reason.take().unwrap_or(CloseReason::Normal);
@@ -1074,7 +1079,9 @@ impl EventLoop {
         drop(conn); // close(2)
         self.unstarve_listeners();
         if let Some(mut h) = handler {
+            self.unsent_at_close = Some((id, unsent));
             h.on_close(&mut Ctx::new(self, id), reason);
+            self.unsent_at_close = None;
         }
     }
 }

@@ -172,7 +172,8 @@ impl<'a> Ctx<'a> {
         self.ops.send_file(self.id, head, range)
     }
 
-    /// Bytes queued (in memory or as file ranges) and not yet taken by the kernel.
+    /// Bytes queued (in memory or as file ranges) and not yet taken by the kernel. In
+    /// `on_close`: what was still queued when the connection ended, never to be sent.
     pub fn output_len(&self) -> usize {
         self.ops.output_len(self.id)
     }

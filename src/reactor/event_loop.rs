@@ -166,6 +166,9 @@ pub struct EventLoop {
     /// Inside `expire_timers`: task keys cancelled after they left the wheel, not to be run.
     expiring: bool,
     cancelled_while_expiring: Vec<TimerKey>,
+    /// The connection whose `on_close` is running and the bytes it still had queued, which
+    /// were never sent: what [`Ctx::output_len`](crate::net::Ctx::output_len) says there.
+    pub(crate) unsent_at_close: Option<(ConnId, usize)>,
     /// When the counters were last published for other threads.
     published_at: u64,
     pub(crate) pool: BufferPool,
@@ -216,6 +219,7 @@ impl EventLoop {
             fired: Vec::new(),
             expiring: false,
             cancelled_while_expiring: Vec::new(),
+            unsent_at_close: None,
             published_at: 0,
             pool,
             scratch: Some(Buffer::with_capacity(SCRATCH)),

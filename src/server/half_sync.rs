@@ -172,30 +172,32 @@ fn stop_workers(hub: &Hub, workers: Vec<JoinHandle<()>>) {
 fn close_leftovers(hub: &Hub) {
     let blocked = std::mem::take(&mut hub.state().blocked);
     for (id, side) in blocked {
-        let (handler, reason) = {
+        let (handler, closed) = {
             let mut s = lock(&side);
             let reason = s.events.iter().find_map(|c| match c {
-                Call::Close(r) => Some(r.clone()),
+                Call::Close(r, unsent) => Some((r.clone(), *unsent)),
                 _ => None,
             });
             (s.handler.take(), reason)
         };
         if let Some(h) = handler {
-            close_handler(
-                h,
-                id,
-                reason.unwrap_or(CloseReason::DrainTimeout),
-                &hub.handle,
-            );
+            let (reason, unsent) = closed.unwrap_or((CloseReason::DrainTimeout, 0));
+            close_handler(h, id, reason, unsent, &hub.handle);
         }
     }
 }
 
 /// Runs `on_close` off the reactor, for a connection that is gone.
-fn close_handler(mut h: Box<dyn Handler>, id: ConnId, reason: CloseReason, handle: &LoopHandle) {
+fn close_handler(
+    mut h: Box<dyn Handler>,
+    id: ConnId,
+    reason: CloseReason,
+    unsent: usize,
+    handle: &LoopHandle,
+) {
     let mut rec = Recorder {
         ops: Vec::new(),
-        output_len: 0,
+        output_len: unsent,
         writable: false,
         peer: None,
         handle: handle.clone(),
@@ -314,7 +316,8 @@ enum Call {
     HighWater(usize),
     IdleTimeout,
     Timer(u64),
-    Close(CloseReason),
+    /// Why, and the bytes the connection still had queued (never sent).
+    Close(CloseReason, usize),
 }
 
 enum Job {
@@ -411,7 +414,7 @@ impl Side {
         if let Some(i) = self
             .events
             .iter()
-            .position(|c| !matches!(c, Call::PeerShutdown | Call::Close(_)))
+            .position(|c| !matches!(c, Call::PeerShutdown | Call::Close(..)))
         {
             return self.events.remove(i);
         }
@@ -531,7 +534,7 @@ impl Handler for Shim {
             s.input = None;
             s.seen = 0;
             s.events.retain(|c| matches!(c, Call::Connect));
-            s.events.push_back(Call::Close(reason));
+            s.events.push_back(Call::Close(reason, cx.output_len()));
         }
         pump(reactor(cx), &self.hub, id, &self.side);
     }
@@ -557,11 +560,15 @@ fn pump(el: &mut EventLoop, hub: &Arc<Hub>, id: ConnId, side: &Arc<Mutex<Side>>)
         hub.state().blocked.push_back((id, side.clone()));
         return;
     }
+    let output_len = match call {
+        Call::Close(_, unsent) => unsent,
+        _ => el.output_len(id),
+    };
     let work = Work {
         id,
         handler: s.handler.take().expect("checked above"),
         call,
-        output_len: el.output_len(id),
+        output_len,
         writable: el.is_open(id) && !s.write_shut && !s.closing,
         peer: s.peer,
         side: side.clone(),
@@ -609,7 +616,7 @@ fn sync_read(el: &mut EventLoop, id: ConnId, side: &Mutex<Side>) {
         let has_work = s.busy
             || s.blocked
             || s.unseen() > 0
-            || s.events.iter().any(|c| !matches!(c, Call::Close(_)));
+            || s.events.iter().any(|c| !matches!(c, Call::Close(..)));
         let want = !s.closing
             && !s.closed
             && (s.handler_paused || s.backlog_paused || (draining && has_work));
@@ -650,7 +657,14 @@ fn worker(rx: &Mutex<Receiver<Job>>, hub: &Hub) {
                 hub.queued.fetch_sub(1, Ordering::SeqCst);
                 if hub.abandon.load(Ordering::SeqCst) {
                     let handle = work.hub.handle.clone();
-                    close_handler(work.handler, work.id, CloseReason::DrainTimeout, &handle);
+                    let unsent = work.output_len;
+                    close_handler(
+                        work.handler,
+                        work.id,
+                        CloseReason::DrainTimeout,
+                        unsent,
+                        &handle,
+                    );
                 } else {
                     work.run();
                 }
@@ -770,7 +784,7 @@ impl Work {
             peer,
             handle: hub.handle.clone(),
         };
-        let close = matches!(call, Call::Close(_));
+        let close = matches!(call, Call::Close(..));
         let mut input = None;
         let ran = panic::catch_unwind(AssertUnwindSafe(|| {
             let cx = &mut Ctx::new(&mut rec, id);
@@ -785,7 +799,7 @@ impl Work {
                 Call::HighWater(queued) => handler.on_high_water(cx, queued),
                 Call::IdleTimeout => handler.on_idle_timeout(cx),
                 Call::Timer(tag) => handler.on_timer(cx, tag),
-                Call::Close(reason) => handler.on_close(cx, reason),
+                Call::Close(reason, _) => handler.on_close(cx, reason),
             }
         }));
         let handler = match ran {
@@ -869,15 +883,15 @@ impl Drop for Reply {
         let Some(handler) = self.handler.take() else {
             return;
         };
-        let reason = lock(&self.side)
+        let (reason, unsent) = lock(&self.side)
             .events
             .iter()
             .find_map(|c| match c {
-                Call::Close(r) => Some(r.clone()),
+                Call::Close(r, unsent) => Some((r.clone(), *unsent)),
                 _ => None,
             })
-            .unwrap_or(CloseReason::DrainTimeout);
-        close_handler(handler, self.id, reason, &self.hub.handle);
+            .unwrap_or((CloseReason::DrainTimeout, 0));
+        close_handler(handler, self.id, reason, unsent, &self.hub.handle);
     }
 }
 
@@ -972,7 +986,7 @@ mod tests {
             Some(Call::HighWater(_)) => "high-water",
             Some(Call::IdleTimeout) => "idle",
             Some(Call::Timer(_)) => "timer",
-            Some(Call::Close(_)) => "close",
+            Some(Call::Close(..)) => "close",
         }
     }
 

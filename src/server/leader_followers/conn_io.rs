@@ -240,7 +240,6 @@ impl Worker<'_> {
         }
         drop(fd); // close(2); also leaves the epoll set (leader/followers never forks or dups)
         core.input = None;
-        core.output.clear(drop);
         let left = sh.remove(core.id);
         if core.holds_permit {
             sh.permits.fetch_sub(1, Ordering::AcqRel);
@@ -254,8 +253,10 @@ impl Worker<'_> {
                 stats: self.stats,
                 now: self.now,
             };
+            // The output is still there: what it holds is what was never sent.
             h.on_close(&mut Ctx::new(&mut ops, id), reason);
         }
+        c.core.output.clear(drop);
         if sh.listener_starved.swap(false, Ordering::AcqRel) {
             sh.arm_listener(&lock(&sh.listener));
         }
