@@ -211,6 +211,51 @@ fn a_scrape_does_not_wait_for_a_busy_handler() {
     );
 }
 
+/// Admin connections are outside `--max-conns`, so the figures answer with the site full;
+/// they used to be unbounded too, and idle ones (each held 10 s) could take every fd the site
+/// had. At most 64 are open at once (the next gets a 503), and one that sends nothing is
+/// closed after 3 s. Under every model, since prefork's master serves them itself.
+#[test]
+fn idle_admin_connections_are_bounded_and_do_not_starve_the_site() {
+    let dir = temp_dir("admin-cap");
+    std::fs::write(dir.join("page.txt"), "the page").unwrap();
+    for model in MODELS {
+        let srv = Opts::http("epoll-et")
+            .arg("--root", dir.to_str().unwrap())
+            .arg("--model", model)
+            .arg("--threads", "2")
+            .arg("--admin", "127.0.0.1:0")
+            .spawn();
+        let admin = srv.admin_addr().expect("a `listening admin` line");
+        let opened = Instant::now();
+        let idle: Vec<TcpStream> = (0..64).map(|_| connect(admin)).collect();
+        // The 65th is refused at once, with a reason; counting may lag the connects a little.
+        poll_until("a 503 for the 65th", Duration::from_secs(3), || {
+            get(admin, "/metrics").status == 503
+        });
+        assert_eq!(get(srv.tcp, "/page.txt").body, b"the page", "{model}");
+        // The idle ones are cut off after the 3 s head timeout (with a 408), freeing room.
+        for mut s in idle {
+            s.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            assert!(
+                got.starts_with(b"HTTP/1.1 408"),
+                "{model}: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+        }
+        let took = opened.elapsed();
+        assert!(
+            (Duration::from_millis(2_900)..Duration::from_secs(6)).contains(&took),
+            "{model}: idle admin connections closed after {took:?}"
+        );
+        assert_eq!(get(admin, "/metrics").status, 200, "{model}");
+        drop(srv);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Scrapes one after another while a loop is stuck in a handler: the control loop waits for
 /// that loop's answer (up to 50 ms) once; while that question is unanswered, later scrapes
 /// take what the loop last published without waiting. Each scrape used to wait the whole

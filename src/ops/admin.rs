@@ -7,10 +7,11 @@
 //! per scrape anyway, and it keeps the handler small enough to trust with any input.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::net::{Buffer, Ctx, Handler};
+use crate::net::{Buffer, CloseReason, Ctx, Handler};
 use crate::reactor::{Engine, LoopStats};
 
 /// Everything the pages show, gathered by the server when a page is asked for.
@@ -426,8 +427,14 @@ pub fn render_status_html(v: &MetricsView, refresh_secs: u32) -> String {
 /// it bounds what one connection can make us buffer.
 const MAX_HEAD: usize = 8192;
 
-/// A client that connects and sends nothing, or trickles a head, is cut off after this.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that connects and sends nothing, or trickles a head, is cut off after this. A
+/// scraper or a browser sends its request as soon as it has connected.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Admin connections open at once, at most (the next one gets a 503 and is closed). They are
+/// outside `--max-conns`, so that the figures answer with the site full; this bound keeps
+/// the reverse from happening: idle admin connections cannot take the fds the site needs.
+pub const MAX_OPEN: usize = 64;
 const HEAD_TIMER: u64 = 1;
 
 const DEFAULT_REFRESH_SECS: u32 = 5;
@@ -442,6 +449,8 @@ pub struct AdminHandler {
     source: MetricsSource,
     refresh_secs: u32,
     answered: bool,
+    /// The count of open admin connections this one is part of, while it is.
+    open: Option<Arc<AtomicUsize>>,
 }
 
 impl AdminHandler {
@@ -452,7 +461,15 @@ impl AdminHandler {
             source,
             refresh_secs: DEFAULT_REFRESH_SECS,
             answered: false,
+            open: None,
         }
+    }
+
+    /// Counts this connection in `open`, shared by every admin connection of the listener,
+    /// and refuses it when [`MAX_OPEN`] are already open.
+    pub fn counted_in(mut self, open: Arc<AtomicUsize>) -> AdminHandler {
+        self.open = Some(open);
+        self
     }
 
     /// How often `/status` reloads itself (0: never); 5 s by default.
@@ -566,7 +583,22 @@ fn parse_head(data: &[u8]) -> Parsed {
 
 impl Handler for AdminHandler {
     fn on_connect(&mut self, cx: &mut Ctx<'_>) {
+        if let Some(open) = &self.open {
+            if open.fetch_add(1, Ordering::AcqRel) >= MAX_OPEN {
+                open.fetch_sub(1, Ordering::AcqRel);
+                self.open = None;
+                let body = "too many admin connections\n";
+                self.respond(cx, Response::text("503 Service Unavailable", body));
+                return;
+            }
+        }
         cx.set_timer(HEAD_TIMEOUT, HEAD_TIMER);
+    }
+
+    fn on_close(&mut self, _cx: &mut Ctx<'_>, _reason: CloseReason) {
+        if let Some(open) = self.open.take() {
+            open.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     fn on_data(&mut self, cx: &mut Ctx<'_>, input: &mut Buffer) {

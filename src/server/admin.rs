@@ -10,6 +10,7 @@
 
 use std::io;
 use std::net::TcpListener;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -80,9 +81,12 @@ pub(crate) fn attach(el: &mut EventLoop, model: Model, source: StatsSource) -> i
             loops,
         }
     });
+    let open = Arc::new(AtomicUsize::new(0));
     el.add_listener_outside_limit(
         listener,
-        Arc::new(move || Box::new(AdminHandler::new(view.clone())) as Box<dyn Handler>),
+        Arc::new(move || {
+            Box::new(AdminHandler::new(view.clone()).counted_in(open.clone())) as Box<dyn Handler>
+        }),
     )?;
     Ok(())
 }
