@@ -1122,10 +1122,10 @@ fn a_rewrite_that_keeps_size_and_mtime_is_seen() {
     assert_eq!(r.status, 200, "{}", r.show());
 }
 
-/// A download in flight outlives the changes that leave the open file's bytes alone: a
-/// chmod, a hard link, and a new version renamed over the path (the usual deploy). Each moves
-/// the file's ctime, and the check that stops a response from a file written in place used to
-/// reset the connection on all of them. A write in place still ends it.
+/// A download in flight outlives the changes that leave the bytes it promised alone: a chmod,
+/// a hard link, a new version renamed over the path (the usual deploy), and an append. The
+/// check that stops a response from a file written in place used to reset the connection on
+/// all of them. A write in place still ends it.
 #[test]
 fn a_download_outlives_a_chmod_a_link_and_a_rename_over_it() {
     use std::io::Read;
@@ -1148,6 +1148,7 @@ fn a_download_outlives_a_chmod_a_link_and_a_rename_over_it() {
     };
     let (mut s, mut got) = start("/big.bin");
     // The server is now blocked on a full socket, partway through the file.
+    thread::sleep(Duration::from_millis(300));
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
     std::fs::hard_link(&path, t.root().join("big-link.bin")).unwrap();
     let next = t.put("big.bin.new", b"the next version");
@@ -1164,6 +1165,29 @@ fn a_download_outlives_a_chmod_a_link_and_a_rename_over_it() {
     assert!(
         got[at..] == body[..],
         "the bytes of the version the response began with"
+    );
+
+    // Appended to (a log being written): the bytes promised are as they were. The append is
+    // made while the server waits on a full socket: a check that lands inside a write (the
+    // mtime moved, the size not yet) takes it for a write in place (see `FileVersion`).
+    let (mut s, mut got) = start("/big-link.bin");
+    thread::sleep(Duration::from_millis(300));
+    let mut f = std::fs::File::options()
+        .append(true)
+        .open(t.root().join("big-link.bin"))
+        .unwrap();
+    f.write_all(&[b'+'; 1 << 20]).unwrap();
+    s.read_to_end(&mut got)
+        .expect("the rest of the response, then the close");
+    let at = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    assert!(
+        got[at..] == body[..],
+        "the bytes of the file as it was: {}",
+        got.len() - at
     );
 
     // Written in place (past a timestamp tick): what is left would be another version.

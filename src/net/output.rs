@@ -20,6 +20,7 @@ use std::sync::Arc;
 use rustix::net::SendFlags;
 
 use crate::net::buffer::Buffer;
+use crate::net::log_throttle::{left_out_note, LogThrottle};
 
 /// A range of an open file to send. The file is shared: an open-file cache can hand the same
 /// descriptor to every connection that downloads it.
@@ -45,7 +46,9 @@ pub struct FileRange {
 /// modification time, and its status-change time, which every write moves and nothing can set
 /// back. The ctime also moves on a chmod, chown, link or unlink (a new version renamed over
 /// it, the usual deploy), none of which changes a byte the open fd reads: a ctime that moved
-/// along with the mode, owner or link count is taken for one of those.
+/// along with the mode, owner or link count is taken for one of those. A file that grew is
+/// taken for one appended to (a log being written), whose first bytes, the ones promised,
+/// are as they were.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FileVersion {
     pub size: u64,
@@ -67,13 +70,18 @@ impl FileVersion {
         }
     }
 
-    /// Whether the bytes may differ from `self`'s: a new size or mtime, or a ctime that moved
-    /// with nothing else to explain it (a write whose mtime was set back). A `touch` moves the
-    /// mtime and cannot be told from a write.
+    /// Whether the bytes `self` promised may differ now: the file shrank, or kept its size
+    /// and got a new mtime, or a ctime that moved with nothing else to explain it (a write
+    /// whose mtime was set back). A `touch` moves the mtime and cannot be told from a write.
+    /// Growth is taken for an append: a rewrite in place that also makes the file longer is
+    /// not caught. A look that lands inside an append, after the kernel moved the mtime and
+    /// before it moved the size, takes it for a write: rare, and it costs a download, never a
+    /// wrong byte.
     pub fn written_since(&self, now: &FileVersion) -> bool {
-        self.size != now.size
-            || self.mtime != now.mtime
-            || (self.ctime != now.ctime && self.meta == now.meta)
+        if now.size != self.size {
+            return now.size < self.size;
+        }
+        self.mtime != now.mtime || (self.ctime != now.ctime && self.meta == now.meta)
     }
 }
 
@@ -115,6 +123,9 @@ pub(crate) struct Flushed {
 /// Largest single sendfile request: big enough that a fast reader costs few calls, small
 /// enough that one connection cannot keep the loop in the kernel for long.
 const SENDFILE_CHUNK: u64 = 1 << 20;
+
+/// "A file was written to while being sent", at most once a second.
+static CHANGED_WHILE_SENT: LogThrottle = LogThrottle::new(1);
 
 /// A file range longer than this is sent with TCP_CORK set. Uncorked, a TCP_NODELAY socket
 /// sends whatever fits at the moment as a packet of its own: the part of a segment that reaches
@@ -260,6 +271,12 @@ impl Queued {
                             .map(|st| FileVersion::of(&st))
                             .map_err(io::Error::from)?;
                         if version.written_since(&now) {
+                            if let Some(left_out) = CHANGED_WHILE_SENT.turn() {
+                                tracing::warn!(
+                                    "a file was written to while a response from it was being sent; that response was cut off, and its client must ask again{}",
+                                    left_out_note(left_out)
+                                );
+                            }
                             return Err(io::Error::other("file changed while being sent"));
                         }
                         // A change of mode, owner or links: what follows is compared with it.
