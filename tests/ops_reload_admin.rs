@@ -154,6 +154,48 @@ fn sighup_reload_takes_effect_for_new_connections_and_a_broken_one_changes_nothi
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Under prefork each worker reloads itself on the SIGHUP its master passes on, once the
+/// master found the file good; a broken file is reported once, by the master, not again by
+/// every worker.
+#[test]
+fn prefork_workers_take_up_a_reload_and_a_broken_file_is_reported_once() {
+    let dir = temp_dir("reload-prefork");
+    for (site, text) in [("a", "site A"), ("b", "site B")] {
+        std::fs::create_dir_all(dir.join(site)).unwrap();
+        std::fs::write(dir.join(site).join("page.txt"), text).unwrap();
+    }
+    let conf = dir.join("keel.toml");
+    let config = |site: &str| {
+        let root = dir.join(site).display().to_string();
+        format!("[http]\nroot = {root:?}\naccess_log = \"off\"\n")
+    };
+    write_config(&conf, &config("a"));
+    let srv = Opts::http("epoll-et")
+        .arg("--config", conf.to_str().unwrap())
+        .arg("--model", "prefork")
+        .arg("--threads", "2")
+        .spawn();
+    assert_eq!(get(srv.tcp, "/page.txt").body, b"site A");
+    write_config(&conf, &config("b"));
+    srv.signal(Signal::SIGHUP);
+    // Twenty in a row: every one served by whichever worker accepts it.
+    poll_until(
+        "the new root in the workers",
+        Duration::from_secs(5),
+        || (0..20).all(|_| get(srv.tcp, "/page.txt").body == b"site B"),
+    );
+    write_config(&conf, "[http]\nroot = 17\n");
+    srv.signal(Signal::SIGHUP);
+    poll_until("the failure reported", Duration::from_secs(5), || {
+        srv.stderr_dump().contains("reload failed")
+    });
+    std::thread::sleep(Duration::from_millis(300)); // room for workers to say it too
+    let dump = srv.stderr_dump();
+    assert_eq!(dump.matches("reload failed").count(), 1, "{dump}");
+    assert!((0..20).all(|_| get(srv.tcp, "/page.txt").body == b"site B"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A reload swaps the handlers' settings; a setting applied to loops, listeners or the
 /// process at start (here the idle timeout) cannot change under it, and the log says so
 /// instead of letting "reloaded" suggest it did.

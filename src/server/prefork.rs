@@ -110,9 +110,12 @@ impl forking::Master for Master {
     }
 
     fn hang_up(&self) {
-        // Each worker reloads itself; the master reloads for the workers it forks later.
-        self.children.signal_all(Signal::SIGHUP);
-        super::reload::reload();
+        // The master reloads for the workers it forks later, and says how it went; each
+        // worker reloads itself, only once the master found the file good (a broken one would
+        // be reported again by every worker).
+        if super::reload::reload() {
+            self.children.signal_all(Signal::SIGHUP);
+        }
     }
 
     fn close(&mut self, el: &mut EventLoop) {
