@@ -1,7 +1,7 @@
 //! The access log, in the combined format nginx and Apache write (so existing log tools read
 //! it): `addr - - [time] "request line" status bytes "referer" "user-agent"`.
 //!
-//! Lines go to an [`AsyncWriter`](crate::ops::log::AsyncWriter): the loop formats a line and
+//! Lines go to an [`AsyncWriter`]: the loop formats a line and
 //! queues it, a writer thread does the disk I/O; a full queue drops lines (counted) rather
 //! than stalling every connection of the loop behind a slow disk.
 

@@ -231,7 +231,8 @@ impl ServerSettings {
     }
 }
 
-/// The HTTP server's own options, each optional like the rest (see [`HttpFileSettings::apply`]).
+/// The HTTP server's own options, each optional like the rest: the command line's are laid
+/// over the file's with [`HttpFileSettings::or`].
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct HttpFileSettings {
     pub root: Option<PathBuf>,
@@ -253,6 +254,7 @@ pub struct HttpFileSettings {
 }
 
 impl HttpFileSettings {
+    /// `self`'s options, and `f`'s where `self` has none.
     pub fn or(self, f: &HttpFileSettings) -> HttpFileSettings {
         HttpFileSettings {
             root: self.root.or_else(|| f.root.clone()),
