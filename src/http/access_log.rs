@@ -68,7 +68,7 @@ impl Line {
 /// Access-log lines held back while a body sent from a file leaves, so that the bytes field
 /// says what the kernel took, as nginx's `$body_bytes_sent` does, not what the head
 /// promised: a download cut short shows in the log. Lines after such a one wait behind it, so
-/// the log keeps the order of the responses.
+/// the log keeps the order of the responses, and get what left of their own bodies too.
 ///
 /// Positions count the bytes handed to the connection since the first line was held
 /// (starting from what it had queued then); what was sent is that count less what the
@@ -76,12 +76,12 @@ impl Line {
 /// `on_close` is what was never sent).
 pub struct Held {
     handed: u64,
-    lines: VecDeque<(Line, Option<FileBody>)>,
+    lines: VecDeque<(Line, Body)>,
 }
 
-/// Where a body sent from a file ends among the handed bytes, and its length.
+/// Where a response's body ends among the handed bytes, and its length.
 #[derive(Clone, Copy)]
-struct FileBody {
+struct Body {
     end: u64,
     len: u64,
 }
@@ -100,13 +100,11 @@ impl Held {
         self.handed += n;
     }
 
-    /// Holds `line`; `file_body`: the length of the body the bytes just handed end with.
-    pub fn hold(&mut self, line: Line, file_body: Option<u64>) {
-        let body = file_body.map(|len| FileBody {
-            end: self.handed,
-            len,
-        });
-        self.lines.push_back((line, body));
+    /// Holds `line`, whose body of `len` bytes ends `ahead` bytes past those handed so far
+    /// (bytes still to be handed; `u64::MAX`: never to be).
+    pub fn hold(&mut self, line: Line, ahead: u64, len: u64) {
+        let end = self.handed.saturating_add(ahead);
+        self.lines.push_back((line, Body { end, len }));
     }
 
     /// Writes the lines whose bodies have left, given that the connection still holds
@@ -114,13 +112,12 @@ impl Held {
     pub fn release(&mut self, unsent: usize, ended: bool, log: &AsyncWriter) -> bool {
         let sent = self.handed.saturating_sub(unsent as u64);
         while let Some((_, body)) = self.lines.front() {
-            let bytes = match body {
-                Some(b) if sent < b.end && !ended => break,
-                Some(b) => Some(b.len.saturating_sub(b.end.saturating_sub(sent))),
-                None => None,
-            };
+            if sent < body.end && !ended {
+                break;
+            }
+            let bytes = body.len.saturating_sub(body.end.saturating_sub(sent));
             let (line, _) = self.lines.pop_front().expect("looked at above");
-            log.write_line(&line.with_bytes(bytes));
+            log.write_line(&line.with_bytes(Some(bytes)));
         }
         self.lines.is_empty()
     }
@@ -135,10 +132,10 @@ pub fn format_refusal(
     status: u16,
     body_bytes: u64,
     out: &mut Vec<u8>,
-) {
+) -> Range<usize> {
     push_start(out, peer);
     escape(out, request);
-    push_end(out, status, body_bytes, None, None);
+    push_end(out, status, body_bytes, None, None)
 }
 
 /// The request line at the start of `input`, without its line ending, at most 1 KiB of it

@@ -95,25 +95,26 @@ fn civil_from_days(days: i64) -> (u32, u32, u32) {
 
 /// Parses any of the three HTTP date formats (IMF-fixdate, RFC 850, asctime) into unix seconds.
 pub fn parse_http_date(v: &[u8]) -> Option<i64> {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    parse_http_date_at(v, i64::try_from(now).ok()?)
+    parse_http_date_at(v, || {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    })
 }
 
-/// [`parse_http_date`] as seen at `now` (unix seconds).
+/// [`parse_http_date`] as seen at `now()` (unix seconds), asked only for an RFC 850 date.
 ///
 /// An RFC 850 date ("Sunday, 06-Nov-94 08:49:37 GMT") has a two-digit year, which RFC 9110
 /// 5.6.7 reads as the latest year with those digits not more than 50 years after `now`. The
 /// `httpdate` parser fixes the century at 1970..=2069 instead, and then checks the weekday
 /// against that year, so from 2020 on it misreads or refuses some of them (in 2026 "-76" is
 /// 2076, a Wednesday on January 1st). Such a date is rewritten as the IMF-fixdate it means.
-fn parse_http_date_at(v: &[u8], now: i64) -> Option<i64> {
+fn parse_http_date_at(v: &[u8], now: impl FnOnce() -> i64) -> Option<i64> {
     let s = std::str::from_utf8(trim(v)).ok()?;
     let imf;
     let s = match rfc850_parts(s) {
         Some((weekday, day_month, yy, rest)) => {
-            let (this_year, ..) = civil_from_days(now.div_euclid(86_400));
+            let (this_year, ..) = civil_from_days(now().div_euclid(86_400));
             let latest = i64::from(this_year) + 50;
             let year = latest - (latest - yy).rem_euclid(100);
             imf = format!(
@@ -445,7 +446,8 @@ mod tests {
     fn a_two_digit_year_is_read_within_50_years_of_now() {
         let y2026 = 1_794_960_000; // 2026-11-18
         let y2031 = 1_924_992_000; // 2031-01-01
-        let day = |s: &[u8], now| parse_http_date_at(s, now).map(|t| civil_from_days(t / 86_400));
+        let day =
+            |s: &[u8], now: i64| parse_http_date_at(s, || now).map(|t| civil_from_days(t / 86_400));
         // 2076 is 50 years after 2026: the latest year ending in 76 not more than 50 ahead.
         assert_eq!(
             day(b"Wednesday, 01-Jan-76 00:00:00 GMT", y2026),

@@ -100,6 +100,8 @@ struct Answer {
     bytes: Vec<u8>,
     /// A body that leaves with sendfile, after `bytes`.
     file: Option<FileRange>,
+    /// The body's length (the file range's, or the tail of the bytes).
+    body_bytes: u64,
     /// The access log line, written when the answer leaves (a file's body: once it has left).
     log: Option<access_log::Line>,
 }
@@ -317,21 +319,24 @@ impl HttpConn {
     /// ends the connection (which is then closing).
     fn emit(&mut self, cx: &mut Ctx<'_>, out: &mut Vec<u8>, answer: Answer) -> bool {
         cx.note(Note::Response(answer.status));
-        let mut file_body = None;
+        // Where the body ends: at the end of the batch, or of the file range handed now.
+        let mut ahead = out.len() as u64;
         if let Some(range) = answer.file {
             if answer.log.is_some() && self.held.is_none() {
                 self.held = Some(Box::new(access_log::Held::new(cx.output_len())));
             }
             // The batch so far becomes the head of a sendfile.
-            let (handed, len) = (out.len() as u64 + range.len, range.len);
+            let handed = out.len() as u64 + range.len;
             if cx.send_file(out, range) {
-                file_body = Some(len);
                 self.handed(handed);
+                ahead = 0;
+            } else {
+                ahead = u64::MAX;
             }
             out.clear();
         }
         if let Some(line) = answer.log {
-            self.log(line, file_body);
+            self.log(line, ahead, answer.body_bytes);
         }
         if answer.persistence.keeps_alive() {
             return true;
@@ -359,14 +364,15 @@ impl HttpConn {
         }
     }
 
-    /// Logs `line` now, or holds it: behind a file's body (`file_body`, its length, just
-    /// handed) until that has left, or behind lines already held.
-    fn log(&mut self, line: access_log::Line, file_body: Option<u64>) {
+    /// Logs `line` now, or, while a file's body is leaving, holds it until its own body has
+    /// left: `len` bytes ending `ahead` bytes past those handed so far (see
+    /// [`access_log::Held`]).
+    fn log(&mut self, line: access_log::Line, ahead: u64, len: u64) {
         let Some(log) = &self.site.access_log else {
             return;
         };
         match &mut self.held {
-            Some(held) => held.hold(line, file_body),
+            Some(held) => held.hold(line, ahead, len),
             None => {
                 log.write_line(&line.with_bytes(None));
             }
@@ -405,8 +411,10 @@ impl HttpConn {
                 _ => b"-",
             };
             let mut line = Vec::with_capacity(128);
-            access_log::format_refusal(cx.peer_addr(), request, status, body_bytes, &mut line);
-            self.log(access_log::Line::new(line, 0..0), None);
+            let bytes_at =
+                access_log::format_refusal(cx.peer_addr(), request, status, body_bytes, &mut line);
+            let ahead = out.len() as u64;
+            self.log(access_log::Line::new(line, bytes_at), ahead, body_bytes);
         }
         self.state = State::Closed;
         input.clear();
@@ -458,6 +466,7 @@ impl HttpConn {
             persistence,
             bytes: Vec::new(),
             file,
+            body_bytes,
             log,
         }
     }
@@ -571,8 +580,13 @@ impl HttpConn {
                 if let Some(q) = head.target.iter().position(|&b| b == b'?') {
                     let query = &head.target[q..];
                     let end = query.iter().position(|&b| b == b'#').unwrap_or(query.len());
-                    for &b in &query[..end] {
-                        if is_query_char(b) {
+                    let query = &query[..end];
+                    for (i, &b) in query.iter().enumerate() {
+                        let escape = b == b'%'
+                            && query
+                                .get(i + 1..i + 3)
+                                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
+                        if (is_query_char(b) && b != b'%') || escape {
                             location.push(char::from(b));
                         } else {
                             push_percent_encoded(&mut location, &[b], false);
@@ -723,7 +737,7 @@ impl HttpConn {
 }
 
 /// What a URI's query may hold as it is (RFC 3986 3.4): unreserved and sub-delims characters,
-/// ':', '@', '/', '?', and '%' for what is already percent-encoded.
+/// ':', '@', '/', '?', and '%' where it starts an escape (the caller checks the two digits).
 fn is_query_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)
 }

@@ -129,8 +129,7 @@ fn parse_spec(elem: &[u8]) -> Option<Spec> {
     Some(Spec::Int { first, last })
 }
 
-/// 1*DIGIT, nothing else (no sign, no inner spaces); overflow is a syntax error.
-/// Digits, saturating: a position past u64 is past the end of any file, which is what it
+/// 1*DIGIT, nothing else (no sign, no inner spaces), saturating: a position past u64 is past the end of any file, which is what it
 /// means (a last-pos that large is "to the end", a first-pos that large unsatisfiable), rather
 /// than a syntax error that would drop the whole Range.
 fn parse_u64(s: &[u8]) -> Option<u64> {

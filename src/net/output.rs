@@ -46,9 +46,10 @@ pub struct FileRange {
 /// modification time, and its status-change time, which every write moves and nothing can set
 /// back. The ctime also moves on a chmod, chown, link or unlink (a new version renamed over
 /// it, the usual deploy), none of which changes a byte the open fd reads: a ctime that moved
-/// along with the mode, owner or link count is taken for one of those. A file that grew is
-/// taken for one appended to (a log being written), whose first bytes, the ones promised,
-/// are as they were.
+/// along with the mode, owner or link count is taken for one of those. A file that grew ends
+/// the response too: an append leaves the promised bytes alone, but a longer version copied
+/// over the file (`cp`: truncate, then write) cannot be told from one, and would go out as a
+/// mix of two versions under the first one's ETag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FileVersion {
     pub size: u64,
@@ -70,18 +71,13 @@ impl FileVersion {
         }
     }
 
-    /// Whether the bytes `self` promised may differ now: the file shrank, or kept its size
-    /// and got a new mtime, or a ctime that moved with nothing else to explain it (a write
-    /// whose mtime was set back). A `touch` moves the mtime and cannot be told from a write.
-    /// Growth is taken for an append: a rewrite in place that also makes the file longer is
-    /// not caught. A look that lands inside an append, after the kernel moved the mtime and
-    /// before it moved the size, takes it for a write: rare, and it costs a download, never a
-    /// wrong byte.
+    /// Whether the bytes `self` promised may differ now: a new size or mtime, or a ctime that
+    /// moved with nothing else to explain it (a write whose mtime was set back). A `touch`
+    /// moves the mtime and cannot be told from a write.
     pub fn written_since(&self, now: &FileVersion) -> bool {
-        if now.size != self.size {
-            return now.size < self.size;
-        }
-        self.mtime != now.mtime || (self.ctime != now.ctime && self.meta == now.meta)
+        self.size != now.size
+            || self.mtime != now.mtime
+            || (self.ctime != now.ctime && self.meta == now.meta)
     }
 }
 

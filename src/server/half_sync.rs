@@ -175,7 +175,7 @@ fn close_leftovers(hub: &Hub) {
         let (handler, closed) = {
             let mut s = lock(&side);
             let reason = s.events.iter().find_map(|c| match c {
-                Call::Close(r, unsent) => Some((r.clone(), *unsent)),
+                Call::Close(r, unsent) => Some((r.clone(), *unsent + s.unapplied)),
                 _ => None,
             });
             (s.handler.take(), reason)
@@ -366,6 +366,9 @@ struct Side {
     backlog_paused: bool,
     read_paused: bool,
     peer: Option<SocketAddr>,
+    /// Bytes a handler wrote (its context said yes) that the loop could not queue: the
+    /// connection had closed meanwhile. `on_close` counts them as never sent.
+    unapplied: usize,
 }
 
 impl Side {
@@ -382,6 +385,7 @@ impl Side {
             seen: 0,
             in_job: 0,
             events: VecDeque::new(),
+            unapplied: 0,
             handler_paused: false,
             backlog_paused: false,
             read_paused: false,
@@ -561,7 +565,7 @@ fn pump(el: &mut EventLoop, hub: &Arc<Hub>, id: ConnId, side: &Arc<Mutex<Side>>)
         return;
     }
     let output_len = match call {
-        Call::Close(_, unsent) => unsent,
+        Call::Close(_, unsent) => unsent + s.unapplied,
         _ => el.output_len(id),
     };
     let work = Work {
@@ -883,14 +887,16 @@ impl Drop for Reply {
         let Some(handler) = self.handler.take() else {
             return;
         };
-        let (reason, unsent) = lock(&self.side)
+        let s = lock(&self.side);
+        let (reason, unsent) = s
             .events
             .iter()
             .find_map(|c| match c {
-                Call::Close(r, unsent) => Some((r.clone(), *unsent)),
+                Call::Close(r, unsent) => Some((r.clone(), *unsent + s.unapplied)),
                 _ => None,
             })
             .unwrap_or((CloseReason::DrainTimeout, 0));
+        drop(s);
         close_handler(handler, self.id, reason, unsent, &self.hub.handle);
     }
 }
@@ -903,13 +909,19 @@ fn apply(el: &mut EventLoop, id: ConnId, side: &Mutex<Side>, ops: Vec<Op>) {
     let mut paused = None;
     let mut closing = false;
     let mut write_shut = false;
+    let mut unapplied = 0;
     for op in ops {
         match op {
             Op::Write(data) => {
-                el.write(id, &data);
+                if !el.write(id, &data) {
+                    unapplied += data.len();
+                }
             }
             Op::SendFile(head, range) => {
-                el.send_file(id, &head, range);
+                let len = head.len() + range.len as usize;
+                if !el.send_file(id, &head, range) {
+                    unapplied += len;
+                }
             }
             Op::Note(note) => el.note(note),
             Op::ShutdownWrite => {
@@ -932,6 +944,7 @@ fn apply(el: &mut EventLoop, id: ConnId, side: &Mutex<Side>, ops: Vec<Op>) {
         }
     }
     let mut s = lock(side);
+    s.unapplied += unapplied;
     if let Some(p) = paused {
         if s.handler_paused && !p {
             // Resumed: what the handler left unconsumed when it paused is offered again, as
