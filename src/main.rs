@@ -67,8 +67,8 @@ struct ServerArgs {
     #[arg(long)]
     model: Option<Model>,
     /// Loops / worker threads / worker processes (default: number of CPUs); for the
-    /// per-connection models, the most connections served at once.
-    #[arg(long, value_parser = config::parse_count)]
+    /// per-connection models, the most connections served at once. 1 to 10000.
+    #[arg(long, value_parser = config::parse_threads)]
     threads: Option<usize>,
     /// How multi-reactor spreads connections: reuseport (a listener per loop) or acceptor
     /// (one listener, round-robin hand-off) [default: reuseport].
@@ -241,7 +241,7 @@ enum BenchCommand {
         addr: SocketAddr,
         #[arg(long, default_value_t = 100, value_parser = config::parse_count)]
         conns: usize,
-        #[arg(long, default_value_t = 64, value_parser = config::parse_count)]
+        #[arg(long, default_value_t = 64, value_parser = config::parse_message_size)]
         size: usize,
         /// Seconds.
         #[arg(long, value_parser = config::parse_secs, default_value = "10")]
@@ -250,7 +250,7 @@ enum BenchCommand {
         #[arg(long, default_value_t = 0)]
         idle: usize,
         /// Load threads (each a loop with its share of the connections).
-        #[arg(long, default_value_t = 1, value_parser = config::parse_count)]
+        #[arg(long, default_value_t = 1, value_parser = config::parse_threads)]
         threads: usize,
     },
 }

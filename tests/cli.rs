@@ -57,6 +57,23 @@ fn bad_arguments_exit_2() {
         &["echo", "--listen", "127.0.0.1:0", "--idle-timeout", "soon"][..],
         &["echo", "--listen", "not-an-address"][..],
         &["echo", "--listen", "127.0.0.1:0", "--threads", "0"][..],
+        // A count that sizes tables at start: it used to abort the process (capacity overflow).
+        &["echo", "--listen", "127.0.0.1:0", "--threads", "10001"][..],
+        &[
+            "http",
+            "--model",
+            "half-sync",
+            "--threads",
+            "9223372036854775807",
+        ][..],
+        &[
+            "bench",
+            "pingpong",
+            "--addr",
+            "127.0.0.1:9",
+            "--size",
+            "999999999999",
+        ][..],
         &["echo", "--listen", "127.0.0.1:0", "--keepalive-idle", "0"][..],
         // Values the file refuses are refused here too, not truncated or ignored.
         &["echo", "--listen", "127.0.0.1:0", "--sndbuf", "4294967296"][..],

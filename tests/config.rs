@@ -367,7 +367,7 @@ linger_timeout = true
 backlog = 1979-05-27
 "#,
         &[
-            "2: key `echo.threads`: expected an integer of at least 1, got string \"4\"",
+            "2: key `echo.threads`: expected an integer from 1 to 10000, got string \"4\"",
             "3: key `echo.idle_timeout`: expected a number of seconds from 0.001 to 1e9, got string \
              \"30s\"",
             "4: key `echo.reuseport`: expected true or false, got integer 1",
@@ -463,9 +463,9 @@ fn zero_threads_or_max_conns() {
         "zero-counts",
         "[echo]\nthreads = 0\nmax_conns = 0\n[discard]\nthreads = -2\n",
         &[
-            "2: key `echo.threads`: expected an integer of at least 1, got 0",
+            "2: key `echo.threads`: expected an integer from 1 to 10000, got 0",
             "3: key `echo.max_conns`: expected an integer of at least 1, got 0",
-            "5: key `discard.threads`: expected an integer of at least 1, got -2",
+            "5: key `discard.threads`: expected an integer from 1 to 10000, got -2",
         ],
     );
 }
@@ -576,7 +576,7 @@ listen = "0.0.0.0:99999"
 [https]
 "#,
         &[
-            "2: key `echo.threads`: expected an integer of at least 1, got 0",
+            "2: key `echo.threads`: expected an integer from 1 to 10000, got 0",
             "3: key `echo.engine`: expected one of select, poll, epoll-lt, epoll-et, got \"fast\"",
             "4: key `echo.zzz`: unknown key; expected one of listen, engine, model, threads, \
              accept, idle_timeout, linger_timeout, drain_timeout, max_conns, backlog, reuseport, \
@@ -668,7 +668,7 @@ fn check_reports() {
         config::check(&bad),
         (
             format!(
-                "{f}:2: key `echo.threads`: expected an integer of at least 1, got 0\n\
+                "{f}:2: key `echo.threads`: expected an integer from 1 to 10000, got 0\n\
                  {f}:3: key `echo.engine`: expected one of select, poll, epoll-lt, epoll-et, got \
                  \"x\"\n\
                  {f}: 2 errors"
@@ -725,7 +725,7 @@ fn check_config_valid_file_exits_0() {
 fn check_config_bad_file_exits_1_with_every_error() {
     let path = write_file(
         "cli-bad",
-        "[echo]\nengine = \"epol\"\nthreads = 0\n\n[discard]\nwork_ms = 3\n",
+        "[echo]\nengine = \"epol\"\nthreads = 0\n\n[discard]\nwork_ms = 3\nthreads = 10001\n",
     );
     let f = path.display();
     let out = run(&["check-config", path.to_str().unwrap()]);
@@ -735,10 +735,11 @@ fn check_config_bad_file_exits_1_with_every_error() {
         format!(
             "{f}:2: key `echo.engine`: expected one of select, poll, epoll-lt, epoll-et, got \
              \"epol\"\n\
-             {f}:3: key `echo.threads`: expected an integer of at least 1, got 0\n\
+             {f}:3: key `echo.threads`: expected an integer from 1 to 10000, got 0\n\
              {f}:6: key `discard.work_ms`: only [echo] takes work_ms; discard has no handler \
              work to delay\n\
-             {f}: 3 errors\n"
+             {f}:7: key `discard.threads`: expected an integer from 1 to 10000, got 10001\n\
+             {f}: 4 errors\n"
         )
     );
 }

@@ -133,7 +133,8 @@ pub fn raise_fd_limit() -> u64 {
 pub fn run(opts: &PingpongOptions) -> io::Result<PingpongReport> {
     raise_fd_limit();
     let counters = Arc::new(Counters::default());
-    let mut idle = Vec::with_capacity(opts.idle);
+    // As many as fds allow: a large count is not a reason to reserve memory for all of it.
+    let mut idle = Vec::with_capacity(opts.idle.min(1 << 16));
     for _ in 0..opts.idle {
         match TcpStream::connect_timeout(&opts.addr, Duration::from_secs(5)) {
             Ok(s) => idle.push(s),

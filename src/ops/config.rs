@@ -758,8 +758,33 @@ fn parse_secs_in(s: &str, (min, max, shown): SecsRange) -> Result<Duration, Stri
     Ok(Duration::from_secs_f64(v))
 }
 
-/// `--threads`, `--max-conns`, `--cache-entries`: a whole number, at least one (as in the
-/// file).
+/// The most `threads` a server takes: loops, workers or, under the per-connection models,
+/// connections served at once. Each thread takes four memory mappings (its stack and its
+/// signal stack, each with a guard page), and Linux allows 65,530 per process by default
+/// (`vm.max_map_count`); a thread that cannot map its signal stack aborts the whole process,
+/// in the standard library, before keel could say why.
+pub const MAX_THREADS: usize = 10_000;
+
+/// `--threads`: a whole number from 1 to [`MAX_THREADS`] (as in the file).
+pub fn parse_threads(s: &str) -> Result<usize, String> {
+    match parse_count(s)? {
+        n if n > MAX_THREADS => Err(format!("{n} is out of range (1 to {MAX_THREADS})")),
+        n => Ok(n),
+    }
+}
+
+/// The largest `keel bench pingpong --size`: a message is one buffer, allocated at start.
+pub const MAX_MESSAGE: usize = 64 << 20;
+
+/// `keel bench pingpong --size`: bytes, from 1 to [`MAX_MESSAGE`].
+pub fn parse_message_size(s: &str) -> Result<usize, String> {
+    match parse_count(s)? {
+        n if n > MAX_MESSAGE => Err(format!("{n} is out of range (1 to {MAX_MESSAGE})")),
+        n => Ok(n),
+    }
+}
+
+/// `--max-conns`, `--cache-entries`: a whole number, at least one (as in the file).
 pub fn parse_count(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".to_string()),
@@ -863,7 +888,12 @@ impl Checker<'_> {
                 }
                 "model" => s.model = self.choice(&key, value, &Model::ALL.map(Model::name)),
                 "accept" => s.accept = self.choice(&key, value, &ACCEPT_NAMES),
-                "threads" => s.threads = self.count(&key, value),
+                "threads" => {
+                    let what = "an integer from 1 to 10000";
+                    s.threads = self
+                        .int(&key, value, 1, MAX_THREADS as i128, what)
+                        .map(|v| v as usize);
+                }
                 "max_conns" => s.max_conns = self.count(&key, value),
                 "idle_timeout" => s.idle_timeout = self.secs(&key, value, POSITIVE_TIMEOUT),
                 "linger_timeout" => s.linger_timeout = self.secs(&key, value, TIMEOUT),

@@ -64,13 +64,18 @@ use crate::reactor::{EventLoop, LoopHandle, Note, Signal};
 const QUEUE_PER_WORKER: usize = 16;
 /// The smallest request queue.
 const MIN_QUEUE: usize = 64;
+/// ... and at most this many, whatever the worker count.
+const MAX_QUEUE: usize = 1 << 16;
 /// Input waiting for a busy handler beyond which the connection stops being read (see
 /// [`Side::waiting`]).
 const MAX_BACKLOG: usize = 64 * 1024;
 
 pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     let mut reactor = EventLoop::new(opts.loop_config())?;
-    let capacity = (opts.threads * QUEUE_PER_WORKER).max(MIN_QUEUE);
+    let capacity = opts
+        .threads
+        .saturating_mul(QUEUE_PER_WORKER)
+        .clamp(MIN_QUEUE, MAX_QUEUE);
     let (hub, rx) = Hub::new(reactor.handle(), capacity);
     // Signals are blocked before the workers exist, so they inherit the mask.
     install_signals(&mut reactor, hub.clone(), opts.drain_timeout)?;
