@@ -344,8 +344,9 @@ fn init_logging(settings: &ServerSettings) -> Option<keel::ops::log::LogGuard> {
             Some(guard)
         }
         Err(e) => {
+            // The arguments were fine; the log file or syslog could not be opened here.
             eprintln!("keel: {e}");
-            std::process::exit(2)
+            std::process::exit(1)
         }
     }
 }

@@ -744,6 +744,74 @@ fn check_config_bad_file_exits_1_with_every_error() {
     );
 }
 
+/// A file can be valid and still be refused at start, because the host is not ready for it:
+/// check-config looks, as `nginx -t` does, at the paths the server will open and the user it
+/// will switch to. It said "ok" to each of these, and the server then exited 1.
+#[test]
+fn check_config_reports_what_the_host_lacks() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("keel-config-host");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("keep"), "a file, not a directory").unwrap();
+    let d = dir.display();
+    let path = write_file(
+        "host-bad",
+        &format!(
+            "[http]\nroot = \"{d}/no-root\"\naccess_log = \"{d}\"\nuser = \"no_such_user_kz\"\n\
+             group = \"no_such_group_kz\"\npid_file = \"{d}/no-dir/keel.pid\"\n\
+             log_target = \"file\"\nlog_file = \"{d}/keep/e.log\"\n"
+        ),
+    );
+    let f = path.display();
+    let out = run(&["check-config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "{f}:2: key `http.root`: {d}/no-root: No such file or directory (os error 2)\n\
+             {f}:3: key `http.access_log`: {d}: is a directory\n\
+             {f}:4: key `http.user`: no such user \"no_such_user_kz\"\n\
+             {f}:5: key `http.group`: no such group \"no_such_group_kz\"\n\
+             {f}:6: key `http.pid_file`: {d}/no-dir: No such file or directory (os error 2)\n\
+             {f}:8: key `http.log_file`: {d}/keep: not a directory\n\
+             {f}: 6 errors\n"
+        )
+    );
+    // The same file with what it names in place is fine (a log file may be created at start).
+    std::fs::create_dir_all(dir.join("no-root")).unwrap();
+    std::fs::create_dir_all(dir.join("no-dir")).unwrap();
+    let good = write_file(
+        "host-good",
+        &format!(
+            "[http]\nroot = \"{d}/no-root\"\naccess_log = \"{d}/no-dir/access.log\"\n\
+             pid_file = \"{d}/no-dir/keel.pid\"\nlog_target = \"file\"\nlog_file = \"{d}/e.log\"\n"
+        ),
+    );
+    let out = run(&["check-config", good.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+/// A log file that cannot be opened at start is the host's doing, not a bad argument: exit 1
+/// (exit 2 is for arguments), with the reason.
+#[test]
+fn a_log_file_that_cannot_be_opened_exits_1() {
+    let out = run(&[
+        "echo",
+        "--listen",
+        "127.0.0.1:0",
+        "--log-target",
+        "file",
+        "--log-file",
+        "/nonexistent-dir-kz/e.log",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("/nonexistent-dir-kz/e.log"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 #[test]
 fn check_config_missing_file_exits_1() {
     let out = run(&["check-config", "/nonexistent/keel.toml"]);

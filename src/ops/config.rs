@@ -688,11 +688,28 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<ConfigError>> {
     }
 }
 
-/// `keel check-config FILE`: the report to print and whether the file is valid. Valid: one line,
-/// `FILE: ok (echo, discard)`. Invalid: one line per error, then `FILE: N error(s)`.
+/// `keel check-config FILE`: the report to print and whether the file is valid, and the host
+/// ready for it ([`host_check`](super::host_check)). Valid: one line, `FILE: ok (echo,
+/// discard)`. Invalid: one line per error, then `FILE: N error(s)`.
 pub fn check(path: &Path) -> (String, bool) {
     let file = path.display();
-    match load_from(path, true) {
+    let checked = read_text(path, true)
+        .map_err(|(line, message)| {
+            vec![ConfigError {
+                file: file.to_string(),
+                line,
+                key: None,
+                message,
+            }]
+        })
+        .and_then(|text| {
+            let config = parse(&file.to_string(), &text)?;
+            match super::host_check::host_errors(&file.to_string(), &text, &config) {
+                host if host.is_empty() => Ok(config),
+                host => Err(host),
+            }
+        });
+    match checked {
         Ok(config) => {
             let sections: Vec<&str> = Section::ALL
                 .into_iter()

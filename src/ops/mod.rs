@@ -1,6 +1,7 @@
 //! Operating keel: what sits around the servers themselves.
 //!
-//! - [`config`]: the TOML configuration file (`--config FILE`) and `keel check-config FILE`.
+//! - [`config`]: the TOML configuration file (`--config FILE`) and `keel check-config FILE`;
+//!   [`host_check`]: what `check-config` checks of the host (paths, user), as `nginx -t` does.
 //! - [`pidfile`]: the locked pid file (`--pid-file`): one instance per file, stale files taken over.
 //! - [`rlimit`]: raising RLIMIT_NOFILE at start (`--rlimit-nofile`).
 //! - [`privileges`]: dropping root after binding (`--user`, `--group`).
@@ -12,6 +13,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod host_check;
 pub mod log;
 pub mod notify;
 pub mod pidfile;
