@@ -717,7 +717,7 @@ mod footprint {
         let slot = std::mem::size_of::<super::Slot>();
         let http = std::mem::size_of::<crate::http::HttpConn>();
         assert!(slot <= 128, "a connection slot grew to {slot} bytes");
-        assert!(http <= 48, "the HTTP handler grew to {http} bytes");
+        assert!(http <= 40, "the HTTP handler grew to {http} bytes");
         assert!(std::mem::size_of::<crate::net::output::OutputQueue>() <= 8);
     }
 }
