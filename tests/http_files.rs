@@ -1818,6 +1818,14 @@ fn access_log_has_every_keep_alive_request() {
     );
 }
 
+/// A combined-format line's bytes field (0 if it has none).
+fn logged_bytes(line: &str) -> usize {
+    line.split(' ')
+        .nth(9)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The bytes field is what left, as nginx's `$body_bytes_sent`: a download the client cut
 /// short is logged with the part that went, not the length the head promised, and the lines
 /// keep the order of the responses. Under every model, since each ends a connection its own
@@ -1870,11 +1878,7 @@ fn access_log_counts_the_bytes_that_left() {
         drop(s);
         let text = log_text(&log, 4);
         let last = text.lines().nth(3).unwrap_or_default();
-        let sent: usize = last
-            .split(' ')
-            .nth(9)
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
+        let sent = logged_bytes(last);
         assert!(
             (1 << 20..BIG).contains(&sent),
             "{model}: a download reset after 1 MiB is logged with {sent} bytes:\n{text}"
@@ -1914,11 +1918,7 @@ fn access_log_counts_the_bytes_that_left() {
             thread::sleep(Duration::from_millis(50));
         };
         for line in text.lines().skip(4).filter(|l| l.contains("GET /big ")) {
-            let sent: usize = line
-                .split(' ')
-                .nth(9)
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
+            let sent = logged_bytes(line);
             assert!(
                 sent < BIG,
                 "{model}: reset at once, logged as sent whole: {line}"
