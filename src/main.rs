@@ -144,7 +144,7 @@ struct ServerArgs {
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
     /// Levels, per module if wanted: "info", "warn,keel::http=debug" [default: info].
-    #[arg(long, value_name = "FILTER")]
+    #[arg(long, value_name = "FILTER", value_parser = config::parse_log_filter)]
     log_filter: Option<String>,
 }
 

@@ -74,6 +74,14 @@ fn bad_arguments_exit_2() {
             "--size",
             "999999999999",
         ][..],
+        // Refused as the file's log_filter is, not only when logging starts (it exited 1).
+        &[
+            "echo",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-filter",
+            "keel=notalevel",
+        ][..],
         &["echo", "--listen", "127.0.0.1:0", "--keepalive-idle", "0"][..],
         // Values the file refuses are refused here too, not truncated or ignored.
         &["echo", "--listen", "127.0.0.1:0", "--sndbuf", "4294967296"][..],

@@ -789,6 +789,18 @@ fn check_config_reports_what_the_host_lacks() {
     );
     let out = run(&["check-config", good.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // A log file with no target named is the file target, checked as such.
+    let untargeted = write_file(
+        "host-log-file",
+        &format!("[echo]\nlog_file = \"{d}/no-such-dir/e.log\"\n"),
+    );
+    let out = run(&["check-config", untargeted.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains(":2: key `echo.log_file`"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// A log file that cannot be opened at start is the host's doing, not a bad argument: exit 1

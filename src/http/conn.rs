@@ -419,6 +419,8 @@ impl HttpConn {
             let ahead = out.len() as u64;
             self.log(access_log::Line::new(line, bytes_at), ahead, body_bytes);
         }
+        // A request whose body failed: its waiting answer (and file) goes now.
+        self.state = State::Head;
         self.closed = true;
         input.clear();
         self.flush(cx, out);

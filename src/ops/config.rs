@@ -790,6 +790,14 @@ pub fn parse_threads(s: &str) -> Result<usize, String> {
     }
 }
 
+/// `--log-filter`: a tracing filter ("info", "warn,keel::http=debug"), refused as the file's
+/// `log_filter` is (exit 2), not only when logging starts.
+pub fn parse_log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("invalid log filter {s:?}: {e}"))
+}
+
 /// The largest `keel bench pingpong --size`: a message is one buffer, allocated at start.
 pub const MAX_MESSAGE: usize = 64 << 20;
 

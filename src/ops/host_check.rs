@@ -6,6 +6,9 @@
 //! The listen addresses are not tried: binding them now would say nothing of binding them at
 //! start, since the server running while its next configuration is checked holds them.
 //! Nothing is created or written: a log file that is not there yet is fine if its directory is.
+//! The checks run as the user who runs `check-config`, and relative paths are taken from its
+//! working directory, as the server takes them from the one it starts in; a value the command
+//! line will override is checked all the same.
 
 use std::path::Path;
 
@@ -73,13 +76,18 @@ fn section_problems(s: &ServerSettings) -> Vec<(&'static str, String)> {
         found.extend(writable_place(p).map(|m| ("pid_file", m)));
     }
     match s.log_target.as_deref() {
-        Some("file") => {
+        // A log file with no target named is the file target.
+        None | Some("file") => {
             if let Some(p) = &s.log_file {
                 found.extend(writable_place(p).map(|m| ("log_file", m)));
             }
         }
-        Some("syslog") if !Path::new("/dev/log").exists() => {
-            found.push(("log_target", "syslog: /dev/log is not there".to_string()));
+        Some("syslog") => {
+            let listening = std::os::unix::net::UnixDatagram::unbound()
+                .and_then(|sock| sock.connect("/dev/log"));
+            if let Err(e) = listening {
+                found.push(("log_target", format!("syslog: /dev/log: {e}")));
+            }
         }
         _ => {}
     }
