@@ -530,17 +530,22 @@ impl EventLoop {
         }
     }
 
+    /// `read() == 0`: the peer's FIN. The handler hears of it unless it asked to close, even
+    /// when our own FIN went out first: a relay passes it on to the other socket of its pair.
+    /// If our FIN is out, both directions are done and the connection closes normally.
     fn peer_eof(&mut self, id: ConnId) {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
         conn.read_eof = true;
         let both_done = conn.write_shut;
+        let asked_to_close = conn.close_after_shutdown;
         self.update_interest(id);
+        if !asked_to_close {
+            self.call_handler(id, |h, cx| h.on_peer_shutdown(cx));
+        }
         if both_done {
             self.close_with(id, CloseReason::Normal);
-        } else {
-            self.call_handler(id, |h, cx| h.on_peer_shutdown(cx));
         }
     }
 

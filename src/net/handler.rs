@@ -87,6 +87,9 @@ pub trait Handler: Send + 'static {
 
     /// The peer sent FIN (`read() == 0`): it will send nothing more but may still be reading.
     /// Default: finish writing what is queued, then send our FIN; the connection then closes.
+    /// Also called when our FIN went out first (after `shutdown_write`), so that a relay can
+    /// pass the FIN on; the connection then closes normally right after. Not called once the
+    /// handler has asked to `close`.
     fn on_peer_shutdown(&mut self, cx: &mut Ctx<'_>) {
         cx.shutdown_write();
     }

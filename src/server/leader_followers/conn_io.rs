@@ -129,13 +129,16 @@ impl Worker<'_> {
     }
 
     /// `read() == 0`: the peer's FIN (rule 2). The handler decides (default: finish writing,
-    /// then our FIN); if ours already went out, both directions are done.
+    /// then our FIN), and hears of it even when ours went out first, unless it asked to close;
+    /// if ours already went out, both directions are done.
     fn peer_eof(&mut self, c: &mut LfConn) {
         c.core.read_eof = true;
-        if c.core.write_shut {
-            c.core.close_with(CloseReason::Normal);
-        } else {
+        let both_done = c.core.write_shut;
+        if !c.core.close_after_shutdown {
             self.call(c, |h, cx| h.on_peer_shutdown(cx));
+        }
+        if both_done {
+            c.core.close_with(CloseReason::Normal);
         }
     }
 
