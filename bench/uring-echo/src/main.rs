@@ -14,7 +14,11 @@
 //! - `--defer` sets up the ring with SINGLE_ISSUER | DEFER_TASKRUN (kernel 6.1+), so that
 //!   completion work runs only inside that call, batched, never by interrupting the thread.
 //!
-//! Usage: `uring-echo --listen IP:PORT [--defer]`. Prints `listening tcp ADDR` once bound.
+//! - `--multishot` (see `multishot.rs`): one multishot `recv` per connection, armed once, on
+//!   a ring of provided buffers, so that a message costs one submission instead of two.
+//!
+//! Usage: `uring-echo --listen IP:PORT [--defer] [--multishot]`. Prints `listening tcp ADDR`
+//! once bound.
 //! SIGINT / SIGTERM (read from a signalfd through the ring itself): exit 0.
 
 use std::io::Write;
@@ -24,6 +28,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
 
 use io_uring::{opcode, squeue, types, IoUring};
+
+mod multishot;
 
 const BUF_SIZE: usize = 64 * 1024;
 const RING_ENTRIES: u32 = 4096;
@@ -40,16 +46,18 @@ struct Conn {
     sent: usize,
 }
 
-fn parse_args() -> Result<(SocketAddr, bool), String> {
+fn parse_args() -> Result<(SocketAddr, bool, bool), String> {
     let mut listen = None;
     let mut defer = false;
+    let mut multi = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--listen" => listen = Some(args.next().ok_or("--listen needs a value")?),
             "--defer" => defer = true,
+            "--multishot" => multi = true,
             "-h" | "--help" => {
-                println!("usage: uring-echo --listen IP:PORT [--defer]");
+                println!("usage: uring-echo --listen IP:PORT [--defer] [--multishot]");
                 std::process::exit(0);
             }
             _ => return Err(format!("unexpected argument {arg:?}")),
@@ -59,7 +67,7 @@ fn parse_args() -> Result<(SocketAddr, bool), String> {
     let addr = listen
         .parse()
         .map_err(|e| format!("bad --listen address {listen:?}: {e}"))?;
-    Ok((addr, defer))
+    Ok((addr, defer, multi))
 }
 
 /// Blocks SIGINT and SIGTERM and returns a signalfd that reads them.
@@ -125,7 +133,7 @@ fn send(slot: usize, c: &Conn) -> squeue::Entry {
     .user_data(((slot as u64) << 1) | 1)
 }
 
-fn run(addr: SocketAddr, defer: bool) -> std::io::Result<()> {
+fn run(addr: SocketAddr, defer: bool, multi: bool) -> std::io::Result<()> {
     let signals = signal_fd()?;
     let listener = TcpListener::bind(addr)?;
     println!("listening tcp {}", listener.local_addr()?);
@@ -156,6 +164,9 @@ fn run(addr: SocketAddr, defer: bool) -> std::io::Result<()> {
         .build()
         .user_data(SIGNAL),
     ];
+    if multi {
+        return multishot::run(ring, &listener, next);
+    }
     let mut done = Vec::new();
     loop {
         {
@@ -243,14 +254,14 @@ fn run(addr: SocketAddr, defer: bool) -> std::io::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let (addr, defer) = match parse_args() {
+    let (addr, defer, multi) = match parse_args() {
         Ok(a) => a,
         Err(e) => {
             eprintln!("uring-echo: {e}");
             return ExitCode::from(2);
         }
     };
-    match run(addr, defer) {
+    match run(addr, defer, multi) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("uring-echo: {e}");
