@@ -11,9 +11,10 @@ use clap::{Args, Parser, Subcommand};
 
 use keel::bench::pingpong::{self, PingpongOptions};
 use keel::net::{Handler, HandlerFactory};
-use keel::ops::config::{self, HttpFileSettings, Section, ServerSettings};
+use keel::ops::config::{self, HttpFileSettings, ProxyFileSettings, Section, ServerSettings};
 use keel::reactor::Engine;
 use keel::server::{self, AcceptStrategy, Model, ServerOptions, Service};
+use keel::services::proxy::{self, Backends};
 use keel::services::{discard::Discard, echo::Echo, echo::UdpEcho};
 
 #[derive(Parser)]
@@ -35,6 +36,9 @@ enum Command {
     Discard(ServerArgs),
     /// HTTP/1.1 static-file server (with no --root: a built-in welcome page on 127.0.0.1:8080).
     Http(HttpArgs),
+    /// TCP proxy and load balancer: each client is relayed to a backend, round-robin, with
+    /// failover and half-close passed through.
+    Proxy(ProxyArgs),
     /// Checks a configuration file, like `nginx -t`: prints every error (FILE:LINE: key ...),
     /// exits 1 if there is any, 0 if the file is valid.
     CheckConfig {
@@ -51,7 +55,7 @@ enum Command {
 /// (`keel::ops::config::ServerSettings::to_options`).
 #[derive(Args)]
 struct ServerArgs {
-    /// TOML configuration file; its section for this server ([echo], [discard], [http]) sets
+    /// TOML configuration file; its section for this server ([echo], [discard], [http], [proxy]) sets
     /// the defaults, options given on the command line override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -233,6 +237,48 @@ impl HttpArgs {
     }
 }
 
+/// `keel proxy`: the server options plus the backends.
+#[derive(Args)]
+struct ProxyArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// A backend (IP:PORT); repeat for more. Clients go to them in turn; one that refuses or
+    /// does not answer in time is skipped for the next. Replaces the file's `backends`.
+    #[arg(long = "backend", value_name = "ADDR")]
+    backends: Vec<SocketAddr>,
+    /// Seconds a backend may take to accept a connection before the next is tried [default: 3].
+    #[arg(long, value_parser = config::parse_positive_secs)]
+    connect_timeout: Option<Duration>,
+}
+
+impl ProxyArgs {
+    fn proxy_settings(&self) -> ProxyFileSettings {
+        ProxyFileSettings {
+            backends: (!self.backends.is_empty()).then(|| self.backends.clone()),
+            connect_timeout: self.connect_timeout,
+        }
+    }
+}
+
+/// The proxy's handler factory from resolved settings, or why it cannot run.
+fn proxy_factory(s: &ServerSettings) -> Result<HandlerFactory, String> {
+    let model = s.model.unwrap_or_default();
+    if !model.runs_handlers_on_loops() {
+        return Err(config::proxy_model_message(model));
+    }
+    let backends = s.proxy.backends.clone().unwrap_or_default();
+    let backends = Backends::new(backends).ok_or_else(|| {
+        "the proxy needs at least one backend: --backend IP:PORT, or backends = [...] in \
+         [proxy]"
+            .to_string()
+    })?;
+    let timeout = s
+        .proxy
+        .connect_timeout
+        .unwrap_or(config::DEFAULT_CONNECT_TIMEOUT);
+    Ok(proxy::factory(Arc::new(backends), timeout))
+}
+
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Ping-pong load: each connection sends a message and waits for its echo, repeatedly.
@@ -286,6 +332,7 @@ impl ServerArgs {
             log_file: self.log_file.clone(),
             log_filter: self.log_filter.clone(),
             http: HttpFileSettings::default(),
+            proxy: ProxyFileSettings::default(),
         }
     }
 
@@ -418,7 +465,7 @@ fn main() -> ExitCode {
     // (Ctrl-C stops `keel bench pingpong`).
     if matches!(
         cli.command,
-        Command::Echo(_) | Command::Discard(_) | Command::Http(_)
+        Command::Echo(_) | Command::Discard(_) | Command::Http(_) | Command::Proxy(_)
     ) {
         if let Err(e) = server::control::block_server_signals() {
             eprintln!("keel: cannot block signals: {e}");
@@ -520,6 +567,41 @@ fn main() -> ExitCode {
                 ),
                 Err(e) => Err(std::io::Error::other(e)),
             }
+        }
+        Command::Proxy(args) => {
+            let mut cli = args.server.settings();
+            cli.proxy = args.proxy_settings();
+            let (settings, opts) = args
+                .server
+                .resolve_with(Section::Proxy, cli.clone())
+                .unwrap_or_else(|errors| {
+                    for e in errors {
+                        eprintln!("keel: {e}");
+                    }
+                    std::process::exit(2)
+                });
+            // Bad arguments (no backend, a model the proxy cannot run under): exit 2, before
+            // anything starts.
+            let factory = proxy_factory(&settings).unwrap_or_else(|e| {
+                eprintln!("keel: {e}");
+                std::process::exit(2)
+            });
+            _log_guard = init_logging(&settings);
+            server::serve(
+                &opts,
+                &Service {
+                    name: "proxy",
+                    factory,
+                    udp: None,
+                    reload: reloader(
+                        args.server.config.clone(),
+                        Section::Proxy,
+                        cli,
+                        false,
+                        proxy_factory,
+                    ),
+                },
+            )
         }
         Command::CheckConfig { file } => {
             let (report, ok) = config::check(&file);

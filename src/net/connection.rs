@@ -744,6 +744,14 @@ impl EventLoop {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
+        if !conn
+            .handler
+            .as_ref()
+            .is_none_or(|h| h.close_when_idle_at_stop())
+        {
+            // A relay: it ends when its streams do, or at the drain deadline.
+            return;
+        }
         if conn.state != ConnState::Open {
             // Connecting or already closing: a close bounded by its linger timer.
             self.close(id);
@@ -1017,6 +1025,29 @@ impl EventLoop {
             conn.idle_timer = Some(key);
         }
         self.call_handler(id, |h, cx| h.on_idle_timeout(cx));
+    }
+
+    /// Calls `id`'s `on_timer(tag)` once the current callback has returned, as a timer due at
+    /// once would, without going through the wheel. It is how one handler tells another of the
+    /// same loop that something happened: a proxy's upstream side tells the client side that
+    /// its connect succeeded or failed. Nothing happens if `id` has closed by then.
+    pub fn poke(&mut self, id: ConnId, tag: u64) {
+        if self.conn(id).is_some() {
+            self.deferred.push(Deferred::Poke(id, tag));
+            self.run_deferred();
+        }
+    }
+
+    pub(crate) fn poked(&mut self, id: ConnId, tag: u64) {
+        if self.conn(id).is_some_and(|c| c.state != ConnState::Closing) {
+            self.call_handler(id, |h, cx| h.on_timer(cx, tag));
+        }
+    }
+
+    /// Whether `id` is an outgoing connection still waiting for its connect to finish.
+    pub fn is_connecting(&self, id: ConnId) -> bool {
+        self.conn(id)
+            .is_some_and(|c| c.state == ConnState::Connecting)
     }
 
     pub(crate) fn user_timer_fired(&mut self, id: ConnId, tag: u64, key: TimerKey) {

@@ -99,8 +99,17 @@ pub trait Handler: Send + 'static {
         cx.close();
     }
 
-    /// A timer set with [`Ctx::set_timer`] fired.
+    /// A timer set with [`Ctx::set_timer`] fired, or another handler of the loop called
+    /// [`EventLoop::poke`] with this connection and `tag`.
     fn on_timer(&mut self, _cx: &mut Ctx<'_>, _tag: u64) {}
+
+    /// The server is stopping gracefully: should this connection be closed as soon as it is
+    /// idle, with nothing unread and nothing queued? Yes by default: in a protocol of requests
+    /// and answers, idle is between requests. A relay says no: a pause in a stream is not its
+    /// end, so the connection is left to finish by itself within the drain timeout.
+    fn close_when_idle_at_stop(&self) -> bool {
+        true
+    }
 
     /// The connection is gone (its fd is already closed). `cx` still reaches the loop, e.g. to
     /// close the other half of a proxied pair.

@@ -1,7 +1,7 @@
 //! The configuration file: one TOML file that describes every server keel runs.
 //!
 //! ```toml
-//! [echo]                    # one section per server: echo, discard
+//! [echo]                    # one section per server: echo, discard, http, proxy
 //! listen = "127.0.0.1:7007"
 //! engine = "epoll-et"       # select | poll | epoll-lt | epoll-et
 //! model = "multi-reactor"   # multi-reactor | prefork | half-sync | leader-followers |
@@ -20,6 +20,10 @@
 //! idle = 60
 //! interval = 10
 //! count = 6
+//!
+//! [proxy]                   # the server keys above, and:
+//! backends = ["127.0.0.1:8080", "127.0.0.1:8081"]   # round-robin, with failover
+//! connect_timeout = 3       # seconds before the next backend is tried
 //! ```
 //!
 //! Every key is optional: a key the file leaves out falls back to the command line's value or
@@ -59,6 +63,8 @@ pub const DEFAULT_HTTP_LISTEN: SocketAddr =
 pub const DEFAULT_LINGER_TIMEOUT: Duration = Duration::from_secs(5);
 /// `--drain-timeout` default.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// `keel proxy --connect-timeout` default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// `--backlog` default.
 pub const DEFAULT_BACKLOG: i32 = 4096;
 /// `--keepalive-interval` default (used when keepalive is on).
@@ -87,16 +93,23 @@ pub enum Section {
     Echo,
     Discard,
     Http,
+    Proxy,
 }
 
 impl Section {
-    pub const ALL: [Section; 3] = [Section::Echo, Section::Discard, Section::Http];
+    pub const ALL: [Section; 4] = [
+        Section::Echo,
+        Section::Discard,
+        Section::Http,
+        Section::Proxy,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Section::Echo => "echo",
             Section::Discard => "discard",
             Section::Http => "http",
+            Section::Proxy => "proxy",
         }
     }
 }
@@ -152,6 +165,8 @@ const HTTP_KEYS: [&str; 15] = [
     "cache_valid",
     "access_log",
 ];
+/// Keys only `[proxy]` takes.
+const PROXY_KEYS: [&str; 2] = ["backends", "connect_timeout"];
 const LOG_TARGETS: [&str; 3] = ["stderr", "file", "syslog"];
 const KEEPALIVE_KEYS: [&str; 3] = ["idle", "interval", "count"];
 const ACCEPT_NAMES: [&str; 2] = ["reuseport", "acceptor"];
@@ -205,6 +220,8 @@ pub struct ServerSettings {
     pub log_filter: Option<String>,
     /// `[http]` only.
     pub http: HttpFileSettings,
+    /// `[proxy]` only.
+    pub proxy: ProxyFileSettings,
 }
 
 impl ServerSettings {
@@ -229,6 +246,35 @@ impl ServerSettings {
             *log = dir.join(&*log).to_string_lossy().into_owned();
         }
     }
+}
+
+/// The proxy's own options, each optional like the rest.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProxyFileSettings {
+    /// Where clients are sent, round-robin; never empty once checked.
+    pub backends: Option<Vec<SocketAddr>>,
+    /// How long a backend may take to accept before the next one is tried.
+    pub connect_timeout: Option<Duration>,
+}
+
+impl ProxyFileSettings {
+    /// `self`'s options, and `f`'s where `self` has none.
+    pub fn or(self, f: &ProxyFileSettings) -> ProxyFileSettings {
+        ProxyFileSettings {
+            backends: self.backends.or_else(|| f.backends.clone()),
+            connect_timeout: self.connect_timeout.or(f.connect_timeout),
+        }
+    }
+}
+
+/// Why the proxy cannot run under `model`: it opens its backend connections from the loop
+/// a client's handler runs on, which these models do not give their handlers.
+pub fn proxy_model_message(model: Model) -> String {
+    format!(
+        "the proxy cannot run under {model}: it opens backend connections from the client's \
+         loop, which {model} does not give handlers; use multi-reactor, prefork, \
+         thread-per-conn or process-per-conn"
+    )
 }
 
 /// The HTTP server's own options, each optional like the rest: the command line's are laid
@@ -357,6 +403,7 @@ impl ServerSettings {
             log_file: log.1,
             log_filter: self.log_filter.or_else(|| fallback.log_filter.clone()),
             http: self.http.or(&fallback.http),
+            proxy: self.proxy.or(&fallback.proxy),
         }
     }
 
@@ -531,6 +578,7 @@ pub struct Config {
     pub echo: Option<ServerSettings>,
     pub discard: Option<ServerSettings>,
     pub http: Option<ServerSettings>,
+    pub proxy: Option<ServerSettings>,
 }
 
 impl Config {
@@ -540,6 +588,7 @@ impl Config {
             Section::Echo => self.echo.as_ref(),
             Section::Discard => self.discard.as_ref(),
             Section::Http => self.http.as_ref(),
+            Section::Proxy => self.proxy.as_ref(),
         }
     }
 
@@ -553,6 +602,7 @@ impl Config {
             Section::Echo => &mut self.echo,
             Section::Discard => &mut self.discard,
             Section::Http => &mut self.http,
+            Section::Proxy => &mut self.proxy,
         }
     }
 }
@@ -883,12 +933,12 @@ impl Checker<'_> {
                 (None, DeValue::Table(_)) => self.error(
                     name.span(),
                     Some(name.get_ref().to_string()),
-                    "unknown section; expected one of echo, discard, http".to_string(),
+                    "unknown section; expected one of echo, discard, http, proxy".to_string(),
                 ),
                 (None, _) => self.error(
                     name.span(),
                     Some(name.get_ref().to_string()),
-                    "keys belong in a server's section; expected one of [echo], [discard], [http]"
+                    "keys belong in a server's section; expected one of [echo], [discard], [http], [proxy]"
                         .to_string(),
                 ),
             }
@@ -1016,6 +1066,12 @@ impl Checker<'_> {
                 k if section == Section::Http && HTTP_KEYS.contains(&k) => {
                     self.http_key(&key, k, value, &mut s.http);
                 }
+                "backends" if section == Section::Proxy => {
+                    s.proxy.backends = self.backends(&key, value);
+                }
+                "connect_timeout" if section == Section::Proxy => {
+                    s.proxy.connect_timeout = self.secs(&key, value, POSITIVE_TIMEOUT);
+                }
                 "keepalive" => match value.get_ref() {
                     DeValue::Table(ka) => self.keepalive(&key, name.span(), ka, &mut s),
                     other => self.bad(
@@ -1029,8 +1085,10 @@ impl Checker<'_> {
                         .into_iter()
                         .filter(|k| section == Section::Echo || *k != "work_ms")
                         .collect();
-                    if section == Section::Http {
-                        expected.extend(HTTP_KEYS);
+                    match section {
+                        Section::Http => expected.extend(HTTP_KEYS),
+                        Section::Proxy => expected.extend(PROXY_KEYS),
+                        _ => {}
                     }
                     self.error(
                         name.span(),
@@ -1044,6 +1102,19 @@ impl Checker<'_> {
         // (once the keys are valid one by one: a bad value would be taken for the default).
         // Only a conflict among keys the section sets itself: the file gives the defaults of
         // a command line that may set the others.
+        if section == Section::Proxy {
+            if let Some(model) = s.model.filter(|m| !m.runs_handlers_on_loops()) {
+                let at = table
+                    .iter()
+                    .find(|(n, _)| n.get_ref() == "model")
+                    .map_or(header.clone(), |(n, _)| n.span());
+                self.error(
+                    at,
+                    Some("proxy.model".to_string()),
+                    proxy_model_message(model),
+                );
+            }
+        }
         if self.errors.len() == errors_before {
             let set = |key: &str| table.iter().any(|(n, _)| n.get_ref() == key);
             if let Some(c) = s.conflict_among(|keys| keys.iter().all(|k| set(k))) {
@@ -1086,6 +1157,23 @@ impl Checker<'_> {
             }
             _ => unreachable!("only HTTP_KEYS reach here"),
         }
+    }
+
+    /// A non-empty array of backend addresses, each IP:PORT.
+    fn backends(&mut self, key: &str, value: &Value<'_>) -> Option<Vec<SocketAddr>> {
+        let DeValue::Array(items) = value.get_ref() else {
+            let got = describe(value.get_ref());
+            let msg = format!("expected an array of \"IP:PORT\" strings, got {got}");
+            self.bad(key, value, msg);
+            return None;
+        };
+        if items.is_empty() {
+            let msg = "expected at least one backend, got an empty array".to_string();
+            self.bad(key, value, msg);
+            return None;
+        }
+        let addrs: Vec<Option<SocketAddr>> = items.iter().map(|v| self.listen(key, v)).collect();
+        addrs.into_iter().collect()
     }
 
     /// A non-empty string naming a file.

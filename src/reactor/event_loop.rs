@@ -149,6 +149,8 @@ pub(crate) enum Deferred {
     Redeliver(ConnId),
     /// Send what a connection has queued (a file just queued behind nothing).
     Flush(ConnId),
+    /// Call a connection's `on_timer(tag)` on behalf of another handler (`EventLoop::poke`).
+    Poke(ConnId, u64),
 }
 
 type SignalCallback = Box<dyn FnMut(&mut EventLoop, Signal)>;
@@ -669,6 +671,7 @@ impl EventLoop {
                     Deferred::HighWater(id) => self.notify_high_water(id),
                     Deferred::Redeliver(id) => self.redeliver_input(id),
                     Deferred::Flush(id) => self.conn_writable(id),
+                    Deferred::Poke(id, tag) => self.poked(id, tag),
                 }
             }
             self.deferred_spare = batch; // keep the allocation

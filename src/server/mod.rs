@@ -58,6 +58,12 @@ impl Model {
         Model::ProcessPerConn,
     ];
 
+    /// Whether handlers run on a loop's own thread, with the whole loop at hand
+    /// ([`crate::net::Ctx::event_loop`]): what a handler that opens connections needs.
+    pub fn runs_handlers_on_loops(self) -> bool {
+        !matches!(self, Model::HalfSync | Model::LeaderFollowers)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Model::MultiReactor => "multi-reactor",

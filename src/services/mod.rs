@@ -2,3 +2,4 @@
 
 pub mod discard;
 pub mod echo;
+pub mod proxy;

@@ -133,7 +133,7 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
 /// How to start a server.
 #[derive(Clone, Debug)]
 pub struct Opts {
-    /// `echo`, `discard` or `http`.
+    /// `echo`, `discard`, `http` or `proxy`.
     pub sub: &'static str,
     pub engine: String,
     /// Extra arguments, e.g. `["--idle-timeout", "0.5"]`.
@@ -165,6 +165,18 @@ impl Opts {
             sub: "discard",
             ..Opts::echo(engine)
         }
+    }
+
+    /// `keel proxy` in front of `backends`, in that order.
+    pub fn proxy(engine: &str, backends: &[SocketAddr]) -> Opts {
+        let mut o = Opts {
+            sub: "proxy",
+            ..Opts::echo(engine)
+        };
+        for b in backends {
+            o = o.arg("--backend", &b.to_string());
+        }
+        o
     }
 
     pub fn arg(mut self, name: &str, value: &str) -> Opts {

@@ -1,0 +1,501 @@
+//! `keel proxy`: a real binary in front of real backends on loopback.
+//!
+//! The backends are plain blocking threads, each connection served by `serve`; what they saw
+//! comes back through a channel, so a test can check both ends of the relay.
+
+mod util;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use util::{random_bytes, read_until_end, End, Opts};
+
+/// Engines, for the tests that hold under each.
+const ENGINES: [&str; 4] = ["select", "poll", "epoll-lt", "epoll-et"];
+/// The models the proxy runs under (its handlers need their loop).
+const LOOP_MODELS: [&str; 4] = [
+    "multi-reactor",
+    "prefork",
+    "thread-per-conn",
+    "process-per-conn",
+];
+
+/// A backend on its own thread: accepts until dropped, serving each connection on a thread
+/// of its own with `serve`.
+struct Backend {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl Backend {
+    fn start(serve: impl Fn(TcpStream) + Send + Sync + 'static) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let serve = Arc::new(serve);
+        thread::spawn(move || {
+            // Bounded: the test drops the Backend, or 60 s pass.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stopped.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                        let serve = serve.clone();
+                        thread::spawn(move || serve(s));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Backend { addr, stop }
+    }
+
+    /// Echoes until the client's FIN, then sends its own.
+    fn echo() -> Backend {
+        Backend::start(|mut s| {
+            let mut r = s.try_clone().unwrap();
+            let _ = std::io::copy(&mut r, &mut s);
+            let _ = s.shutdown(Shutdown::Write);
+        })
+    }
+
+    /// Answers every line with its name and the line.
+    fn named(name: &'static str) -> Backend {
+        Backend::start(move |s| {
+            let mut w = s.try_clone().unwrap();
+            for line in BufReader::new(s).lines() {
+                let Ok(line) = line else { break };
+                if writeln!(w, "{name} {line}").is_err() {
+                    break;
+                }
+            }
+        })
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A process's resident set, in KiB (0 if it is gone).
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// An address nothing listens on.
+fn dead_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+/// Sends `data`, half-closes, reads to EOF on another thread at once; returns what came back.
+fn round_trip(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut c = connect(addr);
+    let mut w = c.try_clone().unwrap();
+    let sent = data.to_vec();
+    let writer = thread::spawn(move || {
+        w.write_all(&sent).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap();
+    writer.join().unwrap();
+    got
+}
+
+#[test]
+fn relays_byte_exact_and_passes_the_clients_half_close_on_every_engine() {
+    let backend = Backend::echo();
+    let data = random_bytes(21, 4 << 20);
+    for engine in ENGINES {
+        let srv = Opts::proxy(engine, &[backend.addr])
+            .arg("--threads", "2")
+            .spawn();
+        // The backend echoes until our FIN reaches it: getting everything back, then EOF,
+        // means the FIN went through and the backend's came back.
+        let got = round_trip(srv.tcp, &data);
+        assert!(
+            got == data,
+            "{engine}: {} bytes back, not byte-exact",
+            got.len()
+        );
+        // Several pairs at once.
+        let clients: Vec<_> = (0..20)
+            .map(|i| {
+                let d = random_bytes(100 + i, 64 * 1024 + i as usize);
+                let addr = srv.tcp;
+                thread::spawn(move || round_trip(addr, &d) == d)
+            })
+            .collect();
+        for c in clients {
+            assert!(
+                c.join().unwrap(),
+                "{engine}: a concurrent pair was not byte-exact"
+            );
+        }
+        let (_, settled) = srv.stats_until(Duration::from_secs(5), |s| s.get("open") == 0);
+        assert!(settled, "{engine}: pairs left open: {:?}", srv.stats());
+    }
+}
+
+#[test]
+fn relays_under_every_model_whose_handlers_run_on_loops() {
+    let backend = Backend::echo();
+    let data = random_bytes(22, 1 << 20);
+    for model in LOOP_MODELS {
+        let srv = Opts::proxy("epoll-et", &[backend.addr])
+            .arg("--model", model)
+            .arg("--threads", "2")
+            .spawn();
+        let got = round_trip(srv.tcp, &data);
+        assert!(got == data, "{model}: not byte-exact ({} bytes)", got.len());
+    }
+}
+
+#[test]
+fn a_backend_that_half_closes_first_still_gets_the_upload() {
+    let upload = random_bytes(23, 1 << 20);
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    // Speaks first, sends its FIN, and only then reads what the client uploads.
+    let backend = Backend::start(move |mut s| {
+        s.write_all(b"hello, then FIN\n").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        let _ = tx.lock().unwrap().send(got);
+    });
+    let srv = Opts::proxy("epoll-et", &[backend.addr]).spawn();
+    let mut c = connect(srv.tcp);
+    let mut greeting = Vec::new();
+    c.read_to_end(&mut greeting).unwrap();
+    assert_eq!(greeting, b"hello, then FIN\n");
+    c.write_all(&upload).unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let got = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(got == upload, "the backend got {} bytes", got.len());
+    let mut end = [0u8; 1];
+    assert_eq!(c.read(&mut end).unwrap(), 0, "a clean close at the end");
+}
+
+#[test]
+fn clients_go_round_robin_and_a_dead_backend_is_skipped() {
+    let a = Backend::named("a");
+    let b = Backend::named("b");
+    let srv = Opts::proxy("epoll-et", &[dead_addr(), a.addr, b.addr])
+        .arg("--threads", "1")
+        .spawn();
+    let mut served = std::collections::HashMap::new();
+    for i in 0..30 {
+        let mut c = connect(srv.tcp);
+        // Sent at once, before any backend has answered: it must survive the failover.
+        writeln!(c, "client {i}").unwrap();
+        let mut line = String::new();
+        BufReader::new(&c).read_line(&mut line).unwrap();
+        let (name, rest) = line.split_once(' ').expect("a named answer");
+        assert_eq!(rest, format!("client {i}\n"));
+        *served.entry(name.to_string()).or_insert(0) += 1;
+    }
+    // The dead backend's turns go to the next in line: a gets its own and the dead one's.
+    assert_eq!(served.get("a"), Some(&20), "{served:?}");
+    assert_eq!(served.get("b"), Some(&10), "{served:?}");
+    assert_eq!(srv.stats().get("connect_failures"), 10);
+    assert!(
+        srv.stderr_dump().contains("the next backend is tried"),
+        "the failure is logged: {}",
+        srv.stderr_dump()
+    );
+}
+
+#[test]
+fn a_backend_that_never_accepts_is_left_after_the_connect_timeout() {
+    // A listener with its accept queue full: the kernel drops further SYNs, so a connect
+    // hangs until our timeout.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    sock.listen(0).unwrap();
+    let stuck = sock.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        if let Ok(s) = TcpStream::connect_timeout(&stuck, Duration::from_millis(200)) {
+            fillers.push(s);
+        }
+    }
+    let live = Backend::named("live");
+    let srv = Opts::proxy("epoll-et", &[stuck, live.addr])
+        .arg("--connect-timeout", "0.3")
+        .arg("--threads", "1")
+        .spawn();
+    let t = Instant::now();
+    let mut c = connect(srv.tcp);
+    writeln!(c, "hi").unwrap();
+    let mut line = String::new();
+    BufReader::new(&c).read_line(&mut line).unwrap();
+    assert_eq!(line, "live hi\n");
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "answered after {took:?}"
+    );
+}
+
+#[test]
+fn when_no_backend_answers_the_client_gets_a_clean_close() {
+    let srv = Opts::proxy("epoll-et", &[dead_addr(), dead_addr()]).spawn();
+    let mut c = connect(srv.tcp);
+    let _ = c.write_all(b"anyone?\n");
+    let mut got = Vec::new();
+    let end = read_until_end(&mut c, &mut got, 1024, Duration::from_secs(5));
+    assert_eq!(end, End::Eof, "got {got:?}");
+    assert!(got.is_empty());
+    assert!(srv.stderr_dump().contains("no backend answered"));
+    // The proxy itself is fine.
+    drop(c);
+    let (_, settled) = srv.stats_until(Duration::from_secs(5), |s| s.get("open") == 0);
+    assert!(settled, "{:?}", srv.stats());
+}
+
+#[test]
+fn a_reset_from_the_backend_reaches_the_client_as_a_reset() {
+    let backend = Backend::start(|mut s| {
+        let mut buf = [0u8; 5];
+        let _ = s.read_exact(&mut buf);
+        let _ = s.write_all(b"partial");
+        thread::sleep(Duration::from_millis(100));
+        util::set_linger_zero(&s);
+        // Dropping `s` now sends RST.
+    });
+    let srv = Opts::proxy("epoll-et", &[backend.addr]).spawn();
+    let mut c = connect(srv.tcp);
+    c.write_all(b"hello").unwrap();
+    let mut got = Vec::new();
+    let end = read_until_end(&mut c, &mut got, 1 << 20, Duration::from_secs(5));
+    assert_eq!(got, b"partial");
+    assert_eq!(end, End::Reset, "a cut stream must not look complete");
+}
+
+#[test]
+fn a_slow_client_does_not_make_the_proxy_hold_the_stream() {
+    const TOTAL: usize = 128 << 20;
+    let backend = Backend::start(|mut s| {
+        let chunk = vec![7u8; 1 << 20];
+        for _ in 0..TOTAL >> 20 {
+            if s.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+        let _ = s.shutdown(Shutdown::Write);
+    });
+    let srv = Opts::proxy("epoll-et", &[backend.addr])
+        .arg("--threads", "1")
+        .spawn();
+    let rss = || rss_kib(srv.pid);
+    let before = rss();
+    let mut c = connect(srv.tcp);
+    // The client takes nothing for a second: the backend keeps writing as fast as it may.
+    thread::sleep(Duration::from_secs(1));
+    let stalled = rss();
+    let mut got = Vec::new();
+    let end = read_until_end(&mut c, &mut got, TOTAL + 1, Duration::from_secs(30));
+    assert_eq!(end, End::Eof);
+    assert_eq!(got.len(), TOTAL);
+    assert!(got.iter().all(|&b| b == 7));
+    assert!(
+        stalled < before + 16 * 1024,
+        "the proxy grew from {before} KiB to {stalled} KiB while its client read nothing"
+    );
+}
+
+#[test]
+fn the_proxy_returns_to_its_fd_baseline() {
+    let backend = Backend::echo();
+    let srv = Opts::proxy("epoll-et", &[backend.addr, dead_addr()])
+        .arg("--threads", "1")
+        .spawn();
+    let baseline = srv.baseline_fds();
+    for i in 0..300u64 {
+        let d = random_bytes(i, 100);
+        assert_eq!(round_trip(srv.tcp, &d), d);
+    }
+    let settled = srv.fd_count_settles_to(baseline, Duration::from_secs(5));
+    assert_eq!(settled, baseline, "{:?}", srv.fd_listing());
+}
+
+#[test]
+fn bad_proxy_arguments_exit_2_with_the_reason() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(util::keel_bin())
+            .arg("proxy")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--listen", "127.0.0.1:0"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("needs at least one backend"), "{err}");
+    for model in ["half-sync", "leader-followers"] {
+        let (code, err) = run(&["--backend", "127.0.0.1:9", "--model", model]);
+        assert_eq!(code, Some(2), "{model}");
+        assert!(err.contains(&format!("cannot run under {model}")), "{err}");
+    }
+    let (code, err) = run(&["--backend", "localhost:80"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--backend"), "{err}");
+}
+
+#[test]
+fn check_config_reports_bad_proxy_keys_on_their_lines() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("keel-proxy");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("keel.toml");
+    std::fs::write(
+        &file,
+        "[proxy]\nbackends = []\nconnect_timeout = 0\nmodel = \"half-sync\"\n\n\
+         [echo]\nbackends = [\"127.0.0.1:1\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(util::keel_bin())
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(":2: key `proxy.backends`: expected at least one backend"),
+        "{err}"
+    );
+    assert!(err.contains(":3: key `proxy.connect_timeout`"), "{err}");
+    assert!(
+        err.contains(":4: key `proxy.model`: the proxy cannot run under half-sync"),
+        "{err}"
+    );
+    assert!(
+        err.contains(":7: key `echo.backends`: unknown key"),
+        "{err}"
+    );
+
+    std::fs::write(
+        &file,
+        "[proxy]\nbackends = [\"127.0.0.1:7008\", \"[::1]:7009\"]\nconnect_timeout = 1.5\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(util::keel_bin())
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_graceful_stop_lets_a_relayed_stream_finish() {
+    // The backend streams 2 MiB in 40 pieces over about 2 s: the client side of the pair is
+    // idle (nothing queued, nothing unread) between pieces, which must not end it.
+    let backend = Backend::start(|mut s| {
+        let piece = vec![3u8; 50 * 1024];
+        for _ in 0..40 {
+            if s.write_all(&piece).is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = s.shutdown(Shutdown::Write);
+    });
+    let srv = Opts::proxy("epoll-et", &[backend.addr])
+        .arg("--threads", "1")
+        .arg("--drain-timeout", "20")
+        .spawn();
+    let mut c = connect(srv.tcp);
+    let mut first = [0u8; 1];
+    c.read_exact(&mut first).unwrap();
+    srv.signal(nix::sys::signal::Signal::SIGTERM);
+    let mut got = first.to_vec();
+    let end = read_until_end(&mut c, &mut got, 4 << 20, Duration::from_secs(15));
+    assert_eq!(end, End::Eof);
+    assert_eq!(
+        got.len(),
+        40 * 50 * 1024,
+        "the whole stream, then a clean end"
+    );
+    assert!(got.iter().all(|&b| b == 3));
+    drop(c);
+    let status = srv
+        .wait_exit(Duration::from_secs(10))
+        .expect("the proxy exits");
+    assert_eq!(status.code(), Some(0), "{}", srv.stderr_dump());
+}
+
+#[test]
+fn out_of_fds_closes_clients_cleanly_and_the_proxy_recovers() {
+    let backend = Backend::named("b");
+    let srv = Opts::proxy("epoll-et", &[backend.addr])
+        .arg("--threads", "1")
+        .nofile(40)
+        .spawn();
+    // Far more pairs than 40 fds allow, all held open at once.
+    let mut held = Vec::new();
+    let (mut served, mut closed) = (0, 0);
+    for i in 0..60 {
+        let Ok(mut c) = TcpStream::connect(srv.tcp) else {
+            continue;
+        };
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = writeln!(c, "{i}");
+        let mut line = String::new();
+        match BufReader::new(&c).read_line(&mut line) {
+            Ok(0) | Err(_) => closed += 1,
+            Ok(_) => {
+                assert_eq!(line, format!("b {i}\n"));
+                served += 1;
+            }
+        }
+        held.push(c);
+    }
+    assert!(served > 0 && closed > 0, "served {served}, closed {closed}");
+    let log = srv.stderr_dump();
+    assert!(
+        log.contains("out of file descriptors: a client was closed without a backend"),
+        "{log}"
+    );
+    drop(held);
+    let (_, settled) = srv.stats_until(Duration::from_secs(5), |s| s.get("open") == 0);
+    assert!(settled, "{:?}", srv.stats());
+    let mut c = connect(srv.tcp);
+    writeln!(c, "again").unwrap();
+    let mut line = String::new();
+    BufReader::new(&c).read_line(&mut line).unwrap();
+    assert_eq!(line, "b again\n", "served again once fds are free");
+}
