@@ -249,6 +249,10 @@ struct ProxyArgs {
     /// Seconds a backend may take to accept a connection before the next is tried [default: 3].
     #[arg(long, value_parser = config::parse_positive_secs)]
     connect_timeout: Option<Duration>,
+    /// Relay with splice(2) through a pipe per direction, no copy through user space
+    /// [default: true]; `--splice=false` copies through a buffer.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", value_parser = config::parse_bool)]
+    splice: Option<bool>,
 }
 
 impl ProxyArgs {
@@ -256,6 +260,7 @@ impl ProxyArgs {
         ProxyFileSettings {
             backends: (!self.backends.is_empty()).then(|| self.backends.clone()),
             connect_timeout: self.connect_timeout,
+            splice: self.splice,
         }
     }
 }
@@ -267,16 +272,13 @@ fn proxy_factory(s: &ServerSettings) -> Result<HandlerFactory, String> {
         return Err(config::proxy_model_message(model));
     }
     let backends = s.proxy.backends.clone().unwrap_or_default();
-    let backends = Backends::new(backends).ok_or_else(|| {
-        "the proxy needs at least one backend: --backend IP:PORT, or backends = [...] in \
-         [proxy]"
-            .to_string()
-    })?;
+    let backends = Backends::new(backends)?;
     let timeout = s
         .proxy
         .connect_timeout
         .unwrap_or(config::DEFAULT_CONNECT_TIMEOUT);
-    Ok(proxy::factory(Arc::new(backends), timeout))
+    let splice = s.proxy.splice.unwrap_or(true);
+    Ok(proxy::factory(Arc::new(backends), timeout, splice))
 }
 
 #[derive(Subcommand)]
@@ -356,11 +358,23 @@ impl ServerArgs {
         };
         let mut settings = cli.or(&file);
         settings.anchor_paths(start_dir());
-        if section == Section::Http && settings.listen.is_none() {
-            settings.listen = Some(config::DEFAULT_HTTP_LISTEN);
-        }
+        section_defaults(section, &mut settings);
         let opts = settings.to_options().map_err(|e| vec![e])?;
         Ok((settings, opts))
+    }
+}
+
+/// Defaults one server has and the others do not: HTTP's port, the proxy's idle timeout (a
+/// relay with none would hold both sockets of a pair whose ends went silent forever).
+fn section_defaults(section: Section, settings: &mut ServerSettings) {
+    match section {
+        Section::Http if settings.listen.is_none() => {
+            settings.listen = Some(config::DEFAULT_HTTP_LISTEN);
+        }
+        Section::Proxy if settings.idle_timeout.is_none() => {
+            settings.idle_timeout = Some(config::DEFAULT_PROXY_IDLE_TIMEOUT);
+        }
+        _ => {}
     }
 }
 
@@ -430,9 +444,7 @@ fn reloader(
             }
         };
         settings.anchor_paths(start_dir());
-        if section == Section::Http && settings.listen.is_none() {
-            settings.listen = Some(config::DEFAULT_HTTP_LISTEN);
-        }
+        section_defaults(section, &mut settings);
         let opts = settings.to_options()?;
         Ok((build(&settings)?, opts))
     }))

@@ -16,6 +16,8 @@ use util::{random_bytes, read_until_end, End, Opts};
 
 /// Engines, for the tests that hold under each.
 const ENGINES: [&str; 4] = ["select", "poll", "epoll-lt", "epoll-et"];
+/// The relay's two paths: through pipes (the default) and copying through a buffer.
+const SPLICE: [&str; 2] = ["--splice=true", "--splice=false"];
 /// The models the proxy runs under (its handlers need their loop).
 const LOOP_MODELS: [&str; 4] = [
     "multi-reactor",
@@ -130,33 +132,37 @@ fn relays_byte_exact_and_passes_the_clients_half_close_on_every_engine() {
     let backend = Backend::echo();
     let data = random_bytes(21, 4 << 20);
     for engine in ENGINES {
-        let srv = Opts::proxy(engine, &[backend.addr])
-            .arg("--threads", "2")
-            .spawn();
-        // The backend echoes until our FIN reaches it: getting everything back, then EOF,
-        // means the FIN went through and the backend's came back.
-        let got = round_trip(srv.tcp, &data);
-        assert!(
-            got == data,
-            "{engine}: {} bytes back, not byte-exact",
-            got.len()
-        );
-        // Several pairs at once.
-        let clients: Vec<_> = (0..20)
-            .map(|i| {
-                let d = random_bytes(100 + i, 64 * 1024 + i as usize);
-                let addr = srv.tcp;
-                thread::spawn(move || round_trip(addr, &d) == d)
-            })
-            .collect();
-        for c in clients {
+        for splice in SPLICE {
+            let what = format!("{engine} {splice}");
+            let srv = Opts::proxy(engine, &[backend.addr])
+                .arg("--threads", "2")
+                .flag(splice)
+                .spawn();
+            // The backend echoes until our FIN reaches it: getting everything back, then EOF,
+            // means the FIN went through and the backend's came back.
+            let got = round_trip(srv.tcp, &data);
             assert!(
-                c.join().unwrap(),
-                "{engine}: a concurrent pair was not byte-exact"
+                got == data,
+                "{what}: {} bytes back, not byte-exact",
+                got.len()
             );
+            // Several pairs at once.
+            let clients: Vec<_> = (0..20)
+                .map(|i| {
+                    let d = random_bytes(100 + i, 64 * 1024 + i as usize);
+                    let addr = srv.tcp;
+                    thread::spawn(move || round_trip(addr, &d) == d)
+                })
+                .collect();
+            for c in clients {
+                assert!(
+                    c.join().unwrap(),
+                    "{what}: a concurrent pair was not byte-exact"
+                );
+            }
+            let (_, settled) = srv.stats_until(Duration::from_secs(5), |s| s.get("open") == 0);
+            assert!(settled, "{what}: pairs left open: {:?}", srv.stats());
         }
-        let (_, settled) = srv.stats_until(Duration::from_secs(5), |s| s.get("open") == 0);
-        assert!(settled, "{engine}: pairs left open: {:?}", srv.stats());
     }
 }
 
@@ -187,15 +193,30 @@ fn a_backend_that_half_closes_first_still_gets_the_upload() {
         let _ = s.read_to_end(&mut got);
         let _ = tx.lock().unwrap().send(got);
     });
-    let srv = Opts::proxy("epoll-et", &[backend.addr]).spawn();
+    for splice in SPLICE {
+        half_closed_first(backend.addr, splice, &upload, &rx);
+    }
+}
+
+fn half_closed_first(
+    backend: SocketAddr,
+    splice: &str,
+    upload: &[u8],
+    rx: &mpsc::Receiver<Vec<u8>>,
+) {
+    let srv = Opts::proxy("epoll-et", &[backend]).flag(splice).spawn();
     let mut c = connect(srv.tcp);
     let mut greeting = Vec::new();
     c.read_to_end(&mut greeting).unwrap();
     assert_eq!(greeting, b"hello, then FIN\n");
-    c.write_all(&upload).unwrap();
+    c.write_all(upload).unwrap();
     c.shutdown(Shutdown::Write).unwrap();
     let got = rx.recv_timeout(Duration::from_secs(20)).unwrap();
-    assert!(got == upload, "the backend got {} bytes", got.len());
+    assert!(
+        got == upload,
+        "{splice}: the backend got {} bytes",
+        got.len()
+    );
     let mut end = [0u8; 1];
     assert_eq!(c.read(&mut end).unwrap(), 0, "a clean close at the end");
 }
@@ -223,7 +244,7 @@ fn clients_go_round_robin_and_a_dead_backend_is_skipped() {
     assert_eq!(served.get("b"), Some(&10), "{served:?}");
     assert_eq!(srv.stats().get("connect_failures"), 10);
     assert!(
-        srv.stderr_dump().contains("the next backend is tried"),
+        srv.stderr_has("the next backend is tried", Duration::from_secs(3)),
         "the failure is logged: {}",
         srv.stderr_dump()
     );
@@ -271,7 +292,11 @@ fn when_no_backend_answers_the_client_gets_a_clean_close() {
     let end = read_until_end(&mut c, &mut got, 1024, Duration::from_secs(5));
     assert_eq!(end, End::Eof, "got {got:?}");
     assert!(got.is_empty());
-    assert!(srv.stderr_dump().contains("no backend answered"));
+    assert!(
+        srv.stderr_has("no backend answered", Duration::from_secs(3)),
+        "{}",
+        srv.stderr_dump()
+    );
     // The proxy itself is fine.
     drop(c);
     let (_, settled) = srv.stats_until(Duration::from_secs(5), |s| s.get("open") == 0);
@@ -298,8 +323,8 @@ fn a_reset_from_the_backend_reaches_the_client_as_a_reset() {
 }
 
 #[test]
-fn a_slow_client_does_not_make_the_proxy_hold_the_stream() {
-    const TOTAL: usize = 128 << 20;
+fn a_slow_client_does_not_make_the_proxy_hold_the_stream_or_spin() {
+    const TOTAL: usize = 64 << 20;
     let backend = Backend::start(|mut s| {
         let chunk = vec![7u8; 1 << 20];
         for _ in 0..TOTAL >> 20 {
@@ -309,24 +334,38 @@ fn a_slow_client_does_not_make_the_proxy_hold_the_stream() {
         }
         let _ = s.shutdown(Shutdown::Write);
     });
-    let srv = Opts::proxy("epoll-et", &[backend.addr])
-        .arg("--threads", "1")
-        .spawn();
-    let rss = || rss_kib(srv.pid);
-    let before = rss();
-    let mut c = connect(srv.tcp);
-    // The client takes nothing for a second: the backend keeps writing as fast as it may.
-    thread::sleep(Duration::from_secs(1));
-    let stalled = rss();
-    let mut got = Vec::new();
-    let end = read_until_end(&mut c, &mut got, TOTAL + 1, Duration::from_secs(30));
-    assert_eq!(end, End::Eof);
-    assert_eq!(got.len(), TOTAL);
-    assert!(got.iter().all(|&b| b == 7));
-    assert!(
-        stalled < before + 16 * 1024,
-        "the proxy grew from {before} KiB to {stalled} KiB while its client read nothing"
-    );
+    for engine in ["poll", "epoll-lt", "epoll-et"] {
+        for splice in SPLICE {
+            let what = format!("{engine} {splice}");
+            let srv = Opts::proxy(engine, &[backend.addr])
+                .arg("--threads", "1")
+                .flag(splice)
+                .spawn();
+            let before = rss_kib(srv.pid);
+            let mut c = connect(srv.tcp);
+            // The client takes nothing for a second while the backend writes as fast as it
+            // may: the proxy must stop reading (no growth) and wait (no spinning).
+            thread::sleep(Duration::from_millis(300));
+            let cpu0 = srv.cpu_time();
+            thread::sleep(Duration::from_secs(1));
+            let cpu = srv.cpu_time() - cpu0;
+            let stalled = rss_kib(srv.pid);
+            let mut got = Vec::new();
+            let end = read_until_end(&mut c, &mut got, TOTAL + 1, Duration::from_secs(30));
+            assert_eq!(end, End::Eof, "{what}");
+            assert_eq!(got.len(), TOTAL, "{what}");
+            assert!(got.iter().all(|&b| b == 7), "{what}");
+            assert!(
+                stalled < before + 16 * 1024,
+                "{what}: the proxy grew from {before} KiB to {stalled} KiB while its client \
+                 read nothing"
+            );
+            assert!(
+                cpu < Duration::from_millis(300),
+                "{what}: the proxy used {cpu:?} of CPU in a second of waiting"
+            );
+        }
+    }
 }
 
 #[test]
@@ -485,10 +524,13 @@ fn out_of_fds_closes_clients_cleanly_and_the_proxy_recovers() {
         held.push(c);
     }
     assert!(served > 0 && closed > 0, "served {served}, closed {closed}");
-    let log = srv.stderr_dump();
     assert!(
-        log.contains("out of file descriptors: a client was closed without a backend"),
-        "{log}"
+        srv.stderr_has(
+            "out of file descriptors: a client was closed without a backend",
+            Duration::from_secs(3)
+        ),
+        "{}",
+        srv.stderr_dump()
     );
     drop(held);
     let (_, settled) = srv.stats_until(Duration::from_secs(5), |s| s.get("open") == 0);
@@ -498,4 +540,125 @@ fn out_of_fds_closes_clients_cleanly_and_the_proxy_recovers() {
     let mut line = String::new();
     BufReader::new(&c).read_line(&mut line).unwrap();
     assert_eq!(line, "b again\n", "served again once fds are free");
+}
+
+#[test]
+fn a_slow_steady_reader_is_not_idle_and_a_silent_pair_is_closed() {
+    const TOTAL: usize = 3 << 20;
+    let backend = Backend::start(|mut s| {
+        let mut line = String::new();
+        let _ = BufReader::new(s.try_clone().unwrap()).read_line(&mut line);
+        let _ = s.write_all(&vec![5u8; TOTAL]);
+        let _ = s.shutdown(Shutdown::Write);
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    });
+    for splice in SPLICE {
+        // A small send buffer toward the client, so the proxy's writes (its activity) follow
+        // the client's reading, not a kernel buffer that takes seconds to drain.
+        let srv = Opts::proxy("epoll-et", &[backend.addr])
+            .arg("--threads", "1")
+            .arg("--idle-timeout", "1")
+            .arg("--sndbuf", "65536")
+            .flag(splice)
+            .spawn();
+        // A small receive window and a steady 800 KB/s: the upstream side waits, paused,
+        // longer than the idle timeout at a time, while the client side keeps moving.
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        sock.connect(&srv.tcp.into()).unwrap();
+        let mut c: TcpStream = sock.into();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        writeln!(c, "go").unwrap();
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = c.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            assert!(buf[..n].iter().all(|&b| b == 5));
+            got += n;
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(got, TOTAL, "{splice}: the whole stream before the end");
+        drop(c);
+
+        // A pair where nobody says anything is closed after the timeout, cleanly.
+        let named = Backend::named("n");
+        let srv = Opts::proxy("epoll-et", &[named.addr])
+            .arg("--idle-timeout", "0.5")
+            .flag(splice)
+            .spawn();
+        let mut c = connect(srv.tcp);
+        writeln!(c, "hi").unwrap();
+        let mut r = BufReader::new(c.try_clone().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert_eq!(line, "n hi\n");
+        let t = Instant::now();
+        let mut rest = Vec::new();
+        let end = read_until_end(&mut c, &mut rest, 1024, Duration::from_secs(5));
+        assert_eq!(end, End::Eof, "{splice}");
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "{splice}: {:?}",
+            t.elapsed()
+        );
+    }
+}
+
+#[test]
+fn every_model_spreads_clients_over_the_backends() {
+    let a = Backend::named("a");
+    let b = Backend::named("b");
+    for model in ["process-per-conn", "prefork", "thread-per-conn"] {
+        let srv = Opts::proxy("epoll-et", &[a.addr, b.addr])
+            .arg("--model", model)
+            .arg("--threads", "2")
+            .spawn();
+        let mut seen = std::collections::HashMap::new();
+        for i in 0..12 {
+            let mut c = connect(srv.tcp);
+            writeln!(c, "{i}").unwrap();
+            let mut line = String::new();
+            BufReader::new(&c).read_line(&mut line).unwrap();
+            *seen
+                .entry(line.split(' ').next().unwrap().to_string())
+                .or_insert(0) += 1;
+        }
+        for name in ["a", "b"] {
+            assert!(
+                seen.get(name).copied().unwrap_or(0) >= 3,
+                "{model}: {seen:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn failover_outlasts_an_idle_timeout_shorter_than_the_connect_timeout() {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    sock.listen(0).unwrap();
+    let stuck = sock.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        if let Ok(s) = TcpStream::connect_timeout(&stuck, Duration::from_millis(200)) {
+            fillers.push(s);
+        }
+    }
+    let live = Backend::named("live");
+    let srv = Opts::proxy("epoll-et", &[stuck, live.addr])
+        .arg("--threads", "1")
+        .arg("--connect-timeout", "0.6")
+        .arg("--idle-timeout", "0.2")
+        .spawn();
+    let mut c = connect(srv.tcp);
+    writeln!(c, "patience").unwrap();
+    let mut line = String::new();
+    BufReader::new(&c).read_line(&mut line).unwrap();
+    assert_eq!(line, "live patience\n");
 }

@@ -33,6 +33,7 @@ use crate::net::buffer::Buffer;
 use crate::net::buffer_pool::BufferPool;
 use crate::net::handler::{Ctx, Handler};
 use crate::net::output::{FileRange, OutputQueue};
+use crate::net::splice::SpliceTo;
 use crate::reactor::event::{Event, Interest, Token, Trigger};
 use crate::reactor::event_loop::{
     slot_in, slot_in_mut, Deferred, EventLoop, Slot, Source, TimerEvent, SCRATCH,
@@ -156,6 +157,9 @@ pub(crate) struct Conn {
     /// Holds a permit of the server's connection limit (incoming connections only).
     pub(crate) holds_permit: bool,
     pub(crate) closing_reason: Option<CloseReason>,
+    /// The other connection of a relayed pair (`EventLoop::pair`), and the pipe bytes take to
+    /// it when spliced (`EventLoop::splice`). Boxed: most connections are not relayed.
+    pub(crate) relay: Option<Box<Relay>>,
 }
 
 impl Conn {
@@ -185,12 +189,30 @@ impl Conn {
             user_timers: UserTimers::default(),
             holds_permit: false,
             closing_reason: None,
+            relay: None,
         }
     }
 
     fn output_len(&self) -> usize {
         self.output.len() as usize
     }
+
+    pub(crate) fn splice(&self) -> Option<&SpliceTo> {
+        self.relay.as_ref()?.splice.as_ref()
+    }
+
+    pub(crate) fn pipe_full(&self) -> bool {
+        self.relay.as_ref().is_some_and(|r| r.pipe_full)
+    }
+}
+
+/// A relayed connection's ties to the other one of its pair.
+pub(crate) struct Relay {
+    /// Its activity counts as this connection's for the idle timeout.
+    pub(crate) partner: Option<ConnId>,
+    pub(crate) splice: Option<SpliceTo>,
+    /// Spliced, and the pipe is full: reading waits until the destination takes some out.
+    pub(crate) pipe_full: bool,
 }
 
 /// A connection's handler timers by tag: rarely more than one or two, and none at all on an
@@ -291,7 +313,12 @@ impl EventLoop {
             return Err(e);
         }
         self.stats.open += 1;
-        if let Some(idle) = self.cfg.idle_timeout {
+        // A connect is bounded by its own timeout; idleness counts from the handshake.
+        if let Some(idle) = self
+            .cfg
+            .idle_timeout
+            .filter(|_| state != ConnState::Connecting)
+        {
             self.set_idle_timeout(id, Some(idle));
         }
         Ok(id)
@@ -403,6 +430,14 @@ impl EventLoop {
     /// connection already holding partial input `readv`s into its buffer's free space plus the
     /// scratch area as spill, so one syscall still takes whatever the socket has.
     pub(crate) fn conn_readable(&mut self, id: ConnId) {
+        // Spliced while open; a closing connection reads (and drops) its way to the FIN.
+        if self
+            .conn(id)
+            .is_some_and(|c| c.splice().is_some() && c.state == ConnState::Open)
+        {
+            self.splice_readable(id);
+            return;
+        }
         let edge = self.poller.trigger() == Trigger::Edge;
         let budget = self.cfg.read_budget;
         let mut total = 0usize;
@@ -533,7 +568,7 @@ impl EventLoop {
     /// `read() == 0`: the peer's FIN. The handler hears of it unless it asked to close, even
     /// when our own FIN went out first: a relay passes it on to the other socket of its pair.
     /// If our FIN is out, both directions are done and the connection closes normally.
-    fn peer_eof(&mut self, id: ConnId) {
+    pub(crate) fn peer_eof(&mut self, id: ConnId) {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
@@ -562,6 +597,9 @@ impl EventLoop {
         let res = conn.output.flush(conn.fd.as_fd(), |b| pool.put(b));
         if let Ok(f) = res {
             stats.bytes_out += f.written;
+            if let Some(source) = f.unblocked {
+                self.pipe_has_room(source);
+            }
         }
         let now = self.now_tick();
         match res {
@@ -602,7 +640,10 @@ impl EventLoop {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        let want_read = !conn.read_paused && !conn.read_eof && conn.state != ConnState::Connecting;
+        let want_read = !conn.read_paused
+            && !conn.read_eof
+            && !conn.pipe_full()
+            && conn.state != ConnState::Connecting;
         let want_write = conn.output_len() > 0 || conn.state == ConnState::Connecting;
         let want = Interest::with(want_read, want_write);
         if want == conn.interest || conn.state == ConnState::Closing {
@@ -698,7 +739,11 @@ impl EventLoop {
     }
 
     /// Adds output behind what is queued, and keeps interest and the high-water mark right.
-    fn enqueue(&mut self, id: ConnId, push: impl FnOnce(&mut OutputQueue, &mut BufferPool)) {
+    pub(crate) fn enqueue(
+        &mut self,
+        id: ConnId,
+        push: impl FnOnce(&mut OutputQueue, &mut BufferPool),
+    ) {
         let high_water = self.cfg.high_water;
         let EventLoop { slots, pool, .. } = self;
         let Some(Source::Conn(conn)) = slot_in_mut(slots, id.0).map(|s| &mut s.source) else {
@@ -762,7 +807,7 @@ impl EventLoop {
         self.ready.push(id.0);
     }
 
-    fn close_if_drained(&mut self, id: ConnId) {
+    pub(crate) fn close_if_drained(&mut self, id: ConnId) {
         if let Some(conn) = self.conn(id) {
             if conn.draining && conn.output_len() == 0 && !conn.read_paused {
                 self.close(id);
@@ -999,7 +1044,12 @@ impl EventLoop {
         };
         conn.idle_timer = None;
         let Some(ms) = conn.idle_ms else { return };
-        let deadline = conn.last_active + u64::from(ms);
+        let partner = conn.relay.as_ref().and_then(|r| r.partner);
+        let partner_active = partner
+            .and_then(|p| self.conn(p))
+            .map_or(0, |p| p.last_active);
+        let conn = self.conn(id).expect("looked up above");
+        let deadline = conn.last_active.max(partner_active) + u64::from(ms);
         if now < deadline {
             let key = self.timers.insert(deadline, TimerEvent::Idle(id));
             if let Some(conn) = self.conn_mut(id) {
@@ -1027,10 +1077,30 @@ impl EventLoop {
         self.call_handler(id, |h, cx| h.on_idle_timeout(cx));
     }
 
+    /// Ties `a` and `b` into a relayed pair for the idle timeout: each counts as active while
+    /// the other moves bytes. A relay's side that waits, paused, for a slow reader on the other
+    /// side is not idle; the pair is idle when neither side moved a byte for the timeout.
+    pub fn pair(&mut self, a: ConnId, b: ConnId) {
+        for (me, other) in [(a, b), (b, a)] {
+            if let Some(conn) = self.conn_mut(me) {
+                conn.relay
+                    .get_or_insert_with(|| {
+                        Box::new(Relay {
+                            partner: None,
+                            splice: None,
+                            pipe_full: false,
+                        })
+                    })
+                    .partner = Some(other);
+            }
+        }
+    }
+
     /// Calls `id`'s `on_timer(tag)` once the current callback has returned, as a timer due at
     /// once would, without going through the wheel. It is how one handler tells another of the
     /// same loop that something happened: a proxy's upstream side tells the client side that
-    /// its connect succeeded or failed. Nothing happens if `id` has closed by then.
+    /// its connect succeeded or failed. Nothing happens if `id` has closed, or its handler has
+    /// asked to close, by then.
     pub fn poke(&mut self, id: ConnId, tag: u64) {
         if self.conn(id).is_some() {
             self.deferred.push(Deferred::Poke(id, tag));
@@ -1039,7 +1109,11 @@ impl EventLoop {
     }
 
     pub(crate) fn poked(&mut self, id: ConnId, tag: u64) {
-        if self.conn(id).is_some_and(|c| c.state != ConnState::Closing) {
+        // Like the peer's FIN, a poke is news only to a handler that has not asked to close.
+        if self
+            .conn(id)
+            .is_some_and(|c| c.state != ConnState::Closing && !c.close_after_shutdown)
+        {
             self.call_handler(id, |h, cx| h.on_timer(cx, tag));
         }
     }

@@ -84,6 +84,10 @@ impl EventLoop {
         let pending = !conn.output.is_empty();
         let shutdown_requested = conn.shutdown_after_flush;
         self.update_interest(id);
+        // Idleness counts from the handshake (the connect had its own timeout).
+        if let Some(idle) = self.cfg.idle_timeout {
+            self.set_idle_timeout(id, Some(idle));
+        }
         if pending {
             // Bytes queued while connecting (a proxy forwarding early client data); a
             // shutdown requested meanwhile follows once they are flushed.

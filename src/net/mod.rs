@@ -8,6 +8,7 @@ pub mod handler;
 pub mod listener;
 pub mod log_throttle;
 pub mod output;
+pub mod splice;
 pub mod udp;
 
 pub use buffer::Buffer;

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use rustix::net::SendFlags;
 
 use crate::net::buffer::Buffer;
+use crate::net::connection::ConnId;
 use crate::net::log_throttle::{left_out_note, LogThrottle};
+use crate::net::splice::Pipe;
 
 /// A range of an open file to send. The file is shared: an open-file cache can hand the same
 /// descriptor to every connection that downloads it.
@@ -105,6 +107,8 @@ impl FileRange {
 enum Segment {
     Bytes(Buffer),
     File(FileRange),
+    /// `len` bytes waiting in a spliced source's pipe (see `net::splice`).
+    Piped(Arc<Pipe>, u64),
 }
 
 /// The result of one flush attempt.
@@ -114,6 +118,9 @@ pub(crate) struct Flushed {
     pub written: u64,
     /// Nothing is left queued.
     pub done: bool,
+    /// A spliced source that had stopped for a full pipe, now that this flush emptied some
+    /// of it: it may read again.
+    pub unblocked: Option<ConnId>,
 }
 
 /// Largest single sendfile request: big enough that a fast reader costs few calls, small
@@ -176,6 +183,20 @@ impl OutputQueue {
         }
     }
 
+    /// `len` more bytes are in `pipe`, to follow what is queued: they join the last segment
+    /// when it is the same pipe's.
+    pub fn push_piped(&mut self, pipe: &Arc<Pipe>, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let q = self.inner.get_or_insert_default();
+        q.len += len;
+        match q.segments.back_mut() {
+            Some(Segment::Piped(p, n)) if Arc::ptr_eq(p, pipe) => *n += len,
+            _ => q.segments.push_back(Segment::Piped(pipe.clone(), len)),
+        }
+    }
+
     /// Sends what the socket takes, in order. Stops at the first short write (the socket's
     /// buffer is full: the poller will say when it has room) or when the queue is empty;
     /// emptied buffers go to `put`. An emptied queue frees its storage.
@@ -184,6 +205,7 @@ impl OutputQueue {
             return Ok(Flushed {
                 written: 0,
                 done: true,
+                unblocked: None,
             });
         };
         let res = q.flush(fd, put);
@@ -230,6 +252,7 @@ impl Queued {
         mut put: impl FnMut(Buffer),
     ) -> io::Result<Flushed> {
         let mut written = 0u64;
+        let mut unblocked = None;
         loop {
             let more = matches!(self.segments.get(1), Some(Segment::File(_)));
             let Some(front) = self.segments.front_mut() else {
@@ -256,6 +279,29 @@ impl Queued {
                     if let Some(Segment::Bytes(b)) = self.segments.pop_front() {
                         put(b);
                     }
+                }
+                Segment::Piped(pipe, len) => {
+                    let asked = usize::try_from(*len).unwrap_or(usize::MAX);
+                    let Some(n) = pipe.drain_into(fd, asked)? else {
+                        break;
+                    };
+                    if n == 0 {
+                        // The bytes the count promised are not in the pipe: a bug, not a
+                        // peer's doing; end the connection rather than spin.
+                        return Err(io::Error::other("spliced bytes missing from their pipe"));
+                    }
+                    if pipe.take_blocked() {
+                        unblocked = Some(pipe.source);
+                    }
+                    *len -= n as u64;
+                    written += n as u64;
+                    self.len -= n as u64;
+                    if *len == 0 {
+                        self.segments.pop_front();
+                    }
+                    // A short splice is not a full socket (it may stop at a pipe buffer): ask
+                    // again, and EAGAIN tells (an edge-triggered poller would not report a
+                    // socket that never filled).
                 }
                 Segment::File(range) => {
                     if !self.corked && range.len > CORK_ABOVE {
@@ -326,6 +372,7 @@ impl Queued {
         Ok(Flushed {
             written,
             done: self.segments.is_empty(),
+            unblocked,
         })
     }
 

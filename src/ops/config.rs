@@ -24,6 +24,7 @@
 //! [proxy]                   # the server keys above, and:
 //! backends = ["127.0.0.1:8080", "127.0.0.1:8081"]   # round-robin, with failover
 //! connect_timeout = 3       # seconds before the next backend is tried
+//! splice = true             # relay through pipes, no copy (false: copy through a buffer)
 //! ```
 //!
 //! Every key is optional: a key the file leaves out falls back to the command line's value or
@@ -65,6 +66,9 @@ pub const DEFAULT_LINGER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// `keel proxy --connect-timeout` default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// `keel proxy`'s idle timeout when none is set: a pair that moved no byte either way for
+/// this long is closed (nginx's `proxy_timeout` default).
+pub const DEFAULT_PROXY_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// `--backlog` default.
 pub const DEFAULT_BACKLOG: i32 = 4096;
 /// `--keepalive-interval` default (used when keepalive is on).
@@ -166,7 +170,7 @@ const HTTP_KEYS: [&str; 15] = [
     "access_log",
 ];
 /// Keys only `[proxy]` takes.
-const PROXY_KEYS: [&str; 2] = ["backends", "connect_timeout"];
+const PROXY_KEYS: [&str; 3] = ["backends", "connect_timeout", "splice"];
 const LOG_TARGETS: [&str; 3] = ["stderr", "file", "syslog"];
 const KEEPALIVE_KEYS: [&str; 3] = ["idle", "interval", "count"];
 const ACCEPT_NAMES: [&str; 2] = ["reuseport", "acceptor"];
@@ -255,6 +259,8 @@ pub struct ProxyFileSettings {
     pub backends: Option<Vec<SocketAddr>>,
     /// How long a backend may take to accept before the next one is tried.
     pub connect_timeout: Option<Duration>,
+    /// Relay through pipes with splice(2) (default true) or copy through a buffer.
+    pub splice: Option<bool>,
 }
 
 impl ProxyFileSettings {
@@ -263,6 +269,7 @@ impl ProxyFileSettings {
         ProxyFileSettings {
             backends: self.backends.or_else(|| f.backends.clone()),
             connect_timeout: self.connect_timeout.or(f.connect_timeout),
+            splice: self.splice.or(f.splice),
         }
     }
 }
@@ -1072,6 +1079,7 @@ impl Checker<'_> {
                 "connect_timeout" if section == Section::Proxy => {
                     s.proxy.connect_timeout = self.secs(&key, value, POSITIVE_TIMEOUT);
                 }
+                "splice" if section == Section::Proxy => s.proxy.splice = self.boolean(&key, value),
                 "keepalive" => match value.get_ref() {
                     DeValue::Table(ka) => self.keepalive(&key, name.span(), ka, &mut s),
                     other => self.bad(

@@ -66,6 +66,7 @@
 //! sleeps in the poller for `next_deadline() - now` at most.
 
 use std::fmt;
+use std::num::NonZeroU32;
 
 const SLOT_BITS: u32 = 6;
 const SLOTS: usize = 1 << SLOT_BITS;
@@ -82,11 +83,12 @@ const NIL: u32 = u32::MAX;
 ///
 /// The generation makes a key dead once its timer fired or was cancelled, even after the slab
 /// entry is reused. Generations are 32 bits, so a key only aliases a new timer if it is kept
-/// across 2^32 reuses of the same entry.
+/// across 2^32 reuses of the same entry. They are never 0, so that an `Option<TimerKey>` is 8
+/// bytes, not 12: a connection holds three, and its size decides how many fit in a GiB.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TimerKey {
     index: u32,
-    generation: u32,
+    generation: NonZeroU32,
 }
 
 struct Entry<T> {
@@ -98,7 +100,7 @@ struct Entry<T> {
     prev: u32,
     /// Next in the slot list, or next free entry while vacant.
     next: u32,
-    generation: u32,
+    generation: NonZeroU32,
     list: u16,
 }
 
@@ -327,7 +329,7 @@ impl<T> TimerWheel<T> {
                 seq,
                 prev: NIL,
                 next: NIL,
-                generation: 0,
+                generation: NonZeroU32::MIN,
                 list: 0,
             });
             index
@@ -339,7 +341,8 @@ impl<T> TimerWheel<T> {
     fn release(&mut self, index: u32) -> T {
         let e = &mut self.entries[index as usize];
         let value = e.value.take().expect("released a vacant timer entry");
-        e.generation = e.generation.wrapping_add(1);
+        // 1, 2, ... u32::MAX, then 1 again: never 0.
+        e.generation = e.generation.checked_add(1).unwrap_or(NonZeroU32::MIN);
         e.next = self.free;
         self.free = index;
         value

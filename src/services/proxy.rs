@@ -21,16 +21,19 @@
 //! - **A graceful stop lets streams finish**: a pair is not closed at its first pause, as an
 //!   idle HTTP connection is, but left to end by itself within the drain timeout.
 //!
-//! The relay copies through user space (one read, one write per chunk, like HAProxy's default
-//! mode); a spliced path would need the loop to move bytes between sockets without a buffer.
+//! Once a backend answers, both directions are spliced by default (`EventLoop::splice`):
+//! socket → pipe → socket, the bytes never entering user space, as HAProxy does with
+//! `option splice-*`. With `splice = false` the relay copies (one read into a pooled buffer,
+//! one write, per chunk), and the handlers' `on_data` does the forwarding.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::net::log_throttle::{left_out_note, LogThrottle};
 use crate::net::{Buffer, CloseReason, ConnId, Ctx, Handler, HandlerFactory};
+use crate::sys::process::SharedCounters;
 
 /// `Upstream` pokes its client with these tags (`EventLoop::poke`).
 const CONNECTED: u64 = 1;
@@ -49,31 +52,44 @@ static OUT_OF_FDS: LogThrottle = LogThrottle::new(1);
 /// The backends of one proxy, and where the next client starts its round.
 pub struct Backends {
     addrs: Vec<SocketAddr>,
-    next: AtomicUsize,
+    /// One counter for the whole server, in shared memory made before any fork: prefork
+    /// workers and per-connection children take turns from the same round, where a copy of
+    /// a plain counter in each would start every child at the first backend.
+    next: SharedCounters,
 }
 
 impl Backends {
-    /// None if `addrs` is empty: a proxy needs somewhere to send its clients.
-    pub fn new(addrs: Vec<SocketAddr>) -> Option<Backends> {
-        (!addrs.is_empty()).then(|| Backends {
-            addrs,
-            next: AtomicUsize::new(0),
-        })
+    /// An error if `addrs` is empty (a proxy needs somewhere to send its clients) or the
+    /// shared counter cannot be mapped.
+    pub fn new(addrs: Vec<SocketAddr>) -> Result<Backends, String> {
+        if addrs.is_empty() {
+            return Err(
+                "the proxy needs at least one backend: --backend IP:PORT, or \
+                        backends = [...] in [proxy]"
+                    .to_string(),
+            );
+        }
+        let next = SharedCounters::new(1).map_err(|e| format!("shared memory: {e}"))?;
+        Ok(Backends { addrs, next })
     }
 
-    /// Where the next client starts: one atomic add per client, shared by every loop.
+    /// Where the next client starts: one atomic add per client.
     fn start(&self) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed) % self.addrs.len()
+        let n = self.next.get(0).fetch_add(1, Ordering::Relaxed);
+        (n % self.addrs.len() as u64) as usize
     }
 }
 
 /// Makes the handler of each accepted client.
-pub fn factory(backends: Arc<Backends>, connect_timeout: Duration) -> HandlerFactory {
+/// With `splice`, each pair's bytes move socket → pipe → socket without entering user space
+/// (see `net::splice`) once its backend has answered.
+pub fn factory(backends: Arc<Backends>, connect_timeout: Duration, splice: bool) -> HandlerFactory {
     Arc::new(move || {
         Box::new(Client {
             first: backends.start(),
             backends: backends.clone(),
             connect_timeout,
+            splice,
             tried: 0,
             upstream: None,
             connected: false,
@@ -86,6 +102,7 @@ pub fn factory(backends: Arc<Backends>, connect_timeout: Duration) -> HandlerFac
 pub struct Client {
     backends: Arc<Backends>,
     connect_timeout: Duration,
+    splice: bool,
     /// The backend tried first, and how many have been tried since.
     first: usize,
     tried: usize,
@@ -143,6 +160,21 @@ impl Client {
     fn upstream(&self) -> Option<ConnId> {
         self.upstream.filter(|_| self.connected)
     }
+
+    /// Both directions go through pipes from now on; what the client sent while the backend
+    /// was being reached goes first. A pipe that cannot be made (out of fds) leaves that
+    /// direction on the copying path, which works the same, only dearer.
+    fn splice_both_ways(&mut self, cx: &mut Ctx<'_>) {
+        let (me, Some(up)) = (cx.id(), self.upstream) else {
+            return;
+        };
+        let Some(el) = cx.event_loop() else { return };
+        for (from, to) in [(me, up), (up, me)] {
+            if let Err(e) = el.splice(from, to) {
+                tracing::debug!("splice {from:?} -> {to:?} not set up: {e}");
+            }
+        }
+    }
 }
 
 fn backend_failed(addr: SocketAddr, why: &str) {
@@ -185,6 +217,23 @@ fn shutdown_write(cx: &mut Ctx<'_>, other: Option<ConnId>) {
     }
 }
 
+/// Neither side of the pair moved a byte for the idle timeout (the loop counts the two
+/// together, `EventLoop::pair`). With nothing queued on either side nothing is cut: both close
+/// gracefully. With bytes queued a reader has stalled mid-stream: both are reset, so neither
+/// end takes what it got for the whole.
+fn idle_pair(cx: &mut Ctx<'_>, other: Option<ConnId>) {
+    let me = cx.id();
+    let Some(el) = cx.event_loop() else { return };
+    let stalled = el.output_len(me) > 0 || other.is_some_and(|o| el.output_len(o) > 0);
+    for id in std::iter::once(me).chain(other) {
+        if stalled {
+            el.abort(id);
+        } else {
+            el.close(id);
+        }
+    }
+}
+
 /// A side closed: a normal close means both FINs passed, and the other side ends by itself;
 /// any other end is passed on as a reset.
 fn pass_close(cx: &mut Ctx<'_>, other: Option<ConnId>, reason: &CloseReason) {
@@ -218,6 +267,13 @@ impl Handler for Client {
         match tag {
             CONNECTED => {
                 self.connected = true;
+                let me = cx.id();
+                if let (Some(up), Some(el)) = (self.upstream, cx.event_loop()) {
+                    el.pair(me, up);
+                }
+                if self.splice {
+                    self.splice_both_ways(cx);
+                }
                 // What arrived meanwhile is offered to `on_data` again, then the FIN if it
                 // came too: the poke runs after the redelivery.
                 cx.resume_read();
@@ -251,9 +307,9 @@ impl Handler for Client {
     }
 
     fn on_idle_timeout(&mut self, cx: &mut Ctx<'_>) {
-        cx.close();
-        if let (Some(up), Some(el)) = (self.upstream, cx.event_loop()) {
-            el.close(up);
+        // While a backend is being reached, its connect timeout bounds the wait.
+        if self.connected {
+            idle_pair(cx, self.upstream);
         }
     }
 
@@ -298,10 +354,7 @@ impl Handler for Upstream {
     }
 
     fn on_idle_timeout(&mut self, cx: &mut Ctx<'_>) {
-        cx.close();
-        if let Some(el) = cx.event_loop() {
-            el.close(self.client);
-        }
+        idle_pair(cx, Some(self.client));
     }
 
     fn on_close(&mut self, cx: &mut Ctx<'_>, reason: CloseReason) {

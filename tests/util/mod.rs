@@ -185,6 +185,12 @@ impl Opts {
         self
     }
 
+    /// One argument on its own (`--splice=false`).
+    pub fn flag(mut self, arg: &str) -> Opts {
+        self.args.push(arg.to_string());
+        self
+    }
+
     pub fn nofile(mut self, n: u64) -> Opts {
         self.nofile = Some(n);
         self
@@ -378,6 +384,28 @@ impl Server {
             let _ = writeln!(s, "{l}");
         }
         s
+    }
+
+    /// Waits (bounded by `timeout`) until a stderr line contains `needle`: log lines go
+    /// through an asynchronous writer and may come a moment after the event.
+    pub fn stderr_has(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.drain_stderr();
+            if self
+                .stderr_seen
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(needle))
+            {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn drain_stderr(&self) {
