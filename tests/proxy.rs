@@ -98,12 +98,14 @@ fn rss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
-/// An address nothing listens on.
-fn dead_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// An address nothing listens on, for as long as the returned socket lives: it is bound (so no
+/// other test can take the port) and not listening (so a connect to it is refused).
+fn dead_addr() -> (socket2::Socket, SocketAddr) {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    (sock, addr)
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {
@@ -225,7 +227,8 @@ fn half_closed_first(
 fn clients_go_round_robin_and_a_dead_backend_is_skipped() {
     let a = Backend::named("a");
     let b = Backend::named("b");
-    let srv = Opts::proxy("epoll-et", &[dead_addr(), a.addr, b.addr])
+    let (_held, dead) = dead_addr();
+    let srv = Opts::proxy("epoll-et", &[dead, a.addr, b.addr])
         .arg("--threads", "1")
         .spawn();
     let mut served = std::collections::HashMap::new();
@@ -285,7 +288,8 @@ fn a_backend_that_never_accepts_is_left_after_the_connect_timeout() {
 
 #[test]
 fn when_no_backend_answers_the_client_gets_a_clean_close() {
-    let srv = Opts::proxy("epoll-et", &[dead_addr(), dead_addr()]).spawn();
+    let ((_h1, d1), (_h2, d2)) = (dead_addr(), dead_addr());
+    let srv = Opts::proxy("epoll-et", &[d1, d2]).spawn();
     let mut c = connect(srv.tcp);
     let _ = c.write_all(b"anyone?\n");
     let mut got = Vec::new();
@@ -371,7 +375,8 @@ fn a_slow_client_does_not_make_the_proxy_hold_the_stream_or_spin() {
 #[test]
 fn the_proxy_returns_to_its_fd_baseline() {
     let backend = Backend::echo();
-    let srv = Opts::proxy("epoll-et", &[backend.addr, dead_addr()])
+    let (_held, dead) = dead_addr();
+    let srv = Opts::proxy("epoll-et", &[backend.addr, dead])
         .arg("--threads", "1")
         .spawn();
     let baseline = srv.baseline_fds();
@@ -661,4 +666,44 @@ fn failover_outlasts_an_idle_timeout_shorter_than_the_connect_timeout() {
     let mut line = String::new();
     BufReader::new(&c).read_line(&mut line).unwrap();
     assert_eq!(line, "live patience\n");
+}
+
+#[test]
+fn urgent_data_on_a_spliced_stream_neither_stalls_nor_spins_nor_cuts_it() {
+    for engine in ENGINES {
+        let (tx, rx) = mpsc::channel();
+        let tx = std::sync::Mutex::new(tx);
+        let backend = Backend::start(move |mut s| {
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            let _ = tx.lock().unwrap().send(got);
+        });
+        let srv = Opts::proxy(engine, &[backend.addr]).spawn();
+        let c = connect(srv.tcp);
+        // A big write first, so the direction is spliced; then an urgent byte mid-stream,
+        // where splice stops and a plain read goes on.
+        (&c).write_all(&vec![b'x'; 200_000]).unwrap();
+        thread::sleep(Duration::from_millis(300));
+        (&c).write_all(b"abc").unwrap();
+        thread::sleep(Duration::from_millis(100));
+        let sock = socket2::SockRef::from(&c);
+        sock.send_out_of_band(b"!").unwrap();
+        thread::sleep(Duration::from_millis(100));
+        (&c).write_all(b"def").unwrap();
+        let cpu0 = srv.cpu_time();
+        thread::sleep(Duration::from_secs(1));
+        let cpu = srv.cpu_time() - cpu0;
+        c.shutdown(Shutdown::Write).unwrap();
+        let got = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(got.len(), 200_006, "{engine}");
+        assert!(
+            got.ends_with(b"xabcdef"),
+            "{engine}: {:?}",
+            &got[got.len() - 8..]
+        );
+        assert!(
+            cpu < Duration::from_millis(300),
+            "{engine}: {cpu:?} of CPU while waiting"
+        );
+    }
 }

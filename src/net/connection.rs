@@ -374,7 +374,7 @@ impl EventLoop {
         }
         if ev.readable || ev.error {
             let Some(conn) = self.conn(id) else { return };
-            if ev.error && (conn.read_eof || conn.read_paused) {
+            if ev.error && (conn.read_eof || conn.read_paused || conn.pipe_full()) {
                 // No read will run to surface the error, so look at it here: a reset after
                 // the peer's FIN must still end the connection (and not be reported forever).
                 self.socket_error_without_read(id);
@@ -393,7 +393,9 @@ impl EventLoop {
                 // A hang-up without error: both directions are finished.
                 if conn.read_eof {
                     self.close_with(id, CloseReason::Normal);
-                } else if conn.read_paused && self.poller.trigger() == Trigger::Level {
+                } else if (conn.read_paused || conn.pipe_full())
+                    && self.poller.trigger() == Trigger::Level
+                {
                     self.park(id);
                 }
             }

@@ -16,10 +16,12 @@
 //! `on_data`; it still gets `on_peer_shutdown`, `on_close` and the rest.
 //!
 //! `splice` from a socket answers `EAGAIN` both when the socket is empty and when the pipe has
-//! no free slot (a slot per page fragment, however few bytes it holds); `FIONREAD` on the
+//! no free slot (a slot per page fragment, however few bytes it holds); a one-byte peek at the
 //! socket tells the two apart. Only a pipe holding bytes can be full: a source waits for room
 //! only then, so the destination, which has those bytes queued, is sure to wake it (bytes that
-//! arrive between the splice and the `FIONREAD` are read by a second try, not waited for).
+//! arrive between the splice and the peek are read by a second try, not waited for). `splice`
+//! also stops at a TCP urgent mark, where a plain read goes on: bytes that are there and that
+//! an empty pipe will not take send the connection back to copying (`unsplice`).
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -101,6 +103,18 @@ impl Pipe {
     }
 }
 
+/// Whether the socket holds bytes a read would return now. A one-byte peek, not FIONREAD:
+/// at a TCP urgent mark FIONREAD counts 0 while a read (which skips the mark) returns bytes.
+fn has_unread(fd: &OwnedFd) -> bool {
+    let mut byte = [0u8; 1];
+    rustix::net::recv(
+        fd,
+        &mut byte[..],
+        rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT,
+    )
+    .is_ok_and(|(n, _)| n > 0)
+}
+
 /// A source connection's splice state: where its bytes go, and through which pipe.
 pub(crate) struct SpliceTo {
     pub(crate) to: ConnId,
@@ -159,6 +173,11 @@ impl EventLoop {
             {
                 return;
             }
+            if conn.urgent_seen {
+                // splice stops at the urgent mark; the copying read knows how to pass it.
+                self.unsplice(id);
+                return;
+            }
             let Some(sp) = conn.splice() else {
                 return;
             };
@@ -178,7 +197,13 @@ impl EventLoop {
             };
             match res {
                 Ok(0) => {
-                    self.peer_eof(id);
+                    let conn = self.conn(id).expect("still here");
+                    if has_unread(&conn.fd) {
+                        // Not the FIN: bytes splice will not take (past an urgent mark).
+                        self.unsplice(id);
+                    } else {
+                        self.peer_eof(id);
+                    }
                     return;
                 }
                 Ok(n) => {
@@ -208,12 +233,19 @@ impl EventLoop {
                 Err(rustix::io::Errno::INTR) => {}
                 Err(rustix::io::Errno::AGAIN) => {
                     let conn = self.conn(id).expect("still here");
-                    let unread = rustix::io::ioctl_fionread(&conn.fd).is_ok_and(|n| n > 0);
+                    let unread = has_unread(&conn.fd);
                     let held = pipe.held.load(Ordering::Relaxed);
-                    if unread && held == 0 && !retried {
-                        // An empty pipe has room: the bytes arrived after the splice looked.
-                        retried = true;
-                        continue;
+                    if unread && held == 0 {
+                        if !retried {
+                            // An empty pipe has room: the bytes may have arrived after the
+                            // splice looked.
+                            retried = true;
+                            continue;
+                        }
+                        // Bytes that splice will not take (an urgent mark stops it): this
+                        // direction goes back to copying.
+                        self.unsplice(id);
+                        return;
                     }
                     if held > 0 && (room == 0 || unread) {
                         // The pipe is full, not the socket empty: wait until the destination
@@ -254,6 +286,17 @@ impl EventLoop {
             self.conn_writable(to);
         }
         true
+    }
+
+    /// Back to copying: what the pipe holds stays queued on the destination, and what is read
+    /// from now on is queued behind it, so the order holds. Reads resume at once.
+    fn unsplice(&mut self, id: ConnId) {
+        if let Some(relay) = self.conn_mut(id).and_then(|c| c.relay.as_mut()) {
+            relay.splice = None;
+            relay.pipe_full = false;
+        }
+        self.update_interest(id);
+        self.conn_readable(id);
     }
 
     /// The destination took bytes out of a pipe whose source had stopped for want of room:
