@@ -207,6 +207,7 @@ impl Conn {
 }
 
 /// A relayed connection's ties to the other one of its pair.
+#[derive(Default)]
 pub(crate) struct Relay {
     /// Its activity counts as this connection's for the idle timeout.
     pub(crate) partner: Option<ConnId>,
@@ -1085,15 +1086,7 @@ impl EventLoop {
     pub fn pair(&mut self, a: ConnId, b: ConnId) {
         for (me, other) in [(a, b), (b, a)] {
             if let Some(conn) = self.conn_mut(me) {
-                conn.relay
-                    .get_or_insert_with(|| {
-                        Box::new(Relay {
-                            partner: None,
-                            splice: None,
-                            pipe_full: false,
-                        })
-                    })
-                    .partner = Some(other);
+                conn.relay.get_or_insert_with(Box::default).partner = Some(other);
             }
         }
     }

@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use rustix::pipe::{PipeFlags, SpliceFlags};
 
-use crate::net::connection::{CloseReason, ConnId, ConnState, Relay};
+use crate::net::connection::{CloseReason, ConnId, ConnState};
 use crate::reactor::event::Trigger;
 use crate::reactor::event_loop::{slot_in_mut, EventLoop, Source};
 
@@ -141,15 +141,7 @@ impl EventLoop {
             }
         }
         let conn = self.conn_mut(from).ok_or_else(gone)?;
-        conn.relay
-            .get_or_insert_with(|| {
-                Box::new(Relay {
-                    partner: None,
-                    splice: None,
-                    pipe_full: false,
-                })
-            })
-            .splice = Some(SpliceTo { to, pipe });
+        conn.relay.get_or_insert_with(Box::default).splice = Some(SpliceTo { to, pipe });
         // Bytes may be waiting that no new edge will announce.
         self.ready.push(from.0);
         Ok(())
