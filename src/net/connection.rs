@@ -197,6 +197,12 @@ impl Conn {
         self.output.len() as usize
     }
 
+    /// Whether more output may be queued: not once our FIN is out or asked for, nor while
+    /// the connection is closing.
+    pub(crate) fn takes_output(&self) -> bool {
+        !(self.write_shut || self.shutdown_after_flush || self.state == ConnState::Closing)
+    }
+
     pub(crate) fn splice(&self) -> Option<&SpliceTo> {
         self.relay.as_ref()?.splice.as_ref()
     }
@@ -678,7 +684,7 @@ impl EventLoop {
         let Some(conn) = self.conn_mut(id) else {
             return false;
         };
-        if conn.write_shut || conn.shutdown_after_flush || conn.state == ConnState::Closing {
+        if !conn.takes_output() {
             return false;
         }
         if data.is_empty() {
@@ -722,7 +728,7 @@ impl EventLoop {
         let Some(conn) = self.conn_mut(id) else {
             return false;
         };
-        if conn.write_shut || conn.shutdown_after_flush || conn.state == ConnState::Closing {
+        if !conn.takes_output() {
             return false;
         }
         let was_empty = conn.output.is_empty();

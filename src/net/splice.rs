@@ -268,7 +268,7 @@ impl EventLoop {
         let Some(conn) = self.conn(to) else {
             return false;
         };
-        if conn.write_shut || conn.shutdown_after_flush || conn.state == ConnState::Closing {
+        if !conn.takes_output() {
             return false;
         }
         let was_empty = conn.output.is_empty();
