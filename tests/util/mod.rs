@@ -566,6 +566,19 @@ impl Server {
         last
     }
 
+    /// How many of the server's open fds have numbers under `limit`: RLIMIT_NOFILE bounds the
+    /// numbers of new fds, so an inherited fd above it takes none of the room under it.
+    pub fn fds_below(&self, limit: u64) -> u64 {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+                    .filter(|&fd| fd < limit)
+                    .count() as u64
+            })
+            .unwrap_or(0)
+    }
+
     /// `fd -> link target` for every open fd of the server (for failure messages).
     pub fn fd_listing(&self) -> Vec<String> {
         let mut v = Vec::new();
