@@ -188,17 +188,18 @@ impl Relay {
         }
     }
 
-    /// Stops the loop once every pair has closed (or 8 s pass); returns the connections left.
-    /// 8 s is past the linger timeout (5 s), which bounds any close: on the level-triggered
-    /// engines a lingering side has been seen to miss the client's FIN under load (found by
-    /// this test, also on the code before the relay work) and end at its linger timeout.
+    /// Stops the loop once every pair has closed (or 4 s pass, less than the 5 s linger
+    /// timeout, so a side that missed its peer's FIN is caught); returns the connections left.
+    /// The count is read on the loop's thread: the published counters lag behind a loop that
+    /// went to sleep.
     fn finish(self) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(8);
+        let deadline = Instant::now() + Duration::from_secs(4);
         loop {
-            let open = self
-                .handle
-                .published_stats()
-                .map_or(usize::MAX, |s| s.open as usize);
+            let (tx, rx) = mpsc::channel();
+            self.handle.post(move |el| {
+                let _ = tx.send(el.stats().open);
+            });
+            let open = rx.recv_timeout(Duration::from_secs(1)).unwrap_or(u64::MAX);
             if open == 0 || Instant::now() > deadline {
                 break;
             }

@@ -65,8 +65,11 @@ pub struct LoopHandle {
 }
 
 impl LoopHandle {
-    /// The loop's counters as of its last publication (at most about 100 ms old while the loop
-    /// turns; older if a handler holds it up); `None` before the first.
+    /// The loop's counters as of its last publication, which a turning loop makes at most
+    /// every 100 ms, after an iteration: a loop asleep in its wait publishes nothing, so these
+    /// may predate its last events by any time (and so may a loop a handler holds up). For a
+    /// live figure, [`post`](Self::post) a task that reads `stats()`, as `/metrics` does and
+    /// falls back to these only for a loop that does not answer. `None` before the first.
     pub fn published_stats(&self) -> Option<super::LoopStats> {
         self.shared
             .published
