@@ -14,6 +14,7 @@
 #![allow(rustdoc::private_intra_doc_links)]
 
 pub mod bench;
+pub mod codec;
 pub mod http;
 pub mod net;
 pub mod ops;

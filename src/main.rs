@@ -11,9 +11,12 @@ use clap::{Args, Parser, Subcommand};
 
 use keel::bench::pingpong::{self, PingpongOptions};
 use keel::net::{Handler, HandlerFactory};
-use keel::ops::config::{self, HttpFileSettings, ProxyFileSettings, Section, ServerSettings};
+use keel::ops::config::{
+    self, ChatFileSettings, HttpFileSettings, ProxyFileSettings, Section, ServerSettings,
+};
 use keel::reactor::Engine;
 use keel::server::{self, AcceptStrategy, Model, ServerOptions, Service};
+use keel::services::chat::{self, client::ClientOptions, room::Room};
 use keel::services::proxy::{self, Backends};
 use keel::services::{discard::Discard, echo::Echo, echo::UdpEcho};
 
@@ -39,6 +42,12 @@ enum Command {
     /// TCP proxy and load balancer: each client is relayed to a backend, round-robin, with
     /// failover and half-close passed through.
     Proxy(ProxyArgs),
+    /// Chat room over length-prefixed frames, with heartbeats: every member hears every
+    /// message, whichever loop it is on.
+    Chat(ChatArgs),
+    /// Terminal client for `keel chat`: lines from stdin are said to the room (`/nick NAME`
+    /// renames), what the room says is printed; end of input leaves.
+    ChatClient(ChatClientArgs),
     /// Checks a configuration file, like `nginx -t`: prints every error (FILE:LINE: key ...),
     /// exits 1 if there is any, 0 if the file is valid.
     CheckConfig {
@@ -55,7 +64,7 @@ enum Command {
 /// (`keel::ops::config::ServerSettings::to_options`).
 #[derive(Args)]
 struct ServerArgs {
-    /// TOML configuration file; its section for this server ([echo], [discard], [http], [proxy]) sets
+    /// TOML configuration file; its section for this server ([echo], [discard], [http], [proxy], [chat]) sets
     /// the defaults, options given on the command line override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -281,6 +290,68 @@ fn proxy_factory(s: &ServerSettings) -> Result<HandlerFactory, String> {
     Ok(proxy::factory(Arc::new(backends), timeout, splice))
 }
 
+/// The chat options both ends take.
+#[derive(Args)]
+struct ChatOptionArgs {
+    /// Seconds of silence from the peer before it is pinged [default: 15].
+    #[arg(long, value_parser = config::parse_positive_secs)]
+    heartbeat: Option<Duration>,
+    /// Seconds of silence from the peer before it is dropped; longer than --heartbeat
+    /// [default: 3 heartbeats].
+    #[arg(long, value_parser = config::parse_positive_secs)]
+    heartbeat_timeout: Option<Duration>,
+    /// The largest frame taken from the peer, in bytes [default: 65536].
+    #[arg(long, value_parser = config::parse_max_frame)]
+    max_frame: Option<usize>,
+}
+
+impl ChatOptionArgs {
+    fn settings(&self) -> ChatFileSettings {
+        ChatFileSettings {
+            heartbeat: self.heartbeat,
+            heartbeat_timeout: self.heartbeat_timeout,
+            max_frame: self.max_frame,
+        }
+    }
+}
+
+/// `keel chat`: the server options plus the chat's own.
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    chat: ChatOptionArgs,
+}
+
+/// `keel chat-client`.
+#[derive(Args)]
+struct ChatClientArgs {
+    /// The chat server (IP:PORT).
+    #[arg(long, value_name = "ADDR")]
+    connect: SocketAddr,
+    /// The name to take once connected (else the server's guest-N).
+    #[arg(long)]
+    nick: Option<String>,
+    #[command(flatten)]
+    chat: ChatOptionArgs,
+}
+
+/// The chat's handler factory from resolved settings, or why it cannot run. `room` is made
+/// once and handed to every factory, so a reload keeps its members together.
+fn chat_factory(s: &ServerSettings, room: &Arc<Room>) -> Result<HandlerFactory, String> {
+    let model = s.model.unwrap_or_default();
+    if !config::chat_runs_under(model) {
+        return Err(config::chat_model_message(model));
+    }
+    let settings = s.chat.resolve();
+    settings.check()?;
+    Ok(chat::server::factory(Arc::new(chat::server::Chat {
+        room: room.clone(),
+        settings,
+    })))
+}
+
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Ping-pong load: each connection sends a message and waits for its echo, repeatedly.
@@ -335,6 +406,7 @@ impl ServerArgs {
             log_filter: self.log_filter.clone(),
             http: HttpFileSettings::default(),
             proxy: ProxyFileSettings::default(),
+            chat: ChatFileSettings::default(),
         }
     }
 
@@ -477,7 +549,11 @@ fn main() -> ExitCode {
     // (Ctrl-C stops `keel bench pingpong`).
     if matches!(
         cli.command,
-        Command::Echo(_) | Command::Discard(_) | Command::Http(_) | Command::Proxy(_)
+        Command::Echo(_)
+            | Command::Discard(_)
+            | Command::Http(_)
+            | Command::Proxy(_)
+            | Command::Chat(_)
     ) {
         if let Err(e) = server::control::block_server_signals() {
             eprintln!("keel: cannot block signals: {e}");
@@ -614,6 +690,52 @@ fn main() -> ExitCode {
                     ),
                 },
             )
+        }
+        Command::Chat(args) => {
+            let mut cli = args.server.settings();
+            cli.chat = args.chat.settings();
+            let (settings, opts) = args
+                .server
+                .resolve_with(Section::Chat, cli.clone())
+                .unwrap_or_else(|errors| {
+                    for e in errors {
+                        eprintln!("keel: {e}");
+                    }
+                    std::process::exit(2)
+                });
+            let room = Arc::new(Room::new());
+            let factory = chat_factory(&settings, &room).unwrap_or_else(|e| {
+                eprintln!("keel: {e}");
+                std::process::exit(2)
+            });
+            _log_guard = init_logging(&settings);
+            server::serve(
+                &opts,
+                &Service {
+                    name: "chat",
+                    factory,
+                    udp: None,
+                    reload: reloader(
+                        args.server.config.clone(),
+                        Section::Chat,
+                        cli,
+                        false,
+                        move |s| chat_factory(s, &room),
+                    ),
+                },
+            )
+        }
+        Command::ChatClient(args) => {
+            let settings = args.chat.settings().resolve();
+            if let Err(e) = settings.check() {
+                eprintln!("keel: {e}");
+                return ExitCode::from(2);
+            }
+            chat::client::run(&ClientOptions {
+                addr: args.connect,
+                nick: args.nick,
+                settings,
+            })
         }
         Command::CheckConfig { file } => {
             let (report, ok) = config::check(&file);

@@ -1,7 +1,7 @@
 //! The configuration file: one TOML file that describes every server keel runs.
 //!
 //! ```toml
-//! [echo]                    # one section per server: echo, discard, http, proxy
+//! [echo]                    # one section per server: echo, discard, http, proxy, chat
 //! listen = "127.0.0.1:7007"
 //! engine = "epoll-et"       # select | poll | epoll-lt | epoll-et
 //! model = "multi-reactor"   # multi-reactor | prefork | half-sync | leader-followers |
@@ -25,6 +25,11 @@
 //! backends = ["127.0.0.1:8080", "127.0.0.1:8081"]   # round-robin, with failover
 //! connect_timeout = 3       # seconds before the next backend is tried
 //! splice = true             # relay through pipes, no copy (false: copy through a buffer)
+//!
+//! [chat]                    # the server keys above, and:
+//! heartbeat = 15            # seconds of silence before a member is pinged
+//! heartbeat_timeout = 45    # seconds of silence before it is dropped (> heartbeat)
+//! max_frame = 65536         # the largest frame taken from a member, in bytes
 //! ```
 //!
 //! Every key is optional: a key the file leaves out falls back to the command line's value or
@@ -98,14 +103,16 @@ pub enum Section {
     Discard,
     Http,
     Proxy,
+    Chat,
 }
 
 impl Section {
-    pub const ALL: [Section; 4] = [
+    pub const ALL: [Section; 5] = [
         Section::Echo,
         Section::Discard,
         Section::Http,
         Section::Proxy,
+        Section::Chat,
     ];
 
     pub fn name(self) -> &'static str {
@@ -114,6 +121,7 @@ impl Section {
             Section::Discard => "discard",
             Section::Http => "http",
             Section::Proxy => "proxy",
+            Section::Chat => "chat",
         }
     }
 }
@@ -171,6 +179,8 @@ const HTTP_KEYS: [&str; 15] = [
 ];
 /// Keys only `[proxy]` takes.
 const PROXY_KEYS: [&str; 3] = ["backends", "connect_timeout", "splice"];
+/// Keys only `[chat]` takes.
+const CHAT_KEYS: [&str; 3] = ["heartbeat", "heartbeat_timeout", "max_frame"];
 const LOG_TARGETS: [&str; 3] = ["stderr", "file", "syslog"];
 const KEEPALIVE_KEYS: [&str; 3] = ["idle", "interval", "count"];
 const ACCEPT_NAMES: [&str; 2] = ["reuseport", "acceptor"];
@@ -226,6 +236,8 @@ pub struct ServerSettings {
     pub http: HttpFileSettings,
     /// `[proxy]` only.
     pub proxy: ProxyFileSettings,
+    /// `[chat]` only.
+    pub chat: ChatFileSettings,
 }
 
 impl ServerSettings {
@@ -272,6 +284,53 @@ impl ProxyFileSettings {
             splice: self.splice.or(f.splice),
         }
     }
+}
+
+/// The chat server's own options, each optional like the rest.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChatFileSettings {
+    pub heartbeat: Option<Duration>,
+    pub heartbeat_timeout: Option<Duration>,
+    pub max_frame: Option<usize>,
+}
+
+impl ChatFileSettings {
+    /// `self`'s options, and `f`'s where `self` has none.
+    pub fn or(self, f: &ChatFileSettings) -> ChatFileSettings {
+        ChatFileSettings {
+            heartbeat: self.heartbeat.or(f.heartbeat),
+            heartbeat_timeout: self.heartbeat_timeout.or(f.heartbeat_timeout),
+            max_frame: self.max_frame.or(f.max_frame),
+        }
+    }
+
+    /// The settings in force: each one set, or its default. The heartbeat timeout defaults
+    /// to three heartbeats.
+    pub fn resolve(&self) -> crate::services::chat::ChatSettings {
+        let d = crate::services::chat::ChatSettings::default();
+        let heartbeat = self.heartbeat.unwrap_or(d.heartbeat);
+        crate::services::chat::ChatSettings {
+            heartbeat,
+            heartbeat_timeout: self.heartbeat_timeout.unwrap_or(heartbeat * 3),
+            max_frame: self.max_frame.unwrap_or(d.max_frame),
+        }
+    }
+}
+
+/// Whether the chat server can run under `model`: every member must be reachable from every
+/// other, so all in one process, each on a loop of its own thread.
+pub fn chat_runs_under(model: Model) -> bool {
+    matches!(model, Model::MultiReactor | Model::ThreadPerConn)
+}
+
+/// Why the chat server cannot run under `model`.
+pub fn chat_model_message(model: Model) -> String {
+    format!(
+        "the chat server cannot run under {model}: a message goes to every member through \
+         the loops of one process, which {model} does not give (its members would be split \
+         over processes, or its handlers run off their loops); use multi-reactor or \
+         thread-per-conn"
+    )
 }
 
 /// Why the proxy cannot run under `model`: it opens its backend connections from the loop
@@ -411,6 +470,7 @@ impl ServerSettings {
             log_filter: self.log_filter.or_else(|| fallback.log_filter.clone()),
             http: self.http.or(&fallback.http),
             proxy: self.proxy.or(&fallback.proxy),
+            chat: self.chat.or(&fallback.chat),
         }
     }
 
@@ -586,6 +646,7 @@ pub struct Config {
     pub discard: Option<ServerSettings>,
     pub http: Option<ServerSettings>,
     pub proxy: Option<ServerSettings>,
+    pub chat: Option<ServerSettings>,
 }
 
 impl Config {
@@ -596,6 +657,7 @@ impl Config {
             Section::Discard => self.discard.as_ref(),
             Section::Http => self.http.as_ref(),
             Section::Proxy => self.proxy.as_ref(),
+            Section::Chat => self.chat.as_ref(),
         }
     }
 
@@ -610,6 +672,7 @@ impl Config {
             Section::Discard => &mut self.discard,
             Section::Http => &mut self.http,
             Section::Proxy => &mut self.proxy,
+            Section::Chat => &mut self.chat,
         }
     }
 }
@@ -866,6 +929,18 @@ pub fn parse_message_size(s: &str) -> Result<usize, String> {
     }
 }
 
+/// `--max-frame`: bytes, enough for a frame that names a member and at most the codec's limit.
+pub fn parse_max_frame(s: &str) -> Result<usize, String> {
+    let (lo, hi) = (
+        1 + crate::services::chat::MAX_NAME,
+        crate::codec::frame::MAX_LIMIT,
+    );
+    match parse_count(s)? {
+        n if !(lo..=hi).contains(&n) => Err(format!("{n} is out of range ({lo} to {hi})")),
+        n => Ok(n),
+    }
+}
+
 /// `--max-conns`, `--cache-entries`: a whole number, at least one (as in the file).
 pub fn parse_count(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
@@ -940,12 +1015,12 @@ impl Checker<'_> {
                 (None, DeValue::Table(_)) => self.error(
                     name.span(),
                     Some(name.get_ref().to_string()),
-                    "unknown section; expected one of echo, discard, http, proxy".to_string(),
+                    "unknown section; expected one of echo, discard, http, proxy, chat".to_string(),
                 ),
                 (None, _) => self.error(
                     name.span(),
                     Some(name.get_ref().to_string()),
-                    "keys belong in a server's section; expected one of [echo], [discard], [http], [proxy]"
+                    "keys belong in a server's section; expected one of [echo], [discard], [http], [proxy], [chat]"
                         .to_string(),
                 ),
             }
@@ -1080,6 +1155,20 @@ impl Checker<'_> {
                     s.proxy.connect_timeout = self.secs(&key, value, POSITIVE_TIMEOUT);
                 }
                 "splice" if section == Section::Proxy => s.proxy.splice = self.boolean(&key, value),
+                "heartbeat" if section == Section::Chat => {
+                    s.chat.heartbeat = self.secs(&key, value, POSITIVE_TIMEOUT);
+                }
+                "heartbeat_timeout" if section == Section::Chat => {
+                    s.chat.heartbeat_timeout = self.secs(&key, value, POSITIVE_TIMEOUT);
+                }
+                "max_frame" if section == Section::Chat => {
+                    let (lo, hi) = (
+                        1 + crate::services::chat::MAX_NAME as i128,
+                        crate::codec::frame::MAX_LIMIT as i128,
+                    );
+                    let what = format!("a number of bytes from {lo} to {hi}");
+                    s.chat.max_frame = self.int(&key, value, lo, hi, &what).map(|v| v as usize);
+                }
                 "keepalive" => match value.get_ref() {
                     DeValue::Table(ka) => self.keepalive(&key, name.span(), ka, &mut s),
                     other => self.bad(
@@ -1096,6 +1185,7 @@ impl Checker<'_> {
                     match section {
                         Section::Http => expected.extend(HTTP_KEYS),
                         Section::Proxy => expected.extend(PROXY_KEYS),
+                        Section::Chat => expected.extend(CHAT_KEYS),
                         _ => {}
                     }
                     self.error(
@@ -1121,6 +1211,36 @@ impl Checker<'_> {
                     Some("proxy.model".to_string()),
                     proxy_model_message(model),
                 );
+            }
+        }
+        if section == Section::Chat {
+            if let Some(model) = s.model.filter(|m| !chat_runs_under(*m)) {
+                let at = table
+                    .iter()
+                    .find(|(n, _)| n.get_ref() == "model")
+                    .map_or(header.clone(), |(n, _)| n.span());
+                self.error(
+                    at,
+                    Some("chat.model".to_string()),
+                    chat_model_message(model),
+                );
+            }
+            if let (Some(hb), Some(timeout)) = (s.chat.heartbeat, s.chat.heartbeat_timeout) {
+                if timeout <= hb {
+                    let at = table
+                        .iter()
+                        .find(|(n, _)| n.get_ref() == "heartbeat_timeout")
+                        .map_or(header.clone(), |(n, _)| n.span());
+                    self.error(
+                        at,
+                        Some("chat.heartbeat_timeout".to_string()),
+                        format!(
+                            "must be longer than heartbeat ({} s), got {} s",
+                            hb.as_secs_f64(),
+                            timeout.as_secs_f64()
+                        ),
+                    );
+                }
             }
         }
         if self.errors.len() == errors_before {

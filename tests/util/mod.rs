@@ -133,7 +133,7 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
 /// How to start a server.
 #[derive(Clone, Debug)]
 pub struct Opts {
-    /// `echo`, `discard`, `http` or `proxy`.
+    /// `echo`, `discard`, `http`, `proxy` or `chat`.
     pub sub: &'static str,
     pub engine: String,
     /// Extra arguments, e.g. `["--idle-timeout", "0.5"]`.
@@ -177,6 +177,14 @@ impl Opts {
             o = o.arg("--backend", &b.to_string());
         }
         o
+    }
+
+    /// `keel chat`.
+    pub fn chat(engine: &str) -> Opts {
+        Opts {
+            sub: "chat",
+            ..Opts::echo(engine)
+        }
     }
 
     pub fn arg(mut self, name: &str, value: &str) -> Opts {

@@ -1,0 +1,153 @@
+//! Who is in the room, and how a message reaches every member without a second writer on
+//! any socket (rule 5).
+//!
+//! A member belongs to the loop that accepted it, for life. Each loop keeps the list of its
+//! own members in its thread (a loop is one thread, and a task posted to it runs there), so
+//! delivering a message on a loop takes no lock. The room itself only knows which loops have
+//! members, with the handle that reaches each: a speaker writes to the members of its own
+//! loop at once, and posts the message to every other loop, whose task writes it to that
+//! loop's members. The frame is encoded once and shared (`Arc`) by every loop.
+//!
+//! Order: each loop's tasks run in the order they were posted, so the messages of one
+//! speaker reach every member in the order they were said. Two speakers on different loops
+//! may be heard in different orders by members of different loops, as in any chat.
+//!
+//! The room outlives a configuration reload (the handler factory is rebuilt, the room is
+//! handed to the new one), so members who came before and after a reload still hear each other.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, ThreadId};
+
+use crate::net::ConnId;
+use crate::reactor::{EventLoop, LoopHandle};
+
+/// Rooms are told apart in a thread's member lists by this number.
+static NEXT_ROOM: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's loop's members, per room: `(room, members)`.
+    static MEMBERS: RefCell<Vec<(u64, Vec<ConnId>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A loop with members, and how to reach it.
+#[derive(Clone)]
+struct Home {
+    thread: ThreadId,
+    handle: LoopHandle,
+}
+
+pub struct Room {
+    id: u64,
+    /// The loops with at least one member. Replaced whole (copy on write) when a loop gets
+    /// its first member or loses its last, which is rare; a speaker takes the lock only to
+    /// clone the `Arc`.
+    homes: Mutex<Arc<Vec<Home>>>,
+    next_guest: AtomicU64,
+}
+
+impl Default for Room {
+    fn default() -> Self {
+        Room::new()
+    }
+}
+
+impl Room {
+    pub fn new() -> Room {
+        Room {
+            id: NEXT_ROOM.fetch_add(1, Ordering::Relaxed),
+            homes: Mutex::new(Arc::new(Vec::new())),
+            next_guest: AtomicU64::new(1),
+        }
+    }
+
+    /// The next guest name's number.
+    pub fn next_guest(&self) -> u64 {
+        self.next_guest.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Adds `id`, a connection of the calling thread's loop, which `handle` reaches.
+    pub fn join(&self, id: ConnId, handle: LoopHandle) {
+        let first = self.with_members(|m| {
+            m.push(id);
+            m.len() == 1
+        });
+        if first {
+            let me = thread::current().id();
+            self.update_homes(|homes| {
+                homes.retain(|h| h.thread != me);
+                homes.push(Home { thread: me, handle });
+            });
+        }
+    }
+
+    /// Removes `id` (a connection of the calling thread's loop); nothing if it is not a member.
+    pub fn leave(&self, id: ConnId) {
+        let now_empty = self.with_members(|m| {
+            let Some(at) = m.iter().position(|&x| x == id) else {
+                return false;
+            };
+            m.swap_remove(at);
+            m.is_empty()
+        });
+        if now_empty {
+            let me = thread::current().id();
+            self.update_homes(|homes| homes.retain(|h| h.thread != me));
+        }
+    }
+
+    /// Members on the calling thread's loop.
+    pub fn local_members(&self) -> usize {
+        self.with_members(|m| m.len())
+    }
+
+    /// Sends `frame` to every member: those of `el` (the calling thread's loop) at once, the
+    /// others through their loops' task queues.
+    pub fn broadcast(self: &Arc<Self>, el: &mut EventLoop, frame: Vec<u8>) {
+        let frame: Arc<[u8]> = frame.into();
+        let homes = Arc::clone(&self.homes.lock().unwrap_or_else(|e| e.into_inner()));
+        let me = thread::current().id();
+        for home in homes.iter().filter(|h| h.thread != me) {
+            let (room, frame) = (Arc::clone(self), Arc::clone(&frame));
+            // A loop that has stopped drops the task: its members are gone with it.
+            home.handle.post(move |el| room.deliver(el, &frame));
+        }
+        self.deliver(el, &frame);
+    }
+
+    /// Writes `frame` to each member of the calling thread's loop. The list is copied first:
+    /// a write can drop a member (a slow one, see the server's `on_high_water`), which
+    /// changes the list.
+    fn deliver(&self, el: &mut EventLoop, frame: &[u8]) {
+        let members = self.with_members(|m| m.clone());
+        for id in members {
+            el.write(id, frame);
+        }
+    }
+
+    fn with_members<T>(&self, f: impl FnOnce(&mut Vec<ConnId>) -> T) -> T {
+        MEMBERS.with(|rooms| {
+            let mut rooms = rooms.borrow_mut();
+            let at = match rooms.iter().position(|(r, _)| *r == self.id) {
+                Some(at) => at,
+                None => {
+                    rooms.push((self.id, Vec::new()));
+                    rooms.len() - 1
+                }
+            };
+            let out = f(&mut rooms[at].1);
+            if rooms[at].1.is_empty() {
+                rooms.swap_remove(at);
+            }
+            out
+        })
+    }
+
+    fn update_homes(&self, f: impl FnOnce(&mut Vec<Home>)) {
+        let mut homes = self.homes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next: Vec<Home> = (**homes).clone();
+        f(&mut next);
+        *homes = Arc::new(next);
+    }
+}

@@ -1,0 +1,193 @@
+//! The chat server's handler: one [`Member`] per connection.
+
+use std::sync::Arc;
+
+use super::heartbeat::{self, Beat, Heartbeat};
+use super::room::Room;
+use super::{valid_name, ChatSettings, ERROR, MSG, NICK, NOTICE, PING, PONG, SAY};
+use crate::codec::frame::{self, Decoded};
+use crate::net::log_throttle::{left_out_note, LogThrottle};
+use crate::net::{Buffer, CloseReason, Ctx, Handler, HandlerFactory};
+
+/// "A slow member was dropped", at most once a second.
+static SLOW: LogThrottle = LogThrottle::new(1);
+
+/// Everything the members of one server share.
+pub struct Chat {
+    pub room: Arc<Room>,
+    pub settings: ChatSettings,
+}
+
+/// The handler factory: a [`Member`] per connection, all in `room`. Rebuilt at a reload with
+/// the same room and the new settings.
+pub fn factory(chat: Arc<Chat>) -> HandlerFactory {
+    Arc::new(move || Box::new(Member::new(chat.clone())))
+}
+
+/// One connection of the chat server.
+pub struct Member {
+    chat: Arc<Chat>,
+    name: String,
+    heartbeat: Option<Heartbeat>,
+    /// In the room (from `on_connect` until it leaves, closes or is refused).
+    joined: bool,
+    /// Being closed by us: what else it sent is not read.
+    done: bool,
+}
+
+impl Member {
+    pub fn new(chat: Arc<Chat>) -> Member {
+        Member {
+            chat,
+            name: String::new(),
+            heartbeat: None,
+            joined: false,
+            done: false,
+        }
+    }
+
+    fn leave(&mut self, cx: &mut Ctx<'_>) {
+        if std::mem::take(&mut self.joined) {
+            self.chat.room.leave(cx.id());
+        }
+    }
+
+    /// Says why in an ERROR frame, leaves, and closes gracefully (the frame is flushed
+    /// before our FIN).
+    fn refuse(&mut self, cx: &mut Ctx<'_>, why: &str) {
+        self.leave(cx);
+        self.done = true;
+        cx.write(&frame::frame(ERROR, &[why.as_bytes()]));
+        cx.close();
+    }
+
+    fn notice(cx: &mut Ctx<'_>, text: &str) {
+        cx.write(&frame::frame(NOTICE, &[text.as_bytes()]));
+    }
+
+    fn on_frame(&mut self, cx: &mut Ctx<'_>, kind: u8, body: &[u8]) {
+        match kind {
+            SAY if body.is_empty() => {}
+            SAY => {
+                let name = self.name.as_bytes();
+                let msg = frame::frame(MSG, &[&[name.len() as u8], name, body]);
+                let room = Arc::clone(&self.chat.room);
+                match cx.event_loop() {
+                    Some(el) => room.broadcast(el, msg),
+                    None => self.refuse(cx, "the server runs no loop for this connection"),
+                }
+            }
+            NICK if valid_name(body) => {
+                self.name = String::from_utf8_lossy(body).into_owned();
+                Self::notice(cx, &format!("you are now {}", self.name));
+            }
+            NICK => Self::notice(
+                cx,
+                &format!(
+                    "name refused: a name is 1 to {} bytes of UTF-8 without control characters",
+                    super::MAX_NAME
+                ),
+            ),
+            PING => {
+                cx.write(&frame::frame(PONG, &[body]));
+            }
+            PONG => {}
+            other => {
+                self.refuse(
+                    cx,
+                    &format!("unexpected frame kind 0x{other:02x} from a client"),
+                );
+            }
+        }
+    }
+}
+
+impl Handler for Member {
+    fn on_connect(&mut self, cx: &mut Ctx<'_>) {
+        self.name = format!("guest-{}", self.chat.room.next_guest());
+        let Some(handle) = cx.handle() else {
+            self.refuse(cx, "the server runs no loop for this connection");
+            return;
+        };
+        self.chat.room.join(cx.id(), handle);
+        self.joined = true;
+        let s = self.chat.settings;
+        let hb = Heartbeat::new(s.heartbeat, s.heartbeat_timeout, cx.now());
+        cx.set_timer(hb.first_timer(), heartbeat::TIMER);
+        self.heartbeat = Some(hb);
+        Self::notice(cx, &format!("welcome {}", self.name));
+    }
+
+    fn on_data(&mut self, cx: &mut Ctx<'_>, input: &mut Buffer) {
+        let limit = self.chat.settings.max_frame;
+        while !self.done {
+            match frame::decode(input.as_slice(), limit) {
+                Ok(Decoded::Frame { kind, body, size }) => {
+                    if let Some(hb) = self.heartbeat.as_mut() {
+                        hb.heard(cx.now());
+                    }
+                    self.on_frame(cx, kind, body);
+                    input.consume(size);
+                }
+                Ok(Decoded::Partial) => return,
+                Err(e) => {
+                    self.refuse(cx, &e.to_string());
+                }
+            }
+        }
+        input.clear();
+    }
+
+    fn on_timer(&mut self, cx: &mut Ctx<'_>, tag: u64) {
+        if tag != heartbeat::TIMER || self.done {
+            return;
+        }
+        let Some(hb) = self.heartbeat.as_mut() else {
+            return;
+        };
+        match hb.fired(cx.now()) {
+            Beat::Ping(next) => {
+                cx.write(&frame::frame(PING, &[]));
+                cx.set_timer(next, heartbeat::TIMER);
+            }
+            Beat::Wait(next) => cx.set_timer(next, heartbeat::TIMER),
+            Beat::Dead(silent) => {
+                self.refuse(
+                    cx,
+                    &format!(
+                        "heartbeat timeout: nothing from you for {:.1} s",
+                        silent.as_secs_f64()
+                    ),
+                );
+            }
+        }
+    }
+
+    /// A member that does not read would make the room buffer for it without bound: past
+    /// the loop's high-water mark it is dropped, with a reset (a graceful close would wait
+    /// for it to read all of it first).
+    fn on_high_water(&mut self, cx: &mut Ctx<'_>, queued: usize) {
+        if let Some(left_out) = SLOW.turn() {
+            tracing::warn!(
+                "chat: dropped {} ({:?}), which read too slowly: {queued} bytes were waiting \
+                 for it{}",
+                self.name,
+                cx.peer_addr(),
+                left_out_note(left_out)
+            );
+        }
+        self.leave(cx);
+        self.done = true;
+        cx.abort();
+    }
+
+    /// The client's FIN: it has left. What is queued for it still goes out before ours.
+    fn on_peer_shutdown(&mut self, cx: &mut Ctx<'_>) {
+        self.leave(cx);
+        cx.shutdown_write();
+    }
+
+    fn on_close(&mut self, cx: &mut Ctx<'_>, _reason: CloseReason) {
+        self.leave(cx);
+    }
+}

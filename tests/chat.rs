@@ -1,0 +1,601 @@
+//! `keel chat` and `keel chat-client`: framing, broadcast over every loop, names, heartbeats,
+//! slow members, protocol errors, models and the config file. Real sockets on loopback.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use keel::codec::frame::{self, Decoded};
+use keel::services::chat::{ERROR, MSG, NICK, NOTICE, PING, PONG, SAY};
+
+use util::{connect, keel_bin, Opts, ENGINES};
+
+/// A member as the tests drive it: frames in and out by hand.
+struct Member {
+    s: TcpStream,
+    pending: Vec<u8>,
+    name: String,
+}
+
+/// What came from the server.
+#[derive(Debug, PartialEq, Eq)]
+enum Got {
+    Frame(u8, Vec<u8>),
+    Eof,
+    Reset,
+    Timeout,
+}
+
+impl Member {
+    /// Connects and waits for the welcome notice, which says the member is in the room.
+    fn join(addr: SocketAddr) -> Member {
+        let mut m = Member {
+            s: connect(addr),
+            pending: Vec::new(),
+            name: String::new(),
+        };
+        match m.recv(Duration::from_secs(5)) {
+            Got::Frame(NOTICE, body) => {
+                let text = String::from_utf8(body).unwrap();
+                m.name = text.strip_prefix("welcome ").expect(&text).to_string();
+            }
+            other => panic!("expected the welcome notice, got {other:?}"),
+        }
+        m
+    }
+
+    fn send(&mut self, kind: u8, body: &[u8]) {
+        self.s.write_all(&frame::frame(kind, &[body])).unwrap();
+    }
+
+    fn say(&mut self, text: &str) {
+        self.send(SAY, text.as_bytes());
+    }
+
+    /// The next frame (any size the server may send), or how the stream ended.
+    fn recv(&mut self, timeout: Duration) -> Got {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Decoded::Frame { kind, body, size } =
+                frame::decode(&self.pending, frame::MAX_LIMIT).expect("a well-formed frame")
+            {
+                let got = Got::Frame(kind, body.to_vec());
+                self.pending.drain(..size);
+                return got;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Got::Timeout;
+            }
+            self.s.set_read_timeout(Some(left)).unwrap();
+            let mut buf = [0u8; 64 * 1024];
+            match self.s.read(&mut buf) {
+                Ok(0) => return Got::Eof,
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(e) if util::is_reset(&e) => return Got::Reset,
+                Err(e) if util::is_timeout(&e) => return Got::Timeout,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// The next MSG, as `name: text`, skipping PINGs.
+    fn next_msg(&mut self) -> String {
+        loop {
+            match self.recv(Duration::from_secs(10)) {
+                Got::Frame(MSG, body) => {
+                    let n = body[0] as usize;
+                    return format!(
+                        "{}: {}",
+                        String::from_utf8_lossy(&body[1..1 + n]),
+                        String::from_utf8_lossy(&body[1 + n..])
+                    );
+                }
+                Got::Frame(PING, _) => {}
+                other => panic!("{}: expected a MSG, got {other:?}", self.name),
+            }
+        }
+    }
+
+    /// The ERROR frame's text, then the end of the stream.
+    fn expect_error_then_end(&mut self) -> String {
+        let why = loop {
+            match self.recv(Duration::from_secs(10)) {
+                Got::Frame(ERROR, body) => break String::from_utf8(body).unwrap(),
+                Got::Frame(PING, _) => {}
+                other => panic!("expected an ERROR frame, got {other:?}"),
+            }
+        };
+        assert_eq!(
+            self.recv(Duration::from_secs(10)),
+            Got::Eof,
+            "after {why:?}"
+        );
+        why
+    }
+}
+
+fn chat(engine: &str) -> Opts {
+    Opts::chat(engine).arg("--threads", "2")
+}
+
+#[test]
+fn every_member_on_every_loop_hears_every_message_in_each_speakers_order() {
+    for engine in ENGINES {
+        let srv = chat(engine).spawn();
+        // Connections spread over both loops (SO_REUSEPORT hashes them), so a message
+        // crosses loops through their task queues.
+        let mut members: Vec<Member> = (0..12).map(|_| Member::join(srv.tcp)).collect();
+        const EACH: usize = 20;
+        for (i, speaker) in [0usize, 5, 9].into_iter().enumerate() {
+            for n in 0..EACH {
+                let text = format!("{i}-{n}");
+                if n % 7 == 3 {
+                    // Framing: a frame cut into one-byte writes.
+                    let f = frame::frame(SAY, &[text.as_bytes()]);
+                    for b in f {
+                        members[speaker].s.write_all(&[b]).unwrap();
+                    }
+                } else {
+                    members[speaker].say(&text);
+                }
+            }
+        }
+        let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+        for m in &mut members {
+            let mut next = [0usize; 3];
+            for _ in 0..3 * EACH {
+                let line = m.next_msg();
+                let (who, text) = line.split_once(": ").unwrap();
+                let (i, n) = text.split_once('-').unwrap();
+                let (i, n): (usize, usize) = (i.parse().unwrap(), n.parse().unwrap());
+                assert_eq!(who, names[[0, 5, 9][i]], "{engine}: {line}");
+                assert_eq!(n, next[i], "{engine}: {} heard {line} out of order", m.name);
+                next[i] += 1;
+            }
+        }
+        let (s, ok) = srv.stats_until(Duration::from_secs(5), |s| s.get("open") == 12);
+        assert!(ok, "{engine}: {s:?}");
+    }
+}
+
+#[test]
+fn two_frames_in_one_write_are_two_messages() {
+    let srv = chat("epoll-et").spawn();
+    let mut a = Member::join(srv.tcp);
+    let mut both = frame::frame(SAY, &[b"one"]);
+    frame::encode(SAY, &[b"two"], &mut both);
+    a.s.write_all(&both).unwrap();
+    assert_eq!(a.next_msg(), format!("{}: one", a.name));
+    assert_eq!(a.next_msg(), format!("{}: two", a.name));
+}
+
+#[test]
+fn a_name_can_be_changed_and_a_bad_one_is_refused_with_a_notice() {
+    let srv = chat("epoll-lt").spawn();
+    let mut a = Member::join(srv.tcp);
+    let mut b = Member::join(srv.tcp);
+    assert!(a.name.starts_with("guest-"), "{}", a.name);
+    a.send(NICK, "alice".as_bytes());
+    assert_eq!(
+        a.recv(Duration::from_secs(5)),
+        Got::Frame(NOTICE, b"you are now alice".to_vec())
+    );
+    for bad in [&b""[..], &[b'x'; 33][..], b"tab\there", &[0xff, 0xfe][..]] {
+        a.send(NICK, bad);
+        match a.recv(Duration::from_secs(5)) {
+            Got::Frame(NOTICE, text) => {
+                assert!(text.starts_with(b"name refused"), "{bad:?}")
+            }
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+    a.say("hi");
+    assert_eq!(b.next_msg(), "alice: hi");
+    assert_eq!(a.next_msg(), "alice: hi");
+}
+
+#[test]
+fn frames_that_break_the_protocol_get_an_error_frame_and_a_close_and_the_room_goes_on() {
+    for engine in ENGINES {
+        let srv = chat(engine).arg("--max-frame", "1000").spawn();
+        let mut watcher = Member::join(srv.tcp);
+
+        // Over the limit: refused on the header alone, the body never sent.
+        let mut m = Member::join(srv.tcp);
+        m.s.write_all(&1001u32.to_be_bytes()).unwrap();
+        assert_eq!(
+            m.expect_error_then_end(),
+            "a frame of 1001 bytes, over the limit of 1000",
+            "{engine}"
+        );
+
+        let mut m = Member::join(srv.tcp);
+        m.s.write_all(&[0, 0, 0, 0]).unwrap();
+        assert!(m.expect_error_then_end().contains("length 0"), "{engine}");
+
+        let mut m = Member::join(srv.tcp);
+        m.send(0x55, b"?");
+        assert_eq!(
+            m.expect_error_then_end(),
+            "unexpected frame kind 0x55 from a client",
+            "{engine}"
+        );
+        // A server-only kind from a client is as wrong.
+        let mut m = Member::join(srv.tcp);
+        m.send(MSG, b"\x01xforged");
+        assert!(m.expect_error_then_end().contains("0x03"), "{engine}");
+
+        // A frame exactly at the limit is fine.
+        let text = "y".repeat(999);
+        watcher.say(&text);
+        assert_eq!(watcher.next_msg(), format!("{}: {text}", watcher.name));
+        assert!(srv.is_running());
+    }
+}
+
+#[test]
+fn a_silent_member_is_pinged_then_dropped_and_one_that_answers_stays() {
+    for engine in ["poll", "epoll-et"] {
+        let srv = chat(engine)
+            .arg("--heartbeat", "0.3")
+            .arg("--heartbeat-timeout", "1")
+            .spawn();
+        let mut silent = Member::join(srv.tcp);
+        let mut lively = Member::join(srv.tcp);
+        let t0 = Instant::now();
+        let answering = thread::spawn(move || {
+            // Answers every PING for 2 s: the server must not drop it.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            let mut pings = 0;
+            while Instant::now() < deadline {
+                match lively.recv(deadline.saturating_duration_since(Instant::now())) {
+                    Got::Frame(PING, body) => {
+                        pings += 1;
+                        lively.send(PONG, &body);
+                    }
+                    Got::Timeout => break,
+                    other => panic!("the answering member got {other:?}"),
+                }
+            }
+            (lively, pings)
+        });
+        // The silent one is asked first...
+        assert_eq!(
+            silent.recv(Duration::from_secs(2)),
+            Got::Frame(PING, Vec::new()),
+            "{engine}"
+        );
+        let pinged = t0.elapsed();
+        // ...and dropped at the timeout, with the reason.
+        let why = silent.expect_error_then_end();
+        let dropped = t0.elapsed();
+        assert!(why.starts_with("heartbeat timeout"), "{engine}: {why}");
+        assert!(
+            pinged >= Duration::from_millis(250) && pinged < Duration::from_millis(900),
+            "{engine}: pinged after {pinged:?}"
+        );
+        assert!(
+            dropped >= Duration::from_millis(950) && dropped < Duration::from_millis(1900),
+            "{engine}: dropped after {dropped:?}"
+        );
+        let (mut lively, pings) = answering.join().unwrap();
+        assert!(pings >= 3, "{engine}: {pings} pings in 2 s of silence");
+        lively.say("still here");
+        assert_eq!(lively.next_msg(), format!("{}: still here", lively.name));
+    }
+}
+
+#[test]
+fn a_member_that_does_not_read_is_dropped_and_the_others_hear_everything() {
+    // A small send buffer, so that the kernel holds little of what waits for the slow member
+    // and the rest queues in the server, where the high-water mark sees it.
+    let srv = Opts::chat("epoll-et")
+        .arg("--threads", "1")
+        .arg("--sndbuf", "16384")
+        .spawn();
+    let mut speaker = Member::join(srv.tcp);
+    let slow = Member::join(srv.tcp);
+    socket2::SockRef::from(&slow.s)
+        .set_recv_buffer_size(4096)
+        .unwrap();
+    let mut listener = Member::join(srv.tcp);
+    const N: usize = 400;
+    let body = "z".repeat(8000);
+    let expect = format!("{}: {body}", speaker.name);
+    let reader = thread::spawn(move || {
+        for i in 0..N {
+            assert_eq!(listener.next_msg(), expect, "message {i}");
+        }
+    });
+    // 400 × 8 KB: 3.2 MB for the slow member, far past the 1 MiB high-water mark.
+    let own = format!("{}: {body}", speaker.name);
+    let sayer = thread::spawn(move || {
+        for _ in 0..N {
+            speaker.say(&body);
+            // The speaker hears itself too: it reads as it goes, as a client would.
+            assert_eq!(speaker.next_msg(), own);
+        }
+        speaker
+    });
+    reader.join().unwrap();
+    let mut speaker = sayer.join().unwrap();
+    assert!(
+        srv.stderr_has("which read too slowly", Duration::from_secs(5)),
+        "{}",
+        srv.stderr_dump()
+    );
+    // The slow one was cut off with a reset: what it reads ends in one, not a clean end.
+    let mut slow = slow;
+    slow.s
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut sink = Vec::new();
+    let end = slow.s.read_to_end(&mut sink);
+    assert!(
+        end.as_ref().is_err_and(util::is_reset),
+        "the slow member's stream ended with {end:?}"
+    );
+    // The speaker is alone now (the listener hung up when done) and still served.
+    speaker.say("after");
+    assert_eq!(speaker.next_msg().rsplit(": ").next(), Some("after"));
+    let (s, ok) = srv.stats_until(Duration::from_secs(5), |s| s.get("open") == 1);
+    assert!(ok, "{s:?}");
+}
+
+#[test]
+fn a_member_that_leaves_gets_a_clean_close_and_nothing_stays_open() {
+    for engine in ENGINES {
+        let srv = chat(engine).spawn();
+        let baseline = srv.baseline_fds();
+        let mut members: Vec<Member> = (0..20).map(|_| Member::join(srv.tcp)).collect();
+        members[0].say("bye all");
+        for m in &mut members {
+            assert_eq!(m.next_msg().rsplit(": ").next(), Some("bye all"));
+            m.s.shutdown(Shutdown::Write).unwrap();
+            assert_eq!(m.recv(Duration::from_secs(5)), Got::Eof, "{engine}");
+        }
+        drop(members);
+        assert_eq!(
+            srv.fd_count_settles_to(baseline, Duration::from_secs(5)),
+            baseline,
+            "{engine}: {:?}",
+            srv.fd_listing()
+        );
+        let mut late = Member::join(srv.tcp);
+        late.say("anyone?");
+        assert_eq!(late.next_msg(), format!("{}: anyone?", late.name));
+    }
+}
+
+#[test]
+fn sigterm_closes_every_member_and_exits_0() {
+    let srv = chat("epoll-et").spawn();
+    let mut members: Vec<Member> = (0..10).map(|_| Member::join(srv.tcp)).collect();
+    srv.signal(nix::sys::signal::Signal::SIGTERM);
+    let t0 = Instant::now();
+    for mut m in members.drain(..) {
+        assert_eq!(m.recv(Duration::from_secs(5)), Got::Eof);
+        // A client closes on the server's FIN, which ends the server's graceful close.
+    }
+    let status = srv.wait_exit(Duration::from_secs(5)).expect("it exits");
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(status.code(), Some(0), "{}", srv.stderr_dump());
+}
+
+#[test]
+fn thread_per_conn_carries_the_room_and_models_that_would_split_it_are_refused() {
+    let srv = Opts::chat("epoll-lt")
+        .arg("--model", "thread-per-conn")
+        .arg("--threads", "8")
+        .spawn();
+    let mut members: Vec<Member> = (0..4).map(|_| Member::join(srv.tcp)).collect();
+    members[2].say("one thread each");
+    let name = members[2].name.clone();
+    for m in &mut members {
+        assert_eq!(m.next_msg(), format!("{name}: one thread each"));
+    }
+    for model in [
+        "prefork",
+        "process-per-conn",
+        "half-sync",
+        "leader-followers",
+    ] {
+        let out = Command::new(keel_bin())
+            .args(["chat", "--listen", "127.0.0.1:0", "--model", model])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{model}: {err}");
+        assert!(
+            err.contains(&format!("the chat server cannot run under {model}")),
+            "{model}: {err}"
+        );
+    }
+}
+
+#[test]
+fn bad_chat_arguments_exit_2_with_the_reason() {
+    for (args, needle) in [
+        (
+            &["--heartbeat", "5", "--heartbeat-timeout", "5"][..],
+            "must be longer than the heartbeat interval",
+        ),
+        (&["--max-frame", "10"][..], "out of range (33 to 16777216)"),
+        (&["--heartbeat", "0"][..], "--heartbeat"),
+    ] {
+        for sub in ["chat", "chat-client"] {
+            let mut cmd = Command::new(keel_bin());
+            cmd.arg(sub);
+            if sub == "chat" {
+                cmd.args(["--listen", "127.0.0.1:0"]);
+            } else {
+                cmd.args(["--connect", "127.0.0.1:9"]);
+            }
+            let out = cmd.args(args).stdin(Stdio::null()).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{sub} {args:?}: {err}");
+            assert!(err.contains(needle), "{sub} {args:?}: {err}");
+        }
+    }
+}
+
+#[test]
+fn check_config_reports_chat_errors_with_their_lines() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("keel-chat");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("chat.toml");
+    std::fs::write(
+        &path,
+        "[chat]\nmodel = \"prefork\"\nheartbeat = 10\nheartbeat_timeout = 10\nmax_frame = 5\nsplice = true\n",
+    )
+    .unwrap();
+    let out = Command::new(keel_bin())
+        .args(["check-config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let file = path.display();
+    for needle in [
+        format!("{file}:2: key `chat.model`: the chat server cannot run under prefork"),
+        format!("{file}:4: key `chat.heartbeat_timeout`: must be longer than heartbeat"),
+        format!("{file}:5: key `chat.max_frame`: expected a number of bytes from 33 to"),
+        format!("{file}:6: key `chat.splice`: unknown key; expected one of"),
+    ] {
+        assert!(err.contains(&needle), "missing {needle:?} in:\n{err}");
+    }
+    std::fs::write(
+        &path,
+        "[chat]\nheartbeat = 2\nheartbeat_timeout = 7.5\nmax_frame = 4096\n",
+    )
+    .unwrap();
+    let out = Command::new(keel_bin())
+        .args(["check-config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And the server takes them: a frame over 4096 is refused.
+    let srv = Opts::chat("epoll-et")
+        .arg("--config", path.to_str().unwrap())
+        .spawn();
+    let mut m = Member::join(srv.tcp);
+    m.s.write_all(&4097u32.to_be_bytes()).unwrap();
+    assert!(m.expect_error_then_end().contains("over the limit of 4096"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// keel chat-client
+
+fn client(addr: SocketAddr, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(keel_bin());
+    cmd.args(["chat-client", "--connect", &addr.to_string()])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+#[test]
+fn the_client_says_its_lines_prints_the_room_and_exits_0_at_end_of_input() {
+    let srv = chat("epoll-et").spawn();
+    let mut watcher = Member::join(srv.tcp);
+    let mut c = client(srv.tcp, &["--nick", "carol"]).spawn().unwrap();
+    let mut stdin = c.stdin.take().unwrap();
+    // The NICK goes first, then the lines.
+    stdin.write_all(b"hello room\n/nick caz\nbye\n").unwrap();
+    assert_eq!(watcher.next_msg(), "carol: hello room");
+    assert_eq!(watcher.next_msg(), "caz: bye");
+    watcher.say("see you");
+    thread::sleep(Duration::from_millis(300));
+    drop(stdin); // end of input: the client leaves
+    let out = c.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("* welcome guest-"), "{stdout}");
+    for want in [
+        "* you are now carol",
+        "carol: hello room",
+        "* you are now caz",
+        "caz: bye",
+        &format!("{}: see you", watcher.name),
+    ] {
+        assert!(lines.contains(&want), "missing {want:?} in:\n{stdout}");
+    }
+    let (s, ok) = srv.stats_until(Duration::from_secs(5), |s| s.get("open") == 1);
+    assert!(ok, "{s:?}");
+}
+
+#[test]
+fn the_client_exits_1_with_the_reason_when_the_server_is_unreachable_or_silent() {
+    // Nothing listens: bound, not listening.
+    let held = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    held.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let dead = held.local_addr().unwrap().as_socket().unwrap();
+    let out = client(dead, &[]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("cannot connect to {dead}")), "{err}");
+
+    // A server that accepts and then says nothing, not even to a PING.
+    let mute = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = mute.local_addr().unwrap();
+    let hold = thread::spawn(move || mute.accept().map(|(s, _)| s));
+    let t0 = Instant::now();
+    let mut c = client(addr, &["--heartbeat", "0.2", "--heartbeat-timeout", "0.6"])
+        .spawn()
+        .unwrap();
+    let _stdin = c.stdin.take(); // kept open: the client must end by itself
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let out = c.wait_with_output().unwrap();
+    let took = t0.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("heartbeat timeout"), "{err}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    // And the mute server did get the client's PING.
+    let mut s = hold.join().unwrap().unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(got.starts_with(&frame::frame(PING, &[])), "{got:?}");
+
+    // A server that closes with an ERROR frame: its reason is the client's.
+    let srv = chat("epoll-et").arg("--max-frame", "40").spawn();
+    let mut c = client(srv.tcp, &[]).spawn().unwrap();
+    let mut stdin = c.stdin.take().unwrap();
+    // The client's limit is its own (64 KiB by default): the server's 40 refuses the line.
+    stdin
+        .write_all(format!("{}\n", "w".repeat(40)).as_bytes())
+        .unwrap();
+    let out = c.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("server: a frame of 41 bytes, over the limit of 40"),
+        "{err}"
+    );
+    drop(stdin);
+}
