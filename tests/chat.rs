@@ -599,3 +599,38 @@ fn the_client_exits_1_with_the_reason_when_the_server_is_unreachable_or_silent()
     );
     drop(stdin);
 }
+
+#[test]
+fn a_reload_keeps_the_room_and_new_members_get_the_new_settings() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("keel-chat");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("reload.toml");
+    std::fs::write(&path, "[chat]\nthreads = 2\nmax_frame = 4096\n").unwrap();
+    let srv = Opts::chat("epoll-et")
+        .arg("--config", path.to_str().unwrap())
+        .spawn();
+    let mut before = Member::join(srv.tcp);
+    std::fs::write(&path, "[chat]\nthreads = 2\nmax_frame = 100\n").unwrap();
+    srv.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        srv.stderr_has("configuration reloaded", Duration::from_secs(5)),
+        "{}",
+        srv.stderr_dump()
+    );
+    let mut after = Member::join(srv.tcp);
+    // One room across the reload, both ways.
+    before.say("from before");
+    assert_eq!(after.next_msg(), format!("{}: from before", before.name));
+    after.say("from after");
+    assert_eq!(before.next_msg(), format!("{}: from before", before.name));
+    assert_eq!(before.next_msg(), format!("{}: from after", after.name));
+    // The member from before keeps its settings; the new one has the new limit.
+    let long = "l".repeat(500);
+    before.say(&long);
+    assert_eq!(after.next_msg(), format!("{}: from after", after.name));
+    assert_eq!(after.next_msg(), format!("{}: {long}", before.name));
+    after.say(&long);
+    assert!(after
+        .expect_error_then_end()
+        .contains("over the limit of 100"));
+}

@@ -297,7 +297,7 @@ fn unknown_section() {
     assert_errors(
         "unknown-section",
         "[echo]\nthreads = 1\n\n[htttp]\nlisten = \"127.0.0.1:80\"\n",
-        &["4: key `htttp`: unknown section; expected one of echo, discard, http, proxy"],
+        &["4: key `htttp`: unknown section; expected one of echo, discard, http, proxy, chat"],
     );
 }
 
@@ -306,7 +306,7 @@ fn key_outside_any_section() {
     assert_errors(
         "top-level-key",
         "# global\nlisten = \"127.0.0.1:80\"\n",
-        &["2: key `listen`: keys belong in a server's section; expected one of [echo], [discard], [http], [proxy]"],
+        &["2: key `listen`: keys belong in a server's section; expected one of [echo], [discard], [http], [proxy], [chat]"],
     );
 }
 
@@ -588,7 +588,7 @@ listen = "0.0.0.0:99999"
              delay",
             "9: key `discard.listen`: port 99999 out of range: expected a port from 0 to 65535, \
              got \"0.0.0.0:99999\"",
-            "11: key `https`: unknown section; expected one of echo, discard, http, proxy",
+            "11: key `https`: unknown section; expected one of echo, discard, http, proxy, chat",
         ],
     );
 }
