@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use keel::bench::chat::ChatLoadOptions;
 use keel::bench::pingpong::{self, PingpongOptions};
 use keel::net::{Handler, HandlerFactory};
 use keel::ops::config::{
@@ -369,6 +370,26 @@ enum BenchCommand {
         #[arg(long, default_value_t = 0)]
         idle: usize,
         /// Load threads (each a loop with its share of the connections).
+        #[arg(long, default_value_t = 1, value_parser = config::parse_threads)]
+        threads: usize,
+    },
+    /// Chat load against `keel chat` (or a server speaking its protocol): `--members` join,
+    /// the first `--speakers` of them each say a message and wait to hear it back before the
+    /// next; counts messages said and delivered per second.
+    Chat {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 100, value_parser = config::parse_count)]
+        members: usize,
+        #[arg(long, default_value_t = 10, value_parser = config::parse_count)]
+        speakers: usize,
+        /// Bytes of text per message.
+        #[arg(long, default_value_t = 64, value_parser = config::parse_count)]
+        size: usize,
+        /// Seconds measured, from the moment every member has joined.
+        #[arg(long, value_parser = config::parse_secs, default_value = "10")]
+        duration: Duration,
+        /// Load threads (each a loop with its share of the members).
         #[arg(long, default_value_t = 1, value_parser = config::parse_threads)]
         threads: usize,
     },
@@ -747,6 +768,37 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             };
         }
+        Command::Bench(BenchCommand::Chat {
+            addr,
+            members,
+            speakers,
+            size,
+            duration,
+            threads,
+        }) => keel::bench::chat::run(&ChatLoadOptions {
+            addr,
+            members,
+            speakers,
+            size,
+            duration,
+            threads,
+        })
+        .and_then(|report| {
+            println!("{report}");
+            if report.said == 0 {
+                return Err(std::io::Error::other(format!(
+                    "chat load measured nothing: no speaker heard itself back from {addr}{}",
+                    report
+                        .first_error
+                        .as_ref()
+                        .map_or(String::new(), |e| format!(" ({e})"))
+                )));
+            }
+            if let Some(first) = &report.first_error {
+                eprintln!("chat load: {} error(s); the first: {first}", report.errors);
+            }
+            Ok(())
+        }),
         Command::Bench(BenchCommand::Pingpong {
             addr,
             conns,

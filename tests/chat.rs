@@ -634,3 +634,51 @@ fn a_reload_keeps_the_room_and_new_members_get_the_new_settings() {
         .expect_error_then_end()
         .contains("over the limit of 100"));
 }
+
+#[test]
+fn bench_chat_counts_every_delivery_and_fails_when_nothing_answers() {
+    let srv = chat("epoll-et").spawn();
+    let out = Command::new(keel_bin())
+        .args(["bench", "chat", "--addr", &srv.tcp.to_string()])
+        .args(["--members", "20", "--speakers", "4", "--duration", "0.5"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |k: &str| -> u64 {
+        let kv = stdout
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("no {k}= in {stdout}"));
+        kv.parse().unwrap()
+    };
+    let (said, delivered) = (field("said_total"), field("delivered_total"));
+    assert!(said > 100, "{stdout}");
+    // Once the speakers fell silent, every message said reached all 20 members.
+    assert_eq!(field("undelivered"), 0, "{stdout}");
+    assert!(delivered >= said * 20, "{stdout}");
+    assert_eq!(field("errors"), 0, "{stdout}");
+
+    let held = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    held.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let dead = held.local_addr().unwrap().as_socket().unwrap();
+    let out = Command::new(keel_bin())
+        .args([
+            "bench",
+            "chat",
+            "--addr",
+            &dead.to_string(),
+            "--duration",
+            "0.5",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("refused"), "{err}");
+}
