@@ -748,7 +748,8 @@ fn main() -> ExitCode {
         }
         Command::ChatClient(args) => {
             let settings = args.chat.settings().resolve();
-            if let Err(e) = settings.check() {
+            let bad_nick = args.nick.as_deref().and_then(chat::client::nick_error);
+            if let Some(e) = settings.check().err().or(bad_nick) {
                 eprintln!("keel: {e}");
                 return ExitCode::from(2);
             }

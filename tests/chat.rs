@@ -430,7 +430,7 @@ fn bad_chat_arguments_exit_2_with_the_reason() {
             &["--heartbeat", "5", "--heartbeat-timeout", "5"][..],
             "must be longer than the heartbeat interval",
         ),
-        (&["--max-frame", "10"][..], "out of range (33 to 16777216)"),
+        (&["--max-frame", "10"][..], "out of range (33 to 16777183)"),
         (&["--heartbeat", "0"][..], "--heartbeat"),
     ] {
         for sub in ["chat", "chat-client"] {
@@ -681,4 +681,150 @@ fn bench_chat_counts_every_delivery_and_fails_when_nothing_answers() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("refused"), "{err}");
+}
+
+#[test]
+fn a_speaker_is_slowed_to_the_pace_of_the_slowest_loop_and_memory_stays_bounded() {
+    // Two loops, connections dealt out in turn: the speaker alone on loop 0, 100 readers on
+    // loop 1, which has a hundred writes to make for each of the speaker's reads.
+    let srv = Opts::chat("epoll-et")
+        .arg("--threads", "2")
+        .arg("--accept", "acceptor")
+        .spawn();
+    let mut on_loop0 = Vec::new();
+    let mut readers = Vec::new();
+    for i in 0..201 {
+        let m = Member::join(srv.tcp);
+        if i % 2 == 0 {
+            on_loop0.push(m);
+        } else {
+            readers.push(m);
+        }
+    }
+    let speaker = on_loop0.remove(0);
+    drop(on_loop0); // loop 0 keeps the speaker only
+    let rss_before = util::rss_kib(srv.pid);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    // Every member reads all the time (one thread each: a member that does not read is
+    // dropped, which is another test).
+    let mut drains = Vec::new();
+    for m in readers.iter().chain(std::iter::once(&speaker)) {
+        let mut s = m.s.try_clone().unwrap();
+        drains.push(thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            let mut total = 0u64;
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            while Instant::now() < deadline + Duration::from_secs(1) {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n as u64,
+                }
+            }
+            total
+        }));
+    }
+    // The speaker floods: 2,000 short messages per write, as fast as the server takes them.
+    // Without the pause, loop 1's task queue grew by some 30 MiB in these 3 s; with it, 5.
+    let mut chunk = Vec::new();
+    for _ in 0..2000 {
+        frame::encode(SAY, &[b"twenty bytes of text"], &mut chunk);
+    }
+    let mut w = speaker.s.try_clone().unwrap();
+    w.set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut peak = rss_before;
+    while Instant::now() < deadline {
+        let _ = w.write(&chunk); // a timeout only means the server paused the speaker
+        peak = peak.max(util::rss_kib(srv.pid));
+    }
+    let read: Vec<u64> = drains.into_iter().map(|d| d.join().unwrap()).collect();
+    assert!(
+        read.iter().all(|&n| n > 64 << 10),
+        "every member heard a good part of it: {:?}",
+        &read[..5]
+    );
+    assert!(
+        peak < rss_before + 16 * 1024,
+        "server RSS grew from {rss_before} KiB to {peak} KiB"
+    );
+    assert!(srv.is_running());
+}
+
+#[test]
+fn thread_per_conn_frees_the_thread_of_a_member_that_reset_before_its_welcome() {
+    let srv = Opts::chat("epoll-lt")
+        .arg("--model", "thread-per-conn")
+        .arg("--threads", "3")
+        .spawn();
+    // A reset that lands before `on_connect` writes the welcome ends the connection inside
+    // `adopt`, before its loop ever waits. Each such loop must end with it, or it holds one
+    // of the 3 thread slots for good.
+    for _ in 0..20 {
+        let s = connect(srv.tcp);
+        util::set_linger_zero(&s);
+        drop(s);
+    }
+    thread::sleep(Duration::from_millis(300));
+    let mut members: Vec<Member> = (0..3).map(|_| Member::join(srv.tcp)).collect();
+    members[0].say("room for three");
+    for m in &mut members {
+        assert_eq!(m.next_msg().rsplit(": ").next(), Some("room for three"));
+    }
+}
+
+#[test]
+fn the_largest_frame_limit_carries_the_largest_message_with_the_longest_name() {
+    // Past it a MSG could not carry a name beside the text: refused at start.
+    let out = Command::new(keel_bin())
+        .args(["chat", "--listen", "127.0.0.1:0", "--max-frame", "16777184"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("33 to 16777183"), "{err}");
+    let srv = Opts::chat("epoll-et")
+        .arg("--max-frame", "16777183")
+        .spawn();
+    let mut m = Member::join(srv.tcp);
+    let name = "n".repeat(32);
+    m.send(NICK, name.as_bytes());
+    assert!(matches!(
+        m.recv(Duration::from_secs(5)),
+        Got::Frame(NOTICE, _)
+    ));
+    let text = vec![b'x'; 16777182];
+    m.send(SAY, &text);
+    match m.recv(Duration::from_secs(20)) {
+        Got::Frame(MSG, body) => {
+            assert_eq!(body.len(), 1 + 32 + text.len());
+            assert_eq!(&body[33..], &text[..]);
+        }
+        other => panic!("{:?}", std::mem::discriminant(&other)),
+    }
+    assert!(srv.is_running());
+}
+
+#[test]
+fn the_client_exits_1_when_the_server_ends_the_session_first_and_2_for_a_bad_nick() {
+    let srv = chat("epoll-et").spawn();
+    let mut c = client(srv.tcp, &[]).spawn().unwrap();
+    let _stdin = c.stdin.take(); // open: the client is not leaving
+    let mut watcher = Member::join(srv.tcp);
+    let (s, ok) = srv.stats_until(Duration::from_secs(5), |s| s.get("open") == 2);
+    assert!(ok, "{s:?}");
+    srv.signal(nix::sys::signal::Signal::SIGTERM); // the server closes every member
+    assert_eq!(watcher.recv(Duration::from_secs(5)), Got::Eof);
+    drop(watcher);
+    let out = c.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("closed the session"), "{err}");
+
+    let out = Command::new(keel_bin())
+        .args(["chat-client", "--connect", "127.0.0.1:9", "--nick", "a\tb"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--nick"), "{err}");
 }

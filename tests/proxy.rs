@@ -12,7 +12,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::{random_bytes, read_until_end, End, Opts};
+use util::{random_bytes, read_until_end, rss_kib, End, Opts};
 
 /// Engines, for the tests that hold under each.
 const ENGINES: [&str; 4] = ["select", "poll", "epoll-lt", "epoll-et"];
@@ -86,16 +86,6 @@ impl Drop for Backend {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
-}
-
-/// A process's resident set, in KiB (0 if it is gone).
-fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// A listener whose accept queue is full, for as long as the returned parts live: the kernel

@@ -929,11 +929,12 @@ pub fn parse_message_size(s: &str) -> Result<usize, String> {
     }
 }
 
-/// `--max-frame`: bytes, enough for a frame that names a member and at most the codec's limit.
+/// `--max-frame`: bytes, enough for a frame that names a member, and small enough that the MSG
+/// carrying a SAY of that size fits the codec's limit.
 pub fn parse_max_frame(s: &str) -> Result<usize, String> {
     let (lo, hi) = (
         1 + crate::services::chat::MAX_NAME,
-        crate::codec::frame::MAX_LIMIT,
+        crate::services::chat::MAX_MAX_FRAME,
     );
     match parse_count(s)? {
         n if !(lo..=hi).contains(&n) => Err(format!("{n} is out of range ({lo} to {hi})")),
@@ -1164,7 +1165,7 @@ impl Checker<'_> {
                 "max_frame" if section == Section::Chat => {
                     let (lo, hi) = (
                         1 + crate::services::chat::MAX_NAME as i128,
-                        crate::codec::frame::MAX_LIMIT as i128,
+                        crate::services::chat::MAX_MAX_FRAME as i128,
                     );
                     let what = format!("a number of bytes from {lo} to {hi}");
                     s.chat.max_frame = self.int(&key, value, lo, hi, &what).map(|v| v as usize);

@@ -506,6 +506,12 @@ impl EventLoop {
     fn run_iterations(&mut self, events: &mut Vec<Event>) -> io::Result<()> {
         while !self.quit {
             self.run_deferred(); // work queued by calls made before `run` or between iterations
+                                 // Checked before the wait too: a loop whose work ended before it ever waited (a
+                                 // thread-per-conn loop whose one connection was reset while `on_connect` wrote
+                                 // to it, inside `adopt`) may have nothing left that would ever wake it.
+            if self.finished() {
+                break;
+            }
             let timeout = self.poll_timeout();
             self.poller.wait(events, timeout)?;
             self.stats.wakeups += 1;
@@ -520,12 +526,16 @@ impl EventLoop {
             if self.now_tick >= self.published_at.saturating_add(PUBLISH_EVERY_MS) {
                 self.publish_stats();
             }
-            if ((self.draining && !self.drain_held) || self.exit_when_empty) && self.stats.open == 0
-            {
+            if self.finished() {
                 self.quit = true;
             }
         }
         Ok(())
+    }
+
+    /// A draining loop, or one that ends with its connections, has none left.
+    fn finished(&self) -> bool {
+        ((self.draining && !self.drain_held) || self.exit_when_empty) && self.stats.open == 0
     }
 
     /// Copies the counters where other threads read them without asking the loop

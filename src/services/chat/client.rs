@@ -8,11 +8,12 @@
 //!
 //! Lines typed: `/nick NAME` changes the name; anything else is said to the room. End of
 //! input (Ctrl-D) leaves the room: the client sends its FIN, the server finishes and closes,
-//! and the client exits 0. A server that closes with an error, goes silent past the heartbeat
-//! timeout, or cannot be reached makes the client exit 1 with the reason.
+//! and the client exits 0. A server that closes first (with an error or without), goes silent
+//! past the heartbeat timeout, or cannot be reached makes the client exit 1 with the reason.
 
 use std::io::{self, BufRead, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,22 +32,27 @@ pub struct ClientOptions {
     pub settings: ChatSettings,
 }
 
+/// Why `name` cannot be a `--nick`, if it cannot.
+pub fn nick_error(name: &str) -> Option<String> {
+    (!super::valid_name(name.as_bytes())).then(|| {
+        format!("--nick: a name is 1 to {MAX_NAME} bytes of UTF-8 without control characters")
+    })
+}
+
 /// How the session ended: `None` while it lasts, then `Ok` for a clean end or the reason.
 type Outcome = Arc<Mutex<Option<Result<(), String>>>>;
 
 /// Runs a session until it ends; the error says why it ended badly.
 pub fn run(opts: &ClientOptions) -> io::Result<()> {
     opts.settings.check().map_err(io::Error::other)?;
-    if let Some(n) = &opts.nick {
-        if !super::valid_name(n.as_bytes()) {
-            return Err(io::Error::other(format!(
-                "--nick: a name is 1 to {MAX_NAME} bytes without control characters"
-            )));
-        }
+    if let Some(why) = opts.nick.as_deref().and_then(nick_error) {
+        return Err(io::Error::other(why));
     }
     let mut el = EventLoop::new(LoopConfig::default())?;
     let outcome: Outcome = Arc::new(Mutex::new(None));
+    let leaving = Arc::new(AtomicBool::new(false));
     let side = Session {
+        leaving: leaving.clone(),
         addr: opts.addr,
         nick: opts.nick.clone(),
         settings: opts.settings,
@@ -81,6 +87,7 @@ pub fn run(opts: &ClientOptions) -> io::Result<()> {
                     return; // the session is over
                 }
             }
+            leaving.store(true, Ordering::Relaxed);
             handle.post(move |el| el.shutdown_write(id));
         })?;
     el.run()?;
@@ -94,6 +101,9 @@ pub fn run(opts: &ClientOptions) -> io::Result<()> {
 
 /// The client's end of the connection.
 struct Session {
+    /// Set by the stdin thread at the end of input, before it asks for our FIN: from then
+    /// on the server's closing is the expected end, not a lost session.
+    leaving: Arc<AtomicBool>,
     addr: SocketAddr,
     nick: Option<String>,
     settings: ChatSettings,
@@ -202,9 +212,22 @@ impl Handler for Session {
         }
     }
 
+    /// The server's FIN. Expected after ours; before it, the server ended the session.
+    fn on_peer_shutdown(&mut self, cx: &mut Ctx<'_>) {
+        if !self.leaving.load(Ordering::Relaxed) {
+            self.end(Err(format!(
+                "the server at {} closed the session",
+                self.addr
+            )));
+        }
+        cx.shutdown_write();
+    }
+
     fn on_close(&mut self, cx: &mut Ctx<'_>, reason: CloseReason) {
+        let leaving = self.leaving.load(Ordering::Relaxed);
         self.end(match reason {
-            CloseReason::Normal => Ok(()),
+            CloseReason::Normal if leaving => Ok(()),
+            CloseReason::Normal => Err(format!("the server at {} closed the session", self.addr)),
             CloseReason::ConnectFailed(e) => Err(format!("cannot connect to {}: {e}", self.addr)),
             CloseReason::Error(kind) => Err(format!("connection to {}: {kind}", self.addr)),
             other => Err(format!("connection to {} ended: {other:?}", self.addr)),

@@ -55,6 +55,10 @@ pub const ERROR: u8 = 0x7f;
 /// The longest name, in bytes.
 pub const MAX_NAME: usize = 32;
 
+/// The largest frame limit a chat server may be given: a MSG carries the text of a SAY of
+/// that size plus a name and its length, and must still fit the codec's limit.
+pub const MAX_MAX_FRAME: usize = crate::codec::frame::MAX_LIMIT - 1 - MAX_NAME;
+
 /// Default heartbeat interval: a peer silent this long is pinged.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 /// Default frame limit (kind byte and body).
@@ -92,10 +96,9 @@ impl ChatSettings {
                 self.heartbeat_timeout, self.heartbeat
             ));
         }
-        let max = crate::codec::frame::MAX_LIMIT;
-        if self.max_frame < 1 + MAX_NAME || self.max_frame > max {
+        if self.max_frame < 1 + MAX_NAME || self.max_frame > MAX_MAX_FRAME {
             return Err(format!(
-                "the frame limit must be from {} to {max} bytes, got {}",
+                "the frame limit must be from {} to {MAX_MAX_FRAME} bytes, got {}",
                 1 + MAX_NAME,
                 self.max_frame
             ));

@@ -8,6 +8,13 @@
 //! loop at once, and posts the message to every other loop, whose task writes it to that
 //! loop's members. The frame is encoded once and shared (`Arc`) by every loop.
 //!
+//! **Backpressure across loops.** A loop may deliver more slowly than a speaker on another
+//! loop talks (it has many more members to write to, say). What is posted to it and not yet
+//! delivered is counted, in bytes, per loop; past [`BACKLOG_LIMIT`] the broadcast says the room
+//! is congested and the speaker stops reading until every backlog is under half of it
+//! (`Member`'s `on_timer`). So the task queues hold at most about one limit per loop, and a
+//! speaker is slowed to the pace of the slowest loop, as TCP slows a sender to its reader's.
+//!
 //! Order: each loop's tasks run in the order they were posted, so the messages of one
 //! speaker reach every member in the order they were said. Two speakers on different loops
 //! may be heard in different orders by members of different loops, as in any chat.
@@ -16,7 +23,7 @@
 //! handed to the new one), so members who came before and after a reload still hear each other.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, ThreadId};
 
@@ -31,11 +38,29 @@ thread_local! {
     static MEMBERS: RefCell<Vec<(u64, Vec<ConnId>)>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Bytes posted to one loop and not yet delivered, past which speakers pause.
+pub const BACKLOG_LIMIT: usize = 1 << 20;
+
 /// A loop with members, and how to reach it.
 #[derive(Clone)]
 struct Home {
     thread: ThreadId,
     handle: LoopHandle,
+    /// Bytes of frames posted to this loop and not yet delivered.
+    backlog: Arc<AtomicUsize>,
+}
+
+/// Takes a delivery's bytes off its loop's backlog when the task is done with, whether it
+/// ran or was dropped with a loop that stopped.
+struct Pending {
+    backlog: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.backlog.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 pub struct Room {
@@ -77,7 +102,11 @@ impl Room {
             let me = thread::current().id();
             self.update_homes(|homes| {
                 homes.retain(|h| h.thread != me);
-                homes.push(Home { thread: me, handle });
+                homes.push(Home {
+                    thread: me,
+                    handle,
+                    backlog: Arc::new(AtomicUsize::new(0)),
+                });
             });
         }
     }
@@ -103,17 +132,44 @@ impl Room {
     }
 
     /// Sends `frame` to every member: those of `el` (the calling thread's loop) at once, the
-    /// others through their loops' task queues.
-    pub fn broadcast(self: &Arc<Self>, el: &mut EventLoop, frame: Vec<u8>) {
+    /// others through their loops' task queues. True if a loop's backlog is now over
+    /// [`BACKLOG_LIMIT`]: the speaker should pause until [`Room::congested`] says otherwise.
+    pub fn broadcast(self: &Arc<Self>, el: &mut EventLoop, frame: Vec<u8>) -> bool {
         let frame: Arc<[u8]> = frame.into();
-        let homes = Arc::clone(&self.homes.lock().unwrap_or_else(|e| e.into_inner()));
+        let homes = self.homes();
         let me = thread::current().id();
+        let mut congested = false;
         for home in homes.iter().filter(|h| h.thread != me) {
+            let bytes = frame.len();
+            let before = home.backlog.fetch_add(bytes, Ordering::Relaxed);
+            congested |= before + bytes > BACKLOG_LIMIT;
+            let pending = Pending {
+                backlog: Arc::clone(&home.backlog),
+                bytes,
+            };
             let (room, frame) = (Arc::clone(self), Arc::clone(&frame));
-            // A loop that has stopped drops the task: its members are gone with it.
-            home.handle.post(move |el| room.deliver(el, &frame));
+            // A loop that has stopped drops the task (and `pending` with it): its members
+            // are gone with it.
+            home.handle.post(move |el| {
+                room.deliver(el, &frame);
+                drop(pending);
+            });
         }
         self.deliver(el, &frame);
+        congested
+    }
+
+    /// Whether a paused speaker should stay paused: some loop still has more than half of
+    /// [`BACKLOG_LIMIT`] to deliver. Half, so that a speaker resumes into room to talk, not
+    /// to pause again at its next message.
+    pub fn congested(&self) -> bool {
+        self.homes()
+            .iter()
+            .any(|h| h.backlog.load(Ordering::Relaxed) > BACKLOG_LIMIT / 2)
+    }
+
+    fn homes(&self) -> Arc<Vec<Home>> {
+        Arc::clone(&self.homes.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Writes `frame` to each member of the calling thread's loop. The list is copied first:

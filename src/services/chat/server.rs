@@ -9,6 +9,15 @@ use crate::codec::frame::{self, Decoded};
 use crate::net::log_throttle::{left_out_note, LogThrottle};
 use crate::net::{Buffer, CloseReason, Ctx, Handler, HandlerFactory};
 
+/// The timer tag of a speaker paused for a congested room, and how often it looks again.
+const CONGESTION_TIMER: u64 = 2;
+const CONGESTION_CHECK: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// The timer tag of a member whose queue passed the high-water mark but not the slow limit,
+/// and how often its queue is looked at.
+const SLOW_TIMER: u64 = 3;
+const SLOW_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// "A slow member was dropped", at most once a second.
 static SLOW: LogThrottle = LogThrottle::new(1);
 
@@ -33,6 +42,8 @@ pub struct Member {
     joined: bool,
     /// Being closed by us: what else it sent is not read.
     done: bool,
+    /// Reading paused while another loop catches up with what this member said.
+    paused: bool,
 }
 
 impl Member {
@@ -43,6 +54,7 @@ impl Member {
             heartbeat: None,
             joined: false,
             done: false,
+            paused: false,
         }
     }
 
@@ -72,9 +84,16 @@ impl Member {
                 let name = self.name.as_bytes();
                 let msg = frame::frame(MSG, &[&[name.len() as u8], name, body]);
                 let room = Arc::clone(&self.chat.room);
-                match cx.event_loop() {
+                let congested = match cx.event_loop() {
                     Some(el) => room.broadcast(el, msg),
-                    None => self.refuse(cx, "the server runs no loop for this connection"),
+                    None => return self.refuse(cx, "the server runs no loop for this connection"),
+                };
+                if congested && !self.paused {
+                    // Another loop is behind: hear no more from this speaker until it has
+                    // caught up (see `room`). Frames already read are still handled.
+                    self.paused = true;
+                    cx.pause_read();
+                    cx.set_timer(CONGESTION_CHECK, CONGESTION_TIMER);
                 }
             }
             NICK if valid_name(body) => {
@@ -139,12 +158,33 @@ impl Handler for Member {
     }
 
     fn on_timer(&mut self, cx: &mut Ctx<'_>, tag: u64) {
+        if tag == SLOW_TIMER && !self.done {
+            match cx.output_len() {
+                0 => {}
+                q if q > self.slow_limit() => self.drop_slow(cx, q),
+                _ => cx.set_timer(SLOW_CHECK, SLOW_TIMER),
+            }
+            return;
+        }
+        if tag == CONGESTION_TIMER && self.paused {
+            if self.chat.room.congested() {
+                cx.set_timer(CONGESTION_CHECK, CONGESTION_TIMER);
+            } else {
+                self.paused = false;
+                cx.resume_read();
+            }
+            return;
+        }
         if tag != heartbeat::TIMER || self.done {
             return;
         }
         let Some(hb) = self.heartbeat.as_mut() else {
             return;
         };
+        if self.paused {
+            // Not reading it: its silence says nothing.
+            hb.heard(cx.now());
+        }
         match hb.fired(cx.now()) {
             Beat::Ping(next) => {
                 cx.write(&frame::frame(PING, &[]));
@@ -164,9 +204,38 @@ impl Handler for Member {
     }
 
     /// A member that does not read would make the room buffer for it without bound: past
-    /// the loop's high-water mark it is dropped, with a reset (a graceful close would wait
-    /// for it to read all of it first).
+    /// the slow limit it is dropped, with a reset (a graceful close would wait for it to
+    /// read all of it first). The loop calls this when the queue first passes its high-water
+    /// mark (1 MiB); with frames of megabytes allowed, that can be one message, so below the
+    /// limit the queue is looked at again every [`SLOW_CHECK`] until it drains.
     fn on_high_water(&mut self, cx: &mut Ctx<'_>, queued: usize) {
+        if queued <= self.slow_limit() {
+            cx.set_timer(SLOW_CHECK, SLOW_TIMER);
+            return;
+        }
+        self.drop_slow(cx, queued);
+    }
+
+    /// The client's FIN: it has left. What is queued for it still goes out before ours.
+    fn on_peer_shutdown(&mut self, cx: &mut Ctx<'_>) {
+        self.leave(cx);
+        cx.shutdown_write();
+    }
+
+    fn on_close(&mut self, cx: &mut Ctx<'_>, _reason: CloseReason) {
+        self.leave(cx);
+    }
+}
+
+impl Member {
+    /// The most that may wait for a member: the high-water mark, or two of the largest
+    /// messages when frames are that large.
+    fn slow_limit(&self) -> usize {
+        let largest_msg = frame::HEADER + 2 + super::MAX_NAME + self.chat.settings.max_frame;
+        (1 << 20).max(2 * largest_msg)
+    }
+
+    fn drop_slow(&mut self, cx: &mut Ctx<'_>, queued: usize) {
         if let Some(left_out) = SLOW.turn() {
             tracing::warn!(
                 "chat: dropped {} ({:?}), which read too slowly: {queued} bytes were waiting \
@@ -179,15 +248,5 @@ impl Handler for Member {
         self.leave(cx);
         self.done = true;
         cx.abort();
-    }
-
-    /// The client's FIN: it has left. What is queued for it still goes out before ours.
-    fn on_peer_shutdown(&mut self, cx: &mut Ctx<'_>) {
-        self.leave(cx);
-        cx.shutdown_write();
-    }
-
-    fn on_close(&mut self, cx: &mut Ctx<'_>, _reason: CloseReason) {
-        self.leave(cx);
     }
 }
