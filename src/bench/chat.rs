@@ -251,6 +251,9 @@ pub fn run(opts: &ChatLoadOptions) -> io::Result<ChatLoadReport> {
         let secs = t0.elapsed().as_secs_f64();
         // Silence, then let the room settle: every message sent should reach every member.
         counters.silent.store(true, Ordering::Relaxed);
+        // A speaker that looked at the flag just before it was set may still send one more:
+        // give it the moment it needs, so that the count below waits for that one too.
+        std::thread::sleep(Duration::from_millis(20));
         let settle = Instant::now() + Duration::from_secs(5);
         let want = || counters.sent.load(Ordering::Relaxed) * opts.members as u64;
         while counters.delivered.load(Ordering::Relaxed) < want()

@@ -45,6 +45,10 @@ use crate::reactor::timer_wheel::TimerKey;
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ConnId(pub Token);
 
+/// The most `EventLoop::write_batched` holds back for one connection before it sends
+/// without waiting for the end of the turn: a batch is for saving syscalls, not a buffer.
+pub const BATCH_LIMIT: usize = 64 * 1024;
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum ConnState {
     /// Outgoing, non-blocking connect in progress.
@@ -721,6 +725,60 @@ impl EventLoop {
         true
     }
 
+    /// Queues `data` on connection `id` without sending it yet (up to [`BATCH_LIMIT`] bytes): what is queued this way during
+    /// one turn of the loop (the events of one wait, the tasks posted to it, its timers) leaves
+    /// at the end of the turn, one `writev` per connection. For fan-out: a chat loop handling
+    /// ten messages in a turn writes each member once, not ten times. Order with `write` is
+    /// kept (a `write` behind batched bytes queues behind them). False if the connection is
+    /// gone or its write side is shut.
+    pub fn write_batched(&mut self, id: ConnId, data: &[u8]) -> bool {
+        let Some(conn) = self.conn_mut(id) else {
+            return false;
+        };
+        if !conn.takes_output() {
+            return false;
+        }
+        if data.is_empty() {
+            return true;
+        }
+        let first = conn.output.is_empty() && conn.state != ConnState::Connecting;
+        // Interest is left alone: the flush at the end of the turn usually empties the queue,
+        // and a level-triggered poller would pay an `epoll_ctl` to turn writing on and another
+        // to turn it off.
+        self.enqueue_with(id, false, |q, pool| q.push_bytes(data, || pool.get()));
+        if first {
+            self.batched.push(id);
+        }
+        // A long turn (thousands of posted messages) must not queue without bound before its
+        // end: past a batch's worth, send at once (when the calling handler returns).
+        if self.conn(id).is_some_and(|c| c.output_len() >= BATCH_LIMIT) {
+            self.deferred.push(Deferred::Flush(id));
+            self.run_deferred();
+        }
+        true
+    }
+
+    /// Sends what `write_batched` queued this turn (`EventLoop::run`, at the end of a turn).
+    pub(crate) fn flush_batched(&mut self) {
+        if self.batched.is_empty() {
+            return;
+        }
+        let batched = std::mem::take(&mut self.batched);
+        for &id in &batched {
+            let unsent = self.conn(id).is_some_and(|c| !c.output.is_empty());
+            if unsent {
+                self.conn_writable(id);
+                // Still unsent (the socket is full): wait for it to be writable.
+                self.update_interest(id);
+            }
+            self.run_deferred();
+        }
+        if self.batched.is_empty() {
+            self.batched = batched; // keep the allocation
+            self.batched.clear();
+        }
+    }
+
     /// Sends `head` and then `range` of a file, the file with sendfile (no copy through user
     /// space), after whatever is queued; `head` leaves with MSG_MORE so it shares a packet
     /// with the file's first bytes. False if the connection is gone or its write side is shut.
@@ -753,6 +811,16 @@ impl EventLoop {
         id: ConnId,
         push: impl FnOnce(&mut OutputQueue, &mut BufferPool),
     ) {
+        self.enqueue_with(id, true, push)
+    }
+
+    /// `enqueue`, turning write interest on for a queue that was empty only if `interest`.
+    fn enqueue_with(
+        &mut self,
+        id: ConnId,
+        interest: bool,
+        push: impl FnOnce(&mut OutputQueue, &mut BufferPool),
+    ) {
         let high_water = self.cfg.high_water;
         let EventLoop { slots, pool, .. } = self;
         let Some(Source::Conn(conn)) = slot_in_mut(slots, id.0).map(|s| &mut s.source) else {
@@ -765,7 +833,7 @@ impl EventLoop {
             conn.above_high_water = true;
             self.deferred.push(Deferred::HighWater(id));
         }
-        if was_empty {
+        if was_empty && interest {
             self.update_interest(id);
         }
     }

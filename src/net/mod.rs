@@ -13,7 +13,7 @@ pub mod udp;
 
 pub use buffer::Buffer;
 pub use buffer_pool::BufferPool;
-pub use connection::{CloseReason, ConnId, ConnectError};
+pub use connection::{CloseReason, ConnId, ConnectError, BATCH_LIMIT};
 pub use handler::{Ctx, Handler};
 pub use listener::{
     bind_tcp, bind_tcp_group, close_refused, AcceptHook, HandlerFactory, ListenOptions,

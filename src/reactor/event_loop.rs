@@ -185,6 +185,8 @@ pub struct EventLoop {
     /// work (read budget spent, accept bound reached, or read resumed after a pause).
     pub(crate) ready: Vec<Token>,
     ready_spare: Vec<Token>,
+    /// Connections with output queued by `write_batched` this turn, flushed at its end.
+    pub(crate) batched: Vec<ConnId>,
     /// An fd held in reserve for the EMFILE dance (DESIGN rule 6).
     pub(crate) reserve_fd: Option<OwnedFd>,
     /// Listeners that stopped accepting for want of an fd; revisited when a connection closes.
@@ -231,6 +233,7 @@ impl EventLoop {
             deferred_depth: 0,
             ready: Vec::new(),
             ready_spare: Vec::new(),
+            batched: Vec::new(),
             reserve_fd: None,
             accept_starved: Vec::new(),
             warned_register: false,
@@ -509,6 +512,7 @@ impl EventLoop {
                                  // Checked before the wait too: a loop whose work ended before it ever waited (a
                                  // thread-per-conn loop whose one connection was reset while `on_connect` wrote
                                  // to it, inside `adopt`) may have nothing left that would ever wake it.
+            self.flush_batched();
             if self.finished() {
                 break;
             }
@@ -523,6 +527,7 @@ impl EventLoop {
             }
             self.run_ready_list();
             self.expire_timers();
+            self.flush_batched();
             if self.now_tick >= self.published_at.saturating_add(PUBLISH_EVERY_MS) {
                 self.publish_stats();
             }

@@ -172,13 +172,15 @@ impl Room {
         Arc::clone(&self.homes.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Writes `frame` to each member of the calling thread's loop. The list is copied first:
-    /// a write can drop a member (a slow one, see the server's `on_high_water`), which
-    /// changes the list.
+    /// Queues `frame` for each member of the calling thread's loop, to leave at the end of
+    /// the loop's turn (`EventLoop::write_batched`): the messages a turn brings (several
+    /// speakers' reads, a batch of posted tasks) reach each member in one write. The list is
+    /// copied first: a write can drop a member (a slow one, see the server's
+    /// `on_high_water`), which changes the list.
     fn deliver(&self, el: &mut EventLoop, frame: &[u8]) {
         let members = self.with_members(|m| m.clone());
         for id in members {
-            el.write(id, frame);
+            el.write_batched(id, frame);
         }
     }
 
