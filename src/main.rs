@@ -431,13 +431,8 @@ impl ServerArgs {
         }
     }
 
-    /// The command line, over the config file's `section`, over the built-in defaults. On a
-    /// bad file: one message line per error.
-    fn resolve(&self, section: Section) -> Result<(ServerSettings, ServerOptions), Vec<String>> {
-        self.resolve_with(section, self.settings())
-    }
-
-    /// Like `resolve`, with command-line settings already gathered (`keel http` adds its own).
+    /// `cli` (the command line's settings, a server's own options added) over the config
+    /// file's `section`, over the built-in defaults. On a bad file: one message line per error.
     fn resolve_with(
         &self,
         section: Section,
@@ -473,12 +468,48 @@ fn section_defaults(section: Section, settings: &mut ServerSettings) {
 
 /// Resolves a server's options, or prints why not and exits 2 (bad arguments).
 fn resolve_or_exit(args: &ServerArgs, section: Section) -> (ServerSettings, ServerOptions) {
-    args.resolve(section).unwrap_or_else(|errors| {
+    resolve_cli_or_exit(args, section, args.settings())
+}
+
+/// `resolve_or_exit` with the command line's settings given (a server's own options added).
+fn resolve_cli_or_exit(
+    args: &ServerArgs,
+    section: Section,
+    cli: ServerSettings,
+) -> (ServerSettings, ServerOptions) {
+    args.resolve_with(section, cli).unwrap_or_else(|errors| {
         for e in errors {
             eprintln!("keel: {e}");
         }
         std::process::exit(2)
     })
+}
+
+/// Serves a TCP server whose handler factory `build` makes from its settings, and makes
+/// again at a reload. Settings the factory refuses (no backend, a model the server cannot run
+/// under) are bad arguments: exit 2, before anything starts.
+fn serve_built(
+    args: &ServerArgs,
+    section: Section,
+    name: &'static str,
+    cli: ServerSettings,
+    build: impl Fn(&ServerSettings) -> Result<HandlerFactory, String> + Send + Sync + 'static,
+) -> std::io::Result<()> {
+    let (settings, opts) = resolve_cli_or_exit(args, section, cli.clone());
+    let factory = build(&settings).unwrap_or_else(|e| {
+        eprintln!("keel: {e}");
+        std::process::exit(2)
+    });
+    let _log_guard = init_logging(&settings);
+    server::serve(
+        &opts,
+        &Service {
+            name,
+            factory,
+            udp: None,
+            reload: reloader(args.config.clone(), section, cli, false, build),
+        },
+    )
 }
 
 /// Starts logging as configured; the guard keeps the file writer until exit.
@@ -635,15 +666,7 @@ fn main() -> ExitCode {
         Command::Http(args) => {
             let mut cli = args.server.settings();
             cli.http = args.http_settings();
-            let (settings, opts) = args
-                .server
-                .resolve_with(Section::Http, cli.clone())
-                .unwrap_or_else(|errors| {
-                    for e in errors {
-                        eprintln!("keel: {e}");
-                    }
-                    std::process::exit(2)
-                });
+            let (settings, opts) = resolve_cli_or_exit(&args.server, Section::Http, cli.clone());
             _log_guard = init_logging(&settings);
             let build = |s: &ServerSettings| -> Result<HandlerFactory, String> {
                 let mut http = s.http.clone();
@@ -680,71 +703,16 @@ fn main() -> ExitCode {
         Command::Proxy(args) => {
             let mut cli = args.server.settings();
             cli.proxy = args.proxy_settings();
-            let (settings, opts) = args
-                .server
-                .resolve_with(Section::Proxy, cli.clone())
-                .unwrap_or_else(|errors| {
-                    for e in errors {
-                        eprintln!("keel: {e}");
-                    }
-                    std::process::exit(2)
-                });
-            // Bad arguments (no backend, a model the proxy cannot run under): exit 2, before
-            // anything starts.
-            let factory = proxy_factory(&settings).unwrap_or_else(|e| {
-                eprintln!("keel: {e}");
-                std::process::exit(2)
-            });
-            _log_guard = init_logging(&settings);
-            server::serve(
-                &opts,
-                &Service {
-                    name: "proxy",
-                    factory,
-                    udp: None,
-                    reload: reloader(
-                        args.server.config.clone(),
-                        Section::Proxy,
-                        cli,
-                        false,
-                        proxy_factory,
-                    ),
-                },
-            )
+            serve_built(&args.server, Section::Proxy, "proxy", cli, proxy_factory)
         }
         Command::Chat(args) => {
             let mut cli = args.server.settings();
             cli.chat = args.chat.settings();
-            let (settings, opts) = args
-                .server
-                .resolve_with(Section::Chat, cli.clone())
-                .unwrap_or_else(|errors| {
-                    for e in errors {
-                        eprintln!("keel: {e}");
-                    }
-                    std::process::exit(2)
-                });
+            // Made once: a reload's new factory takes the same room.
             let room = Arc::new(Room::new());
-            let factory = chat_factory(&settings, &room).unwrap_or_else(|e| {
-                eprintln!("keel: {e}");
-                std::process::exit(2)
-            });
-            _log_guard = init_logging(&settings);
-            server::serve(
-                &opts,
-                &Service {
-                    name: "chat",
-                    factory,
-                    udp: None,
-                    reload: reloader(
-                        args.server.config.clone(),
-                        Section::Chat,
-                        cli,
-                        false,
-                        move |s| chat_factory(s, &room),
-                    ),
-                },
-            )
+            serve_built(&args.server, Section::Chat, "chat", cli, move |s| {
+                chat_factory(s, &room)
+            })
         }
         Command::ChatClient(args) => {
             let settings = args.chat.settings().resolve();

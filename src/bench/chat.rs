@@ -12,7 +12,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::codec::frame::{self, Decoded};
@@ -90,18 +90,7 @@ struct Counters {
     silent: AtomicBool,
     said: AtomicU64,
     delivered: AtomicU64,
-    errors: AtomicU64,
-    first_error: Mutex<Option<String>>,
-}
-
-impl Counters {
-    fn failed(&self, what: impl FnOnce() -> String) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
-        if first.is_none() {
-            *first = Some(what());
-        }
-    }
+    failures: super::Failures,
 }
 
 struct LoadMember {
@@ -152,7 +141,7 @@ impl LoadMember {
     }
 
     fn fail(&mut self, cx: &mut Ctx<'_>, why: String) {
-        self.counters.failed(|| why);
+        self.counters.failures.failed(|| why);
         cx.abort();
     }
 }
@@ -191,9 +180,10 @@ impl Handler for LoadMember {
     fn on_close(&mut self, _cx: &mut Ctx<'_>, reason: CloseReason) {
         match reason {
             CloseReason::Aborted => {}
-            CloseReason::ConnectFailed(e) => self.counters.failed(|| e.to_string()),
+            CloseReason::ConnectFailed(e) => self.counters.failures.failed(|| e.to_string()),
             other => self
                 .counters
+                .failures
                 .failed(|| format!("the server closed a member: {other:?}")),
         }
     }
@@ -242,7 +232,7 @@ pub fn run(opts: &ChatLoadOptions) -> io::Result<ChatLoadReport> {
     }
     let deadline = Instant::now() + JOIN_TIMEOUT;
     while counters.joined.load(Ordering::Relaxed) < opts.members
-        && counters.errors.load(Ordering::Relaxed) == 0
+        && counters.failures.count() == 0
         && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(1));
@@ -250,10 +240,8 @@ pub fn run(opts: &ChatLoadOptions) -> io::Result<ChatLoadReport> {
     let joined = counters.joined.load(Ordering::Relaxed);
     let result = if joined < opts.members {
         let why = counters
-            .first_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .failures
+            .first()
             .unwrap_or_else(|| format!("only {joined} of {} members joined", opts.members));
         Err(io::Error::other(format!("chat load: {why}")))
     } else {
@@ -275,7 +263,7 @@ pub fn run(opts: &ChatLoadOptions) -> io::Result<ChatLoadReport> {
         let settle = Instant::now() + Duration::from_secs(5);
         let want = || counters.sent.load(Ordering::Relaxed) * opts.members as u64;
         while counters.delivered.load(Ordering::Relaxed) < want()
-            && counters.errors.load(Ordering::Relaxed) == 0
+            && counters.failures.count() == 0
             && Instant::now() < settle
         {
             std::thread::sleep(Duration::from_millis(1));
@@ -294,11 +282,7 @@ pub fn run(opts: &ChatLoadOptions) -> io::Result<ChatLoadReport> {
     let delivered_total = counters.delivered.load(Ordering::Relaxed);
     let undelivered = (counters.sent.load(Ordering::Relaxed) * opts.members as u64)
         .saturating_sub(delivered_total);
-    let first_error = counters
-        .first_error
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
+    let first_error = counters.failures.first();
     Ok(ChatLoadReport {
         members: opts.members,
         speakers: opts.speakers,
@@ -309,7 +293,7 @@ pub fn run(opts: &ChatLoadOptions) -> io::Result<ChatLoadReport> {
         said_total,
         delivered_total,
         undelivered,
-        errors: counters.errors.load(Ordering::Relaxed),
+        errors: counters.failures.count(),
         first_error,
     })
 }

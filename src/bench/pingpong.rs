@@ -5,7 +5,7 @@
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::net::{Buffer, CloseReason, Ctx, Handler};
@@ -65,18 +65,7 @@ impl std::fmt::Display for PingpongReport {
 #[derive(Default)]
 struct Counters {
     messages: AtomicU64,
-    errors: AtomicU64,
-    first_error: Mutex<Option<String>>,
-}
-
-impl Counters {
-    fn failed(&self, what: impl FnOnce() -> String) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
-        if first.is_none() {
-            *first = Some(what());
-        }
-    }
+    failures: super::Failures,
 }
 
 struct PingClient {
@@ -112,9 +101,12 @@ impl Handler for PingClient {
         }
         match reason {
             CloseReason::Normal | CloseReason::Aborted => {}
-            CloseReason::ConnectFailed(e) => self.counters.failed(|| e.to_string()),
-            CloseReason::Error(kind) => self.counters.failed(|| kind.to_string()),
-            other => self.counters.failed(|| format!("closed: {other:?}")),
+            CloseReason::ConnectFailed(e) => self.counters.failures.failed(|| e.to_string()),
+            CloseReason::Error(kind) => self.counters.failures.failed(|| kind.to_string()),
+            other => self
+                .counters
+                .failures
+                .failed(|| format!("closed: {other:?}")),
         }
     }
 }
@@ -143,7 +135,7 @@ pub fn run(opts: &PingpongOptions) -> io::Result<PingpongReport> {
                     "pingpong: stopped opening idle connections at {}: {e}",
                     idle.len()
                 );
-                counters.failed(|| format!("idle connection: {e}"));
+                counters.failures.failed(|| format!("idle connection: {e}"));
                 break;
             }
         }
@@ -188,17 +180,13 @@ pub fn run(opts: &PingpongOptions) -> io::Result<PingpongReport> {
             .map_err(|_| io::Error::other("a load thread panicked"))??;
     }
     let secs = start.elapsed().as_secs_f64();
-    let first_error = counters
-        .first_error
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
+    let first_error = counters.failures.first();
     Ok(PingpongReport {
         conns: opts.conns,
         size: opts.size,
         secs,
         messages: counters.messages.load(Ordering::Relaxed),
-        errors: counters.errors.load(Ordering::Relaxed),
+        errors: counters.failures.count(),
         idle_opened: idle.len(),
         first_error,
     })
