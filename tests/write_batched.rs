@@ -81,3 +81,63 @@ fn batched_output_keeps_order_and_every_byte_then_the_fin() {
         assert!(rest.iter().all(|&b| b == b'c'), "{engine}");
     }
 }
+
+/// Streams `CHUNKS` × 1 KiB, each queued with `write_batched`: the first in `on_connect`, the
+/// next from each `on_drained` (a producer that makes the next chunk when the last has left),
+/// then closes.
+struct Streamer {
+    sent: usize,
+}
+
+const CHUNKS: usize = 50;
+
+impl Streamer {
+    fn next(&mut self, cx: &mut Ctx<'_>) {
+        if self.sent == CHUNKS {
+            cx.close();
+            return;
+        }
+        self.sent += 1;
+        let id = cx.id();
+        cx.event_loop()
+            .expect("on the loop")
+            .write_batched(id, &[b'x'; 1024]);
+    }
+}
+
+impl Handler for Streamer {
+    fn on_connect(&mut self, cx: &mut Ctx<'_>) {
+        self.next(cx);
+    }
+    fn on_data(&mut self, _cx: &mut Ctx<'_>, input: &mut Buffer) {
+        input.clear();
+    }
+    fn on_drained(&mut self, cx: &mut Ctx<'_>) {
+        self.next(cx);
+    }
+    fn on_close(&mut self, cx: &mut Ctx<'_>, _reason: keel::net::CloseReason) {
+        stop_loop(cx);
+    }
+}
+
+#[test]
+fn a_batch_queued_from_on_drained_leaves_without_waiting_for_an_event() {
+    // Found by review: the flush before the wait called `on_drained`, whose batch then waited
+    // for an event that an edge-triggered poller never sends for a socket that never filled.
+    for engine in Engine::ALL {
+        let (_el, (len, eof)) = serve_with_client(
+            config(engine),
+            || Box::new(Streamer { sent: 0 }),
+            Duration::from_secs(10),
+            |addr| {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                let mut buf = Vec::new();
+                let end = s.read_to_end(&mut buf);
+                (buf.len(), end.is_ok())
+            },
+        );
+        assert_eq!(len, CHUNKS * 1024, "{engine}");
+        assert!(eof, "{engine}: the close came after the last chunk");
+    }
+}

@@ -751,7 +751,10 @@ impl EventLoop {
         }
         // A long turn (thousands of posted messages) must not queue without bound before its
         // end: past a batch's worth, send at once (when the calling handler returns).
-        if self.conn(id).is_some_and(|c| c.output_len() >= BATCH_LIMIT) {
+        if self
+            .conn(id)
+            .is_some_and(|c| c.output_len() >= BATCH_LIMIT && c.state != ConnState::Connecting)
+        {
             self.deferred.push(Deferred::Flush(id));
             self.run_deferred();
         }

@@ -509,11 +509,13 @@ impl EventLoop {
     fn run_iterations(&mut self, events: &mut Vec<Event>) -> io::Result<()> {
         while !self.quit {
             self.run_deferred(); // work queued by calls made before `run` or between iterations
-                                 // Checked before the wait too: a loop whose work ended before it ever waited (a
-                                 // thread-per-conn loop whose one connection was reset while `on_connect` wrote
-                                 // to it, inside `adopt`) may have nothing left that would ever wake it.
             self.flush_batched();
-            if self.finished() {
+            // Checked before the wait too: a loop whose work ended before it ever waited (a
+            // thread-per-conn loop whose one connection was reset while `on_connect` wrote
+            // to it, inside `adopt`) may have nothing left that would ever wake it. Not while
+            // a timer or a posted task (a connection handed over, say) can still bring work.
+            if self.finished() && self.timers.next_deadline().is_none() && !self.shared.has_tasks()
+            {
                 break;
             }
             let timeout = self.poll_timeout();
@@ -555,7 +557,10 @@ impl EventLoop {
     }
 
     fn poll_timeout(&mut self) -> Option<Duration> {
-        if !self.ready.is_empty() || self.quit {
+        // Batched output queued by the flush just made (a handler's `on_drained` producing
+        // the next chunk) goes out at the end of the next turn, which must not wait: an
+        // edge-triggered poller has no event coming for a socket that never filled.
+        if !self.ready.is_empty() || self.quit || !self.batched.is_empty() {
             return Some(Duration::ZERO);
         }
         // Measured from this iteration's clock reading, as nginx does with its cached time:

@@ -49,6 +49,12 @@ impl Shared {
         }
     }
 
+    /// Whether a task is waiting to be run.
+    pub(crate) fn has_tasks(&self) -> bool {
+        let q = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        q.as_ref().is_some_and(|q| !q.is_empty())
+    }
+
     /// Called when the loop is dropped: later posts return false, queued tasks are dropped.
     pub(crate) fn close(&self) {
         let old = self.tasks.lock().unwrap_or_else(|e| e.into_inner()).take();
