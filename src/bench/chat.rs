@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::codec::frame::{self, Decoded};
+use crate::codec::frame;
 use crate::net::{Buffer, CloseReason, Ctx, Handler};
 use crate::reactor::{Engine, EventLoop, LoopConfig};
 use crate::services::chat::{MSG, NOTICE, PING, PONG, SAY};
@@ -162,18 +162,12 @@ impl Handler for LoadMember {
     }
 
     fn on_data(&mut self, cx: &mut Ctx<'_>, input: &mut Buffer) {
-        loop {
-            match frame::decode(input.as_slice(), frame::MAX_LIMIT) {
-                Ok(Decoded::Frame { kind, body, size }) => {
-                    self.on_frame(cx, kind, body);
-                    input.consume(size);
-                }
-                Ok(Decoded::Partial) => return,
-                Err(e) => {
-                    input.clear();
-                    return self.fail(cx, e.to_string());
-                }
-            }
+        let read = frame::drain(input, frame::MAX_LIMIT, |kind, body| {
+            self.on_frame(cx, kind, body);
+            true
+        });
+        if let Err(e) = read {
+            self.fail(cx, e.to_string());
         }
     }
 

@@ -15,6 +15,8 @@
 
 use std::fmt;
 
+use crate::net::Buffer;
+
 /// Bytes of the length field.
 pub const HEADER: usize = 4;
 
@@ -77,6 +79,33 @@ pub fn decode(input: &[u8], limit: usize) -> Result<Decoded<'_>, FrameError> {
             size,
         }),
         None => Ok(Decoded::Partial),
+    }
+}
+
+/// Hands each whole frame at the front of `input` to `on_frame` and consumes it, until only
+/// a partial frame is left (kept for the next read) or `on_frame` returns false (the rest is
+/// left as it is). A header that breaks the format is returned as the error, with `input`
+/// cleared: nothing after it can be trusted. The read loop of every framed handler.
+pub fn drain(
+    input: &mut Buffer,
+    limit: usize,
+    mut on_frame: impl FnMut(u8, &[u8]) -> bool,
+) -> Result<(), FrameError> {
+    loop {
+        match decode(input.as_slice(), limit) {
+            Ok(Decoded::Frame { kind, body, size }) => {
+                let go_on = on_frame(kind, body);
+                input.consume(size);
+                if !go_on {
+                    return Ok(());
+                }
+            }
+            Ok(Decoded::Partial) => return Ok(()),
+            Err(e) => {
+                input.clear();
+                return Err(e);
+            }
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use super::heartbeat::{self, Beat, Heartbeat};
 use super::{ChatSettings, ERROR, MAX_NAME, MSG, NICK, NOTICE, PING, PONG, SAY};
-use crate::codec::frame::{self, Decoded};
+use crate::codec::frame;
 use crate::net::{Buffer, CloseReason, Ctx, Handler};
 use crate::reactor::{EventLoop, LoopConfig};
 
@@ -174,21 +174,15 @@ impl Handler for Session {
     fn on_data(&mut self, cx: &mut Ctx<'_>, input: &mut Buffer) {
         // A MSG carries a name besides a body of up to the limit.
         let limit = self.settings.max_frame + 1 + MAX_NAME;
-        loop {
-            match frame::decode(input.as_slice(), limit) {
-                Ok(Decoded::Frame { kind, body, size }) => {
-                    if let Some(hb) = self.heartbeat.as_mut() {
-                        hb.heard(cx.now());
-                    }
-                    self.on_frame(cx, kind, body);
-                    input.consume(size);
-                }
-                Ok(Decoded::Partial) => return,
-                Err(e) => {
-                    input.clear();
-                    return self.fail(cx, format!("from the server: {e}"));
-                }
+        let read = frame::drain(input, limit, |kind, body| {
+            if let Some(hb) = self.heartbeat.as_mut() {
+                hb.heard(cx.now());
             }
+            self.on_frame(cx, kind, body);
+            true
+        });
+        if let Err(e) = read {
+            self.fail(cx, format!("from the server: {e}"));
         }
     }
 

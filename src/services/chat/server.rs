@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::heartbeat::{self, Beat, Heartbeat};
 use super::room::Room;
 use super::{valid_name, ChatSettings, ERROR, MSG, NICK, NOTICE, PING, PONG, SAY};
-use crate::codec::frame::{self, Decoded};
+use crate::codec::frame;
 use crate::net::log_throttle::{left_out_note, LogThrottle};
 use crate::net::{Buffer, CloseReason, Ctx, Handler, HandlerFactory};
 
@@ -139,22 +139,19 @@ impl Handler for Member {
 
     fn on_data(&mut self, cx: &mut Ctx<'_>, input: &mut Buffer) {
         let limit = self.chat.settings.max_frame;
-        while !self.done {
-            match frame::decode(input.as_slice(), limit) {
-                Ok(Decoded::Frame { kind, body, size }) => {
-                    if let Some(hb) = self.heartbeat.as_mut() {
-                        hb.heard(cx.now());
-                    }
-                    self.on_frame(cx, kind, body);
-                    input.consume(size);
-                }
-                Ok(Decoded::Partial) => return,
-                Err(e) => {
-                    self.refuse(cx, &e.to_string());
-                }
+        let read = frame::drain(input, limit, |kind, body| {
+            if let Some(hb) = self.heartbeat.as_mut() {
+                hb.heard(cx.now());
             }
+            self.on_frame(cx, kind, body);
+            !self.done
+        });
+        if let Err(e) = read {
+            self.refuse(cx, &e.to_string());
         }
-        input.clear();
+        if self.done {
+            input.clear();
+        }
     }
 
     fn on_timer(&mut self, cx: &mut Ctx<'_>, tag: u64) {
