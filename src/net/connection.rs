@@ -725,12 +725,12 @@ impl EventLoop {
         true
     }
 
-    /// Queues `data` on connection `id` without sending it yet (up to [`BATCH_LIMIT`] bytes): what is queued this way during
+    /// Queues `data` on connection `id` without sending it yet: what is queued this way during
     /// one turn of the loop (the events of one wait, the tasks posted to it, its timers) leaves
-    /// at the end of the turn, one `writev` per connection. For fan-out: a chat loop handling
-    /// ten messages in a turn writes each member once, not ten times. Order with `write` is
-    /// kept (a `write` behind batched bytes queues behind them). False if the connection is
-    /// gone or its write side is shut.
+    /// at the end of the turn, one `writev` per connection, or at once past [`BATCH_LIMIT`]
+    /// bytes. For fan-out: a chat loop handling ten messages in a turn writes each member
+    /// once, not ten times. Order with `write` is kept (a `write` behind batched bytes queues
+    /// behind them). False if the connection is gone or its write side is shut.
     pub fn write_batched(&mut self, id: ConnId, data: &[u8]) -> bool {
         let Some(conn) = self.conn_mut(id) else {
             return false;
