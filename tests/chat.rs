@@ -547,11 +547,7 @@ fn the_client_says_its_lines_prints_the_room_and_exits_0_at_end_of_input() {
 
 #[test]
 fn the_client_exits_1_with_the_reason_when_the_server_is_unreachable_or_silent() {
-    // Nothing listens: bound, not listening.
-    let held = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    held.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    let dead = held.local_addr().unwrap().as_socket().unwrap();
+    let (_held, dead) = util::dead_addr(); // refused: bound, not listening
     let out = client(dead, &[]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -663,10 +659,7 @@ fn bench_chat_counts_every_delivery_and_fails_when_nothing_answers() {
     assert!(delivered >= said * 20, "{stdout}");
     assert_eq!(field("errors"), 0, "{stdout}");
 
-    let held = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    held.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    let dead = held.local_addr().unwrap().as_socket().unwrap();
+    let (_held, dead) = util::dead_addr(); // refused: bound, not listening
     let out = Command::new(keel_bin())
         .args([
             "bench",

@@ -303,11 +303,7 @@ fn a_backend_that_half_closes_first_still_receives_the_clients_upload() {
 
 #[test]
 fn an_unreachable_backend_closes_the_client_cleanly_and_promptly() {
-    // A port nothing listens on: bound (no other test can take it) but not listening.
-    let held = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    held.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    let dead = held.local_addr().unwrap().as_socket().unwrap();
+    let (_held, dead) = util::dead_addr(); // refused: bound, not listening
     for engine in Engine::ALL {
         let relay = Relay::start(config(engine), dead);
         let mut c = connect(relay.addr);

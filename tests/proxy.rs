@@ -12,7 +12,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::{random_bytes, read_until_end, rss_kib, End, Opts};
+use util::{dead_addr, random_bytes, read_until_end, rss_kib, End, Opts};
 
 /// Engines, for the tests that hold under each.
 const ENGINES: [&str; 4] = ["select", "poll", "epoll-lt", "epoll-et"];
@@ -100,16 +100,6 @@ fn stuck_backend() -> ((socket2::Socket, Vec<TcpStream>), SocketAddr) {
         .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok())
         .collect();
     ((sock, fillers), addr)
-}
-
-/// An address nothing listens on, for as long as the returned socket lives: it is bound (so no
-/// other test can take the port) and not listening (so a connect to it is refused).
-fn dead_addr() -> (socket2::Socket, SocketAddr) {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    let addr = sock.local_addr().unwrap().as_socket().unwrap();
-    (sock, addr)
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {

@@ -829,6 +829,16 @@ pub fn first_listening_addr(child: &mut std::process::Child) -> SocketAddr {
         .unwrap()
 }
 
+/// An address nothing listens on, for as long as the returned socket lives: it is bound (so no
+/// other test can take the port) and not listening (so a connect to it is refused).
+pub fn dead_addr() -> (socket2::Socket, SocketAddr) {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    (sock, addr)
+}
+
 pub fn connect(addr: SocketAddr) -> TcpStream {
     try_connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"))
 }
