@@ -73,7 +73,7 @@ struct ServerArgs {
     /// http: 127.0.0.1:8080].
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Readiness engine: select, poll, epoll-lt, epoll-et [default: epoll-et].
+    /// Readiness engine: select, poll, epoll-lt, epoll-et, uring [default: epoll-et].
     #[arg(long)]
     engine: Option<Engine>,
     /// Concurrency model: multi-reactor, prefork, half-sync, leader-followers,

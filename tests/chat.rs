@@ -78,6 +78,7 @@ impl Member {
                 Ok(n) => self.pending.extend_from_slice(&buf[..n]),
                 Err(e) if util::is_reset(&e) => return Got::Reset,
                 Err(e) if util::is_timeout(&e) => return Got::Timeout,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => panic!("read: {e}"),
             }
         }

@@ -374,7 +374,7 @@ backlog = 1979-05-27
             "5: key `echo.listen`: expected a string IP:PORT (e.g. \"127.0.0.1:7007\", \
              \"[::1]:7007\"), got integer 7007",
             "6: key `echo.engine`: expected a string, one of select, poll, epoll-lt, epoll-et, \
-             got an array",
+             uring, got an array",
             "7: key `echo.max_conns`: expected an integer of at least 1, got float 2.5",
             "8: key `echo.linger_timeout`: expected a number of seconds from 0 to 1e9, got \
              boolean true",
@@ -389,7 +389,7 @@ fn unknown_engine() {
     assert_errors(
         "bad-engine",
         "[echo]\nengine = \"epol\"\n",
-        &["2: key `echo.engine`: expected one of select, poll, epoll-lt, epoll-et, got \"epol\""],
+        &["2: key `echo.engine`: expected one of select, poll, epoll-lt, epoll-et, uring, got \"epol\""],
     );
 }
 
@@ -577,7 +577,7 @@ listen = "0.0.0.0:99999"
 "#,
         &[
             "2: key `echo.threads`: expected an integer from 1 to 10000, got 0",
-            "3: key `echo.engine`: expected one of select, poll, epoll-lt, epoll-et, got \"fast\"",
+            "3: key `echo.engine`: expected one of select, poll, epoll-lt, epoll-et, uring, got \"fast\"",
             "4: key `echo.zzz`: unknown key; expected one of listen, engine, model, threads, \
              accept, idle_timeout, linger_timeout, drain_timeout, max_conns, backlog, reuseport, \
              sndbuf, rcvbuf, work_ms, keepalive, pid_file, rlimit_nofile, daemon, user, group, admin, log_target, log_file, log_filter",
@@ -669,7 +669,7 @@ fn check_reports() {
         (
             format!(
                 "{f}:2: key `echo.threads`: expected an integer from 1 to 10000, got 0\n\
-                 {f}:3: key `echo.engine`: expected one of select, poll, epoll-lt, epoll-et, got \
+                 {f}:3: key `echo.engine`: expected one of select, poll, epoll-lt, epoll-et, uring, got \
                  \"x\"\n\
                  {f}: 2 errors"
             ),
@@ -733,7 +733,7 @@ fn check_config_bad_file_exits_1_with_every_error() {
     assert_eq!(
         text(&out.stderr),
         format!(
-            "{f}:2: key `echo.engine`: expected one of select, poll, epoll-lt, epoll-et, got \
+            "{f}:2: key `echo.engine`: expected one of select, poll, epoll-lt, epoll-et, uring, got \
              \"epol\"\n\
              {f}:3: key `echo.threads`: expected an integer from 1 to 10000, got 0\n\
              {f}:6: key `discard.work_ms`: only [echo] takes work_ms; discard has no handler \
@@ -1171,7 +1171,7 @@ accept = "acceptor"
     assert_errors(
         "conflict-after-error",
         "[echo]\nmodel = \"leader-followers\"\nengine = \"kqueue\"\n",
-        &["3: key `echo.engine`: expected one of select, poll, epoll-lt, epoll-et, got \"kqueue\""],
+        &["3: key `echo.engine`: expected one of select, poll, epoll-lt, epoll-et, uring, got \"kqueue\""],
     );
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use util::{dead_addr, random_bytes, read_until_end, rss_kib, End, Opts};
 
 /// Engines, for the tests that hold under each.
-const ENGINES: [&str; 4] = ["select", "poll", "epoll-lt", "epoll-et"];
+const ENGINES: [&str; 5] = ["select", "poll", "epoll-lt", "epoll-et", "uring"];
 /// The relay's two paths: through pipes (the default) and copying through a buffer.
 const SPLICE: [&str; 2] = ["--splice=true", "--splice=false"];
 /// The models the proxy runs under (its handlers need their loop).

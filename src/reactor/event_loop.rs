@@ -211,8 +211,9 @@ pub struct EventLoop {
 }
 
 impl EventLoop {
-    pub fn new(cfg: LoopConfig) -> io::Result<EventLoop> {
-        let poller = Poller::new(cfg.engine)?;
+    pub fn new(mut cfg: LoopConfig) -> io::Result<EventLoop> {
+        let (poller, engine) = Poller::new_or_fallback(cfg.engine)?;
+        cfg.engine = engine;
         let shared = Arc::new(Shared::new(Waker::new()?));
         let pool = BufferPool::new(cfg.buffer_size, cfg.pooled_buffers);
         let mut el = EventLoop {
@@ -708,9 +709,7 @@ impl EventLoop {
     /// held the master's admin connections would keep them open.
     pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
         let mut fds = Vec::new();
-        if let Poller::Epoll(p) = &self.poller {
-            fds.push(p.as_fd());
-        }
+        fds.extend(self.poller.as_fd());
         fds.push(self.shared.waker.as_fd());
         if let Some(r) = &self.reserve_fd {
             fds.push(r.as_fd());

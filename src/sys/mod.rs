@@ -3,3 +3,4 @@
 
 pub mod process;
 pub mod select_poll;
+pub mod uring;

@@ -28,8 +28,8 @@ use nix::unistd::Pid;
 pub mod browser;
 pub mod lib_server;
 
-/// The four readiness engines the contract names.
-pub const ENGINES: [&str; 4] = ["select", "poll", "epoll-lt", "epoll-et"];
+/// The readiness engines the contract names: the four the notes teach, and io_uring's polls.
+pub const ENGINES: [&str; 5] = ["select", "poll", "epoll-lt", "epoll-et", "uring"];
 
 /// Default timeout for socket reads and writes in tests.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,7 +41,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 const STATS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Generates one `#[test]` per engine calling `$f(engine)`: `$f::select`, `$f::poll`,
-/// `$f::epoll_lt`, `$f::epoll_et`.
+/// `$f::epoll_lt`, `$f::epoll_et`, `$f::uring`.
 macro_rules! per_engine {
     ($f:ident) => {
         mod $f {
@@ -60,6 +60,10 @@ macro_rules! per_engine {
             #[test]
             fn epoll_et() {
                 super::$f("epoll-et")
+            }
+            #[test]
+            fn uring() {
+                super::$f("uring")
             }
         }
     };

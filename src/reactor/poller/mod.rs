@@ -7,16 +7,18 @@
 mod epoll;
 mod poll;
 mod select;
+mod uring;
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::str::FromStr;
 use std::time::Duration;
 
 pub use self::epoll::{wait_timespec, EpollPoller};
 pub use self::poll::PollPoller;
 pub use self::select::SelectPoller;
+pub use self::uring::UringPoller;
 use crate::reactor::event::{Event, Interest, Token, Trigger};
 
 /// The readiness engine a loop runs on.
@@ -30,14 +32,18 @@ pub enum Engine {
     /// and it saves the `epoll_ctl` that LT needs each time write interest goes on or off.
     #[default]
     EpollEt,
+    /// io_uring multishot polls, registrations batched into the wait (edge-triggered). Falls
+    /// back to `epoll-et`, with a log line, where the kernel has no usable io_uring.
+    Uring,
 }
 
 impl Engine {
-    pub const ALL: [Engine; 4] = [
+    pub const ALL: [Engine; 5] = [
         Engine::Select,
         Engine::Poll,
         Engine::EpollLt,
         Engine::EpollEt,
+        Engine::Uring,
     ];
 
     pub fn name(self) -> &'static str {
@@ -46,6 +52,7 @@ impl Engine {
             Engine::Poll => "poll",
             Engine::EpollLt => "epoll-lt",
             Engine::EpollEt => "epoll-et",
+            Engine::Uring => "uring",
         }
     }
 }
@@ -63,7 +70,8 @@ impl FromStr for Engine {
             .into_iter()
             .find(|e| e.name() == s)
             .ok_or_else(|| {
-                format!("unknown engine {s:?}: expected one of select, poll, epoll-lt, epoll-et")
+                let names: Vec<&str> = Engine::ALL.iter().map(|e| e.name()).collect();
+                format!("unknown engine {s:?}: expected one of {}", names.join(", "))
             })
     }
 }
@@ -73,6 +81,8 @@ pub enum Poller {
     Select(Box<SelectPoller>),
     Poll(PollPoller),
     Epoll(EpollPoller),
+    /// Boxed: the ring's mappings and queues make it several times the size of the others.
+    Uring(Box<UringPoller>),
 }
 
 impl Poller {
@@ -82,12 +92,40 @@ impl Poller {
             Engine::Poll => Poller::Poll(PollPoller::new()?),
             Engine::EpollLt => Poller::Epoll(EpollPoller::new(Trigger::Level)?),
             Engine::EpollEt => Poller::Epoll(EpollPoller::new(Trigger::Edge)?),
+            Engine::Uring => Poller::Uring(Box::new(UringPoller::new()?)),
         })
+    }
+
+    /// The poller for `engine`, or for `epoll-et` where `engine` is `uring` and the kernel
+    /// refuses io_uring (absent, disabled by sysctl or seccomp, too old): said once per
+    /// process, so a thread-per-connection server does not say it per connection. The engine
+    /// actually running is returned beside it.
+    pub fn new_or_fallback(engine: Engine) -> io::Result<(Poller, Engine)> {
+        match Poller::new(engine) {
+            Err(e) if engine == Engine::Uring => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    tracing::warn!("io_uring unavailable ({e}): running on epoll-et instead")
+                });
+                Ok((Poller::new(Engine::EpollEt)?, Engine::EpollEt))
+            }
+            other => other.map(|p| (p, engine)),
+        }
+    }
+
+    /// The poller's own fd, where it has one (epoll's instance, io_uring's ring).
+    pub fn as_fd(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            Poller::Epoll(p) => Some(p.as_fd()),
+            Poller::Uring(p) => Some(p.as_fd()),
+            _ => None,
+        }
     }
 
     pub fn trigger(&self) -> Trigger {
         match self {
             Poller::Epoll(p) => p.trigger(),
+            Poller::Uring(_) => Trigger::Edge,
             _ => Trigger::Level,
         }
     }
@@ -102,6 +140,7 @@ impl Poller {
             Poller::Select(p) => p.register(fd.as_raw_fd(), token, interest),
             Poller::Poll(p) => p.register(fd.as_raw_fd(), token, interest),
             Poller::Epoll(p) => p.register(fd, token, interest),
+            Poller::Uring(p) => p.register(fd, token, interest),
         }
     }
 
@@ -115,6 +154,7 @@ impl Poller {
             Poller::Select(p) => p.reregister(fd.as_raw_fd(), token, interest),
             Poller::Poll(p) => p.reregister(fd.as_raw_fd(), token, interest),
             Poller::Epoll(p) => p.reregister(fd, token, interest),
+            Poller::Uring(p) => p.reregister(fd, token, interest),
         }
     }
 
@@ -123,6 +163,7 @@ impl Poller {
             Poller::Select(p) => p.deregister(fd.as_raw_fd()),
             Poller::Poll(p) => p.deregister(fd.as_raw_fd()),
             Poller::Epoll(p) => p.deregister(fd),
+            Poller::Uring(p) => p.deregister(fd),
         }
     }
 
@@ -132,6 +173,8 @@ impl Poller {
     /// process has forked (prefork workers, process-per-connection children) another process
     /// may hold it, and a registration left behind would be reported for ever under a token
     /// nobody owns (in level-triggered mode, a loop spinning on it), so it is deleted first.
+    /// An io_uring poll holds the file itself, so its removal is never skipped (it costs no
+    /// syscall: it rides on the next wait).
     pub fn deregister_before_close(&mut self, fd: BorrowedFd<'_>) {
         match self {
             Poller::Epoll(p) if !crate::sys::process::fds_may_be_shared() => p.forget(),
@@ -150,6 +193,7 @@ impl Poller {
             Poller::Select(p) => p.wait(events, timeout),
             Poller::Poll(p) => p.wait(events, timeout),
             Poller::Epoll(p) => p.wait(events, timeout),
+            Poller::Uring(p) => p.wait(events, timeout),
         }
     }
 
@@ -158,6 +202,7 @@ impl Poller {
             Poller::Select(p) => p.len(),
             Poller::Poll(p) => p.len(),
             Poller::Epoll(p) => p.len(),
+            Poller::Uring(p) => p.len(),
         }
     }
 
