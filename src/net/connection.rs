@@ -38,6 +38,7 @@ use crate::reactor::event::{Event, Interest, Token, Trigger};
 use crate::reactor::event_loop::{
     slot_in, slot_in_mut, Deferred, EventLoop, Slot, Source, TimerEvent, SCRATCH,
 };
+use crate::reactor::poller::{Poller, RecvKey};
 use crate::reactor::timer_wheel::TimerKey;
 
 /// Names a connection on its loop. It stays unique for the loop's life even when the slab slot
@@ -132,6 +133,9 @@ pub(crate) struct Conn {
     /// The fd is out of the poller altogether (see `park`): nothing is registered for it
     /// until the handler resumes reading.
     pub(crate) parked: bool,
+    /// The `uring` engine's receive reading for this connection, until its last completion
+    /// (see `net::completion`): while it is there, the loop makes no read of its own.
+    pub(crate) recv: Option<RecvKey>,
     pub(crate) read_paused: bool,
     /// The peer's FIN arrived.
     pub(crate) read_eof: bool,
@@ -177,6 +181,7 @@ impl Conn {
             interest: Interest::NONE,
             read_paused: false,
             parked: false,
+            recv: None,
             read_eof: false,
             hup_seen: false,
             urgent_seen: false,
@@ -311,7 +316,10 @@ impl EventLoop {
         let now = self.fresh_tick();
         let mut conn = Conn::new(fd, state, handler, now);
         let edge = self.poller.trigger() == Trigger::Edge;
+        let completes = self.completes_reads();
         conn.interest = match (edge, state) {
+            // A receive will read for it (`net::completion`): watch for writability only.
+            (true, ConnState::Open) if completes => Interest::WRITABLE,
             (true, _) => Interest::BOTH,
             (false, ConnState::Connecting) => Interest::WRITABLE,
             (false, _) => Interest::READABLE,
@@ -324,6 +332,7 @@ impl EventLoop {
             return Err(e);
         }
         self.stats.open += 1;
+        self.sync_recv(id);
         // A connect is bounded by its own timeout; idleness counts from the handshake.
         if let Some(idle) = self
             .cfg
@@ -443,6 +452,9 @@ impl EventLoop {
     /// connection already holding partial input `readv`s into its buffer's free space plus the
     /// scratch area as spill, so one syscall still takes whatever the socket has.
     pub(crate) fn conn_readable(&mut self, id: ConnId) {
+        if self.conn(id).is_some_and(|c| c.recv.is_some()) {
+            return; // a receive reads for it (`net::completion`)
+        }
         // Spliced while open; a closing connection reads (and drops) its way to the FIN.
         if self
             .conn(id)
@@ -476,7 +488,7 @@ impl EventLoop {
             let Some(Source::Conn(conn)) = slot_in(slots, id.0).map(|s| &s.source) else {
                 return;
             };
-            let (mut input, asked, res) = match pending {
+            let (input, asked, res) = match pending {
                 None => {
                     let asked = scratch.writable();
                     let res = scratch.recv_from(&conn.fd);
@@ -498,26 +510,7 @@ impl EventLoop {
                 Ok(n) => {
                     self.stats.bytes_in += n as u64;
                     total += n;
-                    let now = self.now_tick();
-                    let conn = self.conn_mut(id).expect("still here");
-                    let lingering = conn.state == ConnState::Linger;
-                    if !lingering {
-                        // Closing, only output moving counts as activity: see
-                        // `linger_timer_fired`.
-                        conn.last_active = now;
-                    }
-                    // Deferred work (a flush, a redelivery after `resume_read`, a close) waits
-                    // until what the handler left of the input is stashed back in place.
-                    self.deferred_depth += 1;
-                    if lingering {
-                        // Closing: the peer's bytes are drained only to reach its FIN.
-                        input.clear();
-                    } else {
-                        self.call_handler(id, |h, cx| h.on_data(cx, &mut input));
-                    }
-                    self.stash_input(id, input, direct);
-                    self.deferred_depth -= 1;
-                    self.run_deferred();
+                    self.deliver_input(id, input, direct);
                     // A short read emptied the socket: an edge poller will report new data
                     // (but not a FIN it already reported: then read on to the 0).
                     let (hup, draining) = self.conn(id).map_or((false, false), |c| {
@@ -551,6 +544,37 @@ impl EventLoop {
                 }
             }
         }
+    }
+
+    /// Hands bytes just read (or received, `net::completion`) to the handler: counts the
+    /// activity, calls `on_data`, and stashes what it left. `direct`: `input` is the loop's
+    /// scratch buffer.
+    pub(crate) fn deliver_input(&mut self, id: ConnId, mut input: Buffer, direct: bool) {
+        let now = self.now_tick();
+        let lingering = match self.conn_mut(id) {
+            Some(conn) => {
+                let lingering = conn.state == ConnState::Linger;
+                if !lingering {
+                    // Closing, only output moving counts as activity: see
+                    // `linger_timer_fired`.
+                    conn.last_active = now;
+                }
+                lingering
+            }
+            None => true,
+        };
+        // Deferred work (a flush, a redelivery after `resume_read`, a close) waits until what
+        // the handler left of the input is stashed back in place.
+        self.deferred_depth += 1;
+        if lingering {
+            // Closing: the peer's bytes are drained only to reach its FIN.
+            input.clear();
+        } else {
+            self.call_handler(id, |h, cx| h.on_data(cx, &mut input));
+        }
+        self.stash_input(id, input, direct);
+        self.deferred_depth -= 1;
+        self.run_deferred();
     }
 
     /// After a read: the scratch buffer goes back to the loop (what the handler left in it is
@@ -883,8 +907,10 @@ impl EventLoop {
             return;
         }
         conn.draining = true;
-        // A read attempt decides: EAGAIN with nothing to send means idle.
+        // A read attempt decides: EAGAIN with nothing to send means idle. A connection a
+        // receive reads for makes it once the receive has ended (`net::completion`).
         self.ready.push(id.0);
+        self.sync_recv(id);
     }
 
     pub(crate) fn close_if_drained(&mut self, id: ConnId) {
@@ -954,6 +980,7 @@ impl EventLoop {
             if !conn.read_paused {
                 conn.read_paused = true;
                 self.update_interest(id);
+                self.sync_recv(id);
             }
         }
     }
@@ -974,6 +1001,7 @@ impl EventLoop {
             self.deferred.push(Deferred::Redeliver(id));
         }
         self.update_interest(id);
+        self.sync_recv(id);
         // An edge poller will not report data that arrived while paused; and a draining
         // connection needs a read attempt to be found idle (`drain_conn`), which no event may
         // ever prompt.
@@ -1234,6 +1262,9 @@ impl EventLoop {
         };
         if !conn.parked {
             self.poller.deregister_before_close(conn.fd.as_fd());
+        }
+        if let (Some(key), Poller::Uring(uring)) = (conn.recv, &mut self.poller) {
+            uring.cancel_recv(key, id.0, false); // queued before the close, as the poll's removal
         }
         for key in [conn.idle_timer, conn.linger_timer, conn.connect_timer]
             .into_iter()

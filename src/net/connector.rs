@@ -84,6 +84,7 @@ impl EventLoop {
         let pending = !conn.output.is_empty();
         let shutdown_requested = conn.shutdown_after_flush;
         self.update_interest(id);
+        self.sync_recv(id);
         // Idleness counts from the handshake (the connect had its own timeout).
         if let Some(idle) = self.cfg.idle_timeout {
             self.set_idle_timeout(id, Some(idle));

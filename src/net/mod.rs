@@ -2,6 +2,7 @@
 
 pub mod buffer;
 pub mod buffer_pool;
+mod completion;
 pub mod connection;
 pub mod connector;
 pub mod handler;

@@ -142,8 +142,10 @@ impl EventLoop {
         }
         let conn = self.conn_mut(from).ok_or_else(gone)?;
         conn.relay.get_or_insert_with(Box::default).splice = Some(SpliceTo { to, pipe });
-        // Bytes may be waiting that no new edge will announce.
+        // Bytes may be waiting that no new edge will announce. A receive reading for the
+        // connection is ended first, and what it took goes ahead (`net::completion`).
         self.ready.push(from.0);
+        self.sync_recv(from);
         Ok(())
     }
 

@@ -187,6 +187,8 @@ pub struct EventLoop {
     ready_spare: Vec<Token>,
     /// Connections with output queued by `write_batched` this turn, flushed at its end.
     pub(crate) batched: Vec<ConnId>,
+    /// Receive completions of the last wait (`uring` engine; see `net::completion`).
+    pub(crate) received: Vec<super::poller::Received>,
     /// An fd held in reserve for the EMFILE dance (DESIGN rule 6).
     pub(crate) reserve_fd: Option<OwnedFd>,
     /// Listeners that stopped accepting for want of an fd; revisited when a connection closes.
@@ -235,6 +237,7 @@ impl EventLoop {
             ready: Vec::new(),
             ready_spare: Vec::new(),
             batched: Vec::new(),
+            received: Vec::new(),
             reserve_fd: None,
             accept_starved: Vec::new(),
             warned_register: false,
@@ -528,6 +531,7 @@ impl EventLoop {
                 self.dispatch(*ev);
                 self.run_deferred();
             }
+            self.run_received();
             self.run_ready_list();
             self.expire_timers();
             self.flush_batched();

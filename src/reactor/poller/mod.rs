@@ -18,7 +18,7 @@ use std::time::Duration;
 pub use self::epoll::{wait_timespec, EpollPoller};
 pub use self::poll::PollPoller;
 pub use self::select::SelectPoller;
-pub use self::uring::UringPoller;
+pub use self::uring::{Got, Received, RecvKey, UringPoller};
 use crate::reactor::event::{Event, Interest, Token, Trigger};
 
 /// The readiness engine a loop runs on.

@@ -18,6 +18,16 @@
 //! Each arming of a poll gets its own request id (the registration's slot here plus an arming
 //! sequence number), so a completion of a request that was replaced or removed is recognised
 //! and dropped, however its removal and its last completions interleave.
+//!
+//! ## The proactor half: multishot receives
+//!
+//! A connection may also be given a multishot receive ([`arm_recv`](UringPoller::arm_recv)):
+//! the kernel then reads for the loop, into a buffer it takes from a provided-buffer ring only
+//! when bytes arrive, and the wait hands back completions ("these bytes arrived on this
+//! connection", [`Received`]) instead of readiness. No `read` is made by the loop at all; the
+//! notes' Proactor, where "the kernel moves the data, the application is told it is done". The
+//! loop keeps such a connection's poll for writability only, and gives the receive up (a
+//! cancellation) whenever reading must stop or go another way (paused, spliced, draining).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -27,6 +37,46 @@ use slab::Slab;
 
 use crate::reactor::event::{Event, Interest, Token};
 use crate::sys::uring::{Completion, Ring};
+
+/// What a receive completion says, for the loop to act on.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Got {
+    /// Bytes, in receive buffer `buffer`: read them with [`UringPoller::received`], then give
+    /// the buffer back with [`UringPoller::recycle`].
+    Data { buffer: u16, len: u32 },
+    /// The peer's FIN.
+    Eof,
+    /// The receive failed with this errno (a reset, say).
+    Error(i32),
+    /// The receive is over (after `Eof`, an `Error`, a cancellation or the kernel running out
+    /// of buffers): the connection reads no more until it is given a new one.
+    Ended,
+}
+
+/// A receive completion, for the connection `token` names; `recv` is what
+/// [`UringPoller::arm_recv`] returned for it.
+#[derive(Copy, Clone, Debug)]
+pub struct Received {
+    pub token: Token,
+    pub recv: RecvKey,
+    pub got: Got,
+}
+
+/// Names one armed receive: its slot, plus one (so that a connection's `Option<RecvKey>` costs
+/// four bytes, not eight).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct RecvKey(std::num::NonZeroU32);
+
+impl RecvKey {
+    fn new(slot: usize) -> RecvKey {
+        let n = u32::try_from(slot + 1).expect("fewer than 2^32 receives");
+        RecvKey(std::num::NonZeroU32::new(n).expect("slot + 1 is not zero"))
+    }
+
+    fn slot(self) -> usize {
+        self.0.get() as usize - 1
+    }
+}
 
 /// Submission queue size. A full queue is submitted early, so this bounds nothing but how
 /// many registrations one enter carries.
@@ -43,12 +93,24 @@ struct Reg {
     seq: u32,
 }
 
+/// A receive in flight, until its last completion.
+struct Recv {
+    token: Token,
+    /// Its cancellation has been queued.
+    cancelled: bool,
+}
+
 pub struct UringPoller {
     ring: Ring,
     regs: Slab<Reg>,
     /// Registration slot of each registered fd, by fd number.
     by_fd: Vec<Option<usize>>,
     next_seq: u32,
+    /// Receives in flight (their user data is their slot here).
+    recvs: Slab<Recv>,
+    /// The kernel takes multishot receives with provided buffers (probed at start).
+    recv_ok: bool,
+    received: Vec<Received>,
     done: Vec<Completion>,
 }
 
@@ -59,11 +121,12 @@ impl AsFd for UringPoller {
 }
 
 fn mask(interest: Interest) -> u32 {
-    // RDHUP and PRI always, as edge-triggered epoll asks: the loop needs to know a FIN is in
-    // behind a short read, and a read that stops at the urgent mark has more behind it.
-    let mut m = (libc::POLLRDHUP | libc::POLLPRI) as u32;
+    let mut m = 0;
     if interest.is_readable() {
-        m |= libc::POLLIN as u32;
+        // RDHUP and PRI with reading, as edge-triggered epoll asks: the loop needs to know a
+        // FIN is in behind a short read, and a read that stops at the urgent mark has more
+        // behind it. Without reading (a connection a receive reads for) none of the three.
+        m |= (libc::POLLIN | libc::POLLRDHUP | libc::POLLPRI) as u32;
     }
     if interest.is_writable() {
         m |= libc::POLLOUT as u32;
@@ -77,13 +140,114 @@ fn request_id(slot: usize, seq: u32) -> u64 {
 
 impl UringPoller {
     pub fn new() -> io::Result<Self> {
+        let mut ring = Ring::new(ENTRIES)?;
+        let recv_ok = ring.enable_recv().is_ok();
         Ok(UringPoller {
-            ring: Ring::new(ENTRIES)?,
+            ring,
             regs: Slab::new(),
             by_fd: Vec::new(),
             next_seq: 0,
+            recvs: Slab::new(),
+            recv_ok,
+            received: Vec::new(),
             done: Vec::new(),
         })
+    }
+
+    /// Whether connections can be given receives ([`arm_recv`](Self::arm_recv)); if not, they
+    /// read on readiness as on `epoll-et`.
+    pub fn completes_reads(&self) -> bool {
+        self.recv_ok
+    }
+
+    /// Arms a multishot receive on `fd`, reported under `token` until it has [`Got::Ended`].
+    pub fn arm_recv(&mut self, fd: BorrowedFd<'_>, token: Token) -> io::Result<RecvKey> {
+        let slot = self.recvs.insert(Recv {
+            token,
+            cancelled: false,
+        });
+        if let Err(e) = self.ring.recv_multi(fd.as_raw_fd(), slot as u64) {
+            self.recvs.remove(slot);
+            return Err(e);
+        }
+        Ok(RecvKey::new(slot))
+    }
+
+    /// Asks the kernel to end the receive `key` of the connection `token` (a receive of
+    /// another connection, in a slot reused since, is left alone). Bytes it already took still
+    /// arrive, then [`Got::Ended`]; asking twice is asking once. `now`: hand the request to the
+    /// kernel at once rather than with the next wait, so that a receive told to stop (a
+    /// paused connection) does not go on taking bytes until then; each syscall the loop makes
+    /// in between may run the kernel's receive work.
+    pub fn cancel_recv(&mut self, key: RecvKey, token: Token, now: bool) {
+        let Some(r) = self.recvs.get_mut(key.slot()) else {
+            return;
+        };
+        if r.cancelled || r.token != token {
+            return;
+        }
+        r.cancelled = true;
+        // A failure here (the queue could not be submitted) leaves the receive armed; it
+        // still ends with the connection's close, which the loop always reaches.
+        if self.ring.cancel_recv(key.slot() as u64, REMOVAL).is_ok() && now {
+            let _ = self.ring.submit(Some(Duration::ZERO));
+        }
+    }
+
+    /// The bytes of a [`Got::Data`].
+    pub fn received(&self, buffer: u16, len: u32) -> &[u8] {
+        self.ring.received(buffer, len as usize)
+    }
+
+    pub fn recycle(&mut self, buffer: u16) {
+        self.ring.recycle(buffer);
+    }
+
+    /// Receive completions from the last wait, to be handled by the loop (which recycles
+    /// every buffer in them).
+    pub fn take_received(&mut self, into: &mut Vec<Received>) {
+        into.clear();
+        std::mem::swap(into, &mut self.received);
+    }
+
+    fn on_recv_completion(&mut self, c: &Completion) {
+        let slot = c.user_data as usize;
+        let Some(r) = self.recvs.get(slot) else {
+            // Not ours any more: cannot happen (a receive's slot is freed only after its last
+            // completion), but a buffer must never be lost.
+            if let Some(b) = c.buffer {
+                self.ring.recycle(b);
+            }
+            return;
+        };
+        let (token, recv) = (r.token, RecvKey::new(slot));
+        let got = match (c.result, c.buffer) {
+            (n, Some(buffer)) if n > 0 => Got::Data {
+                buffer,
+                len: n as u32,
+            },
+            (0, _) => Got::Eof,
+            (n, _) if n == -libc::ECANCELED => Got::Ended,
+            (n, _) if n == -libc::ENOBUFS => {
+                // Every buffer was taken in one turn: give the kernel more; the loop arms a
+                // new receive, which takes what the socket still holds.
+                self.ring.grow_buffers();
+                Got::Ended
+            }
+            (n, _) if n < 0 => Got::Error(-n),
+            _ => Got::Ended, // bytes without a buffer: not something the kernel does
+        };
+        if got != Got::Ended {
+            self.received.push(Received { token, recv, got });
+        }
+        if !c.more {
+            self.recvs.remove(slot);
+            self.received.push(Received {
+                token,
+                recv,
+                got: Got::Ended,
+            });
+        }
     }
 
     /// Arms (or re-arms) the poll of registration `slot` under a fresh request id.
@@ -178,7 +342,12 @@ impl UringPoller {
         self.ring.submit(timeout)?;
         let mut done = std::mem::take(&mut self.done);
         self.ring.completions(&mut done);
+        self.received.clear();
         for c in &done {
+            if c.recv {
+                self.on_recv_completion(c);
+                continue;
+            }
             if c.user_data == REMOVAL {
                 continue;
             }
@@ -276,6 +445,79 @@ mod tests {
             events.is_empty(),
             "a removed registration still reported {events:?}"
         );
+    }
+
+    /// Waits until `f` has seen what it wants among the receive completions, recycling every
+    /// buffer, for at most 5 s.
+    fn collect(p: &mut UringPoller, mut f: impl FnMut(&Received, &[u8]) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let (mut events, mut got) = (Vec::new(), Vec::new());
+        while std::time::Instant::now() < deadline {
+            p.wait(&mut events, Some(Duration::from_millis(50)))
+                .unwrap();
+            p.take_received(&mut got);
+            let mut done = false;
+            for r in &got {
+                let bytes = match r.got {
+                    Got::Data { buffer, len } => p.received(buffer, len).to_vec(),
+                    _ => Vec::new(),
+                };
+                if let Got::Data { buffer, .. } = r.got {
+                    p.recycle(buffer);
+                }
+                done |= f(r, &bytes);
+            }
+            if done {
+                return;
+            }
+        }
+        panic!("not seen within 5 s");
+    }
+
+    #[test]
+    fn a_receive_brings_the_bytes_then_the_fin_and_a_cancelled_one_ends() {
+        let Some(mut p) = poller() else { return };
+        if !p.completes_reads() {
+            eprintln!("skipped: no multishot receives with provided buffers here");
+            return;
+        }
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let key = p.arm_recv(a.as_fd(), Token(9)).unwrap();
+        // More than one receive buffer's worth, in two writes: every byte, in order.
+        let data: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        b.write_all(&data[..100]).unwrap();
+        b.write_all(&data[100..]).unwrap();
+        let mut seen = Vec::new();
+        collect(&mut p, |r, bytes| {
+            assert_eq!((r.token, r.recv), (Token(9), key));
+            seen.extend_from_slice(bytes);
+            seen.len() >= data.len()
+        });
+        assert!(seen == data, "{} bytes, not the ones sent", seen.len());
+
+        drop(b);
+        let mut order = Vec::new();
+        collect(&mut p, |r, _| {
+            order.push(r.got);
+            r.got == Got::Ended
+        });
+        assert_eq!(order, [Got::Eof, Got::Ended]);
+
+        // A cancelled receive ends, and the token check keeps a stale key from cancelling
+        // another connection's receive.
+        let (c, _d) = UnixStream::pair().unwrap();
+        let key = p.arm_recv(c.as_fd(), Token(10)).unwrap();
+        p.cancel_recv(key, Token(11), true);
+        let (mut events, mut got) = (Vec::new(), Vec::new());
+        p.wait(&mut events, Some(Duration::from_millis(100)))
+            .unwrap();
+        p.take_received(&mut got);
+        assert!(got.is_empty(), "cancelled under another token: {got:?}");
+        p.cancel_recv(key, Token(10), true);
+        collect(&mut p, |r, _| {
+            assert_eq!(r.token, Token(10));
+            r.got == Got::Ended
+        });
     }
 
     #[test]
