@@ -190,16 +190,28 @@ impl Ring {
     pub fn new(entries: u32) -> io::Result<Ring> {
         // SUBMIT_ALL (5.18): one bad submission must not hold back the ones queued behind it
         // (a removal behind a registration whose fd was already closed, say).
-        // COOP_TASKRUN (5.19): the work the kernel does for completions (a receive's copy)
-        // waits for the loop's next enter instead of interrupting whatever the loop is doing
-        // with a signal-like notification; the loop enters at least once per turn anyway.
+        // DEFER_TASKRUN (6.1, with SINGLE_ISSUER: a loop never leaves the thread that made
+        // it): the work the kernel does for completions (a receive's copy) is done only inside
+        // the loop's own enter, in one batch, and never on the way out of its other syscalls
+        // (each `send` would otherwise run it, through the signal-delivery path). Older
+        // kernels get COOP_TASKRUN (5.19: no interrupt, but still run on any syscall's exit),
+        // then neither.
+        let cq = entries * 8;
         let ring = IoUring::builder()
-            .setup_cqsize(entries * 8)
+            .setup_cqsize(cq)
             .setup_submit_all()
-            .setup_coop_taskrun()
-            .setup_taskrun_flag()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
             .build(entries)
-            .or_else(|_| IoUring::builder().setup_cqsize(entries * 8).build(entries))?;
+            .or_else(|_| {
+                IoUring::builder()
+                    .setup_cqsize(cq)
+                    .setup_submit_all()
+                    .setup_coop_taskrun()
+                    .setup_taskrun_flag()
+                    .build(entries)
+            })
+            .or_else(|_| IoUring::builder().setup_cqsize(cq).build(entries))?;
         if !ring.params().is_feature_ext_arg() {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -307,8 +319,9 @@ impl Ring {
             b.publish();
         }
         let res = match timeout {
-            Some(t) if t.is_zero() => self.ring.submit(),
             Some(t) => {
+                // A zero timeout still asks for completions (GETEVENTS): deferred completion
+                // work is only ever run by an enter that does.
                 let ts = types::Timespec::new()
                     .sec(t.as_secs())
                     .nsec(t.subsec_nanos());
