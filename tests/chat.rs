@@ -308,15 +308,25 @@ fn a_member_that_does_not_read_is_dropped_and_the_others_hear_everything() {
     const N: usize = 400;
     let body = "z".repeat(8000);
     let expect = format!("{}: {body}", speaker.name);
+    // The speaker keeps at most 64 messages (512 KB) ahead of the listener, so that a listener
+    // thread the scheduler holds back (a loaded machine) is never the one that is too slow.
+    const AHEAD: usize = 64;
+    let (heard, heard_rx) = std::sync::mpsc::channel::<usize>();
     let reader = thread::spawn(move || {
         for i in 0..N {
             assert_eq!(listener.next_msg(), expect, "message {i}");
+            let _ = heard.send(i);
         }
     });
     // 400 × 8 KB: 3.2 MB for the slow member, far past the 1 MiB high-water mark.
     let own = format!("{}: {body}", speaker.name);
     let sayer = thread::spawn(move || {
-        for _ in 0..N {
+        for i in 0..N {
+            if i >= AHEAD {
+                heard_rx
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("the listener hears");
+            }
             speaker.say(&body);
             // The speaker hears itself too: it reads as it goes, as a client would.
             assert_eq!(speaker.next_msg(), own);
@@ -737,8 +747,12 @@ fn a_speaker_is_slowed_to_the_pace_of_the_slowest_loop_and_memory_stays_bounded(
         "every member heard a good part of it: {:?}",
         &read[..5]
     );
+    // Without the pause the growth is some 50 MB a second. With it, what is left is what is
+    // in flight, which grows with the pace: on `--engine uring` the room moved 1.7 times the
+    // bytes in these 3 s (4.5 GB against 2.7, on 2026-11-24) and peaked some 10 MiB higher.
+    let bound_mib = if srv.engine == "uring" { 32 } else { 16 };
     assert!(
-        peak < rss_before + 16 * 1024,
+        peak < rss_before + bound_mib * 1024,
         "server RSS grew from {rss_before} KiB to {peak} KiB"
     );
     assert!(srv.is_running());

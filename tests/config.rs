@@ -1016,7 +1016,7 @@ fn flags_override_the_file() {
         .arg("--config", path.to_str().unwrap())
         .arg("--idle-timeout", "60")
         .spawn();
-    assert_eq!(srv.stats().engine(), Some("epoll-et"));
+    assert_eq!(srv.stats().engine(), Some(srv.engine.as_str()));
     let (end, _) = idle_close_after(srv.tcp, Duration::from_millis(1500));
     assert!(
         matches!(end, End::Timeout),

@@ -47,7 +47,7 @@ fn sizes(engine: &str) {
     let st = srv.stats();
     assert_eq!(
         st.engine(),
-        Some(engine),
+        Some(srv.engine.as_str()),
         "stats line names another engine: {}",
         st.line
     );

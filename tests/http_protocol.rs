@@ -2291,8 +2291,11 @@ fn a_pipelining_client_that_never_reads_is_stopped_under_every_model() {
         let st = srv.stats();
         let answered = st.get("http_2xx") * REQ.len() as u64;
         let unanswered = st.get("bytes_in").saturating_sub(answered);
+        // On `--engine uring` the kernel moves bytes into the loop's receive ring before the
+        // loop can pause the connection: up to the ring's 1 MiB more (`net::completion`).
+        let ring = if srv.engine == "uring" { 1 << 20 } else { 0 };
         assert!(
-            unanswered < 512 * 1024,
+            unanswered < 512 * 1024 + ring,
             "[{model}] {unanswered} bytes read and not answered: {}",
             st.line
         );

@@ -146,6 +146,23 @@ pub struct Opts {
     pub nofile: Option<u64>,
 }
 
+/// The engine a server the test asked to run on `engine` runs: `KEEL_TEST_ENGINE` if set and
+/// `engine` is the default (`epoll-et`), so that `KEEL_TEST_ENGINE=uring ./scripts/test` runs
+/// the suite's servers on another engine. Tests written for one engine in particular name
+/// another and are left alone, and so are leader-followers servers, which run on epoll only.
+fn engine_for_test(engine: &str, args: &[String]) -> String {
+    match std::env::var("KEEL_TEST_ENGINE") {
+        Ok(e)
+            if engine == "epoll-et"
+                && !e.is_empty()
+                && !args.iter().any(|a| a == "leader-followers") =>
+        {
+            e
+        }
+        _ => engine.to_string(),
+    }
+}
+
 impl Opts {
     pub fn echo(engine: &str) -> Opts {
         Opts {
@@ -268,8 +285,9 @@ pub fn keel_bin() -> &'static str {
 impl Server {
     /// Starts `keel SUB --listen 127.0.0.1:0 --engine ENGINE ARGS...` and waits (bounded) for its
     /// `listening tcp ADDR` line. Panics, with the child's stderr, if it does not come.
-    pub fn spawn(opts: Opts) -> Server {
+    pub fn spawn(mut opts: Opts) -> Server {
         raise_own_nofile();
+        opts.engine = engine_for_test(&opts.engine, &opts.args);
         let mut cmd = Command::new(keel_bin());
         cmd.arg(opts.sub)
             .arg("--listen")

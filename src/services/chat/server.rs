@@ -90,7 +90,9 @@ impl Member {
                 };
                 if congested && !self.paused {
                     // Another loop is behind: hear no more from this speaker until it has
-                    // caught up (see `room`). Frames already read are still handled.
+                    // caught up (see `room`), not even the frames already read: they wait in
+                    // the input and are handled on the resume. (On `--engine uring` what is
+                    // already read can be the whole receive ring, 1 MiB.)
                     self.paused = true;
                     cx.pause_read();
                     cx.set_timer(CONGESTION_CHECK, CONGESTION_TIMER);
@@ -144,7 +146,7 @@ impl Handler for Member {
                 hb.heard(cx.now());
             }
             self.on_frame(cx, kind, body);
-            !self.done
+            !self.done && !self.paused
         });
         if let Err(e) = read {
             self.refuse(cx, &e.to_string());
