@@ -146,6 +146,13 @@ pub struct Opts {
     pub nofile: Option<u64>,
 }
 
+/// Whether this process may set up an io_uring, as the servers it starts then may (checked
+/// once).
+fn uring_works_here() -> bool {
+    static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WORKS.get_or_init(|| keel::reactor::poller::UringPoller::new().is_ok())
+}
+
 /// The engine a server the test asked to run on `engine` runs: `KEEL_TEST_ENGINE` if set and
 /// `engine` is the default (`epoll-et`), so that `KEEL_TEST_ENGINE=uring ./scripts/test` runs
 /// the suite's servers on another engine. Tests written for one engine in particular name
@@ -354,6 +361,16 @@ impl Server {
             }
         };
         server.tcp = tcp;
+        // A kernel that refuses io_uring (too old, `kernel.io_uring_disabled`, seccomp) gets
+        // the documented fallback: the server says so and runs on epoll-et, and the tests go on
+        // against the engine that runs.
+        if server.engine == "uring"
+            && !uring_works_here()
+            && server.stderr_has("io_uring unavailable", Duration::from_secs(2))
+        {
+            eprintln!("note: io_uring refused here; this server runs on epoll-et");
+            server.engine = "epoll-et".to_string();
+        }
         server
     }
 
