@@ -192,6 +192,37 @@ fn daemon_detaches_under_every_model() {
     }
 }
 
+/// A loop's io_uring is made before the daemon's forks, for the launcher's thread alone
+/// (`SINGLE_ISSUER`): the daemon must make its own, or its first wait fails and it exits
+/// without a word.
+#[test]
+fn a_daemon_on_the_uring_engine_serves() {
+    for model in ["multi-reactor", "half-sync", "prefork"] {
+        let dir = temp_dir(&format!("daemon-uring-{model}"));
+        let pid_file = dir.join("keel.pid");
+        let d = start_daemon(
+            &pid_file,
+            &["--engine", "uring", "--model", model, "--threads", "2"],
+        );
+        assert_eq!(
+            wait_served(d.addr, b"on uring", Duration::from_secs(5)),
+            Probe::Served,
+            "[{model}] the daemon serves"
+        );
+        assert!(alive(d.pid), "[{model}] the daemon is still up");
+        kill(Pid::from_raw(d.pid), Signal::SIGTERM).unwrap();
+        let start = Instant::now();
+        while alive(d.pid) {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "[{model}] daemon did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 #[test]
 fn a_second_daemon_is_refused_before_it_detaches() {
     let dir = temp_dir("daemon-second");

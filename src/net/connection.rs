@@ -1260,11 +1260,12 @@ impl EventLoop {
         let Some(Source::Conn(mut conn)) = self.remove_source(id.0) else {
             return;
         };
+        if let (Some(key), Poller::Uring(uring)) = (conn.recv, &mut self.poller) {
+            // Queued here, handed to the kernel with the poll's removal just below.
+            uring.cancel_recv(key, id.0, false);
+        }
         if !conn.parked {
             self.poller.deregister_before_close(conn.fd.as_fd());
-        }
-        if let (Some(key), Poller::Uring(uring)) = (conn.recv, &mut self.poller) {
-            uring.cancel_recv(key, id.0, false); // queued before the close, as the poll's removal
         }
         for key in [conn.idle_timer, conn.linger_timer, conn.connect_timer]
             .into_iter()

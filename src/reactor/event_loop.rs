@@ -210,6 +210,8 @@ pub struct EventLoop {
     /// A drained loop stays up while held (see [`hold_drain`](Self::hold_drain)).
     drain_held: bool,
     exit_when_empty: bool,
+    /// The process the poller was made in (see `renew_poller_after_fork`).
+    owner_pid: u32,
 }
 
 impl EventLoop {
@@ -252,6 +254,7 @@ impl EventLoop {
             draining: false,
             drain_held: false,
             exit_when_empty: false,
+            owner_pid: std::process::id(),
             cfg,
         };
         el.reserve_fd = crate::net::listener::open_reserve_fd();
@@ -436,6 +439,57 @@ impl EventLoop {
         Ok(())
     }
 
+    /// After a fork (daemonizing), an io_uring made by the parent is not this process's to
+    /// use: it was set up for the parent's thread alone (`SINGLE_ISSUER`), and the kernel
+    /// refuses the child's submissions. The loop gets a ring of its own and registers every
+    /// source in it again (a daemon forks before any connection exists, but connections are
+    /// carried over too). epoll, select and poll keep working across a fork.
+    fn renew_poller_after_fork(&mut self) -> io::Result<()> {
+        if self.owner_pid == std::process::id() || !matches!(self.poller, Poller::Uring(_)) {
+            return Ok(());
+        }
+        self.owner_pid = std::process::id();
+        let (poller, engine) = Poller::new_or_fallback(Engine::Uring)?;
+        drop(std::mem::replace(&mut self.poller, poller));
+        self.cfg.engine = engine;
+        self.stats.engine = engine;
+        let mut conns = Vec::new();
+        let EventLoop {
+            poller,
+            slots,
+            shared,
+            ..
+        } = self;
+        for (index, slot) in slots.iter_mut() {
+            let token = Token(((slot.generation as u64) << 32) | index as u64);
+            match &mut slot.source {
+                Source::Conn(c) => {
+                    c.recv = None; // the parent's ring's
+                    if !c.parked {
+                        // Watched for both until `sync_recv` gives it a receive again.
+                        c.interest = Interest::BOTH;
+                        poller.register(c.fd.as_fd(), token, c.interest)?;
+                        conns.push(ConnId(token));
+                    }
+                }
+                Source::Listener(l) => poller.register(l.fd.as_fd(), token, Interest::READABLE)?,
+                Source::Udp(u) => poller.register(u.sock.as_fd(), token, Interest::READABLE)?,
+                Source::Waker => {
+                    poller.register(shared.waker.as_fd(), token, Interest::READABLE)?
+                }
+                Source::Signals(Some(sig)) => {
+                    poller.register(sig.as_fd(), token, Interest::READABLE)?
+                }
+                Source::Signals(None) => {}
+            }
+        }
+        for id in conns {
+            self.sync_recv(id);
+            self.ready.push(id.0);
+        }
+        Ok(())
+    }
+
     /// Makes `run` return at the end of the current iteration.
     pub fn stop(&mut self) {
         self.quit = true;
@@ -501,6 +555,7 @@ impl EventLoop {
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Vec::with_capacity(1024);
         self.quit = false;
+        self.renew_poller_after_fork()?;
         self.renew_inherited_signals()?;
         self.update_clock(); // set-up may have taken a while since the loop was built
         self.in_run = true;

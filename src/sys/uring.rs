@@ -137,8 +137,9 @@ impl BufRing {
         debug_assert!(bid < MAX_BUFS);
         let i = (self.tail & (MAX_BUFS - 1)) as usize;
         // SAFETY: i < MAX_BUFS, inside the entries' mapping. The kernel reads only entries
-        // between its head and the published tail; this one is at or past the published tail,
-        // and fewer than MAX_BUFS buffers exist, so it is not one the kernel may be reading.
+        // between its head and the published tail. Each buffer is in the ring at most once,
+        // and `bid` is not in it (it is being given back, or given for the first time), so at
+        // most MAX_BUFS - 1 entries are live and the slot at the tail is none of them.
         let e = unsafe { &mut *self.entries.as_ptr().add(i) };
         e.set_addr(self.buf_ptr(bid) as u64);
         e.set_len(RECV_BUF as u32);

@@ -146,11 +146,38 @@ pub struct Opts {
     pub nofile: Option<u64>,
 }
 
-/// Whether this process may set up an io_uring, as the servers it starts then may (checked
-/// once).
+/// Whether a server here may run on io_uring (asked once, of a `keel echo --engine uring`
+/// that is started and stopped). Not by making a ring in this process: the teardown of a ring
+/// may interrupt the thread that made it, and a test's blocking read there fails with EINTR.
 fn uring_works_here() -> bool {
     static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *WORKS.get_or_init(|| keel::reactor::poller::UringPoller::new().is_ok())
+    *WORKS.get_or_init(|| {
+        let mut child = match Command::new(keel_bin())
+            .args([
+                "echo",
+                "--listen",
+                "127.0.0.1:0",
+                "--engine",
+                "uring",
+                "--threads",
+                "1",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(_) => return false,
+        };
+        let stdout = child.stdout.take().expect("piped");
+        let mut first = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first);
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let out = child.wait_with_output();
+        let err = out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
+        !err.unwrap_or_default().contains("io_uring unavailable")
+    })
 }
 
 /// The engine a server the test asked to run on `engine` runs: `KEEL_TEST_ENGINE` if set and

@@ -178,6 +178,7 @@ impl Poller {
     pub fn deregister_before_close(&mut self, fd: BorrowedFd<'_>) {
         match self {
             Poller::Epoll(p) if !crate::sys::process::fds_may_be_shared() => p.forget(),
+            Poller::Uring(p) => p.deregister_before_close(fd),
             _ => {
                 let _ = self.deregister(fd);
             }

@@ -138,10 +138,23 @@ fn request_id(slot: usize, seq: u32) -> u64 {
     ((seq as u64) << 32) | slot as u64
 }
 
+/// Whether the running kernel's release is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let uname = rustix::system::uname();
+    let release = uname.release().to_string_lossy();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
 impl UringPoller {
     pub fn new() -> io::Result<Self> {
         let mut ring = Ring::new(ENTRIES)?;
-        let recv_ok = ring.enable_recv().is_ok();
+        // Multishot receives came in 6.0, provided-buffer rings in 5.19: on 5.19 the ring
+        // would be taken and every receive then fail, so the release is checked first.
+        let recv_ok = kernel_at_least(6, 0) && ring.enable_recv().is_ok();
         Ok(UringPoller {
             ring,
             regs: Slab::new(),
@@ -250,9 +263,10 @@ impl UringPoller {
         }
     }
 
-    /// Arms (or re-arms) the poll of registration `slot` under a fresh request id.
+    /// Arms (or re-arms) the poll of registration `slot` under a fresh request id. The
+    /// sequence number keeps to 31 bits: the ring marks receives with the id's top bit.
     fn arm(&mut self, slot: usize) -> io::Result<()> {
-        self.next_seq = self.next_seq.wrapping_add(1);
+        self.next_seq = self.next_seq.wrapping_add(1) & 0x7fff_ffff;
         let reg = &mut self.regs[slot];
         reg.seq = self.next_seq;
         let (fd, mask, id) = (reg.fd, reg.mask, request_id(slot, reg.seq));
@@ -323,6 +337,17 @@ impl UringPoller {
         let reg = self.regs.remove(slot);
         self.by_fd[fd.as_raw_fd() as usize] = None;
         self.ring.poll_remove(request_id(slot, reg.seq), REMOVAL)
+    }
+
+    /// Called right before `fd` is closed: removes its poll, and hands every queued request
+    /// to the kernel now. A queued request names its fd by number, and the kernel resolves
+    /// the number only when it takes the request: after the close, the number may already be
+    /// another connection's (the next `accept`), whose bytes a queued receive would then take.
+    /// Taken now, the requests hold the right file, and the removal and cancellation behind
+    /// them end them in the same call.
+    pub fn deregister_before_close(&mut self, fd: BorrowedFd<'_>) {
+        let _ = self.deregister(fd);
+        let _ = self.ring.submit(Some(Duration::ZERO));
     }
 
     pub fn len(&self) -> usize {
@@ -518,6 +543,26 @@ mod tests {
             assert_eq!(r.token, Token(10));
             r.got == Got::Ended
         });
+    }
+
+    /// The arming sequence number wraps within 31 bits: the top bit of a request id marks a
+    /// receive, and a poll armed with it set was taken for one and its events lost.
+    #[test]
+    fn polls_armed_past_two_to_the_thirty_one_still_report() {
+        let Some(mut p) = poller() else { return };
+        p.next_seq = 0x7fff_fffe;
+        let mut events = Vec::new();
+        for token in 1..=3 {
+            let (a, _b) = UnixStream::pair().unwrap();
+            p.register(a.as_fd(), Token(token), Interest::WRITABLE)
+                .unwrap();
+            p.wait(&mut events, Some(Duration::from_secs(5))).unwrap();
+            assert!(
+                events.iter().any(|e| e.token == Token(token) && e.writable),
+                "arming {token}: {events:?}"
+            );
+            p.deregister(a.as_fd()).unwrap();
+        }
     }
 
     #[test]
