@@ -109,6 +109,19 @@ fn start_daemon(pid_file: &Path, extra: &[&str]) -> Daemon {
     Daemon { pid, addr }
 }
 
+/// SIGTERM, then waits (at most 15 s) for the daemon to be gone.
+fn stop_daemon(pid: i32, model: &str) {
+    kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    let start = Instant::now();
+    while alive(pid) {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "[{model}] daemon did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn stat_fields(pid: i32) -> Vec<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let (_, rest) = stat.rsplit_once(')').unwrap();
@@ -175,15 +188,7 @@ fn daemon_detaches_under_every_model() {
             text.contains("server starting") && text.contains("SIGHUP"),
             "[{model}] the daemon does not log to its file:\n{text}"
         );
-        kill(Pid::from_raw(d.pid), Signal::SIGTERM).unwrap();
-        let start = Instant::now();
-        while alive(d.pid) {
-            assert!(
-                start.elapsed() < Duration::from_secs(15),
-                "[{model}] daemon did not stop"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        stop_daemon(d.pid, model);
         assert!(
             !pid_file.exists(),
             "[{model}] the daemon removed its pid file"
@@ -210,15 +215,7 @@ fn a_daemon_on_the_uring_engine_serves() {
             "[{model}] the daemon serves"
         );
         assert!(alive(d.pid), "[{model}] the daemon is still up");
-        kill(Pid::from_raw(d.pid), Signal::SIGTERM).unwrap();
-        let start = Instant::now();
-        while alive(d.pid) {
-            assert!(
-                start.elapsed() < Duration::from_secs(15),
-                "[{model}] daemon did not stop"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        stop_daemon(d.pid, model);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
