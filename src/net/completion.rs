@@ -25,7 +25,7 @@ use std::os::fd::AsFd;
 use crate::net::buffer::Buffer;
 use crate::net::connection::{CloseReason, Conn, ConnId, ConnState};
 use crate::reactor::event::Interest;
-use crate::reactor::event_loop::{slot_in, EventLoop, Source, SCRATCH};
+use crate::reactor::event_loop::{slot_in, slot_in_mut, EventLoop, Source, SCRATCH};
 use crate::reactor::poller::{Got, Poller, Received};
 
 impl Conn {
@@ -161,11 +161,8 @@ impl EventLoop {
             ..
         } = self;
         let Poller::Uring(uring) = poller else { return };
-        let conn = match slots.get_mut((id.0 .0 & 0xffff_ffff) as usize) {
-            Some(slot) if slot.generation == (id.0 .0 >> 32) as u32 => match &mut slot.source {
-                Source::Conn(c) => Some(c),
-                _ => None,
-            },
+        let conn = match slot_in_mut(slots, id.0).map(|s| &mut s.source) {
+            Some(Source::Conn(c)) => Some(c),
             _ => None,
         };
         let Some(conn) = conn.filter(|c| c.state != ConnState::Closing) else {
