@@ -203,7 +203,12 @@ struct HttpArgs {
     /// Files up to this many bytes are cached in memory [default: 16384].
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(0..=1 << 53))]
     small_file_max: Option<u64>,
-    /// Bytes of file contents cached in memory, per thread [default: 67108864].
+    /// Files sent from disk up to this many bytes have their pages held in a pipe and leave
+    /// with tee(2) instead of sendfile; 0 turns it off [default: 1048576].
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(0..=1 << 53))]
+    tee_file_max: Option<u64>,
+    /// Bytes of file contents cached in memory, per thread, and apart of pages held in pipes
+    /// [default: 67108864].
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(0..=1 << 53))]
     cache_bytes: Option<u64>,
     /// Files cached, per thread [default: 4096]; those sent from disk keep an fd, at most
@@ -235,6 +240,7 @@ impl HttpArgs {
             body_timeout: self.body_timeout,
             max_body: self.max_body,
             small_file_max: self.small_file_max,
+            tee_file_max: self.tee_file_max,
             cache_bytes: self.cache_bytes,
             cache_entries: self.cache_entries,
             cache_valid: self.cache_valid,

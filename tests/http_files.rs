@@ -1488,6 +1488,127 @@ fn concurrent_ranges(engine: &str) {
 per_engine!(concurrent_ranges);
 
 // ---------------------------------------------------------------------------------------------
+// Held pages (tee)
+// ---------------------------------------------------------------------------------------------
+
+/// How many of the server's fds are pipes.
+fn pipe_fds(srv: &Server) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", srv.pid))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|l| l.to_string_lossy().starts_with("pipe:"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Reads one response with a Content-Length from a keep-alive connection: status and body.
+fn read_sized_response(s: &mut TcpStream) -> (u16, Vec<u8>) {
+    use std::io::Read;
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).expect("a response head");
+        raw.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&raw).into_owned();
+    let status = head[9..12].parse().expect("a status");
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).expect("the whole body");
+    (status, body)
+}
+
+/// `clients` downloads at once, each of one of `files` (target, bytes): two requests
+/// pipelined on one keep-alive connection with a small receive buffer, both bodies checked.
+fn download_together(srv: &Server, files: &[(&str, &[u8])], clients: usize) {
+    let addr = srv.tcp;
+    thread::scope(|sc| {
+        for i in 0..clients {
+            let (target, data) = files[i % files.len()];
+            sc.spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                socket2::SockRef::from(&s)
+                    .set_recv_buffer_size(16 * 1024)
+                    .unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let req = format!("GET {target} HTTP/1.1\r\nHost: test\r\n\r\n");
+                s.write_all(req.repeat(2).as_bytes()).unwrap();
+                for round in 0..2 {
+                    let (status, body) = read_sized_response(&mut s);
+                    assert_eq!(status, 200, "{target} response {round}");
+                    assert!(body == data, "{target} response {round}: wrong bytes");
+                }
+            });
+        }
+    });
+}
+
+/// Files sent from disk up to `--tee-file-max` (1 MiB by default) have their pages held in a
+/// pipe and leave with tee and splice; larger ones, and every file with `--tee-file-max 0`,
+/// with sendfile. Both ways every byte arrives, with sockets that take a file a part at a
+/// time (what the socket refuses is dropped from the thread's scratch pipe and sent by
+/// sendfile later), and a file copied over (truncated, then written: the held pages are the
+/// old version's) is served in its new version.
+fn held_pages(engine: &str) {
+    let t = Tree::new("tee");
+    let mid = random_bytes(21, 300_000);
+    let top = random_bytes(22, 1 << 20);
+    let big = random_bytes(23, (1 << 20) + 1);
+    let mid_path = t.put("mid.bin", &mid);
+    t.put("top.bin", &top);
+    t.put("big.bin", &big);
+    let files: [(&str, &[u8]); 3] = [("/mid.bin", &mid), ("/top.bin", &top), ("/big.bin", &big)];
+    for (flags, held) in [(&[][..], true), (&["--tee-file-max", "0"][..], false)] {
+        let srv = Opts::http(engine)
+            .arg("--root", &t.root_str())
+            .arg("--threads", "1")
+            .arg("--cache-valid", "60")
+            // A send buffer that takes a file a part at a time.
+            .arg("--sndbuf", "16384");
+        let srv = flags.iter().fold(srv, |o, f| flag(o, f)).spawn();
+        let before = pipe_fds(&srv);
+        download_together(&srv, &files, 9);
+        let after = pipe_fds(&srv);
+        if held {
+            // mid.bin's and top.bin's pages, and the thread's scratch pipe (two ends).
+            assert_eq!(
+                after,
+                before + 4,
+                "[{engine}] pipes: {:?}",
+                srv.fd_listing()
+            );
+        } else {
+            assert_eq!(after, before, "[{engine}] pipes: {:?}", srv.fd_listing());
+        }
+        // Copied over in place, as `cp` does: the fstat on each use sees it, and the new
+        // version's pages are held instead.
+        let new = random_bytes(24, 250_000);
+        std::fs::write(&mid_path, &new).unwrap();
+        wait_new_version(&srv, "/mid.bin", &mid, &new);
+        download_together(&srv, &[("/mid.bin", &new)], 4);
+        std::fs::write(&mid_path, &mid).unwrap();
+        wait_new_version(&srv, "/mid.bin", &new, &mid);
+        assert_eq!(
+            pipe_fds(&srv),
+            after,
+            "[{engine}] the old pages' pipe is closed"
+        );
+    }
+}
+per_engine!(held_pages);
+
+// ---------------------------------------------------------------------------------------------
 // gzip_static
 // ---------------------------------------------------------------------------------------------
 

@@ -731,7 +731,8 @@ impl HttpConn {
             return (status, 0, None);
         }
         if let Some(file) = e.disk() {
-            let range = FileRange::checked(file.clone(), offset, len, e.version());
+            let range = FileRange::checked(file.clone(), offset, len, e.version())
+                .with_pages(e.pages().cloned());
             return (status, len, Some(range));
         }
         if let Some(body) = e.body() {

@@ -35,7 +35,11 @@ pub struct HttpSettings {
     pub limits: Limits,
     /// Files up to this size are kept in memory with their response head pre-encoded.
     pub small_file_max: u64,
-    /// Bytes of file contents the in-memory cache may hold (per thread).
+    /// Files sent from disk up to this size have their pages held in a pipe and leave with
+    /// `tee` and `splice` instead of `sendfile` (`net::page_pipe`); 0: never.
+    pub tee_file_max: u64,
+    /// Bytes of file contents the cache may keep in memory (per thread); the pages it holds in
+    /// pipes are bounded by the same figure, apart.
     pub cache_bytes: u64,
     /// Files (with their metadata) the cache may hold (per thread).
     pub cache_entries: usize,
@@ -62,6 +66,7 @@ impl Default for HttpSettings {
             body_timeout: Duration::from_secs(30),
             limits: Limits::default(),
             small_file_max: 16 * 1024,
+            tee_file_max: 1 << 20,
             cache_bytes: 64 << 20,
             cache_entries: 4096,
             loops: 1,

@@ -9,6 +9,7 @@ pub mod handler;
 pub mod listener;
 pub mod log_throttle;
 pub mod output;
+pub mod page_pipe;
 pub mod splice;
 pub mod udp;
 
@@ -20,4 +21,5 @@ pub use listener::{
     bind_tcp, bind_tcp_group, close_refused, AcceptHook, HandlerFactory, ListenOptions,
 };
 pub use output::{FileRange, FileVersion};
+pub use page_pipe::PagePipe;
 pub use udp::{DatagramHandler, DatagramOut};

@@ -22,6 +22,7 @@ use rustix::net::SendFlags;
 use crate::net::buffer::Buffer;
 use crate::net::connection::ConnId;
 use crate::net::log_throttle::{left_out_note, LogThrottle};
+use crate::net::page_pipe::PagePipe;
 use crate::net::splice::Pipe;
 
 /// A range of an open file to send. The file is shared: an open-file cache can hand the same
@@ -42,6 +43,9 @@ pub struct FileRange {
     /// Some of the range has left: the next call checks `version`. (The first is not: the
     /// response was built from a check made just before.)
     started: bool,
+    /// The file's first pages, held in a pipe: a range from offset 0 starts with `tee` from
+    /// them rather than `sendfile` (see `net::page_pipe`).
+    pages: Option<Arc<PagePipe>>,
 }
 
 /// What tells whether a file was written to while a response from it leaves: its size, its
@@ -92,6 +96,7 @@ impl FileRange {
             len,
             version: None,
             started: false,
+            pages: None,
         }
     }
 
@@ -101,6 +106,13 @@ impl FileRange {
             version: Some(version),
             ..FileRange::new(file, offset, len)
         }
+    }
+
+    /// The same range, started from `pages` (the file's, as `version` describes it) when it
+    /// begins at offset 0 and they hold all of it.
+    pub fn with_pages(self, pages: Option<Arc<PagePipe>>) -> FileRange {
+        let pages = pages.filter(|p| self.offset == 0 && self.len <= p.len());
+        FileRange { pages, ..self }
     }
 }
 
@@ -324,25 +336,21 @@ impl Queued {
                         // A change of mode, owner or links: what follows is compared with it.
                         range.version = Some(now);
                     }
-                    let asked = range.len.min(SENDFILE_CHUNK);
-                    let mut offset = range.offset;
-                    let n = loop {
-                        match rustix::fs::sendfile(
-                            fd,
-                            range.file.as_fd(),
-                            Some(&mut offset),
-                            asked as usize,
-                        ) {
-                            Ok(n) => break n as u64,
-                            Err(rustix::io::Errno::INTR) => continue,
-                            Err(rustix::io::Errno::AGAIN) => break u64::MAX,
-                            Err(e) => return Err(io::Error::from(e)),
-                        }
+                    let (n, full) = match range.pages.as_ref().filter(|_| !range.started) {
+                        Some(pages) => match pages.send_prefix(fd, range.len)? {
+                            Some(teed) => (teed.sent, teed.full),
+                            None => send_file(fd, range)?,
+                        },
+                        None => send_file(fd, range)?,
                     };
-                    if n == u64::MAX {
-                        break;
+                    if n > 0 {
+                        // The pages are for the range's start only.
+                        range.pages = None;
                     }
                     if n == 0 {
+                        if full {
+                            break;
+                        }
                         // The file is shorter than promised (truncated while being sent): the
                         // peer was told a length we can no longer deliver.
                         return Err(io::Error::new(
@@ -357,7 +365,8 @@ impl Queued {
                     self.len -= n;
                     // A short sendfile may mean a full socket or a file that ended early: ask
                     // again, and EAGAIN or 0 tells which (an edge-triggered poller would not
-                    // report a socket that never filled).
+                    // report a socket that never filled). A short tee that met a full socket
+                    // said so.
                     if range.len == 0 {
                         self.segments.pop_front();
                         if self.corked {
@@ -365,6 +374,8 @@ impl Queued {
                             self.corked = false;
                             let _ = rustix::net::sockopt::set_tcp_cork(fd, false);
                         }
+                    } else if full {
+                        break;
                     }
                 }
             }
@@ -383,6 +394,21 @@ impl Queued {
             }
         }
         self.len = 0;
+    }
+}
+
+/// One sendfile of the range's next bytes (at most [`SENDFILE_CHUNK`]): the count, and
+/// whether the socket had no room (the count is then 0).
+fn send_file(fd: BorrowedFd<'_>, range: &FileRange) -> io::Result<(u64, bool)> {
+    let asked = range.len.min(SENDFILE_CHUNK);
+    let mut offset = range.offset;
+    loop {
+        match rustix::fs::sendfile(fd, range.file.as_fd(), Some(&mut offset), asked as usize) {
+            Ok(n) => return Ok((n as u64, false)),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) => return Ok((0, true)),
+            Err(e) => return Err(io::Error::from(e)),
+        }
     }
 }
 
@@ -546,6 +572,136 @@ mod tests {
         q.push_file(FileRange::new(small, 0, 1000));
         assert!(q.flush(a.as_fd(), drop).unwrap().done);
         assert!(!get_tcp_cork(&a).unwrap());
+    }
+
+    /// A connected loopback pair: the server end non-blocking with a small send buffer, the
+    /// client end with a small receive buffer, so that a few hundred KiB do not fit at once.
+    fn tight_tcp_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        socket2::SockRef::from(&b)
+            .set_recv_buffer_size(32 * 1024)
+            .unwrap();
+        let (a, _) = listener.accept().unwrap();
+        socket2::SockRef::from(&a)
+            .set_send_buffer_size(16 * 1024)
+            .unwrap();
+        a.set_nonblocking(true).unwrap();
+        (a, b)
+    }
+
+    /// Flushes `q` into `a` until it is empty while a thread reads `want` bytes from `b`.
+    fn flush_all_through(
+        q: &mut OutputQueue,
+        a: &std::net::TcpStream,
+        mut b: std::net::TcpStream,
+        want: usize,
+    ) -> Vec<u8> {
+        let reader = std::thread::spawn(move || {
+            let mut all = vec![0u8; want];
+            b.read_exact(&mut all).unwrap();
+            all
+        });
+        while !q.is_empty() {
+            q.flush(a.as_fd(), drop).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        reader.join().unwrap()
+    }
+
+    #[test]
+    fn a_range_from_held_pages_leaves_whole_when_the_socket_takes_a_part_at_a_time() {
+        let data: Vec<Vec<u8>> = (0..3u8)
+            .map(|k| (0..300_000).map(|i| (i % 241) as u8 ^ k).collect())
+            .collect();
+        let mut first_flushes = Vec::new();
+        for d in &data {
+            // One file after another on fresh sockets: each first flush leaves the thread's
+            // scratch pipe holding the part the socket refused, which must be gone before the
+            // next file is teed in behind it.
+            let file = temp_file(d);
+            let pages = PagePipe::hold(&file, d.len() as u64).unwrap().map(Arc::new);
+            assert!(pages.is_some(), "a 300 KB pipe is within pipe-max-size");
+            let (a, b) = tight_tcp_pair();
+            let mut q = OutputQueue::default();
+            q.push_file(FileRange::new(file, 0, d.len() as u64).with_pages(pages));
+            let first = q.flush(a.as_fd(), drop).unwrap();
+            first_flushes.push(first.written);
+            let got = flush_all_through(&mut q, &a, b, d.len());
+            assert!(got == *d, "the body as the file holds it");
+        }
+        assert!(
+            first_flushes.iter().all(|&n| n > 0 && n < 300_000),
+            "each first flush sent a part, not all: {first_flushes:?}"
+        );
+    }
+
+    #[test]
+    fn held_pages_are_for_ranges_from_the_start_only() {
+        let data: Vec<u8> = (0..200_000).map(|i| (i % 239) as u8).collect();
+        let file = temp_file(&data);
+        let pages = PagePipe::hold(&file, data.len() as u64)
+            .unwrap()
+            .map(Arc::new);
+        assert!(FileRange::new(file.clone(), 10, 100)
+            .with_pages(pages.clone())
+            .pages
+            .is_none());
+        let tail = FileRange::new(file.clone(), 0, 1000).with_pages(pages.clone());
+        assert!(tail.pages.is_some(), "a prefix of what is held");
+        let (a, b) = tight_tcp_pair();
+        let mut q = OutputQueue::default();
+        q.push_file(FileRange::new(file.clone(), 10, 100).with_pages(pages.clone()));
+        q.push_file(tail);
+        let got = flush_all_through(&mut q, &a, b, 1100);
+        assert!(got[..100] == data[10..110] && got[100..] == data[..1000]);
+    }
+
+    #[test]
+    fn pages_held_before_a_copy_over_the_file_never_mix_two_versions() {
+        let old: Vec<u8> = vec![b'o'; 150_000];
+        let new: Vec<u8> = vec![b'n'; 150_000];
+        let file = temp_file(&old);
+        let version = FileVersion::of(&rustix::fs::fstat(file.as_fd()).unwrap());
+        let pages = PagePipe::hold(&file, old.len() as u64)
+            .unwrap()
+            .map(Arc::new);
+        // As `cp` does, after the response was built: truncate, then write. The held pages
+        // are the old version's; what sendfile would read is the new one's.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        file.set_len(0).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&*file, &new, 0).unwrap();
+        let (a, mut b) = tight_tcp_pair();
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let _ = b.read_to_end(&mut all);
+            all
+        });
+        let mut q = OutputQueue::default();
+        q.push_file(FileRange::checked(file, 0, old.len() as u64, version).with_pages(pages));
+        let mut cut = None;
+        while !q.is_empty() {
+            if let Err(e) = q.flush(a.as_fd(), drop) {
+                cut = Some(e);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        drop(a);
+        let got = reader.join().unwrap();
+        // The first part leaves from the held pages, the old version the response was built
+        // for; the check before the next part finds the file changed and ends the response.
+        assert!(
+            got.iter().all(|&c| c == b'o'),
+            "only the old version's bytes"
+        );
+        match cut {
+            None => assert_eq!(got.len(), old.len()),
+            Some(e) => {
+                assert!(e.to_string().contains("changed"), "{e}");
+                assert!(got.len() < old.len());
+            }
+        }
     }
 
     #[test]

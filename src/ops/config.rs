@@ -160,7 +160,7 @@ const SERVER_KEYS: [&str; 24] = [
     "log_filter",
 ];
 /// Keys only `[http]` takes.
-const HTTP_KEYS: [&str; 15] = [
+const HTTP_KEYS: [&str; 16] = [
     "root",
     "autoindex",
     "follow_symlinks",
@@ -172,6 +172,7 @@ const HTTP_KEYS: [&str; 15] = [
     "body_timeout",
     "max_body",
     "small_file_max",
+    "tee_file_max",
     "cache_bytes",
     "cache_entries",
     "cache_valid",
@@ -358,6 +359,7 @@ pub struct HttpFileSettings {
     pub body_timeout: Option<Duration>,
     pub max_body: Option<u64>,
     pub small_file_max: Option<u64>,
+    pub tee_file_max: Option<u64>,
     pub cache_bytes: Option<u64>,
     pub cache_entries: Option<usize>,
     pub cache_valid: Option<Duration>,
@@ -380,6 +382,7 @@ impl HttpFileSettings {
             body_timeout: self.body_timeout.or(f.body_timeout),
             max_body: self.max_body.or(f.max_body),
             small_file_max: self.small_file_max.or(f.small_file_max),
+            tee_file_max: self.tee_file_max.or(f.tee_file_max),
             cache_bytes: self.cache_bytes.or(f.cache_bytes),
             cache_entries: self.cache_entries.or(f.cache_entries),
             cache_valid: self.cache_valid.or(f.cache_valid),
@@ -406,6 +409,7 @@ impl HttpFileSettings {
             header_timeout,
             body_timeout,
             small_file_max,
+            tee_file_max,
             cache_bytes,
             cache_entries,
             cache_valid
@@ -1278,6 +1282,7 @@ impl Checker<'_> {
             "cache_entries" => h.cache_entries = self.count(key, value),
             "max_body" => h.max_body = bytes(self),
             "small_file_max" => h.small_file_max = bytes(self),
+            "tee_file_max" => h.tee_file_max = bytes(self),
             "cache_bytes" => h.cache_bytes = bytes(self),
             "access_log" => {
                 h.access_log = self
