@@ -203,12 +203,13 @@ struct HttpArgs {
     /// Files up to this many bytes are cached in memory [default: 16384].
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(0..=1 << 53))]
     small_file_max: Option<u64>,
-    /// Files sent from disk up to this many bytes have their pages held in a pipe and leave
-    /// with tee(2) instead of sendfile; 0 turns it off [default: 1048576].
-    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(0..=1 << 53))]
+    /// Files sent from disk up to this many bytes (at most 16777216) have their pages held in
+    /// a pipe once asked for twice, and leave with tee(2) instead of sendfile; 0 turns it off
+    /// [default: 1048576].
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(0..=keel::net::page_pipe::TEE_FILE_MAX_LIMIT))]
     tee_file_max: Option<u64>,
-    /// Bytes of file contents cached in memory, per thread, and apart of pages held in pipes
-    /// [default: 67108864].
+    /// Bytes of file contents cached in memory, per thread; also the most file pages held in
+    /// pipes by the whole process [default: 67108864].
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(0..=1 << 53))]
     cache_bytes: Option<u64>,
     /// Files cached, per thread [default: 4096]; those sent from disk keep an fd, at most

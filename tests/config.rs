@@ -1083,6 +1083,7 @@ log_target = "journal"
 log_filter = "info,keel=loudest"
 autoindex = "yes"
 work_ms = 3
+tee_file_max = 16777217
 "#,
         &[
             "2: key `http.root`: expected a file path, got integer 17",
@@ -1095,6 +1096,8 @@ work_ms = 3
              a number 0-5",
             "8: key `http.autoindex`: expected true or false, got string \"yes\"",
             "9: key `http.work_ms`: only [echo] takes work_ms; http has no handler work to delay",
+            "10: key `http.tee_file_max`: expected a size in bytes from 0 to 16777216, got \
+             16777217",
         ],
     );
 }

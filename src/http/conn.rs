@@ -731,8 +731,13 @@ impl HttpConn {
             return (status, 0, None);
         }
         if let Some(file) = e.disk() {
-            let range = FileRange::checked(file.clone(), offset, len, e.version())
-                .with_pages(e.pages().cloned());
+            let range = FileRange::checked(file.clone(), offset, len, e.version()).with_pages(
+                if offset == 0 {
+                    e.pages(&self.site)
+                } else {
+                    None
+                },
+            );
             return (status, len, Some(range));
         }
         if let Some(body) = e.body() {

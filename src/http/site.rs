@@ -38,8 +38,9 @@ pub struct HttpSettings {
     /// Files sent from disk up to this size have their pages held in a pipe and leave with
     /// `tee` and `splice` instead of `sendfile` (`net::page_pipe`); 0: never.
     pub tee_file_max: u64,
-    /// Bytes of file contents the cache may keep in memory (per thread); the pages it holds in
-    /// pipes are bounded by the same figure, apart.
+    /// Bytes of file contents the in-memory cache may hold (per thread). Also the most file
+    /// pages held in pipes in the whole process, within a quarter of the user's pipe
+    /// allowance (`net::page_pipe::budget`).
     pub cache_bytes: u64,
     /// Files (with their metadata) the cache may hold (per thread).
     pub cache_entries: usize,

@@ -13,8 +13,8 @@
 //! `tee` always starts at the head of its source, so a response takes a prefix of the file:
 //! the scratch pipe gets the whole prefix at once, the socket takes what it has room for,
 //! and the rest is thrown away (spliced to `/dev/null`, which only drops the references);
-//! the caller sends what is left of the range with `sendfile`. One scratch pipe serves a
-//! whole thread and is empty between calls.
+//! the caller sends what is left of the range with `sendfile`. Scratch pipes are pooled in
+//! the process and are empty between calls.
 //!
 //! The held pages are the page cache's own. A file rewritten in place is rewritten in them,
 //! as `sendfile` would read it; the file cache notices the change (an fstat on each use) and
@@ -29,14 +29,18 @@
 //! `pipe-user-pages-soft` across all of the user's pipes): where the kernel will not make a
 //! pipe big enough, nothing is held and `sendfile` is used.
 
-use std::cell::RefCell;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use rustix::io::Errno;
 use rustix::pipe::{PipeFlags, SpliceFlags};
+
+/// The most `tee_file_max` may be: a bigger pipe would be teed whole and mostly dropped on a
+/// slow socket's first send, and pin that much memory.
+pub const TEE_FILE_MAX_LIMIT: u64 = 16 << 20;
 
 /// The pages of a file's first `len` bytes, held in a pipe's read end (the write end is
 /// closed once it is filled: nothing is added later).
@@ -44,49 +48,127 @@ use rustix::pipe::{PipeFlags, SpliceFlags};
 pub struct PagePipe {
     read: OwnedFd,
     len: u64,
-    /// The kernel refused to send these pages (the file was truncated under them): use
-    /// `sendfile` from now on.
+    /// The pipe's capacity, counted in [`HELD`] until it is dropped.
+    capacity: u64,
+    /// The kernel refused to send these pages: use `sendfile` from now on.
     spent: AtomicBool,
 }
 
+/// What [`PagePipe::hold`] did.
+#[derive(Debug)]
+pub enum Hold {
+    Held(PagePipe),
+    /// The process holds its budget's worth already: maybe later.
+    NoRoom,
+    /// The kernel would not make the pipe (its size limits, out of fds), or the file could not
+    /// be spliced whole (shorter than its size, a file system without splice).
+    Refused,
+}
+
+/// Bytes of pipe capacity held by every live [`PagePipe`] in the process, and how many there
+/// are. A pipe's pages cannot be reclaimed while it holds them, and an unprivileged user's
+/// pipes share one allowance (`/proc/sys/fs/pipe-user-pages-soft`, counted in slots, which
+/// are rounded up to a power of two per pipe): past it, every new pipe of that user, in any
+/// process, gets two slots. So the budget is process-wide, counts capacity, not file bytes,
+/// and never takes more than a quarter of that allowance ([`budget`]).
+static HELD: AtomicU64 = AtomicU64::new(0);
+static HELD_PIPES: AtomicU64 = AtomicU64::new(0);
+
+/// The process's budget for held pages, given the one configured (`cache_bytes`): at most a
+/// quarter of the user's pipe allowance.
+pub fn budget(configured: u64) -> u64 {
+    static ALLOWANCE: OnceLock<u64> = OnceLock::new();
+    let allowance = *ALLOWANCE.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/fs/pipe-user-pages-soft")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map_or(16 << 20, |pages| match pages {
+                0 => u64::MAX, // no limit
+                n => n.saturating_mul(page_size()) / 4,
+            })
+    });
+    configured.min(allowance)
+}
+
+/// Bytes of pipe capacity held now, in the whole process.
+pub fn held_bytes() -> u64 {
+    HELD.load(Ordering::Relaxed)
+}
+
+fn page_size() -> u64 {
+    rustix::param::page_size() as u64
+}
+
+/// The capacity the kernel gives a pipe asked to hold `len` bytes of a file from offset 0: a
+/// slot per page, rounded up to a power of two.
+fn capacity_for(len: u64) -> u64 {
+    len.div_ceil(page_size()).next_power_of_two() * page_size()
+}
+
+/// Takes `capacity` bytes and one pipe out of the process's budget, if both fit.
+fn reserve(capacity: u64, budget: u64) -> bool {
+    reserve_in(&HELD, &HELD_PIPES, capacity, budget, max_pipes())
+}
+
+fn reserve_in(
+    held: &AtomicU64,
+    pipes: &AtomicU64,
+    capacity: u64,
+    budget: u64,
+    max_pipes: u64,
+) -> bool {
+    if pipes.fetch_add(1, Ordering::Relaxed) >= max_pipes {
+        pipes.fetch_sub(1, Ordering::Relaxed);
+        return false;
+    }
+    let took = held
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+            h.checked_add(capacity).filter(|&h| h <= budget)
+        })
+        .is_ok();
+    if !took {
+        pipes.fetch_sub(1, Ordering::Relaxed);
+    }
+    took
+}
+
+fn release(capacity: u64) {
+    HELD.fetch_sub(capacity, Ordering::Relaxed);
+    HELD_PIPES.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// At most one fd in sixteen of `RLIMIT_NOFILE` (and at least 8) holds pages: the file
+/// cache's own cap counts the files, not these.
+fn max_pipes() -> u64 {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    (limit / 16).max(8)
+}
+
 impl PagePipe {
-    /// Holds the first `len` bytes of `file` (a regular file, `len` its size). `Ok(None)`
-    /// when the kernel will not make a pipe that large for this process, or the file turns
-    /// out shorter.
-    pub fn hold(file: &File, len: u64) -> io::Result<Option<PagePipe>> {
-        let want = usize::try_from(len).map_err(|_| io::Error::other("file too large"))?;
-        if want == 0 {
-            return Ok(None);
+    /// Holds the first `len` bytes of `file` (a regular file, `len` its size), if the
+    /// process's held pages stay within `budget` bytes (see [`budget`]).
+    pub fn hold(file: &File, len: u64, budget: u64) -> Hold {
+        if len == 0 || len > TEE_FILE_MAX_LIMIT {
+            return Hold::Refused;
         }
-        let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-        match rustix::pipe::fcntl_setpipe_size(&write, want) {
-            Ok(size) if size >= want => {}
-            // EPERM: over pipe-max-size or the user's pipe pages; ENOMEM.
-            Ok(_) | Err(_) => return Ok(None),
+        let capacity = capacity_for(len);
+        if !reserve(capacity, budget) {
+            return Hold::NoRoom;
         }
-        let mut filled = 0u64;
-        while filled < len {
-            let mut at = filled;
-            match rustix::pipe::splice(
-                file.as_fd(),
-                Some(&mut at),
-                &write,
-                None,
-                (len - filled) as usize,
-                SpliceFlags::NONBLOCK,
-            ) {
-                Ok(0) => return Ok(None), // shorter than its size said
-                Ok(n) => filled += n as u64,
-                Err(Errno::INTR) => continue,
-                // EINVAL: a file system that cannot splice; EAGAIN: no room after all.
-                Err(_) => return Ok(None),
+        match fill(file, len) {
+            Some(read) => Hold::Held(PagePipe {
+                read,
+                len,
+                capacity,
+                spent: AtomicBool::new(false),
+            }),
+            None => {
+                release(capacity);
+                Hold::Refused
             }
         }
-        Ok(Some(PagePipe {
-            read,
-            len,
-            spent: AtomicBool::new(false),
-        }))
     }
 
     /// Bytes held.
@@ -105,25 +187,57 @@ impl PagePipe {
         if self.spent.load(Ordering::Relaxed) || len == 0 || len > self.len {
             return Ok(None);
         }
-        SCRATCH.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            let Some(scratch) = Scratch::fit(&mut slot, len as usize) else {
-                return Ok(None);
-            };
-            let res = scratch.send(&self.read, sock, len as usize);
-            if !scratch.discard_rest() {
-                // A scratch pipe that could not be emptied is not used again.
-                *slot = None;
-            }
-            let (teed, gone) = res?;
-            if gone {
-                // The pages are no longer the file's: whatever left before is still a prefix
-                // of the response, and the rest goes by sendfile, now and from now on.
-                self.spent.store(true, Ordering::Relaxed);
-            }
-            Ok((teed.sent > 0 || teed.full).then_some(teed))
-        })
+        let Some(mut scratch) = Scratch::take(len as usize) else {
+            return Ok(None);
+        };
+        let res = scratch.send(&self.read, sock, len as usize);
+        if scratch.discard_rest() {
+            Scratch::give_back(scratch);
+        } // else it is closed: a scratch pipe that could not be emptied is not used again.
+        let (teed, gone) = res?;
+        if gone {
+            // The pages are no longer the file's: whatever left before is still a prefix of
+            // the response, and the rest goes by sendfile, now and from now on.
+            self.spent.store(true, Ordering::Relaxed);
+        }
+        Ok((teed.sent > 0 || teed.full).then_some(teed))
     }
+}
+
+impl Drop for PagePipe {
+    fn drop(&mut self) {
+        release(self.capacity);
+    }
+}
+
+/// A pipe holding the first `len` bytes of `file`, its write end closed. `None` when the
+/// kernel will not make a pipe that large (EPERM past pipe-max-size or the user's pipe
+/// pages, ENOMEM, EMFILE) or the file cannot be spliced whole.
+fn fill(file: &File, len: u64) -> Option<OwnedFd> {
+    let want = usize::try_from(len).ok()?;
+    let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).ok()?;
+    if rustix::pipe::fcntl_setpipe_size(&write, want).ok()? < want {
+        return None;
+    }
+    let mut filled = 0u64;
+    while filled < len {
+        let mut at = filled;
+        match rustix::pipe::splice(
+            file.as_fd(),
+            Some(&mut at),
+            &write,
+            None,
+            (len - filled) as usize,
+            SpliceFlags::NONBLOCK,
+        ) {
+            Ok(0) => return None, // shorter than its size said
+            Ok(n) => filled += n as u64,
+            Err(Errno::INTR) => continue,
+            // EINVAL: a file system that cannot splice; EAGAIN: no room after all.
+            Err(_) => return None,
+        }
+    }
+    Some(read)
 }
 
 /// What [`PagePipe::send_prefix`] sent.
@@ -134,33 +248,63 @@ pub(crate) struct Teed {
     pub full: bool,
 }
 
-/// A thread's scratch pipe, and `/dev/null` to empty it into.
+/// A scratch pipe: a response's pages are teed into it and spliced out of it, and it is
+/// empty again before anyone else may use it.
 struct Scratch {
     read: OwnedFd,
     write: OwnedFd,
     size: usize,
-    null: OwnedFd,
     /// Bytes teed in and not yet spliced out or discarded.
     held: usize,
 }
 
-thread_local! {
-    static SCRATCH: RefCell<Option<Scratch>> = const { RefCell::new(None) };
+/// Idle scratch pipes, shared by the process's threads: a sender takes one for the length of
+/// one call. So there are as many as there are sends at the same moment (a few, one per
+/// thread at most), not one per thread: under thread-per-connection that would be two fds
+/// per connection. The pid they were made in: a forked child must not use its parent's
+/// (the two processes would tee into one pipe).
+static POOL: Mutex<(u32, Vec<Scratch>)> = Mutex::new((0, Vec::new()));
+
+/// Idle scratch pipes kept; more are closed when given back.
+const POOL_MAX: usize = 16;
+
+/// `/dev/null`, opened once (a failed open is tried again next time), to drop what a socket
+/// refused.
+static NULL: OnceLock<OwnedFd> = OnceLock::new();
+
+fn null() -> Option<BorrowedFd<'static>> {
+    if let Some(fd) = NULL.get() {
+        return Some(fd.as_fd());
+    }
+    let fd = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()?;
+    Some(NULL.get_or_init(|| fd).as_fd())
 }
 
 impl Scratch {
-    /// The thread's scratch pipe, made (or grown) to take `len` bytes at once. `None` when
-    /// the kernel refuses.
-    fn fit(slot: &mut Option<Scratch>, len: usize) -> Option<&mut Scratch> {
-        if slot.is_none() {
-            *slot = Scratch::new().ok();
-        }
-        let scratch = slot.as_mut()?;
-        if scratch.size < len {
-            match rustix::pipe::fcntl_setpipe_size(&scratch.write, len) {
-                Ok(size) => scratch.size = size,
-                Err(_) => return None,
+    /// An empty scratch pipe that takes `len` bytes at once: an idle one, grown if needed, or a
+    /// new one. `None` when the kernel refuses (out of fds, or a pipe that large).
+    fn take(len: usize) -> Option<Scratch> {
+        null()?;
+        let pid = std::process::id();
+        // try_lock: a sender that finds the pool busy makes a pipe of its own rather than
+        // wait (and a child forked while another thread held the lock cannot deadlock).
+        let idle = POOL.try_lock().ok().and_then(|mut pool| {
+            if pool.0 != pid {
+                *pool = (pid, Vec::new());
             }
+            pool.1.pop()
+        });
+        let mut scratch = match idle {
+            Some(s) => s,
+            None => Scratch::new().ok()?,
+        };
+        if scratch.size < len {
+            scratch.size = rustix::pipe::fcntl_setpipe_size(&scratch.write, len).ok()?;
             if scratch.size < len {
                 return None;
             }
@@ -168,19 +312,22 @@ impl Scratch {
         Some(scratch)
     }
 
+    /// Returns an empty scratch pipe to the pool.
+    fn give_back(scratch: Scratch) {
+        if let Ok(mut pool) = POOL.try_lock() {
+            if pool.0 == std::process::id() && pool.1.len() < POOL_MAX {
+                pool.1.push(scratch);
+            }
+        }
+    }
+
     fn new() -> io::Result<Scratch> {
         let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
         let size = rustix::pipe::fcntl_getpipe_size(&write)?;
-        let null = rustix::fs::open(
-            "/dev/null",
-            rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )?;
         Ok(Scratch {
             read,
             write,
             size,
-            null,
             held: 0,
         })
     }
@@ -216,7 +363,9 @@ impl Scratch {
                 self.held,
                 SpliceFlags::NONBLOCK,
             ) {
-                Ok(0) => break,
+                // Bytes in the pipe, none moved: the kernel would not confirm a page (a
+                // splice to a socket reports that as 0 from 6.5 on).
+                Ok(0) => return Ok((teed, true)),
                 Ok(k) => {
                     teed.sent += k as u64;
                     self.held -= k;
@@ -235,11 +384,14 @@ impl Scratch {
 
     /// Drops what the socket did not take; false if some is still in the pipe.
     fn discard_rest(&mut self) -> bool {
+        let Some(null) = null() else {
+            return self.held == 0;
+        };
         while self.held > 0 {
             match rustix::pipe::splice(
                 &self.read,
                 None,
-                &self.null,
+                null,
                 None,
                 self.held,
                 SpliceFlags::NONBLOCK,
@@ -251,5 +403,63 @@ impl Scratch {
             }
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_is_counted_as_the_kernel_rounds_it() {
+        let page = page_size();
+        assert_eq!(capacity_for(1), page);
+        assert_eq!(capacity_for(page), page);
+        assert_eq!(capacity_for(page + 1), 2 * page);
+        assert_eq!(capacity_for(5 * page), 8 * page);
+        assert_eq!(capacity_for(1 << 20), 1 << 20);
+    }
+
+    #[test]
+    fn the_budget_bounds_bytes_and_pipes() {
+        let (held, pipes) = (AtomicU64::new(0), AtomicU64::new(0));
+        assert!(reserve_in(&held, &pipes, 600, 1000, 3));
+        assert!(!reserve_in(&held, &pipes, 600, 1000, 3), "past the bytes");
+        assert_eq!(
+            (held.load(Ordering::Relaxed), pipes.load(Ordering::Relaxed)),
+            (600, 1)
+        );
+        assert!(reserve_in(&held, &pipes, 400, 1000, 3));
+        assert!(reserve_in(&held, &pipes, 0, 1000, 3));
+        assert!(!reserve_in(&held, &pipes, 0, 1000, 3), "past the pipes");
+        assert_eq!(
+            (held.load(Ordering::Relaxed), pipes.load(Ordering::Relaxed)),
+            (1000, 3)
+        );
+    }
+
+    #[test]
+    fn a_held_pipe_gives_its_capacity_back_when_dropped() {
+        let path = std::env::temp_dir().join(format!("keel-page-pipe-{}", std::process::id()));
+        std::fs::write(&path, vec![7u8; 100_000]).unwrap();
+        let file = File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        // Other tests hold pages at the same time: the budget is what is held now, plus room
+        // for this pipe only.
+        let cap = capacity_for(100_000);
+        match PagePipe::hold(&file, 100_000, held_bytes() + cap) {
+            Hold::Held(p) => {
+                assert_eq!(p.len(), 100_000);
+                assert_eq!(p.capacity, cap);
+            }
+            Hold::NoRoom => {} // another test took the room in between
+            Hold::Refused => eprintln!("skipped: the kernel refused a {cap}-byte pipe"),
+        }
+        assert!(matches!(PagePipe::hold(&file, 0, u64::MAX), Hold::Refused));
+        assert!(
+            matches!(PagePipe::hold(&file, 100_001, u64::MAX), Hold::Refused),
+            "shorter than said"
+        );
+        assert!(matches!(PagePipe::hold(&file, 100_000, 0), Hold::NoRoom));
     }
 }

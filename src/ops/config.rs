@@ -178,6 +178,10 @@ const HTTP_KEYS: [&str; 16] = [
     "cache_valid",
     "access_log",
 ];
+/// `tee_file_max`'s bounds (`net::page_pipe::TEE_FILE_MAX_LIMIT`).
+const TEE_FILE_MAX: i128 = crate::net::page_pipe::TEE_FILE_MAX_LIMIT as i128;
+const TEE_BYTES: &str = "a size in bytes from 0 to 16777216";
+
 /// Keys only `[proxy]` takes.
 const PROXY_KEYS: [&str; 3] = ["backends", "connect_timeout", "splice"];
 /// Keys only `[chat]` takes.
@@ -1282,7 +1286,11 @@ impl Checker<'_> {
             "cache_entries" => h.cache_entries = self.count(key, value),
             "max_body" => h.max_body = bytes(self),
             "small_file_max" => h.small_file_max = bytes(self),
-            "tee_file_max" => h.tee_file_max = bytes(self),
+            "tee_file_max" => {
+                h.tee_file_max = self
+                    .int(key, value, 0, TEE_FILE_MAX, TEE_BYTES)
+                    .map(|v| v as u64);
+            }
             "cache_bytes" => h.cache_bytes = bytes(self),
             "access_log" => {
                 h.access_log = self
