@@ -261,8 +261,8 @@ struct Scratch {
 /// Idle scratch pipes, shared by the process's threads: a sender takes one for the length of
 /// one call. So there are as many as there are sends at the same moment (a few, one per
 /// thread at most), not one per thread: under thread-per-connection that would be two fds
-/// per connection. The pid they were made in: a forked child must not use its parent's
-/// (the two processes would tee into one pipe).
+/// per connection. The fork generation they were made in (`sys::process::fork_generation`):
+/// a forked child must not use its parent's (the two processes would tee into one pipe).
 static POOL: Mutex<(u32, Vec<Scratch>)> = Mutex::new((0, Vec::new()));
 
 /// Idle scratch pipes kept; more are closed when given back.
@@ -290,12 +290,12 @@ impl Scratch {
     /// new one. `None` when the kernel refuses (out of fds, or a pipe that large).
     fn take(len: usize) -> Option<Scratch> {
         null()?;
-        let pid = std::process::id();
+        let generation = crate::sys::process::fork_generation();
         // try_lock: a sender that finds the pool busy makes a pipe of its own rather than
         // wait (and a child forked while another thread held the lock cannot deadlock).
         let idle = POOL.try_lock().ok().and_then(|mut pool| {
-            if pool.0 != pid {
-                *pool = (pid, Vec::new());
+            if pool.0 != generation {
+                *pool = (generation, Vec::new());
             }
             pool.1.pop()
         });
@@ -315,7 +315,7 @@ impl Scratch {
     /// Returns an empty scratch pipe to the pool.
     fn give_back(scratch: Scratch) {
         if let Ok(mut pool) = POOL.try_lock() {
-            if pool.0 == std::process::id() && pool.1.len() < POOL_MAX {
+            if pool.0 == crate::sys::process::fork_generation() && pool.1.len() < POOL_MAX {
                 pool.1.push(scratch);
             }
         }

@@ -31,6 +31,16 @@ pub use nix::unistd::Pid;
 /// by every child): from then on an open file may be held by several processes.
 static FORKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Incremented in every child [`fork_child`] makes: state that must not cross a fork (a
+/// pool of pipes in use) records it, and finds it changed in a child.
+static FORK_GENERATION: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// This process's place in its line of forks (see [`FORK_GENERATION`]): different in a child
+/// from what it was in the parent when it forked.
+pub fn fork_generation() -> u32 {
+    FORK_GENERATION.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Whether this process's fds may be shared with another process (it forked children, or is
 /// one). An epoll registration lives as long as the open file, not the fd: once a file is
 /// shared, closing our fd no longer removes it from our epoll set, and it must be deleted
@@ -179,6 +189,7 @@ pub fn fork_child(
     match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
         nix::unistd::ForkResult::Parent { child: pid } => Ok(pid),
         nix::unistd::ForkResult::Child => {
+            FORK_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut cx = Child {
                 parent,
                 inherited: inherited.iter().map(|fd| fd.as_raw_fd()).collect(),
