@@ -22,12 +22,13 @@
 //! pages out of the file but still holding the old bytes: a response built before the change
 //! starts with the version its headers describe, and the check before its next part (see
 //! `FileRange::version`) ends it rather than go on with the new one (a test pins this). Were
-//! the kernel to refuse such pages (`ENODATA`, `EIO` from the splice), they are marked spent
-//! and the range goes on with `sendfile`.
+//! the kernel to refuse such pages (a splice that moves nothing, or `ENODATA`/`EIO`), they
+//! are marked spent and the range goes on with `sendfile`.
 //!
 //! Pipes are a limited resource for an unprivileged user (`/proc/sys/fs/pipe-max-size`, and
-//! `pipe-user-pages-soft` across all of the user's pipes): where the kernel will not make a
-//! pipe big enough, nothing is held and `sendfile` is used.
+//! `pipe-user-pages-soft` across all of the user's pipes), and held pages cannot be reclaimed:
+//! the process holds no more than its budget ([`budget`]), and where the kernel will not make
+//! a pipe big enough, nothing is held and `sendfile` is used.
 
 use std::fs::File;
 use std::io;
