@@ -356,14 +356,7 @@ impl Scratch {
         };
         self.held = n;
         while self.held > 0 {
-            match rustix::pipe::splice(
-                &self.read,
-                None,
-                sock,
-                None,
-                self.held,
-                SpliceFlags::NONBLOCK,
-            ) {
+            match self.splice_held(sock) {
                 // Bytes in the pipe, none moved: the kernel would not confirm a page (a
                 // splice to a socket reports that as 0 from 6.5 on).
                 Ok(0) => return Ok((teed, true)),
@@ -371,7 +364,6 @@ impl Scratch {
                     teed.sent += k as u64;
                     self.held -= k;
                 }
-                Err(Errno::INTR) => continue,
                 Err(Errno::AGAIN) => {
                     teed.full = true;
                     break;
@@ -389,21 +381,24 @@ impl Scratch {
             return self.held == 0;
         };
         while self.held > 0 {
-            match rustix::pipe::splice(
-                &self.read,
-                None,
-                null,
-                None,
-                self.held,
-                SpliceFlags::NONBLOCK,
-            ) {
-                Ok(0) => return false,
+            match self.splice_held(null) {
+                Ok(0) | Err(_) => return false,
                 Ok(n) => self.held -= n,
-                Err(Errno::INTR) => continue,
-                Err(_) => return false,
             }
         }
         true
+    }
+
+    /// One non-blocking splice of what the pipe holds to `to`, tried again if a signal
+    /// interrupted it.
+    fn splice_held(&self, to: BorrowedFd<'_>) -> Result<usize, Errno> {
+        loop {
+            match rustix::pipe::splice(&self.read, None, to, None, self.held, SpliceFlags::NONBLOCK)
+            {
+                Err(Errno::INTR) => continue,
+                done => return done,
+            }
+        }
     }
 }
 
