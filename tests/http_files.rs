@@ -1625,6 +1625,103 @@ fn held_pages(engine: &str) {
 }
 per_engine!(held_pages);
 
+/// The pipes process `pid` has open: how many of its fds refer to each.
+fn pipes_of(pid: i32) -> std::collections::HashMap<String, usize> {
+    let mut seen = std::collections::HashMap::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Ok(l) = std::fs::read_link(e.path()) {
+            let l = l.to_string_lossy().into_owned();
+            if l.starts_with("pipe:") {
+                *seen.entry(l).or_default() += 1;
+            }
+        }
+    }
+    seen
+}
+
+/// Under the forking models the processes that serve at once (`--threads` of them) draw on
+/// one user's pipe allowance, so each holds pages within its share of the quarter the server
+/// may take (three quarters of that share for held pages), not a quarter each: four workers
+/// each holding a quarter would leave every other program of the user two-slot pipes.
+fn forked_processes_split_the_pipe_allowance(model: &str) {
+    let (_r, w) = rustix::pipe::pipe().unwrap();
+    if let Err(e) = rustix::pipe::fcntl_setpipe_size(&w, 1 << 20) {
+        eprintln!("skipped: this user may not have a 1 MiB pipe here ({e})");
+        return;
+    }
+    let soft: u64 = std::fs::read_to_string("/proc/sys/fs/pipe-user-pages-soft")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let processes = 4u64;
+    let share = soft * rustix::param::page_size() as u64 / 4 / processes / 4 * 3;
+    let can_hold = (share >> 20) as usize;
+    let files = can_hold + 3;
+    if soft == 0 || files > 40 {
+        eprintln!("skipped: pipe-user-pages-soft {soft}: {files} files of 1 MiB to fill it");
+        return;
+    }
+    let t = Tree::new("tee-share");
+    let data: Vec<Vec<u8>> = (0..files)
+        .map(|i| random_bytes(40 + i as u64, 1 << 20))
+        .collect();
+    for (i, d) in data.iter().enumerate() {
+        t.put(&format!("f{i}.bin"), d);
+    }
+    let srv = Opts::http("epoll-et")
+        .arg("--root", &t.root_str())
+        .arg("--model", model)
+        .arg("--threads", &processes.to_string())
+        .arg("--cache-valid", "60")
+        .spawn();
+    let mut s = TcpStream::connect(srv.tcp).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for (i, d) in data.iter().enumerate() {
+        for round in 0..2 {
+            let req = format!("GET /f{i}.bin HTTP/1.1\r\nHost: test\r\n\r\n");
+            s.write_all(req.as_bytes()).unwrap();
+            let (status, body) = read_sized_response(&mut s);
+            assert_eq!(status, 200, "[{model}] f{i} response {round}");
+            assert!(body == *d, "[{model}] f{i} response {round}: wrong bytes");
+        }
+    }
+    // The connection is still open: its process (the worker that took it, or its own child)
+    // holds what it held.
+    // Held pipes are the ones a child keeps one end of (a scratch pipe keeps both) and did
+    // not inherit from the master.
+    let master = pipes_of(srv.pid);
+    let held = util::children_of(srv.pid)
+        .iter()
+        .map(|c| {
+            pipes_of(c.pid)
+                .iter()
+                .filter(|&(p, &n)| n == 1 && !master.contains_key(p))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    // Each holds 1 MiB, and the pipe a response leaves through counts against the same
+    // share: one fewer may fit.
+    assert!(
+        held <= can_hold && held + 1 >= can_hold,
+        "[{model}] {held} files held; the share has room for {can_hold} ({share} bytes of {files} MiB asked for twice)"
+    );
+}
+
+#[test]
+fn prefork_workers_split_the_pipe_allowance() {
+    forked_processes_split_the_pipe_allowance("prefork");
+}
+
+#[test]
+fn connection_processes_split_the_pipe_allowance() {
+    forked_processes_split_the_pipe_allowance("process-per-conn");
+}
+
 // ---------------------------------------------------------------------------------------------
 // gzip_static
 // ---------------------------------------------------------------------------------------------

@@ -39,8 +39,8 @@ pub struct HttpSettings {
     /// `tee` and `splice` instead of `sendfile` (`net::page_pipe`); 0: never.
     pub tee_file_max: u64,
     /// Bytes of file contents the in-memory cache may hold (per thread). Also the most file
-    /// pages held in pipes in the whole process, within a quarter of the user's pipe
-    /// allowance (`net::page_pipe::budget`).
+    /// pages held in pipes in the whole process, within its share of a quarter of the user's
+    /// pipe allowance (`net::page_pipe::budget`).
     pub cache_bytes: u64,
     /// Files (with their metadata) the cache may hold (per thread).
     pub cache_entries: usize,

@@ -40,9 +40,12 @@ pub struct FileRange {
     /// are read as the file is then (in a test, 1.6 MB of a 100 MB download, where 61.6 MB of
     /// the new version used to follow, the response ending as if whole). `None`: not checked.
     pub version: Option<FileVersion>,
-    /// Some of the range has left: the next call checks `version`. (The first is not: the
-    /// response was built from a check made just before.)
-    started: bool,
+    /// A send of the range was tried: every later call checks `version` first. (The first
+    /// is not: the response was built from a check made just before.) Tried, not sent: a
+    /// first call that met a full socket may be followed by the next one much later, and held
+    /// pages (below) would go out then unchecked, a file truncated in place meanwhile sending
+    /// the zeroed tail of its pages where `sendfile` would stop at the new end.
+    tried: bool,
     /// The file's first pages, held in a pipe: a range from offset 0 starts with `tee` from
     /// them rather than `sendfile` (see `net::page_pipe`).
     pages: Option<Arc<PagePipe>>,
@@ -95,7 +98,7 @@ impl FileRange {
             offset,
             len,
             version: None,
-            started: false,
+            tried: false,
             pages: None,
         }
     }
@@ -320,7 +323,7 @@ impl Queued {
                         // Best effort: uncorked, the body still leaves, in a few more packets.
                         self.corked = rustix::net::sockopt::set_tcp_cork(fd, true).is_ok();
                     }
-                    if let Some(version) = range.version.filter(|_| range.started) {
+                    if let Some(version) = range.version.filter(|_| range.tried) {
                         let now = rustix::fs::fstat(range.file.as_fd())
                             .map(|st| FileVersion::of(&st))
                             .map_err(io::Error::from)?;
@@ -336,7 +339,8 @@ impl Queued {
                         // A change of mode, owner or links: what follows is compared with it.
                         range.version = Some(now);
                     }
-                    let (n, full) = match range.pages.as_ref().filter(|_| !range.started) {
+                    range.tried = true;
+                    let (n, full) = match range.pages.as_ref() {
                         Some(pages) => match pages.send_prefix(fd, range.len)? {
                             Some(teed) => (teed.sent, teed.full),
                             None => send_file(fd, range)?,
@@ -360,7 +364,6 @@ impl Queued {
                     }
                     range.offset += n;
                     range.len -= n;
-                    range.started = true;
                     written += n;
                     self.len -= n;
                     // A short sendfile may mean a full socket or a file that ended early: ask
@@ -717,6 +720,32 @@ mod tests {
                 assert!(got.len() < old.len());
             }
         }
+    }
+
+    #[test]
+    fn held_pages_that_met_a_full_socket_are_checked_before_they_leave() {
+        let data: Vec<u8> = (0..299_999).map(|i| (i % 233) as u8).collect();
+        let file = temp_file(&data);
+        let version = FileVersion::of(&rustix::fs::fstat(file.as_fd()).unwrap());
+        let Some(pages) = held(&file, data.len() as u64) else {
+            return;
+        };
+        let (mut a, mut b) = tight_tcp_pair();
+        // The socket is full before the response's body is tried: its first call sends nothing.
+        while a.write(&[0u8; 4096]).is_ok() {}
+        let mut q = OutputQueue::default();
+        q.push_file(
+            FileRange::checked(file.clone(), 0, data.len() as u64, version).with_pages(Some(pages)),
+        );
+        let first = q.flush(a.as_fd(), drop).unwrap();
+        assert_eq!(first.written, 0, "a full socket takes nothing");
+        // Truncated in place while it waits: the held pages are no longer what the file says.
+        file.set_len(100_000).unwrap();
+        b.set_nonblocking(true).unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        while b.read(&mut buf).is_ok_and(|n| n > 0) {}
+        let err = q.flush(a.as_fd(), drop).unwrap_err();
+        assert!(err.to_string().contains("changed"), "{err}");
     }
 
     #[test]

@@ -26,15 +26,16 @@
 //! are marked spent and the range goes on with `sendfile`.
 //!
 //! Pipes are a limited resource for an unprivileged user (`/proc/sys/fs/pipe-max-size`, and
-//! `pipe-user-pages-soft` across all of the user's pipes), and held pages cannot be reclaimed:
-//! the process holds no more than its budget ([`budget`]), and where the kernel will not make
-//! a pipe big enough, nothing is held and `sendfile` is used.
+//! `pipe-user-pages-soft` across all of the user's pipes, in every process), and held pages
+//! cannot be reclaimed: the process holds no more than its budget ([`budget`]), and where the
+//! kernel will not make a pipe big enough, nothing is held and `sendfile` is used.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 use rustix::pipe::{PipeFlags, SpliceFlags};
@@ -59,27 +60,42 @@ pub struct PagePipe {
 #[derive(Debug)]
 pub enum Hold {
     Held(PagePipe),
-    /// The process holds its budget's worth already: maybe later.
+    /// Not now: the process holds its budget's worth already, or the kernel refused a pipe
+    /// for a reason that passes (the user's pipe allowance, out of fds or memory). Tried
+    /// again on a later response.
     NoRoom,
-    /// The kernel would not make the pipe (its size limits, out of fds), or the file could not
-    /// be spliced whole (shorter than its size, a file system without splice).
+    /// Not for this file: larger than the kernel makes a pipe (`pipe-max-size`), or it could
+    /// not be spliced whole (shorter than its size, a file system without splice).
     Refused,
 }
 
-/// Bytes of pipe capacity held by every live [`PagePipe`] in the process, and how many there
-/// are. A pipe's pages cannot be reclaimed while it holds them, and an unprivileged user's
-/// pipes share one allowance (`/proc/sys/fs/pipe-user-pages-soft`, counted in slots, which
-/// are rounded up to a power of two per pipe): past it, every new pipe of that user, in any
-/// process, gets two slots. So the budget is process-wide, counts capacity, not file bytes,
-/// and never takes more than a quarter of that allowance ([`budget`]).
+/// Bytes of pipe capacity the process holds: every live [`PagePipe`]'s and every scratch
+/// pipe's (a response's pages pass through one); and how many [`PagePipe`]s there are. A
+/// held pipe's pages cannot be reclaimed while it holds them, and an unprivileged user's pipes
+/// share one allowance (`/proc/sys/fs/pipe-user-pages-soft`, counted in slots, which are
+/// rounded up to a power of two per pipe): past it, every new pipe of that user, in any
+/// process, gets two slots. So the count is of capacity, not file bytes, and the process
+/// never takes more than its part of a quarter of that allowance ([`part`]).
 static HELD: AtomicU64 = AtomicU64::new(0);
 static HELD_PIPES: AtomicU64 = AtomicU64::new(0);
 
-/// The process's budget for held pages, given the one configured (`cache_bytes`): at most a
-/// quarter of the user's pipe allowance.
-pub fn budget(configured: u64) -> u64 {
-    static ALLOWANCE: OnceLock<u64> = OnceLock::new();
-    let allowance = *ALLOWANCE.get_or_init(|| {
+/// How many processes of this server may hold pages at the same time: one, or prefork's
+/// workers, or process-per-connection's cap on children. They all draw on one user's
+/// allowance, so each takes its share of the quarter. Set by the master before it forks;
+/// the children inherit it.
+static HOLDERS: AtomicU64 = AtomicU64::new(1);
+
+/// Tells the process that `processes` processes (it and its siblings, forked after this
+/// call) may hold pages at once, each counting only its own.
+pub fn share_allowance(processes: usize) {
+    HOLDERS.store(processes.max(1) as u64, Ordering::Relaxed);
+}
+
+/// The most pipe capacity this process may hold ([`HELD`]): a quarter of the user's pipe
+/// allowance, divided between the processes that hold pages ([`share_allowance`]).
+fn part() -> u64 {
+    static QUARTER: OnceLock<u64> = OnceLock::new();
+    let quarter = *QUARTER.get_or_init(|| {
         std::fs::read_to_string("/proc/sys/fs/pipe-user-pages-soft")
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
@@ -88,12 +104,52 @@ pub fn budget(configured: u64) -> u64 {
                 n => n.saturating_mul(page_size()) / 4,
             })
     });
-    configured.min(allowance)
+    share(quarter, HOLDERS.load(Ordering::Relaxed))
 }
 
-/// Bytes of pipe capacity held now, in the whole process.
+fn share(quarter: u64, holders: u64) -> u64 {
+    quarter / holders.max(1)
+}
+
+/// The process's budget for held pages, given the one configured (`cache_bytes`): at most
+/// three quarters of its [`part`]. The last quarter is room for the scratch pipes the pages
+/// pass through on their way to a socket: held pages with no room left to send them from
+/// would be no use.
+pub fn budget(configured: u64) -> u64 {
+    configured.min(held_share(part()))
+}
+
+fn held_share(part: u64) -> u64 {
+    part / 4 * 3
+}
+
+/// Bytes of pipe capacity held now, in the whole process (held pages and scratch pipes).
 pub fn held_bytes() -> u64 {
     HELD.load(Ordering::Relaxed)
+}
+
+/// After the kernel refuses a pipe for a reason that passes, no pipe is tried for this long:
+/// every response in between goes by `sendfile` without first asking for a pipe in vain.
+const REFUSED_PAUSE: Duration = Duration::from_secs(1);
+
+/// When the pause after the last such refusal ends, in [`epoch_ms`] (0: none).
+static PAUSED_UNTIL: AtomicU64 = AtomicU64::new(0);
+
+fn epoch_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+fn paused() -> bool {
+    let until = PAUSED_UNTIL.load(Ordering::Relaxed);
+    until != 0 && epoch_ms() < until
+}
+
+fn pause() {
+    PAUSED_UNTIL.store(
+        epoch_ms() + REFUSED_PAUSE.as_millis() as u64,
+        Ordering::Relaxed,
+    );
 }
 
 fn page_size() -> u64 {
@@ -109,6 +165,18 @@ fn capacity_for(len: u64) -> u64 {
 /// Takes `capacity` bytes and one pipe out of the process's budget, if both fit.
 fn reserve(capacity: u64, budget: u64) -> bool {
     reserve_in(&HELD, &HELD_PIPES, capacity, budget, max_pipes())
+}
+
+/// Takes `bytes` of scratch pipe capacity out of the process's [`part`], if they fit.
+fn reserve_scratch(bytes: u64) -> bool {
+    reserve_bytes_in(&HELD, bytes, part())
+}
+
+fn reserve_bytes_in(held: &AtomicU64, bytes: u64, limit: u64) -> bool {
+    held.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+        h.checked_add(bytes).filter(|&h| h <= limit)
+    })
+    .is_ok()
 }
 
 fn reserve_in(
@@ -155,19 +223,25 @@ impl PagePipe {
             return Hold::Refused;
         }
         let capacity = capacity_for(len);
-        if !reserve(capacity, budget) {
+        if paused() || !reserve(capacity, budget) {
             return Hold::NoRoom;
         }
         match fill(file, len) {
-            Some(read) => Hold::Held(PagePipe {
+            Ok(read) => Hold::Held(PagePipe {
                 read,
                 len,
                 capacity,
                 spent: AtomicBool::new(false),
             }),
-            None => {
+            Err(refusal) => {
                 release(capacity);
-                Hold::Refused
+                match refusal {
+                    Refusal::Now => {
+                        pause();
+                        Hold::NoRoom
+                    }
+                    Refusal::File => Hold::Refused,
+                }
             }
         }
     }
@@ -211,14 +285,47 @@ impl Drop for PagePipe {
     }
 }
 
-/// A pipe holding the first `len` bytes of `file`, its write end closed. `None` when the
-/// kernel will not make a pipe that large (EPERM past pipe-max-size or the user's pipe
-/// pages, ENOMEM, EMFILE) or the file cannot be spliced whole.
-fn fill(file: &File, len: u64) -> Option<OwnedFd> {
-    let want = usize::try_from(len).ok()?;
-    let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).ok()?;
-    if rustix::pipe::fcntl_setpipe_size(&write, want).ok()? < want {
-        return None;
+/// Why [`fill`] made no pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// For now: the user's pipe allowance is spent (`EPERM` for a size the kernel allows),
+    /// or the process is out of fds or memory.
+    Now,
+    /// For this file: larger than `pipe-max-size`, or it cannot be spliced whole.
+    File,
+}
+
+/// Why the kernel refused to make (`make`) or size a pipe to `want` bytes: `EPERM` on a size
+/// within `max_size` (`/proc/sys/fs/pipe-max-size`) is the user's allowance, which passes; past
+/// it, it is the size, which does not.
+fn refusal(e: Errno, want: usize, max_size: usize) -> Refusal {
+    match e {
+        Errno::PERM if want > max_size => Refusal::File,
+        Errno::PERM | Errno::NOMEM | Errno::MFILE | Errno::NFILE | Errno::AGAIN => Refusal::Now,
+        _ => Refusal::File,
+    }
+}
+
+/// `/proc/sys/fs/pipe-max-size`: the largest pipe an unprivileged process may ask for.
+fn pipe_max_size() -> usize {
+    static MAX: OnceLock<usize> = OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1 << 20)
+    })
+}
+
+/// A pipe holding the first `len` bytes of `file`, its write end closed; or why the kernel
+/// would not make a pipe that large, or the file could not be spliced whole.
+fn fill(file: &File, len: u64) -> Result<OwnedFd, Refusal> {
+    let want = usize::try_from(len).map_err(|_| Refusal::File)?;
+    let why = |e| refusal(e, want, pipe_max_size());
+    let (read, write) =
+        rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).map_err(why)?;
+    if rustix::pipe::fcntl_setpipe_size(&write, want).map_err(why)? < want {
+        return Err(Refusal::File);
     }
     let mut filled = 0u64;
     while filled < len {
@@ -231,14 +338,15 @@ fn fill(file: &File, len: u64) -> Option<OwnedFd> {
             (len - filled) as usize,
             SpliceFlags::NONBLOCK,
         ) {
-            Ok(0) => return None, // shorter than its size said
+            Ok(0) => return Err(Refusal::File), // shorter than its size said
             Ok(n) => filled += n as u64,
             Err(Errno::INTR) => continue,
-            // EINVAL: a file system that cannot splice; EAGAIN: no room after all.
-            Err(_) => return None,
+            // EINVAL: a file system that cannot splice; EAGAIN: no room after all (a lease or
+            // lock on the file, which passes).
+            Err(e) => return Err(why(e)),
         }
     }
-    Some(read)
+    Ok(read)
 }
 
 /// What [`PagePipe::send_prefix`] sent.
@@ -302,15 +410,36 @@ impl Scratch {
         });
         let mut scratch = match idle {
             Some(s) => s,
-            None => Scratch::new().ok()?,
+            None => Scratch::new()?,
         };
-        if scratch.size < len {
-            scratch.size = rustix::pipe::fcntl_setpipe_size(&scratch.write, len).ok()?;
-            if scratch.size < len {
-                return None;
-            }
+        if scratch.size < len && !scratch.grow(len) {
+            Scratch::give_back(scratch);
+            return None;
         }
         Some(scratch)
+    }
+
+    /// Makes the pipe take `len` bytes at once, if the process's [`part`] has room for the
+    /// growth and the kernel agrees.
+    fn grow(&mut self, len: usize) -> bool {
+        let want = capacity_for(len as u64);
+        let more = want.saturating_sub(self.size as u64);
+        if !reserve_scratch(more) {
+            return false;
+        }
+        match rustix::pipe::fcntl_setpipe_size(&self.write, len) {
+            Ok(size) => {
+                // Counted as the kernel rounded it (the same rounding as `capacity_for`).
+                HELD.fetch_add(size as u64, Ordering::Relaxed);
+                HELD.fetch_sub(self.size as u64 + more, Ordering::Relaxed);
+                self.size = size;
+                size >= len
+            }
+            Err(_) => {
+                HELD.fetch_sub(more, Ordering::Relaxed);
+                false
+            }
+        }
     }
 
     /// Returns an empty scratch pipe to the pool.
@@ -322,10 +451,12 @@ impl Scratch {
         }
     }
 
-    fn new() -> io::Result<Scratch> {
-        let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-        let size = rustix::pipe::fcntl_getpipe_size(&write)?;
-        Ok(Scratch {
+    /// A new pipe of the kernel's default size, if the process's [`part`] has room for it.
+    fn new() -> Option<Scratch> {
+        let (read, write) =
+            rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).ok()?;
+        let size = rustix::pipe::fcntl_getpipe_size(&write).ok()?;
+        reserve_scratch(size as u64).then_some(Scratch {
             read,
             write,
             size,
@@ -402,6 +533,12 @@ impl Scratch {
     }
 }
 
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        HELD.fetch_sub(self.size as u64, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,6 +568,61 @@ mod tests {
         assert_eq!(
             (held.load(Ordering::Relaxed), pipes.load(Ordering::Relaxed)),
             (1000, 3)
+        );
+    }
+
+    #[test]
+    fn forked_servers_split_the_quarter_and_leave_room_to_send() {
+        let quarter = 16 << 20;
+        assert_eq!(share(quarter, 1), quarter);
+        assert_eq!(share(quarter, 4), 4 << 20, "four workers, a share each");
+        assert_eq!(share(quarter, 0), quarter);
+        assert_eq!(
+            held_share(4 << 20),
+            3 << 20,
+            "a quarter is left for scratch pipes"
+        );
+        assert_eq!(
+            share(u64::MAX, 3),
+            u64::MAX / 3,
+            "no limit stays (nearly) none"
+        );
+    }
+
+    #[test]
+    fn scratch_pipes_fit_in_the_part_with_the_held_pages() {
+        let held = AtomicU64::new(0);
+        assert!(reserve_in(&held, &AtomicU64::new(0), 3 << 20, 3 << 20, 8));
+        assert!(
+            reserve_bytes_in(&held, 1 << 20, 4 << 20),
+            "room left past the held pages"
+        );
+        assert!(!reserve_bytes_in(&held, 1, 4 << 20), "the part is full");
+        assert_eq!(held.load(Ordering::Relaxed), 4 << 20);
+        // Scratch pipes count against held pages too: none more is held while they exist.
+        assert!(!reserve_in(&held, &AtomicU64::new(0), 0, 3 << 20, 8));
+    }
+
+    #[test]
+    fn a_refusal_that_passes_is_told_from_one_for_the_file() {
+        let max = 1 << 20;
+        assert_eq!(
+            refusal(Errno::PERM, max, max),
+            Refusal::Now,
+            "the user's allowance"
+        );
+        assert_eq!(
+            refusal(Errno::PERM, max + 1, max),
+            Refusal::File,
+            "past pipe-max-size"
+        );
+        for e in [Errno::MFILE, Errno::NFILE, Errno::NOMEM, Errno::AGAIN] {
+            assert_eq!(refusal(e, 4096, max), Refusal::Now, "{e}");
+        }
+        assert_eq!(
+            refusal(Errno::INVAL, 4096, max),
+            Refusal::File,
+            "no splice here"
         );
     }
 

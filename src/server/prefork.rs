@@ -157,6 +157,8 @@ fn serve_worker(
 
 pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     let workers = opts.threads;
+    // The workers draw on one user's pipe allowance: each holds file pages within its share.
+    crate::net::page_pipe::share_allowance(workers);
     forking::run(opts, service, |control, listener, udp| {
         let cfg = opts.loop_config();
         let limit = match opts.max_connections {

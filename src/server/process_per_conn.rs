@@ -84,6 +84,8 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
         Some(max) => opts.threads.min(max.max(1)),
         None => opts.threads,
     };
+    // As many children as that may hold file pages at once, on one user's pipe allowance.
+    crate::net::page_pipe::share_allowance(cap);
     forking::run(opts, service, |control, listener, udp| {
         let listen_fd = listener.as_raw_fd();
         let udp_fd = udp.as_ref().map(|u| u.as_raw_fd());
