@@ -91,9 +91,9 @@ struct ServerArgs {
     /// Close connections idle for this many seconds.
     #[arg(long, value_parser = config::parse_positive_secs)]
     idle_timeout: Option<Duration>,
-    /// After our FIN, wait this long for the peer's before closing with RST; before our FIN,
-    /// while a closing connection's output is still being sent, the longest the peer may go
-    /// without taking a byte of it [default: 5].
+    /// A closing connection: the longest the peer may go without taking a byte of what is
+    /// still on its way to it (before our FIN and after), and after our FIN, with all of it
+    /// taken, how long to wait for the peer's FIN before closing with RST [default: 5].
     #[arg(long, value_parser = config::parse_secs)]
     linger_timeout: Option<Duration>,
     /// On SIGTERM, give connections this long to finish [default: 10].
@@ -675,6 +675,13 @@ fn main() -> ExitCode {
             cli.http = args.http_settings();
             let (settings, opts) = resolve_cli_or_exit(&args.server, Section::Http, cli.clone());
             _log_guard = init_logging(&settings);
+            if settings.idle_timeout.is_some() {
+                // Accepted, since a config file may share it with other servers, but not
+                // silently ignored.
+                tracing::warn!(
+                    "idle_timeout does not apply to `keel http`: idle keep-alive connections close after keepalive_timeout (--keepalive-timeout)"
+                );
+            }
             let build = |s: &ServerSettings| -> Result<HandlerFactory, String> {
                 let mut http = s.http.clone();
                 // A daemon's stderr is /dev/null: the default access log (stderr) is off there.

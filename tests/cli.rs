@@ -359,3 +359,20 @@ fn a_closed_stdout_does_not_stop_the_server() {
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `--idle-timeout` means nothing to `keel http` (its idle keep-alive connections close after
+/// `--keepalive-timeout`): the server says so rather than take it silently.
+#[test]
+fn an_idle_timeout_given_to_http_is_said_not_to_apply() {
+    let warning = "idle_timeout does not apply to `keel http`";
+    let srv = util::Opts::http("epoll-et")
+        .arg("--idle-timeout", "2")
+        .spawn();
+    assert!(
+        srv.stderr_has(warning, Duration::from_secs(5)),
+        "{}",
+        srv.stderr_dump()
+    );
+    let plain = util::Opts::http("epoll-et").spawn();
+    assert!(!plain.stderr_has(warning, Duration::from_millis(300)));
+}

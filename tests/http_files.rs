@@ -1625,6 +1625,79 @@ fn held_pages(engine: &str) {
 }
 per_engine!(held_pages);
 
+/// A client that reads a large response slowly but steadily gets all of it, however far past
+/// `--linger-timeout` (when the server closes after it) and `--keepalive-timeout` (when it
+/// does not) that takes: both bound a peer that stops taking bytes, not one that takes them
+/// slowly. On loopback the kernel's send buffer is autotuned to megabytes and holds most of
+/// the file, so the server has nothing it can write for seconds at a time while the client
+/// reads on; after the server's FIN it has nothing left to write at all.
+fn a_slow_reader_gets_the_whole_file(model: &str, close: bool) {
+    use std::io::Read;
+    let t = Tree::new(&format!("slow-{model}-{close}"));
+    let data = random_bytes(60, 3 << 20);
+    t.put("big.bin", &data);
+    let srv = Opts::http(ENGINE)
+        .arg("--root", &t.root_str())
+        .arg("--model", model)
+        .arg("--threads", "1")
+        .arg("--linger-timeout", "1")
+        .arg("--keepalive-timeout", "1")
+        .spawn();
+    let mut s = TcpStream::connect(srv.tcp).unwrap();
+    socket2::SockRef::from(&s)
+        .set_recv_buffer_size(64 * 1024)
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let connection = if close { "Connection: close\r\n" } else { "" };
+    let req = format!("GET /big.bin HTTP/1.1\r\nHost: test\r\n{connection}\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    // 16 KiB every 100 ms for 4 s: four linger and keep-alive periods, 640 KiB of 3 MiB.
+    let slow_until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < slow_until {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!(
+                "[{model}] cut off after {} bytes read slowly: {e}",
+                got.len()
+            ),
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let head_end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("the head arrived")
+        + 4;
+    let want = head_end + data.len();
+    while got.len() < want {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("[{model}] cut off after {} bytes: {e}", got.len()),
+        }
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"), "[{model}] a 200");
+    assert_eq!(got.len(), want, "[{model}] the whole body, no more");
+    assert!(got[head_end..] == data[..], "[{model}] the file's bytes");
+}
+
+#[test]
+fn a_slow_reader_gets_the_whole_file_before_a_close() {
+    for model in ["multi-reactor", "leader-followers"] {
+        a_slow_reader_gets_the_whole_file(model, true);
+    }
+}
+
+#[test]
+fn a_slow_reader_gets_the_whole_file_on_a_kept_connection() {
+    for model in ["multi-reactor", "leader-followers"] {
+        a_slow_reader_gets_the_whole_file(model, false);
+    }
+}
+
 /// The pipes process `pid` has open: how many of its fds refer to each.
 fn pipes_of(pid: i32) -> std::collections::HashMap<String, usize> {
     let mut seen = std::collections::HashMap::new();

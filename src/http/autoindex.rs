@@ -57,7 +57,9 @@ pub fn read_entries(
         if name == "."
             || name == ".."
             || (!show_hidden && name.starts_with('.'))
-            || name.bytes().any(|b| b.is_ascii_control())
+            // A request cannot name these: control bytes, and a backslash (refused in every
+            // path, `http::path`), so their links would only lead to a 400.
+            || name.bytes().any(|b| b.is_ascii_control() || b == b'\\')
         {
             continue;
         }
@@ -270,7 +272,7 @@ mod tests {
     #[test]
     fn names_no_request_can_reach_are_not_listed() {
         let t = TempDir::new("unreachable");
-        for name in ["nl\nname", "tab\tname", "del\u{7f}", "plain"] {
+        for name in ["nl\nname", "tab\tname", "del\u{7f}", "back\\slash", "plain"] {
             std::fs::write(t.0.join(name), b"x").unwrap();
         }
         let dir = std::fs::File::open(&t.0).unwrap();

@@ -33,6 +33,7 @@ use crate::net::buffer::Buffer;
 use crate::net::buffer_pool::BufferPool;
 use crate::net::handler::{Ctx, Handler};
 use crate::net::output::{FileRange, OutputQueue};
+use crate::net::send_timeout;
 use crate::net::splice::SpliceTo;
 use crate::reactor::event::{Event, Interest, Token, Trigger};
 use crate::reactor::event_loop::{
@@ -965,8 +966,13 @@ impl EventLoop {
         }
         // The linger timer bounds the whole close, flushing included: a peer that stopped
         // reading cannot hold the connection and its queued output forever. While output is
-        // still queued it counts from the last bytes the peer took (`linger_timer_fired`).
-        self.start_linger(id);
+        // still queued it counts from the last bytes the peer took (`linger_timer_fired`),
+        // and the peer's progress is marked now to tell a slow reader from a stalled one.
+        let mark = self
+            .conn(id)
+            .filter(|c| c.output_len() > 0)
+            .and_then(|c| send_timeout::mark(c.fd.as_fd()));
+        self.start_linger(id, mark);
     }
 
     /// Closes at once with RST, dropping queued output.
@@ -1084,17 +1090,22 @@ impl EventLoop {
             self.close_with(id, CloseReason::Normal);
         } else if full_close {
             // The wait for the peer's FIN gets a whole linger timeout from our FIN, however
-            // long the flush before it took.
-            if let Some(key) = self.conn_mut(id).and_then(|c| c.linger_timer.take()) {
+            // long the flush before it took; after a flush the kernel may still hold much of
+            // it, so the peer's progress is marked now.
+            let flushed = self.conn_mut(id).and_then(|c| c.linger_timer.take());
+            let mark = flushed.and_then(|key| {
                 self.timers.cancel(key);
-            }
-            self.start_linger(id);
+                send_timeout::mark(self.conn(id)?.fd.as_fd())
+            });
+            self.start_linger(id, mark);
         }
     }
 
     /// Enters the closing phase: input from now on is only drained to reach the peer's FIN,
     /// and one timer bounds the rest of the close (flush, FIN, waiting for the peer's FIN).
-    fn start_linger(&mut self, id: ConnId) {
+    /// `mark`: how far the peer had acknowledged (`net::send_timeout`), where bytes are on
+    /// their way.
+    fn start_linger(&mut self, id: ConnId, mark: Option<u32>) {
         let deadline = self.deadline_after(self.cfg.linger_timeout);
         let Some(conn) = self.conn_mut(id) else {
             return;
@@ -1113,7 +1124,7 @@ impl EventLoop {
             return;
         }
         let paused = conn.read_paused;
-        let key = self.timers.insert(deadline, TimerEvent::Linger(id));
+        let key = self.timers.insert(deadline, TimerEvent::Linger(id, mark));
         if let Some(conn) = self.conn_mut(id) {
             conn.linger_timer = Some(key);
         }
@@ -1125,17 +1136,36 @@ impl EventLoop {
     /// Before our FIN, while queued output still waits for the peer to read it, the linger
     /// timeout is a send timeout: it counts from the last bytes the peer took, so a slow
     /// reader gets the whole of a long response and only a stalled one is cut off (as
-    /// nginx's `send_timeout`). After our FIN it is a plain bound on the wait for the peer's.
-    pub(crate) fn linger_timer_fired(&mut self, id: ConnId, key: TimerKey) {
+    /// nginx's `send_timeout`). After our FIN it bounds the wait for the peer's, and the peer
+    /// still taking what the kernel holds of ours buys it more (`net::send_timeout`).
+    pub(crate) fn linger_timer_fired(&mut self, id: ConnId, key: TimerKey, mark: Option<u32>) {
         let now = self.now_tick();
         let linger = EventLoop::ms(self.cfg.linger_timeout);
         let Some(conn) = self.conn_mut(id).filter(|c| c.linger_timer == Some(key)) else {
             return;
         };
         conn.linger_timer = None;
+        let flushing = |c: &Conn| !c.write_shut && c.output_len() > 0;
+        if flushing(conn) && now >= conn.last_active + linger {
+            self.nudge(id);
+            match self.conn(id) {
+                // Flushed whole and our FIN sent: a new linger timer counts from it.
+                Some(conn) if conn.linger_timer.is_none() => {}
+                _ => return,
+            }
+        }
+        let conn = self.conn(id).expect("looked up above");
         let due = conn.last_active.saturating_add(linger);
-        if !conn.write_shut && conn.output_len() > 0 && now < due {
-            let key = self.timers.insert(due, TimerEvent::Linger(id));
+        let next = if flushing(conn) && now < due {
+            Some((due, mark))
+        } else {
+            match send_timeout::verdict(conn.fd.as_fd(), mark) {
+                send_timeout::Verdict::Wait(mark) => Some((now + linger, Some(mark))),
+                send_timeout::Verdict::Stalled => None,
+            }
+        };
+        if let Some((at, mark)) = next {
+            let key = self.timers.insert(at, TimerEvent::Linger(id, mark));
             if let Some(conn) = self.conn_mut(id) {
                 conn.linger_timer = Some(key);
             }
@@ -1143,6 +1173,16 @@ impl EventLoop {
         }
         self.stats.linger_timeouts += 1;
         self.close_with(id, CloseReason::LingerTimeout);
+    }
+
+    /// Tries to send what `id` has queued before a timer judges it stalled. A slow reader
+    /// takes bytes without the poller saying so: a TCP socket is reported writable only once
+    /// a third of its send buffer is free (Linux: room for half of what is queued), and with
+    /// the buffer autotuned to megabytes a client reading 16 KiB a second frees that much
+    /// only after minutes. Room it made since is taken now, and counts as activity
+    /// (`conn_writable`); a peer that took nothing leaves no room, and the write finds none.
+    fn nudge(&mut self, id: ConnId) {
+        self.conn_writable(id);
     }
 
     pub(crate) fn idle_timer_fired(&mut self, id: ConnId, key: TimerKey) {
@@ -1157,7 +1197,13 @@ impl EventLoop {
             .and_then(|p| self.conn(p))
             .map_or(0, |p| p.last_active);
         let conn = self.conn(id).expect("looked up above");
-        let deadline = conn.last_active.max(partner_active) + u64::from(ms);
+        let mut deadline = conn.last_active.max(partner_active) + u64::from(ms);
+        if now >= deadline && conn.output_len() > 0 && !conn.write_shut {
+            self.nudge(id);
+            let Some(conn) = self.conn(id) else { return };
+            deadline = conn.last_active.max(partner_active) + u64::from(ms);
+        }
+        let conn = self.conn(id).expect("looked up above");
         if now < deadline {
             let key = self.timers.insert(deadline, TimerEvent::Idle(id));
             if let Some(conn) = self.conn_mut(id) {

@@ -10,6 +10,7 @@ pub mod listener;
 pub mod log_throttle;
 pub mod output;
 pub mod page_pipe;
+pub(crate) mod send_timeout;
 pub mod splice;
 pub mod udp;
 

@@ -91,7 +91,9 @@ impl Default for LoopConfig {
 /// a timer outliving its connection is recognised by the generation check and ignored.
 pub(crate) enum TimerEvent {
     Idle(ConnId),
-    Linger(ConnId),
+    /// A connection's linger timer, with the peer's progress when it was set
+    /// (`net::send_timeout`).
+    Linger(ConnId, Option<u32>),
     Connect(ConnId),
     User(ConnId, u64),
     Task(Box<dyn FnOnce(&mut EventLoop)>),
@@ -705,7 +707,7 @@ impl EventLoop {
         for (key, _, ev) in fired.drain(..) {
             match ev {
                 TimerEvent::Idle(id) => self.idle_timer_fired(id, key),
-                TimerEvent::Linger(id) => self.linger_timer_fired(id, key),
+                TimerEvent::Linger(id, mark) => self.linger_timer_fired(id, key, mark),
                 TimerEvent::Connect(id) => self.connect_timer_fired(id, key),
                 TimerEvent::User(id, tag) => self.user_timer_fired(id, tag, key),
                 TimerEvent::Task(f) => {

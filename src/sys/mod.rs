@@ -3,4 +3,5 @@
 
 pub mod process;
 pub mod select_poll;
+pub mod tcp;
 pub mod uring;

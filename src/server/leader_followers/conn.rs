@@ -2,7 +2,7 @@
 //! and full close, linger, idle and user timers.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use rustix::net::{SendFlags, Shutdown};
@@ -12,6 +12,7 @@ use super::settings::ms;
 use super::shared::Shared;
 use super::timers::TimerEvent;
 use crate::net::output::OutputQueue;
+use crate::net::send_timeout;
 use crate::net::{Buffer, CloseReason, ConnId, FileRange, Handler};
 use crate::reactor::{Interest, TimerKey, Token};
 
@@ -190,9 +191,12 @@ impl Core {
         } else if self.read_eof {
             self.close_with(CloseReason::Normal);
         } else if self.close_after_shutdown {
-            // The wait for the peer's FIN gets a whole linger timeout from our FIN.
-            sh.replace_timer(self.linger_timer.take(), None);
-            self.start_linger(sh, now);
+            // The wait for the peer's FIN gets a whole linger timeout from our FIN; after a
+            // flush the kernel may still hold much of it, so the peer's progress is marked.
+            let flushed = self.linger_timer.take();
+            let mark = flushed.and_then(|_| send_timeout::mark(self.fd.as_ref()?.as_fd()));
+            sh.replace_timer(flushed, None);
+            self.start_linger(sh, now, mark);
         }
     }
 
@@ -206,10 +210,16 @@ impl Core {
         if !self.write_shut {
             self.shutdown_write(sh, now);
         }
-        self.start_linger(sh, now);
+        // Output still queued: the peer's progress is marked, to tell a slow reader from a
+        // stalled one (`net::send_timeout`).
+        let mark = match &self.fd {
+            Some(fd) if self.output_len() > 0 => send_timeout::mark(fd.as_fd()),
+            _ => None,
+        };
+        self.start_linger(sh, now, mark);
     }
 
-    fn start_linger(&mut self, sh: &Shared, now: u64) {
+    fn start_linger(&mut self, sh: &Shared, now: u64, mark: Option<u32>) {
         if !self.live() {
             return;
         }
@@ -221,7 +231,7 @@ impl Core {
         self.read_paused = false;
         if self.linger_timer.is_none() {
             let deadline = now.saturating_add(sh.cfg.linger_ms);
-            self.linger_timer = Some(sh.add_timer(deadline, TimerEvent::Linger(self.id)));
+            self.linger_timer = Some(sh.add_timer(deadline, TimerEvent::Linger(self.id, mark)));
         }
     }
 

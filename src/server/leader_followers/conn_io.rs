@@ -143,7 +143,7 @@ impl Worker<'_> {
     }
 
     /// Writable: send what is queued; once empty, the pending FIN or `on_drained`.
-    fn flush(&mut self, c: &mut LfConn) {
+    pub(super) fn flush(&mut self, c: &mut LfConn) {
         let core = &mut c.core;
         if !core.live() {
             return;

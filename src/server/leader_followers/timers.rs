@@ -1,17 +1,20 @@
 //! What a timer means, and how the fired ones are handled.
 
+use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 
 use super::conn::LfConn;
 use super::counters::bump;
 use super::shared::lock;
 use super::worker::Worker;
+use crate::net::send_timeout::{self, Verdict};
 use crate::net::{CloseReason, ConnId};
 use crate::reactor::TimerWheel;
 
 pub(super) enum TimerEvent {
     Idle(ConnId),
-    Linger(ConnId),
+    /// With the peer's progress when it was set (`net::send_timeout`).
+    Linger(ConnId, Option<u32>),
     User(ConnId, u64),
     DrainDeadline,
     RetryAccept,
@@ -28,7 +31,7 @@ impl Worker<'_> {
             self.now = self.sh.now();
             let (id, what) = match ev {
                 TimerEvent::Idle(id) => (id, ev),
-                TimerEvent::Linger(id) => (id, ev),
+                TimerEvent::Linger(id, _) => (id, ev),
                 TimerEvent::User(id, _) => (id, ev),
                 TimerEvent::DrainDeadline => {
                     self.drain_deadline();
@@ -50,15 +53,42 @@ impl Worker<'_> {
             }
             match what {
                 TimerEvent::Idle(_) if c.core.idle_timer == Some(key) => self.idle_fired(&mut c),
-                TimerEvent::Linger(_) if c.core.linger_timer == Some(key) => {
+                TimerEvent::Linger(_, mark) if c.core.linger_timer == Some(key) => {
+                    c.core.linger_timer = None;
+                    let flushing = !c.core.write_shut && c.core.output_len() > 0;
+                    let due = c.core.last_active.saturating_add(self.sh.cfg.linger_ms);
+                    if flushing && self.now >= due {
+                        // A slow reader's room, which the poller may not have reported (as
+                        // the event loop's `nudge`).
+                        self.flush(&mut c);
+                        if !c.core.live() || c.core.linger_timer.is_some() {
+                            // Gone, or flushed whole with our FIN sent: a new linger from it.
+                            self.recheck_drain(&mut c);
+                            self.settle(&mut c, None);
+                            continue;
+                        }
+                    }
                     let core = &mut c.core;
-                    core.linger_timer = None;
                     // Still flushing before our FIN: a send timeout, counted from the last
-                    // bytes the peer took (as the event loop's `linger_timer_fired`).
+                    // bytes the peer took; then, the peer still taking what the kernel holds
+                    // (as the event loop's `linger_timer_fired`).
                     let due = core.last_active.saturating_add(self.sh.cfg.linger_ms);
-                    if !core.write_shut && core.output_len() > 0 && self.now < due {
+                    let next = if !core.write_shut && core.output_len() > 0 && self.now < due {
+                        Some((due, mark))
+                    } else {
+                        let verdict = core.fd.as_ref().map_or(Verdict::Stalled, |fd| {
+                            send_timeout::verdict(fd.as_fd(), mark)
+                        });
+                        match verdict {
+                            Verdict::Wait(m) => {
+                                Some((self.now.saturating_add(self.sh.cfg.linger_ms), Some(m)))
+                            }
+                            Verdict::Stalled => None,
+                        }
+                    };
+                    if let Some((at, mark)) = next {
                         core.linger_timer =
-                            Some(self.sh.add_timer(due, TimerEvent::Linger(core.id)));
+                            Some(self.sh.add_timer(at, TimerEvent::Linger(core.id, mark)));
                     } else {
                         bump(&self.stats.linger_timeouts, 1);
                         core.close_with(CloseReason::LingerTimeout);
@@ -91,6 +121,14 @@ impl Worker<'_> {
         let core = &mut c.core;
         core.idle_timer = None;
         let Some(ms) = core.idle_ms else { return };
+        if now >= core.last_active.saturating_add(ms) && core.output_len() > 0 && !core.write_shut {
+            // Room a slow reader made, unreported: taken now, it counts as activity.
+            self.flush(c);
+            if !c.core.live() {
+                return;
+            }
+        }
+        let core = &mut c.core;
         let deadline = core.last_active.saturating_add(ms);
         if now < deadline {
             core.idle_timer = sh.replace_timer(None, Some((deadline, TimerEvent::Idle(core.id))));
