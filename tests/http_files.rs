@@ -1684,6 +1684,48 @@ fn a_slow_reader_gets_the_whole_file(model: &str, close: bool) {
     assert!(got[head_end..] == data[..], "[{model}] the file's bytes");
 }
 
+/// The other side of the slow reader: a client that never reads is still cut off, within
+/// about two linger periods (the room it made before it stopped buys one more).
+#[test]
+fn a_reader_that_stopped_is_still_cut_off() {
+    use std::io::Read;
+    let t = Tree::new("stopped");
+    t.put("big.bin", &random_bytes(61, 8 << 20));
+    for model in ["multi-reactor", "leader-followers"] {
+        let srv = Opts::http(ENGINE)
+            .arg("--root", &t.root_str())
+            .arg("--model", model)
+            .arg("--threads", "1")
+            .arg("--linger-timeout", "1")
+            .spawn();
+        let mut s = TcpStream::connect(srv.tcp).unwrap();
+        socket2::SockRef::from(&s)
+            .set_recv_buffer_size(64 * 1024)
+            .unwrap();
+        s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let start = Instant::now();
+        thread::sleep(Duration::from_millis(2600));
+        // Cut off by now: what the socket holds ends in a reset or EOF, well short of 8 MiB.
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut got = 0usize;
+        let ended = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(_) => break false,
+            }
+        };
+        assert!(
+            ended && got < 8 << 20,
+            "[{model}] still served after {:?} ({got} bytes)",
+            start.elapsed()
+        );
+    }
+}
+
 #[test]
 fn a_slow_reader_gets_the_whole_file_before_a_close() {
     for model in ["multi-reactor", "leader-followers"] {

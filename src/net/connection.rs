@@ -1149,15 +1149,18 @@ impl EventLoop {
         if flushing(conn) && now >= conn.last_active + linger {
             self.nudge(id);
             match self.conn(id) {
-                // Flushed whole and our FIN sent: a new linger timer counts from it.
-                Some(conn) if conn.linger_timer.is_none() => {}
+                // Flushed whole and our FIN sent: a new linger timer counts from it. Closing
+                // (the write failed): nothing more to decide.
+                Some(conn) if conn.linger_timer.is_none() && conn.state != ConnState::Closing => {}
                 _ => return,
             }
         }
         let conn = self.conn(id).expect("looked up above");
         let due = conn.last_active.saturating_add(linger);
         let next = if flushing(conn) && now < due {
-            Some((due, mark))
+            // Bytes left since the mark (counted by `last_active`): what the peer acknowledged
+            // for them must not count again as progress in the next period.
+            Some((due, send_timeout::mark(conn.fd.as_fd())))
         } else {
             match send_timeout::verdict(conn.fd.as_fd(), mark) {
                 send_timeout::Verdict::Wait(mark) => Some((now + linger, Some(mark))),
@@ -1198,9 +1201,15 @@ impl EventLoop {
             .map_or(0, |p| p.last_active);
         let conn = self.conn(id).expect("looked up above");
         let mut deadline = conn.last_active.max(partner_active) + u64::from(ms);
-        if now >= deadline && conn.output_len() > 0 && !conn.write_shut {
+        if now >= deadline
+            && conn.output_len() > 0
+            && !conn.write_shut
+            && conn.state != ConnState::Connecting
+        {
             self.nudge(id);
-            let Some(conn) = self.conn(id) else { return };
+            let Some(conn) = self.conn(id).filter(|c| c.state != ConnState::Closing) else {
+                return; // gone, or the write failed and it is closing
+            };
             deadline = conn.last_active.max(partner_active) + u64::from(ms);
         }
         let conn = self.conn(id).expect("looked up above");

@@ -444,6 +444,11 @@ impl Scratch {
 
     /// Returns an empty scratch pipe to the pool.
     fn give_back(scratch: Scratch) {
+        // Idle scratch pipes count against the room for held pages: past that share, they
+        // are closed rather than kept, so they cannot crowd held pages out for good.
+        if held_bytes() > held_share(part()) {
+            return;
+        }
         if let Ok(mut pool) = POOL.try_lock() {
             if pool.0 == crate::sys::process::fork_generation() && pool.1.len() < POOL_MAX {
                 pool.1.push(scratch);
@@ -456,7 +461,8 @@ impl Scratch {
         let (read, write) =
             rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).ok()?;
         let size = rustix::pipe::fcntl_getpipe_size(&write).ok()?;
-        reserve_scratch(size as u64).then_some(Scratch {
+        // `then`, not `then_some`: a Scratch built and dropped unreserved would uncount it.
+        reserve_scratch(size as u64).then(|| Scratch {
             read,
             write,
             size,

@@ -74,7 +74,13 @@ impl Worker<'_> {
                     // (as the event loop's `linger_timer_fired`).
                     let due = core.last_active.saturating_add(self.sh.cfg.linger_ms);
                     let next = if !core.write_shut && core.output_len() > 0 && self.now < due {
-                        Some((due, mark))
+                        // A fresh mark: what the peer acknowledged for bytes that already
+                        // counted (`last_active`) must not count again.
+                        let fresh = core
+                            .fd
+                            .as_ref()
+                            .and_then(|fd| send_timeout::mark(fd.as_fd()));
+                        Some((due, fresh))
                     } else {
                         let verdict = core.fd.as_ref().map_or(Verdict::Stalled, |fd| {
                             send_timeout::verdict(fd.as_fd(), mark)
