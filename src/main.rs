@@ -840,6 +840,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if server::daemonized() {
+                // stderr is /dev/null now: the log is the only place this can be read.
+                tracing::error!("{e}");
+            }
             eprintln!("keel: {e}");
             ExitCode::FAILURE
         }

@@ -88,6 +88,8 @@ fn bad_arguments_exit_2() {
         &["echo", "--listen", "127.0.0.1:0", "--rcvbuf", "0"][..],
         &["echo", "--keepalive-idle", "5", "--keepalive-count", "1000"][..],
         &["echo", "--keepalive-idle", "5", "--keepalive-count", "0"][..],
+        // Linux takes whole seconds: a fraction would be cut off without a word.
+        &["echo", "--keepalive-idle", "1.5"][..],
         &["echo", "--listen", "127.0.0.1:0", "--backlog=-1"][..],
         &["echo", "--listen", "127.0.0.1:0", "--max-conns", "0"][..],
         // At 0 every connection would be closed before it could say anything.

@@ -530,13 +530,16 @@ fn keepalive_bad_values() {
     assert_errors(
         "keepalive-values-2",
         "[echo.keepalive]\nidle = 0\ninterval = 40000\ncount = 0\n\
-         [discard.keepalive]\nidle = 10\ncount = 128\n",
+         [discard.keepalive]\nidle = 10\ncount = 128\ninterval = 1.5\n",
         &[
-            "2: key `echo.keepalive.idle`: expected a number of seconds from 1 to 32767, got 0",
-            "3: key `echo.keepalive.interval`: expected a number of seconds from 1 to 32767, \
-             got 40000",
+            "2: key `echo.keepalive.idle`: expected a whole number of seconds from 1 to 32767, \
+             got 0",
+            "3: key `echo.keepalive.interval`: expected a whole number of seconds from 1 to \
+             32767, got 40000",
             "4: key `echo.keepalive.count`: expected an integer from 1 to 127, got 0",
             "7: key `discard.keepalive.count`: expected an integer from 1 to 127, got 128",
+            "8: key `discard.keepalive.interval`: expected a whole number of seconds from 1 to \
+             32767, got 1.5",
         ],
     );
     assert_errors(

@@ -220,6 +220,36 @@ fn a_daemon_on_the_uring_engine_serves() {
     }
 }
 
+/// A daemon that fails after it detached but before it serves (here: too few fds for its
+/// loops) makes the command the user ran exit 1, with a word on stderr, and says why in its
+/// log: its own stderr is /dev/null by then. It used to exit 0 as soon as it had forked.
+#[test]
+fn a_daemon_that_fails_to_start_is_reported() {
+    let dir = temp_dir("daemon-fails");
+    let (pid_file, log) = (dir.join("keel.pid"), dir.join("keel.log"));
+    let out = Command::new(keel_bin())
+        .args(["echo", "--listen", "127.0.0.1:0", "--threads", "8"])
+        .args(["--rlimit-nofile", "24", "--daemon", "--pid-file"])
+        .arg(&pid_file)
+        .arg("--log-file")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(err.contains("stopped before it was ready"), "{err}");
+    // The daemon logs its error and ends right after the command returns.
+    let mut text = String::new();
+    let start = Instant::now();
+    while !text.contains("out of file descriptors") && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+    }
+    assert!(text.contains("out of file descriptors"), "the log: {text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_second_daemon_is_refused_before_it_detaches() {
     let dir = temp_dir("daemon-second");

@@ -1632,7 +1632,6 @@ per_engine!(held_pages);
 /// the file, so the server has nothing it can write for seconds at a time while the client
 /// reads on; after the server's FIN it has nothing left to write at all.
 fn a_slow_reader_gets_the_whole_file(model: &str, close: bool) {
-    use std::io::Read;
     let t = Tree::new(&format!("slow-{model}-{close}"));
     let data = random_bytes(60, 3 << 20);
     t.put("big.bin", &data);
@@ -1656,13 +1655,8 @@ fn a_slow_reader_gets_the_whole_file(model: &str, close: bool) {
     // 16 KiB every 100 ms for 4 s: four linger and keep-alive periods, 640 KiB of 3 MiB.
     let slow_until = Instant::now() + Duration::from_secs(4);
     while Instant::now() < slow_until {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) => panic!(
-                "[{model}] cut off after {} bytes read slowly: {e}",
-                got.len()
-            ),
+        if !read_some(&mut s, &mut buf, &mut got, model) {
+            break;
         }
         thread::sleep(Duration::from_millis(100));
     }
@@ -1672,16 +1666,23 @@ fn a_slow_reader_gets_the_whole_file(model: &str, close: bool) {
         .expect("the head arrived")
         + 4;
     let want = head_end + data.len();
-    while got.len() < want {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) => panic!("[{model}] cut off after {} bytes: {e}", got.len()),
-        }
-    }
+    while got.len() < want && read_some(&mut s, &mut buf, &mut got, model) {}
     assert!(got.starts_with(b"HTTP/1.1 200"), "[{model}] a 200");
     assert_eq!(got.len(), want, "[{model}] the whole body, no more");
     assert!(got[head_end..] == data[..], "[{model}] the file's bytes");
+}
+
+/// One read into `got`: false at EOF. A reset or timeout fails the test, saying how far it got.
+fn read_some(s: &mut TcpStream, buf: &mut [u8], got: &mut Vec<u8>, model: &str) -> bool {
+    use std::io::Read;
+    match s.read(buf) {
+        Ok(0) => false,
+        Ok(n) => {
+            got.extend_from_slice(&buf[..n]);
+            true
+        }
+        Err(e) => panic!("[{model}] cut off after {} bytes: {e}", got.len()),
+    }
 }
 
 /// The other side of the slow reader: a client that never reads is still cut off, within

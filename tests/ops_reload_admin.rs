@@ -933,6 +933,44 @@ fn sighup_reload_moves_echo_udp_too() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A move within echo's own port (127.0.0.1:P to 0.0.0.0:P) takes its UDP socket along: the
+/// new one binds while the old is still open, which overlaps it. It used to fail with
+/// "address already in use" and leave the server on the old address.
+#[test]
+fn sighup_reload_moves_echo_within_its_port() {
+    let dir = temp_dir("relisten-same-port");
+    let conf = dir.join("keel.toml");
+    let (port, _) = two_free_ports();
+    let config = |host: &str| format!("[echo]\nlisten = \"{host}:{port}\"\nthreads = 2\n");
+    write_config(&conf, &config("127.0.0.1"));
+    let server = FromConfig::start("echo", &conf, port);
+    write_config(&conf, &config("0.0.0.0"));
+    nix::sys::signal::kill(server.pid, Signal::SIGHUP).unwrap();
+    // 127.0.0.2 is served only by the wildcard address, over TCP and UDP.
+    let udp_echoes = || {
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        u.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        u.send_to(b"ping", ("127.0.0.2", port)).unwrap();
+        let mut buf = [0u8; 16];
+        matches!(u.recv_from(&mut buf), Ok((4, _)))
+    };
+    poll_until(
+        "the wildcard address to serve",
+        Duration::from_secs(5),
+        || TcpStream::connect(("127.0.0.2", port)).is_ok() && udp_echoes(),
+    );
+    let rest = server.stop_with_output();
+    for proto in ["tcp", "udp"] {
+        assert!(
+            rest.lines()
+                .any(|l| l == format!("listening {proto} 0.0.0.0:{port}")),
+            "stdout after the reload: {rest:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// stderr a reader stopped reading (a full pipe): the log lines that find no room are dropped
 /// and counted, so a loop that logs is not frozen and a stop still ends within its drain.
 /// It used to block in write(2) on fd 2: the control thread on its "stopping" line, before

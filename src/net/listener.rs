@@ -54,6 +54,19 @@ impl Default for ListenOptions {
     }
 }
 
+/// Binds the UDP socket beside a server's TCP listener. With `reuse_port` (SO_REUSEPORT,
+/// which only a process of the same user can share), a reload can bind the socket for a new
+/// address on the same port (127.0.0.1:P to 0.0.0.0:P) while this one is still open; without
+/// it the two addresses overlap and the second bind fails.
+pub fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM.cloexec(), None)?;
+    if reuse_port {
+        sock.set_reuse_port(true)?;
+    }
+    sock.bind(&addr.into())?;
+    Ok(sock.into())
+}
+
 /// Binds a non-blocking TCP listener. SO_REUSEADDR is always on, so a restarted server can
 /// bind while old connections sit in TIME_WAIT.
 pub fn bind_tcp(addr: SocketAddr, opts: &ListenOptions) -> io::Result<TcpListener> {

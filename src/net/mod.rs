@@ -19,7 +19,7 @@ pub use buffer_pool::BufferPool;
 pub use connection::{CloseReason, ConnId, ConnectError, BATCH_LIMIT};
 pub use handler::{Ctx, Handler};
 pub use listener::{
-    bind_tcp, bind_tcp_group, close_refused, AcceptHook, HandlerFactory, ListenOptions,
+    bind_tcp, bind_tcp_group, bind_udp, close_refused, AcceptHook, HandlerFactory, ListenOptions,
 };
 pub use output::{FileRange, FileVersion};
 pub use page_pipe::PagePipe;

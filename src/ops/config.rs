@@ -86,15 +86,27 @@ pub const MAX_SECS: f64 = 1e9;
 /// Linux's limit for TCP_KEEPCNT.
 const MAX_KEEPALIVE_COUNT: i128 = 127;
 
-/// A range of seconds: lowest, highest, and how messages write the range.
-type SecsRange = (f64, f64, &'static str);
+/// A range of seconds: lowest, highest, whether only whole seconds, and how messages write it.
+type SecsRange = (f64, f64, bool, &'static str);
 /// Timeouts where 0 means "at once" (linger, drain, cache revalidation).
-const TIMEOUT: SecsRange = (0.0, MAX_SECS, "from 0 to 1e9");
+const TIMEOUT: SecsRange = (0.0, MAX_SECS, false, "from 0 to 1e9");
 /// Timeouts a connection must be given some time by (idle, keep-alive, head, body): at 0
 /// every connection would be closed before it could say anything.
-const POSITIVE_TIMEOUT: SecsRange = (0.001, MAX_SECS, "from 0.001 to 1e9");
-/// TCP_KEEPIDLE and TCP_KEEPINTVL: Linux takes whole seconds from 1 to 32767.
-const KEEPALIVE_SECS: SecsRange = (1.0, 32767.0, "from 1 to 32767");
+const POSITIVE_TIMEOUT: SecsRange = (0.001, MAX_SECS, false, "from 0.001 to 1e9");
+/// TCP_KEEPIDLE and TCP_KEEPINTVL: Linux takes whole seconds from 1 to 32767 (a fraction
+/// would be cut off without a word).
+const KEEPALIVE_SECS: SecsRange = (1.0, 32767.0, true, "from 1 to 32767");
+
+/// Whether `v` seconds lie in `range`.
+fn secs_in((min, max, whole, _): SecsRange, v: f64) -> bool {
+    v.is_finite() && (min..=max).contains(&v) && (!whole || v.fract() == 0.0)
+}
+
+/// What `range` takes, as messages say it: "a number of seconds from 0 to 1e9".
+fn secs_wanted((_, _, whole, shown): SecsRange) -> String {
+    let whole = if whole { "whole " } else { "" };
+    format!("a {whole}number of seconds {shown}")
+}
 
 /// The servers a file can configure: one section (`[echo]`, `[discard]`) each.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -893,12 +905,15 @@ pub fn parse_keepalive_secs(s: &str) -> Result<Duration, String> {
     parse_secs_in(s, KEEPALIVE_SECS)
 }
 
-fn parse_secs_in(s: &str, (min, max, shown): SecsRange) -> Result<Duration, String> {
+fn parse_secs_in(s: &str, range: SecsRange) -> Result<Duration, String> {
     let v: f64 = s
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if !v.is_finite() || !(min..=max).contains(&v) {
-        return Err(format!("{s:?} is out of range ({shown} seconds)"));
+    if !secs_in(range, v) {
+        return Err(format!(
+            "{s:?} is out of range: expected {}",
+            secs_wanted(range)
+        ));
     }
     Ok(Duration::from_secs_f64(v))
 }
@@ -1472,8 +1487,7 @@ impl Checker<'_> {
 
     /// Seconds in `range`, an integer or a float.
     fn secs(&mut self, key: &str, value: &Value<'_>, range: SecsRange) -> Option<Duration> {
-        let (min, max, shown_range) = range;
-        let what = format!("a number of seconds {shown_range}");
+        let what = secs_wanted(range);
         let (v, shown) = match value.get_ref() {
             DeValue::Integer(i) => (
                 i128::from_str_radix(i.as_str(), i.radix()).map_or(f64::NAN, |v| v as f64),
@@ -1489,7 +1503,7 @@ impl Checker<'_> {
                 return None;
             }
         };
-        if v.is_finite() && (min..=max).contains(&v) {
+        if secs_in(range, v) {
             Some(Duration::from_secs_f64(v))
         } else {
             self.bad(key, value, format!("expected {what}, got {shown}"));

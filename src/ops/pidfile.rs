@@ -25,6 +25,21 @@ pub struct PidFile {
 impl PidFile {
     /// Takes `path` for this process: creates or opens it, locks it, writes our pid.
     pub fn acquire(path: &Path) -> io::Result<PidFile> {
+        // A server that stops removes its file: one that did so between our open and our lock
+        // leaves us holding a lock on a file no longer at `path`, where the next start would
+        // create another. Locked, check the name still leads to our file, and start over if not.
+        for _ in 0..8 {
+            if let Some(held) = Self::try_acquire(path)? {
+                return Ok(held);
+            }
+        }
+        Err(io::Error::other(format!(
+            "pid file {}: keeps being replaced while we lock it",
+            path.display()
+        )))
+    }
+
+    fn try_acquire(path: &Path) -> io::Result<Option<PidFile>> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -55,6 +70,16 @@ impl PidFile {
                 let _ = file.read_to_string(&mut held);
                 let who = match held.trim() {
                     "" => "another process".to_string(),
+                    // The lock lives as long as any process holding the descriptor: workers of
+                    // a master that was killed still hold it while they drain.
+                    pid if pid
+                        .parse::<u32>()
+                        .is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists()) =>
+                    {
+                        format!(
+                            "pid {pid} has exited, but processes it started still hold the lock"
+                        )
+                    }
                     pid => format!("pid {pid}"),
                 };
                 return Err(io::Error::new(
@@ -70,17 +95,20 @@ impl PidFile {
                 format!("pid file {}: cannot lock: {e}", path.display()),
             ));
         }
+        if !is_at(&file, path) {
+            return Ok(None);
+        }
         // Ours now (a stale file from a dead server is simply overwritten).
         let pid = std::process::id();
         file.set_len(0)?;
         file.rewind()?;
         writeln!(file, "{pid}")?;
         file.sync_data()?;
-        Ok(PidFile {
+        Ok(Some(PidFile {
             file,
             path: path.to_path_buf(),
             pid,
-        })
+        }))
     }
 
     pub fn path(&self) -> &Path {
@@ -104,8 +132,10 @@ impl PidFile {
 impl Drop for PidFile {
     fn drop(&mut self) {
         // Only the process that wrote it removes it (a forked child never runs this, it leaves
-        // through `_exit`, but be sure).
-        if std::process::id() == self.pid {
+        // through `_exit`, but be sure), and only if the name still leads to it: if our file
+        // was removed under us and another server has since taken the name, the file there
+        // is that server's.
+        if std::process::id() == self.pid && is_at(&self.file, &self.path) {
             if let Err(e) = std::fs::remove_file(&self.path) {
                 // Typically: privileges were dropped and the directory is root's. Say so,
                 // or the next start would find a stale file with no hint why it is there.
@@ -127,6 +157,15 @@ impl Drop for PidFile {
     }
 }
 
+/// Whether `path` names `file` itself (same device and inode), not a file put in its place.
+fn is_at(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(ours), Ok(there)) => ours.dev() == there.dev() && ours.ino() == there.ino(),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +183,43 @@ mod tests {
         assert!(err.to_string().contains("symbolic link"), "{err}");
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "important data");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_lock_held_past_its_writer_says_so() {
+        let dir = std::env::temp_dir().join(format!("keel-pid-orphan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keel.pid");
+        let held = PidFile::acquire(&path).unwrap();
+        // As a killed master leaves it: its workers hold the lock, the pid is gone.
+        std::fs::write(&path, "999999999\n").unwrap();
+        let err = PidFile::acquire(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("pid 999999999 has exited, but processes it started still hold"),
+            "{err}"
+        );
+        drop(held);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_server_whose_file_was_replaced_leaves_the_new_one() {
+        let dir = std::env::temp_dir().join(format!("keel-pid-swap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keel.pid");
+        let first = PidFile::acquire(&path).unwrap();
+        // Removed under the first server (by hand, a tmp cleaner): a second takes the name.
+        std::fs::remove_file(&path).unwrap();
+        let second = PidFile::acquire(&path).unwrap();
+        drop(first);
+        assert!(path.exists(), "the second server's pid file is left alone");
+        assert!(
+            PidFile::acquire(&path).is_err(),
+            "and still refuses a third"
+        );
+        drop(second);
+        assert!(!path.exists(), "the second removes its own");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -322,6 +322,7 @@ pub(super) fn run<M: Master>(
     let source = m.borrow().children().stats_source();
     super::admin::attach(&mut control, opts.model, source)?;
 
+    super::started();
     control.run()?;
 
     // Normally every child has been reaped by now; make sure (the loop may have given up).
@@ -458,6 +459,7 @@ pub(super) fn fork(
     let parked = crate::ops::log::park_for_fork();
     let forked = process::fork_child(&inherited, move |cx| {
         cx.close_all_inherited(&fds);
+        super::forget_waiting_command();
         child(cx)
     });
     crate::ops::log::unpark(parked);

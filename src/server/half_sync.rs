@@ -125,6 +125,7 @@ fn serve(
     if let (Some(sock), Some(udp)) = (udp, &service.udp) {
         reactor.add_udp(sock, udp())?;
     }
+    super::started();
     reactor.run()
 }
 

@@ -365,7 +365,8 @@ pub(crate) fn bind_and_announce(
 
 /// Called by every model once its sockets are bound and before it starts any thread or worker
 /// process: prints the `listening` lines (so bind errors and these lines reach the terminal),
-/// then drops privileges, detaches if asked, records the final pid and tells systemd.
+/// then drops privileges, detaches if asked and records the final pid. The model says
+/// [`started`] when it serves.
 pub(crate) fn announce(opts: &ServerOptions, local: SocketAddr, udp: bool) -> io::Result<()> {
     {
         let mut out = io::stdout().lock();
@@ -394,12 +395,45 @@ pub(crate) fn announce(opts: &ServerOptions, local: SocketAddr, udp: bool) -> io
         let daemonized = crate::sys::process::daemonize();
         crate::ops::log::unpark(parked);
         let detached = daemonized?;
+        DAEMONIZED.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(pf) = pid_file().as_mut() {
             pf.rewrite()?;
         }
-        // Only now may `keel --daemon` return: the pid file names the daemon.
+        // `keel --daemon` returns when the model has started what serves ([`started`]).
+        *waiting_command() = Some(detached);
+    }
+    Ok(())
+}
+
+/// Called by every model once what serves is started (its loops, threads or first worker
+/// processes), just before it runs its control loop: only now may `keel --daemon` return 0,
+/// and only now is systemd told READY. A model that fails before this point ends the process
+/// without the word, so the command the user ran exits 1 (docs/cli-contract.md).
+pub(crate) fn started() {
+    if let Some(detached) = waiting_command().take() {
         detached.ready();
     }
     crate::ops::notify::ready();
-    Ok(())
 }
+
+/// In a process forked before [`started`]: closes its copy of the handshake pipe, so that only
+/// the server itself can hold up (or end) the wait of the command the user ran.
+pub(crate) fn forget_waiting_command() {
+    drop(waiting_command().take());
+}
+
+/// Whether this process detached (`--daemon`): its stderr is `/dev/null` since, so a fatal
+/// error must go to the log to be seen.
+pub fn daemonized() -> bool {
+    DAEMONIZED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static DAEMONIZED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn waiting_command() -> std::sync::MutexGuard<'static, Option<crate::sys::process::Detached>> {
+    WAITING_COMMAND.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The daemon's end of the start-up handshake, from [`announce`] until [`started`].
+static WAITING_COMMAND: std::sync::Mutex<Option<crate::sys::process::Detached>> =
+    std::sync::Mutex::new(None);

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use super::control::{self, Fleet};
 use super::{announce, bind_and_announce, AcceptStrategy, ServerOptions, Service};
-use crate::net::{bind_tcp_group, ListenOptions};
+use crate::net::{bind_tcp_group, bind_udp, ListenOptions};
 use crate::reactor::{EventLoop, LoopHandle};
 
 pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
@@ -31,7 +31,9 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
             let listeners = bind_tcp_group(opts.listen, &lopts, opts.threads)?;
             let local = listeners[0].local_addr()?;
             if let Some(udp) = &service.udp {
-                let sock = std::net::UdpSocket::bind(local).map_err(|e| {
+                // SO_REUSEPORT, as the TCP group has: a reload may move to another address
+                // on this port while this socket is still open (`register_relisten`).
+                let sock = bind_udp(local, true).map_err(|e| {
                     io::Error::new(e.kind(), format!("cannot bind udp {local}: {e}"))
                 })?;
                 control.add_udp(sock, udp())?;
@@ -79,6 +81,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
         }
     }
 
+    super::started();
     control.run()?;
     control::finish(&control, &fleet);
     Ok(())
@@ -109,9 +112,7 @@ fn register_relisten(
         let listeners = bind_tcp_group(addr, &lopts, threads).map_err(|e| e.to_string())?;
         let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
         let udp_sock = match &udp {
-            Some(_) => {
-                Some(std::net::UdpSocket::bind(local).map_err(|e| format!("udp {local}: {e}"))?)
-            }
+            Some(_) => Some(bind_udp(local, true).map_err(|e| format!("udp {local}: {e}"))?),
             None => None,
         };
         let handles = fleet.handles();

@@ -74,6 +74,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
         control.add_udp(sock, udp())?;
     }
 
+    super::started();
     control.run()?;
     control::finish(&control, &fleet);
     Ok(())

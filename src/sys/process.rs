@@ -362,7 +362,14 @@ pub fn daemonize() -> io::Result<Detached> {
     match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
         nix::unistd::ForkResult::Parent { .. } => {
             drop(tell_end);
-            exit_now(wait_for_ready(&wait_end))
+            let code = wait_for_ready(&wait_end);
+            if code != 0 {
+                let _ = writeln!(
+                    io::stderr(),
+                    "keel: the daemon stopped before it was ready (its log says why)"
+                );
+            }
+            exit_now(code)
         }
         nix::unistd::ForkResult::Child => drop(wait_end),
     }

@@ -127,6 +127,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     }
     let threads = spawn_threads(&sh, listener)?;
 
+    super::started();
     let res = control.run();
     if res.is_err() {
         stop(&sh);
