@@ -556,6 +556,38 @@ fn the_client_says_its_lines_prints_the_room_and_exits_0_at_end_of_input() {
     assert!(ok, "{s:?}");
 }
 
+/// A `/nick` line with a name the server would refuse is refused by the client, as an
+/// oversize SAY line is, and the session goes on. A name over the frame limit used to end it.
+#[test]
+fn the_client_refuses_a_bad_nick_line_and_carries_on() {
+    let srv = chat("epoll-et").spawn();
+    let mut watcher = Member::join(srv.tcp);
+    let mut c = client(srv.tcp, &["--nick", "dora"]).spawn().unwrap();
+    let mut stdin = c.stdin.take().unwrap();
+    let long = "n".repeat(70_000);
+    stdin
+        .write_all(
+            format!(
+                "/nick {long}
+/nick a\tb
+still here
+"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(watcher.next_msg(), "dora: still here");
+    drop(stdin);
+    let out = c.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        err.matches("/nick: a name is 1 to").count(),
+        2,
+        "each bad name is said: {err}"
+    );
+}
+
 #[test]
 fn the_client_exits_1_with_the_reason_when_the_server_is_unreachable_or_silent() {
     let (_held, dead) = util::dead_addr(); // refused: bound, not listening

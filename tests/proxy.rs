@@ -308,6 +308,42 @@ fn a_reset_from_the_backend_reaches_the_client_as_a_reset() {
     assert_eq!(end, End::Reset, "a cut stream must not look complete");
 }
 
+/// The other way: a client's reset ends the backend's connection (with a reset or a FIN),
+/// on every engine, also when it lands beside bytes the backend has just sent. On `uring`
+/// a poll removal that met a wake-up still being handled used to fail and leave the socket
+/// open (its fd closed, the file held by the poll): the backend heard nothing, ever.
+#[test]
+fn a_reset_from_the_client_ends_the_backends_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = listener.local_addr().unwrap();
+    for engine in ENGINES {
+        let srv = Opts::proxy(engine, &[backend])
+            .arg("--threads", "1")
+            .spawn();
+        for round in 0..30u64 {
+            let mut c = connect(srv.tcp);
+            let (mut b, _) = listener.accept().unwrap();
+            b.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            c.write_all(b"hello").unwrap();
+            let mut buf = [0u8; 5];
+            b.read_exact(&mut buf).unwrap();
+            b.write_all(b"world").unwrap();
+            c.read_exact(&mut buf).unwrap();
+            b.write_all(b"more").unwrap(); // in flight as the reset comes
+            thread::sleep(Duration::from_millis(round % 4));
+            util::set_linger_zero(&c);
+            drop(c);
+            let got = b.read(&mut buf);
+            assert!(
+                matches!(&got, Ok(0))
+                    || matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+                "[{engine}] round {round}: the backend heard nothing of the client's reset \
+                 ({got:?})"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_slow_client_does_not_make_the_proxy_hold_the_stream_or_spin() {
     const TOTAL: usize = 64 << 20;

@@ -294,8 +294,18 @@ impl Ring {
 
     /// Queues the removal of the poll request submitted as `target`; its own completion
     /// carries `user_data`.
-    pub fn poll_remove(&mut self, target: u64, user_data: u64) -> io::Result<()> {
-        self.push(opcode::PollRemove::new(target).build().user_data(user_data))
+    ///
+    /// A cancellation (`ASYNC_CANCEL`), not `POLL_REMOVE`: a `POLL_REMOVE` that meets a
+    /// wake-up the kernel is still handling (its work deferred to the loop's next wait, as
+    /// DEFER_TASKRUN does) fails with `EALREADY` and leaves a multishot poll armed, holding
+    /// its file after the close for as long as the ring lives. A cancellation marks the poll
+    /// cancelled whoever handles it; it ends with `ECANCELED`.
+    pub fn cancel_poll(&mut self, target: u64, user_data: u64) -> io::Result<()> {
+        self.push(
+            opcode::AsyncCancel::new(target)
+                .build()
+                .user_data(user_data),
+        )
     }
 
     fn push(&mut self, e: squeue::Entry) -> io::Result<()> {

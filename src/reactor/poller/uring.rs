@@ -11,7 +11,9 @@
 //! Two things differ from epoll, both handled here:
 //! - A poll request holds a reference to the file, so closing the fd does not end it (epoll
 //!   forgets a closed file by itself). Every removal is therefore explicit: queued before the
-//!   loop closes the fd, and carried out, releasing the socket, at the next enter.
+//!   loop closes the fd, and carried out, releasing the socket, at the next enter. It is a
+//!   cancellation, which cannot fail on a live poll, not a `POLL_REMOVE`, which can
+//!   ([`Ring::cancel_poll`]).
 //! - The kernel may end a multishot poll (a full completion queue, say): a completion without
 //!   `IORING_CQE_F_MORE` that was not asked for is re-armed at once.
 //!
@@ -286,7 +288,7 @@ impl UringPoller {
             // number reused (epoll forgets a closed fd by itself, and callers may rely on
             // that). The old request watches the old file, if any is left: end it.
             let reg = self.regs.remove(stale);
-            self.ring.poll_remove(request_id(stale, reg.seq), REMOVAL)?;
+            self.ring.cancel_poll(request_id(stale, reg.seq), REMOVAL)?;
         }
         let slot = self.regs.insert(Reg {
             token,
@@ -328,7 +330,7 @@ impl UringPoller {
         let old = request_id(slot, reg.seq);
         reg.token = token;
         reg.mask = new_mask;
-        self.ring.poll_remove(old, REMOVAL)?;
+        self.ring.cancel_poll(old, REMOVAL)?;
         self.arm(slot)
     }
 
@@ -336,7 +338,7 @@ impl UringPoller {
         let slot = self.slot_of(fd)?;
         let reg = self.regs.remove(slot);
         self.by_fd[fd.as_raw_fd() as usize] = None;
-        self.ring.poll_remove(request_id(slot, reg.seq), REMOVAL)
+        self.ring.cancel_poll(request_id(slot, reg.seq), REMOVAL)
     }
 
     /// Called right before `fd` is closed: removes its poll, and hands every queued request
@@ -470,6 +472,36 @@ mod tests {
             events.is_empty(),
             "a removed registration still reported {events:?}"
         );
+    }
+
+    /// A removal that meets a wake-up the kernel has not yet handed to the loop (its work is
+    /// deferred to the next wait) still ends the poll, so closing the fd releases the socket:
+    /// the peer learns it. `POLL_REMOVE` answered such a removal `EALREADY` and left the
+    /// multishot poll armed, holding the file for the loop's life (a proxy's backend never
+    /// heard its client was gone).
+    #[test]
+    fn a_removal_beside_a_pending_wakeup_still_releases_the_socket() {
+        let Some(mut p) = poller() else { return };
+        let mut events = Vec::new();
+        for round in 0..20 {
+            let (a, mut b) = UnixStream::pair().unwrap();
+            p.register(a.as_fd(), Token(round), Interest::READABLE)
+                .unwrap();
+            p.wait(&mut events, Some(Duration::from_millis(5))).unwrap();
+            b.write_all(b"x").unwrap(); // a wake-up, its handling deferred
+            p.deregister_before_close(a.as_fd());
+            drop(a);
+            p.wait(&mut events, Some(Duration::from_millis(5))).unwrap();
+            b.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            // Closed with the byte unread: a reset. Still open: the read times out.
+            let mut buf = [0u8; 8];
+            let got = b.read(&mut buf);
+            assert!(
+                matches!(&got, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
+                "round {round}: the closed end is still open ({got:?})"
+            );
+        }
+        assert!(p.is_empty());
     }
 
     /// Waits until `f` has seen what it wants among the receive completions, recycling every

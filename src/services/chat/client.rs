@@ -34,9 +34,11 @@ pub struct ClientOptions {
 
 /// Why `name` cannot be a `--nick`, if it cannot.
 pub fn nick_error(name: &str) -> Option<String> {
-    (!super::valid_name(name.as_bytes())).then(|| {
-        format!("--nick: a name is 1 to {MAX_NAME} bytes of UTF-8 without control characters")
-    })
+    (!super::valid_name(name.as_bytes())).then(|| format!("--nick: {}", name_rule()))
+}
+
+fn name_rule() -> String {
+    format!("a name is 1 to {MAX_NAME} bytes of UTF-8 without control characters")
 }
 
 /// How the session ended: `None` while it lasts, then `Ok` for a clean end or the reason.
@@ -70,6 +72,12 @@ pub fn run(opts: &ClientOptions) -> io::Result<()> {
             for line in io::stdin().lock().lines() {
                 let Ok(line) = line else { break };
                 let frame = match line.strip_prefix("/nick ") {
+                    // Checked here as a SAY line is: a name the server refuses would cost an
+                    // error round trip, and one over the frame limit the whole session.
+                    Some(name) if !super::valid_name(name.trim().as_bytes()) => {
+                        eprintln!("keel: /nick: {}; not sent", name_rule());
+                        continue;
+                    }
                     Some(name) => frame::frame(NICK, &[name.trim().as_bytes()]),
                     None if line.len() > max_line => {
                         eprintln!(
