@@ -266,6 +266,10 @@ struct ProxyArgs {
     /// Seconds a backend may take to accept a connection before the next is tried [default: 3].
     #[arg(long, value_parser = config::parse_positive_secs)]
     connect_timeout: Option<Duration>,
+    /// Seconds a backend that failed is passed over by the clients after it; 0: never
+    /// [default: 10].
+    #[arg(long, value_parser = config::parse_secs)]
+    fail_timeout: Option<Duration>,
     /// Relay with splice(2) through a pipe per direction, no copy through user space
     /// [default: true]; `--splice=false` copies through a buffer.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", value_parser = config::parse_bool)]
@@ -277,6 +281,7 @@ impl ProxyArgs {
         ProxyFileSettings {
             backends: (!self.backends.is_empty()).then(|| self.backends.clone()),
             connect_timeout: self.connect_timeout,
+            fail_timeout: self.fail_timeout,
             splice: self.splice,
         }
     }
@@ -289,7 +294,8 @@ fn proxy_factory(s: &ServerSettings) -> Result<HandlerFactory, String> {
         return Err(config::proxy_model_message(model));
     }
     let backends = s.proxy.backends.clone().unwrap_or_default();
-    let backends = Backends::new(backends)?;
+    let fail_timeout = s.proxy.fail_timeout.unwrap_or(config::DEFAULT_FAIL_TIMEOUT);
+    let backends = Backends::new(backends, fail_timeout)?;
     let timeout = s
         .proxy
         .connect_timeout

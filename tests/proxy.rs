@@ -35,7 +35,11 @@ struct Backend {
 
 impl Backend {
     fn start(serve: impl Fn(TcpStream) + Send + Sync + 'static) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Backend::start_on("127.0.0.1:0".parse().unwrap(), serve)
+    }
+
+    fn start_on(addr: SocketAddr, serve: impl Fn(TcpStream) + Send + Sync + 'static) -> Backend {
+        let listener = TcpListener::bind(addr).unwrap();
         let addr = listener.local_addr().unwrap();
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
@@ -217,14 +221,8 @@ fn half_closed_first(
     assert_eq!(c.read(&mut end).unwrap(), 0, "a clean close at the end");
 }
 
-#[test]
-fn clients_go_round_robin_and_a_dead_backend_is_skipped() {
-    let a = Backend::named("a");
-    let b = Backend::named("b");
-    let (_held, dead) = dead_addr();
-    let srv = Opts::proxy("epoll-et", &[dead, a.addr, b.addr])
-        .arg("--threads", "1")
-        .spawn();
+/// Sends 30 clients one after another through `srv`; how many each named backend answered.
+fn serve_thirty(srv: &util::Server) -> std::collections::HashMap<String, i32> {
     let mut served = std::collections::HashMap::new();
     for i in 0..30 {
         let mut c = connect(srv.tcp);
@@ -236,7 +234,45 @@ fn clients_go_round_robin_and_a_dead_backend_is_skipped() {
         assert_eq!(rest, format!("client {i}\n"));
         *served.entry(name.to_string()).or_insert(0) += 1;
     }
-    // The dead backend's turns go to the next in line: a gets its own and the dead one's.
+    served
+}
+
+/// A dead backend is tried once, then passed over for the fail timeout: its turns are
+/// shared by the live ones.
+#[test]
+fn clients_go_round_robin_and_a_dead_backend_is_passed_over() {
+    let a = Backend::named("a");
+    let b = Backend::named("b");
+    let (_held, dead) = dead_addr();
+    let srv = Opts::proxy("epoll-et", &[dead, a.addr, b.addr])
+        .arg("--threads", "1")
+        .spawn();
+    let served = serve_thirty(&srv);
+    assert_eq!(served.get("a"), Some(&15), "{served:?}");
+    assert_eq!(served.get("b"), Some(&15), "{served:?}");
+    assert_eq!(srv.stats().get("connect_failures"), 1);
+    assert!(
+        srv.stderr_has(
+            "connection refused; passed over for 10s; the next backend is tried",
+            Duration::from_secs(3)
+        ),
+        "the failure is logged: {}",
+        srv.stderr_dump()
+    );
+}
+
+/// With `--fail-timeout 0` a dead backend is tried on each of its turns, and failover gives
+/// them to the next in line.
+#[test]
+fn without_a_fail_timeout_a_dead_backend_is_tried_on_each_turn() {
+    let a = Backend::named("a");
+    let b = Backend::named("b");
+    let (_held, dead) = dead_addr();
+    let srv = Opts::proxy("epoll-et", &[dead, a.addr, b.addr])
+        .arg("--threads", "1")
+        .arg("--fail-timeout", "0")
+        .spawn();
+    let served = serve_thirty(&srv);
     assert_eq!(served.get("a"), Some(&20), "{served:?}");
     assert_eq!(served.get("b"), Some(&10), "{served:?}");
     assert_eq!(srv.stats().get("connect_failures"), 10);
@@ -245,6 +281,51 @@ fn clients_go_round_robin_and_a_dead_backend_is_skipped() {
         "the failure is logged: {}",
         srv.stderr_dump()
     );
+}
+
+/// A backend that hangs costs one client the connect timeout, not every client whose turn
+/// it is; once the fail timeout has passed it is tried again, and taken back if it answers.
+#[test]
+fn a_hanging_backend_costs_one_connect_timeout_per_fail_timeout() {
+    let (stuck_parts, stuck) = stuck_backend();
+    let live = Backend::named("live");
+    let srv = Opts::proxy("epoll-et", &[stuck, live.addr])
+        .arg("--connect-timeout", "0.5")
+        .arg("--fail-timeout", "2")
+        .arg("--threads", "1")
+        .spawn();
+    let ask = |i: usize| {
+        let t = Instant::now();
+        let mut c = connect(srv.tcp);
+        writeln!(c, "c{i}").unwrap();
+        let mut line = String::new();
+        BufReader::new(&c).read_line(&mut line).unwrap();
+        (line, t.elapsed())
+    };
+    let slow: Vec<_> = (0..6)
+        .map(ask)
+        .filter(|(line, took)| {
+            assert!(line.starts_with("live "), "{line:?}");
+            *took >= Duration::from_millis(400)
+        })
+        .collect();
+    assert_eq!(slow.len(), 1, "one client waits for the connect timeout");
+    assert_eq!(srv.stats().get("connect_failures"), 1);
+    // Past the fail timeout, and answering again: it gets its turns back.
+    drop(stuck_parts);
+    let back = Backend::start_on(stuck, |mut s| {
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).unwrap();
+        let _ = write!(s, "back {line}");
+    });
+    thread::sleep(Duration::from_millis(2100));
+    let names: Vec<String> = (0..4).map(|i| ask(i).0).collect();
+    assert_eq!(
+        names.iter().filter(|l| l.starts_with("back ")).count(),
+        2,
+        "{names:?}"
+    );
+    drop(back);
 }
 
 #[test]
@@ -439,7 +520,7 @@ fn check_config_reports_bad_proxy_keys_on_their_lines() {
     let file = dir.join("keel.toml");
     std::fs::write(
         &file,
-        "[proxy]\nbackends = []\nconnect_timeout = 0\nmodel = \"half-sync\"\n\n\
+        "[proxy]\nbackends = []\nconnect_timeout = 0\nmodel = \"half-sync\"\nfail_timeout = -1\n\
          [echo]\nbackends = [\"127.0.0.1:1\"]\n",
     )
     .unwrap();
@@ -460,13 +541,18 @@ fn check_config_reports_bad_proxy_keys_on_their_lines() {
         "{err}"
     );
     assert!(
+        err.contains(":5: key `proxy.fail_timeout`: expected a number of seconds from 0 to 1e9"),
+        "{err}"
+    );
+    assert!(
         err.contains(":7: key `echo.backends`: unknown key"),
         "{err}"
     );
 
     std::fs::write(
         &file,
-        "[proxy]\nbackends = [\"127.0.0.1:7008\", \"[::1]:7009\"]\nconnect_timeout = 1.5\n",
+        "[proxy]\nbackends = [\"127.0.0.1:7008\", \"[::1]:7009\"]\nconnect_timeout = 1.5\n\
+         fail_timeout = 0\n",
     )
     .unwrap();
     let out = std::process::Command::new(util::keel_bin())

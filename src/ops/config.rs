@@ -24,6 +24,7 @@
 //! [proxy]                   # the server keys above, and:
 //! backends = ["127.0.0.1:8080", "127.0.0.1:8081"]   # round-robin, with failover
 //! connect_timeout = 3       # seconds before the next backend is tried
+//! fail_timeout = 10         # seconds a backend that failed is passed over (0: never)
 //! splice = true             # relay through pipes, no copy (false: copy through a buffer)
 //!
 //! [chat]                    # the server keys above, and:
@@ -71,6 +72,9 @@ pub const DEFAULT_LINGER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// `keel proxy --connect-timeout` default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the proxy passes over a backend that failed, unless configured: nginx's
+/// `fail_timeout` default.
+pub const DEFAULT_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 /// `keel proxy`'s idle timeout when none is set: a pair that moved no byte either way for
 /// this long is closed (nginx's `proxy_timeout` default).
 pub const DEFAULT_PROXY_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -195,7 +199,7 @@ const TEE_FILE_MAX: i128 = crate::net::page_pipe::TEE_FILE_MAX_LIMIT as i128;
 const TEE_BYTES: &str = "a size in bytes from 0 to 16777216";
 
 /// Keys only `[proxy]` takes.
-const PROXY_KEYS: [&str; 3] = ["backends", "connect_timeout", "splice"];
+const PROXY_KEYS: [&str; 4] = ["backends", "connect_timeout", "fail_timeout", "splice"];
 /// Keys only `[chat]` takes.
 const CHAT_KEYS: [&str; 3] = ["heartbeat", "heartbeat_timeout", "max_frame"];
 const LOG_TARGETS: [&str; 3] = ["stderr", "file", "syslog"];
@@ -288,6 +292,8 @@ pub struct ProxyFileSettings {
     pub backends: Option<Vec<SocketAddr>>,
     /// How long a backend may take to accept before the next one is tried.
     pub connect_timeout: Option<Duration>,
+    /// How long a backend that failed is passed over (zero: never).
+    pub fail_timeout: Option<Duration>,
     /// Relay through pipes with splice(2) (default true) or copy through a buffer.
     pub splice: Option<bool>,
 }
@@ -298,6 +304,7 @@ impl ProxyFileSettings {
         ProxyFileSettings {
             backends: self.backends.or_else(|| f.backends.clone()),
             connect_timeout: self.connect_timeout.or(f.connect_timeout),
+            fail_timeout: self.fail_timeout.or(f.fail_timeout),
             splice: self.splice.or(f.splice),
         }
     }
@@ -1177,6 +1184,9 @@ impl Checker<'_> {
                 }
                 "connect_timeout" if section == Section::Proxy => {
                     s.proxy.connect_timeout = self.secs(&key, value, POSITIVE_TIMEOUT);
+                }
+                "fail_timeout" if section == Section::Proxy => {
+                    s.proxy.fail_timeout = self.secs(&key, value, TIMEOUT);
                 }
                 "splice" if section == Section::Proxy => s.proxy.splice = self.boolean(&key, value),
                 "heartbeat" if section == Section::Chat => {

@@ -37,13 +37,7 @@ const REPORT_WAIT: Duration = Duration::from_secs(1);
 
 /// The counters of LoopStats, in board order.
 const COUNTERS: usize = crate::reactor::stats::COUNTERS;
-/// CLOCK_MONOTONIC in nanoseconds: the clock `Instant` reads, and the same in every process.
-fn monotonic_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    (t.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(t.tv_nsec as u64)
-}
+use crate::sys::process::monotonic_ns;
 
 /// A slot: a publish sequence number, then the counters.
 const WIDTH: usize = COUNTERS + 1;

@@ -16,6 +16,11 @@
 //!   before a backend answers stay in the client's input buffer (reading paused), so they go
 //!   to whichever backend answers. When none does, the client gets a clean close and nothing
 //!   else.
+//! - **Passive health** (nginx's `max_fails=1 fail_timeout`): a backend that failed is passed
+//!   over for the fail timeout, so one that hangs costs one client a connect timeout, not
+//!   every client whose turn it is, and its turns are shared among the others, not all given
+//!   to its neighbour. When every backend is passed over, they are tried all the same: a
+//!   moment's outage does not turn clients away for the whole timeout.
 //! - **Errors are not hidden**: a reset or a timeout on one side resets the other, so neither
 //!   peer takes a cut stream for a complete one.
 //! - **A graceful stop lets streams finish**: a pair is not closed at its first pause, as an
@@ -35,7 +40,7 @@ use std::time::Duration;
 
 use crate::net::log_throttle::{left_out_note, LogThrottle};
 use crate::net::{Buffer, CloseReason, ConnId, Ctx, Handler, HandlerFactory};
-use crate::sys::process::SharedCounters;
+use crate::sys::process::{monotonic_ns, SharedCounters};
 
 /// `Upstream` pokes its client with these tags (`EventLoop::poke`).
 const CONNECTED: u64 = 1;
@@ -55,19 +60,25 @@ static ALL_FAILED: LogThrottle = LogThrottle::new(1);
 /// "Out of fds for a backend connection", at most once a second.
 static OUT_OF_FDS: LogThrottle = LogThrottle::new(1);
 
-/// The backends of one proxy, and where the next client starts its round.
+/// The backends of one proxy, where the next client starts its round, and which backends
+/// are passed over for a recent failure.
 pub struct Backends {
     addrs: Vec<SocketAddr>,
     /// One counter for the whole server, in shared memory made before any fork: prefork
     /// workers and per-connection children take turns from the same round, where a copy of
     /// a plain counter in each would start every child at the first backend.
     next: SharedCounters,
+    /// Per backend, the CLOCK_MONOTONIC nanosecond until which it is passed over (0: it is
+    /// not). Shared the same way: a failure one worker saw spares the others' clients.
+    down_until: SharedCounters,
+    fail_timeout: u64,
 }
 
 impl Backends {
     /// An error if `addrs` is empty (a proxy needs somewhere to send its clients) or the
-    /// shared counter cannot be mapped.
-    pub fn new(addrs: Vec<SocketAddr>) -> Result<Backends, String> {
+    /// shared counters cannot be mapped. A backend that fails is passed over for
+    /// `fail_timeout` (zero: never).
+    pub fn new(addrs: Vec<SocketAddr>, fail_timeout: Duration) -> Result<Backends, String> {
         if addrs.is_empty() {
             return Err(
                 "the proxy needs at least one backend: --backend IP:PORT, or \
@@ -75,14 +86,101 @@ impl Backends {
                     .to_string(),
             );
         }
-        let next = SharedCounters::new(1).map_err(|e| format!("shared memory: {e}"))?;
-        Ok(Backends { addrs, next })
+        let shared = |n| SharedCounters::new(n).map_err(|e| format!("shared memory: {e}"));
+        Ok(Backends {
+            next: shared(1)?,
+            down_until: shared(addrs.len())?,
+            addrs,
+            fail_timeout: u64::try_from(fail_timeout.as_nanos()).unwrap_or(u64::MAX),
+        })
     }
 
-    /// Where the next client starts: one atomic add per client.
-    fn start(&self) -> usize {
-        let n = self.next.get(0).fetch_add(1, Ordering::Relaxed);
-        (n % self.addrs.len() as u64) as usize
+    /// The next client's turn: one atomic add per client.
+    fn ticket(&self) -> u64 {
+        self.next.get(0).fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether backend `i` is passed over now. `now` is read once per choice, and only if
+    /// some backend is marked at all: a healthy round costs loads, no clock.
+    fn is_down(&self, i: usize, now: &mut Option<u64>) -> bool {
+        let until = self.down_until.get(i).load(Ordering::Relaxed);
+        until != 0 && *now.get_or_insert_with(monotonic_ns) < until
+    }
+
+    /// Backend `i` failed: pass it over for the fail timeout. Whether it was not already.
+    fn failed(&self, i: usize) -> bool {
+        if self.fail_timeout == 0 {
+            return false;
+        }
+        let now = monotonic_ns();
+        let until = now.saturating_add(self.fail_timeout);
+        self.down_until.get(i).swap(until, Ordering::Relaxed) <= now
+    }
+
+    /// Backend `i` answered: it is no longer passed over (a store only if it was marked,
+    /// so that the healthy path writes no shared line).
+    fn answered(&self, i: usize) {
+        let slot = self.down_until.get(i);
+        if slot.load(Ordering::Relaxed) != 0 {
+            slot.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The backend a client tries next, given those it has `tried`: for its first try, the
+    /// backend its `ticket` falls on among those not passed over (so their turns are shared
+    /// evenly, however many are out); after that, the next one in order not passed over;
+    /// and when all that are left are, the next one left. None when all have been tried.
+    fn choose(&self, ticket: u64, after: Option<usize>, tried: &Tried) -> Option<usize> {
+        let n = self.addrs.len();
+        let mut now = None;
+        let start = match after {
+            Some(i) => i + 1,
+            None => {
+                let live = (0..n).filter(|&i| !self.is_down(i, &mut now)).count();
+                if live > 0 {
+                    let k = (ticket % live as u64) as usize;
+                    return (0..n).filter(|&i| !self.is_down(i, &mut now)).nth(k);
+                }
+                (ticket % n as u64) as usize
+            }
+        };
+        let order = (0..n).map(|k| (start + k) % n).filter(|&i| !tried.has(i));
+        let mut left = order.clone();
+        order
+            .clone()
+            .find(|&i| !self.is_down(i, &mut now))
+            .or_else(|| left.next())
+    }
+}
+
+/// The backends a client has tried: a bit each, in a word for the first 64 (no allocation
+/// for the usual few) and in a vector past that.
+#[derive(Default)]
+struct Tried {
+    low: u64,
+    more: Vec<u64>,
+}
+
+impl Tried {
+    fn has(&self, i: usize) -> bool {
+        let (word, bit) = (i / 64, i % 64);
+        let w = match word {
+            0 => self.low,
+            w => self.more.get(w - 1).copied().unwrap_or(0),
+        };
+        w >> bit & 1 == 1
+    }
+
+    fn mark(&mut self, i: usize) {
+        let (word, bit) = (i / 64, i % 64);
+        if word == 0 {
+            self.low |= 1 << bit;
+            return;
+        }
+        if self.more.len() < word {
+            self.more.resize(word, 0);
+        }
+        self.more[word - 1] |= 1 << bit;
     }
 }
 
@@ -92,11 +190,12 @@ impl Backends {
 pub fn factory(backends: Arc<Backends>, connect_timeout: Duration, splice: bool) -> HandlerFactory {
     Arc::new(move || {
         Box::new(Client {
-            first: backends.start(),
+            ticket: backends.ticket(),
             backends: backends.clone(),
             connect_timeout,
             splice,
-            tried: 0,
+            tried: Tried::default(),
+            current: None,
             upstream: None,
             connected: false,
             fin_pending: false,
@@ -109,9 +208,11 @@ pub struct Client {
     backends: Arc<Backends>,
     connect_timeout: Duration,
     splice: bool,
-    /// The backend tried first, and how many have been tried since.
-    first: usize,
-    tried: usize,
+    /// This client's turn in the round.
+    ticket: u64,
+    /// The backends tried, and the one dialled last.
+    tried: Tried,
+    current: Option<usize>,
     upstream: Option<ConnId>,
     /// The upstream connection is established: bytes may flow.
     connected: bool,
@@ -123,13 +224,14 @@ impl Client {
     /// Connects to the next backend not yet tried; when every one has failed, closes the
     /// client (cleanly: it never got a byte it could mistake for an answer).
     fn dial(&mut self, cx: &mut Ctx<'_>) {
-        let n = self.backends.addrs.len();
-        while self.tried < n {
-            let addr = self.backends.addrs[(self.first + self.tried) % n];
-            self.tried += 1;
+        while let Some(i) = self.backends.choose(self.ticket, self.current, &self.tried) {
+            let addr = self.backends.addrs[i];
+            self.tried.mark(i);
+            self.current = Some(i);
             let up = Upstream {
                 client: cx.id(),
-                backend: addr,
+                backends: self.backends.clone(),
+                backend: i,
                 splice: self.splice,
             };
             match cx.connect(addr, self.connect_timeout, Box::new(up)) {
@@ -151,7 +253,7 @@ impl Client {
                     return;
                 }
                 // Failed before it began (an address family the host lacks, say).
-                Err(e) => backend_failed(addr, &e.to_string()),
+                Err(e) => backend_failed(&self.backends, i, &e.to_string()),
             }
         }
         self.upstream = None;
@@ -169,8 +271,16 @@ impl Client {
     }
 }
 
-fn backend_failed(addr: SocketAddr, why: &str) {
-    if let Some(left_out) = BACKEND_FAILED.turn() {
+/// Backend `i` did not answer (`why`): say so, and pass it over for the fail timeout. Its
+/// first failure in a while is always said; the rest at most once a second.
+fn backend_failed(backends: &Backends, i: usize, why: &str) {
+    let addr = backends.addrs[i];
+    if backends.failed(i) {
+        tracing::warn!(
+            "backend {addr}: {why}; passed over for {:?}; the next backend is tried",
+            Duration::from_nanos(backends.fail_timeout)
+        );
+    } else if let Some(left_out) = BACKEND_FAILED.turn() {
         tracing::warn!(
             "backend {addr}: {why}; the next backend is tried{}",
             left_out_note(left_out)
@@ -269,6 +379,9 @@ impl Handler for Client {
         match tag {
             CONNECTED => {
                 self.connected = true;
+                if let Some(i) = self.current {
+                    self.backends.answered(i);
+                }
                 let me = cx.id();
                 if let (Some(up), Some(el)) = (self.upstream, cx.event_loop()) {
                     el.pair(me, up);
@@ -320,7 +433,9 @@ impl Handler for Client {
 /// The side keel opened to a backend, on behalf of `client`.
 pub struct Upstream {
     client: ConnId,
-    backend: SocketAddr,
+    backends: Arc<Backends>,
+    /// Which of them this connection went to.
+    backend: usize,
     splice: bool,
 }
 
@@ -360,12 +475,89 @@ impl Handler for Upstream {
     fn on_close(&mut self, cx: &mut Ctx<'_>, reason: CloseReason) {
         match reason {
             CloseReason::ConnectFailed(e) => {
-                backend_failed(self.backend, &e.to_string());
+                backend_failed(&self.backends, self.backend, &e.to_string());
                 if let Some(el) = cx.event_loop() {
                     el.poke(self.client, FAILED);
                 }
             }
             other => pass_close(cx, Some(self.client), &other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backends(n: usize, fail_timeout: Duration) -> Backends {
+        let addrs = (0..n)
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)))
+            .collect();
+        Backends::new(addrs, fail_timeout).unwrap()
+    }
+
+    /// The backends a client with `ticket` tries, in order, if every one fails.
+    fn attempts(b: &Backends, ticket: u64) -> Vec<usize> {
+        let (mut tried, mut after, mut order) = (Tried::default(), None, Vec::new());
+        while let Some(i) = b.choose(ticket, after, &tried) {
+            tried.mark(i);
+            after = Some(i);
+            order.push(i);
+        }
+        order
+    }
+
+    #[test]
+    fn a_healthy_round_goes_in_turn_and_fails_over_in_order() {
+        let b = backends(3, Duration::from_secs(10));
+        assert_eq!(attempts(&b, 0), [0, 1, 2]);
+        assert_eq!(attempts(&b, 1), [1, 2, 0]);
+        assert_eq!(attempts(&b, 5), [2, 0, 1]);
+    }
+
+    #[test]
+    fn a_failed_backend_is_tried_last_and_its_turns_are_shared() {
+        let b = backends(3, Duration::from_secs(10));
+        assert!(b.failed(0), "the first failure marks it");
+        assert!(!b.failed(0), "a second one finds it marked");
+        // Its turns go to 1 and 2 alike, and it is still tried when they fail.
+        let firsts: Vec<usize> = (0..6).map(|t| attempts(&b, t)[0]).collect();
+        assert_eq!(firsts, [1, 2, 1, 2, 1, 2]);
+        assert_eq!(attempts(&b, 0), [1, 2, 0]);
+        assert_eq!(attempts(&b, 1), [2, 1, 0]);
+        // All out: tried all the same, in the plain order.
+        b.failed(1);
+        b.failed(2);
+        assert_eq!(attempts(&b, 1), [1, 2, 0]);
+        // An answer clears the mark.
+        b.answered(1);
+        assert_eq!(attempts(&b, 0), [1, 2, 0]);
+    }
+
+    #[test]
+    fn a_mark_expires_and_a_zero_timeout_never_marks() {
+        let b = backends(2, Duration::from_millis(30));
+        b.failed(0);
+        assert_eq!(attempts(&b, 0), [1, 0]);
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(attempts(&b, 0), [0, 1]);
+        let never = backends(2, Duration::ZERO);
+        assert!(!never.failed(0));
+        assert_eq!(attempts(&never, 0), [0, 1]);
+    }
+
+    #[test]
+    fn tried_holds_more_than_64() {
+        let mut t = Tried::default();
+        for i in [0, 63, 64, 130] {
+            assert!(!t.has(i));
+            t.mark(i);
+            assert!(t.has(i));
+        }
+        assert!(!t.has(1) && !t.has(65) && !t.has(129));
+        let b = backends(70, Duration::from_secs(10));
+        let order = attempts(&b, 68);
+        assert_eq!(order.len(), 70);
+        assert_eq!(&order[..3], [68, 69, 0]);
     }
 }

@@ -202,6 +202,15 @@ pub fn fork_child(
     }
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: the clock `Instant` reads, and the same in every process
+/// (so a deadline kept in [`SharedCounters`] means the same in a forked child).
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as u64)
+}
+
 /// Ends the process at once with `code`, after flushing stdout and stderr, without running
 /// destructors or atexit handlers (what a forked child must do).
 pub fn exit_now(code: i32) -> ! {
