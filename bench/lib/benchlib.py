@@ -6,6 +6,7 @@ Standard library only (Python 3.11). What is here:
 - `Server`: start a server process, wait for its `listening tcp ADDR` line (bounded), read its
   CPU time from /proc, ask keel for its `stats` line (SIGUSR2), stop it by PID with SIGTERM;
 - `cpu_seconds(pid)`: utime+stime of a process (all its threads) from /proc/PID/stat;
+- `machine_busy_seconds()`: every CPU's busy time from /proc/stat, whoever it was charged to;
 - `LoadGen`: run `keel bench pingpong ...` and parse its `pingpong key=value ...` line;
 - `median`, plain-text and markdown tables, and `svg_line_plot` (hand-written SVG).
 
@@ -179,6 +180,25 @@ def cpu_seconds(pid: int, include_children: bool = True) -> float:
     if include_children:
         ticks += int(rest[16 - 3]) + int(rest[17 - 3])
     return ticks / CLK_TCK
+
+
+def machine_busy_seconds() -> float:
+    """Busy CPU seconds of the whole machine so far, all CPUs: user, nice, system, irq,
+    softirq and steal from /proc/stat's `cpu` line (guest time is inside user and nice).
+
+    Why beside `cpu_seconds`: on loopback, the kernel runs a segment's TCP work in whichever
+    context sends it, and an ACK that arrives while wrk reads makes wrk's context send the
+    server's next segments. How much of a large response is charged to the server then depends
+    on timing, not on the server. The machine's total has no such split: with the same wrk
+    work for every server, its differences are the servers' (meaningful only on a machine
+    that runs nothing else meanwhile)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    if not fields or fields[0] != "cpu":
+        raise BenchError("/proc/stat: no `cpu` line")
+    v = [int(x) for x in fields[1:9]] + [0] * (8 - len(fields[1:9]))
+    user, nice, system, _idle, _iowait, irq, softirq, steal = v
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
 def fd_count(pid: int) -> int:
