@@ -121,3 +121,72 @@ fn prefork_workers_share_one_limit() {
         }
     }
 }
+
+/// The TCP state of `s` from TCP_INFO (`tcpi_state`, the first byte): 8 is CLOSE_WAIT (the
+/// peer's FIN came, nothing else), 7 CLOSE (a reset came).
+fn tcp_state(s: &std::net::TcpStream) -> u8 {
+    use std::os::fd::AsRawFd;
+    let mut info = [0u8; 8];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: a valid socket fd and a buffer of `len` bytes, which the kernel fills.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    info[0]
+}
+
+/// A refused client that writes at once, before or after the refusal reaches it, gets a
+/// clean close (a FIN, never a reset) under every model that refuses on its loop, whatever
+/// it wrote. The refusal used to drain only what had already arrived and close: a request a
+/// moment late, or one over 64 KiB, drew a reset.
+#[test]
+fn a_refused_client_that_writes_gets_a_clean_close() {
+    use std::io::{Read, Write};
+    for (model, threads) in [
+        ("thread-per-conn", "1"),
+        ("process-per-conn", "1"),
+        ("multi-reactor", "2"),
+    ] {
+        let srv = Opts::echo("epoll-et")
+            .arg("--model", model)
+            .arg("--threads", threads)
+            .arg("--max-conns", "1")
+            .spawn();
+        let mut held = connect(srv.tcp);
+        assert_eq!(
+            probe(&mut held, b"x", Duration::from_secs(3)),
+            Probe::Served
+        );
+        for round in 0..20 {
+            let mut s = connect(srv.tcp);
+            let request = if round % 4 == 3 {
+                vec![b'r'; 70_000]
+            } else {
+                b"GET / HTTP/1.0\r\n\r\n".to_vec()
+            };
+            let _ = s.write_all(&request);
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut buf = [0u8; 64];
+            let got = s.read(&mut buf);
+            assert!(
+                matches!(got, Ok(0)),
+                "[{model}] round {round}: {got:?} (want EOF)"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+            assert_eq!(
+                tcp_state(&s),
+                8,
+                "[{model}] round {round}: a reset came after the FIN"
+            );
+        }
+        let s = srv.stats();
+        assert!(s.get("refused_limit") >= 20, "{s:?}");
+    }
+}

@@ -309,6 +309,51 @@ pub fn close_refused(fd: OwnedFd) {
     drop(fd);
 }
 
+/// At most this many refused connections linger on one loop at once ([`EventLoop::refuse`]);
+/// past it a refusal is [`close_refused`] at once, so a flood cannot take the fds that the
+/// refusals exist to protect.
+const MAX_REFUSING: usize = 256;
+
+/// The handler of a refused connection: it closes at once, gracefully.
+struct Refused;
+
+impl Handler for Refused {
+    fn on_connect(&mut self, cx: &mut crate::net::handler::Ctx<'_>) {
+        cx.close();
+    }
+
+    /// Never called: a closing connection's input is dropped by the loop.
+    fn on_data(&mut self, _: &mut crate::net::handler::Ctx<'_>, input: &mut crate::net::Buffer) {
+        input.clear();
+    }
+
+    fn on_close(&mut self, cx: &mut crate::net::handler::Ctx<'_>, _: crate::net::CloseReason) {
+        if let Some(el) = cx.event_loop() {
+            el.refusing = el.refusing.saturating_sub(1);
+        }
+    }
+}
+
+impl EventLoop {
+    /// Refuses an accepted connection (over a limit) with a close the client sees as clean,
+    /// whenever its bytes arrive: it is closed as a served connection is, FIN first, then what
+    /// comes in is read and dropped until the client's FIN (or the linger timeout), and only
+    /// then is the socket closed. [`close_refused`] drains only what has already arrived, so
+    /// a request that lands a moment after it finds the socket closed and draws a reset.
+    /// Not for a refusal for want of fds: that one has none to linger with.
+    pub fn refuse(&mut self, fd: OwnedFd) {
+        if self.refusing >= MAX_REFUSING {
+            close_refused(fd);
+            return;
+        }
+        // A socket that cannot be watched (select at FD_SETSIZE) is closed by the failed
+        // adopt, as `close_refused` would.
+        if self.adopt(fd, Box::new(Refused)).is_ok() {
+            self.refusing += 1;
+        }
+    }
+}
+
 /// The fd held back for EMFILE. /dev/null is cheap and always there.
 pub(crate) fn open_reserve_fd() -> Option<OwnedFd> {
     rustix::fs::open(
@@ -514,7 +559,7 @@ impl EventLoop {
         let limited = match limit {
             Some(limit) if !limit.try_acquire() => {
                 self.stats.refused_limit += 1;
-                close_refused(fd); // the client reads EOF
+                self.refuse(fd); // the client reads EOF
                 return Ok(());
             }
             Some(_) => true,

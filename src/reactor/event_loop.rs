@@ -197,6 +197,8 @@ pub struct EventLoop {
     pub(crate) accept_starved: Vec<Token>,
     /// Whether a failed registration of an accepted connection was reported already.
     pub(crate) warned_register: bool,
+    /// Refused connections closing gracefully on this loop (`EventLoop::refuse`).
+    pub(crate) refusing: usize,
     shared: Arc<Shared>,
     tasks: Vec<Task>,
     on_signal: Option<SignalCallback>,
@@ -245,6 +247,7 @@ impl EventLoop {
             reserve_fd: None,
             accept_starved: Vec::new(),
             warned_register: false,
+            refusing: 0,
             shared,
             tasks: Vec::new(),
             on_signal: None,

@@ -31,7 +31,6 @@ use std::rc::Rc;
 
 use super::forking::{self, Children, Shared};
 use super::{ServerOptions, Service};
-use crate::net::close_refused;
 use crate::reactor::{EventLoop, LoopStats, Token};
 use crate::sys::process::Exit;
 
@@ -116,7 +115,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
                 }
                 let Some(slot) = free else {
                     el.stats.refused_limit += 1;
-                    close_refused(fd); // the client reads EOF
+                    el.refuse(fd); // the client reads EOF
                     return;
                 };
                 let (cfg, factory, board) =

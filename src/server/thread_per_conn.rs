@@ -11,7 +11,6 @@ use std::io;
 
 use super::control::{self, Fleet};
 use super::{bind_and_announce, ServerOptions, Service};
-use crate::net::close_refused;
 use crate::net::listener::say_out_of_fds;
 use crate::net::log_throttle::{left_out_note, LogThrottle};
 use crate::reactor::EventLoop;
@@ -40,7 +39,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
         Box::new(move |el, fd| {
             if threads.live() >= cap {
                 el.stats.refused_limit += 1;
-                close_refused(fd); // the client reads EOF
+                el.refuse(fd); // the client reads EOF
                 return;
             }
             spawned += 1;
