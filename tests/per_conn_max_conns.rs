@@ -190,3 +190,94 @@ fn a_refused_client_that_writes_gets_a_clean_close() {
         assert!(s.get("refused_limit") >= 20, "{s:?}");
     }
 }
+
+/// Clients one after another, each gone before the next comes, are all served at the cap of
+/// one: a slot whose connection has closed but whose thread or process has not yet ended is
+/// waited for (a moment), not taken for a busy one. With the server closing first (HTTP's
+/// `Connection: close`) and with the client closing first (echo). Up to a third of such
+/// clients used to be refused.
+#[test]
+fn clients_one_after_another_are_all_served_at_the_cap() {
+    use std::io::{Read, Write};
+    let root = std::env::temp_dir().join(format!("keel-seq-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("a.txt"), "a").unwrap();
+    for model in ["thread-per-conn", "process-per-conn"] {
+        let echo = Opts::echo("epoll-et")
+            .arg("--model", model)
+            .arg("--threads", "1")
+            .spawn();
+        for i in 0..100 {
+            let mut s = connect(echo.tcp);
+            s.write_all(b"hi").unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            assert_eq!(got, b"hi", "[{model} echo] client {i} was refused");
+        }
+        let http = Opts::http("epoll-et")
+            .arg("--model", model)
+            .arg("--threads", "1")
+            .arg("--root", root.to_str().unwrap())
+            .spawn();
+        for i in 0..100 {
+            let mut s = connect(http.tcp);
+            s.write_all(b"GET /a.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            assert!(
+                got.starts_with(b"HTTP/1.1 200"),
+                "[{model} http] client {i} was refused: {got:?}"
+            );
+        }
+        for srv in [&echo, &http] {
+            let s = srv.stats();
+            assert_eq!(s.get("refused_limit"), 0, "[{model}] {s:?}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A client waiting for a slot when another one is forked a process is not kept open by that
+/// process (the forked one holds its own client's socket only), and, refused after the
+/// grace, it reads its EOF while the other is still being served.
+#[test]
+fn a_waiting_client_is_not_held_by_the_process_forked_beside_it() {
+    use std::io::Read;
+    let srv = Opts::echo("epoll-et")
+        .arg("--model", "process-per-conn")
+        .arg("--threads", "1")
+        .spawn();
+    let mut a = connect(srv.tcp);
+    assert_eq!(probe(&mut a, b"a", Duration::from_secs(3)), Probe::Served);
+    // Two wait for the one slot.
+    let mut b = connect(srv.tcp);
+    std::thread::sleep(Duration::from_millis(20));
+    let mut c = connect(srv.tcp);
+    std::thread::sleep(Duration::from_millis(20));
+    drop(a); // b gets the slot, forked while c still waits
+    assert_eq!(probe(&mut b, b"b", Duration::from_secs(3)), Probe::Served);
+    let live: Vec<_> = util::children_of(srv.pid)
+        .into_iter()
+        .filter(|p| p.state != 'Z')
+        .collect();
+    assert_eq!(live.len(), 1, "{live:?}");
+    let sockets = std::fs::read_dir(format!("/proc/{}/fd", live[0].pid))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+        })
+        .count();
+    assert_eq!(sockets, 1, "b's process holds c's socket too");
+    // c: refused once its grace is over, with b still connected.
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut buf = [0u8; 8];
+    let got = c.read(&mut buf);
+    assert!(
+        matches!(got, Ok(0)),
+        "the waiting client: {got:?} (want EOF)"
+    );
+    drop(b);
+}

@@ -14,6 +14,7 @@
 //! way on SIGINT/SIGTERM: listeners close at once, connections drain gracefully, exit 0.
 
 pub mod admin;
+mod admission;
 pub mod control;
 mod forking;
 pub mod half_sync;

@@ -29,6 +29,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
+use super::admission::Admission;
 use super::forking::{self, Children, Shared};
 use super::{ServerOptions, Service};
 use crate::reactor::{EventLoop, LoopStats, Token};
@@ -102,52 +103,56 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
         let factory = service.factory.clone();
         let drain = opts.drain_timeout;
         let hook_m = m.clone();
-        let token = control.add_acceptor(
-            listener,
-            Box::new(move |el, fd| {
-                let mut mm = hook_m.borrow_mut();
-                let mut free = mm.children.free_slot();
-                if free.is_none() {
-                    // Children may have ended with their SIGCHLD still queued behind this
-                    // accept in the same batch of events: reap before refusing.
-                    reap(&mut mm);
-                    free = mm.children.free_slot();
+        // A client that finds every process taken waits a moment for one to end
+        // (`admission`).
+        let admission = Admission::new(Rc::new(move |el: &mut EventLoop, fd, held: &[_]| {
+            let mut mm = hook_m.borrow_mut();
+            let mut free = mm.children.free_slot();
+            if free.is_none() {
+                // Children may have ended with their SIGCHLD still queued behind this
+                // accept in the same batch of events (or not yet read at all): reap
+                // before saying no.
+                reap(&mut mm);
+                free = mm.children.free_slot();
+            }
+            let Some(slot) = free else {
+                return Err(fd);
+            };
+            let (cfg, factory, board) = (cfg.clone(), factory.clone(), mm.children.board.clone());
+            // The closure owns `fd`: in the master it is dropped (closed) when fork returns.
+            let held_fds: Vec<_> = held.iter().map(|f| f.as_raw_fd()).collect();
+            let forked = forking::fork(el, held, move |cx| {
+                // The listening sockets stay open in the master; the child must not keep
+                // them alive. Nor the clients still waiting for a slot (`admission`).
+                cx.close_inherited(listen_fd);
+                if let Some(udp) = udp_fd {
+                    cx.close_inherited(udp);
                 }
-                let Some(slot) = free else {
-                    el.stats.refused_limit += 1;
-                    el.refuse(fd); // the client reads EOF
-                    return;
-                };
-                let (cfg, factory, board) =
-                    (cfg.clone(), factory.clone(), mm.children.board.clone());
-                // The closure owns `fd`: in the master it is dropped (closed) when fork returns.
-                let forked = forking::fork(el, &[], move |cx| {
-                    // The listening sockets stay open in the master; the child must not keep
-                    // them alive.
-                    cx.close_inherited(listen_fd);
-                    if let Some(udp) = udp_fd {
-                        cx.close_inherited(udp);
-                    }
-                    forking::child_main(cx, "connection process", |_| {
-                        forking::serve_child(cfg, board, slot, drain, |el| {
-                            el.exit_when_empty(true);
-                            el.adopt(fd, factory())?;
-                            Ok(())
-                        })
+                for fd in held_fds {
+                    cx.close_inherited(fd);
+                }
+                forking::child_main(cx, "connection process", |_| {
+                    forking::serve_child(cfg, board, slot, drain, |el| {
+                        el.exit_when_empty(true);
+                        el.adopt(fd, factory())?;
+                        Ok(())
                     })
-                });
-                match forked {
-                    Ok(pid) => mm.children.started(slot, pid),
-                    Err(e) => {
-                        el.stats.refused_limit += 1;
-                        if !mm.warned_fork {
-                            mm.warned_fork = true;
-                            tracing::warn!("cannot fork for a connection (refusing it): {e}");
-                        }
+                })
+            });
+            match forked {
+                Ok(pid) => mm.children.started(slot, pid),
+                Err(e) => {
+                    el.stats.refused_limit += 1;
+                    if !mm.warned_fork {
+                        mm.warned_fork = true;
+                        tracing::warn!("cannot fork for a connection (refusing it): {e}");
                     }
                 }
-            }),
-        )?;
+            }
+            Ok(())
+        }));
+        let token =
+            control.add_acceptor(listener, Box::new(move |el, fd| admission.offer(el, fd)))?;
         m.borrow_mut().listener = Some(token);
         if let (Some(sock), Some(udp)) = (udp, &service.udp) {
             let token = control.add_udp(sock, udp())?;

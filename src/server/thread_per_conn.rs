@@ -9,6 +9,7 @@
 
 use std::io;
 
+use super::admission::Admission;
 use super::control::{self, Fleet};
 use super::{bind_and_announce, ServerOptions, Service};
 use crate::net::listener::say_out_of_fds;
@@ -33,16 +34,15 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
         .map_or(opts.threads, |m| opts.threads.min(m.max(1)));
     let factory = service.factory.clone();
     let threads = fleet.clone();
-    let mut spawned = 0u64;
-    control.add_acceptor(
-        listener,
-        Box::new(move |el, fd| {
+    let spawned = std::cell::Cell::new(0u64);
+    // A client that finds every thread taken waits a moment for one to end (`admission`).
+    let admission = Admission::new(std::rc::Rc::new(
+        move |el: &mut EventLoop, fd, _held: &[_]| {
             if threads.live() >= cap {
-                el.stats.refused_limit += 1;
-                el.refuse(fd); // the client reads EOF
-                return;
+                return Err(fd);
             }
-            spawned += 1;
+            spawned.set(spawned.get() + 1);
+            let spawned = spawned.get();
             let factory = factory.clone();
             let mut conn_cfg = cfg.clone();
             // A loop with one connection does not need a connection limit of its own.
@@ -67,8 +67,10 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
                     }
                 }
             }
-        }),
-    )?;
+            Ok(())
+        },
+    ));
+    control.add_acceptor(listener, Box::new(move |el, fd| admission.offer(el, fd)))?;
     if let (Some(sock), Some(udp)) = (udp, &service.udp) {
         control.add_udp(sock, udp())?;
     }
