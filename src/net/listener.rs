@@ -314,8 +314,11 @@ pub fn close_refused(fd: OwnedFd) {
 /// refusals exist to protect.
 const MAX_REFUSING: usize = 256;
 
-/// The handler of a refused connection: it closes at once, gracefully.
-struct Refused;
+/// The handler of a refused connection: it closes at once, gracefully, and counts itself out
+/// of `refusing` when it is gone.
+struct Refused {
+    refusing: Arc<AtomicUsize>,
+}
 
 impl Handler for Refused {
     fn on_connect(&mut self, cx: &mut crate::net::handler::Ctx<'_>) {
@@ -326,30 +329,40 @@ impl Handler for Refused {
     fn on_data(&mut self, _: &mut crate::net::handler::Ctx<'_>, input: &mut crate::net::Buffer) {
         input.clear();
     }
+}
 
-    fn on_close(&mut self, cx: &mut crate::net::handler::Ctx<'_>, _: crate::net::CloseReason) {
-        if let Some(el) = cx.event_loop() {
-            el.refusing = el.refusing.saturating_sub(1);
-        }
+impl Drop for Refused {
+    fn drop(&mut self) {
+        self.refusing.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
+/// The handler that refuses a connection over a limit with a close the client sees as clean,
+/// whenever its bytes arrive: the connection is closed as a served one is, FIN first, then
+/// what comes in is read and dropped until the client's FIN (or the linger timeout), and only
+/// then is the socket closed. [`close_refused`] drains only what has already arrived, so a
+/// request that lands a moment after it finds the socket closed and draws a reset. None when
+/// `refusing` (those still closing) is at its bound: the caller then uses `close_refused`.
+/// Not for a refusal for want of fds: that one has none to linger with.
+pub(crate) fn refusal(refusing: &Arc<AtomicUsize>) -> Option<Box<dyn Handler>> {
+    refusing
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < MAX_REFUSING).then_some(n + 1)
+        })
+        .ok()?;
+    Some(Box::new(Refused {
+        refusing: refusing.clone(),
+    }))
+}
+
 impl EventLoop {
-    /// Refuses an accepted connection (over a limit) with a close the client sees as clean,
-    /// whenever its bytes arrive: it is closed as a served connection is, FIN first, then what
-    /// comes in is read and dropped until the client's FIN (or the linger timeout), and only
-    /// then is the socket closed. [`close_refused`] drains only what has already arrived, so
-    /// a request that lands a moment after it finds the socket closed and draws a reset.
-    /// Not for a refusal for want of fds: that one has none to linger with.
+    /// Refuses an accepted connection (over a limit) on this loop: see [`refusal`].
     pub fn refuse(&mut self, fd: OwnedFd) {
-        if self.refusing >= MAX_REFUSING {
-            close_refused(fd);
-            return;
-        }
-        // A socket that cannot be watched (select at FD_SETSIZE) is closed by the failed
-        // adopt, as `close_refused` would.
-        if self.adopt(fd, Box::new(Refused)).is_ok() {
-            self.refusing += 1;
+        match refusal(&self.refusing) {
+            // A socket that cannot be watched (select at FD_SETSIZE) is closed by the failed
+            // adopt, as `close_refused` would.
+            Some(handler) => drop(self.adopt(fd, handler)),
+            None => close_refused(fd),
         }
     }
 }

@@ -198,7 +198,7 @@ pub struct EventLoop {
     /// Whether a failed registration of an accepted connection was reported already.
     pub(crate) warned_register: bool,
     /// Refused connections closing gracefully on this loop (`EventLoop::refuse`).
-    pub(crate) refusing: usize,
+    pub(crate) refusing: Arc<std::sync::atomic::AtomicUsize>,
     shared: Arc<Shared>,
     tasks: Vec<Task>,
     on_signal: Option<SignalCallback>,
@@ -247,7 +247,7 @@ impl EventLoop {
             reserve_fd: None,
             accept_starved: Vec::new(),
             warned_register: false,
-            refusing: 0,
+            refusing: Arc::default(),
             shared,
             tasks: Vec::new(),
             on_signal: None,

@@ -15,7 +15,7 @@ use super::shared::lock;
 use super::timers::TimerEvent;
 use super::worker::Worker;
 use crate::net::listener::{
-    close_refused, fd_table_exclusive, fd_table_shared, open_reserve_fd, say_out_of_fds,
+    close_refused, fd_table_exclusive, fd_table_shared, open_reserve_fd, refusal, say_out_of_fds,
 };
 
 /// How long a listener that could not accept (no fd even for the EMFILE dance) stays parked
@@ -135,25 +135,28 @@ impl Worker<'_> {
             let _ = sock.set_tcp_keepalive(&params);
         }
         bump(&self.stats.accepted, 1);
-        let limited = match sh.cfg.max_conns {
-            Some(max) => {
-                let acquired = sh
-                    .permits
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                        (n < max).then_some(n + 1)
-                    })
-                    .is_ok();
-                if !acquired {
-                    bump(&self.stats.refused_limit, 1);
-                    close_refused(fd); // the client reads EOF
+        let acquired = sh.cfg.max_conns.map(|max| {
+            sh.permits
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .is_ok()
+        });
+        let (handler, limited) = match acquired {
+            Some(false) => {
+                bump(&self.stats.refused_limit, 1);
+                // Closed as a served connection is, so the client reads EOF (`refusal`).
+                let Some(refused) = refusal(&sh.refusing) else {
+                    close_refused(fd);
                     return;
-                }
-                true
+                };
+                (refused, false)
             }
-            None => false,
+            Some(true) => ((sh.factory)(), true),
+            None => ((sh.factory)(), false),
         };
         let conn = Arc::new(Mutex::new(LfConn {
-            handler: Some((sh.factory)()),
+            handler: Some(handler),
             core: Core::new(fd, self.now),
         }));
         // Locked before it is reachable, so nothing (a timer) runs before `on_connect`.

@@ -67,6 +67,8 @@ pub(super) struct Shared {
     pub(super) live_threads: AtomicUsize,
     /// Connections holding a permit of `--max-conns`.
     pub(super) permits: AtomicUsize,
+    /// Refused connections still closing (`net::listener::refusal`).
+    pub(super) refusing: Arc<AtomicUsize>,
     pub(super) factory: HandlerFactory,
     pub(super) cfg: Settings,
     pub(super) start: Instant,

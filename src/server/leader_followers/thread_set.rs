@@ -65,6 +65,7 @@ pub(super) fn start(
         drain_started: AtomicBool::new(false),
         live_threads: AtomicUsize::new(0),
         permits: AtomicUsize::new(0),
+        refusing: Arc::default(),
         factory,
         cfg: Settings::from_opts(opts),
         start: Instant::now(),
