@@ -283,3 +283,97 @@ fn a_waiting_client_is_not_held_by_the_process_forked_beside_it() {
     );
     drop(b);
 }
+
+/// A client waiting for a slot when the server is told to stop is refused then (counted, a
+/// clean close), not served by a process forked during the stop nor reset when the master
+/// ends. A fork during the stop used to panic in the child (the listener it was to close was
+/// gone already).
+#[test]
+fn a_client_waiting_at_the_stop_is_refused_cleanly() {
+    use std::io::{Read, Write};
+    for threads in ["1", "2"] {
+        let srv = Opts::echo("epoll-et")
+            .arg("--model", "process-per-conn")
+            .arg("--threads", threads)
+            .arg("--drain-timeout", "3")
+            .spawn();
+        let mut served: Vec<_> = (0..threads.parse::<usize>().unwrap())
+            .map(|_| {
+                let mut a = connect(srv.tcp);
+                assert_eq!(probe(&mut a, b"a", Duration::from_secs(3)), Probe::Served);
+                a
+            })
+            .collect();
+        let mut b = connect(srv.tcp);
+        b.write_all(b"data").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        srv.signal(nix::sys::signal::Signal::SIGTERM);
+        std::thread::sleep(Duration::from_millis(20));
+        drop(served.remove(0)); // a slot frees while b waits
+        b.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut buf = [0u8; 8];
+        let got = b.read(&mut buf);
+        assert!(
+            matches!(got, Ok(0)),
+            "[{threads}] the waiting client: {got:?}"
+        );
+        drop(served);
+        let status = srv.wait_exit(Duration::from_secs(10));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "[{threads}] {status:?}"
+        );
+        let err = srv.stderr_dump();
+        assert!(!err.contains("panicked"), "[{threads}] {err}");
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("stats ") && l.contains(" refused_limit=1 ")),
+            "[{threads}] {err}"
+        );
+    }
+}
+
+/// Refused connections still closing are not counted open, and a stop does not wait for
+/// their clients' FIN.
+#[test]
+fn refused_connections_are_not_open_and_do_not_hold_the_stop() {
+    use std::time::Instant;
+    for model in ["multi-reactor", "leader-followers", "thread-per-conn"] {
+        let srv = Opts::echo("epoll-et")
+            .arg("--model", model)
+            .arg("--threads", "2")
+            .arg("--max-conns", "1")
+            .arg("--linger-timeout", "5")
+            .spawn();
+        let mut held = connect(srv.tcp);
+        assert_eq!(
+            probe(&mut held, b"x", Duration::from_secs(3)),
+            Probe::Served
+        );
+        // Refused, and never closed by their clients.
+        let refused: Vec<_> = (0..5)
+            .map(|_| {
+                let mut s = connect(srv.tcp);
+                assert!(matches!(
+                    probe(&mut s, b"y", Duration::from_secs(3)),
+                    Probe::Closed(_)
+                ));
+                s
+            })
+            .collect();
+        let s = srv.stats();
+        assert_eq!(s.get("open"), 1, "[{model}] {s:?}");
+        assert!(s.get("refused_limit") >= 5, "[{model}] {s:?}");
+        drop(held);
+        let t = Instant::now();
+        srv.signal(nix::sys::signal::Signal::SIGTERM);
+        let status = srv.wait_exit(Duration::from_secs(10));
+        assert!(status.is_some_and(|s| s.success()), "[{model}] {status:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "[{model}] the stop waited {:?} for refused clients",
+            t.elapsed()
+        );
+        drop(refused);
+    }
+}

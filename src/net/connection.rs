@@ -165,6 +165,9 @@ pub(crate) struct Conn {
     pub(crate) user_timers: UserTimers,
     /// Holds a permit of the server's connection limit (incoming connections only).
     pub(crate) holds_permit: bool,
+    /// A connection refused over a limit, closing (`net::listener::refusal`): not counted in
+    /// `open`, `closed` or `linger_timeouts`, and no reason for a stopping loop to wait.
+    pub(crate) refused: bool,
     pub(crate) closing_reason: Option<CloseReason>,
     /// The other connection of a relayed pair (`EventLoop::pair`), and the pipe bytes take to
     /// it when spliced (`EventLoop::splice`). Boxed: most connections are not relayed.
@@ -198,6 +201,7 @@ impl Conn {
             connect_timer: None,
             user_timers: UserTimers::default(),
             holds_permit: false,
+            refused: false,
             closing_reason: None,
             relay: None,
         }
@@ -1174,7 +1178,9 @@ impl EventLoop {
             }
             return;
         }
-        self.stats.linger_timeouts += 1;
+        if !self.conn(id).is_some_and(|c| c.refused) {
+            self.stats.linger_timeouts += 1;
+        }
         self.close_with(id, CloseReason::LingerTimeout);
     }
 
@@ -1339,8 +1345,10 @@ impl EventLoop {
         if reason.abortive() {
             let _ = SockRef::from(&conn.fd).set_linger(Some(Duration::ZERO));
         }
-        self.stats.open -= 1;
-        self.stats.closed += 1;
+        if !conn.refused {
+            self.stats.open -= 1;
+            self.stats.closed += 1;
+        }
         if conn.holds_permit {
             self.release_permit();
         }

@@ -356,13 +356,23 @@ pub(crate) fn refusal(refusing: &Arc<AtomicUsize>) -> Option<Box<dyn Handler>> {
 }
 
 impl EventLoop {
-    /// Refuses an accepted connection (over a limit) on this loop: see [`refusal`].
+    /// Refuses an accepted connection (over a limit) on this loop: see [`refusal`]. It is
+    /// counted as refused (by the caller), not as open, and a loop that stops does not wait
+    /// for it: closed at the loop's end, its client may see a reset instead of the FIN it
+    /// already has.
     pub fn refuse(&mut self, fd: OwnedFd) {
-        match refusal(&self.refusing) {
-            // A socket that cannot be watched (select at FD_SETSIZE) is closed by the failed
-            // adopt, as `close_refused` would.
-            Some(handler) => drop(self.adopt(fd, handler)),
-            None => close_refused(fd),
+        let Some(handler) = refusal(&self.refusing) else {
+            close_refused(fd);
+            return;
+        };
+        // `adopt` counts it open and calls `on_connect`, which starts its close; the
+        // deferred close has not run yet, so the connection is still there to mark. A socket
+        // that cannot be watched (select at FD_SETSIZE) is closed by the failed adopt.
+        if let Ok(id) = self.adopt(fd, handler) {
+            if let Some(conn) = self.conn_mut(id) {
+                conn.refused = true;
+                self.stats.open -= 1;
+            }
         }
     }
 }

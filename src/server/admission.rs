@@ -37,6 +37,8 @@ pub(super) struct Admission {
     admit: Admit,
     waiting: RefCell<VecDeque<(OwnedFd, Instant)>>,
     polling: std::cell::Cell<bool>,
+    /// Set by [`Admission::refuse_all`]: no one is admitted any more.
+    stopping: std::cell::Cell<bool>,
 }
 
 impl Admission {
@@ -45,12 +47,17 @@ impl Admission {
             admit,
             waiting: RefCell::new(VecDeque::new()),
             polling: std::cell::Cell::new(false),
+            stopping: std::cell::Cell::new(false),
         })
     }
 
     /// A client the listener accepted: served now if a slot is free and no one waits before
     /// it, else held (or refused when too many are).
     pub(super) fn offer(self: &Rc<Self>, el: &mut EventLoop, fd: OwnedFd) {
+        if self.is_stopping(el) {
+            refuse(el, fd);
+            return;
+        }
         let fd = if self.waiting.borrow().is_empty() {
             match (self.admit)(el, fd, &[]) {
                 Ok(()) => return,
@@ -59,13 +66,26 @@ impl Admission {
         } else {
             fd
         };
-        if el.is_draining() || self.waiting.borrow().len() >= MAX_WAITING {
+        if self.waiting.borrow().len() >= MAX_WAITING {
             refuse(el, fd);
             return;
         }
         self.waiting.borrow_mut().push_back((fd, Instant::now()));
         if !self.polling.replace(true) {
             self.poll_later(el);
+        }
+    }
+
+    /// The server is stopping: refuses every client that waits, counted. Closed at once
+    /// (what each sent is drained first, `close_refused`): a stopping master's loop ends as
+    /// soon as its children are gone, and would take a lingering refusal down with it.
+    /// Those that come after are refused as they come.
+    pub(super) fn refuse_all(&self, el: &mut EventLoop) {
+        self.stopping.set(true);
+        let waiting = std::mem::take(&mut *self.waiting.borrow_mut());
+        for (fd, _) in waiting {
+            el.stats.refused_limit += 1;
+            crate::net::close_refused(fd);
         }
     }
 
@@ -82,7 +102,7 @@ impl Admission {
             let Some((fd, since)) = self.waiting.borrow_mut().pop_front() else {
                 break;
             };
-            let fd = if el.is_draining() {
+            let fd = if self.is_stopping(el) {
                 fd
             } else {
                 let admitted = {
@@ -108,6 +128,14 @@ impl Admission {
         } else {
             self.poll_later(el);
         }
+    }
+}
+
+impl Admission {
+    /// Whether clients are to be refused whatever the slots: the server is stopping (a
+    /// thread model's control loop drains; a forking master calls `refuse_all`).
+    fn is_stopping(&self, el: &EventLoop) -> bool {
+        self.stopping.get() || el.is_draining()
     }
 }
 

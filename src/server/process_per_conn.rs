@@ -41,6 +41,8 @@ struct Master {
     listener: Option<Token>,
     udp: Option<Token>,
     warned_fork: bool,
+    /// The clients waiting for a slot (`admission`), refused when the server stops.
+    admission: Option<Rc<Admission>>,
 }
 
 impl forking::Master for Master {
@@ -69,6 +71,9 @@ impl forking::Master for Master {
         {
             el.close_listener(token);
         }
+        if let Some(admission) = self.admission.take() {
+            admission.refuse_all(el);
+        }
     }
 
     fn total(&self, own: &LoopStats) -> LoopStats {
@@ -95,6 +100,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
             listener: None,
             udp: None,
             warned_fork: false,
+            admission: None,
         }));
 
         let mut cfg = opts.loop_config();
@@ -151,6 +157,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
             }
             Ok(())
         }));
+        m.borrow_mut().admission = Some(admission.clone());
         let token =
             control.add_acceptor(listener, Box::new(move |el, fd| admission.offer(el, fd)))?;
         m.borrow_mut().listener = Some(token);

@@ -139,7 +139,12 @@ impl Backends {
                 let live = (0..n).filter(|&i| !self.is_down(i, &mut now)).count();
                 if live > 0 {
                     let k = (ticket % live as u64) as usize;
-                    return (0..n).filter(|&i| !self.is_down(i, &mut now)).nth(k);
+                    // Read again: another loop or process may mark one between the two
+                    // reads, and then there is no k-th; the plain order below still answers.
+                    let kth = (0..n).filter(|&i| !self.is_down(i, &mut now)).nth(k);
+                    if kth.is_some() {
+                        return kth;
+                    }
                 }
                 (ticket % n as u64) as usize
             }

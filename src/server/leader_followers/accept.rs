@@ -142,6 +142,7 @@ impl Worker<'_> {
                 })
                 .is_ok()
         });
+        let refused = acquired == Some(false);
         let (handler, limited) = match acquired {
             Some(false) => {
                 bump(&self.stats.refused_limit, 1);
@@ -163,7 +164,10 @@ impl Worker<'_> {
         let mut c = lock(&conn);
         c.core.id = sh.insert(conn.clone());
         c.core.holds_permit = limited;
-        bump(&self.stats.opened, 1);
+        c.core.refused = refused;
+        if !refused {
+            bump(&self.stats.opened, 1);
+        }
         if let Some(idle) = sh.cfg.idle_timeout {
             c.core.set_idle_timeout(sh, self.now, Some(idle));
         }

@@ -57,6 +57,9 @@ pub(super) struct Core {
     pub(super) linger_timer: Option<TimerKey>,
     pub(super) user_timers: Vec<(u64, TimerKey)>,
     pub(super) holds_permit: bool,
+    /// Refused over `--max-conns` and closing (`net::listener::refusal`): not counted open,
+    /// closed or timed out, and closed at once when the server stops.
+    pub(super) refused: bool,
     /// Set when the connection must close; it is destroyed once the current callback returns.
     pub(super) closing: Option<CloseReason>,
     /// The server is stopping: close once idle (see `Worker::close_if_drained`).
@@ -87,6 +90,7 @@ impl Core {
             linger_timer: None,
             user_timers: Vec::new(),
             holds_permit: false,
+            refused: false,
             closing: None,
             draining: false,
         }

@@ -247,7 +247,9 @@ impl Worker<'_> {
         if core.holds_permit {
             sh.permits.fetch_sub(1, Ordering::AcqRel);
         }
-        bump(&self.stats.closed, 1);
+        if !core.refused {
+            bump(&self.stats.closed, 1);
+        }
         if let Some(mut h) = c.handler.take() {
             let id = c.core.id;
             let mut ops = Ops {

@@ -23,6 +23,12 @@ impl Worker<'_> {
         sh.add_timer(due, TimerEvent::DrainDeadline);
         for conn in sh.snapshot() {
             let mut c = lock(&conn);
+            if c.core.refused && c.core.fd.is_some() {
+                // Its FIN is out; the stop does not wait for the client's.
+                c.core.close_with(CloseReason::Normal);
+                self.destroy(&mut c);
+                continue;
+            }
             if c.core.live() {
                 c.core.draining = true;
                 self.recheck_drain(&mut c);

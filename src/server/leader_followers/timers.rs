@@ -96,7 +96,9 @@ impl Worker<'_> {
                         core.linger_timer =
                             Some(self.sh.add_timer(at, TimerEvent::Linger(core.id, mark)));
                     } else {
-                        bump(&self.stats.linger_timeouts, 1);
+                        if !core.refused {
+                            bump(&self.stats.linger_timeouts, 1);
+                        }
                         core.close_with(CloseReason::LingerTimeout);
                     }
                 }
