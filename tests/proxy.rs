@@ -237,27 +237,36 @@ fn serve_thirty(srv: &util::Server) -> std::collections::HashMap<String, i32> {
     served
 }
 
-/// A dead backend is tried once, then passed over for the fail timeout: its turns are
-/// shared by the live ones.
-#[test]
-fn clients_go_round_robin_and_a_dead_backend_is_passed_over() {
+/// Thirty clients in turn through backends [dead, a, b] with `--fail-timeout SECS`: what a
+/// and b served, the connect failures counted, and the log line the failure is said with.
+fn one_dead_of_three(fail_timeout: &str, a_b_failures: (i32, i32, u64), said: &str) {
     let a = Backend::named("a");
     let b = Backend::named("b");
     let (_held, dead) = dead_addr();
     let srv = Opts::proxy("epoll-et", &[dead, a.addr, b.addr])
         .arg("--threads", "1")
+        .arg("--fail-timeout", fail_timeout)
         .spawn();
     let served = serve_thirty(&srv);
-    assert_eq!(served.get("a"), Some(&15), "{served:?}");
-    assert_eq!(served.get("b"), Some(&15), "{served:?}");
-    assert_eq!(srv.stats().get("connect_failures"), 1);
+    let (want_a, want_b, failures) = a_b_failures;
+    assert_eq!(served.get("a"), Some(&want_a), "{served:?}");
+    assert_eq!(served.get("b"), Some(&want_b), "{served:?}");
+    assert_eq!(srv.stats().get("connect_failures"), failures);
     assert!(
-        srv.stderr_has(
-            "connection refused; passed over for 10s; the next backend is tried",
-            Duration::from_secs(3)
-        ),
+        srv.stderr_has(said, Duration::from_secs(3)),
         "the failure is logged: {}",
         srv.stderr_dump()
+    );
+}
+
+/// A dead backend is tried once, then passed over for the fail timeout: its turns are
+/// shared by the live ones.
+#[test]
+fn clients_go_round_robin_and_a_dead_backend_is_passed_over() {
+    one_dead_of_three(
+        "10",
+        (15, 15, 1),
+        "connection refused; passed over for 10s; the next backend is tried",
     );
 }
 
@@ -265,22 +274,7 @@ fn clients_go_round_robin_and_a_dead_backend_is_passed_over() {
 /// them to the next in line.
 #[test]
 fn without_a_fail_timeout_a_dead_backend_is_tried_on_each_turn() {
-    let a = Backend::named("a");
-    let b = Backend::named("b");
-    let (_held, dead) = dead_addr();
-    let srv = Opts::proxy("epoll-et", &[dead, a.addr, b.addr])
-        .arg("--threads", "1")
-        .arg("--fail-timeout", "0")
-        .spawn();
-    let served = serve_thirty(&srv);
-    assert_eq!(served.get("a"), Some(&20), "{served:?}");
-    assert_eq!(served.get("b"), Some(&10), "{served:?}");
-    assert_eq!(srv.stats().get("connect_failures"), 10);
-    assert!(
-        srv.stderr_has("the next backend is tried", Duration::from_secs(3)),
-        "the failure is logged: {}",
-        srv.stderr_dump()
-    );
+    one_dead_of_three("0", (20, 10, 10), "the next backend is tried");
 }
 
 /// A backend that hangs costs one client the connect timeout, not every client whose turn
