@@ -325,7 +325,7 @@ impl Handler for Refused {
         cx.close();
     }
 
-    /// Never called: a closing connection's input is dropped by the loop.
+    /// Bytes that come before the close has begun: dropped (after it, the loop drops them).
     fn on_data(&mut self, _: &mut crate::net::handler::Ctx<'_>, input: &mut crate::net::Buffer) {
         input.clear();
     }

@@ -7,8 +7,8 @@
 //! after `Connection: close`, a script) would find the slot still taken and be refused while
 //! nothing is being served. So the accepted socket is held here, oldest first, and offered a
 //! slot every [`POLL`] until [`GRACE`] has passed; only then is it refused, as before. Past
-//! [`MAX_WAITING`] held at once, a newcomer is refused at once: under a real overload the
-//! queue is the listen backlog's, not ours.
+//! [`MAX_WAITING`] held at once, a newcomer is refused at once: a sustained overload is still
+//! met with refusals, only a moment later.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::reactor::EventLoop;
 
 /// How long a client may wait for a slot before it is refused.
-pub(super) const GRACE: Duration = Duration::from_millis(250);
+const GRACE: Duration = Duration::from_millis(250);
 /// How often the clients that wait are offered a slot.
 const POLL: Duration = Duration::from_millis(5);
 /// The most clients held at once.
