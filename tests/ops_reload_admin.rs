@@ -933,6 +933,42 @@ fn sighup_reload_moves_echo_udp_too() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A client waiting in the old listener's queue when a reload moves the listener is served,
+/// not reset. Here the loop is busy in a handler (`work_ms`) while a client connects and the
+/// reload comes. (The loop takes the waiting connection before the reload's task here; the
+/// narrower window, a connection queued after, is what `close_tcp_listeners` accepting the
+/// queue first covers, and no test here can time it.)
+#[test]
+fn a_listen_move_keeps_the_connections_queued_on_the_old_address() {
+    let dir = temp_dir("relisten-queued");
+    let conf = dir.join("keel.toml");
+    let (old_port, new_port) = two_free_ports();
+    let config =
+        |port: u16| format!("[echo]\nlisten = \"127.0.0.1:{port}\"\nthreads = 1\nwork_ms = 400\n");
+    write_config(&conf, &config(old_port));
+    let server = FromConfig::start("echo", &conf, old_port);
+    let old: SocketAddr = format!("127.0.0.1:{old_port}").parse().unwrap();
+    let mut busy = connect(old);
+    busy.write_all(b"a").unwrap(); // the loop sleeps 400 ms in the handler
+    std::thread::sleep(Duration::from_millis(50));
+    let mut queued = connect(old); // completed by the kernel, not yet accepted
+    queued.write_all(b"q").unwrap();
+    write_config(&conf, &config(new_port));
+    nix::sys::signal::kill(server.pid, Signal::SIGHUP).unwrap();
+    queued
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut got = [0u8; 1];
+    let read = std::io::Read::read(&mut queued, &mut got);
+    assert!(
+        matches!(read, Ok(1)) && got == *b"q",
+        "the queued client: {read:?}"
+    );
+    drop((busy, queued));
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A move within echo's own port (127.0.0.1:P to 0.0.0.0:P) takes its UDP socket along: the
 /// new one binds while the old is still open, which overlaps it. It used to fail with
 /// "address already in use" and leave the server on the old address.

@@ -309,6 +309,9 @@ pub fn close_refused(fd: OwnedFd) {
     drop(fd);
 }
 
+/// The most connections a listener about to close accepts from its queue: its backlog.
+const MAX_QUEUED: usize = 65_536;
+
 /// At most this many refused connections linger on one loop at once ([`EventLoop::refuse`]);
 /// past it a refusal is [`close_refused`] at once, so a flood cannot take the fds that the
 /// refusals exist to protect.
@@ -445,9 +448,41 @@ impl EventLoop {
     }
 
     /// Closes every TCP listener of this loop (UDP sockets stay): used when a reload moves
-    /// the server to a new address. Connections already accepted are not affected.
+    /// the server to a new address. Connections already accepted are not affected, and those
+    /// still in a listener's queue are accepted first: closing a listener resets them.
     pub fn close_tcp_listeners(&mut self) {
-        self.close_listeners_where(|s| matches!(s, Source::Listener(_)));
+        let listeners: Vec<Token> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| matches!(s.source, Source::Listener(_)))
+            .map(|(i, s)| Token(((s.generation as u64) << 32) | i as u64))
+            .collect();
+        for &token in &listeners {
+            self.accept_queued(token);
+        }
+        for token in listeners {
+            self.close_listener(token);
+        }
+    }
+
+    /// Accepts every connection waiting in `token`'s queue (at most [`MAX_QUEUED`]), each
+    /// served as any accepted connection is. A refusal for want of fds ends it: the rest
+    /// stay queued.
+    fn accept_queued(&mut self, token: Token) {
+        for _ in 0..MAX_QUEUED {
+            let Some(Source::Listener(l)) = self.slot(token).map(|s| &s.source) else {
+                return;
+            };
+            let accepted = {
+                let _shared = fd_table_shared();
+                rustix::net::accept_with(&l.fd, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)
+            };
+            match accepted {
+                Ok(fd) => self.accepted(token, fd),
+                Err(rustix::io::Errno::CONNABORTED | rustix::io::Errno::INTR) => {}
+                Err(_) => return, // EAGAIN: the queue is empty; anything else: leave it
+            }
+        }
     }
 
     /// Closes every UDP socket of the loop (a reload that moves the address).
