@@ -142,8 +142,8 @@ impl Backends {
                     // Read again: another loop or process may mark one between the two
                     // reads, and then there is no k-th; the plain order below still answers.
                     let kth = (0..n).filter(|&i| !self.is_down(i, &mut now)).nth(k);
-                    if kth.is_some() {
-                        return kth;
+                    if let Some(i) = kth.filter(|&i| self.claim(i, &mut now)) {
+                        return Some(i);
                     }
                 }
                 (ticket % n as u64) as usize
@@ -153,8 +153,30 @@ impl Backends {
         let mut left = order.clone();
         order
             .clone()
-            .find(|&i| !self.is_down(i, &mut now))
+            .find(|&i| !self.is_down(i, &mut now) && self.claim(i, &mut now))
             .or_else(|| left.next())
+    }
+
+    /// Whether this client may dial backend `i`, not passed over: yes if it is not marked;
+    /// if its mark has run out, only the one client that renews the mark (so that the others
+    /// keep passing it over) goes to see whether it is back, as nginx lets one request
+    /// through per `fail_timeout`. Its answer clears the mark; another failure renews it.
+    fn claim(&self, i: usize, now: &mut Option<u64>) -> bool {
+        let slot = self.down_until.get(i);
+        let until = slot.load(Ordering::Relaxed);
+        if until == 0 {
+            return true;
+        }
+        let t = *now.get_or_insert_with(monotonic_ns);
+        until <= t
+            && slot
+                .compare_exchange(
+                    until,
+                    t.saturating_add(self.fail_timeout),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
     }
 }
 
@@ -540,11 +562,16 @@ mod tests {
     }
 
     #[test]
-    fn a_mark_expires_and_a_zero_timeout_never_marks() {
+    fn a_mark_expires_for_one_client_at_a_time_and_a_zero_timeout_never_marks() {
         let b = backends(2, Duration::from_millis(30));
         b.failed(0);
         assert_eq!(attempts(&b, 0), [1, 0]);
         std::thread::sleep(Duration::from_millis(40));
+        // The first client after the mark ran out goes to see; the next still passes it over
+        // until that one's answer comes.
+        assert_eq!(attempts(&b, 0), [0, 1]);
+        assert_eq!(attempts(&b, 0), [1, 0]);
+        b.answered(0);
         assert_eq!(attempts(&b, 0), [0, 1]);
         let never = backends(2, Duration::ZERO);
         assert!(!never.failed(0));
