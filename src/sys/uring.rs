@@ -316,8 +316,10 @@ impl Ring {
             if unsafe { self.ring.submission().push(&e) }.is_ok() {
                 return Ok(());
             }
-            // Full: hand the queue to the kernel now and try again.
-            self.submit(None)?;
+            // Full: hand the queue to the kernel now and try again, without waiting for a
+            // completion: none may come (polls on sockets where nothing happens), and the
+            // loop would stop here until one did.
+            self.submit(Some(Duration::ZERO))?;
         }
         Err(io::Error::other("io_uring submission queue stays full"))
     }

@@ -474,6 +474,33 @@ mod tests {
         );
     }
 
+    /// More registrations in one turn than the submission queue holds: the full queue is
+    /// handed to the kernel without waiting for a completion, which none of these polls would
+    /// bring (nothing is ready on them). It used to wait there for good.
+    #[test]
+    fn a_full_submission_queue_is_handed_over_without_waiting() {
+        if poller().is_none() {
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pairs: Vec<_> = (0..ENTRIES as usize + 100)
+            .map(|_| UnixStream::pair().unwrap())
+            .collect();
+        std::thread::spawn(move || {
+            let mut p = UringPoller::new().unwrap();
+            for (i, (a, _)) in pairs.iter().enumerate() {
+                p.register(a.as_fd(), Token(i as u64), Interest::READABLE)
+                    .unwrap();
+            }
+            let _ = tx.send(());
+            pairs
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_secs(5)).is_ok(),
+            "registering past a full queue waited for a completion"
+        );
+    }
+
     /// A removal that meets a wake-up the kernel has not yet handed to the loop (its work is
     /// deferred to the next wait) still ends the poll, so closing the fd releases the socket:
     /// the peer learns it. `POLL_REMOVE` answered such a removal `EALREADY` and left the
