@@ -10,7 +10,7 @@
 //! [`MAX_WAITING`] held at once, a newcomer is refused at once: a sustained overload is still
 //! met with refusals, only a moment later.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::rc::Rc;
@@ -36,9 +36,9 @@ pub(super) type Admit =
 pub(super) struct Admission {
     admit: Admit,
     waiting: RefCell<VecDeque<(OwnedFd, Instant)>>,
-    polling: std::cell::Cell<bool>,
+    polling: Cell<bool>,
     /// Set by [`Admission::refuse_all`]: no one is admitted any more.
-    stopping: std::cell::Cell<bool>,
+    stopping: Cell<bool>,
 }
 
 impl Admission {
@@ -46,8 +46,8 @@ impl Admission {
         Rc::new(Admission {
             admit,
             waiting: RefCell::new(VecDeque::new()),
-            polling: std::cell::Cell::new(false),
-            stopping: std::cell::Cell::new(false),
+            polling: Cell::new(false),
+            stopping: Cell::new(false),
         })
     }
 
@@ -129,9 +129,7 @@ impl Admission {
             self.poll_later(el);
         }
     }
-}
 
-impl Admission {
     /// Whether clients are to be refused whatever the slots: the server is stopping (a
     /// thread model's control loop drains; a forking master calls `refuse_all`).
     fn is_stopping(&self, el: &EventLoop) -> bool {
