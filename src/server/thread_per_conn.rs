@@ -4,10 +4,14 @@
 //! one-connection event loop with the same handler code and ends with the connection. It is
 //! the simplest model to reason about and the most expensive per connection: a thread (stack,
 //! scheduler entity, a context switch per event) and a loop's fds for every client. `--threads`
-//! caps how many run at once; past the cap a new connection is closed at once (a clean close
-//! for the client) and counted as `refused_limit`, rather than spawning without bound.
+//! caps how many run at once; past the cap a new connection waits a moment for a thread to end
+//! (`admission`), then is refused (a clean close for the client) and counted as
+//! `refused_limit`, rather than spawning without bound. A connection whose thread cannot start
+//! is refused the same way.
 
 use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::admission::Admission;
 use super::control::{self, Fleet};
@@ -47,13 +51,21 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
             let mut conn_cfg = cfg.clone();
             // A loop with one connection does not need a connection limit of its own.
             conn_cfg.connection_limit = None;
+            // The thread takes the socket once its loop is up; if the thread or its loop cannot
+            // start, the socket is still here, to be refused as a refusal over the limit is.
+            let handed = Arc::new(Mutex::new(Some(fd)));
+            let theirs = handed.clone();
             let started =
                 threads.spawn_loop(format!("keel-conn-{spawned}"), conn_cfg, true, move |el| {
+                    let fd = lock(&theirs).take().ok_or(io::ErrorKind::NotFound)?;
                     el.adopt(fd, factory()).map(drop)
                 });
             if let Err(e) = started {
-                // The client sees its connection closed either way. Out of fds (the thread's
-                // loop needs its own) is counted and said as at accept.
+                if let Some(fd) = lock(&handed).take() {
+                    el.refuse(fd);
+                }
+                // Out of fds (the thread's loop needs its own) is counted and said as at
+                // accept.
                 if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
                     el.stats.refused_emfile += 1;
                     say_out_of_fds("a connection thread's event loop", e);
@@ -79,4 +91,10 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     control.run()?;
     control::finish(&control, &fleet);
     Ok(())
+}
+
+/// The socket handed to a connection thread. Nothing panics while holding it, but a poisoned
+/// lock still holds the socket, so it is taken either way.
+fn lock(handed: &Mutex<Option<OwnedFd>>) -> MutexGuard<'_, Option<OwnedFd>> {
+    handed.lock().unwrap_or_else(|e| e.into_inner())
 }
