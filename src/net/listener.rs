@@ -252,6 +252,10 @@ const OUT_OF_FDS_EVERY: i64 = 10;
 
 static OUT_OF_FDS: LogThrottle = LogThrottle::new(OUT_OF_FDS_EVERY);
 
+/// A listener that cannot be watched again after a starved spell is said at most once in this
+/// many seconds (it is retried every [`STARVED_RETRY`]).
+static REWATCH_FAILURES: LogThrottle = LogThrottle::new(10);
+
 /// Says that connections are being refused for want of fds. It is the operator's to fix,
 /// so it goes to the log, but a flood refuses thousands a second: once every
 /// [`OUT_OF_FDS_EVERY`] seconds per process, with the count left out. `what` is the call
@@ -676,15 +680,27 @@ impl EventLoop {
             return;
         }
         let level = self.poller.trigger() == Trigger::Level;
+        let mut still = Vec::new();
         for token in std::mem::take(&mut self.accept_starved) {
             if self.slot(token).is_none() {
                 continue;
             }
-            if level {
-                let _ = self.reregister(token, Interest::READABLE);
-            } else {
+            if !level {
                 self.ready.push(token);
+            } else if let Err(e) = self.reregister(token, Interest::READABLE) {
+                // Watched no more, it would never be reported again: tried once more later.
+                if let Some(left_out) = REWATCH_FAILURES.turn() {
+                    tracing::warn!(
+                        "cannot watch a listener again, retrying: {e}{}",
+                        left_out_note(left_out)
+                    );
+                }
+                still.push(token);
             }
+        }
+        if !still.is_empty() {
+            self.accept_starved = still;
+            self.run_after(STARVED_RETRY, |el| el.unstarve_listeners());
         }
     }
 
