@@ -451,32 +451,37 @@ impl ServerArgs {
         section: Section,
         cli: ServerSettings,
     ) -> Result<(ServerSettings, ServerOptions), Vec<String>> {
-        let file = match &self.config {
-            Some(path) => config::load(&from_start(path))
-                .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?
-                .settings(section),
-            None => ServerSettings::default(),
+        let loaded = match &self.config {
+            Some(path) => Some(
+                config::load(&from_start(path))
+                    .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?,
+            ),
+            None => None,
         };
-        let mut settings = cli.or(&file);
-        settings.anchor_paths(start_dir());
-        section_defaults(section, &mut settings);
-        let opts = settings.to_options().map_err(|e| vec![e])?;
-        Ok((settings, opts))
+        merge(section, &cli, loaded.as_ref()).map_err(|e| vec![e])
     }
 }
 
-/// Defaults one server has and the others do not: HTTP's port, the proxy's idle timeout (a
-/// relay with none would hold both sockets of a pair whose ends went silent forever).
-fn section_defaults(section: Section, settings: &mut ServerSettings) {
-    match section {
-        Section::Http if settings.listen.is_none() => {
-            settings.listen = Some(config::DEFAULT_HTTP_LISTEN);
-        }
-        Section::Proxy if settings.idle_timeout.is_none() => {
-            settings.idle_timeout = Some(config::DEFAULT_PROXY_IDLE_TIMEOUT);
-        }
-        _ => {}
-    }
+/// `cli` (the command line's settings) over the config file's `section`, if there is a file,
+/// over the built-in defaults: the settings and the options, or why they cannot go together.
+/// A conflict the file has with a default, left standing by the command line, is said with
+/// the file's line.
+fn merge(
+    section: Section,
+    cli: &ServerSettings,
+    file: Option<&config::Config>,
+) -> Result<(ServerSettings, ServerOptions), String> {
+    let from_file = file.map(|c| c.settings(section)).unwrap_or_default();
+    let mut settings = cli.clone().or(&from_file);
+    settings.anchor_paths(start_dir());
+    config::section_defaults(section, &mut settings);
+    let opts = settings.to_options().map_err(|e| {
+        file.iter()
+            .flat_map(|c| &c.default_conflicts)
+            .find(|c| c.section == section && c.explains(cli, &e))
+            .map_or(e, ToString::to_string)
+    })?;
+    Ok((settings, opts))
 }
 
 /// Resolves a server's options, or prints why not and exits 2 (bad arguments).
@@ -565,24 +570,17 @@ fn reloader(
         return None;
     }
     Some(Arc::new(move || {
-        let mut settings = match &config {
-            None => cli.clone(),
-            Some(config) => {
-                let file = config::load(&from_start(config))
-                    .map_err(|errors| {
-                        errors
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    })?
-                    .settings(section);
-                cli.clone().or(&file)
-            }
+        let file = match &config {
+            None => None,
+            Some(config) => Some(config::load(&from_start(config)).map_err(|errors| {
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })?),
         };
-        settings.anchor_paths(start_dir());
-        section_defaults(section, &mut settings);
-        let opts = settings.to_options()?;
+        let (settings, opts) = merge(section, &cli, file.as_ref())?;
         Ok((build(&settings)?, opts))
     }))
 }

@@ -724,6 +724,69 @@ fn check_config_valid_file_exits_0() {
     );
 }
 
+/// A key that conflicts only with a default the file leaves to the command line (`admin` on
+/// the default port) does not make the file invalid, but check-config says it, with its
+/// line, and a start that leaves it standing is refused with that line too; a command line
+/// that settles it starts, and one that makes the conflict itself is blamed, not the file.
+#[test]
+fn a_conflict_with_a_default_is_a_warning_with_its_line() {
+    let path = write_file(
+        "default-conflict",
+        "[echo]\nthreads = 1\nadmin = \"127.0.0.1:7007\"\n\n[discard]\nthreads = 1\n",
+    );
+    let f = path.display();
+    let said = format!(
+        "{f}:3: key `echo.admin`: admin 127.0.0.1:7007 and listen 127.0.0.1:7007 would share a \
+         port: the admin listener needs one of its own (with the default listen: the command \
+         line must set it)"
+    );
+    let out = run(&["check-config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!("warning: {said}\n{f}: ok (echo, discard), 1 warning\n")
+    );
+    let conf = path.to_str().unwrap();
+    let out = run(&["echo", "--config", conf]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(text(&out.stderr), format!("keel: {said}\n"));
+    // The command line makes the same conflict itself: its own message, no file line.
+    let out = run(&[
+        "echo",
+        "--config",
+        conf,
+        "--listen",
+        "127.0.0.1:7007",
+        "--admin",
+        "127.0.0.1:7007",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "keel: admin 127.0.0.1:7007 and listen 127.0.0.1:7007 would share a port: the admin \
+         listener needs one of its own\n"
+    );
+    // The other section has no conflict of its own: it starts.
+    let mut discard = Command::new(util::keel_bin())
+        .args(["discard", "--config", conf, "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn keel discard");
+    let mut line = String::new();
+    BufReader::new(discard.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening tcp 127.0.0.1:"), "{line:?}");
+    kill(Pid::from_raw(discard.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(discard.wait().unwrap().success());
+    // What the loaded file carries: the conflict, and the key it leaves to the command line.
+    let c = load_ok("default-conflict", &std::fs::read_to_string(&path).unwrap());
+    assert_eq!(c.default_conflicts.len(), 1);
+    assert_eq!(c.default_conflicts[0].left, ["listen"]);
+}
+
 #[test]
 fn check_config_bad_file_exits_1_with_every_error() {
     let path = write_file(

@@ -501,6 +501,19 @@ impl ServerSettings {
         }
     }
 
+    /// Whether these settings set `key`, one of the keys a [`Conflict`] names.
+    pub fn sets(&self, key: &str) -> bool {
+        match key {
+            "listen" => self.listen.is_some(),
+            "engine" => self.engine.is_some(),
+            "model" => self.model.is_some(),
+            "accept" => self.accept.is_some(),
+            "admin" => self.admin.is_some(),
+            "log_target" => self.log_target.is_some(),
+            _ => false,
+        }
+    }
+
     /// Settings each valid alone that cannot go together: the key to blame (as in the file)
     /// and why. `keel check-config` and a reload report them with the file and line; the
     /// command line refuses them (exit 2) before the server starts.
@@ -674,6 +687,57 @@ pub struct Config {
     pub http: Option<ServerSettings>,
     pub proxy: Option<ServerSettings>,
     pub chat: Option<ServerSettings>,
+    /// Conflicts a section has only with a built-in default, in file order.
+    pub default_conflicts: Vec<DefaultConflict>,
+}
+
+/// A key of a section that cannot go with the built-in default of another key the section
+/// leaves unset (`admin` on the default listen port): not an error of the file, since the
+/// command line may set that key, but the server refuses to start without it. `keel
+/// check-config` says it as a warning, and the refusal at start names the file's line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DefaultConflict {
+    pub section: Section,
+    /// The key blamed, with its line and the conflict's message.
+    pub at: ConfigError,
+    /// Every key the conflict involves.
+    pub keys: &'static [&'static str],
+    /// Those the section leaves to the command line or the default.
+    pub left: Vec<&'static str>,
+}
+
+impl DefaultConflict {
+    /// Whether this is why `merged` (the command line `cli` over the file) cannot run: the
+    /// same conflict, with none of its keys from the command line.
+    pub fn explains(&self, cli: &ServerSettings, message: &str) -> bool {
+        self.at.message == message && !self.keys.iter().any(|k| cli.sets(k))
+    }
+}
+
+impl fmt::Display for DefaultConflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (with the default {}: the command line must set {})",
+            self.at,
+            self.left.join(" and "),
+            if self.left.len() == 1 { "it" } else { "one" }
+        )
+    }
+}
+
+/// Defaults one server has and the others do not: HTTP's port, the proxy's idle timeout (a
+/// relay with none would hold both sockets of a pair whose ends went silent forever).
+pub fn section_defaults(section: Section, settings: &mut ServerSettings) {
+    match section {
+        Section::Http if settings.listen.is_none() => {
+            settings.listen = Some(DEFAULT_HTTP_LISTEN);
+        }
+        Section::Proxy if settings.idle_timeout.is_none() => {
+            settings.idle_timeout = Some(DEFAULT_PROXY_IDLE_TIMEOUT);
+        }
+        _ => {}
+    }
 }
 
 impl Config {
@@ -808,6 +872,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<ConfigError>> {
         file,
         text,
         errors: Vec::new(),
+        default_conflicts: Vec::new(),
     };
     let config = match DeTable::parse_recoverable(text) {
         (root, syntax) if syntax.is_empty() => c.document(root.get_ref()),
@@ -828,6 +893,9 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<ConfigError>> {
         }
     };
     if c.errors.is_empty() {
+        // Sections are read in file order, and each has at most one.
+        let mut config = config;
+        config.default_conflicts = c.default_conflicts;
         Ok(config)
     } else {
         c.errors.sort_by_key(|(offset, _)| *offset);
@@ -868,7 +936,18 @@ pub fn check(path: &Path) -> (String, bool) {
             } else {
                 sections.join(", ")
             };
-            (format!("{file}: ok ({what})"), true)
+            let mut report = String::new();
+            for w in &config.default_conflicts {
+                report.push_str(&format!("warning: {w}\n"));
+            }
+            let n = config.default_conflicts.len();
+            let warnings = match n {
+                0 => String::new(),
+                1 => ", 1 warning".to_string(),
+                n => format!(", {n} warnings"),
+            };
+            report.push_str(&format!("{file}: ok ({what}){warnings}"));
+            (report, true)
         }
         Err(errors) => {
             let mut report = String::new();
@@ -998,25 +1077,30 @@ struct Checker<'a> {
     file: &'a str,
     text: &'a str,
     errors: Vec<(usize, ConfigError)>,
+    default_conflicts: Vec<DefaultConflict>,
 }
 
 impl Checker<'_> {
     fn error(&mut self, span: Range<usize>, key: Option<String>, message: String) {
+        let offset = span.start.min(self.text.len());
+        let error = self.located(span, key, message);
+        self.errors.push((offset, error));
+    }
+
+    /// A message about the text at `span`, with the file and the line.
+    fn located(&self, span: Range<usize>, key: Option<String>, message: String) -> ConfigError {
         let offset = span.start.min(self.text.len());
         let line = self.text.as_bytes()[..offset]
             .iter()
             .filter(|&&b| b == b'\n')
             .count()
             + 1;
-        self.errors.push((
-            offset,
-            ConfigError {
-                file: self.file.to_string(),
-                line: Some(line),
-                key,
-                message,
-            },
-        ));
+        ConfigError {
+            file: self.file.to_string(),
+            line: Some(line),
+            key,
+            message,
+        }
     }
 
     /// An error about the value of `key`.
@@ -1279,12 +1363,31 @@ impl Checker<'_> {
         }
         if self.errors.len() == errors_before {
             let set = |key: &str| table.iter().any(|(n, _)| n.get_ref() == key);
-            if let Some(c) = s.conflict_among(|keys| keys.iter().all(|k| set(k))) {
+            let blame = |c: &Conflict| {
                 let at = table
                     .iter()
                     .find(|(n, _)| n.get_ref() == c.blamed)
-                    .map_or(header, |(n, _)| n.span());
-                self.error(at, Some(format!("{section}.{}", c.blamed)), c.message);
+                    .map_or(header.clone(), |(n, _)| n.span());
+                (at, Some(format!("{section}.{}", c.blamed)))
+            };
+            if let Some(c) = s.conflict_among(|keys| keys.iter().all(|k| set(k))) {
+                let (at, key) = blame(&c);
+                self.error(at, key, c.message);
+            } else {
+                // None among the section's own keys: one with a default is said, not refused.
+                let mut merged = s.clone();
+                section_defaults(section, &mut merged);
+                if let Some(c) = merged.conflict() {
+                    let (at, key) = blame(&c);
+                    let left = c.keys.iter().copied().filter(|k| !set(k)).collect();
+                    let at = self.located(at, key, c.message);
+                    self.default_conflicts.push(DefaultConflict {
+                        section,
+                        at,
+                        keys: c.keys,
+                        left,
+                    });
+                }
             }
         }
         s
