@@ -428,6 +428,52 @@ fn uri_over_8k_is_414() {
     expect_refusal(&srv, req.as_bytes(), 414, "URI over 8 KiB");
 }
 
+/// A target under the limit in a head over it is a head too large (431), not a URI too long:
+/// the target is not what the client should shorten.
+#[test]
+fn a_target_under_8k_in_a_head_over_8k_is_431() {
+    let root = Root::new("u431");
+    let srv = serve(&root, &[]);
+    let req = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(8180));
+    expect_refusal(
+        &srv,
+        req.as_bytes(),
+        431,
+        "8,180-byte target, 8,206-byte head",
+    );
+}
+
+/// A refusal that closes the connection is, for a HEAD request, a head alone (RFC 9112 6.3: a
+/// response to HEAD never has a body): its Content-Length says what a GET's body would be,
+/// and no byte follows the head before the close. (It had the error page after it.)
+#[test]
+fn refusals_of_head_requests_have_no_body() {
+    let root = Root::new("headref");
+    let srv = serve(&root, &["--max-body", "100", "--body-timeout", "1"]);
+    for (req, status) in [
+        (&b"HEAD /hello.txt HTTP/1.1\r\n\r\n"[..], 400),
+        (b"HEAD /hello.txt HTTP/1.1\r\nHost: t\r\nExpect: foo\r\n\r\n", 417),
+        (b"HEAD /hello.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 101\r\n\r\n", 413),
+        (b"\r\nHEAD /hello.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+        // Refused once the body turns out bad, after the head was read.
+        (b"HEAD /hello.txt HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+        // The body never comes: 408 when the body timeout ends.
+        (b"HEAD /hello.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nab", 408),
+    ] {
+        let what = lossy(req);
+        let mut c = Client::connect(srv.tcp);
+        c.send(req);
+        let r = c
+            .response(true)
+            .unwrap_or_else(|e| panic!("{what}: no response: {e}"));
+        assert_eq!(r.status, status, "{what}: {}", r.show());
+        assert!(r.says_close(), "{what}: {}", r.head);
+        if let Err(e) = c.closed_within(Duration::from_secs(3)) {
+            panic!("{what}: after the {status} head: {e}");
+        }
+    }
+}
+
 /// Heads sent a byte per write (TCP_NODELAY) read as they do in one piece: a head still
 /// arriving is parsed again only once a new line ends, and the limits, which are lengths, and
 /// a malformed line are still caught, with no further byte needed. A served head is followed

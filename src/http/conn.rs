@@ -90,6 +90,8 @@ struct BodyWait {
     /// (or stops arriving) refuses the request after its head has left the input, and the
     /// log line of that refusal still names the request.
     request: Vec<u8>,
+    /// A HEAD request (with a body): a refusal of its body is a head alone too.
+    head_only: bool,
 }
 
 /// A decided response: its bytes are in the batch (or held here while the body arrives).
@@ -262,11 +264,13 @@ impl HttpConn {
                             Some(_) => access_log::first_line(input.as_slice()).to_vec(),
                             None => Vec::new(),
                         };
+                        let head_only = head.method == Method::Head;
                         input.consume(len);
                         self.state = State::Body(Box::new(BodyWait {
                             decoder,
                             answer,
                             request,
+                            head_only,
                         }));
                     }
                 }
@@ -405,7 +409,13 @@ impl HttpConn {
         input: &mut Buffer,
         at_head: bool,
     ) {
-        let body_bytes = push_error(out, status, Persistence::Close, false);
+        // A response to HEAD never has a body (RFC 9112 6.3), a refusal included.
+        let head_only = match &self.state {
+            _ if at_head => is_head_request(input.as_slice()),
+            State::Body(wait) => wait.head_only,
+            _ => false,
+        };
+        let body_bytes = push_error(out, status, Persistence::Close, head_only);
         cx.note(Note::Response(status));
         if self.site.access_log.is_some() {
             let request = match &self.state {
@@ -918,4 +928,14 @@ mod tests {
         // Input that shrank (it never does while a head is pending) is simply read again.
         assert!(worth_reparsing(b"GET", 10, &limits));
     }
+}
+
+/// Whether a refused head is a HEAD request's: its request line starts `HEAD ` (after the
+/// empty lines RFC 9112 2.2 lets a server skip), whatever else is wrong with it.
+fn is_head_request(input: &[u8]) -> bool {
+    let start = input
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(input.len());
+    input[start..].starts_with(b"HEAD ")
 }

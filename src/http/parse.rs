@@ -537,12 +537,19 @@ fn leading_empty_lines(window: &[u8]) -> usize {
         .unwrap_or(window.len())
 }
 
-/// Picks between 414 and 431 for a head that did not fit: if even the request line did not fit
-/// (its target was already checked against `max_uri`), the long target is what the client
-/// should shorten. Nothing but empty lines is a head too large, not a target.
+/// Picks between 414 and 431 for a head that did not fit: if even the request target did not
+/// fit, it is what the client should shorten. A target that ends within the head was already
+/// checked against `max_uri` and passed: then the head as a whole is too large, whatever part
+/// of it the target is. Nothing but empty lines is a head too large, not a target.
 fn over_head_limit(window: &[u8]) -> HttpError {
     let line = &window[leading_empty_lines(window)..];
-    if line.is_empty() || line.contains(&b'\n') {
+    let (line, complete) = match line.iter().position(|&b| b == b'\n') {
+        Some(end) => (&line[..end], true),
+        None => (line, false),
+    };
+    // "method SP target SP": the target ended if a second space follows the first.
+    let target_ended = line.iter().filter(|&&b| b == b' ').nth(1).is_some();
+    if line.is_empty() || complete || target_ended {
         HEAD_TOO_LARGE
     } else {
         URI_TOO_LONG
@@ -1615,6 +1622,12 @@ mod tests {
         assert_eq!(status_with(b"GET /1234567890 HTTP/1.1\r\n", &l), 414);
         assert_eq!(status_with(b"GET /1234567890abc", &l), 414);
         assert!(is_partial(b"GET /123456789", &l));
+        // A target within the limit whose line (or head) runs past the head's: 431, since
+        // the target was not what is too long.
+        let just_under = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(8180));
+        assert_eq!(status(just_under.as_bytes()), 431);
+        let cut = format!("GET /{} HTTP/1.", "a".repeat(8180));
+        assert_eq!(status(cut.as_bytes()), 431);
         // A long target in the default limits: 414, not 431.
         let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(9000));
         assert_eq!(status(long.as_bytes()), 414);
