@@ -899,6 +899,16 @@ fn listing(
     )
 }
 
+/// Whether a refused head is a HEAD request's: its request line starts `HEAD ` (after the
+/// empty lines RFC 9112 2.2 lets a server skip), whatever else is wrong with it.
+fn is_head_request(input: &[u8]) -> bool {
+    let start = input
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(input.len());
+    input[start..].starts_with(b"HEAD ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -928,14 +938,4 @@ mod tests {
         // Input that shrank (it never does while a head is pending) is simply read again.
         assert!(worth_reparsing(b"GET", 10, &limits));
     }
-}
-
-/// Whether a refused head is a HEAD request's: its request line starts `HEAD ` (after the
-/// empty lines RFC 9112 2.2 lets a server skip), whatever else is wrong with it.
-fn is_head_request(input: &[u8]) -> bool {
-    let start = input
-        .iter()
-        .position(|&b| b != b'\r' && b != b'\n')
-        .unwrap_or(input.len());
-    input[start..].starts_with(b"HEAD ")
 }
