@@ -25,11 +25,13 @@ pub struct Entry {
 /// server follows them: `--follow-symlinks`).
 ///
 /// Only names a request can reach are listed, so that no link on the page leads to a refusal:
-/// names that are not UTF-8 (normalize_target refuses non-UTF-8), names with a control
-/// character (refused as well), and symlinks the server would answer with 403. Symlinks are
-/// described as themselves (lstat), not by their targets, so the listing never reveals anything
-/// about files they point at, which may lie outside the root. An entry that vanishes between
-/// readdir and stat is skipped.
+/// not names that are not UTF-8 (normalize_target refuses non-UTF-8), names with a control
+/// character (refused as well), FIFOs, sockets and devices (403), nor, where symlinks are
+/// followed, a link whose target is missing, a loop, or one of those (403 or 404). A followed
+/// link is described by its target, as a request for it is answered: a directory's name ends
+/// in `/` and a file's size is the file's (the server serves what it points at, wherever that
+/// is, so the page shows nothing a GET would not). An entry that vanishes between readdir and
+/// stat is skipped.
 ///
 /// At most [`MAX_ENTRIES`] are listed (the first the directory gives, then sorted), and the walk
 /// stops after eight times as many names: a listing is built whole on the loop, and a huge
@@ -63,18 +65,24 @@ pub fn read_entries(
         {
             continue;
         }
-        let st = match rustix::fs::statat(dir, raw, AtFlags::SYMLINK_NOFOLLOW) {
+        let follow = if show_symlinks {
+            AtFlags::empty()
+        } else {
+            AtFlags::SYMLINK_NOFOLLOW
+        };
+        let st = match rustix::fs::statat(dir, raw, follow) {
             Ok(st) => st,
             Err(rustix::io::Errno::NOENT) => continue,
+            // A followed link that leads nowhere a request can go (a loop, a place this
+            // process may not look): the request would be refused too.
+            Err(_) if show_symlinks => continue,
             Err(e) => return Err(e.into()),
         };
         let kind = FileType::from_raw_mode(st.st_mode);
-        // Only what a request can reach: a FIFO, socket or device gets 403, so it is not
-        // listed; a symlink only when symlinks are followed.
-        match kind {
-            FileType::RegularFile | FileType::Directory => {}
-            FileType::Symlink if show_symlinks => {}
-            _ => continue,
+        // Only what a request can reach: a FIFO, socket or device gets 403, and so does a
+        // symlink not followed.
+        if !matches!(kind, FileType::RegularFile | FileType::Directory) {
+            continue;
         }
         let is_dir = kind == FileType::Directory;
         entries.push(Entry {
@@ -210,7 +218,7 @@ mod tests {
         std::fs::create_dir(t.0.join("zdir")).unwrap();
         std::fs::create_dir(t.0.join("adir")).unwrap();
         std::fs::write(t.0.join(".hidden"), b"").unwrap();
-        std::os::unix::fs::symlink("/etc", t.0.join("link")).unwrap();
+        std::os::unix::fs::symlink("a&b", t.0.join("link")).unwrap();
         // Neither can be served (403), so neither is listed.
         let fifo = t.0.join("fifo");
         rustix::fs::mknodat(rustix::fs::CWD, &fifo, FileType::Fifo, 0o600.into(), 0).unwrap();
@@ -252,8 +260,8 @@ mod tests {
         let file = entries.iter().find(|e| e.name == "a&b").unwrap();
         assert_eq!(file.size, 5);
         assert!(file.mtime_secs > 1_600_000_000);
-        // The symlink is described as itself, not as the /etc it points to.
-        assert!(!entries.iter().find(|e| e.name == "link").unwrap().is_dir);
+        // The followed symlink is described by the file it points to.
+        assert_eq!(entries.iter().find(|e| e.name == "link").unwrap().size, 5);
 
         let all = read_entries(dir.as_fd(), true, true).unwrap().entries;
         assert!(all.iter().any(|e| e.name == ".hidden"));
@@ -267,6 +275,53 @@ mod tests {
         let no_links = read_entries(dir.as_fd(), false, false).unwrap().entries;
         assert!(!no_links.iter().any(|e| e.name == "link"));
         assert_eq!(no_links.len(), entries.len() - 1);
+    }
+
+    /// Followed links are listed as what a request for them gets: a directory as a directory
+    /// (its name then ends in `/`), a file with its size; links that lead nowhere a request
+    /// can go (missing, a loop, a FIFO) are not listed.
+    #[test]
+    fn followed_links_are_listed_as_their_targets() {
+        let t = TempDir::new("links");
+        std::fs::write(t.0.join("file"), vec![b'x'; 51_200]).unwrap();
+        std::fs::create_dir(t.0.join("sub")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &t.0.join("fifo"),
+            FileType::Fifo,
+            0o600.into(),
+            0,
+        )
+        .unwrap();
+        for (link, to) in [
+            ("to-file", "file"),
+            ("to-sub", "sub"),
+            ("to-nothing", "/nonexistent-keel"),
+            ("to-fifo", "fifo"),
+            ("loop1", "loop2"),
+            ("loop2", "loop1"),
+        ] {
+            std::os::unix::fs::symlink(to, t.0.join(link)).unwrap();
+        }
+        let dir = std::fs::File::open(&t.0).unwrap();
+        let entries = read_entries(dir.as_fd(), false, true).unwrap().entries;
+        let listed: Vec<(&str, bool, u64)> = entries
+            .iter()
+            .map(|e| (e.name.as_str(), e.is_dir, if e.is_dir { 0 } else { e.size }))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("sub", true, 0),
+                ("to-sub", true, 0),
+                ("file", false, 51_200),
+                ("to-file", false, 51_200)
+            ]
+        );
+        assert!(render("/l/", &entries, true).contains(r#"<a href="/l/to-sub/">to-sub/</a>"#));
+        let unfollowed = read_entries(dir.as_fd(), false, false).unwrap().entries;
+        let names: Vec<&str> = unfollowed.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["sub", "file"]);
     }
 
     #[test]
