@@ -287,7 +287,7 @@ mod tests {
         std::fs::create_dir(t.0.join("sub")).unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &t.0.join("fifo"),
+            t.0.join("fifo"),
             FileType::Fifo,
             0o600.into(),
             0,
