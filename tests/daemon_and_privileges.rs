@@ -579,3 +579,74 @@ fn a_reload_after_user_keeps_the_access_log_it_cannot_open() {
     assert!(get().starts_with("HTTP/1.1 200"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Under the per-connection models a connection whose thread or process cannot start (here
+/// the user's process limit, `RLIMIT_NPROC`, reached as `nobody`) is refused the way one over
+/// the limit is: FIN, its bytes read and dropped, so a client that wrote first sees EOF. (Its
+/// socket was dropped with the failed thread or fork: those clients saw resets.)
+#[test]
+fn a_connection_whose_thread_or_process_cannot_start_is_refused_cleanly() {
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
+    if !running_as_root() {
+        return;
+    }
+    for model in ["thread-per-conn", "process-per-conn"] {
+        let mut cmd = Command::new(keel_bin());
+        cmd.args(["echo", "--listen", "127.0.0.1:0", "--user", "nobody"])
+            .args(["--model", model, "--threads", "50"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: runs in the forked child before exec and only calls setrlimit, an
+        // async-signal-safe syscall, with a value on the stack.
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 8,
+                    rlim_max: 8,
+                };
+                if libc::setrlimit(libc::RLIMIT_NPROC, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("spawn keel echo");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr: SocketAddr = line
+            .trim()
+            .strip_prefix("listening tcp ")
+            .unwrap_or_else(|| panic!("[{model}] {line:?}"))
+            .parse()
+            .unwrap();
+        let mut clients: Vec<_> = (0..20)
+            .map(|_| {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                s.write_all(b"hi\n").unwrap();
+                s
+            })
+            .collect();
+        let (mut echoed, mut eof, mut other) = (0, 0, Vec::new());
+        for s in &mut clients {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 16];
+            match s.read(&mut buf) {
+                Ok(0) => eof += 1,
+                Ok(_) => echoed += 1,
+                Err(e) => other.push(e.kind()),
+            }
+        }
+        drop(clients);
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            other.is_empty() && eof >= 1,
+            "[{model}] {echoed} echoed, {eof} clean closes, others: {other:?}\n{stderr}"
+        );
+    }
+}

@@ -24,7 +24,7 @@
 //!   adds them in: SIGUSR2 is passed to the children and the `stats` line waits (up to a
 //!   second) for their answers.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -125,7 +125,10 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
                 return Err(fd);
             };
             let (cfg, factory, board) = (cfg.clone(), factory.clone(), mm.children.board.clone());
-            // The closure owns `fd`: in the master it is dropped (closed) when fork returns.
+            // The child takes the socket from its copy of this cell; the master's copy is
+            // closed once the fork is done, or refused if there is no child to serve it.
+            let handed = Rc::new(Cell::new(Some(fd)));
+            let theirs = handed.clone();
             let held_fds: Vec<_> = held.iter().map(|f| f.as_raw_fd()).collect();
             let forked = forking::fork(el, held, move |cx| {
                 // The listening sockets stay open in the master; the child must not keep
@@ -140,14 +143,20 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
                 forking::child_main(cx, "connection process", |_| {
                     forking::serve_child(cfg, board, slot, drain, |el| {
                         el.exit_when_empty(true);
+                        let fd = theirs.take().ok_or(io::ErrorKind::NotFound)?;
                         el.adopt(fd, factory())?;
                         Ok(())
                     })
                 })
             });
+            let fd = handed.take();
             match forked {
                 Ok(pid) => mm.children.started(slot, pid),
                 Err(e) => {
+                    // Refused as one over the limit is: FIN, its bytes read and dropped.
+                    if let Some(fd) = fd {
+                        el.refuse(fd);
+                    }
                     el.stats.refused_limit += 1;
                     if !mm.warned_fork {
                         mm.warned_fork = true;
