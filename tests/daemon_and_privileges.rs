@@ -587,32 +587,13 @@ fn a_reload_after_user_keeps_the_access_log_it_cannot_open() {
 #[test]
 fn a_connection_whose_thread_or_process_cannot_start_is_refused_cleanly() {
     use std::io::{Read, Write};
-    use std::os::unix::process::CommandExt;
     if !running_as_root() {
         return;
     }
     for model in ["thread-per-conn", "process-per-conn"] {
-        let mut cmd = Command::new(keel_bin());
-        cmd.args(["echo", "--listen", "127.0.0.1:0", "--user", "nobody"])
-            .args(["--model", model, "--threads", "50"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        // SAFETY: runs in the forked child before exec and only calls setrlimit, an
-        // async-signal-safe syscall, with a value on the stack.
-        unsafe {
-            cmd.pre_exec(|| {
-                let lim = libc::rlimit {
-                    rlim_cur: 8,
-                    rlim_max: 8,
-                };
-                if libc::setrlimit(libc::RLIMIT_NPROC, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().expect("spawn keel echo");
+        let mut child = echo_as_nobody_with_nproc(8, &["--model", model, "--threads", "50"])
+            .spawn()
+            .expect("spawn keel echo");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -647,6 +628,60 @@ fn a_connection_whose_thread_or_process_cannot_start_is_refused_cleanly() {
         assert!(
             other.is_empty() && eof >= 1,
             "[{model}] {echoed} echoed, {eof} clean closes, others: {other:?}\n{stderr}"
+        );
+    }
+}
+
+/// `keel echo --listen 127.0.0.1:0 --user nobody ARGS`, whose user may have at most `nproc`
+/// processes and threads (RLIMIT_NPROC, which counts every one of the user's).
+fn echo_as_nobody_with_nproc(nproc: u64, args: &[&str]) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(keel_bin());
+    cmd.args(["echo", "--listen", "127.0.0.1:0", "--user", "nobody"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: runs in the forked child before exec and only calls setrlimit, an
+    // async-signal-safe syscall, with a value on the stack.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: nproc,
+                rlim_max: nproc,
+            };
+            if libc::setrlimit(libc::RLIMIT_NPROC, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// A model whose threads cannot all be created at start (the user's process limit) exits 1
+/// naming the thread, not with a bare "Resource temporarily unavailable".
+#[test]
+fn a_thread_that_cannot_start_at_start_is_named() {
+    if !running_as_root() {
+        return;
+    }
+    for (model, thread) in [
+        ("multi-reactor", "keel-loop-"),
+        ("half-sync", "keel-worker-"),
+        ("leader-followers", "keel-lf-"),
+    ] {
+        let out = echo_as_nobody_with_nproc(2, &["--model", model, "--threads", "4"])
+            .output()
+            .expect("run keel echo");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "[{model}] {stderr}");
+        // RLIMIT_NPROC counts the user's every process: with another test's `nobody` process
+        // running, an earlier thread may be the one refused. It is named all the same.
+        assert!(
+            stderr.contains(&format!("keel: cannot start thread {thread}"))
+                || stderr.contains("keel: cannot start thread keel-"),
+            "[{model}] {stderr}"
         );
     }
 }

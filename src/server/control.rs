@@ -79,22 +79,26 @@ impl Fleet {
     ) -> io::Result<LoopHandle> {
         let (tx, rx) = mpsc::channel();
         let fleet = self.clone();
-        let thread = std::thread::Builder::new().name(name).spawn(move || {
-            let mut el = match EventLoop::new(cfg).and_then(|mut el| setup(&mut el).map(|()| el)) {
-                Ok(el) => el,
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
+        let thread = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                let mut el =
+                    match EventLoop::new(cfg).and_then(|mut el| setup(&mut el).map(|()| el)) {
+                        Ok(el) => el,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
+                el.exit_when_empty(exit_when_empty);
+                let slot = fleet.register(el.handle());
+                let _ = tx.send(Ok(el.handle()));
+                if let Err(e) = el.run() {
+                    tracing::error!("loop failed: {e}");
                 }
-            };
-            el.exit_when_empty(exit_when_empty);
-            let slot = fleet.register(el.handle());
-            let _ = tx.send(Ok(el.handle()));
-            if let Err(e) = el.run() {
-                tracing::error!("loop failed: {e}");
-            }
-            fleet.retire(slot, el.stats());
-        })?;
+                fleet.retire(slot, el.stats());
+            });
+        let thread = thread.map_err(|e| super::thread_not_started(&name, e))?;
         let handle = rx
             .recv()
             .map_err(|_| io::Error::other("loop thread died during set-up"))??;

@@ -139,12 +139,13 @@ fn spawn_workers(
     let mut workers = Vec::with_capacity(n);
     for i in 0..n {
         let (rx, hub) = (rx.clone(), hub.clone());
+        let name = format!("keel-worker-{i}");
         match std::thread::Builder::new()
-            .name(format!("keel-worker-{i}"))
+            .name(name.clone())
             .spawn(move || worker(&rx, &hub))
         {
             Ok(t) => workers.push(t),
-            Err(e) => return (workers, Err(e)),
+            Err(e) => return (workers, Err(super::thread_not_started(&name, e))),
         }
     }
     (workers, Ok(()))

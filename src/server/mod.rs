@@ -224,6 +224,13 @@ pub fn serve(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     result
 }
 
+/// A thread that could not be created (the kernel's thread or process limit, RLIMIT_NPROC,
+/// or memory): said with the thread it was to be, since "Resource temporarily unavailable"
+/// alone names nothing. (Creating a thread takes no fd: this never hides an EMFILE.)
+pub(crate) fn thread_not_started(name: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("cannot start thread {name}: {e}"))
+}
+
 /// `serve` returns an error only when the server cannot start (at run time EMFILE is the
 /// listener's to absorb, see `net::listener`). EMFILE then means the fd limit is too low for
 /// what a start opens (per loop: an epoll, a waker, a listener, the EMFILE reserve): said

@@ -72,10 +72,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
                 } else {
                     el.stats.refused_limit += 1;
                     if let Some(left_out) = SPAWN_FAILURES.turn() {
-                        tracing::warn!(
-                            "cannot start a connection thread, refusing the connection: {e}{}",
-                            left_out_note(left_out)
-                        );
+                        tracing::warn!("refusing a connection: {e}{}", left_out_note(left_out));
                     }
                 }
             }

@@ -92,8 +92,9 @@ pub(super) fn spawn_threads(
     let mut threads = Vec::with_capacity(n);
     for i in 0..n {
         let shared = sh.clone();
+        let name = format!("keel-lf-{i}");
         let spawned = std::thread::Builder::new()
-            .name(format!("keel-lf-{i}"))
+            .name(name.clone())
             .spawn(move || {
                 let _leaving = Leaving(&shared);
                 if let Err(e) = Worker::new(&shared, i).run() {
@@ -109,7 +110,7 @@ pub(super) fn spawn_threads(
                 for t in threads {
                     let _ = t.join();
                 }
-                return Err(e);
+                return Err(crate::server::thread_not_started(&name, e));
             }
         }
     }
