@@ -666,21 +666,17 @@ fn a_thread_that_cannot_start_at_start_is_named() {
     if !running_as_root() {
         return;
     }
-    for (model, thread) in [
-        ("multi-reactor", "keel-loop-"),
-        ("half-sync", "keel-worker-"),
-        ("leader-followers", "keel-lf-"),
-    ] {
+    for model in ["multi-reactor", "half-sync", "leader-followers"] {
         let out = echo_as_nobody_with_nproc(2, &["--model", model, "--threads", "4"])
             .output()
             .expect("run keel echo");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "[{model}] {stderr}");
-        // RLIMIT_NPROC counts the user's every process: with another test's `nobody` process
-        // running, an earlier thread may be the one refused. It is named all the same.
+        // Which thread is refused depends on how many processes `nobody` has (RLIMIT_NPROC
+        // counts them all, another test's included): a loop (`keel-loop-1`), a worker or a
+        // follower. It is named, whichever it is.
         assert!(
-            stderr.contains(&format!("keel: cannot start thread {thread}"))
-                || stderr.contains("keel: cannot start thread keel-"),
+            stderr.contains("keel: cannot start thread keel-"),
             "[{model}] {stderr}"
         );
     }
