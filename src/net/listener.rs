@@ -94,6 +94,16 @@ pub fn bind_tcp(addr: SocketAddr, opts: &ListenOptions) -> io::Result<TcpListene
     Ok(sock.into())
 }
 
+/// An error from making and binding the socket for `what` (`udp 127.0.0.1:7007`), said with
+/// it; but out of fds (making the socket) is left as it is, so that a start that fails for it
+/// is explained as fd exhaustion, with the limit, like any other (`server::serve`).
+pub fn bind_error(what: impl std::fmt::Display, e: io::Error) -> io::Error {
+    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+        return e;
+    }
+    io::Error::new(e.kind(), format!("cannot bind {what}: {e}"))
+}
+
 /// Binds `n` listeners to `addr` as one SO_REUSEPORT group, so that each loop has its own
 /// accept queue (the first fixes the port when `addr`'s is 0). SO_REUSEPORT would also let
 /// this group join another process's listeners on the port (same user) and silently take a

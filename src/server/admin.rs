@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::{Model, ServerOptions};
+use crate::net::listener::bind_error;
 use crate::net::{bind_tcp, Handler, ListenOptions};
 use crate::ops::admin::{AdminHandler, MetricsSource, MetricsView};
 use crate::reactor::{EventLoop, LoopStats};
@@ -37,7 +38,7 @@ pub(crate) fn bind(opts: &ServerOptions, server: &'static str) -> io::Result<()>
         return Ok(());
     };
     let listener = bind_tcp(addr, &ListenOptions::default())
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot bind admin {addr}: {e}")))?;
+        .map_err(|e| bind_error(format!("admin {addr}"), e))?;
     println!("listening admin {}", listener.local_addr()?);
     *BOUND.lock().unwrap_or_else(|e| e.into_inner()) = Some(Bound {
         listener,

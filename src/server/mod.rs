@@ -33,7 +33,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::net::listener::ConnectionLimit;
+use crate::net::listener::{bind_error, ConnectionLimit};
 use crate::net::{bind_tcp, DatagramHandler, HandlerFactory, ListenOptions};
 use crate::reactor::{Engine, Keepalive, LoopConfig};
 
@@ -361,10 +361,7 @@ pub(crate) fn bind_and_announce(
     let listener = bind_tcp(opts.listen, &opts.listen_opts)?;
     let local = listener.local_addr()?;
     let udp = match service.udp {
-        Some(_) => Some(
-            UdpSocket::bind(local)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot bind udp {local}: {e}")))?,
-        ),
+        Some(_) => Some(UdpSocket::bind(local).map_err(|e| bind_error(format!("udp {local}"), e))?),
         None => None,
     };
     announce(opts, local, udp.is_some())?;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use super::control::{self, Fleet};
 use super::{announce, bind_and_announce, AcceptStrategy, ServerOptions, Service};
+use crate::net::listener::bind_error;
 use crate::net::{bind_tcp_group, bind_udp, ListenOptions};
 use crate::reactor::{EventLoop, LoopHandle};
 
@@ -33,9 +34,8 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
             if let Some(udp) = &service.udp {
                 // SO_REUSEPORT, as the TCP group has: a reload may move to another address
                 // on this port while this socket is still open (`register_relisten`).
-                let sock = bind_udp(local, true).map_err(|e| {
-                    io::Error::new(e.kind(), format!("cannot bind udp {local}: {e}"))
-                })?;
+                let sock =
+                    bind_udp(local, true).map_err(|e| bind_error(format!("udp {local}"), e))?;
                 control.add_udp(sock, udp())?;
             }
             // Bound: announce (and daemonize) while still single-threaded.
