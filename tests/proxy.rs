@@ -251,7 +251,18 @@ fn one_dead_of_three(fail_timeout: &str, a_b_failures: (i32, i32, u64), said: &s
     let (want_a, want_b, failures) = a_b_failures;
     assert_eq!(served.get("a"), Some(&want_a), "{served:?}");
     assert_eq!(served.get("b"), Some(&want_b), "{served:?}");
-    assert_eq!(srv.stats().get("connect_failures"), failures);
+    let st = srv.stats();
+    assert_eq!(st.get("connect_failures"), failures);
+    // Every connection a count: 30 clients and their backend connects, failed ones included;
+    // what is not closed is open (closed counts both kinds).
+    assert_eq!(st.get("accepted"), 30, "{}", st.line);
+    assert_eq!(st.get("connects"), 30 + failures, "{}", st.line);
+    assert_eq!(
+        st.get("accepted") + st.get("connects") - st.get("closed"),
+        st.get("open"),
+        "{}",
+        st.line
+    );
     assert!(
         srv.stderr_has(said, Duration::from_secs(3)),
         "the failure is logged: {}",

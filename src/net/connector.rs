@@ -41,6 +41,7 @@ impl EventLoop {
         };
         let fd = OwnedFd::from(sock);
         let id = self.insert_conn(fd, ConnState::Connecting, handler)?;
+        self.stats.connects += 1;
         if let Some(e) = immediate {
             // Refused/unreachable right away (common on loopback): report it the same way.
             self.stats.connect_failures += 1;

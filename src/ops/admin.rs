@@ -168,8 +168,14 @@ pub fn render_prometheus(v: &MetricsView) -> String {
     p.single(
         "keel_connections_closed_total",
         "counter",
-        "Connections closed.",
+        "Connections closed, accepted and outgoing (keel_connects_total).",
         t.closed,
+    );
+    p.single(
+        "keel_connects_total",
+        "counter",
+        "Outgoing connections started (the proxy's, to its backends).",
+        t.connects,
     );
     p.family(
         "keel_connections_refused_total",
@@ -365,6 +371,7 @@ pub fn render_status_html(v: &MetricsView, refresh_secs: u32) -> String {
         &[
             ("open".into(), n(t.open)),
             ("accepted".into(), n(t.accepted)),
+            ("outgoing started".into(), n(t.connects)),
             ("closed".into(), n(t.closed)),
             ("refused (out of fds)".into(), n(t.refused_emfile)),
             ("refused (limit)".into(), n(t.refused_limit)),
@@ -466,7 +473,7 @@ impl AdminHandler {
     }
 
     /// Counts this connection in `open`, shared by every admin connection of the listener,
-    /// and refuses it when [`MAX_OPEN`] are already open.
+    /// until it is answered, and refuses it when [`MAX_OPEN`] are already open.
     pub fn counted_in(mut self, open: Arc<AtomicUsize>) -> AdminHandler {
         self.open = Some(open);
         self
@@ -497,6 +504,11 @@ impl AdminHandler {
         cx.cancel_timer(HEAD_TIMER);
         cx.close();
         self.answered = true;
+        // Answered, it holds no slot while it closes: a client that keeps its end open after
+        // the answer would otherwise hold one through the whole linger.
+        if let Some(open) = self.open.take() {
+            open.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     fn route(&self, method: &str, path: &str, own: Option<&LoopStats>) -> Response {
@@ -922,6 +934,7 @@ mod tests {
             value(&samples, "keel_connections_closed_total", &[]),
             f(t.closed)
         );
+        assert_eq!(value(&samples, "keel_connects_total", &[]), f(t.connects));
         assert_eq!(
             value(
                 &samples,
@@ -989,9 +1002,10 @@ mod tests {
         );
         assert_eq!(value(&samples, "keel_datagrams_total", &[]), f(t.datagrams));
         assert_eq!(value(&samples, "keel_log_dropped_lines_total", &[]), 99.0);
-        // Exactly these series: 1 info + 1 uptime + 3 conns + 2 refused + 2 bytes + 5 classes
-        // + 4 timeouts + 1 emfile + 3 wakeups + 3 events + 3 (connect, datagrams, log).
-        assert_eq!(samples.len(), 28, "{text}");
+        // Exactly these series: 1 info + 1 uptime + 4 conns (open, accepted, closed,
+        // connects) + 2 refused + 2 bytes + 5 classes + 4 timeouts + 1 emfile + 3 wakeups + 3
+        // events + 3 (connect failures, datagrams, log).
+        assert_eq!(samples.len(), 29, "{text}");
     }
 
     #[test]

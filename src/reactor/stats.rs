@@ -32,6 +32,9 @@ pub struct LoopStats {
     pub refused_limit: u64,
     pub idle_timeouts: u64,
     pub linger_timeouts: u64,
+    /// Outgoing connections started (the proxy's to its backends): with `accepted`, what
+    /// `open` and `closed` count, so that accepted + connects - closed is what is open.
+    pub connects: u64,
     pub connect_failures: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -60,6 +63,7 @@ impl LoopStats {
             refused_limit: 0,
             idle_timeouts: 0,
             linger_timeouts: 0,
+            connects: 0,
             connect_failures: 0,
             bytes_in: 0,
             bytes_out: 0,
@@ -76,7 +80,7 @@ impl LoopStats {
 }
 
 /// How many counters a [`LoopStats`] has (everything but the engine).
-pub const COUNTERS: usize = 20;
+pub const COUNTERS: usize = 21;
 
 impl LoopStats {
     /// The counters in a fixed order, for summing and for sharing across processes.
@@ -91,6 +95,7 @@ impl LoopStats {
             self.refused_limit,
             self.idle_timeouts,
             self.linger_timeouts,
+            self.connects,
             self.connect_failures,
             self.bytes_in,
             self.bytes_out,
@@ -107,7 +112,7 @@ impl LoopStats {
 
     /// The inverse of [`counters`](Self::counters).
     pub fn from_counters(engine: Engine, c: [u64; COUNTERS]) -> LoopStats {
-        let [wakeups, events, accepted, open, closed, refused_emfile, refused_limit, idle_timeouts, linger_timeouts, connect_failures, bytes_in, bytes_out, datagrams, http_1xx, http_2xx, http_3xx, http_4xx, http_5xx, header_timeouts, body_timeouts] =
+        let [wakeups, events, accepted, open, closed, refused_emfile, refused_limit, idle_timeouts, linger_timeouts, connects, connect_failures, bytes_in, bytes_out, datagrams, http_1xx, http_2xx, http_3xx, http_4xx, http_5xx, header_timeouts, body_timeouts] =
             c;
         LoopStats {
             engine,
@@ -120,6 +125,7 @@ impl LoopStats {
             refused_limit,
             idle_timeouts,
             linger_timeouts,
+            connects,
             connect_failures,
             bytes_in,
             bytes_out,
@@ -170,6 +176,7 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "refused_limit",
     "idle_timeouts",
     "linger_timeouts",
+    "connects",
     "connect_failures",
     "bytes_in",
     "bytes_out",
