@@ -377,9 +377,9 @@ fn thread_per_conn_out_of_fds_refuses_cleanly_and_says_so_once() {
         srv.stderr_dump()
     );
     let st = srv.stats();
-    // A connection whose thread could not start is refused as one over the limit is: FIN, and
-    // its bytes read and dropped. (Its socket was dropped with the failed thread before: every
-    // refused client saw a reset.)
+    // A connection whose thread's loop could not start for want of fds is refused as at
+    // accept: what it sent is read and dropped, then FIN. (Its socket was dropped with the
+    // failed thread before, its bytes unread: every refused client saw a reset.)
     let eof = results
         .iter()
         .filter(|(_, p)| *p == Probe::Closed(End::Eof))

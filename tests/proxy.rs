@@ -254,7 +254,7 @@ fn one_dead_of_three(fail_timeout: &str, a_b_failures: (i32, i32, u64), said: &s
     let st = srv.stats();
     assert_eq!(st.get("connect_failures"), failures);
     // Every connection a count: 30 clients and their backend connects, failed ones included;
-    // what is not closed is open (closed counts both kinds).
+    // with nothing refused, what is not closed is open (closed counts both kinds).
     assert_eq!(st.get("accepted"), 30, "{}", st.line);
     assert_eq!(st.get("connects"), 30 + failures, "{}", st.line);
     assert_eq!(

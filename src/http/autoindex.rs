@@ -74,8 +74,9 @@ pub fn read_entries(
             Ok(st) => st,
             Err(rustix::io::Errno::NOENT) => continue,
             // A followed link that leads nowhere a request can go (a loop, a place this
-            // process may not look): the request would be refused too.
-            Err(_) if show_symlinks => continue,
+            // process may not look): the request would be refused too. Any other entry that
+            // cannot be stat'ed fails the listing, as it did.
+            Err(_) if show_symlinks && is_symlink(dir, raw) => continue,
             Err(e) => return Err(e.into()),
         };
         let kind = FileType::from_raw_mode(st.st_mode);
@@ -94,6 +95,12 @@ pub fn read_entries(
     }
     entries.sort_by(|a, b| b.is_dir.cmp(&a.is_dir).then_with(|| a.name.cmp(&b.name)));
     Ok(Listing { entries, complete })
+}
+
+/// Whether `name` in `dir` is a symlink itself (not what it points to).
+fn is_symlink(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> bool {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink)
 }
 
 /// A directory's entries as [`read_entries`] found them.

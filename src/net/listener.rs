@@ -682,7 +682,20 @@ impl EventLoop {
         if self.poller.trigger() == Trigger::Level {
             let _ = self.reregister(token, Interest::NONE);
         }
-        self.run_after(STARVED_RETRY, |el| el.unstarve_listeners());
+        self.retry_starved();
+    }
+
+    /// Schedules [`unstarve_listeners`](Self::unstarve_listeners) in [`STARVED_RETRY`],
+    /// unless it already is: it also runs at every close, which must not start a chain of
+    /// timers each time.
+    fn retry_starved(&mut self) {
+        if !self.starved_retry {
+            self.starved_retry = true;
+            self.run_after(STARVED_RETRY, |el| {
+                el.starved_retry = false;
+                el.unstarve_listeners();
+            });
+        }
     }
 
     pub(crate) fn unstarve_listeners(&mut self) {
@@ -709,8 +722,8 @@ impl EventLoop {
             }
         }
         if !still.is_empty() {
-            self.accept_starved = still;
-            self.run_after(STARVED_RETRY, |el| el.unstarve_listeners());
+            self.accept_starved.extend(still);
+            self.retry_starved();
         }
     }
 

@@ -904,8 +904,9 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<ConfigError>> {
 }
 
 /// `keel check-config FILE`: the report to print and whether the file is valid, and the host
-/// ready for it ([`host_check`](super::host_check)). Valid: one line, `FILE: ok (echo,
-/// discard)`. Invalid: one line per error, then `FILE: N error(s)`.
+/// ready for it ([`host_check`](super::host_check)). Valid: `FILE: ok (echo, discard)`,
+/// after a `warning: ...` line per conflict with a default ([`DefaultConflict`]), the count of
+/// them then ending the line. Invalid: one line per error, then `FILE: N error(s)`.
 pub fn check(path: &Path) -> (String, bool) {
     let file = path.display();
     let checked = read_text(path, true)

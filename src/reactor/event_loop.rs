@@ -195,6 +195,8 @@ pub struct EventLoop {
     pub(crate) reserve_fd: Option<OwnedFd>,
     /// Listeners that stopped accepting for want of an fd; revisited when a connection closes.
     pub(crate) accept_starved: Vec<Token>,
+    /// A retry of the starved listeners is scheduled (one at a time).
+    pub(crate) starved_retry: bool,
     /// Whether a failed registration of an accepted connection was reported already.
     pub(crate) warned_register: bool,
     /// Refused connections closing gracefully on this loop (`EventLoop::refuse`).
@@ -246,6 +248,7 @@ impl EventLoop {
             received: Vec::new(),
             reserve_fd: None,
             accept_starved: Vec::new(),
+            starved_retry: false,
             warned_register: false,
             refusing: Arc::default(),
             shared,

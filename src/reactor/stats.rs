@@ -33,7 +33,7 @@ pub struct LoopStats {
     pub idle_timeouts: u64,
     pub linger_timeouts: u64,
     /// Outgoing connections started (the proxy's to its backends): with `accepted`, what
-    /// `open` and `closed` count, so that accepted + connects - closed is what is open.
+    /// `open` and `closed` count (refused connections aside: they count in neither).
     pub connects: u64,
     pub connect_failures: u64,
     pub bytes_in: u64,

@@ -236,6 +236,15 @@ pub(crate) fn thread_not_started(name: &str, e: io::Error) -> io::Error {
 /// what a start opens (per loop: an epoll, a waker, a listener, the EMFILE reserve): said
 /// with the limit and the way to raise it, not as a bare "Too many open files".
 fn explain_fd_exhaustion(e: io::Error) -> io::Error {
+    if e.raw_os_error() == Some(libc::ENFILE) {
+        return io::Error::new(
+            e.kind(),
+            format!(
+                "out of file descriptors while starting: the system's file table is full \
+                 (fs.file-max), not this process's limit: {e}"
+            ),
+        );
+    }
     if e.raw_os_error() != Some(libc::EMFILE) {
         return e;
     }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::admission::Admission;
 use super::control::{self, Fleet};
 use super::{bind_and_announce, ServerOptions, Service};
-use crate::net::listener::say_out_of_fds;
+use crate::net::listener::{close_refused, say_out_of_fds};
 use crate::net::log_throttle::{left_out_note, LogThrottle};
 use crate::reactor::EventLoop;
 
@@ -52,7 +52,8 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
             // A loop with one connection does not need a connection limit of its own.
             conn_cfg.connection_limit = None;
             // The thread takes the socket once its loop is up; if the thread or its loop cannot
-            // start, the socket is still here, to be refused as a refusal over the limit is.
+            // start, the socket is still here to be refused: as one over the limit is (a
+            // lingering close), or, out of fds, closed at once as at accept.
             let handed = Arc::new(Mutex::new(Some(fd)));
             let theirs = handed.clone();
             let started =
@@ -61,18 +62,27 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
                     el.adopt(fd, factory()).map(drop)
                 });
             if let Err(e) = started {
-                if let Some(fd) = lock(&handed).take() {
-                    el.refuse(fd);
-                }
+                let fd = lock(&handed).take();
                 // Out of fds (the thread's loop needs its own) is counted and said as at
-                // accept.
+                // accept, and the socket closed at once, as there: a lingering close would
+                // hold an fd the process has none of.
                 if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                    if let Some(fd) = fd {
+                        close_refused(fd);
+                    }
                     el.stats.refused_emfile += 1;
                     say_out_of_fds("a connection thread's event loop", e);
                 } else {
+                    if let Some(fd) = fd {
+                        el.refuse(fd);
+                    }
                     el.stats.refused_limit += 1;
                     if let Some(left_out) = SPAWN_FAILURES.turn() {
-                        tracing::warn!("refusing a connection: {e}{}", left_out_note(left_out));
+                        tracing::warn!(
+                            "cannot start a connection's thread or its loop, refusing the \
+                             connection: {e}{}",
+                            left_out_note(left_out)
+                        );
                     }
                 }
             }
