@@ -886,3 +886,23 @@ fn control_single_reactor_is_blocked_by_busy_handler() {
         r.show()
     );
 }
+
+/// Idle prefork workers stay asleep: a worker copies its counters to the master's board
+/// every 100 ms only while they change, backing off to once a second when nothing happens.
+/// (Each woke about 20 times a second doing nothing: 4,000 wake-ups a second for 200.)
+#[test]
+fn idle_prefork_workers_hardly_wake() {
+    let srv = Opts::echo("epoll-et")
+        .arg("--model", "prefork")
+        .arg("--threads", "4")
+        .spawn();
+    util::assert_serves(&srv, "start");
+    // Past the back-off's first steps, then three idle seconds.
+    thread::sleep(Duration::from_secs(2));
+    let before = srv.stats().get("wakeups");
+    thread::sleep(Duration::from_secs(3));
+    let woke = srv.stats().get("wakeups") - before;
+    // Four workers and the master, three seconds: about 5 a second each was 60 in all; 20 a
+    // second each would be 240. (The SIGUSR2 that asks for the figures wakes each once.)
+    assert!(woke < 100, "{woke} wake-ups in 3 idle seconds");
+}

@@ -28,8 +28,12 @@ use super::{bind_and_announce, ServerOptions, Service};
 use crate::reactor::{Engine, EventLoop, LoopConfig, LoopStats, Signal};
 use crate::sys::process::{self, Child, Exit, Pid, SharedCounters};
 
-/// How often a child copies its counters to the board.
+/// How often a busy child copies its counters to the board.
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+/// The longest a child with nothing new to publish waits to look again: an idle worker
+/// wakes once a second for it, not ten times (200 prefork workers made 4,000 wake-ups a
+/// second doing nothing). Counters that change while it waits are on the board within this.
+const PUBLISH_IDLE_MAX: Duration = Duration::from_secs(1);
 /// How long past the drain timeout the master waits before SIGKILL.
 const KILL_MARGIN: Duration = Duration::from_secs(1);
 /// How long a SIGUSR2 report waits for the children to publish.
@@ -37,6 +41,7 @@ const REPORT_WAIT: Duration = Duration::from_secs(1);
 
 /// The counters of LoopStats, in board order.
 const COUNTERS: usize = crate::reactor::stats::COUNTERS;
+use crate::reactor::stats::COUNTER_NAMES;
 use crate::sys::process::monotonic_ns;
 
 /// A slot: a publish sequence number, then the counters.
@@ -518,11 +523,41 @@ pub(super) fn serve_child(
     result
 }
 
-/// In a child: publishes now and every [`PUBLISH_EVERY`] while the loop runs.
+/// In a child: publishes now and every [`PUBLISH_EVERY`] while the loop runs, backing off to
+/// [`PUBLISH_IDLE_MAX`] while its counters stay as they were.
 fn publish_periodically(el: &mut EventLoop, board: Arc<Board>, slot: usize) {
     board.publish(slot, el.stats());
+    let last = to_words(el.stats());
     el.run_after(PUBLISH_EVERY, move |el| {
-        publish_periodically(el, board, slot)
+        publish_when_changed(el, board, slot, last, PUBLISH_EVERY)
+    });
+}
+
+fn publish_when_changed(
+    el: &mut EventLoop,
+    board: Arc<Board>,
+    slot: usize,
+    last: [u64; COUNTERS],
+    waited: Duration,
+) {
+    let now = to_words(el.stats());
+    // Every wake-up of the loop counts in `wakeups`, this timer's own included: what changes
+    // besides it is what the loop did.
+    let wakeups = COUNTER_NAMES.iter().position(|n| *n == "wakeups");
+    let changed = now
+        .iter()
+        .zip(&last)
+        .enumerate()
+        .any(|(i, (a, b))| Some(i) != wakeups && a != b);
+    let next = if changed {
+        board.publish(slot, el.stats());
+        PUBLISH_EVERY
+    } else {
+        (waited * 2).min(PUBLISH_IDLE_MAX)
+    };
+    let last = if changed { now } else { last };
+    el.run_after(next, move |el| {
+        publish_when_changed(el, board, slot, last, next)
     });
 }
 
