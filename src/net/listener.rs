@@ -88,8 +88,7 @@ pub fn bind_tcp(addr: SocketAddr, opts: &ListenOptions) -> io::Result<TcpListene
     if let Some(n) = opts.recv_buffer {
         sock.set_recv_buffer_size(n)?;
     }
-    sock.bind(&addr.into())
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
+    sock.bind(&addr.into()).map_err(|e| bind_error(addr, e))?;
     sock.listen(opts.backlog)?;
     Ok(sock.into())
 }
