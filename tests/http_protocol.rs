@@ -1342,6 +1342,51 @@ fn expect_100_continue() {
     c.still_serves("/f0.txt", &small_file(0), "after a 100-continue exchange");
 }
 
+/// RFC 9110 10.1.1: an upload keel refuses whatever its body is refused at once, without the
+/// 100 that would have the client send the body for nothing; then the connection closes
+/// (whether the body follows is the client's choice), and a body sent anyway is dropped
+/// without resetting the connection before the refusal is read.
+#[test]
+fn a_refused_upload_that_expects_100_continue_is_refused_at_once() {
+    let root = Root::new("expect-refused");
+    let srv = serve(&root, &[]);
+    for (method, status) in [("PUT", 405), ("POST", 405), ("FOO", 501)] {
+        let mut c = Client::connect(srv.tcp);
+        c.send(
+            format!(
+                "{method} /up.bin HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\
+                 Expect: 100-continue\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        let r = c
+            .response_within(false, Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("{method}: no answer before the body: {e}"));
+        assert_eq!(r.status, status, "{method}: {}", r.show());
+        assert!(
+            r.says_close(),
+            "{method}: no Connection: close:\n{}",
+            r.head
+        );
+        if status == 405 {
+            assert_eq!(r.header("Allow"), Some("GET, HEAD"), "{method}: {}", r.head);
+        }
+        c.closed_within(Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("{method}: after the refusal: {e}"));
+    }
+    // A client that sends its body without waiting still gets the whole refusal.
+    let mut c = Client::connect(srv.tcp);
+    let mut req =
+        b"PUT /up.bin HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n"
+            .to_vec();
+    req.extend(std::iter::repeat_n(b'x', 100_000));
+    c.send(&req);
+    let r = c.must(false, "a refused upload sent whole");
+    assert_eq!(r.status, 405, "{}", r.show());
+    c.closed_within(Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("after the refusal of a whole upload: {e}"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Fields on every response
 // ---------------------------------------------------------------------------------------------

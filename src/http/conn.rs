@@ -241,7 +241,7 @@ impl HttpConn {
                             input.consume(len);
                             continue;
                         }
-                        let answer = self.respond(cx, head, out, now);
+                        let answer = self.respond(cx, head, out, now, false);
                         input.consume(len);
                         let queues_file = answer.file.is_some();
                         if !self.emit(cx, out, answer) {
@@ -251,6 +251,20 @@ impl HttpConn {
                         if queues_file {
                             queued = cx.output_len();
                         }
+                    } else if head.expect_continue
+                        && !matches!(head.method, Method::Get | Method::Head)
+                    {
+                        // An upload, refused (405 or 501) whatever its body: the refusal
+                        // goes now, instead of the 100 that would have the client send the
+                        // body for nothing (RFC 9110 10.1.1). Whether the body follows is
+                        // then the client's choice, and the next bytes cannot tell a body
+                        // from a request, so the connection closes after the answer (the
+                        // lingering close drops whatever body comes).
+                        let answer = self.respond(cx, head, out, now, true);
+                        input.consume(len);
+                        self.emit(cx, out, answer);
+                        input.clear();
+                        return;
                     } else {
                         if head.expect_continue {
                             // The client waits for this before it sends the body.
@@ -258,7 +272,7 @@ impl HttpConn {
                             cx.note(Note::Response(100));
                         }
                         let start = out.len();
-                        let mut answer = self.respond(cx, head, out, now);
+                        let mut answer = self.respond(cx, head, out, now, false);
                         answer.bytes = out.split_off(start);
                         let request = match self.site.access_log {
                             Some(_) => access_log::first_line(input.as_slice()).to_vec(),
@@ -438,17 +452,19 @@ impl HttpConn {
     }
 
     /// Decides the response to `head` and appends its bytes to `out` (a file body is returned
-    /// in the answer, to be sent after them).
+    /// in the answer, to be sent after them). `last`: the connection closes after it, whatever
+    /// the request asked.
     fn respond(
         &mut self,
         cx: &mut Ctx<'_>,
         head: &Head<'_>,
         out: &mut Vec<u8>,
         now: Instant,
+        last: bool,
     ) -> Answer {
         self.served += 1;
         let persistence =
-            if !head.keep_alive || self.served >= self.site.settings.keepalive_requests {
+            if last || !head.keep_alive || self.served >= self.site.settings.keepalive_requests {
                 Persistence::Close
             } else if head.version == Version::Http10 {
                 Persistence::KeepAlive10
