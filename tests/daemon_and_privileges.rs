@@ -622,12 +622,26 @@ fn a_connection_whose_thread_or_process_cannot_start_is_refused_cleanly() {
             }
         }
         drop(clients);
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let pid = Pid::from_raw(child.id() as i32);
+        let _ = kill(pid, Signal::SIGUSR2);
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = kill(pid, Signal::SIGTERM);
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             other.is_empty() && eof >= 1,
             "[{model}] {echoed} echoed, {eof} clean closes, others: {other:?}\n{stderr}"
+        );
+        // Counted as what they were: no thread or process, not over the limit.
+        let counter = |key: &str| -> Option<u64> {
+            let line = stderr.lines().find(|l| l.starts_with("stats "))?;
+            line.split(' ')
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+        };
+        assert_eq!(
+            (counter("refused_spawn"), counter("refused_limit")),
+            (Some(eof), Some(0)),
+            "[{model}] {eof} refused\n{stderr}"
         );
     }
 }

@@ -180,9 +180,14 @@ pub fn render_prometheus(v: &MetricsView) -> String {
     p.family(
         "keel_connections_refused_total",
         "counter",
-        "Connections refused at accept: out of fds (emfile) or at the connection limit (limit).",
+        "Connections refused: out of fds (emfile), at the connection limit (limit), or because \
+         the thread or process to serve them could not start (spawn).",
     );
-    for (reason, n) in [("emfile", t.refused_emfile), ("limit", t.refused_limit)] {
+    for (reason, n) in [
+        ("emfile", t.refused_emfile),
+        ("limit", t.refused_limit),
+        ("spawn", t.refused_spawn),
+    ] {
         p.sample(
             "keel_connections_refused_total",
             &[("reason", reason)],
@@ -375,6 +380,7 @@ pub fn render_status_html(v: &MetricsView, refresh_secs: u32) -> String {
             ("closed".into(), n(t.closed)),
             ("refused (out of fds)".into(), n(t.refused_emfile)),
             ("refused (limit)".into(), n(t.refused_limit)),
+            ("refused (could not start)".into(), n(t.refused_spawn)),
             ("connect failures".into(), n(t.connect_failures)),
         ],
     );
@@ -952,6 +958,14 @@ mod tests {
             f(t.refused_limit)
         );
         assert_eq!(
+            value(
+                &samples,
+                "keel_connections_refused_total",
+                &[("reason", "spawn")]
+            ),
+            f(t.refused_spawn)
+        );
+        assert_eq!(
             value(&samples, "keel_bytes_received_total", &[]),
             f(t.bytes_in)
         );
@@ -1003,9 +1017,9 @@ mod tests {
         assert_eq!(value(&samples, "keel_datagrams_total", &[]), f(t.datagrams));
         assert_eq!(value(&samples, "keel_log_dropped_lines_total", &[]), 99.0);
         // Exactly these series: 1 info + 1 uptime + 4 conns (open, accepted, closed,
-        // connects) + 2 refused + 2 bytes + 5 classes + 4 timeouts + 1 emfile + 3 wakeups + 3
+        // connects) + 3 refused + 2 bytes + 5 classes + 4 timeouts + 1 emfile + 3 wakeups + 3
         // events + 3 (connect failures, datagrams, log).
-        assert_eq!(samples.len(), 29, "{text}");
+        assert_eq!(samples.len(), 30, "{text}");
     }
 
     #[test]
@@ -1077,6 +1091,7 @@ mod tests {
             t.closed,
             t.refused_emfile,
             t.refused_limit,
+            t.refused_spawn,
             22000,
             99,
         ] {

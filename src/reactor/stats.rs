@@ -30,6 +30,9 @@ pub struct LoopStats {
     pub refused_emfile: u64,
     /// Accepts refused because the loop's connection limit was reached.
     pub refused_limit: u64,
+    /// Connections refused because the thread or process that was to serve them could not
+    /// start (thread- and process-per-connection: RLIMIT_NPROC, memory).
+    pub refused_spawn: u64,
     pub idle_timeouts: u64,
     pub linger_timeouts: u64,
     /// Outgoing connections started (the proxy's to its backends): with `accepted`, what
@@ -61,6 +64,7 @@ impl LoopStats {
             closed: 0,
             refused_emfile: 0,
             refused_limit: 0,
+            refused_spawn: 0,
             idle_timeouts: 0,
             linger_timeouts: 0,
             connects: 0,
@@ -80,7 +84,7 @@ impl LoopStats {
 }
 
 /// How many counters a [`LoopStats`] has (everything but the engine).
-pub const COUNTERS: usize = 21;
+pub const COUNTERS: usize = 22;
 
 impl LoopStats {
     /// The counters in a fixed order, for summing and for sharing across processes.
@@ -93,6 +97,7 @@ impl LoopStats {
             self.closed,
             self.refused_emfile,
             self.refused_limit,
+            self.refused_spawn,
             self.idle_timeouts,
             self.linger_timeouts,
             self.connects,
@@ -112,7 +117,7 @@ impl LoopStats {
 
     /// The inverse of [`counters`](Self::counters).
     pub fn from_counters(engine: Engine, c: [u64; COUNTERS]) -> LoopStats {
-        let [wakeups, events, accepted, open, closed, refused_emfile, refused_limit, idle_timeouts, linger_timeouts, connects, connect_failures, bytes_in, bytes_out, datagrams, http_1xx, http_2xx, http_3xx, http_4xx, http_5xx, header_timeouts, body_timeouts] =
+        let [wakeups, events, accepted, open, closed, refused_emfile, refused_limit, refused_spawn, idle_timeouts, linger_timeouts, connects, connect_failures, bytes_in, bytes_out, datagrams, http_1xx, http_2xx, http_3xx, http_4xx, http_5xx, header_timeouts, body_timeouts] =
             c;
         LoopStats {
             engine,
@@ -123,6 +128,7 @@ impl LoopStats {
             closed,
             refused_emfile,
             refused_limit,
+            refused_spawn,
             idle_timeouts,
             linger_timeouts,
             connects,
@@ -174,6 +180,7 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "closed",
     "refused_emfile",
     "refused_limit",
+    "refused_spawn",
     "idle_timeouts",
     "linger_timeouts",
     "connects",

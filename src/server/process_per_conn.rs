@@ -17,7 +17,8 @@
 //! - **Stopping**: SIGTERM/SIGINT close the listener (and UDP socket), pass SIGTERM to every
 //!   child (each drains its connection gracefully), and the master exits once all are reaped,
 //!   killing any still running after the drain timeout plus a second.
-//! - **Counters**: the master counts `accepted` and `refused_limit` (and UDP `datagrams`, which
+//! - **Counters**: the master counts `accepted`, `refused_limit` and `refused_spawn` (a fork
+//!   that failed; the connection is refused as one over the cap is) (and UDP `datagrams`, which
 //!   it serves itself on its control loop); `open` is the number of live children and `closed`
 //!   the number reaped. Each child publishes its loop counters (bytes, wakeups, timeouts) into
 //!   its slot of a shared-memory board every 100 ms, on SIGUSR2 and at exit, and the master
@@ -157,7 +158,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
                     if let Some(fd) = fd {
                         el.refuse(fd);
                     }
-                    el.stats.refused_limit += 1;
+                    el.stats.refused_spawn += 1;
                     if !mm.warned_fork {
                         mm.warned_fork = true;
                         tracing::warn!("cannot fork for a connection (refusing it): {e}");

@@ -7,7 +7,7 @@
 //! caps how many run at once; past the cap a new connection waits a moment for a thread to end
 //! (`admission`), then is refused (a clean close for the client) and counted as
 //! `refused_limit`, rather than spawning without bound. A connection whose thread cannot start
-//! is refused the same way.
+//! is refused the same way, and counted as `refused_spawn`.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -76,7 +76,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
                     if let Some(fd) = fd {
                         el.refuse(fd);
                     }
-                    el.stats.refused_limit += 1;
+                    el.stats.refused_spawn += 1;
                     if let Some(left_out) = SPAWN_FAILURES.turn() {
                         tracing::warn!(
                             "cannot start a connection's thread or its loop, refusing the \
