@@ -2,11 +2,11 @@
 //! handed to the kernel in the one `io_uring_enter` that also waits for completions.
 //!
 //! Three kinds of request go through here: multishot polls (and their removal), multishot
-//! receives, and cancellations. A poll points at no user memory, so the one thing a queued
-//! submission names is an fd number; that is why it may sit in the queue past a `close` of
-//! that number: the loop queues a registration's removal before it closes the fd, and the ring
-//! takes submissions in order, so a number reused in between is watched (by a request nobody
-//! owns) only until the removal right behind it. A receive goes the same way for the fd.
+//! receives, and cancellations. A queued poll or receive names its fd by number, and the
+//! kernel looks the number up only when it takes the request: were it still queued when the
+//! fd is closed, the next `accept` could give the number to another socket, and a receive
+//! would take that socket's bytes. So before the loop closes an fd it queues the removals and
+//! has the kernel take the whole queue ([`Ring::flush`]).
 //!
 //! Receives write into user memory: the buffers of a provided-buffer ring ([`BufRing`]), from
 //! which the kernel takes one only when bytes arrive. An idle connection therefore holds no
@@ -60,6 +60,10 @@ struct BufRing {
     count: u16,
     /// Entries were added since the tail was last published.
     dirty: bool,
+    /// The buffers a completion has handed out and that have not been given back (bit `bid`):
+    /// only these may be read or given back, so a buffer is never in the ring twice (which
+    /// would let the kernel fill it for two receives) nor read while the kernel may write it.
+    held: u64,
 }
 
 fn map(bytes: usize, flags: libc::c_int) -> io::Result<NonNull<u8>> {
@@ -101,19 +105,53 @@ impl BufRing {
             tail: 0,
             count: 0,
             dirty: false,
+            held: 0,
         };
-        // SAFETY: the entries' mapping lives until `r` is dropped, which happens only after
-        // the buffer group is unregistered or the ring is gone (see `Ring::drop`).
-        unsafe {
+        // SAFETY: the kernel pins the entries' pages at registration; the mapping is unmapped
+        // only in `Ring::drop`, once no receive is in flight to read an entry, or below if the
+        // registration fails.
+        let registered = unsafe {
             ring.submitter().register_buf_ring_with_flags(
                 entries.as_ptr() as u64,
                 MAX_BUFS,
                 BGID,
                 0,
             )
-        }?;
+        };
+        if let Err(e) = registered {
+            // SAFETY: both were mapped just above with these sizes, and the kernel refused
+            // the entries, so nothing refers to either.
+            unsafe {
+                libc::munmap(bufs.as_ptr().cast(), BUFS_BYTES);
+                libc::munmap(entries.as_ptr().cast(), ENTRIES_BYTES);
+            }
+            return Err(e);
+        }
         r.grow();
         Ok(r)
+    }
+
+    /// A completion handed `bid` out; false if that cannot be (not a buffer of ours, or one
+    /// already out): it is then neither read nor given back.
+    fn take(&mut self, bid: u16) -> bool {
+        let bit = 1u64 << (bid % MAX_BUFS);
+        if bid >= self.count || self.held & bit != 0 {
+            return false;
+        }
+        self.held |= bit;
+        true
+    }
+
+    fn is_held(&self, bid: u16) -> bool {
+        bid < self.count && self.held & (1u64 << bid) != 0
+    }
+
+    /// Gives back a buffer a completion handed out (anything else is ignored).
+    fn give_back(&mut self, bid: u16) {
+        if self.is_held(bid) {
+            self.held &= !(1u64 << bid);
+            self.put(bid);
+        }
     }
 
     /// Gives the kernel more buffers (twice as many), up to `MAX_BUFS`.
@@ -133,13 +171,16 @@ impl BufRing {
         true
     }
 
+    /// Puts `bid` in the ring: only from `grow` (a buffer given for the first time) and
+    /// `give_back` (one the kernel handed out).
     fn put(&mut self, bid: u16) {
         debug_assert!(bid < MAX_BUFS);
         let i = (self.tail & (MAX_BUFS - 1)) as usize;
         // SAFETY: i < MAX_BUFS, inside the entries' mapping. The kernel reads only entries
-        // between its head and the published tail. Each buffer is in the ring at most once,
-        // and `bid` is not in it (it is being given back, or given for the first time), so at
-        // most MAX_BUFS - 1 entries are live and the slot at the tail is none of them.
+        // between its head and the published tail. Each buffer is in the ring at most once
+        // (`held` sees to it), and `bid` is not in it (it is being given back, or given for
+        // the first time), so at most MAX_BUFS - 1 entries are live and the slot at the tail
+        // is none of them.
         let e = unsafe { &mut *self.entries.as_ptr().add(i) };
         e.set_addr(self.buf_ptr(bid) as u64);
         e.set_len(RECV_BUF as u32);
@@ -173,7 +214,13 @@ pub struct Ring {
     bufs: Option<BufRing>,
     /// Receives submitted whose last completion has not been read.
     recvs_in_flight: usize,
+    /// Completions read out of the queue by [`flush`](Self::flush), for the next
+    /// [`completions`](Self::completions).
+    stash: Vec<Completion>,
 }
+
+/// How many times [`Ring::flush`] tries to hand the queue over before it gives up.
+const FLUSH_TRIES: u32 = 50;
 
 impl AsFd for Ring {
     fn as_fd(&self) -> BorrowedFd<'_> {
@@ -187,7 +234,13 @@ impl Ring {
     /// A ring of `entries` submissions and eight times as many completions (one connection's
     /// multishot poll may complete several times per turn). Refused (the caller falls back to
     /// epoll) where the kernel lacks io_uring, forbids it (seccomp, `io_uring_disabled`), or is
-    /// older than 5.11, which brought the timed wait (`IORING_FEAT_EXT_ARG`) the loop needs.
+    /// older than 5.17. The loop needs the timed wait (`IORING_FEAT_EXT_ARG`, 5.11) and
+    /// multishot polls (5.13), and, above all, a cancellation that always ends a poll: before
+    /// the poll rework of 5.17 one that met a wake-up still being handled failed with
+    /// `EALREADY` and left the poll armed, holding its socket open after the close (the peer
+    /// never saw our FIN). 5.17 is known by the feature that came with it
+    /// (`IORING_FEAT_CQE_SKIP`); a 5.15 stable kernel with the rework backported is refused
+    /// too, and runs on epoll.
     pub fn new(entries: u32) -> io::Result<Ring> {
         // SUBMIT_ALL (5.18): one bad submission must not hold back the ones queued behind it
         // (a removal behind a registration whose fd was already closed, say).
@@ -212,17 +265,26 @@ impl Ring {
                     .setup_taskrun_flag()
                     .build(entries)
             })
+            .or_else(|_| {
+                IoUring::builder()
+                    .setup_cqsize(cq)
+                    .setup_submit_all()
+                    .build(entries)
+            })
             .or_else(|_| IoUring::builder().setup_cqsize(cq).build(entries))?;
-        if !ring.params().is_feature_ext_arg() {
+        let params = ring.params();
+        if !params.is_feature_ext_arg() || !params.is_feature_skip_cqe_on_success() {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
-                "this kernel's io_uring has no timed wait (IORING_FEAT_EXT_ARG, Linux 5.11)",
+                "this kernel's io_uring is older than Linux 5.17 (its poll cancellation can \
+                 fail)",
             ));
         }
         Ok(Ring {
             ring,
             bufs: None,
             recvs_in_flight: 0,
+            stash: Vec::new(),
         })
     }
 
@@ -258,22 +320,25 @@ impl Ring {
         )
     }
 
-    /// The bytes a receive completion put in `buffer`.
+    /// The bytes a receive completion put in `buffer` (none, for a buffer no completion
+    /// handed out or one already given back).
     pub fn received(&self, buffer: u16, len: usize) -> &[u8] {
-        let Some(b) = &self.bufs else { return &[] };
+        let Some(b) = self.bufs.as_ref().filter(|b| b.is_held(buffer)) else {
+            return &[];
+        };
         let len = len.min(RECV_BUF);
-        // SAFETY: `buffer` came from a completion, so it is one of the buffers given to the
-        // kernel, which wrote `len` bytes into it and will not touch it again until it is
-        // recycled; the slice borrows `self`, so it cannot outlive the mapping or a recycle.
+        // SAFETY: `buffer` is one a completion handed out and that has not been given back
+        // (`is_held`, so it is below `count` and inside the mapping): the kernel wrote `len`
+        // bytes into it and will not touch it again until it is recycled; the slice borrows
+        // `self`, so it cannot outlive the mapping or a recycle.
         unsafe { std::slice::from_raw_parts(b.buf_ptr(buffer), len) }
     }
 
-    /// Gives a buffer back to the kernel (published with the next submission).
+    /// Gives a buffer a completion handed out back to the kernel (published with the next
+    /// submission). Any other number, or a buffer given back already, is ignored.
     pub fn recycle(&mut self, buffer: u16) {
         if let Some(b) = &mut self.bufs {
-            if buffer < b.count {
-                b.put(buffer);
-            }
+            b.give_back(buffer);
         }
     }
 
@@ -346,7 +411,9 @@ impl Ring {
         match res {
             Ok(_) => Ok(()),
             // ETIME: the timeout; EINTR: a signal; EBUSY/EAGAIN: completions waiting in the
-            // kernel's overflow list, flushed once the caller has emptied the queue.
+            // kernel's overflow list, flushed once the caller has emptied the queue (or, for
+            // EAGAIN, the kernel short of memory for a request): the queue is handed over at
+            // a later enter.
             Err(e)
                 if matches!(
                     e.raw_os_error(),
@@ -355,13 +422,58 @@ impl Ring {
             {
                 Ok(())
             }
+            // EBADR: the kernel dropped completions it had no memory to keep. Whatever they
+            // said is lost (a connection waiting on one ends at its timeout); the loop and
+            // its other connections go on.
+            Err(e) if e.raw_os_error() == Some(libc::EBADR) => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    tracing::error!(
+                        "io_uring dropped completions (the kernel was out of memory): some \
+                         connections may stall until their timeouts"
+                    )
+                });
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
 
-    /// Moves every completion the kernel has posted into `out` (cleared first).
+    /// Hands every queued submission to the kernel now, and makes sure it took them, which
+    /// [`submit`](Self::submit) does not (a busy or memory-short kernel takes none and says so
+    /// with an error that is no failure). Needed before an fd is closed: a request still in
+    /// the queue names the fd by number, which the next `accept` may give to another socket.
+    /// Completions read out of the way (a full completion queue holds submissions back on
+    /// older kernels) wait for the next [`completions`](Self::completions). False when the
+    /// kernel still has not taken them after [`FLUSH_TRIES`] tries, a millisecond apart past
+    /// the first few.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        for attempt in 0..FLUSH_TRIES {
+            self.submit(Some(Duration::ZERO))?;
+            if self.ring.submission().is_empty() {
+                return Ok(true);
+            }
+            let mut more = Vec::new();
+            self.read_completions(&mut more);
+            self.stash.extend(more);
+            if attempt >= 3 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        Ok(false)
+    }
+
+    /// Moves every completion the kernel has posted into `out` (cleared first), after any
+    /// that [`flush`](Self::flush) read earlier. A buffer a completion carries is the caller's
+    /// until it is recycled.
     pub fn completions(&mut self, out: &mut Vec<Completion>) {
         out.clear();
+        out.append(&mut self.stash);
+        self.read_completions(out);
+    }
+
+    fn read_completions(&mut self, out: &mut Vec<Completion>) {
+        let from = out.len();
         out.extend(self.ring.completion().map(|c| {
             let recv = c.user_data() & RECV_BIT != 0 && c.user_data() != u64::MAX;
             Completion {
@@ -376,8 +488,17 @@ impl Ring {
                 buffer: cqueue::buffer_select(c.flags()),
             }
         }));
-        let ended = out.iter().filter(|c| c.recv && !c.more).count();
+        let new = &mut out[from..];
+        let ended = new.iter().filter(|c| c.recv && !c.more).count();
         self.recvs_in_flight = self.recvs_in_flight.saturating_sub(ended);
+        if let Some(bufs) = &mut self.bufs {
+            for c in new.iter_mut() {
+                // A buffer the kernel cannot have handed out is not passed on.
+                if c.buffer.is_some_and(|b| !bufs.take(b)) {
+                    c.buffer = None;
+                }
+            }
+        }
     }
 }
 
@@ -417,5 +538,68 @@ impl Drop for Ring {
             libc::munmap(bufs.bufs.as_ptr().cast(), BUFS_BYTES);
             libc::munmap(bufs.entries.as_ptr().cast(), ENTRIES_BYTES);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    /// A ring with receive buffers, where the kernel allows both.
+    fn ring() -> Option<Ring> {
+        let mut ring = Ring::new(64).ok()?;
+        ring.enable_recv().ok()?;
+        Some(ring)
+    }
+
+    /// Waits (at most 5 s) for the receive's completion that carries a buffer.
+    fn next_buffer(ring: &mut Ring) -> (u16, usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut done = Vec::new();
+        while Instant::now() < deadline {
+            ring.submit(Some(Duration::from_millis(50))).unwrap();
+            ring.completions(&mut done);
+            if let Some(c) = done.iter().find(|c| c.buffer.is_some()) {
+                return (c.buffer.unwrap(), c.result as usize);
+            }
+        }
+        panic!("no receive completion within 5 s");
+    }
+
+    /// Only a buffer a completion handed out can be read or given back, and only once: a
+    /// number out of range, one the kernel still has, or one given back twice is ignored, so
+    /// no buffer is ever in the kernel's ring twice (where two receives could fill it at
+    /// once) and none is read while the kernel may write it.
+    #[test]
+    fn only_a_buffer_handed_out_is_read_or_given_back_and_only_once() {
+        let Some(mut ring) = ring() else {
+            eprintln!("skipped: io_uring receives unavailable here");
+            return;
+        };
+        assert!(ring.received(MAX_BUFS + 7, 10).is_empty());
+        assert!(
+            ring.received(3, 10).is_empty(),
+            "a buffer the kernel holds was read"
+        );
+        let given = |r: &Ring| r.bufs.as_ref().unwrap().tail;
+        let before = given(&ring);
+        ring.recycle(3);
+        ring.recycle(MAX_BUFS + 7);
+        assert_eq!(given(&ring), before, "a buffer not handed out went back in");
+
+        let (a, mut b) = UnixStream::pair().unwrap();
+        ring.recv_multi(a.as_raw_fd(), 1).unwrap();
+        b.write_all(b"hello").unwrap();
+        let (buffer, len) = next_buffer(&mut ring);
+        assert_eq!(ring.received(buffer, len), b"hello");
+        ring.recycle(buffer);
+        ring.recycle(buffer);
+        assert_eq!(given(&ring), before.wrapping_add(1), "given back twice");
+        assert!(
+            ring.received(buffer, len).is_empty(),
+            "read after it went back"
+        );
     }
 }

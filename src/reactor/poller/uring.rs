@@ -17,6 +17,11 @@
 //! - The kernel may end a multishot poll (a full completion queue, say): a completion without
 //!   `IORING_CQE_F_MORE` that was not asked for is re-armed at once.
 //!
+//! A request that cannot be queued (the submission queue stays full even once handed over,
+//! the kernel short of memory) is not forgotten: a re-arming or a cancellation is kept and
+//! queued again before the next wait ([`Retry`]). Forgetting a cancellation would leave a poll
+//! or a receive holding a closed socket open.
+//!
 //! Each arming of a poll gets its own request id (the registration's slot here plus an arming
 //! sequence number), so a completion of a request that was replaced or removed is recognised
 //! and dropped, however its removal and its last completions interleave.
@@ -98,8 +103,19 @@ struct Reg {
 /// A receive in flight, until its last completion.
 struct Recv {
     token: Token,
-    /// Its cancellation has been queued.
+    /// Its cancellation has been asked for (queued, or waiting in `retry`).
     cancelled: bool,
+}
+
+/// A request that could not be queued when it was made, queued again before the next wait.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Retry {
+    /// The poll of registration `slot`, armed as `seq` (dropped if the slot is removed).
+    Arm { slot: usize, seq: u32 },
+    /// The removal of the poll request `id`.
+    CancelPoll(u64),
+    /// The cancellation of the receive in `slot` (dropped with its last completion).
+    CancelRecv(usize),
 }
 
 pub struct UringPoller {
@@ -114,6 +130,7 @@ pub struct UringPoller {
     recv_ok: bool,
     received: Vec<Received>,
     done: Vec<Completion>,
+    retry: Vec<Retry>,
 }
 
 impl AsFd for UringPoller {
@@ -166,6 +183,7 @@ impl UringPoller {
             recv_ok,
             received: Vec::new(),
             done: Vec::new(),
+            retry: Vec::new(),
         })
     }
 
@@ -202,9 +220,9 @@ impl UringPoller {
             return;
         }
         r.cancelled = true;
-        // A failure here (the queue could not be submitted) leaves the receive armed; it
-        // still ends with the connection's close, which the loop always reaches.
-        if self.ring.cancel_recv(key.slot() as u64, REMOVAL).is_ok() && now {
+        if self.ring.cancel_recv(key.slot() as u64, REMOVAL).is_err() {
+            self.retry.push(Retry::CancelRecv(key.slot()));
+        } else if now {
             let _ = self.ring.submit(Some(Duration::ZERO));
         }
     }
@@ -257,6 +275,7 @@ impl UringPoller {
         }
         if !c.more {
             self.recvs.remove(slot);
+            self.retry.retain(|r| *r != Retry::CancelRecv(slot));
             self.received.push(Received {
                 token,
                 recv,
@@ -269,10 +288,54 @@ impl UringPoller {
     /// sequence number keeps to 31 bits: the ring marks receives with the id's top bit.
     fn arm(&mut self, slot: usize) -> io::Result<()> {
         self.next_seq = self.next_seq.wrapping_add(1) & 0x7fff_ffff;
-        let reg = &mut self.regs[slot];
-        reg.seq = self.next_seq;
+        self.regs[slot].seq = self.next_seq;
+        self.push_arm(slot)
+    }
+
+    fn push_arm(&mut self, slot: usize) -> io::Result<()> {
+        let reg = &self.regs[slot];
         let (fd, mask, id) = (reg.fd, reg.mask, request_id(slot, reg.seq));
         self.ring.poll_add(fd, mask, id)
+    }
+
+    /// Arms registration `slot`'s poll, or keeps it to arm before the next wait.
+    fn arm_or_retry(&mut self, slot: usize) {
+        if self.arm(slot).is_err() {
+            let seq = self.regs[slot].seq;
+            self.retry.push(Retry::Arm { slot, seq });
+        }
+    }
+
+    /// Removes the poll request `id`, or keeps the removal to queue before the next wait.
+    fn cancel_or_retry(&mut self, id: u64) {
+        if self.ring.cancel_poll(id, REMOVAL).is_err() {
+            self.retry.push(Retry::CancelPoll(id));
+        }
+    }
+
+    /// Forgets registration `slot` and queues its poll's removal.
+    fn remove_reg(&mut self, slot: usize) {
+        let reg = self.regs.remove(slot);
+        self.retry
+            .retain(|r| !matches!(r, Retry::Arm { slot: s, .. } if *s == slot));
+        self.cancel_or_retry(request_id(slot, reg.seq));
+    }
+
+    /// Queues again what could not be queued before; what still cannot waits for the next.
+    fn queue_retries(&mut self) {
+        for r in std::mem::take(&mut self.retry) {
+            let queued = match r {
+                Retry::Arm { slot, seq } => match self.regs.get(slot) {
+                    Some(reg) if reg.seq == seq => self.push_arm(slot).is_ok(),
+                    _ => true, // replaced or removed since
+                },
+                Retry::CancelPoll(id) => self.ring.cancel_poll(id, REMOVAL).is_ok(),
+                Retry::CancelRecv(slot) => self.ring.cancel_recv(slot as u64, REMOVAL).is_ok(),
+            };
+            if !queued {
+                self.retry.push(r);
+            }
+        }
     }
 
     pub fn register(
@@ -287,8 +350,8 @@ impl UringPoller {
             // Still registered under this number: the fd was closed without a removal and the
             // number reused (epoll forgets a closed fd by itself, and callers may rely on
             // that). The old request watches the old file, if any is left: end it.
-            let reg = self.regs.remove(stale);
-            self.ring.cancel_poll(request_id(stale, reg.seq), REMOVAL)?;
+            self.by_fd[index] = None;
+            self.remove_reg(stale);
         }
         let slot = self.regs.insert(Reg {
             token,
@@ -330,26 +393,38 @@ impl UringPoller {
         let old = request_id(slot, reg.seq);
         reg.token = token;
         reg.mask = new_mask;
-        self.ring.cancel_poll(old, REMOVAL)?;
-        self.arm(slot)
+        self.retry
+            .retain(|r| !matches!(r, Retry::Arm { slot: s, .. } if *s == slot));
+        self.cancel_or_retry(old);
+        self.arm_or_retry(slot);
+        Ok(())
     }
 
     pub fn deregister(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
         let slot = self.slot_of(fd)?;
-        let reg = self.regs.remove(slot);
         self.by_fd[fd.as_raw_fd() as usize] = None;
-        self.ring.cancel_poll(request_id(slot, reg.seq), REMOVAL)
+        self.remove_reg(slot);
+        Ok(())
     }
 
-    /// Called right before `fd` is closed: removes its poll, and hands every queued request
-    /// to the kernel now. A queued request names its fd by number, and the kernel resolves
-    /// the number only when it takes the request: after the close, the number may already be
-    /// another connection's (the next `accept`), whose bytes a queued receive would then take.
-    /// Taken now, the requests hold the right file, and the removal and cancellation behind
-    /// them end them in the same call.
+    /// Called right before `fd` is closed: removes its poll, and has the kernel take every
+    /// queued request now ([`Ring::flush`]). A queued request names its fd by number, and the
+    /// kernel resolves the number only when it takes the request: after the close, the
+    /// number may already be another connection's (the next `accept`), whose bytes a queued
+    /// receive would then take. Taken now, the requests hold the right file, and the removal
+    /// and cancellation behind them end them in the same call.
     pub fn deregister_before_close(&mut self, fd: BorrowedFd<'_>) {
         let _ = self.deregister(fd);
-        let _ = self.ring.submit(Some(Duration::ZERO));
+        self.queue_retries();
+        match self.ring.flush() {
+            Ok(true) => {}
+            Ok(false) => tracing::error!(
+                "io_uring would not take its queued requests before fd {} was closed: a \
+                 socket that reuses the number may lose its first bytes",
+                fd.as_raw_fd()
+            ),
+            Err(e) => tracing::error!("io_uring submission before a close failed: {e}"),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -366,6 +441,7 @@ impl UringPoller {
         timeout: Option<Duration>,
     ) -> io::Result<usize> {
         events.clear();
+        self.queue_retries();
         self.ring.submit(timeout)?;
         let mut done = std::mem::take(&mut self.done);
         self.ring.completions(&mut done);
@@ -401,7 +477,7 @@ impl UringPoller {
             }
             if !c.more {
                 // The kernel ended the multishot poll (it was not asked to): arm it again.
-                self.arm(slot)?;
+                self.arm_or_retry(slot);
             }
             let m = c.result as u32;
             let has = |bits: i16| m & bits as u32 != 0;
