@@ -471,6 +471,12 @@ fn merge(
     cli: &ServerSettings,
     file: Option<&config::Config>,
 ) -> Result<(ServerSettings, ServerOptions), String> {
+    if cli.work_ms.is_some() && section != Section::Echo {
+        // As the file's `work_ms` outside [echo] is refused (`config`).
+        return Err(format!(
+            "--work-ms: only echo takes it; {section} has no handler work to delay"
+        ));
+    }
     let from_file = file.map(|c| c.settings(section)).unwrap_or_default();
     let mut settings = cli.clone().or(&from_file);
     settings.anchor_paths(start_dir());

@@ -103,6 +103,19 @@ fn bad_arguments_exit_2() {
             "0",
         ][..],
         &["http", "--listen", "127.0.0.1:0", "--cache-entries", "0"][..],
+        // Only echo has handler work to delay (the file's `work_ms` elsewhere is refused too).
+        &["discard", "--listen", "127.0.0.1:0", "--work-ms", "5"][..],
+        &["chat", "--listen", "127.0.0.1:0", "--work-ms", "5"][..],
+        &["http", "--listen", "127.0.0.1:0", "--work-ms", "5"][..],
+        &[
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            "127.0.0.1:9",
+            "--work-ms",
+            "5",
+        ][..],
         // A model the engine cannot run (one epoll instance shared by threads).
         &["echo", "--model", "leader-followers", "--engine", "poll"][..],
         // The admin listener on the site's own port.
