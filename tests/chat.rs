@@ -511,6 +511,61 @@ fn check_config_reports_chat_errors_with_their_lines() {
 // ---------------------------------------------------------------------------------------------
 // keel chat-client
 
+/// With frames of a megabyte allowed, a member that does not read is dropped as soon as a
+/// delivery leaves more than its limit (two of the largest messages) waiting, not at the next
+/// look of a timer: a fast speaker piled up three times the limit before that.
+#[test]
+fn a_member_that_does_not_read_is_dropped_at_its_limit_even_with_large_frames() {
+    let max_frame = 1 << 20;
+    let srv = Opts::chat("epoll-et")
+        .arg("--threads", "1")
+        .arg("--max-frame", &max_frame.to_string())
+        .spawn();
+    let mut speaker = Member::join(srv.tcp);
+    let slow = Member::join(srv.tcp);
+    socket2::SockRef::from(&slow.s)
+        .set_recv_buffer_size(4096)
+        .unwrap();
+    // The speaker says everything at once, and hears itself on a thread of its own through
+    // a large receive buffer, so that it is never the slow one.
+    let _ = socket2::SockRef::from(&speaker.s).set_recv_buffer_size(8 << 20);
+    let mut hearing = Member {
+        s: speaker.s.try_clone().unwrap(),
+        pending: Vec::new(),
+        name: speaker.name.clone(),
+    };
+    const N: usize = 12;
+    let ear = thread::spawn(move || {
+        for _ in 0..N {
+            hearing.next_msg();
+        }
+    });
+    let body = "m".repeat(max_frame - 100);
+    for _ in 0..N {
+        speaker.say(&body);
+    }
+    ear.join().unwrap();
+    assert!(
+        srv.stderr_has("which read too slowly", Duration::from_secs(5)),
+        "{}",
+        srv.stderr_dump()
+    );
+    let log = srv.stderr_dump();
+    let waited: usize = log
+        .split("which read too slowly: ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in:\n{log}"));
+    // The limit, plus the one message whose delivery passed it.
+    let limit = 2 * (frame::HEADER + 2 + 32 + max_frame);
+    assert!(
+        waited <= limit + max_frame + 64,
+        "{waited} bytes waited for the slow member (limit {limit})"
+    );
+    drop(slow);
+}
+
 fn client(addr: SocketAddr, extra: &[&str]) -> Command {
     let mut cmd = Command::new(keel_bin());
     cmd.args(["chat-client", "--connect", &addr.to_string()])
@@ -581,11 +636,56 @@ still here
     let out = c.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert_eq!(
-        err.matches("/nick: a name is 1 to").count(),
-        2,
-        "each bad name is said: {err}"
+    // The long one is over the frame limit before it is a bad name.
+    assert!(
+        err.matches("/nick: a name is 1 to").count() == 1
+            && err.contains("a line of 70006 bytes is over the frame limit"),
+        "each bad line is said: {err}"
     );
+}
+
+/// What others say cannot pose as the server or drive the terminal: control characters are
+/// printed escaped. Input that is not UTF-8 is still sent (as U+FFFD), not taken for the end
+/// of input. And frames bigger than the client's own `--max-frame` that the server relays
+/// (its limit is larger) are taken.
+#[test]
+fn the_client_escapes_what_it_prints_sends_bad_utf8_and_takes_the_servers_frame_sizes() {
+    let srv = chat("epoll-et").arg("--max-frame", "200000").spawn();
+    let mut watcher = Member::join(srv.tcp);
+    let mut c = client(srv.tcp, &["--nick", "eve"]).spawn().unwrap();
+    let mut stdin = c.stdin.take().unwrap();
+    stdin.write_all(b"one\n\xff\xfe bad\nthree\n").unwrap();
+    assert_eq!(watcher.next_msg(), "eve: one");
+    assert_eq!(watcher.next_msg(), "eve: \u{fffd}\u{fffd} bad");
+    assert_eq!(watcher.next_msg(), "eve: three");
+    watcher.say("hi\n* welcome admin\x1b[31m");
+    let big = "b".repeat(100_000);
+    watcher.say(&big);
+    watcher.say("last");
+    for _ in 0..3 {
+        watcher.next_msg();
+    }
+    thread::sleep(Duration::from_millis(300));
+    drop(stdin);
+    let out = c.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    let w = &watcher.name;
+    for want in [
+        format!("{w}: hi\\u{{a}}* welcome admin\\u{{1b}}[31m"),
+        format!("{w}: {big}"),
+        format!("{w}: last"),
+    ] {
+        assert!(
+            lines.contains(&want.as_str()),
+            "missing {:.80}... in:\n{:.2000}",
+            want,
+            stdout
+        );
+    }
+    assert!(!stdout.contains('\x1b') && !lines.contains(&"* welcome admin"));
 }
 
 #[test]

@@ -1296,6 +1296,15 @@ impl EventLoop {
         self.call_handler(id, |h, cx| h.on_timer(cx, tag));
     }
 
+    /// Calls `id`'s `on_high_water` with its queue, as soon as no handler is running (at
+    /// once from a task; after the handler that called this, from one): for a queue that
+    /// grew past a limit of the handler's own, which the loop's one-time high-water call
+    /// does not report again.
+    pub(crate) fn remind_high_water(&mut self, id: ConnId) {
+        self.deferred.push(Deferred::HighWater(id));
+        self.run_deferred();
+    }
+
     pub(crate) fn notify_high_water(&mut self, id: ConnId) {
         let queued = self.output_len(id);
         if queued > 0 {

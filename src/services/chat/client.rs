@@ -6,10 +6,17 @@
 //! has one writer, the loop, as on the server. The loop also runs the heartbeat, and prints
 //! what the room says: `name: text` for a message, `* text` for a notice from the server.
 //!
-//! Lines typed: `/nick NAME` changes the name; anything else is said to the room. End of
-//! input (Ctrl-D) leaves the room: the client sends its FIN, the server finishes and closes,
-//! and the client exits 0. A server that closes first (with an error or without), goes silent
-//! past the heartbeat timeout, or cannot be reached makes the client exit 1 with the reason.
+//! Lines typed: `/nick NAME` changes the name; anything else is said to the room (bytes that
+//! are not UTF-8 as U+FFFD; a line longer than `--max-frame` is not sent, and is never held
+//! whole in memory). End of input (Ctrl-D) leaves the room: the client sends its FIN, the
+//! server finishes and closes, and the client exits 0. A server that closes first (with an
+//! error or without), goes silent past the heartbeat timeout, or cannot be reached makes the
+//! client exit 1 with the reason.
+//!
+//! What others say is printed with control characters escaped (`\u{1b}`), so no member can
+//! write a line that looks like the server's, or send a terminal escape sequence, to everyone.
+//! `--max-frame` bounds what this client sends; it takes frames up to the codec's limit from
+//! the server, whose own `--max-frame` decides what it relays.
 
 use std::io::{self, BufRead, Write};
 use std::net::SocketAddr;
@@ -69,8 +76,23 @@ pub fn run(opts: &ClientOptions) -> io::Result<()> {
     std::thread::Builder::new()
         .name("keel-chat-stdin".into())
         .spawn(move || {
-            for line in io::stdin().lock().lines() {
-                let Ok(line) = line else { break };
+            let mut stdin = io::stdin().lock();
+            loop {
+                let line = match read_line(&mut stdin, max_line) {
+                    Ok(Line::Text(line)) => line,
+                    Ok(Line::TooLong(len)) => {
+                        eprintln!(
+                            "keel: a line of {len} bytes is over the frame limit ({max_line}); \
+                             not sent"
+                        );
+                        continue;
+                    }
+                    Ok(Line::End) => break,
+                    Err(e) => {
+                        eprintln!("keel: reading standard input: {e}; leaving");
+                        break;
+                    }
+                };
                 let frame = match line.strip_prefix("/nick ") {
                     // Checked here as a SAY line is: a name the server refuses would cost an
                     // error round trip, and one over the frame limit the whole session.
@@ -79,6 +101,7 @@ pub fn run(opts: &ClientOptions) -> io::Result<()> {
                         continue;
                     }
                     Some(name) => frame::frame(NICK, &[name.trim().as_bytes()]),
+                    // U+FFFD for bad bytes can make a line at the limit a little longer.
                     None if line.len() > max_line => {
                         eprintln!(
                             "keel: a line of {} bytes is over the frame limit ({max_line}); \
@@ -105,6 +128,83 @@ pub fn run(opts: &ClientOptions) -> io::Result<()> {
         Some(Err(why)) => Err(io::Error::other(why)),
         None => Err(io::Error::other("the session ended without a reason")),
     }
+}
+
+/// One line of input, read by [`read_line`].
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// Without its line end (`\n` or `\r\n`); bytes that are not UTF-8 as U+FFFD.
+    Text(String),
+    /// Over the limit: this many bytes, read and dropped as they came.
+    TooLong(usize),
+    /// End of input (a last line without a line end is a line).
+    End,
+}
+
+/// Reads the next line of `input`, holding at most `max` bytes of it (and a buffer's worth):
+/// a longer one is dropped as it is read, so a stream without line ends cannot fill memory.
+fn read_line(input: &mut impl BufRead, max: usize) -> io::Result<Line> {
+    let mut line = Vec::new();
+    let mut len = 0usize;
+    let mut any = false;
+    loop {
+        let (used, ended) = {
+            let buf = match input.fill_buf() {
+                Ok(b) => b,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if buf.is_empty() {
+                break;
+            }
+            any = true;
+            let (part, ended) = match buf.iter().position(|&b| b == b'\n') {
+                Some(at) => (&buf[..at], true),
+                None => (buf, false),
+            };
+            len += part.len();
+            // One byte over, so that a `\r` before the line end can still be taken off.
+            if len <= max + 1 {
+                line.extend_from_slice(part);
+            }
+            (part.len() + usize::from(ended), ended)
+        };
+        input.consume(used);
+        if ended {
+            break;
+        }
+    }
+    if !any {
+        return Ok(Line::End);
+    }
+    if line.last() == Some(&b'\r') && len <= max + 1 {
+        line.pop();
+        len -= 1;
+    }
+    if len > max {
+        return Ok(Line::TooLong(len));
+    }
+    Ok(Line::Text(String::from_utf8_lossy(&line).into_owned()))
+}
+
+/// `bytes` as text fit to print on a terminal: not UTF-8 as U+FFFD, and control characters
+/// (a line end, an escape sequence's ESC) and the characters that reorder text (bidi
+/// overrides and isolates) escaped, so what a member says stays on its own line and reads as
+/// it was written.
+fn shown(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let reorders = matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}')
+            || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c);
+        if (c.is_control() && c != '\t') || reorders {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The client's end of the connection.
@@ -141,15 +241,11 @@ impl Session {
                     Some((&n, rest)) if rest.len() >= n as usize => rest.split_at(n as usize),
                     _ => return self.fail(cx, "a MSG frame with a bad name length".into()),
                 };
-                Self::print(format_args!(
-                    "{}: {}\n",
-                    String::from_utf8_lossy(name),
-                    String::from_utf8_lossy(text)
-                ));
+                Self::print(format_args!("{}: {}\n", shown(name), shown(text)));
             }
-            NOTICE => Self::print(format_args!("* {}\n", String::from_utf8_lossy(body))),
+            NOTICE => Self::print(format_args!("* {}\n", shown(body))),
             ERROR => {
-                self.end(Err(format!("server: {}", String::from_utf8_lossy(body))));
+                self.end(Err(format!("server: {}", shown(body))));
             }
             PING => {
                 cx.write(&frame::frame(PONG, &[body]));
@@ -180,9 +276,9 @@ impl Handler for Session {
     }
 
     fn on_data(&mut self, cx: &mut Ctx<'_>, input: &mut Buffer) {
-        // A MSG carries a name besides a body of up to the limit.
-        let limit = self.settings.max_frame + 1 + MAX_NAME;
-        let read = frame::drain(input, limit, |kind, body| {
+        // The server's own limit (which this client cannot know) decides what it relays; a
+        // MSG of the largest it allows still fits the codec's.
+        let read = frame::drain(input, frame::MAX_LIMIT, |kind, body| {
             if let Some(hb) = self.heartbeat.as_mut() {
                 hb.heard(cx.now());
             }
@@ -237,5 +333,62 @@ impl Handler for Session {
         if let Some(el) = cx.event_loop() {
             el.stop();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[u8], max: usize) -> Vec<Line> {
+        // A buffer smaller than the lines, so that they arrive in pieces.
+        let mut r = io::BufReader::with_capacity(4, input);
+        let mut out = Vec::new();
+        loop {
+            match read_line(&mut r, max).unwrap() {
+                Line::End => return out,
+                l => out.push(l),
+            }
+        }
+    }
+
+    fn text(s: &str) -> Line {
+        Line::Text(s.into())
+    }
+
+    #[test]
+    fn lines_end_at_lf_or_crlf_and_bad_bytes_become_replacement_characters() {
+        assert_eq!(
+            lines(b"one\r\ntwo\n\xff\xfe bad\nlast", 100),
+            [
+                text("one"),
+                text("two"),
+                text("\u{fffd}\u{fffd} bad"),
+                text("last")
+            ]
+        );
+        assert_eq!(lines(b"\n\n", 100), [text(""), text("")]);
+        assert!(lines(b"", 100).is_empty());
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_dropped_and_the_next_one_still_read() {
+        assert_eq!(
+            lines(b"12345\n123456\r\n1234567\nok", 6),
+            [text("12345"), text("123456"), Line::TooLong(7), text("ok")]
+        );
+        let long = vec![b'x'; 100_000];
+        assert_eq!(lines(&long, 10), [Line::TooLong(100_000)]);
+    }
+
+    #[test]
+    fn control_and_reordering_characters_are_shown_escaped() {
+        assert_eq!(shown(b"plain text\twith a tab"), "plain text\twith a tab");
+        assert_eq!(
+            shown(b"hi\n* welcome admin\x1b[31m"),
+            "hi\\u{a}* welcome admin\\u{1b}[31m"
+        );
+        assert_eq!(shown("a\u{202e}b\u{85}".as_bytes()), "a\\u{202e}b\\u{85}");
+        assert_eq!(shown(b"caf\xc3\xa9 \xff"), "caf\u{e9} \u{fffd}");
     }
 }

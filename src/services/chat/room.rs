@@ -70,6 +70,10 @@ pub struct Room {
     /// clone the `Arc`.
     homes: Mutex<Arc<Vec<Home>>>,
     next_guest: AtomicU64,
+    /// The most that may wait for one member (0: no limit), set by the server: a delivery
+    /// that leaves more queued tells the member's handler at once (`on_high_water`), which
+    /// drops it, rather than let a fast room pile up more before the handler looks again.
+    slow_limit: AtomicUsize,
 }
 
 impl Default for Room {
@@ -84,7 +88,13 @@ impl Room {
             id: NEXT_ROOM.fetch_add(1, Ordering::Relaxed),
             homes: Mutex::new(Arc::new(Vec::new())),
             next_guest: AtomicU64::new(1),
+            slow_limit: AtomicUsize::new(0),
         }
+    }
+
+    /// Sets the most that may wait for one member (see the field).
+    pub fn set_slow_limit(&self, bytes: usize) {
+        self.slow_limit.store(bytes, Ordering::Relaxed);
     }
 
     /// The next guest name's number.
@@ -179,8 +189,12 @@ impl Room {
     /// `on_high_water`), which changes the list.
     fn deliver(&self, el: &mut EventLoop, frame: &[u8]) {
         let members = self.with_members(|m| m.clone());
+        let limit = self.slow_limit.load(Ordering::Relaxed);
         for id in members {
             el.write_batched(id, frame);
+            if limit > 0 && el.output_len(id) > limit {
+                el.remind_high_water(id);
+            }
         }
     }
 

@@ -30,7 +30,15 @@ pub struct Chat {
 /// The handler factory: a [`Member`] per connection, all in `room`. Rebuilt at a reload with
 /// the same room and the new settings.
 pub fn factory(chat: Arc<Chat>) -> HandlerFactory {
+    chat.room.set_slow_limit(slow_limit(&chat.settings));
     Arc::new(move || Box::new(Member::new(chat.clone())))
+}
+
+/// The most that may wait for a member: the loop's high-water mark (1 MiB), or two of the
+/// largest messages when frames are that large.
+fn slow_limit(settings: &ChatSettings) -> usize {
+    let largest_msg = frame::HEADER + 2 + super::MAX_NAME + settings.max_frame;
+    (1 << 20).max(2 * largest_msg)
 }
 
 /// One connection of the chat server.
@@ -205,8 +213,9 @@ impl Handler for Member {
     /// A member that does not read would make the room buffer for it without bound: past
     /// the slow limit it is dropped, with a reset (a graceful close would wait for it to
     /// read all of it first). The loop calls this when the queue first passes its high-water
-    /// mark (1 MiB); with frames of megabytes allowed, that can be one message, so below the
-    /// limit the queue is looked at again every [`SLOW_CHECK`] until it drains.
+    /// mark (1 MiB), and the room after any delivery that leaves the queue over the limit.
+    /// With frames of megabytes allowed, the mark can be one message, so below the limit the
+    /// queue is looked at again every [`SLOW_CHECK`] until it drains.
     fn on_high_water(&mut self, cx: &mut Ctx<'_>, queued: usize) {
         if queued <= self.slow_limit() {
             cx.set_timer(SLOW_CHECK, SLOW_TIMER);
@@ -227,20 +236,19 @@ impl Handler for Member {
 }
 
 impl Member {
-    /// The most that may wait for a member: the high-water mark, or two of the largest
-    /// messages when frames are that large.
     fn slow_limit(&self) -> usize {
-        let largest_msg = frame::HEADER + 2 + super::MAX_NAME + self.chat.settings.max_frame;
-        (1 << 20).max(2 * largest_msg)
+        slow_limit(&self.chat.settings)
     }
 
     fn drop_slow(&mut self, cx: &mut Ctx<'_>, queued: usize) {
         if let Some(left_out) = SLOW.turn() {
+            let peer = cx
+                .peer_addr()
+                .map_or_else(|| "address unknown".to_string(), |a| a.to_string());
             tracing::warn!(
-                "chat: dropped {} ({:?}), which read too slowly: {queued} bytes were waiting \
+                "chat: dropped {} ({peer}), which read too slowly: {queued} bytes were waiting \
                  for it{}",
                 self.name,
-                cx.peer_addr(),
                 left_out_note(left_out)
             );
         }
