@@ -736,6 +736,48 @@ fn a_slow_steady_reader_is_not_idle_and_a_silent_pair_is_closed() {
     }
 }
 
+/// An upload into a backend that reads slowly but steadily: the client's side waits, paused,
+/// while the backend's side drains into the reader, and the kernel's buffers are large
+/// enough that the backend's socket is not reported writable within an idle period. The
+/// side whose timer comes due first looks at its partner's queue too, so the pair is not
+/// idle. (It was reset at the first idle timeout, after half a megabyte.)
+#[test]
+fn a_slow_steady_backend_reader_keeps_an_upload_alive() {
+    let backend = Backend::start(|mut s| {
+        let mut buf = [0u8; 4096];
+        let end = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < end {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    for splice in SPLICE {
+        let srv = Opts::proxy("epoll-et", &[backend.addr])
+            .arg("--threads", "1")
+            .arg("--idle-timeout", "1")
+            .flag(splice)
+            .spawn();
+        let mut c = connect(srv.tcp);
+        c.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        let chunk = vec![7u8; 64 * 1024];
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(2500) {
+            c.write_all(&chunk).unwrap_or_else(|e| {
+                panic!(
+                    "{splice}: the upload was cut off after {:?}: {e}\n{}",
+                    t.elapsed(),
+                    srv.stderr_dump()
+                )
+            });
+        }
+        let st = srv.stats();
+        assert_eq!(st.get("idle_timeouts"), 0, "{splice}: {st:?}");
+        assert_eq!(st.get("open"), 2, "{splice}: {st:?}");
+    }
+}
+
 #[test]
 fn every_model_spreads_clients_over_the_backends() {
     let a = Backend::named("a");

@@ -1207,16 +1207,28 @@ impl EventLoop {
             .map_or(0, |p| p.last_active);
         let conn = self.conn(id).expect("looked up above");
         let mut deadline = conn.last_active.max(partner_active) + u64::from(ms);
-        if now >= deadline
-            && conn.output_len() > 0
-            && !conn.write_shut
-            && conn.state != ConnState::Connecting
-        {
-            self.nudge(id);
-            let Some(conn) = self.conn(id).filter(|c| c.state != ConnState::Closing) else {
-                return; // gone, or the write failed and it is closing
-            };
-            deadline = conn.last_active.max(partner_active) + u64::from(ms);
+        if now >= deadline {
+            // Either side of a pair may hold the bytes a slow reader is taking: the side
+            // whose timer came due may be the one paused for its partner.
+            let mut nudged = false;
+            for side in std::iter::once(id).chain(partner) {
+                let stuck = self.conn(side).is_some_and(|c| {
+                    c.output_len() > 0 && !c.write_shut && c.state != ConnState::Connecting
+                });
+                if stuck {
+                    self.nudge(side);
+                    nudged = true;
+                }
+            }
+            if nudged {
+                let Some(conn) = self.conn(id).filter(|c| c.state != ConnState::Closing) else {
+                    return; // gone, or the write failed and it is closing
+                };
+                let partner_active = partner
+                    .and_then(|p| self.conn(p))
+                    .map_or(0, |p| p.last_active);
+                deadline = conn.last_active.max(partner_active) + u64::from(ms);
+            }
         }
         let conn = self.conn(id).expect("looked up above");
         if now < deadline {
