@@ -18,7 +18,7 @@ use keel::ops::config::{
 use keel::reactor::Engine;
 use keel::server::{self, AcceptStrategy, Model, ServerOptions, Service};
 use keel::services::chat::{self, client::ClientOptions, room::Room};
-use keel::services::proxy::{self, Backends};
+use keel::services::proxy::{self, Backends, SharedRound};
 use keel::services::{discard::Discard, echo::Echo, echo::UdpEcho};
 
 #[derive(Parser)]
@@ -287,15 +287,17 @@ impl ProxyArgs {
     }
 }
 
-/// The proxy's handler factory from resolved settings, or why it cannot run.
-fn proxy_factory(s: &ServerSettings) -> Result<HandlerFactory, String> {
+/// The proxy's handler factory from resolved settings, or why it cannot run. `round` is made
+/// once, before any fork, and handed to every factory, so that a reload keeps the server's
+/// processes on one round.
+fn proxy_factory(s: &ServerSettings, round: &Arc<SharedRound>) -> Result<HandlerFactory, String> {
     let model = s.model.unwrap_or_default();
     if !model.runs_handlers_on_loops() {
         return Err(config::proxy_model_message(model));
     }
     let backends = s.proxy.backends.clone().unwrap_or_default();
     let fail_timeout = s.proxy.fail_timeout.unwrap_or(config::DEFAULT_FAIL_TIMEOUT);
-    let backends = Backends::new(backends, fail_timeout)?;
+    let backends = Backends::new(backends, fail_timeout, round.clone())?;
     let timeout = s
         .proxy
         .connect_timeout
@@ -727,7 +729,16 @@ fn main() -> ExitCode {
         Command::Proxy(args) => {
             let mut cli = args.server.settings();
             cli.proxy = args.proxy_settings();
-            serve_built(&args.server, Section::Proxy, "proxy", cli, proxy_factory)
+            let round = match SharedRound::new() {
+                Ok(r) => Arc::new(r),
+                Err(e) => {
+                    eprintln!("keel: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            serve_built(&args.server, Section::Proxy, "proxy", cli, move |s| {
+                proxy_factory(s, &round)
+            })
         }
         Command::Chat(args) => {
             let mut cli = args.server.settings();

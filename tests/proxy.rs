@@ -778,6 +778,51 @@ fn a_slow_steady_backend_reader_keeps_an_upload_alive() {
     }
 }
 
+/// Under prefork each worker rebuilds its backends at a SIGHUP; the workers still take
+/// turns from the one round the server's processes share. (After a reload each had a round
+/// of its own, and clients met the same backend several times in a row.)
+#[test]
+fn prefork_workers_take_turns_from_one_round_after_a_reload() {
+    let a = Backend::named("a");
+    let b = Backend::named("b");
+    let conf = std::env::temp_dir().join(format!("keel-proxy-round-{}.toml", std::process::id()));
+    std::fs::write(
+        &conf,
+        format!("[proxy]\nbackends = [\"{}\", \"{}\"]\n", a.addr, b.addr),
+    )
+    .unwrap();
+    let srv = Opts::proxy("epoll-et", &[])
+        .arg("--config", conf.to_str().unwrap())
+        .arg("--model", "prefork")
+        .arg("--threads", "4")
+        .spawn();
+    let order = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                let mut c = connect(srv.tcp);
+                writeln!(c, "{i}").unwrap();
+                let mut line = String::new();
+                BufReader::new(&c).read_line(&mut line).unwrap();
+                line.split(' ').next().unwrap().to_string()
+            })
+            .collect()
+    };
+    let alternates = |o: &[String]| o.windows(2).all(|w| w[0] != w[1]);
+    let before = order(8);
+    assert!(alternates(&before), "before the reload: {before:?}");
+    srv.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        srv.stderr_has("configuration reloaded", Duration::from_secs(5)),
+        "{}",
+        srv.stderr_dump()
+    );
+    // Each worker reloads once its master has: give them the time.
+    thread::sleep(Duration::from_millis(500));
+    let after = order(16);
+    let _ = std::fs::remove_file(&conf);
+    assert!(alternates(&after), "after the reload: {after:?}");
+}
+
 #[test]
 fn every_model_spreads_clients_over_the_backends() {
     let a = Backend::named("a");

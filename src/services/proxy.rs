@@ -33,8 +33,9 @@
 //! (`bench/proxy`: 15.1 against 13.0 µs per 13-byte response when spliced from the start) and
 //! saves far more on a stream (185 against 388 µs per 1 MiB). `splice = false` never splices.
 
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,25 +61,66 @@ static ALL_FAILED: LogThrottle = LogThrottle::new(1);
 /// "Out of fds for a backend connection", at most once a second.
 static OUT_OF_FDS: LogThrottle = LogThrottle::new(1);
 
+/// The most backends whose failure marks the shared round holds. A longer list (a reload
+/// may bring one) gets marks of the process's own: shared by its threads, not with sibling
+/// processes.
+const SHARED_MARKS: usize = 1024;
+
+/// Where all of a proxy's processes take their turns and see which backends failed: one
+/// mapping of shared memory, made once before any fork and handed to every [`Backends`] made
+/// from it, the first and each reload's, in whichever process. Prefork workers and
+/// per-connection children so take turns from the same round (a copy of a plain counter in
+/// each would start every one at the first backend), a failure one of them saw spares the
+/// others' clients, and both stay shared after a reload a worker carries out itself.
+///
+/// Word 0 is the round's ticket counter; word 1 a fingerprint of the backend list the marks
+/// are for; then per backend (by position), the CLOCK_MONOTONIC nanosecond until which it is
+/// passed over (0: it is not).
+pub struct SharedRound {
+    words: SharedCounters,
+}
+
+impl SharedRound {
+    pub fn new() -> Result<SharedRound, String> {
+        let words =
+            SharedCounters::new(2 + SHARED_MARKS).map_err(|e| format!("shared memory: {e}"))?;
+        Ok(SharedRound { words })
+    }
+
+    /// Takes the marks for `addrs`: if they were for another list, they are cleared (they
+    /// name backends by position). The processes of a reload each do this; the first to see
+    /// the new list clears.
+    fn adopt(&self, addrs: &[SocketAddr]) {
+        let mut h = std::hash::DefaultHasher::new();
+        addrs.hash(&mut h);
+        let fingerprint = h.finish() | 1; // never 0, which no list has yet
+        if self.words.get(1).swap(fingerprint, Ordering::Relaxed) != fingerprint {
+            for i in 0..addrs.len().min(SHARED_MARKS) {
+                self.words.get(2 + i).store(0, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 /// The backends of one proxy, where the next client starts its round, and which backends
 /// are passed over for a recent failure.
 pub struct Backends {
     addrs: Vec<SocketAddr>,
-    /// One counter for the whole server, in shared memory made before any fork: prefork
-    /// workers and per-connection children take turns from the same round, where a copy of
-    /// a plain counter in each would start every child at the first backend.
-    next: SharedCounters,
-    /// Per backend, the CLOCK_MONOTONIC nanosecond until which it is passed over (0: it is
-    /// not). Shared the same way: a failure one worker saw spares the others' clients.
-    down_until: SharedCounters,
+    round: Arc<SharedRound>,
+    /// The marks of a list longer than [`SHARED_MARKS`]; `None`: they are in `round`.
+    own_marks: Option<SharedCounters>,
     fail_timeout: u64,
 }
 
 impl Backends {
-    /// An error if `addrs` is empty (a proxy needs somewhere to send its clients) or the
-    /// shared counters cannot be mapped. A backend that fails is passed over for
-    /// `fail_timeout` (zero: never).
-    pub fn new(addrs: Vec<SocketAddr>, fail_timeout: Duration) -> Result<Backends, String> {
+    /// An error if `addrs` is empty (a proxy needs somewhere to send its clients) or its
+    /// marks cannot be mapped. A backend that fails is passed over for `fail_timeout` (zero:
+    /// never). The turns and the marks are `round`'s.
+    pub fn new(
+        addrs: Vec<SocketAddr>,
+        fail_timeout: Duration,
+        round: Arc<SharedRound>,
+    ) -> Result<Backends, String> {
         if addrs.is_empty() {
             return Err(
                 "the proxy needs at least one backend: --backend IP:PORT, or \
@@ -86,24 +128,37 @@ impl Backends {
                     .to_string(),
             );
         }
-        let shared = |n| SharedCounters::new(n).map_err(|e| format!("shared memory: {e}"));
+        let own_marks = if addrs.len() > SHARED_MARKS {
+            Some(SharedCounters::new(addrs.len()).map_err(|e| format!("shared memory: {e}"))?)
+        } else {
+            round.adopt(&addrs);
+            None
+        };
         Ok(Backends {
-            next: shared(1)?,
-            down_until: shared(addrs.len())?,
             addrs,
+            round,
+            own_marks,
             fail_timeout: u64::try_from(fail_timeout.as_nanos()).unwrap_or(u64::MAX),
         })
     }
 
     /// The next client's turn: one atomic add per client.
     fn ticket(&self) -> u64 {
-        self.next.get(0).fetch_add(1, Ordering::Relaxed)
+        self.round.words.get(0).fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Backend `i`'s mark: until when it is passed over.
+    fn down_until(&self, i: usize) -> &AtomicU64 {
+        match &self.own_marks {
+            Some(own) => own.get(i),
+            None => self.round.words.get(2 + i),
+        }
     }
 
     /// Whether backend `i` is passed over now. `now` is read once per choice, and only if
     /// some backend is marked at all: a healthy round costs loads, no clock.
     fn is_down(&self, i: usize, now: &mut Option<u64>) -> bool {
-        let until = self.down_until.get(i).load(Ordering::Relaxed);
+        let until = self.down_until(i).load(Ordering::Relaxed);
         until != 0 && *now.get_or_insert_with(monotonic_ns) < until
     }
 
@@ -114,13 +169,13 @@ impl Backends {
         }
         let now = monotonic_ns();
         let until = now.saturating_add(self.fail_timeout);
-        self.down_until.get(i).swap(until, Ordering::Relaxed) <= now
+        self.down_until(i).swap(until, Ordering::Relaxed) <= now
     }
 
     /// Backend `i` answered: it is no longer passed over (a store only if it was marked,
     /// so that the healthy path writes no shared line).
     fn answered(&self, i: usize) {
-        let slot = self.down_until.get(i);
+        let slot = self.down_until(i);
         if slot.load(Ordering::Relaxed) != 0 {
             slot.store(0, Ordering::Relaxed);
         }
@@ -162,7 +217,7 @@ impl Backends {
     /// keep passing it over) goes to see whether it is back, as nginx lets one request
     /// through per `fail_timeout`. Its answer clears the mark; another failure renews it.
     fn claim(&self, i: usize, now: &mut Option<u64>) -> bool {
-        let slot = self.down_until.get(i);
+        let slot = self.down_until(i);
         let until = slot.load(Ordering::Relaxed);
         if until == 0 {
             return true;
@@ -520,7 +575,7 @@ mod tests {
         let addrs = (0..n)
             .map(|i| SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)))
             .collect();
-        Backends::new(addrs, fail_timeout).unwrap()
+        Backends::new(addrs, fail_timeout, Arc::new(SharedRound::new().unwrap())).unwrap()
     }
 
     /// The backends a client with `ticket` tries, in order, if every one fails.
@@ -576,6 +631,29 @@ mod tests {
         let never = backends(2, Duration::ZERO);
         assert!(!never.failed(0));
         assert_eq!(attempts(&never, 0), [0, 1]);
+    }
+
+    /// Backends made again from the same round (a reload) keep its turns, and its marks
+    /// while the list is the same; a different list starts with none (they were by position).
+    #[test]
+    fn a_reload_keeps_the_round_and_a_new_list_clears_its_marks() {
+        let round = Arc::new(SharedRound::new().unwrap());
+        let list = |ports: &[u16]| -> Vec<SocketAddr> {
+            ports
+                .iter()
+                .map(|&p| SocketAddr::from(([127, 0, 0, 1], p)))
+                .collect()
+        };
+        let ten = Duration::from_secs(10);
+        let first = Backends::new(list(&[1, 2]), ten, round.clone()).unwrap();
+        assert_eq!((first.ticket(), first.ticket()), (0, 1));
+        assert!(first.failed(1));
+        let same = Backends::new(list(&[1, 2]), ten, round.clone()).unwrap();
+        assert!(same.is_down(1, &mut None));
+        assert_eq!(same.ticket(), 2);
+        let other = Backends::new(list(&[3, 2]), ten, round.clone()).unwrap();
+        assert!(!other.is_down(1, &mut None) && !first.is_down(1, &mut None));
+        assert_eq!(other.ticket(), 3);
     }
 
     #[test]
