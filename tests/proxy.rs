@@ -851,6 +851,15 @@ fn every_model_spreads_clients_over_the_backends() {
                 "{model}: {seen:?}"
             );
         }
+        // Each pair is two connections, whichever process served it.
+        let (st, done) = srv.stats_until(Duration::from_secs(5), |s| s.get("open") == 0);
+        assert!(done, "{model}: {}", st.line);
+        assert_eq!(
+            (st.get("accepted"), st.get("connects"), st.get("closed")),
+            (12, 12, 24),
+            "{model}: {}",
+            st.line
+        );
     }
 }
 

@@ -155,7 +155,6 @@ pub(super) struct Children {
     pub(super) board: Arc<Board>,
     /// What reaped children had published (shared with the admin pages).
     finished: Arc<Mutex<LoopStats>>,
-    reaped: u64,
     /// How long a child has to drain its connections when told to stop.
     pub(super) drain: Duration,
     pub(super) stopping: bool,
@@ -173,7 +172,6 @@ impl Children {
             pids: vec![None; slots],
             board: Arc::new(Board::new(slots, opts.engine)?),
             finished: Arc::new(Mutex::new(LoopStats::new(opts.engine))),
-            reaped: 0,
             drain: opts.drain_timeout,
             stopping: false,
             what,
@@ -200,11 +198,6 @@ impl Children {
         self.pids[slot] = Some(pid);
     }
 
-    /// How many children have been reaped.
-    pub(super) fn reaped(&self) -> u64 {
-        self.reaped
-    }
-
     /// Reaps one ended child of this table (`waitpid(-1, WNOHANG)`, passing over processes
     /// some handler started), retiring its slot; None once none is left to reap.
     pub(super) fn reap_next(&mut self) -> Option<(usize, Pid, Exit)> {
@@ -221,7 +214,6 @@ impl Children {
         let s = self.board.retire(slot);
         lock(&self.finished).add(&s);
         self.pids[slot] = None;
-        self.reaped += 1;
     }
 
     /// Sends `sig` to every live child; returns how many there are.

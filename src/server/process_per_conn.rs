@@ -19,11 +19,11 @@
 //!   killing any still running after the drain timeout plus a second.
 //! - **Counters**: the master counts `accepted`, `refused_limit` and `refused_spawn` (a fork
 //!   that failed; the connection is refused as one over the cap is) (and UDP `datagrams`, which
-//!   it serves itself on its control loop); `open` is the number of live children and `closed`
-//!   the number reaped. Each child publishes its loop counters (bytes, wakeups, timeouts) into
-//!   its slot of a shared-memory board every 100 ms, on SIGUSR2 and at exit, and the master
-//!   adds them in: SIGUSR2 is passed to the children and the `stats` line waits (up to a
-//!   second) for their answers.
+//!   it serves itself on its control loop). Each child publishes its loop counters (`open`,
+//!   `closed`, `connects` for a proxy's backend, bytes, wakeups, timeouts) into its slot of a
+//!   shared-memory board every 100 ms while they change, on SIGUSR2 and at exit, and the
+//!   master adds them in: SIGUSR2 is passed to the children and the `stats` line waits (up to
+//!   a second) for their answers. What a child that ended still had open counts as closed.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -77,11 +77,11 @@ impl forking::Master for Master {
         }
     }
 
+    /// The children's own counts of what they opened and closed (a proxy's child has two
+    /// connections, its client's and its backend's), not one per child: a child that ended
+    /// had its open connections counted closed (`Board::retire`).
     fn total(&self, own: &LoopStats) -> LoopStats {
-        let mut total = self.children.total(own);
-        total.open = self.children.live().count() as u64;
-        total.closed = self.children.reaped();
-        total
+        self.children.total(own)
     }
 }
 
