@@ -41,6 +41,7 @@ use std::time::Duration;
 
 use crate::net::log_throttle::{left_out_note, LogThrottle};
 use crate::net::{Buffer, CloseReason, ConnId, Ctx, Handler, HandlerFactory};
+use crate::reactor::poller::Unwatchable;
 use crate::sys::process::{monotonic_ns, SharedCounters};
 
 /// `Upstream` pokes its client with these tags (`EventLoop::poke`).
@@ -327,6 +328,18 @@ impl Client {
                         tracing::warn!(
                             "out of file descriptors: a client was closed without a backend \
                              connection{}",
+                            left_out_note(left_out)
+                        );
+                    }
+                    self.upstream = None;
+                    cx.close();
+                    return;
+                }
+                Err(e) if Unwatchable::is(&e) => {
+                    // The engine's limit (select's FD_SETSIZE), not the backend's: the same.
+                    if let Some(left_out) = OUT_OF_FDS.turn() {
+                        tracing::warn!(
+                            "a client was closed without a backend connection: {e}{}",
                             left_out_note(left_out)
                         );
                     }

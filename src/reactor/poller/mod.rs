@@ -21,6 +21,30 @@ pub use self::select::SelectPoller;
 pub use self::uring::{Got, Received, RecvKey, UringPoller};
 use crate::reactor::event::{Event, Interest, Token, Trigger};
 
+/// Why an engine refused to watch an fd it cannot represent (`select` at `FD_SETSIZE`): a
+/// limit of this process's engine, not a fault of the socket or its peer.
+#[derive(Debug)]
+pub struct Unwatchable(pub String);
+
+impl fmt::Display for Unwatchable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unwatchable {}
+
+impl Unwatchable {
+    pub fn error(why: String) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidInput, Unwatchable(why))
+    }
+
+    /// Whether `e` is such a refusal (see the type).
+    pub fn is(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<Unwatchable>())
+    }
+}
+
 /// The readiness engine a loop runs on.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
 pub enum Engine {

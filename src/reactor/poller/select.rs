@@ -80,13 +80,10 @@ impl SelectPoller {
             ));
         }
         if !select_poll::fits_fd_set(fd) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "select engine cannot watch fd {fd}: select(2) is limited to fds below \
-                     FD_SETSIZE ({FD_SETSIZE}); use --engine poll or epoll-lt/epoll-et"
-                ),
-            ));
+            return Err(super::Unwatchable::error(format!(
+                "select engine cannot watch fd {fd}: select(2) is limited to fds below \
+                 FD_SETSIZE ({FD_SETSIZE}); use --engine poll or epoll-lt/epoll-et"
+            )));
         }
         let idx = fd as usize;
         if self.slots.len() <= idx {
@@ -498,6 +495,11 @@ mod tests {
             .register(high_fd, Token(2), Interest::READABLE)
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        // Told apart from a socket's own errors (a proxy does not blame its backend for it).
+        assert!(super::super::Unwatchable::is(&err));
+        assert!(!super::super::Unwatchable::is(
+            &io::Error::from_raw_os_error(libc::EINVAL)
+        ));
         let msg = err.to_string();
         assert!(msg.contains(&format!("fd {high_fd}")), "{msg}");
         assert!(msg.contains("FD_SETSIZE (1024)"), "{msg}");
