@@ -116,6 +116,15 @@ fn bad_arguments_exit_2() {
             "--work-ms",
             "5",
         ][..],
+        // A proxy that would relay to itself, or to a port nothing can listen on.
+        &[
+            "proxy",
+            "--listen",
+            "127.0.0.1:7101",
+            "--backend",
+            "127.0.0.1:7101",
+        ][..],
+        &["proxy", "--backend", "127.0.0.1:0"][..],
         // A model the engine cannot run (one epoll instance shared by threads).
         &["echo", "--model", "leader-followers", "--engine", "poll"][..],
         // The admin listener on the site's own port.

@@ -571,6 +571,28 @@ fn check_config_reports_bad_proxy_keys_on_their_lines() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // A backend that is the proxy itself (a relay loop until the fds run out), or on port 0.
+    for (text, said) in [
+        (
+            "[proxy]\nlisten = \"0.0.0.0:7100\"\nbackends = [\"127.0.0.1:7100\"]\n",
+            ":3: key `proxy.backends`: backend 127.0.0.1:7100 is the proxy's own listen",
+        ),
+        (
+            "[proxy]\nbackends = [\"127.0.0.1:1\", \"127.0.0.1:0\"]\n",
+            ":2: key `proxy.backends`: backend 127.0.0.1:0: port 0 cannot be connected to",
+        ),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let out = std::process::Command::new(util::keel_bin())
+            .arg("check-config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(said), "{err}");
+    }
 }
 
 #[test]

@@ -563,6 +563,34 @@ impl ServerSettings {
                 });
             }
         }
+        for b in self.proxy.backends.iter().flatten() {
+            let loops_back = listen.port() != 0
+                && b.port() == listen.port()
+                && b.is_ipv4() == listen.is_ipv4()
+                && (b.ip() == listen.ip()
+                    || (listen.ip().is_unspecified()
+                        && (b.ip().is_loopback() || b.ip().is_unspecified())));
+            let message = if b.port() == 0 {
+                format!("backend {b}: port 0 cannot be connected to")
+            } else if loops_back {
+                format!(
+                    "backend {b} is the proxy's own listen {listen}: every client would be \
+                     relayed back to the proxy, again and again, until it ran out of fds"
+                )
+            } else {
+                continue;
+            };
+            found.push(Conflict {
+                blamed: "backends",
+                keys: if b.port() == 0 {
+                    &["backends"]
+                } else {
+                    &["backends", "listen"]
+                },
+                message,
+            });
+            break;
+        }
         if self.accept == Some(AcceptStrategy::Acceptor) && model != Model::MultiReactor {
             // Only multi-reactor hands connections from one acceptor to its loops; the other
             // models accept their own way, so the setting would be silently ignored.
