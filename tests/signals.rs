@@ -116,6 +116,13 @@ fn sigint(engine: &str) {
 }
 per_engine!(sigint);
 
+/// nginx's graceful stop: the same as SIGTERM here (its default action was a core dump, with
+/// every connection cut).
+#[test]
+fn sigquit_drains_as_sigterm_does() {
+    drains_on("epoll-et", Signal::SIGQUIT)
+}
+
 /// Starts `opts`, sends one byte so that a handler falls asleep in its read (`--work-ms`),
 /// then SIGTERM: the server, the client's connection (kept open) and when the signal went.
 fn stop_while_a_handler_sleeps(opts: Opts) -> (Server, TcpStream, Instant) {

@@ -273,12 +273,13 @@ impl Fleet {
     }
 }
 
-/// The signals every model's control loop takes as events: stop (INT, TERM), report (USR2),
-/// reload (HUP), reopen log files (USR1, for logrotate). Models with child processes add
-/// SIGCHLD.
-pub const SERVER_SIGNALS: [Signal; 5] = [
+/// The signals every model's control loop takes as events: stop (INT, TERM, and QUIT, which
+/// is nginx's graceful stop and would otherwise dump core), report (USR2), reload (HUP),
+/// reopen log files (USR1, for logrotate). Models with child processes add SIGCHLD.
+pub const SERVER_SIGNALS: [Signal; 6] = [
     Signal::SIGINT,
     Signal::SIGTERM,
+    Signal::SIGQUIT,
     Signal::SIGUSR2,
     Signal::SIGHUP,
     Signal::SIGUSR1,
