@@ -197,8 +197,9 @@ impl Poller {
     /// process has forked (prefork workers, process-per-connection children) another process
     /// may hold it, and a registration left behind would be reported for ever under a token
     /// nobody owns (in level-triggered mode, a loop spinning on it), so it is deleted first.
-    /// An io_uring poll holds the file itself, so its removal is never skipped (it costs no
-    /// syscall: it rides on the next wait).
+    /// An io_uring poll holds the file itself, so its removal is never skipped, and it is
+    /// handed to the kernel before the close (one `io_uring_enter`: see
+    /// `UringPoller::deregister_before_close`).
     pub fn deregister_before_close(&mut self, fd: BorrowedFd<'_>) {
         match self {
             Poller::Epoll(p) if !crate::sys::process::fds_may_be_shared() => p.forget(),
