@@ -291,6 +291,25 @@ fn a_silent_member_is_pinged_then_dropped_and_one_that_answers_stays() {
     }
 }
 
+/// Bytes of a frame still arriving are a sign of life: a member sending one large message
+/// over a slow link, longer than the heartbeat timeout, is not dropped as silent.
+#[test]
+fn a_member_trickling_a_large_message_is_not_silent() {
+    let srv = chat("epoll-et")
+        .arg("--heartbeat", "0.3")
+        .arg("--heartbeat-timeout", "1")
+        .spawn();
+    let mut m = Member::join(srv.tcp);
+    let text = "t".repeat(1500);
+    let bytes = frame::frame(SAY, &[text.as_bytes()]);
+    // 1.5 KB in 100-byte pieces every 100 ms: 1.5 s, past the 1 s timeout.
+    for piece in bytes.chunks(100) {
+        m.s.write_all(piece).unwrap();
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(m.next_msg(), format!("{}: {text}", m.name));
+}
+
 #[test]
 fn a_member_that_does_not_read_is_dropped_and_the_others_hear_everything() {
     // A small send buffer, so that the kernel holds little of what waits for the slow member

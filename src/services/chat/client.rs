@@ -278,10 +278,11 @@ impl Handler for Session {
     fn on_data(&mut self, cx: &mut Ctx<'_>, input: &mut Buffer) {
         // The server's own limit (which this client cannot know) decides what it relays; a
         // MSG of the largest it allows still fits the codec's.
+        // Any bytes are a sign of life, a piece of a large frame too.
+        if let Some(hb) = self.heartbeat.as_mut() {
+            hb.heard(cx.now());
+        }
         let read = frame::drain(input, frame::MAX_LIMIT, |kind, body| {
-            if let Some(hb) = self.heartbeat.as_mut() {
-                hb.heard(cx.now());
-            }
             self.on_frame(cx, kind, body);
             true
         });

@@ -148,11 +148,13 @@ impl Handler for Member {
     }
 
     fn on_data(&mut self, cx: &mut Ctx<'_>, input: &mut Buffer) {
+        // Any bytes are a sign of life, a piece of a large frame too: a member sending one
+        // big message over a slow link is not silent.
+        if let Some(hb) = self.heartbeat.as_mut() {
+            hb.heard(cx.now());
+        }
         let limit = self.chat.settings.max_frame;
         let read = frame::drain(input, limit, |kind, body| {
-            if let Some(hb) = self.heartbeat.as_mut() {
-                hb.heard(cx.now());
-            }
             self.on_frame(cx, kind, body);
             !self.done && !self.paused
         });
