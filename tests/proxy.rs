@@ -899,6 +899,9 @@ fn failover_outlasts_an_idle_timeout_shorter_than_the_connect_timeout() {
     let mut line = String::new();
     BufReader::new(&c).read_line(&mut line).unwrap();
     assert_eq!(line, "live patience\n");
+    // The idle timer came due while the backend was being reached, and ended nothing.
+    let st = srv.stats();
+    assert_eq!(st.get("idle_timeouts"), 0, "{}", st.line);
 }
 
 #[test]

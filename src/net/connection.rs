@@ -1247,7 +1247,6 @@ impl EventLoop {
             self.close_with(id, CloseReason::IdleTimeout);
             return;
         }
-        self.stats.idle_timeouts += 1;
         // Re-arm so a peer that never reads our queued output is cut off a period later.
         let key = self
             .timers
@@ -1256,6 +1255,16 @@ impl EventLoop {
             conn.idle_timer = Some(key);
         }
         self.call_handler(id, |h, cx| h.on_idle_timeout(cx));
+        // Counted when it ends the connection: a handler may let the time pass (a proxy's
+        // client while its backend is being reached, which the connect timeout bounds).
+        if self.conn(id).is_none_or(|c| {
+            c.state == ConnState::Closing
+                || c.close_after_shutdown
+                || c.shutdown_after_flush
+                || c.write_shut
+        }) {
+            self.stats.idle_timeouts += 1;
+        }
     }
 
     /// Ties `a` and `b` into a relayed pair for the idle timeout: each counts as active while
