@@ -237,6 +237,36 @@ fn pingpong_against_a_server_that_only_closes_fails_saying_why() {
     );
 }
 
+/// A server that answers each message with as many bytes, but not the same ones: nothing it
+/// sends back counts as an echo, and every connection is an error.
+#[test]
+fn pingpong_counts_only_echoes_that_match_what_was_sent() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().unwrap().to_string();
+    let liar = thread::spawn(move || {
+        for c in listener.incoming().take(3) {
+            let mut c = c.unwrap();
+            let mut msg = [0u8; 64];
+            if std::io::Read::read_exact(&mut c, &mut msg).is_ok() {
+                msg.reverse();
+                let _ = std::io::Write::write_all(&mut c, &msg);
+                let mut rest = Vec::new();
+                let _ = std::io::Read::read_to_end(&mut c, &mut rest);
+            }
+        }
+    });
+    let out = pingpong_three(&addr);
+    liar.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr {stderr:?}");
+    assert!(
+        stdout.contains("messages=0 ") && stdout.contains("errors=3"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("the echo differs"), "{stderr:?}");
+}
+
 /// A server that takes the messages and never answers (discard) keeps the connections open:
 /// the load generator measured nothing and says that no echo came, not that it was closed.
 #[test]

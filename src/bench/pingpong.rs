@@ -83,14 +83,30 @@ impl Handler for PingClient {
         cx.write(&self.message);
     }
 
+    /// Counts each message once the whole of it is back, byte for byte: an echo that differs
+    /// is an error (the connection is dropped), not a message.
     fn on_data(&mut self, cx: &mut Ctx<'_>, input: &mut Buffer) {
-        self.received += input.len();
-        input.clear();
-        while self.received >= self.message.len() {
-            self.received -= self.message.len();
-            self.counters.messages.fetch_add(1, Ordering::Relaxed);
-            cx.write(&self.message);
+        let mut rest = input.as_slice();
+        while !rest.is_empty() {
+            let want = &self.message[self.received..];
+            let n = want.len().min(rest.len());
+            if rest[..n] != want[..n] {
+                self.counters
+                    .failures
+                    .failed(|| "the echo differs from what was sent".to_string());
+                input.clear();
+                cx.abort();
+                return;
+            }
+            self.received += n;
+            rest = &rest[n..];
+            if self.received == self.message.len() {
+                self.received = 0;
+                self.counters.messages.fetch_add(1, Ordering::Relaxed);
+                cx.write(&self.message);
+            }
         }
+        input.clear();
     }
 
     fn on_close(&mut self, cx: &mut Ctx<'_>, reason: CloseReason) {
