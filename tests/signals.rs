@@ -200,10 +200,54 @@ fn the_drain_deadline_counts_from_the_signal() {
                 && log.contains("stats engine="),
             "{model}: stopped after {took:?}, not cleanly\n{log}"
         );
+        // Nor early: the client keeps its end open, so the drain lasts to its deadline. (A
+        // loop that took the stop late in a long batch set it from the batch's start: 1.2 s.)
         assert!(
-            took < Duration::from_millis(2700),
+            took >= Duration::from_millis(1900) && took < Duration::from_millis(2700),
             "{model}: the stop took {took:?}"
         );
         drop(s);
+    }
+}
+
+/// A stop that reaches a loop behind other clients' reads in one batch (each blocking its
+/// handler for 400 ms) still gives the connections the whole drain from the signal: the
+/// deadline was set from the batch's start, and came early by its age (0.8 s here).
+#[test]
+fn a_stop_taken_late_in_a_long_batch_keeps_the_whole_drain() {
+    for model in ["multi-reactor", "prefork"] {
+        let srv = Opts::echo("epoll-et")
+            .arg("--model", model)
+            .arg("--threads", "1")
+            .arg("--work-ms", "400")
+            .arg("--drain-timeout", "3")
+            .arg("--linger-timeout", "30")
+            .spawn();
+        let mut clients: Vec<TcpStream> = (0..3).map(|_| connect(srv.tcp)).collect();
+        for c in &mut clients {
+            c.write_all(b"hello").unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut buf = [0u8; 5];
+            std::io::Read::read_exact(c, &mut buf).unwrap();
+        }
+        // The first keeps the loop's handler busy; the next two and the stop then wait for
+        // it, and come in one batch, the stop last.
+        clients[0].write_all(b"world").unwrap();
+        thread::sleep(Duration::from_millis(200));
+        clients[1].write_all(b"world").unwrap();
+        clients[2].write_all(b"world").unwrap();
+        thread::sleep(Duration::from_millis(50));
+        let start = Instant::now();
+        srv.signal(Signal::SIGTERM);
+        let status = srv
+            .wait_exit(Duration::from_secs(8))
+            .unwrap_or_else(|| panic!("{model}: still running 8 s after SIGTERM (drain 3 s)"));
+        let took = start.elapsed();
+        assert!(status.success(), "{model}: {status:?}");
+        assert!(
+            took >= Duration::from_millis(2900) && took < Duration::from_millis(4200),
+            "{model}: the stop took {took:?} (drain 3 s)"
+        );
+        drop(clients);
     }
 }

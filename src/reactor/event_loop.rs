@@ -533,7 +533,9 @@ impl EventLoop {
         for id in conns {
             self.drain_conn(id);
         }
-        let due = self.deadline_after(deadline.saturating_duration_since(Instant::now()));
+        // The deadline's own tick, not the time left added to this iteration's tick: inside
+        // a long batch (a handler that blocked) that tick is old, and the sum came early.
+        let due = Self::ms(deadline.saturating_duration_since(self.start)).max(self.fresh_tick());
         self.timers.insert(due, TimerEvent::DrainDeadline);
         self.run_deferred();
     }
