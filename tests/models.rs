@@ -906,3 +906,36 @@ fn idle_prefork_workers_hardly_wake() {
     // second each would be 240. (The SIGUSR2 that asks for the figures wakes each once.)
     assert!(woke < 100, "{woke} wake-ups in 3 idle seconds");
 }
+
+/// Leader/followers with every thread busy in a handler past another connection's idle
+/// deadline: that connection's request, which came well inside the timeout, is still in its
+/// socket when the next leader runs the due timers. It is served, not closed as idle (its
+/// bytes were read and dropped by the close, and the client saw a clean end, no answer).
+#[test]
+fn leader_followers_serves_a_request_that_waited_while_every_thread_was_busy() {
+    for model in ["leader-followers", "multi-reactor"] {
+        let srv = Opts::echo("epoll-et")
+            .arg("--model", model)
+            .arg("--threads", "1")
+            .arg("--idle-timeout", "1")
+            .arg("--work-ms", "600")
+            .spawn();
+        let mut a = connect(srv.tcp);
+        let mut b = connect(srv.tcp);
+        thread::sleep(Duration::from_millis(500));
+        a.write_all(b"a").unwrap();
+        thread::sleep(Duration::from_millis(50));
+        b.write_all(b"b").unwrap();
+        for (name, s, want) in [("a", &mut a, b'a'), ("b", &mut b, b'b')] {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut got = [0u8; 1];
+            let n = s.read(&mut got).unwrap_or(0);
+            assert_eq!(
+                (n, got[0]),
+                (1, want),
+                "[{model}] {name}: no echo (a close instead)\n{}",
+                srv.stderr_dump()
+            );
+        }
+    }
+}

@@ -105,7 +105,7 @@ impl Pipe {
 
 /// Whether the socket holds bytes a read would return now. A one-byte peek, not FIONREAD:
 /// at a TCP urgent mark FIONREAD counts 0 while a read (which skips the mark) returns bytes.
-fn has_unread(fd: &OwnedFd) -> bool {
+pub(crate) fn has_unread(fd: &OwnedFd) -> bool {
     let mut byte = [0u8; 1];
     rustix::net::recv(
         fd,

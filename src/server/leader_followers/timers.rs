@@ -8,6 +8,7 @@ use super::counters::bump;
 use super::shared::lock;
 use super::worker::Worker;
 use crate::net::send_timeout::{self, Verdict};
+use crate::net::splice::has_unread;
 use crate::net::{CloseReason, ConnId};
 use crate::reactor::TimerWheel;
 
@@ -148,6 +149,17 @@ impl Worker<'_> {
         if core.write_shut || core.shutdown_after_flush || core.close_after_shutdown {
             // Stuck a whole idle period after this end started closing: give up.
             core.close_with(CloseReason::IdleTimeout);
+            return;
+        }
+        // A leader runs the timers due before it takes the next event, so bytes that came
+        // while every thread was busy in a handler may still wait in the socket, unread and
+        // uncounted: the peer spoke, it is not idle. (Not while reading is paused: a peer that
+        // sends and never reads what it is sent must still time out.)
+        if !core.read_paused && core.fd.as_ref().is_some_and(has_unread) {
+            core.idle_timer = sh.replace_timer(
+                None,
+                Some((now.saturating_add(ms), TimerEvent::Idle(core.id))),
+            );
             return;
         }
         bump(&self.stats.idle_timeouts, 1);
