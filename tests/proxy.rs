@@ -518,6 +518,19 @@ fn bad_proxy_arguments_exit_2_with_the_reason() {
     assert!(err.contains("--backend"), "{err}");
 }
 
+/// `keel check-config FILE`: its exit code and what it said on stderr.
+fn check_config(file: &std::path::Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(util::keel_bin())
+        .arg("check-config")
+        .arg(file)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn check_config_reports_bad_proxy_keys_on_their_lines() {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("keel-proxy");
@@ -529,13 +542,8 @@ fn check_config_reports_bad_proxy_keys_on_their_lines() {
          [echo]\nbackends = [\"127.0.0.1:1\"]\n",
     )
     .unwrap();
-    let out = std::process::Command::new(util::keel_bin())
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, err) = check_config(&file);
+    assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains(":2: key `proxy.backends`: expected at least one backend"),
         "{err}"
@@ -560,17 +568,8 @@ fn check_config_reports_bad_proxy_keys_on_their_lines() {
          fail_timeout = 0\n",
     )
     .unwrap();
-    let out = std::process::Command::new(util::keel_bin())
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, err) = check_config(&file);
+    assert_eq!(code, Some(0), "{err}");
 
     // A backend that is the proxy itself (a relay loop until the fds run out), or on port 0.
     for (text, said) in [
@@ -584,13 +583,8 @@ fn check_config_reports_bad_proxy_keys_on_their_lines() {
         ),
     ] {
         std::fs::write(&file, text).unwrap();
-        let out = std::process::Command::new(util::keel_bin())
-            .arg("check-config")
-            .arg(&file)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{err}");
+        let (code, err) = check_config(&file);
+        assert_eq!(code, Some(1), "{err}");
         assert!(err.contains(said), "{err}");
     }
 }
