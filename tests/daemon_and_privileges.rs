@@ -188,7 +188,30 @@ fn daemon_detaches_under_every_model() {
             text.contains("server starting") && text.contains("SIGHUP"),
             "[{model}] the daemon does not log to its file:\n{text}"
         );
+        // Its stderr is /dev/null: the `stats` lines (SIGUSR2's, the final one) go to the
+        // log too.
+        let stats_lines = || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .matches("stats engine=")
+                .count()
+        };
+        kill(Pid::from_raw(d.pid), Signal::SIGUSR2).unwrap();
+        let start = Instant::now();
+        while stats_lines() < 1 && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            stats_lines(),
+            1,
+            "[{model}] SIGUSR2's stats line is not in the log"
+        );
         stop_daemon(d.pid, model);
+        assert_eq!(
+            stats_lines(),
+            2,
+            "[{model}] the final stats line is not in the log"
+        );
         assert!(
             !pid_file.exists(),
             "[{model}] the daemon removed its pid file"

@@ -302,7 +302,7 @@ pub fn block_server_signals() -> io::Result<()> {
 /// configuration, SIGUSR1 reopens log files. Call before spawning threads.
 pub fn install_signals(el: &mut EventLoop, fleet: Arc<Fleet>, drain: Duration) -> io::Result<()> {
     el.add_signals(&SERVER_SIGNALS, move |el, sig| match sig {
-        Signal::SIGUSR2 => crate::ops::stderr::say(&fleet.total(el.stats()).to_string()),
+        Signal::SIGUSR2 => super::report_stats(&fleet.total(el.stats())),
         Signal::SIGHUP => {
             super::reload::reload();
         }
@@ -361,5 +361,5 @@ pub fn serve_admin(
 /// After the control loop returned: waits for the worker loops, prints the final totals.
 pub fn finish(el: &EventLoop, fleet: &Fleet) {
     fleet.join();
-    crate::ops::stderr::say(&fleet.total(el.stats()).to_string());
+    super::report_stats(&fleet.total(el.stats()));
 }

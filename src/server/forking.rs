@@ -319,7 +319,7 @@ pub(super) fn run<M: Master>(
     // Normally every child has been reaped by now; make sure (the loop may have given up).
     let mut mm = m.borrow_mut();
     mm.children_mut().kill_all();
-    crate::ops::stderr::say(&mm.total(control.stats()).to_string());
+    super::report_stats(&mm.total(control.stats()));
     Ok(())
 }
 
@@ -365,7 +365,7 @@ fn report<M: Master>(el: &mut EventLoop, m: &Shared<M>) {
         el,
         board,
         asked,
-        Box::new(move |el| crate::ops::stderr::say(&m.borrow().total(el.stats()).to_string())),
+        Box::new(move |el| super::report_stats(&m.borrow().total(el.stats()))),
     );
 }
 

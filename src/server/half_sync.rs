@@ -110,7 +110,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     stop_workers(&hub, workers);
     close_leftovers(&hub);
     result?;
-    crate::ops::stderr::say(&stats.to_string());
+    super::report_stats(&stats);
     Ok(())
 }
 
@@ -216,7 +216,7 @@ fn close_handler(
 
 fn install_signals(el: &mut EventLoop, hub: Arc<Hub>, drain: Duration) -> io::Result<()> {
     el.add_signals(&super::control::SERVER_SIGNALS, move |el, sig| match sig {
-        Signal::SIGUSR2 => crate::ops::stderr::say(&el.stats().to_string()),
+        Signal::SIGUSR2 => super::report_stats(el.stats()),
         Signal::SIGHUP => {
             super::reload::reload();
         }

@@ -436,6 +436,16 @@ pub(crate) fn forget_waiting_command() {
     drop(waiting_command().take());
 }
 
+/// Writes a `stats` line (SIGUSR2's, the final one) where it can be read: on stderr, where
+/// scripts parse it, and under `--daemon`, whose stderr is /dev/null, in the log too.
+pub(crate) fn report_stats(stats: &crate::reactor::LoopStats) {
+    let line = stats.to_string();
+    crate::ops::stderr::say(&line);
+    if daemonized() {
+        tracing::info!("{line}");
+    }
+}
+
 /// Whether this process detached (`--daemon`): its stderr is `/dev/null` since, so a fatal
 /// error must go to the log to be seen.
 pub fn daemonized() -> bool {

@@ -88,7 +88,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
         let sh = sh.clone();
         let udp_token = udp_token.clone();
         control.add_signals(&super::control::SERVER_SIGNALS, move |el, sig| match sig {
-            Signal::SIGUSR2 => crate::ops::stderr::say(&sh.total(el.stats()).to_string()),
+            Signal::SIGUSR2 => super::report_stats(&sh.total(el.stats())),
             Signal::SIGHUP => {
                 super::reload::reload();
             }
@@ -135,7 +135,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     for t in threads {
         let _ = t.join();
     }
-    crate::ops::stderr::say(&sh.total(control.stats()).to_string());
+    super::report_stats(&sh.total(control.stats()));
     res
 }
 
