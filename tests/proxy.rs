@@ -759,9 +759,11 @@ fn a_slow_steady_reader_is_not_idle_and_a_silent_pair_is_closed() {
 /// idle. (It was reset at the first idle timeout, after half a megabyte.)
 #[test]
 fn a_slow_steady_backend_reader_keeps_an_upload_alive() {
+    // 16 KiB every 20 ms (800 KB/s), until the client's end (30 s at most): slow enough that
+    // the kernel's buffers toward it hold more than an idle period's worth.
     let backend = Backend::start(|mut s| {
-        let mut buf = [0u8; 4096];
-        let end = Instant::now() + Duration::from_secs(8);
+        let mut buf = [0u8; 16 * 1024];
+        let end = Instant::now() + Duration::from_secs(30);
         while Instant::now() < end {
             match s.read(&mut buf) {
                 Ok(0) | Err(_) => break,
