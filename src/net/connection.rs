@@ -211,6 +211,11 @@ impl Conn {
         self.output.len() as usize
     }
 
+    /// This end has started closing: our FIN is out, or asked for once the output drains.
+    fn is_ending(&self) -> bool {
+        self.write_shut || self.shutdown_after_flush || self.close_after_shutdown
+    }
+
     /// Whether more output may be queued: not once our FIN is out or asked for, nor while
     /// the connection is closing.
     pub(crate) fn takes_output(&self) -> bool {
@@ -1241,7 +1246,7 @@ impl EventLoop {
         if conn.linger_timer.is_some() {
             return; // a close is under way; its linger timer decides the end
         }
-        if conn.write_shut || conn.shutdown_after_flush || conn.close_after_shutdown {
+        if conn.is_ending() {
             // Still stuck a whole idle period after this end started closing (the peer reads
             // nothing, or never sends its FIN after ours): give up. Counted once, below.
             self.close_with(id, CloseReason::IdleTimeout);
@@ -1257,12 +1262,10 @@ impl EventLoop {
         self.call_handler(id, |h, cx| h.on_idle_timeout(cx));
         // Counted when it ends the connection: a handler may let the time pass (a proxy's
         // client while its backend is being reached, which the connect timeout bounds).
-        if self.conn(id).is_none_or(|c| {
-            c.state == ConnState::Closing
-                || c.close_after_shutdown
-                || c.shutdown_after_flush
-                || c.write_shut
-        }) {
+        if self
+            .conn(id)
+            .is_none_or(|c| c.state == ConnState::Closing || c.is_ending())
+        {
             self.stats.idle_timeouts += 1;
         }
     }
