@@ -519,6 +519,7 @@ fn serve_built(
     section: Section,
     name: &'static str,
     cli: ServerSettings,
+    refusal_note: Option<Arc<[u8]>>,
     build: impl Fn(&ServerSettings) -> Result<HandlerFactory, String> + Send + Sync + 'static,
 ) -> std::io::Result<()> {
     let (settings, opts) = resolve_cli_or_exit(args, section, cli.clone());
@@ -534,6 +535,7 @@ fn serve_built(
             factory,
             udp: None,
             reload: reloader(args.config.clone(), section, cli, false, build),
+            refusal_note,
         },
     )
 }
@@ -656,6 +658,8 @@ fn main() -> ExitCode {
                         false,
                         build,
                     ),
+                    // A byte stream: anything said would read as echoed bytes.
+                    refusal_note: None,
                 },
             )
         }
@@ -679,6 +683,7 @@ fn main() -> ExitCode {
                         false,
                         build,
                     ),
+                    refusal_note: None,
                 },
             )
         }
@@ -721,6 +726,7 @@ fn main() -> ExitCode {
                             true,
                             build,
                         ),
+                        refusal_note: Some(keel::http::response::refusal_note().into()),
                     },
                 ),
                 Err(e) => Err(std::io::Error::other(e)),
@@ -736,7 +742,8 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            serve_built(&args.server, Section::Proxy, "proxy", cli, move |s| {
+            // Relayed bytes are the backend's: the proxy has no words of its own to add.
+            serve_built(&args.server, Section::Proxy, "proxy", cli, None, move |s| {
                 proxy_factory(s, &round)
             })
         }
@@ -745,9 +752,15 @@ fn main() -> ExitCode {
             cli.chat = args.chat.settings();
             // Made once: a reload's new factory takes the same room.
             let room = Arc::new(Room::new());
-            serve_built(&args.server, Section::Chat, "chat", cli, move |s| {
-                chat_factory(s, &room)
-            })
+            let full = chat::refusal_note();
+            serve_built(
+                &args.server,
+                Section::Chat,
+                "chat",
+                cli,
+                Some(full),
+                move |s| chat_factory(s, &room),
+            )
         }
         Command::ChatClient(args) => {
             let settings = args.chat.settings().resolve();

@@ -164,6 +164,24 @@ fn every_member_on_every_loop_hears_every_message_in_each_speakers_order() {
     }
 }
 
+/// A client the server refuses (over `--max-conns`) is told why in an ERROR frame, then
+/// closed; it was a bare close. The member inside hears nothing of it.
+#[test]
+fn a_member_refused_at_the_limit_is_told_why() {
+    let srv = chat("epoll-et").arg("--max-conns", "1").spawn();
+    let mut inside = Member::join(srv.tcp);
+    let mut refused = Member {
+        s: connect(srv.tcp),
+        pending: Vec::new(),
+        name: String::new(),
+    };
+    let why = refused.expect_error_then_end();
+    assert!(why.contains("full"), "{why:?}");
+    inside.say("still here");
+    assert_eq!(inside.next_msg(), format!("{}: still here", inside.name));
+    assert!(srv.stats().get("refused_limit") >= 1, "{:?}", srv.stats());
+}
+
 #[test]
 fn two_frames_in_one_write_are_two_messages() {
     let srv = chat("epoll-et").spawn();

@@ -13,14 +13,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use util::{keel_bin, wait_served, Opts, Probe, MODELS};
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("keel-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use util::{keel_bin, temp_dir, wait_served, Opts, Probe, MODELS};
 
 /// Dropping privileges needs root: says so and false otherwise (the test is then skipped).
 fn running_as_root() -> bool {

@@ -3,19 +3,11 @@
 
 mod util;
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use util::{assert_serves, keel_bin, Opts};
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("keel-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use util::{assert_serves, keel_bin, temp_dir, Opts};
 
 /// Runs a keel that is expected to refuse to start: its exit status and stderr (10 s bound).
 fn run_refused(args: &[&str]) -> (Option<i32>, String) {

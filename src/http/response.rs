@@ -92,8 +92,7 @@ pub fn push_error(
 ) -> u64 {
     push_status(out, status);
     let text = status_text(status);
-    let body_len =
-        ERROR_PREFIX.len() + 2 * (4 + text.len()) + ERROR_MIDDLE.len() + ERROR_SUFFIX.len();
+    let body_len = error_body_len(text);
     out.extend_from_slice(b"Content-Type: text/html; charset=utf-8\r\n");
     push_content_length(out, body_len as u64);
     if status == 405 {
@@ -101,16 +100,46 @@ pub fn push_error(
     }
     push_end(out, persistence);
     if !head_only {
-        let start = out.len();
-        out.extend_from_slice(ERROR_PREFIX);
-        push_status_words(out, status, text);
-        out.extend_from_slice(ERROR_MIDDLE);
-        push_status_words(out, status, text);
-        out.extend_from_slice(ERROR_SUFFIX);
-        debug_assert_eq!(out.len() - start, body_len);
+        push_error_body(out, status, text);
         return body_len as u64;
     }
     0
+}
+
+/// What a client the server refuses (over `--max-conns`, out of fds) reads before the close
+/// ([`crate::reactor::LoopConfig::refusal_note`]): a 503 with `Retry-After`, so a browser or
+/// a script sees why instead of an empty reply. It is sent before any request is read (a
+/// server may answer at any time; this answer also closes), and made once, so it carries no
+/// Date: an origin server may leave Date out of a 5xx response (RFC 9110 6.6.1).
+pub fn refusal_note() -> Vec<u8> {
+    let status = 503;
+    let text = status_text(status);
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"HTTP/1.1 503 ");
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(SERVER);
+    out.extend_from_slice(b"Content-Type: text/html; charset=utf-8\r\n");
+    push_content_length(&mut out, error_body_len(text) as u64);
+    out.extend_from_slice(b"Retry-After: 1\r\n");
+    push_end(&mut out, Persistence::Close);
+    push_error_body(&mut out, status, text);
+    out
+}
+
+fn error_body_len(text: &str) -> usize {
+    ERROR_PREFIX.len() + 2 * (4 + text.len()) + ERROR_MIDDLE.len() + ERROR_SUFFIX.len()
+}
+
+/// The short HTML page of [`push_error`], [`error_body_len`] bytes.
+fn push_error_body(out: &mut Vec<u8>, status: u16, text: &str) {
+    let start = out.len();
+    out.extend_from_slice(ERROR_PREFIX);
+    push_status_words(out, status, text);
+    out.extend_from_slice(ERROR_MIDDLE);
+    push_status_words(out, status, text);
+    out.extend_from_slice(ERROR_SUFFIX);
+    debug_assert_eq!(out.len() - start, error_body_len(text));
 }
 
 const ERROR_PREFIX: &[u8] = b"<!doctype html>\n<html><head><title>";

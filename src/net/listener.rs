@@ -310,14 +310,25 @@ pub(crate) struct Listener {
 /// Closes a connection the server refuses (over a limit, out of fds) so the client sees a
 /// clean close: what it already sent is read and dropped first, since closing a socket with
 /// unread bytes sends RST instead of FIN (and a client that wrote before reading would get
-/// ECONNRESET rather than EOF). Bounded: at most 64 KiB, never waiting.
-pub fn close_refused(fd: OwnedFd) {
+/// ECONNRESET rather than EOF). Bounded: at most 64 KiB, never waiting. `note` (the
+/// service's refusal, [`LoopConfig::refusal_note`](crate::reactor::LoopConfig)) is sent
+/// first if the socket takes it at once; a refusal never waits for a client.
+pub fn close_refused(fd: OwnedFd, note: Option<&[u8]>) {
     let mut scratch = [0u8; 4096];
     for _ in 0..16 {
         match rustix::net::recv(&fd, &mut scratch, rustix::net::RecvFlags::DONTWAIT) {
             Ok((n, _)) if n == scratch.len() => continue,
             _ => break,
         }
+    }
+    if let Some(note) = note {
+        // A fresh socket's buffer takes a short note whole; a partial or failed send is
+        // left as it is (the client then sees a cut note or none, and the close).
+        let _ = rustix::net::send(
+            &fd,
+            note,
+            rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
+        );
     }
     drop(fd);
 }
@@ -330,14 +341,18 @@ const MAX_QUEUED: usize = 65_536;
 /// refusals exist to protect.
 const MAX_REFUSING: usize = 256;
 
-/// The handler of a refused connection: it closes at once, gracefully, and counts itself out
-/// of `refusing` when it is gone.
+/// The handler of a refused connection: it says the service's refusal note, if any, and
+/// closes at once, gracefully; it counts itself out of `refusing` when it is gone.
 struct Refused {
     refusing: Arc<AtomicUsize>,
+    note: Option<Arc<[u8]>>,
 }
 
 impl Handler for Refused {
     fn on_connect(&mut self, cx: &mut crate::net::handler::Ctx<'_>) {
+        if let Some(note) = &self.note {
+            cx.write(note);
+        }
         cx.close();
     }
 
@@ -354,13 +369,17 @@ impl Drop for Refused {
 }
 
 /// The handler that refuses a connection over a limit with a close the client sees as clean,
-/// whenever its bytes arrive: the connection is closed as a served one is, FIN first, then
-/// what comes in is read and dropped until the client's FIN (or the linger timeout), and only
-/// then is the socket closed. [`close_refused`] drains only what has already arrived, so a
-/// request that lands a moment after it finds the socket closed and draws a reset. None when
-/// `refusing` (those still closing) is at its bound: the caller then uses `close_refused`.
-/// Not for a refusal for want of fds: that one has none to linger with.
-pub(crate) fn refusal(refusing: &Arc<AtomicUsize>) -> Option<Box<dyn Handler>> {
+/// whenever its bytes arrive: `note` is queued, the connection is closed as a served one is
+/// (what is queued, then FIN), then what comes in is read and dropped until the client's FIN
+/// (or the linger timeout), and only then is the socket closed. [`close_refused`] drains only
+/// what has already arrived, so a request that lands a moment after it finds the socket
+/// closed and draws a reset. None when `refusing` (those still closing) is at its bound: the
+/// caller then uses `close_refused`. Not for a refusal for want of fds: that one has none to
+/// linger with.
+pub(crate) fn refusal(
+    refusing: &Arc<AtomicUsize>,
+    note: Option<&Arc<[u8]>>,
+) -> Option<Box<dyn Handler>> {
     refusing
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
             (n < MAX_REFUSING).then_some(n + 1)
@@ -368,6 +387,7 @@ pub(crate) fn refusal(refusing: &Arc<AtomicUsize>) -> Option<Box<dyn Handler>> {
         .ok()?;
     Some(Box::new(Refused {
         refusing: refusing.clone(),
+        note: note.cloned(),
     }))
 }
 
@@ -377,8 +397,8 @@ impl EventLoop {
     /// for it: closed at the loop's end, its client may see a reset instead of the FIN it
     /// already has.
     pub fn refuse(&mut self, fd: OwnedFd) {
-        let Some(handler) = refusal(&self.refusing) else {
-            close_refused(fd);
+        let Some(handler) = refusal(&self.refusing, self.cfg.refusal_note.as_ref()) else {
+            close_refused(fd, self.cfg.refusal_note.as_deref());
             return;
         };
         // `adopt` counts it open and calls `on_connect`, which starts its close; the
@@ -756,7 +776,7 @@ impl EventLoop {
         let refusal = match accepted {
             // Closed at once: the client sees a clean close instead of a hang.
             Ok(fd) => {
-                close_refused(fd);
+                close_refused(fd, self.cfg.refusal_note.as_deref());
                 Refusal::Refused
             }
             Err(rustix::io::Errno::AGAIN) => Refusal::QueueEmpty,
@@ -805,7 +825,7 @@ mod tests {
             // The bytes are in the server's receive queue before it refuses.
             std::thread::sleep(Duration::from_millis(50));
             if drain {
-                close_refused(OwnedFd::from(server));
+                close_refused(OwnedFd::from(server), None);
             } else {
                 drop(server);
             }

@@ -67,6 +67,10 @@ pub struct LoopConfig {
     /// Initial size of a pooled connection buffer, and how many the pool keeps.
     pub buffer_size: usize,
     pub pooled_buffers: usize,
+    /// What a refused client is told before the close (over `--max-conns`, out of fds): the
+    /// service's own words (an HTTP 503, a chat ERROR frame), so the client sees why instead of
+    /// a bare close. None for byte-stream services with no room for a message (echo, proxy).
+    pub refusal_note: Option<Arc<[u8]>>,
 }
 
 impl Default for LoopConfig {
@@ -83,6 +87,7 @@ impl Default for LoopConfig {
             keepalive: None,
             buffer_size: 4096,
             pooled_buffers: 1024,
+            refusal_note: None,
         }
     }
 }

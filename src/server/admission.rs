@@ -85,7 +85,7 @@ impl Admission {
         let waiting = std::mem::take(&mut *self.waiting.borrow_mut());
         for (fd, _) in waiting {
             el.stats.refused_limit += 1;
-            crate::net::close_refused(fd);
+            crate::net::close_refused(fd, el.cfg.refusal_note.as_deref());
         }
     }
 

@@ -291,7 +291,7 @@ pub(super) fn run<M: Master>(
     service: &Service,
     start: impl FnOnce(&mut EventLoop, TcpListener, Option<UdpSocket>) -> io::Result<Shared<M>>,
 ) -> io::Result<()> {
-    let mut control = EventLoop::new(opts.loop_config())?;
+    let mut control = EventLoop::new(opts.loop_config(service))?;
     // Signals are blocked here, before any fork: children inherit the mask, so a SIGTERM that
     // reaches one before its own signalfd exists waits for it instead of killing it.
     let shared: Rc<RefCell<Option<Shared<M>>>> = Rc::new(RefCell::new(None));

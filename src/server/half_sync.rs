@@ -71,7 +71,7 @@ const MAX_QUEUE: usize = 1 << 16;
 const MAX_BACKLOG: usize = 64 * 1024;
 
 pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
-    let mut reactor = EventLoop::new(opts.loop_config())?;
+    let mut reactor = EventLoop::new(opts.loop_config(service))?;
     let capacity = opts
         .threads
         .saturating_mul(QUEUE_PER_WORKER)

@@ -163,13 +163,15 @@ pub struct ServerOptions {
 }
 
 impl ServerOptions {
-    pub fn loop_config(&self) -> LoopConfig {
+    /// The loops' settings for serving `service` with these options.
+    pub fn loop_config(&self, service: &Service) -> LoopConfig {
         LoopConfig {
             engine: self.engine,
             idle_timeout: self.idle_timeout,
             linger_timeout: self.linger_timeout,
             connection_limit: self.max_connections.map(ConnectionLimit::new),
             keepalive: self.keepalive,
+            refusal_note: service.refusal_note.clone(),
             ..LoopConfig::default()
         }
     }
@@ -188,6 +190,9 @@ pub struct Service {
     pub udp: Option<DatagramFactory>,
     /// Rebuilds the factory from the configuration at SIGHUP (see [`reload`]).
     pub reload: Option<reload::Reloader>,
+    /// What a client the server refuses is told before the close
+    /// ([`LoopConfig::refusal_note`]).
+    pub refusal_note: Option<Arc<[u8]>>,
 }
 
 /// The number of CPUs, the default for `--threads`.

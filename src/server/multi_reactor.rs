@@ -20,7 +20,7 @@ use crate::net::{bind_tcp_group, bind_udp, ListenOptions};
 use crate::reactor::{EventLoop, LoopHandle};
 
 pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
-    let cfg = opts.loop_config();
+    let cfg = opts.loop_config(service);
     let mut control = EventLoop::new(cfg.clone())?;
     let fleet = Fleet::new();
     control::install_signals(&mut control, fleet.clone(), opts.drain_timeout)?;

@@ -160,7 +160,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
     // The workers draw on one user's pipe allowance: each holds file pages within its share.
     crate::net::page_pipe::share_allowance(workers);
     forking::run(opts, service, |control, listener, udp| {
-        let cfg = opts.loop_config();
+        let cfg = opts.loop_config(service);
         let limit = match opts.max_connections {
             Some(max) => Some((max, ConnectionLimit::shared_words(workers)?)),
             None => None,

@@ -104,7 +104,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
             admission: None,
         }));
 
-        let mut cfg = opts.loop_config();
+        let mut cfg = opts.loop_config(service);
         // A loop with one connection needs no connection limit of its own.
         cfg.connection_limit = None;
         let factory = service.factory.clone();

@@ -25,7 +25,7 @@ use crate::reactor::EventLoop;
 static SPAWN_FAILURES: LogThrottle = LogThrottle::new(10);
 
 pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
-    let cfg = opts.loop_config();
+    let cfg = opts.loop_config(service);
     let mut control = EventLoop::new(cfg.clone())?;
     let fleet = Fleet::new();
     control::install_signals(&mut control, fleet.clone(), opts.drain_timeout)?;
@@ -68,7 +68,7 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
                 // hold an fd the process has none of.
                 if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
                     if let Some(fd) = fd {
-                        close_refused(fd);
+                        close_refused(fd, el.cfg.refusal_note.as_deref());
                     }
                     el.stats.refused_emfile += 1;
                     say_out_of_fds("a connection thread's event loop", e);

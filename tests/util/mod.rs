@@ -312,6 +312,14 @@ pub const MODELS: [&str; 6] = [
     "process-per-conn",
 ];
 
+/// A fresh directory for one test: `keel-NAME-PID` in the system's temporary directory.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("keel-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 pub fn keel_bin() -> &'static str {
     env!("CARGO_BIN_EXE_keel")
 }

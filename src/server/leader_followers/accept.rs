@@ -111,7 +111,7 @@ impl Worker<'_> {
         drop(fd);
         let refusal = match rustix::net::accept_with(lfd, SocketFlags::CLOEXEC) {
             Ok(conn) => {
-                close_refused(conn);
+                close_refused(conn, self.sh.cfg.refusal_note.as_deref());
                 Refusal::Refused
             }
             Err(rustix::io::Errno::AGAIN) => Refusal::QueueEmpty,
@@ -147,8 +147,9 @@ impl Worker<'_> {
             Some(false) => {
                 bump(&self.stats.refused_limit, 1);
                 // Closed as a served connection is, so the client reads EOF (`refusal`).
-                let Some(refused) = refusal(&sh.refusing) else {
-                    close_refused(fd);
+                let note = sh.cfg.refusal_note.as_ref();
+                let Some(refused) = refusal(&sh.refusing, note) else {
+                    close_refused(fd, note.map(|n| &n[..]));
                     return;
                 };
                 (refused, false)

@@ -78,8 +78,8 @@ pub fn run(opts: &ServerOptions, service: &Service) -> io::Result<()> {
             ),
         ));
     }
-    let mut control = EventLoop::new(opts.loop_config())?;
-    let sh = start(opts, service.factory.clone(), Some(control.handle()))?;
+    let mut control = EventLoop::new(opts.loop_config(service))?;
+    let sh = start(opts, service, Some(control.handle()))?;
     let drain = opts.drain_timeout;
 
     // Signals are blocked here, before any thread exists (threads inherit the mask).

@@ -1,9 +1,10 @@
 //! What the threads need from the server's options, and the millisecond ticks they count in.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::reactor::Keepalive;
-use crate::server::ServerOptions;
+use crate::server::{ServerOptions, Service};
 
 /// Milliseconds, rounded up so a timer never fires early.
 pub(super) fn ms(d: Duration) -> u64 {
@@ -28,11 +29,12 @@ pub(super) struct Settings {
     pub(super) high_water: usize,
     pub(super) nodelay: bool,
     pub(super) keepalive: Option<Keepalive>,
+    pub(super) refusal_note: Option<Arc<[u8]>>,
 }
 
 impl Settings {
-    pub(super) fn from_opts(opts: &ServerOptions) -> Settings {
-        let cfg = opts.loop_config();
+    pub(super) fn from_opts(opts: &ServerOptions, service: &Service) -> Settings {
+        let cfg = opts.loop_config(service);
         Settings {
             idle_timeout: cfg.idle_timeout,
             linger_ms: ms(cfg.linger_timeout),
@@ -43,6 +45,7 @@ impl Settings {
             high_water: cfg.high_water,
             nodelay: cfg.tcp_nodelay,
             keepalive: cfg.keepalive,
+            refusal_note: cfg.refusal_note,
         }
     }
 }

@@ -8,7 +8,18 @@ use super::shared::Shared;
 use super::thread_set::{spawn_threads, start, stop};
 use crate::net::{Buffer, Ctx, Handler, ListenOptions};
 use crate::reactor::{Engine, LoopStats};
-use crate::server::{Model, ServerOptions};
+use crate::server::{Model, ServerOptions, Service};
+
+/// A service of `make`'s handlers, with nothing else.
+fn service(make: fn() -> Box<dyn Handler>) -> Service {
+    Service {
+        name: "test",
+        factory: Arc::new(make),
+        udp: None,
+        reload: None,
+        refusal_note: None,
+    }
+}
 
 struct Echo;
 impl Handler for Echo {
@@ -42,7 +53,7 @@ fn opts(threads: usize) -> ServerOptions {
 }
 
 fn server(o: &ServerOptions) -> (Arc<Shared>, Vec<JoinHandle<()>>, SocketAddr) {
-    let sh = start(o, Arc::new(|| Box::new(Echo) as Box<dyn Handler>), None).unwrap();
+    let sh = start(o, &service(|| Box::new(Echo)), None).unwrap();
     let listener = crate::net::bind_tcp(o.listen, &o.listen_opts).unwrap();
     let addr = listener.local_addr().unwrap();
     let threads = spawn_threads(&sh, listener).unwrap();
@@ -133,7 +144,7 @@ impl Handler for Later {
 #[test]
 fn a_drain_closes_a_connection_resumed_by_a_timer_once_answered() {
     let o = opts(2);
-    let sh = start(&o, Arc::new(|| Box::new(Later) as Box<dyn Handler>), None).unwrap();
+    let sh = start(&o, &service(|| Box::new(Later)), None).unwrap();
     let listener = crate::net::bind_tcp(o.listen, &o.listen_opts).unwrap();
     let addr = listener.local_addr().unwrap();
     let threads = spawn_threads(&sh, listener).unwrap();
@@ -161,7 +172,7 @@ fn a_drain_closes_a_connection_resumed_by_a_timer_once_answered() {
 #[test]
 fn a_connection_accepted_as_the_drain_starts_is_answered() {
     let o = opts(1);
-    let sh = start(&o, Arc::new(|| Box::new(Echo) as Box<dyn Handler>), None).unwrap();
+    let sh = start(&o, &service(|| Box::new(Echo)), None).unwrap();
     let listener = crate::net::bind_tcp(o.listen, &o.listen_opts).unwrap();
     let mut c = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     c.write_all(b"ping").unwrap();

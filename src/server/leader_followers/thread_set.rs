@@ -15,9 +15,9 @@ use super::settings::Settings;
 use super::shared::{lock, Shared, Table, LISTENER, WAKER};
 use super::timers::Timers;
 use super::worker::Worker;
-use crate::net::listener::{open_reserve_fd, HandlerFactory};
+use crate::net::listener::open_reserve_fd;
 use crate::reactor::{LoopHandle, TimerWheel};
-use crate::server::ServerOptions;
+use crate::server::{ServerOptions, Service};
 
 /// Counts the live threads down; the last one out stops the control loop (on panic too).
 struct Leaving<'a>(&'a Shared);
@@ -35,7 +35,7 @@ impl Drop for Leaving<'_> {
 /// Builds the shared state around `listener` (registered ONESHOT) and starts `threads` threads.
 pub(super) fn start(
     opts: &ServerOptions,
-    factory: HandlerFactory,
+    service: &Service,
     control: Option<LoopHandle>,
 ) -> io::Result<Arc<Shared>> {
     let epfd = epoll::create(epoll::CreateFlags::CLOEXEC)?;
@@ -66,8 +66,8 @@ pub(super) fn start(
         live_threads: AtomicUsize::new(0),
         permits: AtomicUsize::new(0),
         refusing: Arc::default(),
-        factory,
-        cfg: Settings::from_opts(opts),
+        factory: service.factory.clone(),
+        cfg: Settings::from_opts(opts, service),
         start: Instant::now(),
         control,
     }))

@@ -52,6 +52,13 @@ pub const PONG: u8 = 0x11;
 /// Server to client: why the connection is being closed.
 pub const ERROR: u8 = 0x7f;
 
+/// What a client the server refuses (over `--max-conns`, out of fds) reads before the close
+/// ([`crate::reactor::LoopConfig::refusal_note`]): an [`ERROR`] frame, as for any other
+/// refusal, so the client can say why it was turned away.
+pub fn refusal_note() -> std::sync::Arc<[u8]> {
+    crate::codec::frame::frame(ERROR, &[b"the server is full; try again later"]).into()
+}
+
 /// The longest name, in bytes.
 pub const MAX_NAME: usize = 32;
 
