@@ -145,3 +145,57 @@ fn echo_over_max_conns_is_a_bare_clean_close() {
         Probe::Closed(End::Eof)
     );
 }
+
+/// Out of fds, a chat client is told in an ERROR frame, but the admin listener's client (an
+/// HTTP scraper) is closed bare: the service's words are not its protocol.
+#[test]
+fn chat_out_of_fds_tells_members_but_not_the_admin_listener() {
+    let srv = Opts::chat("epoll-lt")
+        .nofile(NOFILE)
+        .arg("--threads", "1")
+        .arg("--admin", "127.0.0.1:0")
+        .spawn();
+    let admin = srv.admin_addr().expect("a `listening admin` line");
+    let addr = srv.tcp;
+    // Each client holds its connection and reads what the server says within 2 s: members
+    // get a welcome NOTICE (kind 4), refused ones an ERROR (kind 0x7f) and the end.
+    let clients: Vec<_> = (0..FLOOD)
+        .map(|_| {
+            thread::spawn(move || {
+                let Ok(mut s) = try_connect(addr) else {
+                    return (None, End::Timeout, Vec::new());
+                };
+                let mut got = Vec::new();
+                let end = read_until_end(&mut s, &mut got, 64 * 1024, Duration::from_secs(2));
+                (Some(s), end, got)
+            })
+        })
+        .collect();
+    let results: Vec<_> = clients.into_iter().map(|h| h.join().unwrap()).collect();
+    let told = results
+        .iter()
+        .filter(|(_, end, got)| {
+            matches!(end, End::Eof | End::Reset)
+                && got.get(4) == Some(&0x7f)
+                && String::from_utf8_lossy(got).contains("the server is full")
+        })
+        .count();
+    assert!(
+        told >= FLOOD - NOFILE as usize,
+        "told why: {told} of {FLOOD}\n{}",
+        srv.stderr_dump()
+    );
+    // The fds are still held by the members: the admin's accept meets EMFILE too.
+    let mut scraper = connect(admin);
+    scraper
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let end = read_until_end(&mut scraper, &mut got, 64 * 1024, Duration::from_secs(5));
+    assert!(
+        matches!(end, End::Eof | End::Reset) && got.is_empty(),
+        "the admin client at the fd limit: {end:?} after {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    drop(results);
+}

@@ -305,6 +305,11 @@ enum OnAccept {
 pub(crate) struct Listener {
     pub(crate) fd: OwnedFd,
     on_accept: OnAccept,
+    /// What a client refused at the fd limit is told ([`LoopConfig::refusal_note`]): the
+    /// service's words, or none on the admin listener, whose clients speak another protocol.
+    ///
+    /// [`LoopConfig::refusal_note`]: crate::reactor::LoopConfig::refusal_note
+    note: Option<Arc<[u8]>>,
 }
 
 /// Closes a connection the server refuses (over a limit, out of fds) so the client sees a
@@ -456,7 +461,15 @@ impl EventLoop {
     fn insert_listener(&mut self, listener: TcpListener, on_accept: OnAccept) -> io::Result<Token> {
         listener.set_nonblocking(true)?;
         let fd = OwnedFd::from(listener);
-        let token = self.insert_source(Source::Listener(Listener { fd, on_accept }));
+        let note = match on_accept {
+            OnAccept::Serve { limited: false, .. } => None,
+            _ => self.cfg.refusal_note.clone(),
+        };
+        let token = self.insert_source(Source::Listener(Listener {
+            fd,
+            on_accept,
+            note,
+        }));
         if let Err(e) = self.register(token, Interest::READABLE) {
             self.remove_source(token);
             return Err(e);
@@ -769,14 +782,17 @@ impl EventLoop {
             return Refusal::NoReserve;
         };
         drop(reserve);
-        let accepted = match self.slot(token).map(|s| &s.source) {
-            Some(Source::Listener(l)) => rustix::net::accept_with(&l.fd, SocketFlags::CLOEXEC),
-            _ => Err(rustix::io::Errno::BADF),
+        let (accepted, note) = match self.slot(token).map(|s| &s.source) {
+            Some(Source::Listener(l)) => (
+                rustix::net::accept_with(&l.fd, SocketFlags::CLOEXEC),
+                l.note.clone(),
+            ),
+            _ => (Err(rustix::io::Errno::BADF), None),
         };
         let refusal = match accepted {
             // Closed at once: the client sees a clean close instead of a hang.
             Ok(fd) => {
-                close_refused(fd, self.cfg.refusal_note.as_deref());
+                close_refused(fd, note.as_deref());
                 Refusal::Refused
             }
             Err(rustix::io::Errno::AGAIN) => Refusal::QueueEmpty,
