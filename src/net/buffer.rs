@@ -412,12 +412,15 @@ impl Buffer {
     /// goes through the VFS first (`vfs_read`, `sock_read_iter`), 3.7% of `keel echo`'s CPU in
     /// a perf profile of the 64-byte pingpong; `recv` enters the socket layer directly.
     ///
-    /// Returns the number of bytes read, `Ok(0)` on end of stream (or if there is no free
-    /// space: callers give it some).
+    /// Returns the number of bytes read, `Ok(0)` on end of stream only: a buffer with no free
+    /// tail space reserves some first, as [`Buffer::read_from`] does.
     ///
     /// # Errors
     /// The `recv` error as it is (the buffer is unchanged).
     pub fn recv_from<Fd: AsFd>(&mut self, fd: Fd) -> io::Result<usize> {
+        if self.writable() == 0 {
+            self.reserve(Self::MIN_READ);
+        }
         let (n, _) = rustix::net::recv(fd, self.writable_mut(), rustix::net::RecvFlags::empty())
             .map_err(io::Error::from)?;
         self.commit(n);

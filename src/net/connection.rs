@@ -602,6 +602,12 @@ impl EventLoop {
                 }
             }
             input.clear();
+            // The handler may have swapped or shrunk what it was lent (`mem::take`,
+            // `shrink_to`): the next read must still have a whole scratch to read into, or a
+            // read of 0 bytes would pass for the peer's FIN.
+            if input.writable() < SCRATCH {
+                input = Buffer::with_capacity(SCRATCH);
+            }
             self.scratch = Some(input);
         } else if keep {
             if let Some(conn) = self.conn_mut(id) {
@@ -641,11 +647,19 @@ impl EventLoop {
         if conn.state == ConnState::Closing || conn.output.is_empty() {
             return;
         }
-        let res = conn.output.flush(conn.fd.as_fd(), |b| pool.put(b));
+        let res = conn
+            .output
+            .flush(conn.fd.as_fd(), self.cfg.write_budget, |b| pool.put(b));
         if let Ok(f) = res {
             stats.bytes_out += f.written;
             if let Some(source) = f.unblocked {
                 self.pipe_has_room(source);
+            }
+            if f.budget_spent {
+                // Not left to the poller, even level-triggered: a TCP socket is reported
+                // writable only once a third of its buffer is free, and one stopped at the
+                // budget may have room yet be below that, for as long as its peer takes.
+                self.write_ready.push(id.0);
             }
         }
         let now = self.now_tick();

@@ -136,6 +136,10 @@ pub(crate) struct Flushed {
     /// A spliced source that had stopped for a full pipe, now that this flush emptied some
     /// of it: it may read again.
     pub unblocked: Option<ConnId>,
+    /// It stopped at the budget with the socket still taking bytes: no readiness event will
+    /// say to go on (an edge-triggered poller reports a socket only once it filled), so the
+    /// caller must come back of its own accord.
+    pub budget_spent: bool,
 }
 
 /// Largest single sendfile request: big enough that a fast reader costs few calls, small
@@ -213,17 +217,25 @@ impl OutputQueue {
     }
 
     /// Sends what the socket takes, in order. Stops at the first short write (the socket's
-    /// buffer is full: the poller will say when it has room) or when the queue is empty;
-    /// emptied buffers go to `put`. An emptied queue frees its storage.
-    pub fn flush(&mut self, fd: BorrowedFd<'_>, put: impl FnMut(Buffer)) -> io::Result<Flushed> {
+    /// buffer is full: the poller will say when it has room), when the queue is empty, or
+    /// once `budget` bytes are out (`budget_spent`): a reader as fast as the loop would
+    /// otherwise keep it in one flush for a whole large file while every other connection
+    /// waits. Emptied buffers go to `put`. An emptied queue frees its storage.
+    pub fn flush(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        budget: u64,
+        put: impl FnMut(Buffer),
+    ) -> io::Result<Flushed> {
         let Some(q) = self.inner.as_mut() else {
             return Ok(Flushed {
                 written: 0,
                 done: true,
                 unblocked: None,
+                budget_spent: false,
             });
         };
-        let res = q.flush(fd, put);
+        let res = q.flush(fd, budget, put);
         if q.segments.is_empty() {
             self.inner = None;
         }
@@ -264,11 +276,17 @@ impl Queued {
     pub fn flush(
         &mut self,
         fd: BorrowedFd<'_>,
+        budget: u64,
         mut put: impl FnMut(Buffer),
     ) -> io::Result<Flushed> {
         let mut written = 0u64;
         let mut unblocked = None;
+        let mut budget_spent = false;
         loop {
+            if written >= budget && !self.segments.is_empty() {
+                budget_spent = true;
+                break;
+            }
             let more = matches!(self.segments.get(1), Some(Segment::File(_)));
             let Some(front) = self.segments.front_mut() else {
                 break;
@@ -387,6 +405,7 @@ impl Queued {
             written,
             done: self.segments.is_empty(),
             unblocked,
+            budget_spent,
         })
     }
 
@@ -460,7 +479,7 @@ mod tests {
         q.push_bytes(b"more|", Buffer::new);
         q.push_file(FileRange::new(file, 0, 10));
         assert_eq!(q.len(), 6 + 5 + 7 + 5 + 10);
-        let f = q.flush(a.as_fd(), drop).unwrap();
+        let f = q.flush(a.as_fd(), u64::MAX, drop).unwrap();
         assert!(f.done);
         assert_eq!(f.written, 33);
         assert!(q.is_empty());
@@ -468,6 +487,27 @@ mod tests {
         let mut got = String::new();
         b.read_to_string(&mut got).unwrap();
         assert_eq!(got, "head1|23456|head2|more|0123456789");
+    }
+
+    /// A flush stops once its budget is out, with the socket still taking bytes, and says so;
+    /// the next flush goes on where it stopped.
+    #[test]
+    fn a_flush_stops_at_its_budget() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let file = temp_file(b"0123456789");
+        let mut q = OutputQueue::default();
+        q.push_bytes(b"head1|", Buffer::new);
+        q.push_file(FileRange::new(file, 2, 5));
+        q.push_bytes(b"|tail", Buffer::new);
+        let f = q.flush(a.as_fd(), 10, drop).unwrap();
+        // The budget is looked at between sends: the file's part still goes whole.
+        assert_eq!((f.written, f.done, f.budget_spent), (11, false, true));
+        let f = q.flush(a.as_fd(), 10, drop).unwrap();
+        assert_eq!((f.written, f.done, f.budget_spent), (5, true, false));
+        drop(a);
+        let mut got = String::new();
+        b.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "head1|23456|tail");
     }
 
     /// A queue holding the byte `H`, then all of `data` as a file range.
@@ -499,15 +539,18 @@ mod tests {
             big.len() as u64,
             version,
         ));
-        assert!(!q.flush(a.as_fd(), drop).unwrap().done, "4 MiB at once");
+        assert!(
+            !q.flush(a.as_fd(), u64::MAX, drop).unwrap().done,
+            "4 MiB at once"
+        );
         drain(&mut b);
         // Unchanged: more leaves.
-        assert!(q.flush(a.as_fd(), drop).unwrap().written > 0);
+        assert!(q.flush(a.as_fd(), u64::MAX, drop).unwrap().written > 0);
         drain(&mut b);
         // Written to in place (same size; past a timestamp tick): the next call refuses.
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::os::unix::fs::FileExt::write_all_at(&*file, b"B", 3 << 20).unwrap();
-        let err = q.flush(a.as_fd(), drop).unwrap_err();
+        let err = q.flush(a.as_fd(), u64::MAX, drop).unwrap_err();
         assert!(err.to_string().contains("changed"), "{err}");
     }
 
@@ -517,7 +560,7 @@ mod tests {
         a.set_nonblocking(true).unwrap();
         let big: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
         let mut q = head_and_file(&big);
-        let first = q.flush(a.as_fd(), drop).unwrap();
+        let first = q.flush(a.as_fd(), u64::MAX, drop).unwrap();
         assert!(
             !first.done,
             "a unix socket buffer cannot take 4 MiB at once"
@@ -529,7 +572,7 @@ mod tests {
             all
         });
         while !q.is_empty() {
-            q.flush(a.as_fd(), drop).unwrap();
+            q.flush(a.as_fd(), u64::MAX, drop).unwrap();
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         drop(a);
@@ -548,7 +591,7 @@ mod tests {
         a.set_nodelay(true).unwrap();
         let big: Vec<u8> = (0..8 << 20).map(|i| (i % 253) as u8).collect();
         let mut q = head_and_file(&big);
-        let first = q.flush(a.as_fd(), drop).unwrap();
+        let first = q.flush(a.as_fd(), u64::MAX, drop).unwrap();
         assert!(!first.done, "loopback buffers cannot take 8 MiB unread");
         assert!(
             get_tcp_cork(&a).unwrap(),
@@ -560,7 +603,7 @@ mod tests {
             (all, b)
         });
         while !q.is_empty() {
-            q.flush(a.as_fd(), drop).unwrap();
+            q.flush(a.as_fd(), u64::MAX, drop).unwrap();
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         assert!(!get_tcp_cork(&a).unwrap(), "uncorked once the file is sent");
@@ -573,7 +616,7 @@ mod tests {
         // A short range is sent without the cork.
         let small = temp_file(&[7u8; 1000]);
         q.push_file(FileRange::new(small, 0, 1000));
-        assert!(q.flush(a.as_fd(), drop).unwrap().done);
+        assert!(q.flush(a.as_fd(), u64::MAX, drop).unwrap().done);
         assert!(!get_tcp_cork(&a).unwrap());
     }
 
@@ -618,7 +661,7 @@ mod tests {
             all
         });
         while !q.is_empty() {
-            q.flush(a.as_fd(), drop).unwrap();
+            q.flush(a.as_fd(), u64::MAX, drop).unwrap();
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         reader.join().unwrap()
@@ -641,7 +684,7 @@ mod tests {
             let (a, b) = tight_tcp_pair();
             let mut q = OutputQueue::default();
             q.push_file(FileRange::new(file, 0, d.len() as u64).with_pages(Some(pages)));
-            let first = q.flush(a.as_fd(), drop).unwrap();
+            let first = q.flush(a.as_fd(), u64::MAX, drop).unwrap();
             first_flushes.push(first.written);
             let got = flush_all_through(&mut q, &a, b, d.len());
             assert!(got == *d, "the body as the file holds it");
@@ -699,7 +742,7 @@ mod tests {
         q.push_file(FileRange::checked(file, 0, old.len() as u64, version).with_pages(pages));
         let mut cut = None;
         while !q.is_empty() {
-            if let Err(e) = q.flush(a.as_fd(), drop) {
+            if let Err(e) = q.flush(a.as_fd(), u64::MAX, drop) {
                 cut = Some(e);
                 break;
             }
@@ -737,14 +780,14 @@ mod tests {
         q.push_file(
             FileRange::checked(file.clone(), 0, data.len() as u64, version).with_pages(Some(pages)),
         );
-        let first = q.flush(a.as_fd(), drop).unwrap();
+        let first = q.flush(a.as_fd(), u64::MAX, drop).unwrap();
         assert_eq!(first.written, 0, "a full socket takes nothing");
         // Truncated in place while it waits: the held pages are no longer what the file says.
         file.set_len(100_000).unwrap();
         b.set_nonblocking(true).unwrap();
         let mut buf = vec![0u8; 1 << 16];
         while b.read(&mut buf).is_ok_and(|n| n > 0) {}
-        let err = q.flush(a.as_fd(), drop).unwrap_err();
+        let err = q.flush(a.as_fd(), u64::MAX, drop).unwrap_err();
         assert!(err.to_string().contains("changed"), "{err}");
     }
 
@@ -754,7 +797,7 @@ mod tests {
         let file = temp_file(b"short");
         let mut q = OutputQueue::default();
         q.push_file(FileRange::new(file, 0, 100));
-        let err = q.flush(a.as_fd(), drop).unwrap_err();
+        let err = q.flush(a.as_fd(), u64::MAX, drop).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 }

@@ -60,6 +60,10 @@ pub struct LoopConfig {
     /// Edge-triggered: read at most this many bytes from one connection per wake-up before
     /// moving on (the connection is revisited before the next wait).
     pub read_budget: usize,
+    /// Send at most about this many bytes to one connection per wake-up before moving on (the
+    /// connection is revisited before the next wait): a reader as fast as the loop must not
+    /// hold it for the length of a whole large file.
+    pub write_budget: u64,
     /// Queued output above which the handler's `on_high_water` is called.
     pub high_water: usize,
     pub tcp_nodelay: bool,
@@ -82,6 +86,7 @@ impl Default for LoopConfig {
             connection_limit: None,
             max_accepts_per_wakeup: 64,
             read_budget: 256 * 1024,
+            write_budget: 1024 * 1024,
             high_water: 1024 * 1024,
             tcp_nodelay: true,
             keepalive: None,
@@ -192,6 +197,12 @@ pub struct EventLoop {
     /// work (read budget spent, accept bound reached, or read resumed after a pause).
     pub(crate) ready: Vec<Token>,
     ready_spare: Vec<Token>,
+    /// Connections whose flush stopped at the write budget with the socket still taking
+    /// bytes: flushed again before the next wait. No poller would report them: an edge-
+    /// triggered one reports a socket once it filled, and a level-triggered one only once a
+    /// third of its buffer is free, which one stopped at the budget may never reach.
+    pub(crate) write_ready: Vec<Token>,
+    write_ready_spare: Vec<Token>,
     /// Connections with output queued by `write_batched` this turn, flushed at its end.
     pub(crate) batched: Vec<ConnId>,
     /// Receive completions of the last wait (`uring` engine; see `net::completion`).
@@ -227,6 +238,10 @@ pub struct EventLoop {
 
 impl EventLoop {
     pub fn new(mut cfg: LoopConfig) -> io::Result<EventLoop> {
+        // A bound of 0 would mean a loop that never accepts, reads or writes, and spins.
+        cfg.max_accepts_per_wakeup = cfg.max_accepts_per_wakeup.max(1);
+        cfg.read_budget = cfg.read_budget.max(1);
+        cfg.write_budget = cfg.write_budget.max(1);
         let (poller, engine) = Poller::new_or_fallback(cfg.engine)?;
         cfg.engine = engine;
         let shared = Arc::new(Shared::new(Waker::new()?));
@@ -249,6 +264,8 @@ impl EventLoop {
             deferred_depth: 0,
             ready: Vec::new(),
             ready_spare: Vec::new(),
+            write_ready: Vec::new(),
+            write_ready_spare: Vec::new(),
             batched: Vec::new(),
             received: Vec::new(),
             reserve_fd: None,
@@ -318,16 +335,18 @@ impl EventLoop {
         self.now
     }
 
-    /// The wheel tick now: this iteration's reading inside `run`; outside it (set-up before
-    /// `run`, which may take a while) a fresh one, so nothing is measured from a stale clock.
+    /// The wheel tick now, from a clock read now rather than this iteration's reading: a long
+    /// batch (handlers that block, under the models made for them) leaves that reading far
+    /// behind, and a timer armed at its end from it would be due at once, a connection
+    /// adopted there counted idle since before it came. Used where a deadline or a start is
+    /// set (a timer, a connection, a drain), per connection or request at most, never per
+    /// event, so the read costs nothing the hot path feels.
     pub(crate) fn fresh_tick(&mut self) -> u64 {
-        if !self.in_run {
-            self.update_clock();
-        }
+        self.update_clock();
         self.now_tick
     }
 
-    /// The wheel tick `after` from now.
+    /// The wheel tick `after` from now ([`EventLoop::fresh_tick`]).
     pub(crate) fn deadline_after(&mut self, after: Duration) -> u64 {
         self.fresh_tick().saturating_add(Self::ms(after))
     }
@@ -419,8 +438,13 @@ impl EventLoop {
     ) -> io::Result<()> {
         let sigs = Signals::new(signals)?;
         let token = self.insert_source(Source::Signals(None));
-        self.poller
-            .register(sigs.as_fd(), token, Interest::READABLE)?;
+        if let Err(e) = self
+            .poller
+            .register(sigs.as_fd(), token, Interest::READABLE)
+        {
+            self.remove_source(token);
+            return Err(e);
+        }
         if let Some(slot) = self.slot_mut(token) {
             slot.source = Source::Signals(Some(sigs));
         }
@@ -635,7 +659,11 @@ impl EventLoop {
         // Batched output queued by the flush just made (a handler's `on_drained` producing
         // the next chunk) goes out at the end of the next turn, which must not wait: an
         // edge-triggered poller has no event coming for a socket that never filled.
-        if !self.ready.is_empty() || self.quit || !self.batched.is_empty() {
+        if !self.ready.is_empty()
+            || !self.write_ready.is_empty()
+            || self.quit
+            || !self.batched.is_empty()
+        {
             return Some(Duration::ZERO);
         }
         // Measured from this iteration's clock reading, as nginx does with its cached time:
@@ -660,6 +688,20 @@ impl EventLoop {
     }
 
     fn run_ready_list(&mut self) {
+        if !self.write_ready.is_empty() {
+            let mut ready = std::mem::replace(
+                &mut self.write_ready,
+                std::mem::take(&mut self.write_ready_spare),
+            );
+            for &token in &ready {
+                if self.slot(token).is_some() {
+                    self.conn_writable(ConnId(token));
+                    self.run_deferred();
+                }
+            }
+            ready.clear();
+            self.write_ready_spare = ready;
+        }
         if self.ready.is_empty() {
             return;
         }

@@ -463,6 +463,13 @@ impl Ring {
         Ok(false)
     }
 
+    /// Whether [`flush`](Self::flush) read completions out of the way that
+    /// [`completions`](Self::completions) has not handed out yet: the next wait must not
+    /// sleep, as what they report has already happened.
+    pub fn has_stashed(&self) -> bool {
+        !self.stash.is_empty()
+    }
+
     /// Moves every completion the kernel has posted into `out` (cleared first), after any
     /// that [`flush`](Self::flush) read earlier. A buffer a completion carries is the caller's
     /// until it is recycled.

@@ -442,6 +442,11 @@ impl UringPoller {
     ) -> io::Result<usize> {
         events.clear();
         self.queue_retries();
+        let timeout = if self.ring.has_stashed() {
+            Some(Duration::ZERO)
+        } else {
+            timeout
+        };
         self.ring.submit(timeout)?;
         let mut done = std::mem::take(&mut self.done);
         self.ring.completions(&mut done);

@@ -154,7 +154,11 @@ impl Worker<'_> {
         if core.output.is_empty() {
             return;
         }
-        let res = core.output.flush(fd.as_fd(), drop);
+        // No write budget here: a flush stopped at one would wait for the re-armed poll,
+        // which reports a TCP socket writable only once a third of its buffer is free, so a
+        // socket with room to spare could wait for its peer to read. A long flush holds
+        // this thread only; the followers serve the other connections meanwhile.
+        let res = core.output.flush(fd.as_fd(), u64::MAX, drop);
         let sent = res.as_ref().map_or(0, |f| f.written);
         let res = res.map(|f| f.done);
         if sent > 0 {
