@@ -454,14 +454,28 @@ impl ServerArgs {
         cli: ServerSettings,
     ) -> Result<(ServerSettings, ServerOptions), Vec<String>> {
         let loaded = match &self.config {
-            Some(path) => Some(
-                config::load(&from_start(path))
-                    .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?,
-            ),
+            Some(path) => Some(load_section(path, section)?),
             None => None,
         };
         merge(section, &cli, loaded.as_ref()).map_err(|e| vec![e])
     }
+}
+
+/// The configuration file at `path`, checked, which must have a section for `section`: a
+/// server given a file runs on what its section says, and a file without one (empty, cut
+/// short by a deploy, another server's) would otherwise start it, or move it at a reload,
+/// on the built-in defaults without a word.
+fn load_section(path: &Path, section: Section) -> Result<config::Config, Vec<String>> {
+    let loaded = config::load(&from_start(path))
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    if loaded.section(section).is_none() {
+        return Err(vec![format!(
+            "{}: no [{section}] section: a server given a file runs on its own section (add \
+             one, or leave out --config to run on the built-in defaults)",
+            path.display()
+        )]);
+    }
+    Ok(loaded)
 }
 
 /// `cli` (the command line's settings) over the config file's `section`, if there is a file,
@@ -582,13 +596,7 @@ fn reloader(
     Some(Arc::new(move || {
         let file = match &config {
             None => None,
-            Some(config) => Some(config::load(&from_start(config)).map_err(|errors| {
-                errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })?),
+            Some(config) => Some(load_section(config, section).map_err(|e| e.join("; "))?),
         };
         let (settings, opts) = merge(section, &cli, file.as_ref())?;
         Ok((build(&settings)?, opts))

@@ -661,8 +661,12 @@ fn check_reports() {
     assert_eq!(
         config::check(&empty),
         (
-            format!("{}: ok (no sections: built-in defaults)", empty.display()),
-            true
+            format!(
+                "{e}: no server section ([echo], [discard], [http], [proxy] or [chat]): a \
+                 server given this file would refuse to start\n{e}: 1 error",
+                e = empty.display()
+            ),
+            false
         )
     );
     let bad = write_file("check-bad", "[echo]\nthreads = 0\nengine = \"x\"\n");

@@ -144,6 +144,40 @@ fn sighup_reload_takes_effect_for_new_connections_and_a_broken_one_changes_nothi
     );
     assert_eq!(get(srv.tcp, "/page.txt").body, b"site B");
     assert!(srv.is_running());
+
+    // A file cut to nothing (a deploy's write caught half-way), or with another server's
+    // section only: refused as well. It used to reload onto the built-in defaults, moving
+    // the server to 127.0.0.1:8080 with the welcome page.
+    for (n, text) in [(2, ""), (3, "[echo]\nthreads = 1\n")] {
+        write_config(&conf, text);
+        srv.signal(Signal::SIGHUP);
+        poll_until("the refusal", Duration::from_secs(5), || {
+            srv.stderr_dump().matches("no [http] section").count() >= n - 1
+        });
+        assert_eq!(get(srv.tcp, "/page.txt").body, b"site B", "after {text:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A server given a file without its section refuses to start, saying so (exit 2): it used
+/// to start on the built-in defaults.
+#[test]
+fn a_file_without_the_servers_section_is_refused_at_start() {
+    let dir = temp_dir("no-section");
+    let conf = dir.join("keel.toml");
+    for text in ["", "[echo]\nthreads = 1\n"] {
+        write_config(&conf, text);
+        let out = std::process::Command::new(util::keel_bin())
+            .args(["http", "--config", conf.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text:?}: {err}");
+        assert!(
+            err.contains("keel.toml: no [http] section"),
+            "{text:?}: {err}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -960,11 +960,17 @@ pub fn check(path: &Path) -> (String, bool) {
                 .filter(|s| config.section(*s).is_some())
                 .map(Section::name)
                 .collect();
-            let what = if sections.is_empty() {
-                "no sections: built-in defaults".to_string()
-            } else {
-                sections.join(", ")
-            };
+            if sections.is_empty() {
+                // Every server given this file refuses it (it runs on its own section).
+                return (
+                    format!(
+                        "{file}: no server section ([echo], [discard], [http], [proxy] or \
+                         [chat]): a server given this file would refuse to start\n{file}: 1 error"
+                    ),
+                    false,
+                );
+            }
+            let what = sections.join(", ");
             let mut report = String::new();
             for w in &config.default_conflicts {
                 report.push_str(&format!("warning: {w}\n"));
