@@ -388,6 +388,56 @@ fn sigusr1_reopens_the_access_log_after_rotation() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Under `--user`, the log files keel created as root are given to that user before it drops
+/// root, so a rotation's reopen works. They stayed root's: "Permission denied", and lines
+/// went on into the rotated file. Needs root (skipped otherwise).
+#[test]
+fn logs_created_as_root_belong_to_the_user_and_reopen_after_rotation() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: --user needs root");
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let dir = temp_dir("user-logs");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(dir.join("x.txt"), "x").unwrap();
+    let (access, errors) = (dir.join("access.log"), dir.join("error.log"));
+    let srv = Opts::http("epoll-et")
+        .arg("--root", dir.to_str().unwrap())
+        .arg("--access-log", access.to_str().unwrap())
+        .arg("--log-file", errors.to_str().unwrap())
+        .arg("--user", "nobody")
+        .arg("--threads", "1")
+        .spawn();
+    for f in [&access, &errors] {
+        let m = std::fs::metadata(f).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (nobody.uid.as_raw(), nobody.gid.as_raw()),
+            "{}",
+            f.display()
+        );
+    }
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    get(srv.tcp, "/x.txt?before");
+    poll_until("the first line", Duration::from_secs(3), || {
+        read(&access).contains("before")
+    });
+    std::fs::rename(&access, dir.join("access.log.1")).unwrap();
+    srv.signal(Signal::SIGUSR1);
+    poll_until("a line in the reopened log", Duration::from_secs(5), || {
+        get(srv.tcp, "/x.txt?after");
+        read(&access).contains("after")
+    });
+    assert!(
+        !read(&errors).contains("Permission denied"),
+        "{}",
+        read(&errors)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A reopen that fails (the log's directory was moved away) is said in the log still being
 /// written, not only on stderr, which a daemon has put on /dev/null.
 #[test]

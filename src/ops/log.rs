@@ -168,6 +168,31 @@ pub fn reopen_all() {
     }
 }
 
+/// Gives every log file the process writes (error log, access logs) to `uid`/`gid`, as the
+/// server is about to give up root for them (nginx does the same): files it created as root
+/// would otherwise stay root's, so the server could not reopen them after a rotation, and
+/// logrotate's `create` (which copies the old file's owner) would make the new ones root's
+/// too. Regular files only (not a terminal or /dev/null behind stderr); a failure is said
+/// and the server goes on, writing to the file it holds.
+pub fn give_files_to(uid: u32, gid: u32) {
+    for w in registered() {
+        let file = Arc::clone(&lock(&w.state).file);
+        let regular = file.metadata().is_ok_and(|m| m.file_type().is_file());
+        if !regular {
+            continue;
+        }
+        let owner = Some(rustix::process::Uid::from_raw(uid));
+        let group = Some(rustix::process::Gid::from_raw(gid));
+        if let Err(e) = rustix::fs::fchown(&*file, owner, group) {
+            tracing::warn!(
+                "cannot give log file {} to the user the server runs as ({e}): it may not be \
+                 able to reopen it after a rotation",
+                w.path.display()
+            );
+        }
+    }
+}
+
 /// Writes out what every writer of the process has queued (each waits about a second at
 /// most): for a process about to `_exit`, which runs no destructors.
 pub fn flush_all() {

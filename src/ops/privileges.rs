@@ -17,6 +17,9 @@ pub fn drop_to(user: Option<&str>, group: Option<&str>) -> io::Result<()> {
         // would fail anyway: capability-based set-ups are not supported.)
         return already_there(pw.as_ref(), gid, user, group);
     }
+    let uid = pw.as_ref().map_or_else(nix::unistd::getuid, |u| u.uid);
+    let group_id = gid.unwrap_or_else(nix::unistd::getgid);
+    crate::ops::log::give_files_to(uid.as_raw(), group_id.as_raw());
     switch(pw, gid)
 }
 
