@@ -562,6 +562,16 @@ fn init_logging(settings: &ServerSettings) -> Option<keel::ops::log::LogGuard> {
     });
     match keel::ops::log::init(&log) {
         Ok(guard) => {
+            if settings.daemon == Some(true)
+                && matches!(log.target, keel::ops::log::LogTarget::Stderr)
+            {
+                // Said before detaching, on the terminal that is about to be let go.
+                eprintln!(
+                    "keel: warning: --daemon with the log on stderr, which a daemon has on \
+                     /dev/null: its warnings, errors and reload failures go nowhere (give \
+                     --log-file FILE or --log-target syslog)"
+                );
+            }
             if let Some((target, file)) = settings.ignored_log_file() {
                 tracing::warn!(
                     "log file {} is not used: the log target is {target}",
@@ -883,8 +893,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if server::daemonized() {
-                // stderr is /dev/null now: the log is the only place this can be read.
+                // stderr is /dev/null now: the log, and the command that started the daemon
+                // if it still waits, are where this can be read.
                 tracing::error!("{e}");
+                server::failed_to_start(&e.to_string());
             }
             eprintln!("keel: {e}");
             ExitCode::FAILURE

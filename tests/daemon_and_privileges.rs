@@ -237,8 +237,10 @@ fn a_daemon_on_the_uring_engine_serves() {
 }
 
 /// A daemon that fails after it detached but before it serves (here: too few fds for its
-/// loops) makes the command the user ran exit 1, with a word on stderr, and says why in its
-/// log: its own stderr is /dev/null by then. It used to exit 0 as soon as it had forked.
+/// loops) makes the command the user ran exit 1 with the reason on its stderr (handed back
+/// through the start-up handshake), and says it in its log too: its own stderr is /dev/null by
+/// then. It used to exit 0 as soon as it had forked, then 1 with "its log says why", which
+/// without a log file said nothing.
 #[test]
 fn a_daemon_that_fails_to_start_is_reported() {
     let dir = temp_dir("daemon-fails");
@@ -254,7 +256,10 @@ fn a_daemon_that_fails_to_start_is_reported() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {err}");
-    assert!(err.contains("stopped before it was ready"), "{err}");
+    assert!(
+        err.contains("the daemon could not start: out of file descriptors"),
+        "{err}"
+    );
     // The daemon logs its error and ends right after the command returns.
     let mut text = String::new();
     let start = Instant::now();
@@ -264,6 +269,28 @@ fn a_daemon_that_fails_to_start_is_reported() {
     }
     assert!(text.contains("out of file descriptors"), "the log: {text}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Without a log file the reason still reaches the command, and the start warns that the
+/// daemon's log goes nowhere.
+#[test]
+fn a_daemon_without_a_log_file_is_warned_about_and_its_failure_still_told() {
+    let out = Command::new(keel_bin())
+        .args(["echo", "--listen", "127.0.0.1:0", "--threads", "8"])
+        .args(["--rlimit-nofile", "24", "--daemon"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(
+        err.contains("warning: --daemon with the log on stderr"),
+        "{err}"
+    );
+    assert!(
+        err.contains("the daemon could not start: out of file descriptors"),
+        "{err}"
+    );
 }
 
 #[test]

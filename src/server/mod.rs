@@ -435,6 +435,15 @@ pub(crate) fn started() {
     crate::ops::notify::ready();
 }
 
+/// A daemon that will not start, for `why`, before [`started`]: the command the user ran says
+/// it (the daemon's stderr is /dev/null). Nothing happens after `started` or without
+/// `--daemon`.
+pub fn failed_to_start(why: &str) {
+    if let Some(detached) = waiting_command().take() {
+        detached.fail(why);
+    }
+}
+
 /// In a process forked before [`started`]: closes its copy of the handshake pipe, so that only
 /// the server itself can hold up (or end) the wait of the command the user ran.
 pub(crate) fn forget_waiting_command() {

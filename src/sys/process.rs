@@ -371,13 +371,20 @@ pub fn daemonize() -> io::Result<Detached> {
     match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
         nix::unistd::ForkResult::Parent { .. } => {
             drop(tell_end);
-            let code = wait_for_ready(&wait_end);
-            if code != 0 {
-                let _ = writeln!(
-                    io::stderr(),
-                    "keel: the daemon stopped before it was ready (its log says why)"
-                );
-            }
+            let code = match wait_for_ready(&wait_end) {
+                Ok(()) => 0,
+                Err(Some(why)) => {
+                    let _ = writeln!(io::stderr(), "keel: the daemon could not start: {why}");
+                    1
+                }
+                Err(None) => {
+                    let _ = writeln!(
+                        io::stderr(),
+                        "keel: the daemon stopped before it was ready (its log says why)"
+                    );
+                    1
+                }
+            };
             exit_now(code)
         }
         nix::unistd::ForkResult::Child => drop(wait_end),
@@ -411,24 +418,54 @@ pub struct Detached {
     tell: Option<OwnedFd>,
 }
 
+/// The most of a failure's reason the handshake carries: one pipe write (a pipe takes up to
+/// `PIPE_BUF`, 4 KiB, whole), so the command never reads half of it.
+const MAX_REASON: usize = 4000;
+
 impl Detached {
     pub fn ready(mut self) {
         if let Some(fd) = self.tell.take() {
             let _ = rustix::io::write(&fd, b"1");
         }
     }
+
+    /// The daemon will not start, for `why`: the command the user ran prints it and exits 1.
+    /// Its stderr is /dev/null by now, and a daemon started without a log file has nowhere
+    /// else to say it.
+    pub fn fail(mut self, why: &str) {
+        if let Some(fd) = self.tell.take() {
+            let mut end = why.len().min(MAX_REASON);
+            while !why.is_char_boundary(end) {
+                end -= 1;
+            }
+            let msg = [b"0", why[..end].as_bytes()].concat();
+            let _ = rustix::io::write(&fd, &msg);
+        }
+    }
 }
 
-/// In the command the user ran: 0 once the daemon said it is ready, 1 if it never will.
-fn wait_for_ready(pipe: &OwnedFd) -> i32 {
-    let mut byte = [0u8; 1];
+/// In the command the user ran: `Ok` once the daemon said it is ready; the reason it gave if
+/// it failed, or `None` if it ended without a word (it died).
+fn wait_for_ready(pipe: &OwnedFd) -> Result<(), Option<String>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
     loop {
-        match rustix::io::read(pipe, &mut byte) {
-            Ok(1) => return 0,
+        match rustix::io::read(pipe, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                if got[0] == b'1' {
+                    return Ok(());
+                }
+            }
             Err(rustix::io::Errno::INTR) => continue,
-            // EOF: every copy of the other end is closed without a word.
-            _ => return 1,
+            Err(_) => break,
         }
+    }
+    // EOF: every copy of the other end is closed, after a reason or without a word.
+    match got.split_first() {
+        Some((b'0', why)) => Err(Some(String::from_utf8_lossy(why).into_owned())),
+        _ => Err(None),
     }
 }
 
