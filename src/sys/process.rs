@@ -438,7 +438,7 @@ impl Detached {
             while !why.is_char_boundary(end) {
                 end -= 1;
             }
-            let msg = [b"0", why[..end].as_bytes()].concat();
+            let msg = [b"0", &why.as_bytes()[..end]].concat();
             let _ = rustix::io::write(&fd, &msg);
         }
     }
