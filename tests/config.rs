@@ -1172,6 +1172,38 @@ tee_file_max = 16777217
     );
 }
 
+/// A misspelt level is refused with its line: tracing reads a bare word that is not a level as
+/// a module name, and `warning` logged nothing at all, errors included. A level in any case,
+/// and keel's own modules, are fine.
+#[test]
+fn a_misspelt_log_level_is_refused_with_its_line() {
+    assert_errors(
+        "log-level",
+        "[echo]\nthreads = 1\nlog_filter = \"warning\"\n",
+        &[
+            "3: key `echo.log_filter`: invalid log filter \"warning\": \"warning\" is neither a \
+           level (trace, debug, info, warn, error, off) nor one of keel's modules (keel, \
+           keel::http...): as a module it would select no line at all",
+        ],
+    );
+    for good in [
+        "WARN",
+        "keel",
+        "keel::http",
+        "info,keel::net=debug",
+        "error,keel[conn]=off",
+    ] {
+        assert!(
+            config::parse_log_filter(good).is_ok(),
+            "{good}: {:?}",
+            config::parse_log_filter(good)
+        );
+    }
+    for bad in ["verbose", "info,notice", "tokio"] {
+        assert!(config::parse_log_filter(bad).is_err(), "{bad}");
+    }
+}
+
 /// Keys valid one by one that cannot go together are the file's errors too, with the line of
 /// the key blamed: `check-config` said "ok" for these and the server then refused to start
 /// (exit 2) with a message naming command-line flags.

@@ -1057,9 +1057,33 @@ pub fn parse_threads(s: &str) -> Result<usize, String> {
 /// `--log-filter`: a tracing filter ("info", "warn,keel::http=debug"), refused as the file's
 /// `log_filter` is (exit 2), not only when logging starts.
 pub fn parse_log_filter(s: &str) -> Result<String, String> {
-    tracing_subscriber::EnvFilter::try_new(s)
-        .map(|_| s.to_string())
+    check_log_filter(s)
+        .map(|()| s.to_string())
         .map_err(|e| format!("invalid log filter {s:?}: {e}"))
+}
+
+/// The levels a filter directive may be on its own.
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Whether `s` is a filter tracing takes and that means what it seems to. tracing reads a
+/// bare word that is not a level as a target, so a misspelt level (`warning`, `verbose`)
+/// selects a module no line comes from, and every line, errors included, is dropped: such a
+/// word is refused unless it names keel's own modules (`keel`, `keel::http`).
+fn check_log_filter(s: &str) -> Result<(), String> {
+    tracing_subscriber::EnvFilter::try_new(s).map_err(|e| e.to_string())?;
+    for directive in s.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let bare = !directive.contains(['=', '[']);
+        let level = LOG_LEVELS.contains(&directive.to_ascii_lowercase().as_str());
+        let ours = directive == "keel" || directive.starts_with("keel::");
+        if bare && !level && !ours {
+            return Err(format!(
+                "{directive:?} is neither a level ({}) nor one of keel's modules (keel, \
+                 keel::http...): as a module it would select no line at all",
+                LOG_LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The largest `keel bench pingpong --size`: a message is one buffer, allocated at start.
@@ -1290,7 +1314,7 @@ impl Checker<'_> {
                         .string(&key, value, "a log filter")
                         .map(|f| f.to_string());
                     if let Some(f) = &s.log_filter {
-                        if let Err(e) = tracing_subscriber::EnvFilter::try_new(f) {
+                        if let Err(e) = check_log_filter(f) {
                             self.bad(&key, value, format!("invalid log filter {f:?}: {e}"));
                         }
                     }
