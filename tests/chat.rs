@@ -497,6 +497,45 @@ fn bad_chat_arguments_exit_2_with_the_reason() {
     }
 }
 
+/// A heartbeat timeout below the default heartbeat (15 s), the heartbeat left unset: check-config
+/// warns, with the line, and the server refuses it naming that line (exit 2). check-config said
+/// "ok" and the server refused it without a line; a command-line heartbeat under it is fine.
+#[test]
+fn a_heartbeat_timeout_below_the_default_heartbeat_is_named_with_its_line() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("keel-chat-hb");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("chat.toml");
+    std::fs::write(
+        &path,
+        "[chat]\nlisten = \"127.0.0.1:0\"\nheartbeat_timeout = 10\n",
+    )
+    .unwrap();
+    let needle = format!(
+        "{}:3: key `chat.heartbeat_timeout`: the heartbeat timeout (10 s) must be longer than \
+         the heartbeat interval (15 s)",
+        path.display()
+    );
+    let check = Command::new(keel_bin())
+        .args(["check-config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout) + String::from_utf8_lossy(&check.stderr);
+    assert!(said.contains(&format!("warning: {needle}")), "{said}");
+    let start = Command::new(keel_bin())
+        .args(["chat", "--config", path.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&start.stderr);
+    assert_eq!(start.status.code(), Some(2), "{err}");
+    assert!(err.contains(&needle), "{err}");
+    let srv = Opts::chat("epoll-et")
+        .arg("--config", path.to_str().unwrap())
+        .arg("--heartbeat", "5")
+        .spawn();
+    drop(Member::join(srv.tcp));
+}
+
 #[test]
 fn check_config_reports_chat_errors_with_their_lines() {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("keel-chat");

@@ -611,6 +611,22 @@ impl ServerSettings {
                 message,
             });
         }
+        // The timeout defaults to three heartbeats, so only one set below the other's value
+        // (its own or the default) can clash: a chat member would be dropped before it was
+        // ever pinged.
+        let chat = self.chat.resolve();
+        if chat.heartbeat_timeout <= chat.heartbeat {
+            found.push(Conflict {
+                blamed: "heartbeat_timeout",
+                keys: &["heartbeat", "heartbeat_timeout"],
+                message: format!(
+                    "the heartbeat timeout ({} s) must be longer than the heartbeat interval \
+                     ({} s)",
+                    chat.heartbeat_timeout.as_secs_f64(),
+                    chat.heartbeat.as_secs_f64()
+                ),
+            });
+        }
         found
     }
 
@@ -1402,6 +1418,9 @@ impl Checker<'_> {
                     chat_model_message(model),
                 );
             }
+            // Both set here: an error of the file, whatever else it has. One left to its
+            // default clashes with that default (`conflicts`): a warning here, and the
+            // refusal at start names this line.
             if let (Some(hb), Some(timeout)) = (s.chat.heartbeat, s.chat.heartbeat_timeout) {
                 if timeout <= hb {
                     let at = table
