@@ -135,3 +135,32 @@ fn assert_refused_by(addr: std::net::SocketAddr, since: Instant, limit: Duration
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A request still arriving when the stop comes (its head cut in two) is read to its end and
+/// answered under every model, as one already received is. It was taken for an idle
+/// connection and closed with no answer.
+#[test]
+fn every_model_answers_a_request_whose_head_was_still_arriving() {
+    for model in MODELS {
+        let srv = Opts::http("epoll-et")
+            .arg("--access-log", "off")
+            .arg("--model", model)
+            .arg("--threads", "2")
+            .spawn();
+        let mut s = TcpStream::connect(srv.tcp).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        srv.signal(Signal::SIGTERM);
+        std::thread::sleep(Duration::from_millis(200));
+        s.write_all(b"st: x\r\n\r\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        let end = s.read_to_end(&mut got);
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            end.is_ok() && text.starts_with("HTTP/1.1 200 OK\r\n") && text.contains("keel"),
+            "{model}: {end:?} after {text:?}"
+        );
+        assert!(srv.wait_exit(Duration::from_secs(5)).is_some(), "{model}");
+    }
+}

@@ -937,9 +937,19 @@ impl EventLoop {
         self.sync_recv(id);
     }
 
+    /// A draining connection is idle, and closes, once nothing is queued and it holds no
+    /// part of a message: bytes its handler left unconsumed are a request still arriving (a
+    /// head cut by a packet boundary), whose rest is read and answered like any request
+    /// already received. The handler's own timeouts (a head's) and the drain deadline bound
+    /// the wait for it.
     pub(crate) fn close_if_drained(&mut self, id: ConnId) {
         if let Some(conn) = self.conn(id) {
-            if conn.draining && conn.output_len() == 0 && !conn.read_paused {
+            let partial = conn.input.as_ref().is_some_and(|b| !b.is_empty())
+                || conn
+                    .handler
+                    .as_ref()
+                    .is_some_and(|h| h.holds_partial_message());
+            if conn.draining && conn.output_len() == 0 && !conn.read_paused && !partial {
                 self.close(id);
             }
         }

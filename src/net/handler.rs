@@ -111,6 +111,14 @@ pub trait Handler: Send + 'static {
         true
     }
 
+    /// Whether the handler holds part of a message it waits to complete, in a place of its
+    /// own: a draining connection is not idle then (its request is still arriving). A handler
+    /// that leaves such bytes in its `input`, as handlers do, need not say it: the loop sees
+    /// them. For a model's shim that keeps them elsewhere (half-sync's).
+    fn holds_partial_message(&self) -> bool {
+        false
+    }
+
     /// The connection is gone (its fd is already closed). `cx` still reaches the loop, e.g. to
     /// close the other half of a proxied pair.
     fn on_close(&mut self, _cx: &mut Ctx<'_>, _reason: CloseReason) {}

@@ -515,6 +515,13 @@ impl Handler for Shim {
         self.push(cx, Call::Drained);
     }
 
+    /// Bytes the handler was given and left, waiting for more: the loop never sees them (the
+    /// shim takes every byte), so it asks.
+    fn holds_partial_message(&self) -> bool {
+        let s = lock(&self.side);
+        s.seen > 0 && !s.handler_paused && !s.closing && !s.closed
+    }
+
     fn on_high_water(&mut self, cx: &mut Ctx<'_>, queued: usize) {
         self.push(cx, Call::HighWater(queued));
     }

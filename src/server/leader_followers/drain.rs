@@ -51,14 +51,17 @@ impl Worker<'_> {
     }
 
     /// A draining connection whose read found nothing more (EAGAIN or the FIN), with nothing
-    /// queued and its handler not paused with requests in hand, is idle: it closes gracefully
+    /// queued, its handler not paused with requests in hand and no part of a request held
+    /// (the rest is read and answered, as the event loop does), is idle: it closes gracefully
     /// (its linger reads nothing more for the handler).
     pub(super) fn close_if_drained(&mut self, c: &mut LfConn) {
+        let partial = c.core.input.as_ref().is_some_and(|b| !b.is_empty());
         let core = &mut c.core;
         if core.draining
             && core.live()
             && !core.lingering
             && !core.read_paused
+            && !partial
             && core.output_len() == 0
         {
             core.close(self.sh, self.now);
