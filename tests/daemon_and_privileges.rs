@@ -357,6 +357,40 @@ fn user_drops_root_after_binding() {
     util::assert_serves(&srv, "after dropping to nobody");
 }
 
+/// A document root the `--user` cannot read: each request is a 403, as before, and the log now
+/// says why (it said nothing, and every request failed with no trace of the cause).
+#[test]
+fn a_root_the_user_cannot_read_is_said_in_the_log() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    if !running_as_root() {
+        return;
+    }
+    let dir = temp_dir("unreadable-root");
+    std::fs::write(dir.join("index.html"), "x").unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let srv = Opts::http("epoll-et")
+        .arg("--root", dir.to_str().unwrap())
+        .arg("--user", "nobody")
+        .arg("--access-log", "off")
+        .spawn();
+    let mut s = std::net::TcpStream::connect(srv.tcp).unwrap();
+    s.write_all(b"GET /index.html HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).unwrap();
+    assert!(got.starts_with("HTTP/1.1 403"), "{got}");
+    assert!(
+        srv.stderr_has(
+            "cannot open /index.html: Permission denied",
+            Duration::from_secs(3)
+        ),
+        "{}",
+        srv.stderr_dump()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Started as the user it is told to become (a unit file's `--user nobody` run by nobody), it
 /// runs: there is nothing to switch. It used to fail on initgroups' EPERM, after the
 /// listening lines. Told to become someone else without root, it says why and exits 1.

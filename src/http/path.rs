@@ -18,6 +18,9 @@ pub enum PathError {
     /// The target itself is malformed or hostile; the text is for logs, not for the client.
     BadRequest(&'static str),
     Forbidden,
+    /// The filesystem refused the server's own user (EACCES, EPERM): a 403 too, and the
+    /// operator's to know, since it is usually theirs to fix (a root `--user` cannot read).
+    Denied(Errno),
     NotFound,
     /// The server could not look for now: out of file descriptors or memory. 503: the file
     /// may well be there, and a 403 or 404 would tell clients and caches it is not.
@@ -30,7 +33,7 @@ impl PathError {
     pub fn status(&self) -> u16 {
         match self {
             PathError::BadRequest(_) => 400,
-            PathError::Forbidden => 403,
+            PathError::Forbidden | PathError::Denied(_) => 403,
             PathError::NotFound => 404,
             PathError::Unavailable(_) => 503,
             PathError::Failed(_) => 500,
@@ -38,13 +41,14 @@ impl PathError {
     }
 
     /// Says in the server's log why `path` could not be opened when that is the server's
-    /// trouble (a 5xx), for the operator: the client is told only the status. A client's own
-    /// bad or missing path is the access log's business.
+    /// trouble (a 5xx, or a 403 the filesystem gave the server's user), for the operator: the
+    /// client is told only the status. A client's own bad or missing path is the access log's
+    /// business.
     ///
     /// At most one line a second per process, with the count of those left out: out of fds,
     /// every request fails the same way, and a line each would flood the log.
     pub fn log_if_ours(&self, path: &[u8]) {
-        if let PathError::Unavailable(e) | PathError::Failed(e) = self {
+        if let PathError::Unavailable(e) | PathError::Failed(e) | PathError::Denied(e) = self {
             let Some(left_out) = OPEN_FAILURES.turn() else {
                 return;
             };
@@ -324,7 +328,8 @@ fn map_errno(e: Errno) -> PathError {
         Errno::NOENT | Errno::NOTDIR | Errno::NAMETOOLONG => PathError::NotFound,
         // Not ours to read, or behind a fence: a symlink (ELOOP under NO_SYMLINKS, or a loop),
         // a magic link, a way out of the root (EXDEV under RESOLVE_BENEATH).
-        Errno::ACCESS | Errno::PERM | Errno::LOOP | Errno::XDEV => PathError::Forbidden,
+        Errno::ACCESS | Errno::PERM => PathError::Denied(e),
+        Errno::LOOP | Errno::XDEV => PathError::Forbidden,
         // Not a file to serve: a socket, a device with nothing behind it.
         Errno::NXIO | Errno::NODEV | Errno::OPNOTSUPP => PathError::Forbidden,
         Errno::MFILE | Errno::NFILE | Errno::NOMEM | Errno::NOBUFS => PathError::Unavailable(e),
@@ -446,6 +451,18 @@ fn open_beneath_fallback(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A refusal by the filesystem is the operator's to know (logged); a fence of our own
+    /// (a symlink, a way out of the root) is the client's doing (not logged).
+    #[test]
+    fn the_filesystem_refusing_the_server_is_told_apart_from_our_fences() {
+        for e in [Errno::ACCESS, Errno::PERM] {
+            assert_eq!(map_errno(e), PathError::Denied(e));
+        }
+        for e in [Errno::LOOP, Errno::XDEV] {
+            assert_eq!(map_errno(e), PathError::Forbidden);
+        }
+    }
 
     #[test]
     fn open_errors_map_to_statuses() {
