@@ -873,6 +873,41 @@ fn check_config_reports_what_the_host_lacks() {
     );
 }
 
+/// A pid file or log file in a place that cannot be written (a read-only filesystem here) is
+/// the host's error too: check-config said "ok", then the server exited 1. Needs a read-only
+/// mount (root): skipped, saying so, where `mount` is refused.
+#[test]
+fn check_config_reports_a_place_that_cannot_be_written() {
+    let ro = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("keel-config-ro");
+    std::fs::create_dir_all(&ro).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "ro,size=64k", "tmpfs"])
+        .arg(&ro)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a read-only tmpfs here");
+        return;
+    }
+    let d = ro.display();
+    let path = write_file(
+        "host-ro",
+        &format!("[echo]\npid_file = \"{d}/keel.pid\"\nlog_file = \"{d}/e.log\"\n"),
+    );
+    let out = run(&["check-config", path.to_str().unwrap()]);
+    let _ = std::process::Command::new("umount").arg(&ro).status();
+    let f = path.display();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "{f}:2: key `echo.pid_file`: {d}: cannot be written: Read-only file system (os error \
+             30)\n{f}:3: key `echo.log_file`: {d}: cannot be written: Read-only file system (os \
+             error 30)\n{f}: 2 errors\n"
+        )
+    );
+}
+
 /// A log file that cannot be opened at start is the host's doing, not a bad argument: exit 1
 /// (exit 2 is for arguments), with the reason.
 #[test]

@@ -10,6 +10,7 @@
 //! working directory, as the server takes them from the one it starts in; a value the command
 //! line will override is checked all the same.
 
+use std::io;
 use std::path::Path;
 
 use toml::de::{DeTable, DeValue};
@@ -100,8 +101,11 @@ fn section_problems(s: &ServerSettings) -> Vec<(&'static str, String)> {
 }
 
 /// Why a file cannot be opened for writing at `path`, as far as looking can tell: it is a
-/// directory, or its directory is missing (or is not one).
+/// directory, or its directory is missing (or is not one), or the file (if it is there) or
+/// else its directory cannot be written by whoever runs the check (a read-only filesystem
+/// says so even to root), as `nginx -t` finds out by opening them.
 fn writable_place(path: &Path) -> Option<String> {
+    use rustix::fs::{access, Access};
     if path.is_dir() {
         return Some(format!("{}: is a directory", path.display()));
     }
@@ -110,8 +114,20 @@ fn writable_place(path: &Path) -> Option<String> {
         _ => Path::new("."),
     };
     match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => None,
-        Ok(_) => Some(format!("{}: not a directory", dir.display())),
-        Err(e) => Some(format!("{}: {e}", dir.display())),
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Some(format!("{}: not a directory", dir.display())),
+        Err(e) => return Some(format!("{}: {e}", dir.display())),
     }
+    let (what, there) = if path.exists() {
+        (path, access(path, Access::WRITE_OK))
+    } else {
+        (dir, access(dir, Access::WRITE_OK))
+    };
+    there.err().map(|e| {
+        format!(
+            "{}: cannot be written: {}",
+            what.display(),
+            io::Error::from(e)
+        )
+    })
 }
