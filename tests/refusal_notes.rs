@@ -146,10 +146,11 @@ fn echo_over_max_conns_is_a_bare_clean_close() {
     );
 }
 
-/// Out of fds, a chat client is told in an ERROR frame, but the admin listener's client (an
-/// HTTP scraper) is closed bare: the service's words are not its protocol.
+/// Out of fds, a chat client is told in an ERROR frame, and the admin listener's client (an
+/// HTTP scraper) never gets the service's words: it is served, in the reserve fd's place (it
+/// was refused like any client, and before that, told in chat's frame).
 #[test]
-fn chat_out_of_fds_tells_members_but_not_the_admin_listener() {
+fn chat_out_of_fds_tells_members_and_still_serves_the_admin_listener() {
     let srv = Opts::chat("epoll-lt")
         .nofile(NOFILE)
         .arg("--threads", "1")
@@ -188,14 +189,22 @@ fn chat_out_of_fds_tells_members_but_not_the_admin_listener() {
     // The fds are still held by the members: the admin's accept meets EMFILE too.
     let mut scraper = connect(admin);
     scraper
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut got = Vec::new();
-    let end = read_until_end(&mut scraper, &mut got, 64 * 1024, Duration::from_secs(5));
+    let end = read_until_end(&mut scraper, &mut got, 1 << 20, Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&got);
     assert!(
-        matches!(end, End::Eof | End::Reset) && got.is_empty(),
-        "the admin client at the fd limit: {end:?} after {:?}",
-        String::from_utf8_lossy(&got)
+        matches!(end, End::Eof) && text.starts_with("HTTP/1.1 200 OK\r\n"),
+        "the admin client at the fd limit: {end:?} after {text:?}"
+    );
+    let refused = text
+        .lines()
+        .find_map(|l| l.strip_prefix("keel_connections_refused_total{reason=\"emfile\"} "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(
+        refused.is_some_and(|n| n >= (FLOOD - NOFILE as usize) as f64),
+        "the emfile refusals in /metrics: {refused:?}\n{text}"
     );
     drop(results);
 }

@@ -281,6 +281,9 @@ pub fn say_out_of_fds(what: &str, e: io::Error) {
 
 enum Refusal {
     Refused,
+    /// An admin connection (a listener outside the limit) took the reserve's place: it is
+    /// served, so the figures can be read at the moment they matter most.
+    Admitted(OwnedFd),
     QueueEmpty,
     NoReserve,
 }
@@ -577,6 +580,17 @@ impl EventLoop {
                             self.stats.refused_emfile += 1;
                             say_out_of_fds("accept", e.into());
                         }
+                        Refusal::Admitted(fd) => {
+                            // Served, so not counted as refused; the shortage is still said.
+                            say_out_of_fds(
+                                "accept (an admin connection took the reserve fd)",
+                                e.into(),
+                            );
+                            self.accepted(token, fd);
+                            // No reserve until an fd frees (the next accept takes one back):
+                            // out of fds, stop here rather than dance without one.
+                            return;
+                        }
                         Refusal::QueueEmpty => return,
                         Refusal::NoReserve => {
                             // Worse than a refusal: clients wait in the queue until fds free.
@@ -774,7 +788,9 @@ impl EventLoop {
     }
 
     /// The EMFILE dance: free the reserve, accept and close one pending connection, reopen.
-    /// No other loop of the process accepts meanwhile (see [`FD_TABLE`]).
+    /// No other loop of the process accepts meanwhile (see [`FD_TABLE`]). The admin
+    /// listener's connection is served in the reserve's place instead: out of fds is when its
+    /// figures matter most, and it costs the process no more than the reserve did.
     fn refuse_with_reserve(&mut self, token: Token) -> Refusal {
         let _exclusive = fd_table_exclusive();
         let reserve = self.reserve_fd.take().or_else(open_reserve_fd);
@@ -782,14 +798,16 @@ impl EventLoop {
             return Refusal::NoReserve;
         };
         drop(reserve);
-        let (accepted, note) = match self.slot(token).map(|s| &s.source) {
+        let (accepted, note, admin) = match self.slot(token).map(|s| &s.source) {
             Some(Source::Listener(l)) => (
-                rustix::net::accept_with(&l.fd, SocketFlags::CLOEXEC),
+                rustix::net::accept_with(&l.fd, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC),
                 l.note.clone(),
+                matches!(l.on_accept, OnAccept::Serve { limited: false, .. }),
             ),
-            _ => (Err(rustix::io::Errno::BADF), None),
+            _ => (Err(rustix::io::Errno::BADF), None, false),
         };
         let refusal = match accepted {
+            Ok(fd) if admin => return Refusal::Admitted(fd),
             // Closed at once: the client sees a clean close instead of a hang.
             Ok(fd) => {
                 close_refused(fd, note.as_deref());
