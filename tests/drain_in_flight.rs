@@ -161,6 +161,8 @@ fn every_model_answers_a_request_whose_head_was_still_arriving() {
             end.is_ok() && text.starts_with("HTTP/1.1 200 OK\r\n") && text.contains("keel"),
             "{model}: {end:?} after {text:?}"
         );
+        // Our FIN ends the server's linger on this connection, and with it the stop.
+        drop(s);
         assert!(srv.wait_exit(Duration::from_secs(5)).is_some(), "{model}");
     }
 }

@@ -86,6 +86,25 @@ fn http_over_max_conns_answers_503_under_every_model() {
 const NOFILE: u64 = 64;
 const FLOOD: usize = 120;
 
+/// [`FLOOD`] clients at once, each holding its connection and reading what the server says
+/// within `wait` (its end too): per client its stream (None if it could not connect), how
+/// its read ended, and the bytes.
+fn flood_and_listen(addr: SocketAddr, wait: Duration) -> Vec<(Option<TcpStream>, End, Vec<u8>)> {
+    let clients: Vec<_> = (0..FLOOD)
+        .map(|_| {
+            thread::spawn(move || {
+                let Ok(mut s) = try_connect(addr) else {
+                    return (None, End::Timeout, Vec::new());
+                };
+                let mut got = Vec::new();
+                let end = read_until_end(&mut s, &mut got, 64 * 1024, wait);
+                (Some(s), end, got)
+            })
+        })
+        .collect();
+    clients.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
 /// Out of fds (RLIMIT_NOFILE 64, 120 clients that each wait for the server to speak): those
 /// the server cannot hold are told 503 and closed, the rest wait, none sees anything else.
 #[test]
@@ -95,20 +114,7 @@ fn http_out_of_fds_answers_503() {
         .arg("--threads", "1")
         .arg("--access-log", "off")
         .spawn();
-    let addr: SocketAddr = srv.tcp;
-    let clients: Vec<_> = (0..FLOOD)
-        .map(|_| {
-            thread::spawn(move || {
-                let Ok(mut s) = try_connect(addr) else {
-                    return (None, End::Timeout, Vec::new());
-                };
-                let mut got = Vec::new();
-                let end = read_until_end(&mut s, &mut got, 64 * 1024, Duration::from_secs(3));
-                (Some(s), end, got)
-            })
-        })
-        .collect();
-    let results: Vec<_> = clients.into_iter().map(|h| h.join().unwrap()).collect();
+    let results = flood_and_listen(srv.tcp, Duration::from_secs(3));
     let (mut told, mut waited) = (0, 0);
     for (s, end, got) in &results {
         match end {
@@ -157,22 +163,8 @@ fn chat_out_of_fds_tells_members_and_still_serves_the_admin_listener() {
         .arg("--admin", "127.0.0.1:0")
         .spawn();
     let admin = srv.admin_addr().expect("a `listening admin` line");
-    let addr = srv.tcp;
-    // Each client holds its connection and reads what the server says within 2 s: members
-    // get a welcome NOTICE (kind 4), refused ones an ERROR (kind 0x7f) and the end.
-    let clients: Vec<_> = (0..FLOOD)
-        .map(|_| {
-            thread::spawn(move || {
-                let Ok(mut s) = try_connect(addr) else {
-                    return (None, End::Timeout, Vec::new());
-                };
-                let mut got = Vec::new();
-                let end = read_until_end(&mut s, &mut got, 64 * 1024, Duration::from_secs(2));
-                (Some(s), end, got)
-            })
-        })
-        .collect();
-    let results: Vec<_> = clients.into_iter().map(|h| h.join().unwrap()).collect();
+    // Members get a welcome NOTICE (kind 4), refused ones an ERROR (kind 0x7f) and the end.
+    let results = flood_and_listen(srv.tcp, Duration::from_secs(2));
     let told = results
         .iter()
         .filter(|(_, end, got)| {
