@@ -308,11 +308,14 @@ enum OnAccept {
 pub(crate) struct Listener {
     pub(crate) fd: OwnedFd,
     on_accept: OnAccept,
-    /// What a client refused at the fd limit is told ([`LoopConfig::refusal_note`]): the
-    /// service's words, or none on the admin listener, whose clients speak another protocol.
-    ///
-    /// [`LoopConfig::refusal_note`]: crate::reactor::LoopConfig::refusal_note
-    note: Option<Arc<[u8]>>,
+}
+
+impl Listener {
+    /// The admin listener's (`add_listener_outside_limit`): its clients speak its own
+    /// protocol, never the service's, and are served even at the fd limit.
+    fn is_admin(&self) -> bool {
+        matches!(self.on_accept, OnAccept::Serve { limited: false, .. })
+    }
 }
 
 /// Closes a connection the server refuses (over a limit, out of fds) so the client sees a
@@ -464,15 +467,7 @@ impl EventLoop {
     fn insert_listener(&mut self, listener: TcpListener, on_accept: OnAccept) -> io::Result<Token> {
         listener.set_nonblocking(true)?;
         let fd = OwnedFd::from(listener);
-        let note = match on_accept {
-            OnAccept::Serve { limited: false, .. } => None,
-            _ => self.cfg.refusal_note.clone(),
-        };
-        let token = self.insert_source(Source::Listener(Listener {
-            fd,
-            on_accept,
-            note,
-        }));
+        let token = self.insert_source(Source::Listener(Listener { fd, on_accept }));
         if let Err(e) = self.register(token, Interest::READABLE) {
             self.remove_source(token);
             return Err(e);
@@ -798,19 +793,19 @@ impl EventLoop {
             return Refusal::NoReserve;
         };
         drop(reserve);
-        let (accepted, note, admin) = match self.slot(token).map(|s| &s.source) {
+        let (accepted, admin) = match self.slot(token).map(|s| &s.source) {
             Some(Source::Listener(l)) => (
                 rustix::net::accept_with(&l.fd, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC),
-                l.note.clone(),
-                matches!(l.on_accept, OnAccept::Serve { limited: false, .. }),
+                l.is_admin(),
             ),
-            _ => (Err(rustix::io::Errno::BADF), None, false),
+            _ => (Err(rustix::io::Errno::BADF), false),
         };
         let refusal = match accepted {
             Ok(fd) if admin => return Refusal::Admitted(fd),
             // Closed at once: the client sees a clean close instead of a hang.
             Ok(fd) => {
-                close_refused(fd, note.as_deref());
+                // Never an admin client (served above): the service's words are for its own.
+                close_refused(fd, self.cfg.refusal_note.as_deref());
                 Refusal::Refused
             }
             Err(rustix::io::Errno::AGAIN) => Refusal::QueueEmpty,

@@ -224,9 +224,6 @@ pub struct EventLoop {
     /// The clock as of the current iteration: read once per wake-up, right after the wait.
     now: Instant,
     now_tick: u64,
-    /// Inside `run`: the clock reading is this iteration's. Outside, it may be old, and a
-    /// deadline is measured from a fresh one.
-    in_run: bool,
     quit: bool,
     draining: bool,
     /// A drained loop stays up while held (see [`hold_drain`](Self::hold_drain)).
@@ -279,7 +276,6 @@ impl EventLoop {
             start: Instant::now(),
             now: Instant::now(),
             now_tick: 0,
-            in_run: false,
             quit: false,
             draining: false,
             drain_held: false,
@@ -597,11 +593,8 @@ impl EventLoop {
         self.renew_poller_after_fork()?;
         self.renew_inherited_signals()?;
         self.update_clock(); // set-up may have taken a while since the loop was built
-        self.in_run = true;
         self.publish_stats(); // a loop busy from its first event is still seen as it began
-        let result = self.run_iterations(&mut events);
-        self.in_run = false;
-        result
+        self.run_iterations(&mut events)
     }
 
     fn run_iterations(&mut self, events: &mut Vec<Event>) -> io::Result<()> {
